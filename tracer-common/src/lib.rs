@@ -1,0 +1,229 @@
+//! Records shared by the droptrace eBPF programs and the userspace CLI.
+//!
+//! Both sides see the very same bytes, so every type here is `#[repr(C)]`, made of
+//! fixed-size integers and arrays, with explicit padding: the ring buffer carries raw
+//! [`DropEvent`]s and the loader writes a [`Config`] into the program's read-only data.
+#![no_std]
+
+/// Offset value meaning "this field does not exist on the running kernel".
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// `Config::drop_reason` value that lifts the reason filter (`--all-reasons`).
+pub const ANY_REASON: u32 = u32::MAX;
+
+/// `DropEvent::ct_info` value when the packet has no conntrack entry attached.
+pub const CT_NONE: u8 = 0xff;
+
+/// Address families as the kernel spells them (`AF_INET`, `AF_INET6`).
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Bytes of the packet (from the network header on) copied into each record, for pcapng.
+pub const HEADER_BYTES: usize = 128;
+
+/// Length of a kernel task command name and of an interface name (`TASK_COMM_LEN`, `IFNAMSIZ`).
+pub const NAME_LEN: usize = 16;
+
+/// Indexes into the per-CPU `STATS` array.
+pub const STAT_MATCHED: u32 = 0;
+pub const STAT_LOST: u32 = 1;
+pub const STAT_COUNT: u32 = 2;
+
+/// `DropEvent::flags` bits.
+pub mod flags {
+    /// `skb->sk` was set; `DropEvent::sk` holds the socket address.
+    pub const HAS_SOCKET: u8 = 1 << 0;
+    /// The L4 header was parsed (ports, TCP flags or ICMP type are meaningful).
+    pub const HAS_L4: u8 = 1 << 1;
+    /// `DropEvent::uid` was read from the socket (`sk->sk_uid`).
+    pub const HAS_UID: u8 = 1 << 2;
+    /// A non-first IPv4/IPv6 fragment: no L4 header in this packet.
+    pub const FRAGMENT: u8 = 1 << 3;
+}
+
+/// Kernel struct member offsets (bytes) read from BTF at start-up.
+///
+/// Rust eBPF programs have no CO-RE relocations, so userspace resolves every offset the
+/// program needs from `/sys/kernel/btf/vmlinux` and hands them over at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_mark: u32,
+    pub skb_len: u32,
+    pub skb_refdst: u32,
+    pub skb_nfct: u32,
+    pub dst_dev: u32,
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    pub dev_nd_net: u32,
+    pub sk_net: u32,
+    pub sk_uid: u32,
+    pub net_ns_inum: u32,
+    pub _pad: u32,
+}
+
+/// An address prefix the program matches in the kernel (`--src`, `--dst`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// 0 = no filter; otherwise `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Prefix length in bits.
+    pub len: u8,
+    /// 1 when the match is negated.
+    pub negate: u8,
+    pub _pad: u8,
+    /// Network address, IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+impl Prefix {
+    pub const ANY: Prefix = Prefix {
+        family: 0,
+        len: 0,
+        negate: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+}
+
+/// An inclusive port range; `{0, 65535}` matches everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
+}
+
+/// Everything the loader tells the program: offsets and the in-kernel filters.
+///
+/// Filters are applied before a record is reserved in the ring buffer, so a busy host
+/// pays only for the drops the user asked to see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: Offsets,
+    /// `enum skb_drop_reason` value to keep, or [`ANY_REASON`].
+    pub drop_reason: u32,
+    /// Network namespace inode to keep, or 0 for all.
+    pub netns: u32,
+    /// `AF_INET`/`AF_INET6`, or 0 for both.
+    pub family: u8,
+    /// IP protocol number, or 0 for any.
+    pub proto: u8,
+    /// 1 to copy the first [`HEADER_BYTES`] of the packet into each record.
+    pub capture_headers: u8,
+    pub _pad: u8,
+    pub sport: PortRange,
+    pub dport: PortRange,
+    pub src: Prefix,
+    pub dst: Prefix,
+}
+
+impl Config {
+    /// A configuration that keeps nothing until offsets are filled in: every offset unknown.
+    pub const EMPTY: Config = Config {
+        offsets: Offsets {
+            skb_head: NO_OFFSET,
+            skb_network_header: NO_OFFSET,
+            skb_dev: NO_OFFSET,
+            skb_sk: NO_OFFSET,
+            skb_mark: NO_OFFSET,
+            skb_len: NO_OFFSET,
+            skb_refdst: NO_OFFSET,
+            skb_nfct: NO_OFFSET,
+            dst_dev: NO_OFFSET,
+            dev_ifindex: NO_OFFSET,
+            dev_name: NO_OFFSET,
+            dev_nd_net: NO_OFFSET,
+            sk_net: NO_OFFSET,
+            sk_uid: NO_OFFSET,
+            net_ns_inum: NO_OFFSET,
+            _pad: 0,
+        },
+        drop_reason: ANY_REASON,
+        netns: 0,
+        family: 0,
+        proto: 0,
+        capture_headers: 0,
+        _pad: 0,
+        sport: PortRange::ANY,
+        dport: PortRange::ANY,
+        src: Prefix::ANY,
+        dst: Prefix::ANY,
+    };
+}
+
+/// One dropped packet, as the program writes it into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` at the drop (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Return address inside the function that freed the skb.
+    pub location: u64,
+    /// `skb->sk` when set (see [`flags::HAS_SOCKET`]); identifies the socket.
+    pub sk: u64,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// `skb->dev` ifindex (0 when unset).
+    pub ifindex: u32,
+    /// Index of the route's output device (`skb_dst(skb)->dev`), 0 when there is no route.
+    pub out_ifindex: u32,
+    /// Current task: thread-group id (the process) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    /// Socket owner uid (`sk->sk_uid`), valid with [`flags::HAS_UID`].
+    pub uid: u32,
+    /// `enum skb_drop_reason`.
+    pub reason: u32,
+    /// `skb->mark`.
+    pub mark: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// Kernel stack id in the `STACKS` map, negative when it could not be taken.
+    pub stack_id: i32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports in host byte order (0 when the protocol has none).
+    pub sport: u16,
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    /// IP protocol number of the L4 header (after IPv6 extension headers).
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// `skb->_nfct & NFCT_INFOMASK` (enum ip_conntrack_info), or [`CT_NONE`].
+    pub ct_info: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Bytes valid in `headers` (0 unless capture was asked for).
+    pub headers_len: u16,
+    pub _pad2: u16,
+    pub comm: [u8; NAME_LEN],
+    pub ifname: [u8; NAME_LEN],
+    pub out_ifname: [u8; NAME_LEN],
+    /// The packet from its network header on.
+    pub headers: [u8; HEADER_BYTES],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data: #[repr(C)], integers and arrays only, padding explicit.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::DropEvent {}
+}

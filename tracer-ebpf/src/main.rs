@@ -1,0 +1,353 @@
+//! The kernel half of droptrace: one program on the `kfree_skb` tracepoint.
+//!
+//! Every freed packet passes here, so the program returns as early as it can: first the
+//! drop reason (`SKB_DROP_REASON_NETFILTER_DROP` unless `--all-reasons`), then the
+//! user's filters, and only then does it reserve a ring-buffer record. Offsets of kernel
+//! structs come from userspace (BTF) through [`CONFIG`]; all kernel memory is read with
+//! `bpf_probe_read_kernel`, which never faults.
+#![no_std]
+#![no_main]
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{PerCpuArray, RingBuf, StackTrace},
+    programs::{BtfTracePointContext, tracing::StackIdContext as _},
+};
+use tracer_common::{
+    AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, HEADER_BYTES, NO_OFFSET, PortRange,
+    Prefix, STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
+};
+
+/// Written by the loader before the program is verified (read-only data).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::EMPTY;
+
+/// Reads one field of [`CONFIG`]. Volatile, so that the compiler neither folds in the
+/// default value nor copies the whole struct onto the 512-byte BPF stack.
+macro_rules! conf {
+    ($($field:ident).+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field).+) }
+    };
+}
+
+/// Drop records for userspace. 4 MiB holds ~14k records: seconds of a flood.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Per-CPU counters: records matched and records lost (ring buffer full).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Kernel stacks of drops; userspace reads the hook and the table family from them.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+
+const IP_VERSION_4: u8 = 4;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// `NFCT_INFOMASK` in include/linux/skbuff.h: low bits of `skb->_nfct` hold ctinfo.
+const NFCT_INFOMASK: u64 = 7;
+/// `(u16)~0U`: `skb->network_header` not set (include/linux/skbuff.h).
+const HEADER_UNSET: u16 = u16::MAX;
+
+/// Arguments of `trace_kfree_skb(skb, location, reason, ...)` (include/trace/events/skb.h).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        unsafe { *counter += 1 };
+    }
+}
+
+fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    if conf!(drop_reason) != ANY_REASON && reason != conf!(drop_reason) {
+        return None;
+    }
+
+    let sk: u64 = read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
+    let dev: u64 = read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
+    // `_skb_refdst` keeps a "no reference" flag in bit 0 (SKB_DST_NOREF).
+    let dst: u64 = read::<u64>(skb, conf!(offsets.skb_refdst)).unwrap_or(0) & !1;
+    let out_dev: u64 = read(dst, conf!(offsets.dst_dev)).unwrap_or(0);
+
+    // The namespace: the socket's if any, else the device's, else the route's device's.
+    let net: u64 = read(sk, conf!(offsets.sk_net))
+        .or_else(|| read(dev, conf!(offsets.dev_nd_net)))
+        .or_else(|| read(out_dev, conf!(offsets.dev_nd_net)))
+        .unwrap_or(0);
+    let netns: u32 = read(net, conf!(offsets.net_ns_inum)).unwrap_or(0);
+    if conf!(netns) != 0 && netns != conf!(netns) {
+        return None;
+    }
+
+    let head: u64 = read(skb, conf!(offsets.skb_head))?;
+    let nh: u16 = read(skb, conf!(offsets.skb_network_header))?;
+    if nh == HEADER_UNSET {
+        return None;
+    }
+    let l3 = head + nh as u64;
+    let mut ev = Parsed::default();
+    parse_l3(l3, &mut ev)?;
+
+    if conf!(family) != 0 && conf!(family) != ev.family {
+        return None;
+    }
+    if conf!(proto) != 0 && conf!(proto) != ev.proto {
+        return None;
+    }
+    if !port_in(conf!(sport), ev.sport, ev.has_ports)
+        || !port_in(conf!(dport), ev.dport, ev.has_ports)
+    {
+        return None;
+    }
+    if !prefix_matches(&conf!(src), ev.family, &ev.saddr)
+        || !prefix_matches(&conf!(dst), ev.family, &ev.daddr)
+    {
+        return None;
+    }
+
+    bump(STAT_MATCHED);
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        bump(STAT_LOST);
+        return None;
+    };
+    let out: &mut MaybeUninit<DropEvent> = &mut entry;
+    let e = unsafe { &mut *out.as_mut_ptr() };
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    e.location = location;
+    e.sk = sk;
+    e.netns = netns;
+    e.ifindex = read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    e.out_ifindex = read(out_dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    e.pid = (pid_tgid >> 32) as u32;
+    e.tid = pid_tgid as u32;
+    e.reason = reason;
+    e.mark = read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    e.len = read(skb, conf!(offsets.skb_len)).unwrap_or(0);
+    e.stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(err) => err,
+    };
+    e.saddr = ev.saddr;
+    e.daddr = ev.daddr;
+    e.sport = ev.sport;
+    e.dport = ev.dport;
+    e.family = ev.family;
+    e.proto = ev.proto;
+    e.tcp_flags = ev.tcp_flags;
+    e.icmp_type = ev.icmp_type;
+    e.icmp_code = ev.icmp_code;
+    e.ct_info = match read::<u64>(skb, conf!(offsets.skb_nfct)) {
+        Some(nfct) if nfct & !NFCT_INFOMASK != 0 => (nfct & NFCT_INFOMASK) as u8,
+        _ => CT_NONE,
+    };
+    let mut f = 0;
+    if sk != 0 {
+        f |= flags::HAS_SOCKET;
+    }
+    if ev.has_ports || ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6 {
+        f |= flags::HAS_L4;
+    }
+    if ev.fragment {
+        f |= flags::FRAGMENT;
+    }
+    e.uid = match read::<u32>(sk, conf!(offsets.sk_uid)) {
+        Some(uid) => {
+            f |= flags::HAS_UID;
+            uid
+        }
+        None => u32::MAX,
+    };
+    e.flags = f;
+    e._pad = 0;
+    e._pad2 = 0;
+    e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    e.ifname = [0; 16];
+    e.out_ifname = [0; 16];
+    let name_off = conf!(offsets.dev_name);
+    if name_off != NO_OFFSET {
+        read_name(dev, name_off, &mut e.ifname);
+        read_name(out_dev, name_off, &mut e.out_ifname);
+    }
+    e.headers_len = 0;
+    let capture = conf!(capture_headers) != 0;
+    if capture && unsafe { bpf_probe_read_kernel_buf(l3 as *const u8, &mut e.headers) }.is_ok() {
+        e.headers_len = HEADER_BYTES as u16;
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// Copies a device's `name` (IFNAMSIZ bytes, NUL-terminated).
+#[inline(always)]
+fn read_name(dev: u64, name_off: u32, out: &mut [u8; 16]) {
+    if dev != 0 {
+        let _ = unsafe { bpf_probe_read_kernel_buf((dev + name_off as u64) as *const u8, out) };
+    }
+}
+
+#[derive(Default)]
+struct Parsed {
+    family: u8,
+    proto: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    has_ports: bool,
+    fragment: bool,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+}
+
+/// Parses the IPv4 or IPv6 header at `l3`, then the L4 header.
+#[inline(always)]
+fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
+    let first: u8 = read(l3, 0)?;
+    let l4 = match first >> 4 {
+        IP_VERSION_4 => {
+            // struct iphdr: ihl:4 version:4, tos, tot_len, id, frag_off@6, ttl, protocol@9,
+            // check, saddr@12, daddr@16.
+            p.family = AF_INET;
+            p.proto = read(l3, 9)?;
+            let frag: u16 = u16::from_be(read(l3, 6)?);
+            p.fragment = frag & 0x1fff != 0;
+            let s: [u8; 4] = read(l3, 12)?;
+            let d: [u8; 4] = read(l3, 16)?;
+            p.saddr[..4].copy_from_slice(&s);
+            p.daddr[..4].copy_from_slice(&d);
+            l3 + ((first & 0x0f) as u64) * 4
+        }
+        6 => {
+            // struct ipv6hdr: nexthdr@6, saddr@8, daddr@24; 40 bytes.
+            p.family = AF_INET6;
+            p.saddr = read(l3, 8)?;
+            p.daddr = read(l3, 24)?;
+            let mut next: u8 = read(l3, 6)?;
+            let mut off: u64 = 40;
+            // Walk extension headers (RFC 8200 section 4); bounded for the verifier.
+            for _ in 0..6 {
+                match next {
+                    0 | 43 | 60 => {
+                        let hdr: [u8; 2] = read(l3, off as u32)?;
+                        next = hdr[0];
+                        off += (hdr[1] as u64 + 1) * 8;
+                    }
+                    51 => {
+                        let hdr: [u8; 2] = read(l3, off as u32)?;
+                        next = hdr[0];
+                        off += (hdr[1] as u64 + 2) * 4;
+                    }
+                    44 => {
+                        let hdr: [u8; 4] = read(l3, off as u32)?;
+                        next = hdr[0];
+                        let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & !7;
+                        p.fragment = frag_off != 0;
+                        off += 8;
+                    }
+                    _ => break,
+                }
+            }
+            p.proto = next;
+            l3 + off
+        }
+        _ => return None,
+    };
+    if p.fragment {
+        return Some(());
+    }
+    match p.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: [u8; 4] = read(l4, 0)?;
+            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            p.has_ports = true;
+            if p.proto == IPPROTO_TCP {
+                // struct tcphdr: flags byte at offset 13 (CWR..FIN).
+                p.tcp_flags = read(l4, 13).unwrap_or(0);
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let tc: [u8; 2] = read(l4, 0)?;
+            p.icmp_type = tc[0];
+            p.icmp_code = tc[1];
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn port_in(range: PortRange, port: u16, has_ports: bool) -> bool {
+    if range.lo == 0 && range.hi == u16::MAX {
+        return true;
+    }
+    has_ports && port >= range.lo && port <= range.hi
+}
+
+#[inline(always)]
+fn prefix_matches(prefix: &Prefix, family: u8, addr: &[u8; 16]) -> bool {
+    if prefix.family == 0 {
+        return true;
+    }
+    let mut inside = prefix.family == family;
+    if inside {
+        let mut bits = prefix.len as u32;
+        let mut i = 0;
+        while i < 16 {
+            if bits == 0 {
+                break;
+            }
+            let mask: u8 = if bits >= 8 {
+                0xff
+            } else {
+                0xffu8 << (8 - bits)
+            };
+            if (addr[i] ^ prefix.addr[i]) & mask != 0 {
+                inside = false;
+                break;
+            }
+            bits = bits.saturating_sub(8);
+            i += 1;
+        }
+    }
+    inside != (prefix.negate != 0)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,231 @@
+//! Loading and attaching the eBPF program, and reading its records.
+//!
+//! The program is attached through a BPF link owned by this process (no pinning): when
+//! droptrace exits, even by `kill -9`, the kernel closes the file descriptors and detaches
+//! it, so nothing outlives the tool.
+
+use std::{collections::HashMap, io, os::fd::AsRawFd as _};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tokio::io::unix::AsyncFd;
+use tracer_common::{ANY_REASON, Config, DropEvent, STAT_LOST, STAT_MATCHED};
+
+use crate::{btf::KernelBtf, drop::Drop, filter::Filters};
+
+/// The compiled eBPF object, built by build.rs (aya-build) from tracer-ebpf.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
+
+/// Name of the tracepoint, of the program inside the object, and of its maps.
+const TRACEPOINT: &str = "kfree_skb";
+const RING: &str = "EVENTS";
+const STATS: &str = "STATS";
+const STACKS: &str = "STACKS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("droptrace must run as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")]
+    NotRoot,
+    #[error(
+        "this kernel's kfree_skb tracepoint has no drop reason (Linux 5.17+ needed); use --all-reasons to see every freed packet"
+    )]
+    NoDropReasons,
+    #[error("this kernel's BTF has no SKB_DROP_REASON_NETFILTER_DROP")]
+    NoNetfilterReason,
+    #[error("the kernel refused to load the BPF object: {0}")]
+    Load(String),
+    #[error("the kernel refused the tracing program (tp_btf/kfree_skb): {0}")]
+    Program(String),
+    #[error("cannot open map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("cannot watch the ring buffer: {0}")]
+    Poll(io::Error),
+}
+
+/// What to capture.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureOptions {
+    pub filters: Filters,
+    /// Keep drops of every reason, not only netfilter's.
+    pub all_reasons: bool,
+    /// Copy packet headers into each record (for pcapng).
+    pub capture_headers: bool,
+}
+
+/// Counters kept by the program in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Drops that passed the filters.
+    pub matched: u64,
+    /// Records that could not be written because the ring buffer was full.
+    pub lost: u64,
+}
+
+pub struct Capture {
+    // Owns the program and its link: dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    stack_cache: HashMap<u32, Vec<u64>>,
+}
+
+impl Capture {
+    /// Loads the program with the offsets of this kernel and the user's filters, attaches
+    /// it and opens its maps. Must run inside a tokio runtime.
+    pub fn start(kernel: &KernelBtf, opts: &CaptureOptions) -> Result<Self, CaptureError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(CaptureError::NotRoot);
+        }
+        raise_memlock_limit();
+        let mut cfg = Config::EMPTY;
+        cfg.offsets = kernel.offsets;
+        cfg.drop_reason = if opts.all_reasons {
+            ANY_REASON
+        } else {
+            if !kernel.tracepoint_has_reason {
+                return Err(CaptureError::NoDropReasons);
+            }
+            kernel
+                .reason_value("NETFILTER_DROP")
+                .ok_or(CaptureError::NoNetfilterReason)?
+        };
+        cfg.capture_headers = u8::from(opts.capture_headers);
+        opts.filters.apply(&mut cfg);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &cfg, true)
+            .load(PROGRAM)
+            .map_err(|e| CaptureError::Load(error_chain(&e)))?;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| CaptureError::Load(e.to_string()))?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(TRACEPOINT)
+            .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?
+            .try_into()
+            .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
+        program
+            .load(TRACEPOINT, &btf)
+            .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        program
+            .attach()
+            .map_err(|e| CaptureError::Program(program_error(&e)))?;
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| CaptureError::Map(name, "missing from object".into()))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, RING)?)
+            .map_err(|e| CaptureError::Map(RING, e.to_string()))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?)
+            .map_err(|e| CaptureError::Map(STATS, e.to_string()))?;
+        let stacks = StackTraceMap::try_from(take(&mut ebpf, STACKS)?)
+            .map_err(|e| CaptureError::Map(STACKS, e.to_string()))?;
+        // SAFETY: the RingBuf owns its map fd, which stays open until the AsyncFd drops it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
+        Ok(Capture {
+            _ebpf: ebpf,
+            ring,
+            stats,
+            stacks,
+            stack_cache: HashMap::new(),
+        })
+    }
+
+    /// Waits until records are available.
+    pub async fn readable(&self) -> Result<(), CaptureError> {
+        let mut guard = self.ring.readable().await.map_err(CaptureError::Poll)?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Moves every record now in the ring buffer into `out`; returns how many.
+    pub fn drain(&mut self, out: &mut Vec<Drop>) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<DropEvent>() {
+                continue;
+            }
+            // SAFETY: the record was written by our program as a DropEvent; read_unaligned
+            // copes with the ring buffer's 8-byte alignment guarantee being all we have.
+            let raw: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.push(Drop::from(&raw));
+            n += 1;
+        }
+        n
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |i: u32| self.stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+        KernelStats {
+            matched: sum(STAT_MATCHED),
+            lost: sum(STAT_LOST),
+        }
+    }
+
+    /// The kernel stack (return addresses, innermost first) of a stack id.
+    pub fn stack(&mut self, id: u32) -> Option<&[u64]> {
+        if !self.stack_cache.contains_key(&id) {
+            let trace = self.stacks.get(&id, 0).ok()?;
+            let frames = trace.frames().iter().map(|f| f.ip).collect();
+            self.stack_cache.insert(id, frames);
+        }
+        self.stack_cache.get(&id).map(Vec::as_slice)
+    }
+
+    /// File descriptor of the ring buffer, for diagnostics.
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising
+/// the limit may be refused (no CAP_SYS_RESOURCE): that is not fatal.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// A program error with the verifier's last lines, which say why it refused.
+fn program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            if tail.is_empty() {
+                io_error.to_string()
+            } else {
+                format!("{io_error}; verifier: {}", tail.join(" | "))
+            }
+        }
+        other => error_chain(other),
+    }
+}

@@ -1,0 +1,197 @@
+//! The command line: subcommands and their flags, designed as one piece.
+//!
+//! Every subcommand that watches drops takes the same filter flags ([`FilterArgs`]), so
+//! what an engineer learns for `watch` works for the rest.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    filter::{Cidr, Filters, Ports, Proto},
+    netns::{NetnsError, NetnsSelector},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "droptrace",
+    version,
+    about = "Show which packets the firewall drops, which rule dropped them, to where, from which process",
+    long_about = "droptrace watches the kernel's netfilter drop path (kfree_skb with reason \
+NETFILTER_DROP) with an eBPF program and reports every dropped packet with its flow, hook, \
+network namespace and sending process. It never changes the ruleset. Needs root \
+(CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN).",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print each dropped packet as it happens, and a summary at the end.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// One JSON object per line on stdout (drops, then a summary); logs stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How long a capture runs and what it keeps.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many dropped packets.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Report packets freed for any drop reason, not only netfilter drops.
+    #[arg(long)]
+    pub all_reasons: bool,
+}
+
+/// Which drops to report. All filters are applied in the kernel.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Network namespace: a name from `ip netns list`, a path (/proc/PID/ns/net), or `all`.
+    #[arg(long, value_name = "NAME|PATH|all", default_value = "all")]
+    pub netns: String,
+    /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<Proto>,
+    /// Source address or CIDR.
+    #[arg(long, value_name = "ADDR[/LEN]")]
+    pub src: Option<Cidr>,
+    /// Destination address or CIDR.
+    #[arg(long, value_name = "ADDR[/LEN]")]
+    pub dst: Option<Cidr>,
+    /// Source port or range (1024-65535).
+    #[arg(long, value_name = "PORT[-PORT]")]
+    pub sport: Option<Ports>,
+    /// Destination port or range (1024-65535).
+    #[arg(long, value_name = "PORT[-PORT]")]
+    pub dport: Option<Ports>,
+}
+
+impl FilterArgs {
+    pub fn netns_selector(&self) -> NetnsSelector {
+        NetnsSelector::parse(&self.netns)
+    }
+
+    /// Resolves the namespace and checks the filters can match at all.
+    pub fn to_filters(&self) -> anyhow::Result<Filters> {
+        let netns = self
+            .netns_selector()
+            .inode()
+            .map_err(|e: NetnsError| anyhow::anyhow!(e))?;
+        let f = Filters {
+            netns,
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+        };
+        f.validate()?;
+        Ok(f)
+    }
+
+    /// The filters in the user's words, for the start line.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = self.proto {
+            parts.push(format!("proto {}", crate::filter::proto_name(p.0)));
+        }
+        if let Some(c) = self.src {
+            parts.push(format!("src {}", c.0));
+        }
+        if let Some(c) = self.dst {
+            parts.push(format!("dst {}", c.0));
+        }
+        let ports = |p: Ports| {
+            if p.lo == p.hi {
+                p.lo.to_string()
+            } else {
+                format!("{}-{}", p.lo, p.hi)
+            }
+        };
+        if let Some(p) = self.sport {
+            parts.push(format!("sport {}", ports(p)));
+        }
+        if let Some(p) = self.dport {
+            parts.push(format!("dport {}", ports(p)));
+        }
+        parts.join(", ")
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_filters_are_rejected_by_the_parser() {
+        for bad in [
+            vec!["droptrace", "watch", "--dport", "99999"],
+            vec!["droptrace", "watch", "--proto", "tcpx"],
+            vec!["droptrace", "watch", "--dst", "not-an-ip"],
+            vec!["droptrace", "watch", "--duration", "0s"],
+            vec!["droptrace", "watch", "--duration", "soon"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn watch_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "droptrace",
+            "watch",
+            "--netns",
+            "client",
+            "--proto",
+            "tcp",
+            "--dport",
+            "1024-65535",
+            "--dst",
+            "203.0.113.0/24",
+            "--duration",
+            "30s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command;
+        assert!(w.json);
+        assert_eq!(w.capture.duration, Some(Duration::from_secs(30)));
+        assert_eq!(
+            w.filters.describe(),
+            "proto tcp, dst 203.0.113.0/24, dport 1024-65535"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! A dropped packet as userspace sees it: the raw kernel record decoded into owned,
+//! typed fields, before any enrichment (hook, process, rule).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{AF_INET6, CT_NONE, DropEvent, flags};
+
+/// Connection-tracking state of the packet (`enum ip_conntrack_info`,
+/// include/uapi/linux/netfilter/nf_conntrack_common.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtState {
+    Established,
+    Related,
+    New,
+    /// Reply direction of an established connection.
+    EstablishedReply,
+    RelatedReply,
+    /// No conntrack entry attached (conntrack not in use, or untracked/invalid).
+    None,
+}
+
+impl CtState {
+    fn from_info(info: u8) -> Self {
+        match info {
+            0 => CtState::Established,
+            1 => CtState::Related,
+            2 => CtState::New,
+            3 => CtState::EstablishedReply,
+            4 => CtState::RelatedReply,
+            _ => CtState::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drop {
+    pub ts_ns: u64,
+    pub location: u64,
+    pub netns: u32,
+    pub ifindex: u32,
+    pub ifname: String,
+    pub out_ifindex: u32,
+    pub out_ifname: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub socket: Option<u64>,
+    pub uid: Option<u32>,
+    pub reason: u32,
+    pub mark: u32,
+    pub len: u32,
+    pub stack_id: Option<u32>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    /// Ports when the protocol has them (TCP, UDP, SCTP).
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub tcp_flags: Option<u8>,
+    pub icmp: Option<(u8, u8)>,
+    pub ct_state: CtState,
+    pub fragment: bool,
+    /// The packet from its network header on, when capture was asked for.
+    pub headers: Vec<u8>,
+}
+
+/// Turns a C string buffer into text, stopping at the first NUL. Invalid UTF-8 is kept
+/// visible (lossy) and escaped later, at display time.
+pub fn c_string(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl From<&DropEvent> for Drop {
+    fn from(e: &DropEvent) -> Self {
+        let (src, dst) = if e.family == AF_INET6 {
+            (
+                IpAddr::V6(Ipv6Addr::from(e.saddr)),
+                IpAddr::V6(Ipv6Addr::from(e.daddr)),
+            )
+        } else {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(&e.saddr), v4(&e.daddr))
+        };
+        let has_l4 = e.flags & flags::HAS_L4 != 0;
+        let ports = has_l4 && matches!(e.proto, 6 | 17 | 132);
+        let headers_len = usize::from(e.headers_len).min(e.headers.len());
+        Drop {
+            ts_ns: e.ts_ns,
+            location: e.location,
+            netns: e.netns,
+            ifindex: e.ifindex,
+            ifname: c_string(&e.ifname),
+            out_ifindex: e.out_ifindex,
+            out_ifname: c_string(&e.out_ifname),
+            pid: e.pid,
+            tid: e.tid,
+            comm: c_string(&e.comm),
+            socket: (e.flags & flags::HAS_SOCKET != 0).then_some(e.sk),
+            uid: (e.flags & flags::HAS_UID != 0).then_some(e.uid),
+            reason: e.reason,
+            mark: e.mark,
+            len: e.len,
+            stack_id: u32::try_from(e.stack_id).ok(),
+            src,
+            dst,
+            proto: e.proto,
+            sport: ports.then_some(e.sport),
+            dport: ports.then_some(e.dport),
+            tcp_flags: (has_l4 && e.proto == 6).then_some(e.tcp_flags),
+            icmp: (has_l4 && matches!(e.proto, 1 | 58)).then_some((e.icmp_type, e.icmp_code)),
+            ct_state: if e.ct_info == CT_NONE {
+                CtState::None
+            } else {
+                CtState::from_info(e.ct_info)
+            },
+            fragment: e.flags & flags::FRAGMENT != 0,
+            headers: e.headers[..headers_len].to_vec(),
+        }
+    }
+}
+
+/// TCP flags as tcpdump prints them: `S`, `S.`, `R.`, `F.`, `P.`.
+pub fn tcp_flags_text(f: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+    ] {
+        if f & bit != 0 {
+            s.push(c);
+        }
+    }
+    if f & 0x10 != 0 {
+        s.push('.');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{AF_INET, HEADER_BYTES};
+
+    fn raw() -> DropEvent {
+        DropEvent {
+            ts_ns: 1,
+            location: 0xffff_ffff_8100_0000,
+            sk: 0xffff_8880_1234_0000,
+            netns: 4026531840,
+            ifindex: 2,
+            out_ifindex: 3,
+            pid: 812,
+            tid: 813,
+            uid: 1000,
+            reason: 12,
+            mark: 0,
+            len: 60,
+            stack_id: -14,
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 8443,
+            family: AF_INET,
+            proto: 6,
+            tcp_flags: 0x02,
+            icmp_type: 0,
+            icmp_code: 0,
+            ct_info: 2,
+            flags: flags::HAS_L4 | flags::HAS_SOCKET,
+            _pad: 0,
+            headers_len: 0,
+            _pad2: 0,
+            comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+            ifname: [0; 16],
+            out_ifname: *b"veth0\0\0\0\0\0\0\0\0\0\0\0",
+            headers: [0; HEADER_BYTES],
+        }
+    }
+
+    #[test]
+    fn decodes_a_tcp_syn() {
+        let d = Drop::from(&raw());
+        assert_eq!(d.dst.to_string(), "203.0.113.10");
+        assert_eq!(d.dport, Some(8443));
+        assert_eq!(d.tcp_flags.map(tcp_flags_text).as_deref(), Some("S"));
+        assert_eq!(d.comm, "java");
+        assert_eq!(d.out_ifname, "veth0");
+        assert_eq!(d.ifname, "");
+        assert_eq!(d.stack_id, None);
+        assert_eq!(d.uid, None);
+        assert_eq!(d.ct_state, CtState::New);
+        assert!(d.socket.is_some());
+    }
+
+    #[test]
+    fn icmp_has_no_ports() {
+        let mut e = raw();
+        e.proto = 1;
+        e.icmp_type = 8;
+        let d = Drop::from(&e);
+        assert_eq!(d.sport, None);
+        assert_eq!(d.icmp, Some((8, 0)));
+    }
+
+    #[test]
+    fn tcp_flag_text_matches_tcpdump() {
+        assert_eq!(tcp_flags_text(0x12), "S.");
+        assert_eq!(tcp_flags_text(0x14), "R.");
+        assert_eq!(tcp_flags_text(0x18), "P.");
+    }
+}

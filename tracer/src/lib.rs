@@ -1,0 +1,20 @@
+//! droptrace: which packets the firewall drops, which rule dropped them, to where, from
+//! which process.
+//!
+//! Collection ([`capture`]) is separate from enrichment ([`record`]) and from display
+//! ([`output`], [`summary`]), so everything but the kernel attachment is tested with
+//! fabricated input.
+
+pub mod btf;
+pub mod capture;
+pub mod cli;
+pub mod drop;
+pub mod escape;
+pub mod filter;
+pub mod kallsyms;
+pub mod netns;
+pub mod output;
+pub mod record;
+pub mod stack;
+pub mod summary;
+pub mod watch;

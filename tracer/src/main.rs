@@ -1,0 +1,49 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use droptrace::cli::{Cli, Command};
+
+/// Exit status for errors: bad input, missing privileges, an unsupported kernel.
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!(e)),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watch(args) => droptrace::watch::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line on stderr: the error and its causes.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let msg: Vec<String> = e
+        .chain()
+        .map(|c| droptrace::escape::terminal(&c.to_string()).into_owned())
+        .collect();
+    eprintln!("droptrace: error: {}", msg.join(": "));
+    ExitCode::from(EXIT_ERROR)
+}

@@ -1,0 +1,266 @@
+//! Rendering records: one JSON object per line, or aligned text for people.
+//!
+//! Data goes to stdout, logs to stderr. Renderers take records and write bytes; they know
+//! nothing of the kernel, so they are tested with fabricated records.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::{
+    escape::terminal,
+    record::DropRecord,
+    summary::{Summary, SummaryRecord},
+};
+
+pub trait Sink {
+    fn start(&mut self, _info: &StartInfo) -> io::Result<()> {
+        Ok(())
+    }
+    fn drop_record(&mut self, r: &DropRecord) -> io::Result<()>;
+    fn summary(&mut self, s: &Summary, end: &SummaryRecord) -> io::Result<()>;
+}
+
+/// What a capture watches, printed before the first drop.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartInfo {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// How drops are captured (`tp_btf/kfree_skb`).
+    pub mode: String,
+    /// `netfilter` or `all`.
+    pub reasons: &'static str,
+    pub netns: String,
+    pub filters: String,
+    /// How the capture ends.
+    pub until: String,
+}
+
+impl StartInfo {
+    pub fn line(&self) -> String {
+        let filters = if self.filters.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", self.filters)
+        };
+        format!(
+            "droptrace: watching {} drops in netns {}{} via {}, {}",
+            self.reasons,
+            terminal(&self.netns),
+            terminal(&filters),
+            self.mode,
+            self.until
+        )
+    }
+}
+
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        JsonSink { out }
+    }
+
+    fn line<T: Serialize>(&mut self, v: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn start(&mut self, info: &StartInfo) -> io::Result<()> {
+        self.line(info)
+    }
+    fn drop_record(&mut self, r: &DropRecord) -> io::Result<()> {
+        self.line(r)
+    }
+    fn summary(&mut self, _s: &Summary, end: &SummaryRecord) -> io::Result<()> {
+        self.line(end)
+    }
+}
+
+pub struct TextSink<W: Write> {
+    out: W,
+    header_done: bool,
+}
+
+impl<W: Write> TextSink<W> {
+    pub fn new(out: W) -> Self {
+        TextSink {
+            out,
+            header_done: false,
+        }
+    }
+}
+
+/// `HH:MM:SS.mmm` of an RFC 3339 timestamp.
+fn clock(time: &str) -> &str {
+    time.get(11..23).unwrap_or(time)
+}
+
+pub fn process_text(r: &DropRecord) -> String {
+    match r.pid {
+        Some(pid) => format!("{}[{pid}]", terminal(&r.comm)),
+        None => "unknown".to_string(),
+    }
+}
+
+pub fn netns_text(r: &DropRecord) -> String {
+    match &r.netns_name {
+        Some(n) => terminal(n).into_owned(),
+        None => r.netns.to_string(),
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn drop_record(&mut self, r: &DropRecord) -> io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<12}  {:<12} {:<10} {:<6} {:>41}    {:<41} {:<5} {:<11} {:<20} REASON",
+                "TIME(UTC)",
+                "NETNS",
+                "IFACE",
+                "PROTO",
+                "SOURCE",
+                "DESTINATION",
+                "FLAGS",
+                "HOOK",
+                "PROCESS"
+            )?;
+        }
+        let flags = match (&r.tcp_flags, r.icmp_type) {
+            (Some(f), _) => f.clone(),
+            (None, Some(t)) => format!("t{t}"),
+            _ => "-".into(),
+        };
+        let count = if r.count > 1 {
+            format!(" x{}", r.count)
+        } else {
+            String::new()
+        };
+        writeln!(
+            self.out,
+            "{:<12}  {:<12} {:<10} {:<6} {:>41} -> {:<41} {:<5} {:<11} {:<20} {}{}",
+            clock(&r.time),
+            netns_text(r),
+            terminal(&r.ifname),
+            r.proto,
+            r.source(),
+            r.destination(),
+            flags,
+            r.hook.map_or("?", |h| h.as_str()),
+            process_text(r),
+            r.reason,
+            count,
+        )?;
+        self.out.flush()
+    }
+
+    fn summary(&mut self, s: &Summary, end: &SummaryRecord) -> io::Result<()> {
+        writeln!(self.out)?;
+        writeln!(
+            self.out,
+            "{} drops in {:.1}s, {} lost{}",
+            end.total,
+            end.duration_s,
+            end.lost,
+            if end.lost > 0 {
+                " (ring buffer full: counts above are incomplete)"
+            } else {
+                ""
+            }
+        )?;
+        let dests = s.destinations();
+        if !dests.is_empty() {
+            writeln!(self.out, "by destination:")?;
+            for d in dests {
+                writeln!(self.out, "  {:>8}  {:<5} {}", d.count, d.proto, d.dst)?;
+            }
+            writeln!(self.out, "by hook:")?;
+            for (hook, n) in s.hooks() {
+                writeln!(self.out, "  {n:>8}  {hook}")?;
+            }
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample;
+
+    #[test]
+    fn json_lines_parse_and_sum() {
+        let mut buf = Vec::new();
+        let mut s = Summary::default();
+        {
+            let mut sink = JsonSink::new(&mut buf);
+            let r = sample();
+            s.add(&r);
+            sink.drop_record(&r).unwrap();
+            sink.summary(&s, &s.record(0, 1, 0.5)).unwrap();
+        }
+        let lines: Vec<serde_json::Value> = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["count"], 1);
+        assert_eq!(lines[1]["total"], 1);
+        assert_eq!(lines[1]["destinations"][0]["dst"], "203.0.113.10:8443");
+    }
+
+    #[test]
+    fn text_line_names_the_flow_hook_and_process() {
+        let mut buf = Vec::new();
+        TextSink::new(&mut buf).drop_record(&sample()).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(line.starts_with("10:30:00.123"));
+        for part in [
+            "client",
+            "198.51.100.2:40000 -> 203.0.113.10:8443",
+            "OUTPUT",
+            "java[812]",
+            "NETFILTER_DROP",
+        ] {
+            assert!(line.contains(part), "{part} missing in {line}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_text_and_valid_in_json() {
+        let mut r = sample();
+        r.comm = "\x1b[31mevil\x07".into();
+        r.ifname = "eth\n0".into();
+        let mut buf = Vec::new();
+        TextSink::new(&mut buf).drop_record(&r).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'));
+        assert!(text.contains("\\x1b[31mevil\\x07[812]"));
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "an embedded newline must not split the line"
+        );
+        let mut buf = Vec::new();
+        JsonSink::new(&mut buf).drop_record(&r).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["comm"], "\x1b[31mevil\x07");
+    }
+
+    #[test]
+    fn softirq_drop_without_known_owner_says_unknown() {
+        let mut r = sample();
+        r.pid = None;
+        r.comm = "unknown".into();
+        assert_eq!(process_text(&r), "unknown");
+    }
+}

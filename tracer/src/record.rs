@@ -1,0 +1,279 @@
+//! The drop record droptrace prints: a kernel [`Drop`] enriched with what userspace knows
+//! (hook and engine from the stack, namespace name, the process behind the socket, the
+//! reason's name). This is the one type both output formats render, so text and JSON
+//! never disagree.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    btf::KernelBtf,
+    drop::{CtState, Drop, tcp_flags_text},
+    filter::proto_name,
+    kallsyms::Kallsyms,
+    netns::NetnsNames,
+    stack::{self, Context, Engine, Hook},
+};
+
+/// One line of output: a dropped packet, or `count` identical ones.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DropRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Wall-clock time of the (first) drop, RFC 3339.
+    pub time: String,
+    #[serde(skip)]
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    /// The interface the hook is about: input for PREROUTING/INPUT, output otherwise.
+    pub ifname: String,
+    pub family: &'static str,
+    pub proto: String,
+    pub src: IpAddr,
+    pub sport: Option<u16>,
+    pub dst: IpAddr,
+    pub dport: Option<u16>,
+    pub tcp_flags: Option<String>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub len: u32,
+    pub mark: u32,
+    pub ct_state: CtState,
+    pub reason: String,
+    pub hook: Option<Hook>,
+    pub engine: Option<Engine>,
+    /// Kernel function that freed the packet.
+    pub location: String,
+    pub context: Context,
+    /// Sender process; `None` (and comm `unknown`) when the drop ran in softirq and the
+    /// socket's owner was never seen.
+    pub pid: Option<u32>,
+    pub comm: String,
+    pub uid: Option<u32>,
+    /// Packets this line stands for (>= 1).
+    pub count: u64,
+    #[serde(skip)]
+    pub headers: Vec<u8>,
+}
+
+impl DropRecord {
+    /// `dst:dport` (IPv6 in brackets), or the bare address for port-less protocols.
+    pub fn destination(&self) -> String {
+        endpoint(self.dst, self.dport)
+    }
+
+    pub fn source(&self) -> String {
+        endpoint(self.src, self.sport)
+    }
+}
+
+pub fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
+/// Who sent packets on a socket, learnt from drops seen in process context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    comm: String,
+}
+
+/// Turns kernel drops into records. Holds the caches that make that cheap per packet.
+pub struct Enricher {
+    kernel: KernelBtf,
+    kallsyms: Kallsyms,
+    netns: NetnsNames,
+    owners: HashMap<u64, Owner>,
+    /// Wall clock minus monotonic clock, to date the kernel's monotonic timestamps.
+    realtime_offset_ns: i128,
+}
+
+/// Sockets remembered at most; old entries are forgotten wholesale when full.
+const MAX_OWNERS: usize = 65_536;
+
+impl Enricher {
+    pub fn new(kernel: KernelBtf, kallsyms: Kallsyms) -> Self {
+        Enricher {
+            kernel,
+            kallsyms,
+            netns: NetnsNames::new(),
+            owners: HashMap::new(),
+            realtime_offset_ns: realtime_offset_ns(),
+        }
+    }
+
+    pub fn netns_name(&mut self, inode: u32) -> Option<String> {
+        self.netns.name(inode)
+    }
+
+    /// Builds the record of `drop` whose kernel stack is `stack` (innermost first).
+    pub fn record(&mut self, drop: Drop, stack: Option<&[u64]>) -> DropRecord {
+        let frames: Vec<&str> = stack
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| self.kallsyms.resolve(*ip))
+            .collect();
+        let facts = stack::classify(frames.iter().copied());
+        let location = self
+            .kallsyms
+            .resolve(drop.location)
+            .unwrap_or("?")
+            .to_string();
+        let engine = facts
+            .engine
+            .or_else(|| stack::engine_from_location(&location));
+        // The idle task (pid 0) is never the sender.
+        let context = if facts.softirq || drop.pid == 0 {
+            Context::Softirq
+        } else {
+            Context::Process
+        };
+        let (pid, comm) = self.sender(&drop, context);
+        let hook = facts.hook;
+        let ifname = match hook {
+            Some(Hook::Prerouting | Hook::Input | Hook::Ingress) => &drop.ifname,
+            _ if !drop.out_ifname.is_empty() => &drop.out_ifname,
+            _ => &drop.ifname,
+        }
+        .clone();
+        DropRecord {
+            kind: "drop",
+            time: self.wall_clock(drop.ts_ns),
+            ts_ns: drop.ts_ns,
+            netns: drop.netns,
+            netns_name: self.netns.name(drop.netns),
+            ifname,
+            family: if drop.src.is_ipv6() { "ipv6" } else { "ipv4" },
+            proto: proto_name(drop.proto),
+            src: drop.src,
+            sport: drop.sport,
+            dst: drop.dst,
+            dport: drop.dport,
+            tcp_flags: drop.tcp_flags.map(tcp_flags_text),
+            icmp_type: drop.icmp.map(|(t, _)| t),
+            icmp_code: drop.icmp.map(|(_, c)| c),
+            len: drop.len,
+            mark: drop.mark,
+            ct_state: drop.ct_state,
+            reason: self.kernel.reason_name(drop.reason),
+            hook,
+            engine,
+            location,
+            context,
+            pid,
+            comm,
+            uid: drop.uid,
+            count: 1,
+            headers: drop.headers,
+        }
+    }
+
+    /// The process behind a drop: the current task in process context (remembered as the
+    /// socket's owner), else the socket's remembered owner, else unknown.
+    fn sender(&mut self, drop: &Drop, context: Context) -> (Option<u32>, String) {
+        if context == Context::Process {
+            if let Some(sk) = drop.socket {
+                if self.owners.len() >= MAX_OWNERS {
+                    self.owners.clear();
+                }
+                self.owners.insert(
+                    sk,
+                    Owner {
+                        pid: drop.pid,
+                        comm: drop.comm.clone(),
+                    },
+                );
+            }
+            return (Some(drop.pid), drop.comm.clone());
+        }
+        match drop.socket.and_then(|sk| self.owners.get(&sk)) {
+            Some(o) => (Some(o.pid), o.comm.clone()),
+            None => (None, "unknown".to_string()),
+        }
+    }
+
+    fn wall_clock(&self, mono_ns: u64) -> String {
+        let ns = i128::from(mono_ns) + self.realtime_offset_ns;
+        jiff::Timestamp::from_nanosecond(ns).map_or_else(|_| "?".into(), |t| t.to_string())
+    }
+}
+
+fn realtime_offset_ns() -> i128 {
+    let ns = |clock| {
+        nix::time::clock_gettime(clock).map_or(0, |t| {
+            i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+        })
+    };
+    ns(nix::time::ClockId::CLOCK_REALTIME) - ns(nix::time::ClockId::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A record as the enricher would build it, for renderer tests.
+    pub fn sample() -> DropRecord {
+        DropRecord {
+            kind: "drop",
+            time: "2026-11-24T10:30:00.123456789Z".into(),
+            ts_ns: 1,
+            netns: 4026532300,
+            netns_name: Some("client".into()),
+            ifname: "veth-c".into(),
+            family: "ipv4",
+            proto: "tcp".into(),
+            src: "198.51.100.2".parse().unwrap(),
+            sport: Some(40000),
+            dst: "203.0.113.10".parse().unwrap(),
+            dport: Some(8443),
+            tcp_flags: Some("S".into()),
+            icmp_type: None,
+            icmp_code: None,
+            len: 60,
+            mark: 0,
+            ct_state: CtState::New,
+            reason: "NETFILTER_DROP".into(),
+            hook: Some(Hook::Output),
+            engine: Some(Engine::Nftables(stack::NftFamily::Ip)),
+            location: "nft_do_chain".into(),
+            context: Context::Process,
+            pid: Some(812),
+            comm: "java".into(),
+            uid: Some(0),
+            count: 1,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn endpoints_bracket_ipv6() {
+        assert_eq!(
+            endpoint("2001:db8::1".parse().unwrap(), Some(443)),
+            "[2001:db8::1]:443"
+        );
+        assert_eq!(
+            endpoint("203.0.113.10".parse().unwrap(), None),
+            "203.0.113.10"
+        );
+    }
+
+    #[test]
+    fn json_carries_the_documented_fields() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for k in [
+            "type", "time", "netns", "ifname", "family", "proto", "src", "sport", "dst", "dport",
+            "reason", "hook", "pid", "comm", "count",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["type"], "drop");
+        assert_eq!(v["hook"], "OUTPUT");
+        assert_eq!(v["dst"], "203.0.113.10");
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading a drop's kernel stack: which netfilter hook, which engine, which context.
+//!
+//! `nf_hook_slow()` (net/netfilter/core.c) runs the hook's chains; its caller names the
+//! hook, since each hook is invoked from one place per family (`__ip_local_out` is
+//! `NF_INET_LOCAL_OUT`, `ip_rcv` is `NF_INET_PRE_ROUTING`, ...). When nf_tables drops,
+//! `nft_do_chain_<family>` (net/netfilter/nft_chain_filter.c) is on the stack too and
+//! names the table family. Legacy xtables returns NF_DROP from `ipt_do_table`, and
+//! `nf_hook_slow` itself frees the packet, so the drop location is `nf_hook_slow` and
+//! no nft frame is present.
+
+use serde::Serialize;
+
+/// A netfilter hook, named as iptables names its built-in chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "PREROUTING",
+            Hook::Input => "INPUT",
+            Hook::Forward => "FORWARD",
+            Hook::Output => "OUTPUT",
+            Hook::Postrouting => "POSTROUTING",
+            Hook::Ingress => "INGRESS",
+            Hook::Egress => "EGRESS",
+        }
+    }
+}
+
+/// The netfilter engine whose verdict dropped the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// nf_tables (native nft and iptables-nft); the table family is known.
+    Nftables(NftFamily),
+    /// Legacy xtables (iptables-legacy / ip6tables-legacy).
+    Xtables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NftFamily {
+    Ip,
+    Ip6,
+    Inet,
+    Bridge,
+    Arp,
+    Netdev,
+}
+
+impl Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Nftables(NftFamily::Ip) => "nftables/ip",
+            Engine::Nftables(NftFamily::Ip6) => "nftables/ip6",
+            Engine::Nftables(NftFamily::Inet) => "nftables/inet",
+            Engine::Nftables(NftFamily::Bridge) => "nftables/bridge",
+            Engine::Nftables(NftFamily::Arp) => "nftables/arp",
+            Engine::Nftables(NftFamily::Netdev) => "nftables/netdev",
+            Engine::Xtables => "xtables",
+        }
+    }
+}
+
+/// Whether the drop ran on behalf of the current task or in softirq (timers, receive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Context {
+    Process,
+    Softirq,
+}
+
+/// What a stack says about a drop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackFacts {
+    pub hook: Option<Hook>,
+    pub engine: Option<Engine>,
+    pub softirq: bool,
+}
+
+/// Functions that call `nf_hook_slow`/`nf_hook_slow_list` for one hook (via the inline
+/// `nf_hook()`/`NF_HOOK()` of include/linux/netfilter.h).
+const HOOK_CALLERS: &[(&str, Hook)] = &[
+    ("__ip_local_out", Hook::Output),
+    ("__ip6_local_out", Hook::Output),
+    ("ip6_xmit", Hook::Output),
+    ("raw_send_hdrinc", Hook::Output),
+    ("rawv6_send_hdrinc", Hook::Output),
+    ("ndisc_send_skb", Hook::Output),
+    ("mld_sendpack", Hook::Output),
+    ("igmp6_send", Hook::Output),
+    ("ip_output", Hook::Postrouting),
+    ("ip6_output", Hook::Postrouting),
+    ("ip_mc_output", Hook::Postrouting),
+    ("ip6_finish_output2", Hook::Postrouting),
+    ("ip_forward", Hook::Forward),
+    ("ip6_forward", Hook::Forward),
+    ("ip_rcv", Hook::Prerouting),
+    ("ipv6_rcv", Hook::Prerouting),
+    ("ip_sublist_rcv", Hook::Prerouting),
+    ("ip_list_rcv", Hook::Prerouting),
+    ("ipv6_list_rcv", Hook::Prerouting),
+    ("ip6_sublist_rcv", Hook::Prerouting),
+    ("ip_local_deliver", Hook::Input),
+    ("ip6_input", Hook::Input),
+    ("ip_mr_input", Hook::Input),
+    ("nf_hook_ingress", Hook::Ingress),
+    ("__netif_receive_skb_core", Hook::Ingress),
+    ("nf_hook_egress", Hook::Egress),
+];
+
+/// Frames that mean the stack runs in softirq, not on behalf of the current task.
+const SOFTIRQ_FRAMES: &[&str] = &[
+    "handle_softirqs",
+    "__do_softirq",
+    "do_softirq",
+    "run_timer_softirq",
+    "net_rx_action",
+];
+
+/// Classifies a symbolized stack, innermost frame first.
+pub fn classify<'a>(frames: impl IntoIterator<Item = &'a str>) -> StackFacts {
+    let mut facts = StackFacts::default();
+    let mut after_hook_slow = false;
+    for f in frames {
+        let f = strip_suffix(f);
+        if facts.hook.is_none() {
+            if after_hook_slow {
+                facts.hook = HOOK_CALLERS.iter().find(|(n, _)| *n == f).map(|(_, h)| *h);
+                after_hook_slow = facts.hook.is_none() && !f.starts_with("nf_hook");
+            }
+            if f == "nf_hook_slow" || f == "nf_hook_slow_list" {
+                after_hook_slow = true;
+            }
+        }
+        if facts.engine.is_none() {
+            facts.engine = nft_family(f).map(Engine::Nftables);
+        }
+        if SOFTIRQ_FRAMES.contains(&f) {
+            facts.softirq = true;
+        }
+    }
+    facts
+}
+
+/// The engine when the stack shows none: a drop located in `nf_hook_slow` itself is a
+/// legacy xtables verdict (nf_tables frees the packet inside `nft_do_chain`).
+pub fn engine_from_location(location_fn: &str) -> Option<Engine> {
+    matches!(
+        strip_suffix(location_fn),
+        "nf_hook_slow" | "nf_hook_slow_list"
+    )
+    .then_some(Engine::Xtables)
+}
+
+fn nft_family(f: &str) -> Option<NftFamily> {
+    Some(match f {
+        "nft_do_chain_ipv4" => NftFamily::Ip,
+        "nft_do_chain_ipv6" => NftFamily::Ip6,
+        "nft_do_chain_inet" | "nft_do_chain_inet_ingress" => NftFamily::Inet,
+        "nft_do_chain_bridge" => NftFamily::Bridge,
+        "nft_do_chain_arp" => NftFamily::Arp,
+        "nft_do_chain_netdev" => NftFamily::Netdev,
+        _ => return None,
+    })
+}
+
+/// Compilers clone functions (`ip_rcv.cold`, `__ip_local_out.constprop.0`): compare the base.
+fn strip_suffix(f: &str) -> &str {
+    f.split_once('.').map_or(f, |(base, _)| base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_output_drop_from_the_sending_process() {
+        // As seen on 6.18 for iptables-nft (KERNEL-NOTES).
+        let s = classify([
+            "sk_skb_reason_drop",
+            "nft_do_chain",
+            "nft_do_chain_ipv4",
+            "nf_hook_slow",
+            "__ip_local_out",
+            "ip_local_out",
+            "__ip_queue_xmit",
+            "tcp_connect",
+        ]);
+        assert_eq!(s.hook, Some(Hook::Output));
+        assert_eq!(s.engine, Some(Engine::Nftables(NftFamily::Ip)));
+        assert!(!s.softirq);
+    }
+
+    #[test]
+    fn legacy_drop_has_no_nft_frame_and_is_located_in_nf_hook_slow() {
+        let s = classify([
+            "sk_skb_reason_drop",
+            "nf_hook_slow",
+            "__ip_local_out",
+            "ip_send_skb",
+            "udp_send_skb",
+        ]);
+        assert_eq!(s.hook, Some(Hook::Output));
+        assert_eq!(s.engine, None);
+        assert_eq!(engine_from_location("nf_hook_slow"), Some(Engine::Xtables));
+        assert_eq!(engine_from_location("nft_do_chain"), None);
+    }
+
+    #[test]
+    fn retransmission_from_a_timer_is_softirq() {
+        let s = classify([
+            "sk_skb_reason_drop",
+            "nft_do_chain",
+            "nft_do_chain_inet",
+            "nf_hook_slow",
+            "ip6_xmit",
+            "inet6_csk_xmit",
+            "__tcp_transmit_skb",
+            "tcp_retransmit_skb",
+            "tcp_retransmit_timer",
+            "tcp_write_timer_handler",
+            "call_timer_fn",
+            "run_timer_softirq",
+            "handle_softirqs",
+        ]);
+        assert_eq!(s.hook, Some(Hook::Output));
+        assert_eq!(s.engine, Some(Engine::Nftables(NftFamily::Inet)));
+        assert!(s.softirq);
+    }
+
+    #[test]
+    fn input_and_prerouting_and_forward() {
+        let hook = |caller: &str| classify(["nft_do_chain", "nf_hook_slow", caller]).hook;
+        assert_eq!(hook("ip_local_deliver"), Some(Hook::Input));
+        assert_eq!(hook("ip6_input"), Some(Hook::Input));
+        assert_eq!(hook("ip_rcv"), Some(Hook::Prerouting));
+        assert_eq!(hook("ip_forward"), Some(Hook::Forward));
+        assert_eq!(hook("ip_output"), Some(Hook::Postrouting));
+        assert_eq!(hook("ip_rcv.cold"), Some(Hook::Prerouting));
+        assert_eq!(hook("something_new"), None);
+    }
+
+    #[test]
+    fn no_netfilter_frames_means_no_hook() {
+        let s = classify([
+            "sk_skb_reason_drop",
+            "tcp_v4_rcv",
+            "ip_protocol_deliver_rcu",
+        ]);
+        assert_eq!(s, StackFacts::default());
+    }
+}

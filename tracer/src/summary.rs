@@ -1,0 +1,119 @@
+//! Totals of a capture: by destination, by hook, and what was lost. Printed when a
+//! capture ends, in text or as the final JSON line.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::{record::DropRecord, stack::Hook};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DestinationKey {
+    pub dst: String,
+    pub proto: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub total: u64,
+    by_destination: HashMap<DestinationKey, u64>,
+    by_hook: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct DestinationCount {
+    pub dst: String,
+    pub proto: String,
+    pub count: u64,
+}
+
+/// The final JSON line of a capture.
+#[derive(Debug, Serialize)]
+pub struct SummaryRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub total: u64,
+    /// Drop records the kernel could not hand over (ring buffer full).
+    pub lost: u64,
+    /// Drops that matched the filters in the kernel; `total + lost` when nothing is missing.
+    pub matched_in_kernel: u64,
+    pub duration_s: f64,
+    pub destinations: Vec<DestinationCount>,
+    pub hooks: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    pub fn add(&mut self, r: &DropRecord) {
+        self.total += r.count;
+        let key = DestinationKey {
+            dst: r.destination(),
+            proto: r.proto.clone(),
+        };
+        *self.by_destination.entry(key).or_default() += r.count;
+        let hook = r.hook.map_or("unknown", Hook::as_str).to_string();
+        *self.by_hook.entry(hook).or_default() += r.count;
+    }
+
+    /// Destinations, most drops first (ties by name, so output is stable).
+    pub fn destinations(&self) -> Vec<DestinationCount> {
+        let mut v: Vec<DestinationCount> = self
+            .by_destination
+            .iter()
+            .map(|(k, c)| DestinationCount {
+                dst: k.dst.clone(),
+                proto: k.proto.clone(),
+                count: *c,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.dst.cmp(&b.dst)));
+        v
+    }
+
+    pub fn hooks(&self) -> &BTreeMap<String, u64> {
+        &self.by_hook
+    }
+
+    pub fn record(&self, lost: u64, matched: u64, duration_s: f64) -> SummaryRecord {
+        SummaryRecord {
+            kind: "summary",
+            total: self.total,
+            lost,
+            matched_in_kernel: matched,
+            duration_s,
+            destinations: self.destinations(),
+            hooks: self.by_hook.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample;
+
+    #[test]
+    fn groups_by_destination_and_hook() {
+        let mut s = Summary::default();
+        let a = sample();
+        let mut b = sample();
+        b.dport = Some(9090);
+        b.count = 3;
+        s.add(&a);
+        s.add(&b);
+        s.add(&a);
+        assert_eq!(s.total, 5);
+        let d = s.destinations();
+        assert_eq!(
+            d[0],
+            DestinationCount {
+                dst: "203.0.113.10:9090".into(),
+                proto: "tcp".into(),
+                count: 3
+            }
+        );
+        assert_eq!(d[1].count, 2);
+        assert_eq!(s.hooks().get("OUTPUT"), Some(&5));
+        let r = s.record(0, 5, 1.0);
+        assert_eq!(serde_json::to_value(&r).unwrap()["type"], "summary");
+    }
+}
