@@ -55,6 +55,9 @@ pub struct Session {
     pub enricher: Enricher,
     pub summary: Summary,
     started: Instant,
+    // Registered before the start line is printed, so a Ctrl-C right after it is caught.
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
     netns_label: String,
     mode: String,
     all_reasons: bool,
@@ -92,6 +95,8 @@ impl Session {
             enricher,
             summary: Summary::default(),
             started: Instant::now(),
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
             netns_label,
             mode: "tp_btf/kfree_skb".into(),
             all_reasons: capture.all_reasons,
@@ -128,8 +133,6 @@ impl Session {
         c: &CaptureArgs,
         mut emit: impl FnMut(&crate::record::DropRecord) -> io::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let deadline = c
             .duration
             .map(|d| tokio::time::Instant::from_std(self.started + d));
@@ -139,8 +142,8 @@ impl Session {
         loop {
             let stop = tokio::select! {
                 r = self.capture.readable() => { r?; false }
-                _ = sigint.recv() => true,
-                _ = sigterm.recv() => true,
+                _ = self.sigint.recv() => true,
+                _ = self.sigterm.recv() => true,
                 _ = &mut sleep, if deadline.is_some() => true,
             };
             // Drain also after a stop: records already in the ring buffer count.

@@ -1,0 +1,309 @@
+//! Test harness: throw-away network topologies and a droptrace process to watch them.
+//!
+//! Each test builds its own "client" and "gateway" namespaces joined by a veth pair, with
+//! names unique to the test process and test, and runs droptrace scoped to its own
+//! namespace (`--netns`), so tests run in parallel without seeing each other's drops.
+//! Everything is removed on drop, also when the test panics: deleting a namespace
+//! deletes its interfaces and its iptables/nftables rules with it.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::sched::{CloneFlags, setns};
+use serde_json::Value;
+
+pub const CLIENT_V4: &str = "198.51.100.2";
+pub const GATEWAY_V4: &str = "203.0.113.10";
+pub const CLIENT_V6: &str = "2001:db8:1::2";
+pub const GATEWAY_V6: &str = "2001:db8:2::10";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace (/run/netns/NAME), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("dt-{}-{n}-{tag}", std::process::id());
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets made there stay in
+    /// the namespace; the test's own thread is untouched.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let file = File::open(self.path())?;
+        thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))
+    }
+
+    /// Starts a TCP listener that accepts (and closes) connections until the test ends.
+    pub fn tcp_listen(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = self.run(move || TcpListener::bind(addr))??;
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        Ok(())
+    }
+
+    /// Tries a TCP connection from this namespace; `Ok(true)` when it connected.
+    pub fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<bool> {
+        self.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
+    }
+
+    /// Sends `n` UDP datagrams from one socket; returns how many the kernel accepted
+    /// (a datagram dropped in OUTPUT fails with EPERM).
+    pub fn udp_send(&self, addr: SocketAddr, n: usize) -> anyhow::Result<usize> {
+        self.run(move || {
+            let bind: SocketAddr = if addr.is_ipv6() {
+                "[::]:0".parse().unwrap()
+            } else {
+                "0.0.0.0:0".parse().unwrap()
+            };
+            let sock = UdpSocket::bind(bind).expect("bind");
+            (0..n)
+                .filter(|_| sock.send_to(b"droptrace test", addr).is_ok())
+                .count()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A client and a gateway namespace joined by a veth pair, IPv4 and IPv6.
+pub struct Topology {
+    pub client: Netns,
+    pub gateway: Netns,
+}
+
+impl Topology {
+    pub fn new() -> anyhow::Result<Self> {
+        let client = Netns::new("c")?;
+        let gateway = Netns::new("g")?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (vc, vg) = (format!("dtc{n}"), format!("dtg{n}"));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &vc,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            &vg,
+            "netns",
+            &gateway.name,
+        ])?;
+        for (ns, dev, v4, v6, peer4, peer6) in [
+            (&client, &vc, CLIENT_V4, CLIENT_V6, GATEWAY_V4, GATEWAY_V6),
+            (&gateway, &vg, GATEWAY_V4, GATEWAY_V6, CLIENT_V4, CLIENT_V6),
+        ] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/32"), "dev", dev])?;
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+            ns.exec(&["ip", "route", "add", &format!("{peer4}/32"), "dev", dev])?;
+            ns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                &format!("{peer6}/128"),
+                "dev",
+                dev,
+            ])?;
+        }
+        Ok(Topology { client, gateway })
+    }
+
+    pub fn gateway_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(GATEWAY_V4.parse().unwrap(), port)
+    }
+
+    pub fn gateway_addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(GATEWAY_V6.parse::<IpAddr>().unwrap(), port)
+    }
+}
+
+/// The droptrace binary under test: $DROPTRACE_BIN (set by `cargo xtask test`), else the
+/// debug build in the workspace.
+pub fn droptrace_bin() -> PathBuf {
+    std::env::var_os("DROPTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/droptrace")
+        })
+}
+
+/// Runs droptrace with `args`, returning (exit code, stdout, stderr).
+pub fn droptrace_output(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(droptrace_bin()).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A running `droptrace ... --json`, attached and ready when `start` returns.
+pub struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Watcher {
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(droptrace_bin())
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start droptrace")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("droptrace printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let w = Watcher {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let first = w
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .context("droptrace did not start")?;
+        if first["type"] != "start" {
+            bail!("first line is not the start line: {first}");
+        }
+        Ok(w)
+    }
+
+    /// Stops droptrace (SIGINT, as Ctrl-C) and returns every JSON line after the start line.
+    pub fn stop(self) -> anyhow::Result<Vec<Value>> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )?;
+        self.finish()
+    }
+
+    /// Waits for droptrace to end by itself (--duration, --count).
+    pub fn finish(mut self) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!("droptrace did not finish"),
+            }
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("droptrace exited with {status}");
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The drop lines of a capture.
+pub fn drops(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "drop").collect()
+}
+
+/// The summary line, which must be the last line.
+pub fn summary(lines: &[Value]) -> &Value {
+    let last = lines.last().expect("no output");
+    assert_eq!(
+        last["type"], "summary",
+        "last line is not the summary: {last}"
+    );
+    last
+}

@@ -1,0 +1,301 @@
+//! `droptrace watch` against the real kernel: real rules, real traffic, in namespaces.
+
+use std::time::Duration;
+
+use droptrace_tests::{
+    CLIENT_V4, GATEWAY_V4, GATEWAY_V6, Topology, Watcher, drops, droptrace_output, summary,
+};
+
+const SHORT: Duration = Duration::from_millis(1500);
+
+#[test]
+fn tcp_to_a_port_dropped_in_output_is_reported_with_its_tuple_and_hook() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    t.client
+        .exec(&[
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "1024:65535",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    assert!(
+        !t.client.tcp_connect(t.gateway_addr(8443), SHORT).unwrap(),
+        "connect should time out"
+    );
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "no drop reported: {lines:?}");
+    let first = d[0];
+    assert_eq!(first["proto"], "tcp");
+    assert_eq!(first["src"], CLIENT_V4);
+    assert_eq!(first["dst"], GATEWAY_V4);
+    assert_eq!(first["dport"], 8443);
+    assert_eq!(first["hook"], "OUTPUT");
+    assert_eq!(first["reason"], "NETFILTER_DROP");
+    assert_eq!(first["tcp_flags"], "S");
+    assert_eq!(
+        first["engine"], "nftables/ip",
+        "iptables here is iptables-nft"
+    );
+    assert_eq!(first["netns_name"], t.client.name.as_str());
+    assert_eq!(first["context"], "process");
+    assert!(first["pid"].as_u64().unwrap() > 0);
+    assert!(
+        first["ifname"].as_str().unwrap().starts_with("dtc"),
+        "{first}"
+    );
+}
+
+#[test]
+fn an_allowed_port_is_not_reported() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(443)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    assert!(
+        t.client.tcp_connect(t.gateway_addr(443), SHORT).unwrap(),
+        "443 must connect"
+    );
+    assert!(!t.client.tcp_connect(t.gateway_addr(8443), SHORT).unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty());
+    assert!(
+        d.iter().all(|v| v["dport"] == 8443),
+        "only 8443 may appear: {d:?}"
+    );
+}
+
+#[test]
+fn udp_drops_are_counted_exactly_like_the_rule_counter() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    let accepted = t.client.udp_send(t.gateway_addr(5044), 200).unwrap();
+    assert_eq!(accepted, 0, "every datagram is dropped locally with EPERM");
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(
+        d.iter()
+            .all(|v| v["proto"] == "udp" && v["dport"] == 5044 && v["hook"] == "OUTPUT")
+    );
+    let sum: u64 = d.iter().map(|v| v["count"].as_u64().unwrap()).sum();
+    let s = summary(&lines);
+    assert_eq!(sum, s["total"].as_u64().unwrap(), "sum of count == total");
+    assert_eq!(s["lost"], 0);
+    // The kernel's own counter for the rule.
+    let listing = t
+        .client
+        .exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])
+        .unwrap();
+    let pkts: u64 = listing
+        .lines()
+        .find(|l| l.contains("udp dpt:5044"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("rule counter");
+    assert_eq!(pkts, 200);
+    assert_eq!(s["total"].as_u64().unwrap(), pkts);
+    assert_eq!(s["destinations"][0]["dst"], format!("{GATEWAY_V4}:5044"));
+    assert_eq!(s["hooks"]["OUTPUT"], 200);
+}
+
+#[test]
+fn ipv6_drops_are_reported() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr6(9090)).unwrap();
+    t.client
+        .exec(&[
+            "ip6tables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "9090",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    assert!(!t.client.tcp_connect(t.gateway_addr6(9090), SHORT).unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty());
+    assert_eq!(d[0]["family"], "ipv6");
+    assert_eq!(d[0]["dst"], GATEWAY_V6);
+    assert_eq!(d[0]["dport"], 9090);
+    assert_eq!(d[0]["hook"], "OUTPUT");
+    assert_eq!(d[0]["engine"], "nftables/ip6");
+}
+
+#[test]
+fn a_drop_in_the_gateways_input_shows_hook_input() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8080)).unwrap();
+    t.gateway
+        .exec(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    assert!(!t.client.tcp_connect(t.gateway_addr(8080), SHORT).unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "{lines:?}");
+    assert_eq!(d[0]["hook"], "INPUT");
+    assert_eq!(d[0]["dst"], GATEWAY_V4);
+    assert_eq!(d[0]["src"], CLIENT_V4);
+    assert!(d[0]["ifname"].as_str().unwrap().starts_with("dtg"));
+    // Received packets are dropped in softirq: no process sent them from this host.
+    assert_eq!(d[0]["context"], "softirq");
+    assert_eq!(d[0]["comm"], "unknown");
+}
+
+#[test]
+fn legacy_iptables_drops_are_seen_too() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables-legacy",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "587",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    t.client.udp_send(t.gateway_addr(587), 3).unwrap();
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(d.len(), 3);
+    assert_eq!(d[0]["engine"], "xtables");
+    assert_eq!(d[0]["hook"], "OUTPUT");
+}
+
+#[test]
+fn dport_and_dst_filters_select_drops_in_the_kernel() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])
+        .unwrap();
+    t.client
+        .exec(&["ip6tables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])
+        .unwrap();
+    let w = Watcher::start(&[
+        "watch",
+        "--netns",
+        &t.client.name,
+        "--dport",
+        "9000-9100",
+        "--dst",
+        "203.0.113.0/24",
+    ])
+    .unwrap();
+    t.client.udp_send(t.gateway_addr(9090), 5).unwrap();
+    t.client.udp_send(t.gateway_addr(5044), 5).unwrap();
+    t.client.udp_send(t.gateway_addr6(9090), 5).unwrap();
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(d.len(), 5, "{d:?}");
+    assert!(
+        d.iter()
+            .all(|v| v["dport"] == 9090 && v["dst"] == GATEWAY_V4)
+    );
+    assert_eq!(
+        summary(&lines)["matched_in_kernel"],
+        5,
+        "filtered in the kernel, not in userspace"
+    );
+}
+
+#[test]
+fn all_reasons_shows_drops_that_are_not_netfilters() {
+    let t = Topology::new().unwrap();
+    // Nothing listens on 7: the gateway frees the datagram with reason NO_SOCKET.
+    let w = Watcher::start(&[
+        "watch",
+        "--netns",
+        &t.gateway.name,
+        "--all-reasons",
+        "--proto",
+        "udp",
+    ])
+    .unwrap();
+    t.client.udp_send(t.gateway_addr(7), 2).unwrap();
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(
+        d.iter()
+            .any(|v| v["reason"] == "NO_SOCKET" && v["dport"] == 7),
+        "{d:?}"
+    );
+
+    let w = Watcher::start(&["watch", "--netns", &t.gateway.name, "--proto", "udp"]).unwrap();
+    t.client.udp_send(t.gateway_addr(7), 2).unwrap();
+    let lines = w.stop().unwrap();
+    assert!(
+        drops(&lines).is_empty(),
+        "without --all-reasons only netfilter drops count"
+    );
+}
+
+#[test]
+fn count_and_duration_end_the_capture_by_themselves() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name, "--count", "3"]).unwrap();
+    t.client.udp_send(t.gateway_addr(5044), 10).unwrap();
+    let lines = w.finish().unwrap();
+    assert_eq!(drops(&lines).len(), 3);
+    assert_eq!(summary(&lines)["total"], 3);
+
+    let w = Watcher::start(&["watch", "--netns", &t.client.name, "--duration", "1s"]).unwrap();
+    let lines = w.finish().unwrap();
+    assert_eq!(summary(&lines)["total"], 0);
+}
+
+#[test]
+fn bad_input_gives_one_line_and_exit_status_2() {
+    for args in [
+        vec!["watch", "--dport", "70000"],
+        vec!["watch", "--proto", "tcpp"],
+        vec!["watch", "--dst", "gateway.example"],
+        vec!["watch", "--netns", "dt-no-such-namespace"],
+        vec!["watch", "--src", "10.0.0.1", "--dst", "2001:db8::1"],
+        vec!["watch", "--no-such-flag"],
+    ] {
+        let (code, stdout, stderr) = droptrace_output(&args).unwrap();
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?} printed data: {stdout}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("droptrace: error:") || first.starts_with("error:"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

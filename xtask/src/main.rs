@@ -1,0 +1,129 @@
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! xtask itself builds with the machine's default (stable) toolchain. The eBPF programs
+//! need a nightly whose LLVM matches the LLVM that bpf-linker is built against (Debian's
+//! llvm-22), so every task first runs `setup`, which installs that pinned nightly,
+//! bpf-linker and the system tools if they are missing, and then builds droptrace with
+//! `rustup run <pinned nightly> cargo ...`. A root rust-toolchain.toml cannot do this:
+//! with RUSTUP_AUTO_INSTALL=0 it would make every cargo command fail before xtask runs.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// The nightly that builds the eBPF programs (rustc 1.98, LLVM 22). Keep in sync with
+/// tracer/build.rs.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "droptrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; says what it does).
+    Setup,
+    /// Build the droptrace binary (target/debug/droptrace, or target/release with --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit tests and the root-only integration tests in network namespaces.
+    Test {
+        /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Replay the incident from the brief in network namespaces, with droptrace watching.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
+        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// `cargo` of the pinned nightly, with the variables of the outer (stable) cargo removed
+/// so they cannot leak into the inner build.
+pub fn pinned_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", EBPF_TOOLCHAIN, "cargo"]);
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "CARGO", "CARGO_TARGET_DIR"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds droptrace and returns the binary's path.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = pinned_cargo();
+    cmd.args(["build", "--package", "tracer", "--bin", "droptrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("xtask: building droptrace with {EBPF_TOOLCHAIN}");
+    run(&mut cmd)?;
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("droptrace"))
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let bin = build(false)?;
+    if !nix_is_root() {
+        bail!("the integration tests load eBPF programs and create network namespaces: run as root");
+    }
+    eprintln!("xtask: running all tests (unit and integration) with DROPTRACE_BIN={}", bin.display());
+    let mut cmd = pinned_cargo();
+    cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
+    cmd.env("DROPTRACE_BIN", &bin);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask setup`: installs what is missing, and only that.
+//!
+//! - Debian packages: llvm-22-dev (bpf-linker links against it) and the firewall and
+//!   network tools droptrace reads and the tests drive (iptables, nftables, iproute2).
+//! - The pinned nightly with rust-src (`-Z build-std=core` for the BPF target).
+//! - bpf-linker 0.13 built against llvm-22. Its build script finds LLVM through the
+//!   `llvm-config` first in PATH, so /usr/lib/llvm-22/bin goes first (Debian's default
+//!   llvm-config may be an older LLVM).
+
+use std::{
+    env,
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::bail;
+
+use crate::{EBPF_TOOLCHAIN, run};
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages: (package, why).
+const PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links against LLVM 22"),
+    ("libzstd-dev", "LLVM 22's link dependencies"),
+    ("zlib1g-dev", "LLVM 22's link dependencies"),
+    ("iptables", "iptables-nft and iptables-legacy rulesets (tests, demo, attribution)"),
+    ("nftables", "native nftables rulesets (tests, attribution)"),
+    ("iproute2", "network namespaces and veth pairs (tests, demo)"),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    packages()?;
+    toolchain()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask setup: {msg}");
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(p, _)| !installed(p)).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        say("Debian packages present");
+        return Ok(());
+    }
+    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        say(&format!("installing {p}: {why}"));
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn toolchain() -> anyhow::Result<()> {
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"));
+    if has_src {
+        say(&format!("toolchain {EBPF_TOOLCHAIN} with rust-src present"));
+        return Ok(());
+    }
+    say(&format!("installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"));
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if version.as_deref() == Some(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        say(&format!("bpf-linker {BPF_LINKER_VERSION} present"));
+        return Ok(());
+    }
+    say(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (a few minutes, once)"
+    ));
+    let mut path = OsString::from(format!("{LLVM_PREFIX}/bin:"));
+    path.push(path_with_cargo_bin());
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", path)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed ({status})");
+    }
+    Ok(())
+}
+
+/// PATH with ~/.cargo/bin (where rustup and cargo install put binaries) in front.
+pub fn path_with_cargo_bin() -> OsString {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let mut path = home.join("bin").into_os_string();
+    if let Some(p) = env::var_os("PATH") {
+        path.push(":");
+        path.push(p);
+    }
+    path
+}
