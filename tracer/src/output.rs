@@ -121,7 +121,7 @@ impl<W: Write> Sink for TextSink<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<12}  {:<12} {:<10} {:<6} {:>41}    {:<41} {:<5} {:<11} {:<20} REASON",
+                "{:<12}  {:<18} {:<10} {:<5} {:>21}    {:<21} {:<5} {:<11} {:<20} REASON",
                 "TIME(UTC)",
                 "NETNS",
                 "IFACE",
@@ -145,7 +145,7 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "{:<12}  {:<12} {:<10} {:<6} {:>41} -> {:<41} {:<5} {:<11} {:<20} {}{}",
+            "{:<12}  {:<18} {:<10} {:<5} {:>21} -> {:<21} {:<5} {:<11} {:<20} {}{}",
             clock(&r.time),
             netns_text(r),
             terminal(&r.ifname),

@@ -82,7 +82,7 @@ pub fn pinned_cargo() -> Command {
     cmd
 }
 
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
@@ -98,7 +98,7 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     eprintln!("xtask: building droptrace with {EBPF_TOOLCHAIN}");
-    run(&mut cmd)?;
+    run_checked(&mut cmd)?;
     Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("droptrace"))
 }
 
@@ -114,7 +114,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
-    run(&mut cmd)
+    run_checked(&mut cmd)
 }
 
 fn nix_is_root() -> bool {

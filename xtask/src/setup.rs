@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::bail;
 
-use crate::{EBPF_TOOLCHAIN, run};
+use crate::{EBPF_TOOLCHAIN, run_checked};
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -59,8 +59,8 @@ fn packages() -> anyhow::Result<()> {
     for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         say(&format!("installing {p}: {why}"));
     }
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
+    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    run_checked(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
@@ -77,7 +77,7 @@ fn toolchain() -> anyhow::Result<()> {
         return Ok(());
     }
     say(&format!("installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"));
-    run(Command::new("rustup").args([
+    run_checked(Command::new("rustup").args([
         "toolchain",
         "install",
         EBPF_TOOLCHAIN,
