@@ -105,6 +105,21 @@ impl Netns {
         self.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
     }
 
+    /// Sends one datagram to each port of `ports` (one flow each); returns how many the
+    /// kernel accepted.
+    pub fn udp_spray(
+        &self,
+        ip: IpAddr,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> anyhow::Result<usize> {
+        self.run(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            ports
+                .filter(|p| sock.send_to(b"x", SocketAddr::new(ip, *p)).is_ok())
+                .count()
+        })
+    }
+
     /// Sends `n` UDP datagrams from one socket; returns how many the kernel accepted
     /// (a datagram dropped in OUTPUT fails with EPERM).
     pub fn udp_send(&self, addr: SocketAddr, n: usize) -> anyhow::Result<usize> {
@@ -259,6 +274,12 @@ impl Watcher {
         Ok(w)
     }
 
+    /// Sends a signal to droptrace (SIGSTOP/SIGCONT to stall it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
+        Ok(())
+    }
+
     /// Stops droptrace (SIGINT, as Ctrl-C) and returns every JSON line after the start line.
     pub fn stop(self) -> anyhow::Result<Vec<Value>> {
         nix::sys::signal::kill(
@@ -296,6 +317,14 @@ impl Drop for Watcher {
 /// The drop lines of a capture.
 pub fn drops(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|v| v["type"] == "drop").collect()
+}
+
+/// Packets the drop lines stand for (the sum of their `count`).
+pub fn packets(drops: &[&Value]) -> u64 {
+    drops
+        .iter()
+        .map(|v| v["count"].as_u64().expect("count"))
+        .sum()
 }
 
 /// The summary line, which must be the last line.

@@ -24,6 +24,14 @@ pub const HEADER_BYTES: usize = 128;
 /// Length of a kernel task command name and of an interface name (`TASK_COMM_LEN`, `IFNAMSIZ`).
 pub const NAME_LEN: usize = 16;
 
+/// Nanoseconds between two records of the same flow: the kernel counts every packet, the
+/// ring buffer carries the first one and then at most one update per flow per interval.
+pub const FLOW_UPDATE_NS: u64 = 1_000_000_000;
+
+/// Flows tracked at once (LRU: the least recently dropped flow is evicted first; userspace
+/// accounts for counts lost that way by comparing with the `STAT_MATCHED` total).
+pub const MAX_FLOWS: u32 = 131_072;
+
 /// Indexes into the per-CPU `STATS` array.
 pub const STAT_MATCHED: u32 = 0;
 pub const STAT_LOST: u32 = 1;
@@ -165,10 +173,53 @@ impl Config {
     };
 }
 
+/// What makes drops "the same": the per-flow counting key in the kernel.
+///
+/// For ICMP, `sport` holds `type << 8 | code`. The drop location separates verdicts of
+/// different engines for the same packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub location: u64,
+    pub netns: u32,
+    pub reason: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ct_info: u8,
+}
+
+/// Per-flow state kept in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// Packets dropped so far (atomic add).
+    pub count: u64,
+    /// Bytes (`skb->len`) dropped so far.
+    pub bytes: u64,
+    pub first_ns: u64,
+    /// When a record of this flow was last written to the ring buffer.
+    pub last_emit_ns: u64,
+    /// The first packet's task and socket owner, for flows whose records were all lost.
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: [u8; NAME_LEN],
+}
+
 /// One dropped packet, as the program writes it into the ring buffer.
+///
+/// Written for the first packet of a flow and then at most every [`FLOW_UPDATE_NS`];
+/// `count` is the flow's cumulative packet count at that moment, so userspace stays exact
+/// even when records are lost.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DropEvent {
+    /// Cumulative packets of this flow, this one included.
+    pub count: u64,
     /// `bpf_ktime_get_ns()` at the drop (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Return address inside the function that freed the skb.
@@ -226,4 +277,6 @@ mod user {
     // SAFETY: plain-old-data: #[repr(C)], integers and arrays only, padding explicit.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
 }

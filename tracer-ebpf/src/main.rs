@@ -7,21 +7,30 @@
 //! `bpf_probe_read_kernel`, which never faults.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types lack fetch_add; the
+// intrinsic compiles to the BPF atomic add instruction (BPF_ATOMIC | BPF_ADD).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
-use core::mem::MaybeUninit;
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::MaybeUninit,
+};
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, map},
-    maps::{PerCpuArray, RingBuf, StackTrace},
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{BtfTracePointContext, tracing::StackIdContext as _},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, HEADER_BYTES, NO_OFFSET, PortRange,
-    Prefix, STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
+    AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
+    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, STAT_COUNT, STAT_LOST, STAT_MATCHED,
+    flags,
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -40,7 +49,12 @@ macro_rules! conf {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Per-CPU counters: records matched and records lost (ring buffer full).
+/// Packet and byte counts per flow: every drop is counted here, so totals stay exact
+/// whatever happens to the ring buffer.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Per-CPU counters: drops matched and records lost (ring buffer full).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
@@ -131,7 +145,35 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
 
+    let ct_info = match read::<u64>(skb, conf!(offsets.skb_nfct)) {
+        Some(nfct) if nfct & !NFCT_INFOMASK != 0 => (nfct & NFCT_INFOMASK) as u8,
+        _ => CT_NONE,
+    };
+    let icmp = ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6;
+    let key = FlowKey {
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+        location,
+        netns,
+        reason,
+        sport: if icmp {
+            (ev.icmp_type as u16) << 8 | ev.icmp_code as u16
+        } else {
+            ev.sport
+        },
+        dport: ev.dport,
+        family: ev.family,
+        proto: ev.proto,
+        tcp_flags: ev.tcp_flags,
+        ct_info,
+    };
     bump(STAT_MATCHED);
+    let len: u32 = read(skb, conf!(offsets.skb_len)).unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid = read::<u32>(sk, conf!(offsets.sk_uid));
+    let count = count_drop(&key, len, now, pid_tgid, uid)?;
+
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         bump(STAT_LOST);
         return None;
@@ -139,8 +181,8 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     let out: &mut MaybeUninit<DropEvent> = &mut entry;
     let e = unsafe { &mut *out.as_mut_ptr() };
 
-    let pid_tgid = bpf_get_current_pid_tgid();
-    e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    e.count = count;
+    e.ts_ns = now;
     e.location = location;
     e.sk = sk;
     e.netns = netns;
@@ -150,7 +192,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     e.tid = pid_tgid as u32;
     e.reason = reason;
     e.mark = read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
-    e.len = read(skb, conf!(offsets.skb_len)).unwrap_or(0);
+    e.len = len;
     e.stack_id = match ctx.get_stackid(&STACKS, 0) {
         Ok(id) => id as i32,
         Err(err) => err,
@@ -164,10 +206,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     e.tcp_flags = ev.tcp_flags;
     e.icmp_type = ev.icmp_type;
     e.icmp_code = ev.icmp_code;
-    e.ct_info = match read::<u64>(skb, conf!(offsets.skb_nfct)) {
-        Some(nfct) if nfct & !NFCT_INFOMASK != 0 => (nfct & NFCT_INFOMASK) as u8,
-        _ => CT_NONE,
-    };
+    e.ct_info = ct_info;
     let mut f = 0;
     if sk != 0 {
         f |= flags::HAS_SOCKET;
@@ -178,7 +217,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     if ev.fragment {
         f |= flags::FRAGMENT;
     }
-    e.uid = match read::<u32>(sk, conf!(offsets.sk_uid)) {
+    e.uid = match uid {
         Some(uid) => {
             f |= flags::HAS_UID;
             uid
@@ -210,6 +249,44 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
 fn read_name(dev: u64, name_off: u32, out: &mut [u8; 16]) {
     if dev != 0 {
         let _ = unsafe { bpf_probe_read_kernel_buf((dev + name_off as u64) as *const u8, out) };
+    }
+}
+
+/// Counts the drop in its flow. Returns the flow's cumulative count when a record should
+/// be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None` otherwise.
+#[inline(always)]
+fn count_drop(key: &FlowKey, len: u32, now: u64, pid_tgid: u64, uid: Option<u32>) -> Option<u64> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        return bump_flow(state, len, now);
+    }
+    let state = FlowState {
+        count: 1,
+        bytes: len as u64,
+        first_ns: now,
+        last_emit_ns: now,
+        pid: (pid_tgid >> 32) as u32,
+        uid: uid.unwrap_or(u32::MAX),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    match FLOWS.insert(key, &state, BPF_NOEXIST as u64) {
+        Ok(()) => Some(1),
+        // Another CPU created the flow in the meantime: count in its entry.
+        Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, len, now),
+    }
+}
+
+#[inline(always)]
+fn bump_flow(state: *mut FlowState, len: u32, now: u64) -> Option<u64> {
+    // SAFETY: a map value pointer from the kernel, valid for this program run; counters
+    // are updated with atomic adds because other CPUs may count the same flow.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, len as u64);
+        if now.wrapping_sub((*state).last_emit_ns) < FLOW_UPDATE_NS {
+            return None;
+        }
+        (*state).last_emit_ns = now;
+        Some((*state).count)
     }
 }
 

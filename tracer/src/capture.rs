@@ -8,11 +8,11 @@ use std::{collections::HashMap, io, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError},
 };
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ANY_REASON, Config, DropEvent, STAT_LOST, STAT_MATCHED};
+use tracer_common::{ANY_REASON, Config, DropEvent, FlowKey, FlowState, STAT_LOST, STAT_MATCHED};
 
 use crate::{btf::KernelBtf, drop::Drop, filter::Filters};
 
@@ -24,6 +24,7 @@ const TRACEPOINT: &str = "kfree_skb";
 const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
 const STACKS: &str = "STACKS";
+const FLOWS: &str = "FLOWS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -60,8 +61,9 @@ pub struct CaptureOptions {
 pub struct KernelStats {
     /// Drops that passed the filters.
     pub matched: u64,
-    /// Records that could not be written because the ring buffer was full.
-    pub lost: u64,
+    /// Records that could not be written because the ring buffer was full (their packets
+    /// are still counted in the flow table).
+    pub records_lost: u64,
 }
 
 pub struct Capture {
@@ -70,6 +72,7 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
+    flows: BpfHashMap<MapData, FlowKey, FlowState>,
     stack_cache: HashMap<u32, Vec<u64>>,
 }
 
@@ -123,6 +126,8 @@ impl Capture {
             .map_err(|e| CaptureError::Map(STATS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, STACKS)?)
             .map_err(|e| CaptureError::Map(STACKS, e.to_string()))?;
+        let flows = BpfHashMap::try_from(take(&mut ebpf, FLOWS)?)
+            .map_err(|e| CaptureError::Map(FLOWS, e.to_string()))?;
         // SAFETY: the RingBuf owns its map fd, which stays open until the AsyncFd drops it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
@@ -131,6 +136,7 @@ impl Capture {
             ring,
             stats,
             stacks,
+            flows,
             stack_cache: HashMap::new(),
         })
     }
@@ -163,8 +169,18 @@ impl Capture {
         let sum = |i: u32| self.stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
         KernelStats {
             matched: sum(STAT_MATCHED),
-            lost: sum(STAT_LOST),
+            records_lost: sum(STAT_LOST),
         }
+    }
+
+    /// The kernel's state of one flow.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Every flow in the kernel's table (one map walk: for the end of a capture).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowState)> {
+        self.flows.iter().filter_map(Result::ok).collect()
     }
 
     /// The kernel stack (return addresses, innermost first) of a stack id.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracer_common::{AF_INET6, CT_NONE, DropEvent, flags};
+use tracer_common::{AF_INET6, CT_NONE, DropEvent, FlowKey, FlowState, flags};
 
 /// Connection-tracking state of the packet (`enum ip_conntrack_info`,
 /// include/uapi/linux/netfilter/nf_conntrack_common.h).
@@ -35,6 +35,10 @@ impl CtState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drop {
+    /// The kernel's per-flow key of this packet.
+    pub key: FlowKey,
+    /// The flow's cumulative packet count when this record was written.
+    pub cumulative: u64,
     pub ts_ns: u64,
     pub location: u64,
     pub netns: u32,
@@ -86,7 +90,27 @@ impl From<&DropEvent> for Drop {
         let has_l4 = e.flags & flags::HAS_L4 != 0;
         let ports = has_l4 && matches!(e.proto, 6 | 17 | 132);
         let headers_len = usize::from(e.headers_len).min(e.headers.len());
+        let icmp = matches!(e.proto, 1 | 58);
+        let key = FlowKey {
+            saddr: e.saddr,
+            daddr: e.daddr,
+            location: e.location,
+            netns: e.netns,
+            reason: e.reason,
+            sport: if icmp {
+                u16::from(e.icmp_type) << 8 | u16::from(e.icmp_code)
+            } else {
+                e.sport
+            },
+            dport: e.dport,
+            family: e.family,
+            proto: e.proto,
+            tcp_flags: e.tcp_flags,
+            ct_info: e.ct_info,
+        };
         Drop {
+            key,
+            cumulative: e.count,
             ts_ns: e.ts_ns,
             location: e.location,
             netns: e.netns,
@@ -121,6 +145,56 @@ impl From<&DropEvent> for Drop {
     }
 }
 
+impl Drop {
+    /// A drop known only from the kernel's flow table: its records never reached us
+    /// (ring buffer full), but its key and first packet's task are known.
+    pub fn from_flow(key: &FlowKey, state: &FlowState) -> Self {
+        let mut e = DropEvent {
+            count: state.count,
+            ts_ns: state.first_ns,
+            location: key.location,
+            sk: 0,
+            netns: key.netns,
+            ifindex: 0,
+            out_ifindex: 0,
+            pid: state.pid,
+            tid: state.pid,
+            uid: state.uid,
+            reason: key.reason,
+            mark: 0,
+            len: 0,
+            stack_id: -1,
+            saddr: key.saddr,
+            daddr: key.daddr,
+            sport: key.sport,
+            dport: key.dport,
+            family: key.family,
+            proto: key.proto,
+            tcp_flags: key.tcp_flags,
+            icmp_type: (key.sport >> 8) as u8,
+            icmp_code: key.sport as u8,
+            ct_info: key.ct_info,
+            flags: flags::HAS_L4
+                | if state.uid == u32::MAX {
+                    0
+                } else {
+                    flags::HAS_UID
+                },
+            _pad: 0,
+            headers_len: 0,
+            _pad2: 0,
+            comm: state.comm,
+            ifname: [0; 16],
+            out_ifname: [0; 16],
+            headers: [0; tracer_common::HEADER_BYTES],
+        };
+        if matches!(key.proto, 1 | 58) {
+            e.sport = 0;
+        }
+        Drop::from(&e)
+    }
+}
+
 /// TCP flags as tcpdump prints them: `S`, `S.`, `R.`, `F.`, `P.`.
 pub fn tcp_flags_text(f: u8) -> String {
     let mut s = String::new();
@@ -150,6 +224,7 @@ mod tests {
 
     fn raw() -> DropEvent {
         DropEvent {
+            count: 1,
             ts_ns: 1,
             location: 0xffff_ffff_8100_0000,
             sk: 0xffff_8880_1234_0000,
@@ -197,6 +272,27 @@ mod tests {
         assert_eq!(d.uid, None);
         assert_eq!(d.ct_state, CtState::New);
         assert!(d.socket.is_some());
+        assert_eq!(d.key.dport, 8443);
+        assert_eq!(d.cumulative, 1);
+    }
+
+    #[test]
+    fn a_flow_known_only_from_the_kernel_table_decodes() {
+        let d = Drop::from(&raw());
+        let state = FlowState {
+            count: 9,
+            bytes: 540,
+            first_ns: 5,
+            last_emit_ns: 5,
+            pid: 812,
+            uid: 0,
+            comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let f = Drop::from_flow(&d.key, &state);
+        assert_eq!(f.key, d.key);
+        assert_eq!(f.dport, Some(8443));
+        assert_eq!(f.comm, "java");
+        assert_eq!(f.cumulative, 9);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod drop;
 pub mod escape;
 pub mod filter;
+pub mod flows;
 pub mod kallsyms;
 pub mod netns;
 pub mod output;

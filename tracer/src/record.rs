@@ -198,6 +198,14 @@ impl Enricher {
         }
     }
 
+    /// The current time, formatted like drop times.
+    pub fn now(&self) -> String {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+            t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+        });
+        self.wall_clock(mono)
+    }
+
     fn wall_clock(&self, mono_ns: u64) -> String {
         let ns = i128::from(mono_ns) + self.realtime_offset_ns;
         jiff::Timestamp::from_nanosecond(ns).map_or_else(|_| "?".into(), |t| t.to_string())

@@ -33,8 +33,12 @@ pub struct SummaryRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub total: u64,
-    /// Drop records the kernel could not hand over (ring buffer full).
+    /// Dropped packets counted by the kernel but reported on no line (flows evicted
+    /// from a full flow table). Zero means `total` is exact.
     pub lost: u64,
+    /// Ring-buffer records the kernel could not write (userspace too slow); their packets
+    /// are still in `total`, read from the kernel's flow table.
+    pub records_lost: u64,
     /// Drops that matched the filters in the kernel; `total + lost` when nothing is missing.
     pub matched_in_kernel: u64,
     pub duration_s: f64,
@@ -78,6 +82,7 @@ impl Summary {
             kind: "summary",
             total: self.total,
             lost,
+            records_lost: 0,
             matched_in_kernel: matched,
             duration_s,
             destinations: self.destinations(),

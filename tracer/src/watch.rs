@@ -2,7 +2,7 @@
 
 use std::{
     io::{self, Write},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -13,12 +13,24 @@ use crate::{
     capture::{Capture, CaptureOptions},
     cli::{CaptureArgs, FilterArgs, WatchArgs},
     drop::Drop,
+    flows::{ACTIVE_WINDOW, FlowBook},
     kallsyms::Kallsyms,
     netns::NetnsSelector,
     output::{JsonSink, Sink, StartInfo, TextSink},
+    record::DropRecord,
     record::Enricher,
     summary::Summary,
 };
+
+/// Whether output continues after a batch of lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Open,
+    /// `--count` reached.
+    Limit,
+    /// stdout closed.
+    Closed,
+}
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let stdout = io::stdout().lock();
@@ -54,6 +66,7 @@ pub struct Session {
     pub capture: Capture,
     pub enricher: Enricher,
     pub summary: Summary,
+    book: FlowBook,
     started: Instant,
     // Registered before the start line is printed, so a Ctrl-C right after it is caught.
     sigint: tokio::signal::unix::Signal,
@@ -94,6 +107,7 @@ impl Session {
             capture: cap,
             enricher,
             summary: Summary::default(),
+            book: FlowBook::default(),
             started: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
@@ -131,53 +145,130 @@ impl Session {
     pub async fn run(
         &mut self,
         c: &CaptureArgs,
-        mut emit: impl FnMut(&crate::record::DropRecord) -> io::Result<()>,
+        mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
     ) -> anyhow::Result<()> {
         let deadline = c
             .duration
             .map(|d| tokio::time::Instant::from_std(self.started + d));
         let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
         tokio::pin!(sleep);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Drop> = Vec::new();
+        let mut out = Vec::new();
         loop {
-            let stop = tokio::select! {
-                r = self.capture.readable() => { r?; false }
-                _ = self.sigint.recv() => true,
-                _ = self.sigterm.recv() => true,
-                _ = &mut sleep, if deadline.is_some() => true,
+            let (stop, sweep) = tokio::select! {
+                r = self.capture.readable() => { r?; (false, false) }
+                _ = tick.tick() => (false, true),
+                _ = self.sigint.recv() => (true, false),
+                _ = self.sigterm.recv() => (true, false),
+                _ = &mut sleep, if deadline.is_some() => (true, false),
             };
             // Drain also after a stop: records already in the ring buffer count.
             self.capture.drain(&mut batch);
             for d in batch.drain(..) {
-                if c.count.is_some_and(|n| self.summary.total >= n) {
-                    break;
-                }
-                let stack = d
-                    .stack_id
-                    .and_then(|id| self.capture.stack(id).map(<[u64]>::to_vec));
-                let rec = self.enricher.record(d, stack.as_deref());
-                self.summary.add(&rec);
-                if let Err(e) = emit(&rec) {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        return Ok(());
-                    }
-                    return Err(e.into());
-                }
+                self.take_record(d, &mut out);
             }
-            if stop || c.count.is_some_and(|n| self.summary.total >= n) {
+            if sweep {
+                self.sweep_active(&mut out);
+            }
+            let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
+            if limit_hit == Flow::Closed {
+                return Ok(());
+            }
+            if stop || limit_hit == Flow::Limit {
+                if limit_hit != Flow::Limit {
+                    // The flow table has the packets no record carried yet.
+                    self.sweep_all(&mut out);
+                    self.emit_all(&mut out, c.count, &mut emit)?;
+                }
                 return Ok(());
             }
         }
     }
 
-    /// The closing totals, with the kernel's own count of lost records.
+    /// Enriches a kernel record into a line for the packets its flow gained since the
+    /// last line.
+    fn take_record(&mut self, d: Drop, out: &mut Vec<DropRecord>) {
+        let delta = self.book.unreported(&d.key, d.cumulative);
+        if delta == 0 {
+            return;
+        }
+        let (key, cumulative) = (d.key, d.cumulative);
+        let stack = d
+            .stack_id
+            .and_then(|id| self.capture.stack(id).map(<[u64]>::to_vec));
+        let mut rec = self.enricher.record(d, stack.as_deref());
+        rec.count = delta;
+        self.book.reported(key, cumulative, &rec);
+        out.push(rec);
+    }
+
+    /// Re-reads the kernel's counts of recently active flows.
+    fn sweep_active(&mut self, out: &mut Vec<DropRecord>) {
+        let now = self.enricher.now();
+        for key in self.book.active(ACTIVE_WINDOW) {
+            if let Some(state) = self.capture.flow(&key)
+                && let Some(rec) = self.book.catch_up(&key, state.count, now.clone())
+            {
+                out.push(rec);
+            }
+        }
+    }
+
+    /// Reads the whole flow table: every packet the kernel counted gets reported.
+    fn sweep_all(&mut self, out: &mut Vec<DropRecord>) {
+        let now = self.enricher.now();
+        for (key, state) in self.capture.flows() {
+            if self.book.knows(&key) {
+                out.extend(self.book.catch_up(&key, state.count, now.clone()));
+            } else {
+                self.take_record(Drop::from_flow(&key, &state), out);
+            }
+        }
+    }
+
+    /// Emits lines, stopping at `limit` packets. Says whether the limit was hit or the
+    /// output closed.
+    fn emit_all(
+        &mut self,
+        out: &mut Vec<DropRecord>,
+        limit: Option<u64>,
+        emit: &mut impl FnMut(&DropRecord) -> io::Result<()>,
+    ) -> anyhow::Result<Flow> {
+        for mut rec in out.drain(..) {
+            if let Some(n) = limit {
+                let left = n.saturating_sub(self.summary.total);
+                if left == 0 {
+                    return Ok(Flow::Limit);
+                }
+                rec.count = rec.count.min(left);
+            }
+            self.summary.add(&rec);
+            if let Err(e) = emit(&rec) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(Flow::Closed);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(match limit {
+            Some(n) if self.summary.total >= n => Flow::Limit,
+            _ => Flow::Open,
+        })
+    }
+
+    /// The closing totals, checked against the kernel's own count of matched drops.
     pub fn finish(&mut self) -> crate::summary::SummaryRecord {
         let _ = io::stdout().flush();
         let stats = self.capture.stats();
-        self.summary.record(
-            stats.lost,
-            stats.matched,
-            self.started.elapsed().as_secs_f64(),
-        )
+        // Packets the kernel matched but no line reported: flows evicted from the flow
+        // table before their last packets were read (more than MAX_FLOWS flows at once).
+        let lost = stats.matched.saturating_sub(self.summary.total);
+        let mut end =
+            self.summary
+                .record(lost, stats.matched, self.started.elapsed().as_secs_f64());
+        end.records_lost = stats.records_lost;
+        end
     }
 }
