@@ -238,6 +238,11 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_checked(args, |_| {})
+    }
+
+    /// Like [`Watcher::start`], handing the start line to `check`.
+    pub fn start_checked(args: &[&str], check: impl FnOnce(&Value)) -> anyhow::Result<Self> {
         let mut child = Command::new(droptrace_bin())
             .args(args)
             .arg("--json")
@@ -271,6 +276,7 @@ impl Watcher {
         if first["type"] != "start" {
             bail!("first line is not the start line: {first}");
         }
+        check(&first);
         Ok(w)
     }
 

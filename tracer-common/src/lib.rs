@@ -11,6 +11,10 @@ pub const NO_OFFSET: u32 = u32::MAX;
 /// `Config::drop_reason` value that lifts the reason filter (`--all-reasons`).
 pub const ANY_REASON: u32 = u32::MAX;
 
+/// Reason reported when a netfilter drop was recognised by its location (kernels without
+/// drop reasons, or `--detect location`).
+pub const REASON_BY_LOCATION: u32 = u32::MAX - 1;
+
 /// `DropEvent::ct_info` value when the packet has no conntrack entry attached.
 pub const CT_NONE: u8 = 0xff;
 
@@ -137,6 +141,19 @@ pub struct Config {
     pub dport: PortRange,
     pub src: Prefix,
     pub dst: Prefix,
+    /// Offsets of `skbaddr`, `location` and `reason` in the classic `skb/kfree_skb`
+    /// tracepoint record (`struct trace_event_raw_kfree_skb`); `reason` is [`NO_OFFSET`] on
+    /// kernels before 5.17.
+    pub tp_skb: u32,
+    pub tp_location: u32,
+    pub tp_reason: u32,
+    /// 1: a drop is a netfilter drop when its location lies in `nf_ranges` (kernels
+    /// without drop reasons), instead of by reason.
+    pub match_location: u8,
+    pub _pad2: [u8; 7],
+    /// `[start, end)` address ranges of the functions that free packets on a netfilter
+    /// verdict (`nf_hook_slow`, `nf_hook_slow_list`, `nft_do_chain`); unused pairs are `[0, 0)`.
+    pub nf_ranges: [u64; 6],
 }
 
 impl Config {
@@ -170,6 +187,12 @@ impl Config {
         dport: PortRange::ANY,
         src: Prefix::ANY,
         dst: Prefix::ANY,
+        tp_skb: NO_OFFSET,
+        tp_location: NO_OFFSET,
+        tp_reason: NO_OFFSET,
+        match_location: 0,
+        _pad2: [0; 7],
+        nf_ranges: [0; 6],
     };
 }
 

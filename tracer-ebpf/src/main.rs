@@ -18,19 +18,20 @@ use core::{
 };
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, tracing::StackIdContext as _},
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
     AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
-    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, STAT_COUNT, STAT_LOST, STAT_MATCHED,
-    flags,
+    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, STAT_COUNT,
+    STAT_LOST, STAT_MATCHED, flags,
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -40,8 +41,8 @@ static CONFIG: Config = Config::EMPTY;
 /// Reads one field of [`CONFIG`]. Volatile, so that the compiler neither folds in the
 /// default value nor copies the whole struct onto the 512-byte BPF stack.
 macro_rules! conf {
-    ($($field:ident).+) => {
-        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field).+) }
+    ($($path:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($path)+) }
     };
 }
 
@@ -74,10 +75,51 @@ const NFCT_INFOMASK: u64 = 7;
 const HEADER_UNSET: u16 = u16::MAX;
 
 /// Arguments of `trace_kfree_skb(skb, location, reason, ...)` (include/trace/events/skb.h).
+/// The reason exists since Linux 5.17; on older kernels only `match_location` applies.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_kfree_skb(&ctx);
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = if conf!(tp_reason) == NO_OFFSET {
+        0
+    } else {
+        ctx.arg(2)
+    };
+    let _ = handle(&ctx, skb, location, reason);
     0
+}
+
+/// The classic tracepoint, for kernels where tp_btf cannot attach (no BTF ids, or BTF
+/// tracing refused). The record layout comes from userspace (BTF or tracefs format).
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb_tp(ctx: TracePointContext) -> i32 {
+    let field = |off: u32| -> u64 {
+        if off == NO_OFFSET {
+            0
+        } else {
+            unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
+        }
+    };
+    let skb = field(conf!(tp_skb));
+    let location = field(conf!(tp_location));
+    let reason_off = conf!(tp_reason);
+    let reason: u32 = if reason_off == NO_OFFSET {
+        0
+    } else {
+        unsafe { ctx.read_at::<u32>(reason_off as usize) }.unwrap_or(0)
+    };
+    let _ = handle(&ctx, skb, location, reason);
+    0
+}
+
+/// Whether `location` lies in one of the netfilter drop functions.
+#[inline(always)]
+fn in_netfilter(location: u64) -> bool {
+    let within = |i: usize| {
+        let (start, end) = (conf!(nf_ranges[i]), conf!(nf_ranges[i + 1]));
+        location >= start && location < end
+    };
+    within(0) || within(2) || within(4)
 }
 
 #[inline(always)]
@@ -95,13 +137,29 @@ fn bump(index: u32) {
     }
 }
 
-fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
-    let reason: u32 = ctx.arg(2);
-    if conf!(drop_reason) != ANY_REASON && reason != conf!(drop_reason) {
-        return None;
-    }
+fn handle<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    skb: u64,
+    location: u64,
+    reason: u32,
+) -> Option<()> {
+    let wanted = conf!(drop_reason);
+    let reason = if conf!(match_location) != 0 {
+        if wanted != ANY_REASON && !in_netfilter(location) {
+            return None;
+        }
+        // No reason on this kernel: the location says whether netfilter dropped it.
+        if in_netfilter(location) {
+            REASON_BY_LOCATION
+        } else {
+            0
+        }
+    } else {
+        if wanted != ANY_REASON && reason != wanted {
+            return None;
+        }
+        reason
+    };
 
     let sk: u64 = read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
     let dev: u64 = read(skb, conf!(offsets.skb_dev)).unwrap_or(0);

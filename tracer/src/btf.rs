@@ -32,6 +32,45 @@ pub struct KernelBtf {
     pub drop_reasons: HashMap<u32, String>,
     /// Whether `trace_kfree_skb` passes a drop reason (Linux 5.17+).
     pub tracepoint_has_reason: bool,
+    /// Layout of the classic tracepoint's record, when BTF describes it.
+    pub tracepoint_record: Option<TracepointRecord>,
+}
+
+/// Offsets in the `skb/kfree_skb` tracepoint record (`struct trace_event_raw_kfree_skb`, or
+/// the `format` file in tracefs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracepointRecord {
+    pub skbaddr: u32,
+    pub location: u32,
+    pub reason: Option<u32>,
+}
+
+impl TracepointRecord {
+    /// Parses tracefs' `events/skb/kfree_skb/format`
+    /// (`field:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;`).
+    pub fn from_format(text: &str) -> Option<Self> {
+        let mut fields = HashMap::new();
+        for line in text.lines() {
+            let mut name = None;
+            let mut offset = None;
+            for part in line.trim().split(';') {
+                let part = part.trim();
+                if let Some(decl) = part.strip_prefix("field:") {
+                    name = decl.rsplit([' ', '*']).next().map(str::to_string);
+                } else if let Some(o) = part.strip_prefix("offset:") {
+                    offset = o.trim().parse::<u32>().ok();
+                }
+            }
+            if let (Some(n), Some(o)) = (name, offset) {
+                fields.insert(n, o);
+            }
+        }
+        Some(TracepointRecord {
+            skbaddr: *fields.get("skbaddr")?,
+            location: *fields.get("location")?,
+            reason: fields.get("reason").copied(),
+        })
+    }
 }
 
 impl KernelBtf {
@@ -76,11 +115,21 @@ impl KernelBtf {
             net_ns_inum: may("net", &["ns", "inum"]),
             _pad: 0,
         };
+        let record = |field: &str| member_offset(btf, "trace_event_raw_kfree_skb", &[field]);
+        let tracepoint_record = match (record("skbaddr"), record("location")) {
+            (Some(skbaddr), Some(location)) => Some(TracepointRecord {
+                skbaddr,
+                location,
+                reason: record("reason"),
+            }),
+            _ => None,
+        };
         Ok(KernelBtf {
             offsets,
             drop_reasons: drop_reasons(btf),
             tracepoint_has_reason: tracepoint_param_count(btf, "btf_trace_kfree_skb")
                 .is_some_and(|n| n >= 4),
+            tracepoint_record,
         })
     }
 
@@ -93,6 +142,9 @@ impl KernelBtf {
     }
 
     pub fn reason_name(&self, value: u32) -> String {
+        if value == tracer_common::REASON_BY_LOCATION {
+            return "NETFILTER_DROP".to_string();
+        }
         self.drop_reasons
             .get(&value)
             .cloned()
@@ -210,5 +262,33 @@ mod tests {
             "NO_SOCKET"
         );
         assert!(k.tracepoint_has_reason);
+        // 6.11+ layout (KERNEL-NOTES): skbaddr@8, location@16, rx_sk@24, protocol@32, reason@36.
+        let tp = k.tracepoint_record.unwrap();
+        assert_eq!((tp.skbaddr, tp.location), (8, 16));
+        assert!(tp.reason.is_some());
+    }
+
+    #[test]
+    fn tracefs_format_of_an_old_kernel_has_no_reason() {
+        // Linux 5.10's events/skb/kfree_skb/format.
+        let old = "name: kfree_skb\nID: 1337\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n\nprint fmt: \"skbaddr=%p\"\n";
+        let r = TracepointRecord::from_format(old).unwrap();
+        assert_eq!(
+            r,
+            TracepointRecord {
+                skbaddr: 8,
+                location: 16,
+                reason: None
+            }
+        );
+        let new = "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
+        assert_eq!(TracepointRecord::from_format(new).unwrap().reason, Some(36));
+        assert_eq!(TracepointRecord::from_format("garbage"), None);
     }
 }

@@ -9,18 +9,26 @@ use std::{collections::HashMap, io, os::fd::AsRawFd as _};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ANY_REASON, Config, DropEvent, FlowKey, FlowState, STAT_LOST, STAT_MATCHED};
+use tracer_common::{
+    ANY_REASON, Config, DropEvent, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION, STAT_LOST,
+    STAT_MATCHED,
+};
 
-use crate::{btf::KernelBtf, drop::Drop, filter::Filters};
+use crate::{
+    btf::{KernelBtf, TracepointRecord},
+    drop::Drop,
+    filter::Filters,
+};
 
 /// The compiled eBPF object, built by build.rs (aya-build) from tracer-ebpf.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
 
 /// Name of the tracepoint, of the program inside the object, and of its maps.
 const TRACEPOINT: &str = "kfree_skb";
+const CLASSIC_PROGRAM: &str = "kfree_skb_tp";
 const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
 const STACKS: &str = "STACKS";
@@ -31,19 +39,49 @@ pub enum CaptureError {
     #[error("droptrace must run as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")]
     NotRoot,
     #[error(
-        "this kernel's kfree_skb tracepoint has no drop reason (Linux 5.17+ needed); use --all-reasons to see every freed packet"
+        "this kernel's kfree_skb tracepoint has no drop reason (Linux 5.17+); use --detect location (or auto)"
     )]
     NoDropReasons,
+    #[error(
+        "cannot find nf_hook_slow in /proc/kallsyms, needed to recognise netfilter drops on a kernel without drop reasons"
+    )]
+    NoNetfilterSymbols,
+    #[error("cannot use the skb/kfree_skb tracepoint: {0}")]
+    TracepointLayout(String),
     #[error("this kernel's BTF has no SKB_DROP_REASON_NETFILTER_DROP")]
     NoNetfilterReason,
     #[error("the kernel refused to load the BPF object: {0}")]
     Load(String),
-    #[error("the kernel refused the tracing program (tp_btf/kfree_skb): {0}")]
+    #[error("the kernel refused the tracing program: {0}")]
     Program(String),
     #[error("cannot open map {0}: {1}")]
     Map(&'static str, String),
     #[error("cannot watch the ring buffer: {0}")]
     Poll(io::Error),
+}
+
+/// Which kernel hook the program attaches to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tp_btf when the kernel allows it, else the classic tracepoint.
+    #[default]
+    Auto,
+    /// BTF tracepoint `tp_btf/kfree_skb` (needs BTF with BTF ids).
+    TpBtf,
+    /// Classic tracepoint `skb/kfree_skb` (record layout from BTF or tracefs).
+    Tracepoint,
+}
+
+/// How a netfilter drop is recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Detect {
+    /// By drop reason when the kernel has them (5.17+), else by location.
+    #[default]
+    Auto,
+    /// `SKB_DROP_REASON_NETFILTER_DROP`.
+    Reason,
+    /// The packet was freed inside `nf_hook_slow` (where both engines' NF_DROP ends).
+    Location,
 }
 
 /// What to capture.
@@ -54,6 +92,12 @@ pub struct CaptureOptions {
     pub all_reasons: bool,
     /// Copy packet headers into each record (for pcapng).
     pub capture_headers: bool,
+    pub attach: AttachMode,
+    pub detect: Detect,
+    /// `[start, end)` of the functions that free packets on a netfilter verdict, for
+    /// `Detect::Location`: `nf_hook_slow` and `nf_hook_slow_list` (net/netfilter/core.c), and
+    /// `nft_do_chain`, which frees dropped packets itself on recent kernels.
+    pub netfilter_ranges: Vec<(u64, u64)>,
 }
 
 /// Counters kept by the program in the kernel.
@@ -67,6 +111,8 @@ pub struct KernelStats {
 }
 
 pub struct Capture {
+    /// How drops are captured, for the start line (`tp_btf/kfree_skb`, ...).
+    pub mode: String,
     // Owns the program and its link: dropping it detaches everything.
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -86,12 +132,28 @@ impl Capture {
         raise_memlock_limit();
         let mut cfg = Config::EMPTY;
         cfg.offsets = kernel.offsets;
+        let by_location = match opts.detect {
+            Detect::Location => true,
+            Detect::Reason => false,
+            Detect::Auto => !kernel.tracepoint_has_reason,
+        };
+        if by_location {
+            if opts.netfilter_ranges.is_empty() {
+                return Err(CaptureError::NoNetfilterSymbols);
+            }
+            cfg.match_location = 1;
+            for (i, (start, end)) in opts.netfilter_ranges.iter().take(3).enumerate() {
+                cfg.nf_ranges[2 * i] = *start;
+                cfg.nf_ranges[2 * i + 1] = *end;
+            }
+        } else if !kernel.tracepoint_has_reason && !opts.all_reasons {
+            return Err(CaptureError::NoDropReasons);
+        }
         cfg.drop_reason = if opts.all_reasons {
             ANY_REASON
+        } else if by_location {
+            REASON_BY_LOCATION
         } else {
-            if !kernel.tracepoint_has_reason {
-                return Err(CaptureError::NoDropReasons);
-            }
             kernel
                 .reason_value("NETFILTER_DROP")
                 .ok_or(CaptureError::NoNetfilterReason)?
@@ -99,22 +161,45 @@ impl Capture {
         cfg.capture_headers = u8::from(opts.capture_headers);
         opts.filters.apply(&mut cfg);
 
+        // The classic tracepoint's layout: from BTF, else from tracefs.
+        let record = match (opts.attach, kernel.tracepoint_record) {
+            (AttachMode::TpBtf, _) => None,
+            (_, Some(r)) => Some(r),
+            (_, None) => crate::tracefs::kfree_skb_format().ok(),
+        };
+        if let Some(r) = record {
+            cfg.tp_skb = r.skbaddr;
+            cfg.tp_location = r.location;
+        }
+        // One field serves both programs: NO_OFFSET means "this kernel passes no reason".
+        cfg.tp_reason = match (kernel.tracepoint_has_reason, record) {
+            (false, _) => NO_OFFSET,
+            (
+                true,
+                Some(TracepointRecord {
+                    reason: Some(off), ..
+                }),
+            ) => off,
+            (true, _) => 0,
+        };
+
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)
             .load(PROGRAM)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
-        let btf = aya::Btf::from_sys_fs().map_err(|e| CaptureError::Load(e.to_string()))?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(TRACEPOINT)
-            .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?
-            .try_into()
-            .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
-        program
-            .load(TRACEPOINT, &btf)
-            .map_err(|e| CaptureError::Program(program_error(&e)))?;
-        program
-            .attach()
-            .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        let attached = match opts.attach {
+            AttachMode::TpBtf => attach_tp_btf(&mut ebpf),
+            AttachMode::Tracepoint => attach_classic(&mut ebpf, record),
+            AttachMode::Auto => attach_tp_btf(&mut ebpf).or_else(|e| {
+                log::info!("tp_btf unavailable ({e}); using the classic tracepoint");
+                attach_classic(&mut ebpf, record)
+            }),
+        }?;
+        let mode = if by_location {
+            format!("{attached}, netfilter drops recognised by location")
+        } else {
+            attached.to_string()
+        };
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -132,6 +217,7 @@ impl Capture {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         Ok(Capture {
+            mode,
             _ebpf: ebpf,
             ring,
             stats,
@@ -197,6 +283,49 @@ impl Capture {
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
     }
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| CaptureError::Program(e.to_string()))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(TRACEPOINT)
+        .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
+    program
+        .load(TRACEPOINT, &btf)
+        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    program
+        .attach()
+        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    Ok("tp_btf/kfree_skb")
+}
+
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    record: Option<TracepointRecord>,
+) -> Result<&'static str, CaptureError> {
+    if record.is_none() {
+        return Err(CaptureError::TracepointLayout(
+            "not in BTF, and tracefs has no skb/kfree_skb/format".into(),
+        ));
+    }
+    crate::tracefs::ensure_mounted()
+        .map_err(|e| CaptureError::TracepointLayout(format!("tracefs: {e}")))?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(CLASSIC_PROGRAM)
+        .ok_or_else(|| {
+            CaptureError::Load(format!("program {CLASSIC_PROGRAM} missing from object"))
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
+    program
+        .load()
+        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    program
+        .attach("skb", "kfree_skb")
+        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    Ok("tracepoint/skb/kfree_skb")
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    capture::{AttachMode, Detect},
     filter::{Cidr, Filters, Ports, Proto},
     netns::{NetnsError, NetnsSelector},
 };
@@ -60,6 +61,13 @@ pub struct CaptureArgs {
     /// Report packets freed for any drop reason, not only netfilter drops.
     #[arg(long)]
     pub all_reasons: bool,
+    /// Kernel hook: tp_btf, the classic tracepoint, or auto (tp_btf, falling back).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// How netfilter drops are recognised: by drop reason (5.17+), by the freeing
+    /// function's address (older kernels), or auto.
+    #[arg(long, value_enum, default_value_t = Detect::Auto)]
+    pub detect: Detect,
 }
 
 /// Which drops to report. All filters are applied in the kernel.

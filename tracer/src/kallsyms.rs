@@ -46,6 +46,17 @@ impl Kallsyms {
         Some(name)
     }
 
+    /// `[start, end)` of a function: from its address to the next symbol's.
+    pub fn range(&self, name: &str) -> Option<(u64, u64)> {
+        let i = self.symbols.iter().position(|(_, n)| n == name)?;
+        let start = self.symbols[i].0;
+        let end = self.symbols[i + 1..]
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| *a > start)?;
+        Some((start, end))
+    }
+
     /// Address of a function by name.
     pub fn address(&self, name: &str) -> Option<u64> {
         self.symbols
@@ -77,6 +88,11 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
         // Data symbols are not functions.
         assert_eq!(k.resolve(0xffffffff81b00010), Some("__ip_local_out"));
         assert_eq!(k.address("nf_hook_slow"), Some(0xffffffff81a00000));
+        assert_eq!(
+            k.range("nf_hook_slow"),
+            Some((0xffffffff81a00000, 0xffffffff81a00400))
+        );
+        assert_eq!(k.range("no_such_fn"), None);
     }
 
     #[test]

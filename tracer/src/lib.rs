@@ -18,4 +18,5 @@ pub mod output;
 pub mod record;
 pub mod stack;
 pub mod summary;
+pub mod tracefs;
 pub mod watch;

@@ -88,12 +88,20 @@ impl Session {
         if kallsyms.is_empty() {
             log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
         }
+        let netfilter_ranges = ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
+            .iter()
+            .filter_map(|f| kallsyms.range(f))
+            .collect();
         let opts = CaptureOptions {
             filters: f,
             all_reasons: capture.all_reasons,
             capture_headers,
+            attach: capture.attach,
+            detect: capture.detect,
+            netfilter_ranges,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        let mode = cap.mode.clone();
         let mut enricher = Enricher::new(kernel, kallsyms);
         let netns_label = match (filters.netns_selector(), opts.filters.netns) {
             (NetnsSelector::All, _) => "all".to_string(),
@@ -112,7 +120,7 @@ impl Session {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
             netns_label,
-            mode: "tp_btf/kfree_skb".into(),
+            mode,
             all_reasons: capture.all_reasons,
         })
     }
