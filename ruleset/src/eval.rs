@@ -1,0 +1,266 @@
+//! Walks the ruleset the way netfilter would and names what decided.
+//!
+//! The kernel runs every base chain registered on a hook, lowest priority
+//! first; iptables tables are base chains too (raw -300, mangle -150, nat
+//! -100/100, filter 0, security 50), so one walk covers iptables-nft, legacy
+//! and native nftables alike. ACCEPT ends only the current base chain; DROP,
+//! REJECT and QUEUE end the packet's trip through the hook.
+//!
+//! Packet fields are taken as reported at drop time; rules that rewrite them
+//! on the way (MARK, NAT) are not replayed. Rules that cannot be decided are
+//! treated as not matching and listed in [`Evaluation::undecided`], so the
+//! caller can lower its confidence instead of this crate guessing.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::matching::{Outcome, match_outcome, rule_matches};
+use crate::model::{
+    Backend, BaseChain, Chain, ChainKind, ChainRef, CtState, DecidedBy, Family, Hook, Packet,
+    Policy, RuleRef, Ruleset, Table, Target,
+};
+
+/// The fate of the packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Reject {
+        with: Option<String>,
+    },
+    /// Handed to userspace (NFQUEUE), which decides.
+    Queue,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Reject { with: Some(with) } => write!(f, "reject ({with})"),
+            Verdict::Reject { with: None } => f.write_str("reject"),
+            Verdict::Queue => f.write_str("queue"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// For a drop, reject or queue: the rule or policy that decided. For an
+    /// accept: the last base chain's deciding rule or policy.
+    pub by: DecidedBy,
+    /// Every chain entered, in order: base chains and jump/goto targets.
+    pub path: Vec<ChainRef>,
+    /// Rules before the decision whose matches could not be decided, with
+    /// why; they were taken as not matching. Rules with non-terminal targets
+    /// (LOG, MARK, ...) are left out since they cannot change the verdict.
+    pub undecided: Vec<(RuleRef, String)>,
+}
+
+/// Deeper than any real ruleset nests; nftables itself stops at 16.
+const MAX_CALL_DEPTH: usize = 64;
+/// Guards against a goto loop in hand-written input (the kernel would have
+/// refused to load it).
+const MAX_RULE_VISITS: usize = 100_000;
+
+/// Evaluates `packet` on `hook` against the base chains of the tables whose
+/// backend is in `backends` (see [`crate::model::Engine::backends`]) and whose
+/// family sees `family` (`ip`/`ip6` tables, and nft `inet` for both).
+/// `family` is normally `packet.family`.
+pub fn evaluate(
+    ruleset: &Ruleset,
+    backends: &[Backend],
+    family: Family,
+    hook: Hook,
+    packet: &Packet,
+) -> Evaluation {
+    // NAT chains see only a connection's first packet.
+    let nat_runs = matches!(packet.ct_state, None | Some(CtState::New));
+    let mut base_chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
+        .tables
+        .iter()
+        .filter(|table| backends.contains(&table.backend) && table.family.sees(family))
+        .flat_map(|table| {
+            table.chains.iter().filter_map(move |chain| {
+                let base = chain.base?;
+                let runs = base.hook == hook && (base.kind != ChainKind::Nat || nat_runs);
+                runs.then_some((table, chain, base))
+            })
+        })
+        .collect();
+    // Stable: equal priorities keep the order the tables were listed in.
+    base_chains.sort_by_key(|(_, _, base)| base.priority);
+
+    let mut walk = Walk {
+        ruleset,
+        packet,
+        path: Vec::new(),
+        undecided: Vec::new(),
+    };
+    let mut verdict = Verdict::Accept;
+    let mut by = DecidedBy::NoBaseChain;
+    for (table, chain, base) in base_chains {
+        let (chain_verdict, chain_by) = walk.base_chain(table, chain, base);
+        by = chain_by;
+        if chain_verdict != Verdict::Accept {
+            verdict = chain_verdict;
+            break;
+        }
+    }
+    Evaluation {
+        verdict,
+        by,
+        path: walk.path,
+        undecided: walk.undecided,
+    }
+}
+
+struct Walk<'a> {
+    ruleset: &'a Ruleset,
+    packet: &'a Packet,
+    path: Vec<ChainRef>,
+    undecided: Vec<(RuleRef, String)>,
+}
+
+struct Frame<'a> {
+    chain: &'a Chain,
+    next_rule: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn base_chain(
+        &mut self,
+        table: &'a Table,
+        base_chain: &'a Chain,
+        base: BaseChain,
+    ) -> (Verdict, DecidedBy) {
+        let policy = || {
+            let by = DecidedBy::Policy(ChainRef::of(table, base_chain));
+            match base.policy {
+                Policy::Accept => (Verdict::Accept, by),
+                Policy::Drop => (Verdict::Drop, by),
+            }
+        };
+        self.path.push(ChainRef::of(table, base_chain));
+        let mut stack = vec![Frame {
+            chain: base_chain,
+            next_rule: 0,
+        }];
+        let mut visits = 0;
+        loop {
+            // Falling off the base chain, or RETURN from it: the policy.
+            let Some(frame) = stack.last_mut() else {
+                return policy();
+            };
+            let chain = frame.chain;
+            let Some(rule) = chain.rules.get(frame.next_rule) else {
+                stack.pop();
+                continue;
+            };
+            frame.next_rule += 1;
+            let rule_ref = || RuleRef::of(table, chain, rule);
+
+            visits += 1;
+            if visits > MAX_RULE_VISITS {
+                self.undecided.push((
+                    rule_ref(),
+                    format!("gave up after {MAX_RULE_VISITS} rules; does the ruleset loop?"),
+                ));
+                return policy();
+            }
+
+            match rule_matches(rule, self.packet, &self.ruleset.ipsets) {
+                Outcome::Match => {}
+                Outcome::NoMatch => continue,
+                Outcome::Undecidable(reason) => {
+                    if !matches!(rule.target, Target::Continue { .. }) {
+                        self.undecided.push((rule_ref(), reason));
+                    }
+                    continue;
+                }
+            }
+
+            let target = match &rule.target {
+                Target::VerdictMap { arms } => match self.verdict_map_arm(arms, rule_ref) {
+                    Some(target) => target,
+                    None => continue,
+                },
+                target => target,
+            };
+            match target {
+                Target::Accept | Target::Nat { .. } => {
+                    return (Verdict::Accept, DecidedBy::Rule(rule_ref()));
+                }
+                Target::Drop => return (Verdict::Drop, DecidedBy::Rule(rule_ref())),
+                Target::Reject { with } => {
+                    return (
+                        Verdict::Reject { with: with.clone() },
+                        DecidedBy::Rule(rule_ref()),
+                    );
+                }
+                Target::Queue => return (Verdict::Queue, DecidedBy::Rule(rule_ref())),
+                Target::Return => {
+                    stack.pop();
+                }
+                Target::Jump { chain: name } | Target::Goto { chain: name } => {
+                    let Some(callee) = table.chain(name) else {
+                        self.undecided.push((
+                            rule_ref(),
+                            format!("jumps to chain {name}, which is missing"),
+                        ));
+                        continue;
+                    };
+                    if matches!(target, Target::Goto { .. }) {
+                        stack.pop();
+                    }
+                    if stack.len() >= MAX_CALL_DEPTH {
+                        self.undecided.push((
+                            rule_ref(),
+                            format!("chain calls nest deeper than {MAX_CALL_DEPTH}"),
+                        ));
+                        continue;
+                    }
+                    self.path.push(ChainRef::of(table, callee));
+                    stack.push(Frame {
+                        chain: callee,
+                        next_rule: 0,
+                    });
+                }
+                Target::Continue { .. } => {}
+                Target::Unknown { action } => {
+                    self.undecided.push((
+                        rule_ref(),
+                        format!("matches, but the effect of target {action} is unknown"),
+                    ));
+                }
+                Target::VerdictMap { .. } => {
+                    self.undecided
+                        .push((rule_ref(), "verdict map inside a verdict map".to_string()));
+                }
+            }
+        }
+    }
+
+    /// The target of the vmap arm whose key matches; `None` when no arm
+    /// does (the rule has no effect) or the key cannot be decided.
+    fn verdict_map_arm(
+        &mut self,
+        arms: &'a [crate::model::VerdictArm],
+        rule_ref: impl Fn() -> RuleRef,
+    ) -> Option<&'a Target> {
+        for arm in arms {
+            match match_outcome(&arm.key, self.packet, &self.ruleset.ipsets) {
+                Outcome::Match => return Some(&arm.target),
+                Outcome::NoMatch => {}
+                Outcome::Undecidable(reason) => {
+                    self.undecided.push((rule_ref(), reason));
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,251 @@
+//! Decides whether a rule's matches hold for one packet.
+//!
+//! Three-valued: a match holds, does not hold, or cannot be decided. A rule
+//! is decided "no" as soon as any of its matches is a definite "no" (the
+//! conjunction cannot hold whatever the undecidable ones say); it is
+//! undecidable only if nothing rules it out and something cannot be told.
+
+use std::collections::BTreeMap;
+
+use crate::ipset::Ipset;
+use crate::model::{Condition, Direction, Family, Field, Match, Packet, Rule, ValueTest};
+use crate::names;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Match,
+    NoMatch,
+    Undecidable(String),
+}
+
+/// What a condition says about a packet before negation is applied.
+enum Truth {
+    Yes,
+    No,
+    /// The packet does not have the field (a port on ICMP, `ip saddr` on
+    /// IPv6): no match, negated or not, as in the kernel.
+    Absent,
+    /// xt_owner on a packet without a socket: matches only when negated.
+    NoSocket,
+    Unknown(String),
+}
+
+impl From<bool> for Truth {
+    fn from(value: bool) -> Truth {
+        if value { Truth::Yes } else { Truth::No }
+    }
+}
+
+pub(crate) fn rule_matches(
+    rule: &Rule,
+    packet: &Packet,
+    ipsets: &BTreeMap<String, Ipset>,
+) -> Outcome {
+    let mut reasons: Vec<String> = Vec::new();
+    for one in &rule.matches {
+        match match_outcome(one, packet, ipsets) {
+            Outcome::Match => {}
+            Outcome::NoMatch => return Outcome::NoMatch,
+            Outcome::Undecidable(reason) => reasons.push(reason),
+        }
+    }
+    if reasons.is_empty() {
+        Outcome::Match
+    } else {
+        Outcome::Undecidable(reasons.join("; "))
+    }
+}
+
+pub(crate) fn match_outcome(
+    one: &Match,
+    packet: &Packet,
+    ipsets: &BTreeMap<String, Ipset>,
+) -> Outcome {
+    let holds = |value: bool| {
+        if value != one.negated {
+            Outcome::Match
+        } else {
+            Outcome::NoMatch
+        }
+    };
+    match condition_truth(&one.condition, packet, ipsets) {
+        Truth::Yes => holds(true),
+        Truth::No => holds(false),
+        Truth::Absent => Outcome::NoMatch,
+        Truth::NoSocket => holds(false),
+        Truth::Unknown(reason) => Outcome::Undecidable(reason),
+    }
+}
+
+enum FieldValue {
+    Known(u32),
+    Absent,
+    Unknown(String),
+}
+
+fn condition_truth(
+    condition: &Condition,
+    packet: &Packet,
+    ipsets: &BTreeMap<String, Ipset>,
+) -> Truth {
+    match condition {
+        Condition::Value { field, mask, test } => match field_value(*field, packet) {
+            FieldValue::Known(value) => {
+                let value = value & mask.unwrap_or(u32::MAX);
+                match test {
+                    ValueTest::OneOf(ranges) => ranges.iter().any(|range| range.contains(value)),
+                    ValueTest::AnyBitSet(bits) => value & bits != 0,
+                }
+                .into()
+            }
+            FieldValue::Absent => Truth::Absent,
+            FieldValue::Unknown(reason) => Truth::Unknown(reason),
+        },
+        Condition::Address {
+            direction,
+            family,
+            ranges,
+        } => {
+            if family.is_some_and(|family| family != packet.family) {
+                return Truth::Absent;
+            }
+            let addr = match direction {
+                Direction::Source => packet.src,
+                Direction::Destination => packet.dst,
+            };
+            ranges.iter().any(|range| range.contains(addr)).into()
+        }
+        Condition::Interface { direction, names } => {
+            let interface = match direction {
+                Direction::Source => &packet.iif,
+                Direction::Destination => &packet.oif,
+            };
+            match interface {
+                Some(interface) => names.iter().any(|name| name.matches(interface)).into(),
+                None => Truth::Absent,
+            }
+        }
+        Condition::AnyPort { protocol, ranges } => {
+            if protocol.is_some_and(|protocol| protocol != packet.proto)
+                || !names::has_ports(packet.proto)
+            {
+                return Truth::Absent;
+            }
+            let in_ranges =
+                |port: Option<u16>| port.map(|port| ranges.iter().any(|r| r.contains(port.into())));
+            match (in_ranges(packet.sport), in_ranges(packet.dport)) {
+                (Some(true), _) | (_, Some(true)) => Truth::Yes,
+                (Some(false), Some(false)) => Truth::No,
+                _ => Truth::Unknown("packet ports not reported".to_string()),
+            }
+        }
+        Condition::Icmp {
+            protocol,
+            icmp_type,
+            codes,
+        } => {
+            if *protocol != packet.proto {
+                return Truth::Absent;
+            }
+            if *icmp_type == u8::MAX {
+                return Truth::Yes;
+            }
+            match (packet.icmp_type, packet.icmp_code) {
+                (Some(actual), _) if actual != *icmp_type => Truth::No,
+                (Some(_), Some(code)) => codes.contains(code.into()).into(),
+                (Some(_), None) if codes.first == 0 && codes.last >= 255 => Truth::Yes,
+                _ => Truth::Unknown("ICMP type/code not reported".to_string()),
+            }
+        }
+        Condition::SocketOwner { id, ranges } => {
+            let owner = match id {
+                crate::model::OwnerId::Uid => packet.uid,
+                crate::model::OwnerId::Gid => packet.gid,
+            };
+            match owner {
+                Some(owner) => ranges.iter().any(|range| range.contains(owner)).into(),
+                None => Truth::NoSocket,
+            }
+        }
+        Condition::IpSet { name, directions } => match ipsets.get(name) {
+            Some(set) => match set.contains(packet, directions) {
+                Ok(member) => member.into(),
+                Err(reason) => Truth::Unknown(reason),
+            },
+            None => Truth::Unknown(format!("contents of ipset {name} were not provided")),
+        },
+        Condition::Undecidable { reason } => Truth::Unknown(reason.clone()),
+    }
+}
+
+fn field_value(field: Field, packet: &Packet) -> FieldValue {
+    let known_or = |value: Option<u32>, missing: &str| match value {
+        Some(value) => FieldValue::Known(value),
+        None => FieldValue::Unknown(missing.to_string()),
+    };
+    match field {
+        Field::L4Proto { family } => {
+            if family.is_some_and(|family| family != packet.family) {
+                FieldValue::Absent
+            } else {
+                FieldValue::Known(packet.proto.into())
+            }
+        }
+        Field::NfProto => FieldValue::Known(match packet.family {
+            Family::Ipv4 => 2,
+            Family::Ipv6 => 10,
+        }),
+        Field::EtherType => FieldValue::Known(match packet.family {
+            Family::Ipv4 => 0x0800,
+            Family::Ipv6 => 0x86dd,
+        }),
+        Field::SrcPort { protocol } => port_value(protocol, packet.sport, packet),
+        Field::DstPort { protocol } => port_value(protocol, packet.dport, packet),
+        Field::TcpFlags => {
+            if packet.proto != 6 {
+                FieldValue::Absent
+            } else {
+                known_or(packet.tcp_flags.map(u32::from), "TCP flags not reported")
+            }
+        }
+        Field::IcmpType { protocol } => {
+            if packet.proto != protocol {
+                FieldValue::Absent
+            } else {
+                known_or(packet.icmp_type.map(u32::from), "ICMP type not reported")
+            }
+        }
+        Field::IcmpCode { protocol } => {
+            if packet.proto != protocol {
+                FieldValue::Absent
+            } else {
+                known_or(packet.icmp_code.map(u32::from), "ICMP code not reported")
+            }
+        }
+        Field::Mark => FieldValue::Known(packet.mark),
+        Field::SocketUid => packet.uid.map_or(FieldValue::Absent, FieldValue::Known),
+        Field::SocketGid => packet.gid.map_or(FieldValue::Absent, FieldValue::Known),
+        Field::CtState => known_or(
+            packet.ct_state.map(|state| state.bit()),
+            "conntrack state not reported",
+        ),
+        Field::Length => FieldValue::Known(packet.len),
+    }
+}
+
+fn port_value(protocol: Option<u8>, port: Option<u16>, packet: &Packet) -> FieldValue {
+    match protocol {
+        Some(protocol) if protocol != packet.proto => return FieldValue::Absent,
+        None if !names::has_ports(packet.proto) => {
+            return FieldValue::Unknown(format!(
+                "transport-header port on protocol {} which has no ports",
+                packet.proto
+            ));
+        }
+        _ => {}
+    }
+    match port {
+        Some(port) => FieldValue::Known(port.into()),
+        None => FieldValue::Unknown("packet port not reported".to_string()),
+    }
+}

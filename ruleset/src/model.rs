@@ -1,0 +1,669 @@
+//! The data model shared by the parsers and the evaluator.
+//!
+//! iptables (nft or legacy) and nftables are two front ends to the same
+//! kernel machinery: base chains hooked into netfilter at a priority, rules
+//! that test packet fields and end in a verdict, user chains reached by jump
+//! or goto. Both parsers therefore lower into this one model, and the
+//! evaluator walks it without knowing which tool printed the rules.
+//!
+//! The matching vocabulary ([`Condition`], [`Field`]) is deliberately small:
+//! it covers what an SRE's firewall usually tests (addresses, ports,
+//! protocols, interfaces, conntrack state, marks, owners, sets). Anything
+//! outside it is kept as [`Condition::Undecidable`] with a human-readable
+//! reason, so the evaluator can say "I could not tell" instead of guessing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::ipset::Ipset;
+
+/// Layer-3 family of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// The five netfilter hooks a routed packet can traverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    /// The hook of an iptables built-in chain (`PREROUTING`, `INPUT`, ...).
+    pub fn from_iptables_chain(name: &str) -> Option<Hook> {
+        match name {
+            "PREROUTING" => Some(Hook::Prerouting),
+            "INPUT" => Some(Hook::Input),
+            "FORWARD" => Some(Hook::Forward),
+            "OUTPUT" => Some(Hook::Output),
+            "POSTROUTING" => Some(Hook::Postrouting),
+            _ => None,
+        }
+    }
+
+    /// The hook named in an nftables base chain (`prerouting`, `input`, ...).
+    pub fn from_nft(name: &str) -> Option<Hook> {
+        match name {
+            "prerouting" => Some(Hook::Prerouting),
+            "input" => Some(Hook::Input),
+            "forward" => Some(Hook::Forward),
+            "output" => Some(Hook::Output),
+            "postrouting" => Some(Hook::Postrouting),
+            _ => None,
+        }
+    }
+}
+
+/// Which tool manages a table. It decides how rules are identified across
+/// snapshots (position for iptables, handle for nftables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// `iptables` 1.8+ in nf_tables mode: iptables syntax, nf_tables engine.
+    IptablesNft,
+    /// `iptables-legacy`: the x_tables engine.
+    IptablesLegacy,
+    /// Native nftables (`nft`).
+    Nftables,
+}
+
+/// The kernel engine that dropped a packet, as the eBPF side reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    NfTables,
+    IptablesLegacy,
+}
+
+impl Engine {
+    /// The backends whose tables run in this engine, for [`crate::eval::evaluate`].
+    pub fn backends(self) -> &'static [Backend] {
+        match self {
+            Engine::NfTables => &[Backend::IptablesNft, Backend::Nftables],
+            Engine::IptablesLegacy => &[Backend::IptablesLegacy],
+        }
+    }
+}
+
+/// The family of a table. iptables tables are `ip` or `ip6`; nftables adds
+/// `inet` (both), and `bridge`, `arp`, `netdev`, which never see the routed
+/// hooks this crate evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFamily {
+    Ip,
+    Ip6,
+    Inet,
+    Bridge,
+    Arp,
+    Netdev,
+}
+
+impl TableFamily {
+    /// The table family that iptables (`ip`) or ip6tables (`ip6`) uses.
+    pub fn of(family: Family) -> TableFamily {
+        match family {
+            Family::Ipv4 => TableFamily::Ip,
+            Family::Ipv6 => TableFamily::Ip6,
+        }
+    }
+
+    /// Parses the nftables spelling (`ip`, `ip6`, `inet`, ...).
+    pub fn from_nft(name: &str) -> Option<TableFamily> {
+        match name {
+            "ip" => Some(TableFamily::Ip),
+            "ip6" => Some(TableFamily::Ip6),
+            "inet" => Some(TableFamily::Inet),
+            "bridge" => Some(TableFamily::Bridge),
+            "arp" => Some(TableFamily::Arp),
+            "netdev" => Some(TableFamily::Netdev),
+            _ => None,
+        }
+    }
+
+    /// Whether packets of `family` traverse this table's base chains.
+    pub fn sees(self, family: Family) -> bool {
+        matches!(
+            (self, family),
+            (TableFamily::Ip, Family::Ipv4)
+                | (TableFamily::Ip6, Family::Ipv6)
+                | (TableFamily::Inet, _)
+        )
+    }
+}
+
+impl fmt::Display for TableFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TableFamily::Ip => "ip",
+            TableFamily::Ip6 => "ip6",
+            TableFamily::Inet => "inet",
+            TableFamily::Bridge => "bridge",
+            TableFamily::Arp => "arp",
+            TableFamily::Netdev => "netdev",
+        })
+    }
+}
+
+/// Conntrack state of a packet, as `-m conntrack --ctstate` / `ct state` see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+    Untracked,
+}
+
+impl CtState {
+    /// The state's bit in nftables' `ct state` bitmask (also used for
+    /// iptables state lists, so both are evaluated the same way).
+    pub fn bit(self) -> u32 {
+        match self {
+            CtState::Invalid => 1,
+            CtState::Established => 2,
+            CtState::Related => 4,
+            CtState::New => 8,
+            CtState::Untracked => 64,
+        }
+    }
+}
+
+/// A dropped (or to-be-judged) packet, as the kernel side reports it.
+///
+/// Optional fields follow netfilter's own view: `iif`/`oif` are `None` when
+/// the packet has no such device at that hook, `uid`/`gid` are `None` when
+/// it has no local full socket (forwarded or kernel-generated packets), ports
+/// are `None` for protocols without ports. `ct_state: None` means the state
+/// was not reported; rules that test it are then undecidable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Packet {
+    pub family: Family,
+    /// Layer-4 protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    /// Raw TCP flag byte: FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128.
+    pub tcp_flags: Option<u8>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    pub mark: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub ct_state: Option<CtState>,
+    /// Length of the IP packet (header included).
+    pub len: u32,
+}
+
+/// Everything the evaluator needs: the tables of every backend the caller
+/// loaded, plus the contents of ipsets referenced by `-m set`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+    /// Sets by name, from [`crate::ipset::parse_save`]. A `--match-set` on a
+    /// set missing here is undecidable.
+    pub ipsets: BTreeMap<String, Ipset>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Table {
+    pub backend: Backend,
+    pub family: TableFamily,
+    pub name: String,
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    /// The chain called `name`, if the table has one.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|chain| chain.name == name)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Chain {
+    pub name: String,
+    /// Present for chains attached to a hook (iptables built-in chains,
+    /// nftables base chains); `None` for user chains.
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+    /// Packets that fell through to the policy (iptables-save prints these
+    /// on the chain line; nftables keeps none).
+    pub policy_counters: Option<Counters>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BaseChain {
+    pub hook: Hook,
+    /// Netfilter priority; lower runs first (raw -300 ... nat source 100).
+    pub priority: i32,
+    pub policy: Policy,
+    pub kind: ChainKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Accept,
+    Drop,
+}
+
+/// The type of a base chain. `Nat` chains only see the first packet of a
+/// connection, which the evaluator honours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainKind {
+    Filter,
+    Nat,
+    Route,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Rule {
+    /// 1-based position in its chain, as `iptables -L --line-numbers` counts.
+    pub position: u32,
+    /// nftables rule handle (`nft -a`); `None` for iptables-save input.
+    pub handle: Option<u64>,
+    /// What to show a human: the iptables-save line without counters, or the
+    /// nft statement without `# handle N`.
+    pub text: String,
+    pub comment: Option<String>,
+    pub counters: Option<Counters>,
+    /// All must hold for the rule to match.
+    pub matches: Vec<Match>,
+    pub target: Target,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// One test of a rule, possibly negated (`! -s 10.0.0.0/8`, `!=`).
+///
+/// Negation only flips a test that could be made: a packet that lacks the
+/// field altogether (a port match on ICMP, an `ip saddr` test on IPv6 in an
+/// inet table) does not match either way, as in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub negated: bool,
+    pub condition: Condition,
+}
+
+impl Match {
+    pub(crate) fn new(condition: Condition) -> Match {
+        Match {
+            negated: false,
+            condition,
+        }
+    }
+
+    pub(crate) fn negated_if(negated: bool, condition: Condition) -> Match {
+        Match { negated, condition }
+    }
+
+    pub(crate) fn undecidable(reason: impl Into<String>) -> Match {
+        Match::new(Condition::Undecidable {
+            reason: reason.into(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// `(field & mask)` passes `test`.
+    Value {
+        field: Field,
+        mask: Option<u32>,
+        test: ValueTest,
+    },
+    /// Source or destination address in one of `ranges`. `family` restricts
+    /// the test to one family (nft `ip saddr` vs `ip6 saddr` in inet tables).
+    Address {
+        direction: Direction,
+        family: Option<Family>,
+        ranges: Vec<AddrRange>,
+    },
+    /// Input or output interface name matches one of `names`.
+    Interface {
+        direction: Direction,
+        names: Vec<InterfaceName>,
+    },
+    /// Either port in `ranges` (`-m multiport --ports`).
+    AnyPort {
+        protocol: Option<u8>,
+        ranges: Vec<ValueRange>,
+    },
+    /// iptables `--icmp-type` / `--icmpv6-type`: type equal (255 = any type)
+    /// and code within `codes`.
+    Icmp {
+        protocol: u8,
+        icmp_type: u8,
+        codes: ValueRange,
+    },
+    /// iptables `-m owner`. Unlike nft `meta skuid`, a packet without socket
+    /// matches the negated form, as xt_owner does.
+    SocketOwner {
+        id: OwnerId,
+        ranges: Vec<ValueRange>,
+    },
+    /// iptables `-m set --match-set NAME src,dst`, decided against
+    /// [`Ruleset::ipsets`].
+    IpSet {
+        name: String,
+        directions: Vec<Direction>,
+    },
+    /// A test this crate cannot decide from the packet alone (rate limits,
+    /// unknown modules, names that need a lookup, ...).
+    Undecidable { reason: String },
+}
+
+/// A packet field that [`Condition::Value`] can test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// Layer-4 protocol; `family` set for `ip protocol` / `ip6 nexthdr`.
+    L4Proto {
+        family: Option<Family>,
+    },
+    /// nft `meta nfproto`: 2 for IPv4, 10 for IPv6.
+    NfProto,
+    /// nft `meta protocol`: the ethertype.
+    EtherType,
+    /// `protocol: None` is nft `th sport`: any protocol with ports.
+    SrcPort {
+        protocol: Option<u8>,
+    },
+    DstPort {
+        protocol: Option<u8>,
+    },
+    TcpFlags,
+    IcmpType {
+        protocol: u8,
+    },
+    IcmpCode {
+        protocol: u8,
+    },
+    Mark,
+    /// nft `meta skuid`: no socket means no match, negated or not.
+    SocketUid,
+    SocketGid,
+    /// Bitmask of [`CtState::bit`].
+    CtState,
+    Length,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueTest {
+    /// The (masked) value lies in one of the ranges.
+    OneOf(Vec<ValueRange>),
+    /// The (masked) value shares a bit with this mask (nft `ct state
+    /// established,related`, iptables `--ctstate`).
+    AnyBitSet(u32),
+}
+
+/// An inclusive range of numbers; a single value has `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ValueRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl ValueRange {
+    pub fn single(value: u32) -> ValueRange {
+        ValueRange {
+            first: value,
+            last: value,
+        }
+    }
+
+    pub fn contains(self, value: u32) -> bool {
+        self.first <= value && value <= self.last
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddrRange {
+    Net(IpNet),
+    Range { first: IpAddr, last: IpAddr },
+}
+
+impl AddrRange {
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match self {
+            AddrRange::Net(net) => net.contains(&addr),
+            AddrRange::Range { first, last } => match (first, last, addr) {
+                (IpAddr::V4(first), IpAddr::V4(last), IpAddr::V4(addr)) => {
+                    *first <= addr && addr <= *last
+                }
+                (IpAddr::V6(first), IpAddr::V6(last), IpAddr::V6(addr)) => {
+                    *first <= addr && addr <= *last
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Source,
+    Destination,
+}
+
+/// An interface name, or a prefix when `wildcard` (iptables `veth+`, nft
+/// `"veth*"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InterfaceName {
+    pub name: String,
+    pub wildcard: bool,
+}
+
+impl InterfaceName {
+    pub fn matches(&self, interface: &str) -> bool {
+        if self.wildcard {
+            interface.starts_with(&self.name)
+        } else {
+            interface == self.name
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerId {
+    Uid,
+    Gid,
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Accept,
+    Drop,
+    Reject {
+        with: Option<String>,
+    },
+    /// Back to the calling chain; in a base chain, the policy applies.
+    Return,
+    Jump {
+        chain: String,
+    },
+    Goto {
+        chain: String,
+    },
+    /// Handed to a userspace queue (NFQUEUE); the verdict is made there.
+    Queue,
+    /// MASQUERADE/SNAT/DNAT/REDIRECT: ends the chain like ACCEPT.
+    Nat {
+        action: String,
+    },
+    /// Does not end evaluation: LOG, MARK, CT, counter-only rules, ...
+    Continue {
+        action: Option<String>,
+    },
+    /// nft `vmap`: the first arm whose key matches gives the verdict; no arm
+    /// matching means the rule has no effect.
+    VerdictMap {
+        arms: Vec<VerdictArm>,
+    },
+    /// A target we do not know the effect of; a matching rule with it makes
+    /// the evaluation undecided.
+    Unknown {
+        action: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerdictArm {
+    pub key: Match,
+    pub target: Target,
+}
+
+/// Names one chain of one table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ChainRef {
+    pub backend: Backend,
+    pub family: TableFamily,
+    pub table: String,
+    pub chain: String,
+}
+
+impl ChainRef {
+    pub(crate) fn of(table: &Table, chain: &Chain) -> ChainRef {
+        ChainRef {
+            backend: table.backend,
+            family: table.family,
+            table: table.name.clone(),
+            chain: chain.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ChainRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.family, self.table, self.chain)
+    }
+}
+
+/// Names one rule, with what a report needs to show about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub backend: Backend,
+    pub family: TableFamily,
+    pub table: String,
+    pub chain: String,
+    pub position: u32,
+    pub handle: Option<u64>,
+    pub text: String,
+    pub counters: Option<Counters>,
+}
+
+impl RuleRef {
+    pub(crate) fn of(table: &Table, chain: &Chain, rule: &Rule) -> RuleRef {
+        RuleRef {
+            backend: table.backend,
+            family: table.family,
+            table: table.name.clone(),
+            chain: chain.name.clone(),
+            position: rule.position,
+            handle: rule.handle,
+            text: rule.text.clone(),
+            counters: rule.counters,
+        }
+    }
+
+    /// Whether both name the same rule, ignoring counters: by handle for
+    /// nftables, by position and text for iptables (positions shift when
+    /// rules are inserted, so the text guards against a different rule now
+    /// sitting at the same place).
+    pub fn is_same_rule(&self, other: &RuleRef) -> bool {
+        let same_chain = self.backend == other.backend
+            && self.family == other.family
+            && self.table == other.table
+            && self.chain == other.chain;
+        if !same_chain {
+            return false;
+        }
+        match (self.handle, other.handle) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => self.position == other.position && self.text == other.text,
+        }
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}/{} rule {}",
+            self.family, self.table, self.chain, self.position
+        )?;
+        if let Some(handle) = self.handle {
+            write!(f, " (handle {handle})")?;
+        }
+        write!(f, ": {}", self.text)
+    }
+}
+
+/// What decided a packet's fate: a rule, or a base chain's policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    Rule(RuleRef),
+    Policy(ChainRef),
+    /// No base chain of the requested backends sits on the hook: netfilter
+    /// accepts.
+    NoBaseChain,
+}
+
+impl DecidedBy {
+    /// Same rule (see [`RuleRef::is_same_rule`]) or same chain's policy.
+    pub fn is_same(&self, other: &DecidedBy) -> bool {
+        match (self, other) {
+            (DecidedBy::Rule(mine), DecidedBy::Rule(theirs)) => mine.is_same_rule(theirs),
+            (DecidedBy::Policy(mine), DecidedBy::Policy(theirs)) => mine == theirs,
+            (DecidedBy::NoBaseChain, DecidedBy::NoBaseChain) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecidedBy::Rule(rule) => rule.fmt(f),
+            DecidedBy::Policy(chain) => write!(f, "{chain} policy"),
+            DecidedBy::NoBaseChain => f.write_str("no base chain on this hook"),
+        }
+    }
+}
