@@ -36,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Print each dropped packet as it happens, and a summary at the end.
     Watch(WatchArgs),
+    /// Watch for a window and exit 0 if nothing was dropped (and every probe got
+    /// through), 1 if something was, 2 on error.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +53,7 @@ pub struct WatchArgs {
 }
 
 /// How long a capture runs and what it keeps.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct CaptureArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -145,7 +148,7 @@ impl FilterArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
@@ -194,7 +197,9 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Watch(w) = cli.command;
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
         assert!(w.json);
         assert_eq!(w.capture.duration, Some(Duration::from_secs(30)));
         assert_eq!(

@@ -5,6 +5,7 @@
 //! ([`output`], [`summary`]), so everything but the kernel attachment is tested with
 //! fabricated input.
 
+pub mod attribution;
 pub mod btf;
 pub mod capture;
 pub mod cli;
@@ -15,8 +16,10 @@ pub mod flows;
 pub mod kallsyms;
 pub mod netns;
 pub mod output;
+pub mod probe;
 pub mod record;
 pub mod stack;
 pub mod summary;
 pub mod tracefs;
+pub mod verify;
 pub mod watch;

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => droptrace::watch::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Verify(args) => droptrace::verify::run(args).await,
         }
     });
     match result {

@@ -54,6 +54,9 @@ pub struct DropRecord {
     pub uid: Option<u32>,
     /// Packets this line stands for (>= 1).
     pub count: u64,
+    /// Which rule dropped it (absent when attribution is off).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<crate::attribution::Attribution>,
     #[serde(skip)]
     pub headers: Vec<u8>,
 }
@@ -66,6 +69,11 @@ impl DropRecord {
 
     pub fn source(&self) -> String {
         endpoint(self.src, self.sport)
+    }
+
+    /// The rule that dropped it, in words, when attributed.
+    pub fn rule_label(&self) -> Option<String> {
+        self.rule.as_ref().and_then(|a| a.label())
     }
 }
 
@@ -170,6 +178,7 @@ impl Enricher {
             comm,
             uid: drop.uid,
             count: 1,
+            rule: None,
             headers: drop.headers,
         }
     }
@@ -255,6 +264,7 @@ pub(crate) mod tests {
             comm: "java".into(),
             uid: Some(0),
             count: 1,
+            rule: None,
             headers: vec![],
         }
     }

@@ -90,10 +90,15 @@ pub fn dump(source: Source, netns: Option<&Path>) -> Dump {
 
 fn run(mut cmd: Command, name: &str) -> Dump {
     match cmd.output() {
-        Ok(out) if out.status.success() => Dump::Text(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) if out.status.success() => {
+            Dump::Text(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
         Ok(out) => {
             let err = String::from_utf8_lossy(&out.stderr);
-            Dump::Failed(format!("{name}: {}", err.lines().next().unwrap_or("failed").trim()))
+            Dump::Failed(format!(
+                "{name}: {}",
+                err.lines().next().unwrap_or("failed").trim()
+            ))
         }
         Err(e) => Dump::Failed(format!("{name}: {e}")),
     }
@@ -119,7 +124,10 @@ mod tests {
 
     #[test]
     fn a_missing_namespace_is_reported() {
-        let d = dump(Source::NftJson, Some(Path::new("/run/netns/droptrace-no-such-ns")));
+        let d = dump(
+            Source::NftJson,
+            Some(Path::new("/run/netns/droptrace-no-such-ns")),
+        );
         assert!(matches!(d, Dump::Failed(_) | Dump::Missing(_)), "{d:?}");
     }
 }

@@ -1,0 +1,153 @@
+//! `droptrace verify`: exit codes a script can trust, and probes, on real rules.
+
+use droptrace_tests::{Topology, droptrace_output};
+use serde_json::Value;
+
+const HARDENING: &[&[&str]] = &[
+    &["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
+    &[
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ],
+    &[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "80,443,22,3306",
+        "-j",
+        "ACCEPT",
+    ],
+    &[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "1024:65535",
+        "-j",
+        "DROP",
+    ],
+];
+
+fn harden(t: &Topology) {
+    for rule in HARDENING {
+        let mut args = vec!["iptables"];
+        args.extend_from_slice(rule);
+        t.client.exec(&args).unwrap();
+    }
+}
+
+fn verify(t: &Topology, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec![
+        "verify",
+        "--netns",
+        &t.client.name,
+        "--duration",
+        "2s",
+        "--probe-timeout",
+        "1s",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = droptrace_output(&args).unwrap();
+    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (code, report, stderr)
+}
+
+#[test]
+fn verify_fails_before_the_fix_naming_the_drop_and_passes_after_it() {
+    let t = Topology::new().unwrap();
+    for port in [8443, 443] {
+        t.gateway.tcp_listen(t.gateway_addr(port)).unwrap();
+    }
+    harden(&t);
+    let probes = [
+        "--probe",
+        "tcp://203.0.113.10:8443",
+        "--probe",
+        "tcp://203.0.113.10:443",
+    ];
+    let (code, report, stderr) = verify(&t, &probes);
+    assert_eq!(code, 1, "{report} {stderr}");
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["probes"][0]["result"], "dropped", "{report}");
+    assert!(
+        report["probes"][0]["dropped_by"]
+            .as_str()
+            .unwrap()
+            .contains("OUTPUT")
+    );
+    assert_eq!(report["probes"][1]["result"], "reachable");
+    assert_eq!(report["drops"][0]["dst"], "203.0.113.10:8443");
+
+    // The fix from the incident: whitelist the service before the DROP rule.
+    t.client
+        .exec(&[
+            "iptables", "-I", "OUTPUT", "3", "-p", "tcp", "--dport", "8443", "-j", "ACCEPT",
+        ])
+        .unwrap();
+    let (code, report, stderr) = verify(&t, &probes);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["verdict"], "pass");
+    assert_eq!(report["total"], 0);
+    assert!(
+        report["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["result"] == "reachable")
+    );
+}
+
+#[test]
+fn probes_tell_reachable_dropped_and_refused_apart() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(443)).unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("dt-probes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("inventory.txt");
+    // Nothing listens on 9999: refused. 5044/udp is dropped locally.
+    std::fs::write(&file, "# external services\ntcp://203.0.113.10:443\nudp://203.0.113.10:5044\ntcp://203.0.113.10:9999\n").unwrap();
+    let (code, report, stderr) = verify(&t, &["--probe-file", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 1, "{report} {stderr}");
+    let results: Vec<&str> = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["reachable", "dropped", "refused"], "{report}");
+}
+
+#[test]
+fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
+    let t = Topology::new().unwrap();
+    let (code, report, _) = verify(&t, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(report["verdict"], "pass");
+    for bad in [
+        vec!["verify", "--probe", "8443"],
+        vec!["verify", "--netns", "dt-no-such-ns"],
+        vec!["verify", "--probe-file", "/nonexistent/inventory.txt"],
+    ] {
+        let (code, stdout, stderr) = droptrace_output(&bad).unwrap();
+        assert_eq!(code, 2, "{bad:?}: {stdout} {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}

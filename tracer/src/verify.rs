@@ -1,0 +1,363 @@
+//! `droptrace verify`: prove that a fix removed the drops — an exit code a script can trust.
+//!
+//! 0: the capture ran for the whole window, every packet was accounted for, no drop
+//! matched and every probe got through. 1: drops were seen (listed by rule and destination)
+//! or a probe failed. 2: droptrace could not tell (bad input, attach failure, packets
+//! counted but not reported): an error is never reported as "0 drops".
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    cli::{CaptureArgs, FilterArgs},
+    output::process_text,
+    probe::{self, Attempt, Outcome, ProbeProto, Target},
+    record::DropRecord,
+    watch::Session,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// How long to watch (the probes run at its start).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::cli::parse_duration)]
+    pub duration: Duration,
+    /// Send traffic to this target during the window: tcp://HOST:PORT or udp://HOST:PORT
+    /// (repeatable). Probes run from the namespace given by --netns.
+    #[arg(long, value_name = "URL")]
+    pub probe: Vec<Target>,
+    /// Read probe targets from a file, one per line (`#` comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub probe_file: Option<PathBuf>,
+    /// How long a TCP probe waits for its connection.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::cli::parse_duration)]
+    pub probe_timeout: Duration,
+    /// Report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Report packets freed for any drop reason, not only netfilter drops.
+    #[arg(long)]
+    pub all_reasons: bool,
+}
+
+/// Exit statuses of `verify`.
+pub const PASS: u8 = 0;
+pub const FAIL: u8 = 1;
+
+/// What happened to one probe, drops matched.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProbeReport {
+    pub target: String,
+    /// `reachable`, `dropped`, `refused`, `timeout`, `blocked`, `error`.
+    pub result: &'static str,
+    pub detail: String,
+    /// Drops of the probe's own packets.
+    pub drops: u64,
+    /// Where they were dropped (rule when attributed, else hook and engine).
+    pub dropped_by: Option<String>,
+}
+
+impl ProbeReport {
+    pub fn ok(&self) -> bool {
+        self.result == "reachable"
+    }
+}
+
+/// Drops grouped by rule (or hook) and destination.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DropGroup {
+    pub dropped_by: String,
+    pub dst: String,
+    pub proto: String,
+    pub process: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub verdict: &'static str,
+    pub duration_s: f64,
+    pub total: u64,
+    pub lost: u64,
+    pub records_lost: u64,
+    pub drops: Vec<DropGroup>,
+    pub probes: Vec<ProbeReport>,
+}
+
+/// What dropped a record's packets, in words: the rule when known, else hook and engine.
+pub fn dropped_by(r: &DropRecord) -> String {
+    if let Some(rule) = r.rule_label() {
+        return rule;
+    }
+    let hook = r.hook.map_or("?", |h| h.as_str());
+    match r.engine {
+        Some(e) => format!("{hook} ({})", e.as_str()),
+        None => hook.to_string(),
+    }
+}
+
+pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
+    let mut groups: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+    for r in records {
+        *groups
+            .entry((
+                dropped_by(r),
+                r.destination(),
+                r.proto.clone(),
+                process_text(r),
+            ))
+            .or_default() += r.count;
+    }
+    let mut v: Vec<DropGroup> = groups
+        .into_iter()
+        .map(|((dropped_by, dst, proto, process), count)| DropGroup {
+            dropped_by,
+            dst,
+            proto,
+            process,
+            count,
+        })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count));
+    v
+}
+
+/// Matches each probe with the drops of its own flow.
+pub fn judge(attempts: &[Attempt], records: &[DropRecord]) -> Vec<ProbeReport> {
+    attempts
+        .iter()
+        .map(|a| {
+            let proto = match a.target.proto {
+                ProbeProto::Tcp => "tcp",
+                ProbeProto::Udp => "udp",
+            };
+            let mine: Vec<&DropRecord> = match (a.local, a.remote) {
+                (Some(l), Some(r)) => records
+                    .iter()
+                    .filter(|d| {
+                        d.proto == proto
+                            && d.dst == r.ip()
+                            && d.dport == Some(r.port())
+                            && d.sport == Some(l.port())
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let drops: u64 = mine.iter().map(|d| d.count).sum();
+            let by = mine.first().map(|d| dropped_by(d));
+            let (result, detail) = match (&a.outcome, drops) {
+                (_, n) if n > 0 => (
+                    "dropped",
+                    format!("{n} packet(s) dropped by the local firewall"),
+                ),
+                (Outcome::Connected, _) => ("reachable", "connected".to_string()),
+                (Outcome::Sent, _) => ("reachable", "datagram sent, no drop seen".to_string()),
+                (Outcome::Refused, _) => (
+                    "refused",
+                    "connection refused: host reached, port closed".to_string(),
+                ),
+                (Outcome::TimedOut, _) => (
+                    "timeout",
+                    "timed out without a local drop: dropped further away or host down".to_string(),
+                ),
+                (Outcome::NotPermitted, _) => (
+                    "blocked",
+                    "the kernel refused the send (EPERM) but reported no netfilter drop"
+                        .to_string(),
+                ),
+                (Outcome::Failed(e), _) => ("error", e.clone()),
+            };
+            ProbeReport {
+                target: a.target.to_string(),
+                result,
+                detail,
+                drops,
+                dropped_by: by,
+            }
+        })
+        .collect()
+}
+
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut targets = args.probe.clone();
+    if let Some(file) = &args.probe_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        targets.extend(
+            probe::parse_probe_file(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        );
+    }
+    // The window must outlast the probes.
+    let duration = if targets.is_empty() {
+        args.duration
+    } else {
+        args.duration
+            .max(args.probe_timeout + Duration::from_secs(1))
+    };
+    let capture = CaptureArgs {
+        duration: Some(duration),
+        count: None,
+        all_reasons: args.all_reasons,
+        ..CaptureArgs::default()
+    };
+    let mut session = Session::start(&args.filters, &capture, false)?;
+    eprintln!("{}", session.start_info(&args.filters, &capture).line());
+
+    let netns = args.filters.netns_selector().path();
+    let timeout = args.probe_timeout;
+    let probes = std::thread::spawn(move || probe::run_all(&targets, netns.as_deref(), timeout));
+
+    let mut records = Vec::new();
+    session
+        .run(&capture, |r| {
+            records.push(r.clone());
+            Ok(())
+        })
+        .await?;
+    let end = session.finish();
+    let attempts = probes
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+    if end.lost > 0 {
+        anyhow::bail!(
+            "cannot verify: {} dropped packets were counted by the kernel but not reported (flow table overflow)",
+            end.lost
+        );
+    }
+    let probes = judge(&attempts, &records);
+    let failed = end.total > 0 || probes.iter().any(|p| !p.ok());
+    let report = VerifyReport {
+        kind: "verify",
+        verdict: if failed { "fail" } else { "pass" },
+        duration_s: end.duration_s,
+        total: end.total,
+        lost: end.lost,
+        records_lost: end.records_lost,
+        drops: group(&records),
+        probes,
+    };
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write_text(&mut out, &report)?;
+    }
+    Ok(ExitCode::from(if failed { FAIL } else { PASS }))
+}
+
+fn write_text(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
+    use crate::escape::terminal;
+    if r.verdict == "pass" {
+        writeln!(out, "PASS: no drops in {:.1}s", r.duration_s)?;
+    } else {
+        writeln!(out, "FAIL: {} drop(s) in {:.1}s", r.total, r.duration_s)?;
+    }
+    if !r.drops.is_empty() {
+        writeln!(out, "drops by rule and destination:")?;
+        for g in &r.drops {
+            writeln!(
+                out,
+                "  {:>8}  {:<5} {:<28} from {:<20} by {}",
+                g.count,
+                g.proto,
+                g.dst,
+                g.process,
+                terminal(&g.dropped_by)
+            )?;
+        }
+    }
+    if !r.probes.is_empty() {
+        writeln!(out, "probes:")?;
+        for p in &r.probes {
+            let by = p
+                .dropped_by
+                .as_deref()
+                .map(|b| format!(" by {}", terminal(b)))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<34} {:<9} {}{}",
+                terminal(&p.target),
+                p.result.to_uppercase(),
+                p.detail,
+                by
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample;
+
+    fn attempt(target: &str, local_port: u16, outcome: Outcome) -> Attempt {
+        let t: Target = target.parse().unwrap();
+        let remote = format!("{}:{}", t.host, t.port).parse().ok();
+        Attempt {
+            target: t,
+            local: Some(format!("198.51.100.2:{local_port}").parse().unwrap()),
+            remote,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn probes_are_matched_to_their_own_drops_only() {
+        let mut d = sample(); // tcp 198.51.100.2:40000 -> 203.0.113.10:8443
+        d.count = 2;
+        let records = vec![d];
+        let reports = judge(
+            &[
+                attempt("tcp://203.0.113.10:8443", 40000, Outcome::TimedOut),
+                attempt("tcp://203.0.113.10:8443", 40001, Outcome::TimedOut),
+                attempt("tcp://203.0.113.10:443", 40002, Outcome::Connected),
+                attempt("tcp://203.0.113.10:22", 40003, Outcome::Refused),
+                attempt("udp://203.0.113.10:53", 40004, Outcome::Sent),
+            ],
+            &records,
+        );
+        assert_eq!(reports[0].result, "dropped");
+        assert_eq!(reports[0].drops, 2);
+        assert_eq!(
+            reports[0].dropped_by.as_deref(),
+            Some("OUTPUT (nftables/ip)")
+        );
+        assert_eq!(
+            reports[1].result, "timeout",
+            "another flow's drops are not this probe's"
+        );
+        assert_eq!(reports[2].result, "reachable");
+        assert_eq!(reports[3].result, "refused");
+        assert_eq!(reports[4].result, "reachable");
+        assert!(reports[2].ok() && !reports[3].ok());
+    }
+
+    #[test]
+    fn groups_by_what_dropped_and_destination() {
+        let a = sample();
+        let mut b = sample();
+        b.count = 4;
+        let mut c = sample();
+        c.dport = Some(9090);
+        let g = group(&[a, b, c]);
+        assert_eq!(g[0].count, 5);
+        assert_eq!(g[0].dst, "203.0.113.10:8443");
+        assert_eq!(g[0].process, "java[812]");
+        assert_eq!(g[1].count, 1);
+    }
+}
