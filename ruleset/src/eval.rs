@@ -50,7 +50,8 @@ impl fmt::Display for Verdict {
 pub struct Evaluation {
     pub verdict: Verdict,
     /// For a drop, reject or queue: the rule or policy that decided. For an
-    /// accept: the last base chain's deciding rule or policy.
+    /// accept (every base chain let the packet through): the last rule that
+    /// accepted it, or the last chain's policy if no rule did.
     pub by: DecidedBy,
     /// Every chain entered, in order: base chains and jump/goto targets.
     pub path: Vec<ChainRef>,
@@ -102,13 +103,23 @@ pub fn evaluate(
     };
     let mut verdict = Verdict::Accept;
     let mut by = DecidedBy::NoBaseChain;
+    let mut accepted_by_rule = None;
     for (table, chain, base) in base_chains {
         let (chain_verdict, chain_by) = walk.base_chain(table, chain, base);
-        by = chain_by;
         if chain_verdict != Verdict::Accept {
             verdict = chain_verdict;
+            by = chain_by;
             break;
         }
+        if matches!(chain_by, DecidedBy::Rule(_)) {
+            accepted_by_rule = Some(chain_by.clone());
+        }
+        by = chain_by;
+    }
+    if verdict == Verdict::Accept
+        && let Some(rule) = accepted_by_rule
+    {
+        by = rule;
     }
     Evaluation {
         verdict,
