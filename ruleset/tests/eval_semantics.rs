@@ -1,0 +1,233 @@
+//! Traversal semantics on small hand-written rulesets: what the kernel does
+//! with jumps, gotos, RETURN, policies, priorities and engines.
+
+mod common;
+
+use common::*;
+use ruleset::{Backend, DecidedBy, Engine, Family, Hook, Packet, Ruleset, Table, eval::Verdict};
+
+fn filter(rules: &str) -> Vec<Table> {
+    let text = format!("*filter\n{rules}\nCOMMIT\n");
+    ruleset::iptables_save::parse(&text, Backend::IptablesNft, Family::Ipv4).unwrap()
+}
+
+fn out(ruleset: &Ruleset, packet: &Packet) -> ruleset::eval::Evaluation {
+    evaluate(ruleset, Engine::NfTables.backends(), Hook::Output, packet)
+}
+
+fn syn(dport: u16) -> Packet {
+    tcp("10.99.0.1", "203.0.113.99", dport)
+}
+
+#[test]
+fn jump_then_return_resumes_after_the_jump() {
+    let ruleset = ruleset(filter(
+        ":OUTPUT DROP [0:0]\n:A - [0:0]\n:B - [0:0]\n\
+         -A OUTPUT -j A\n-A OUTPUT -p tcp --dport 22 -j ACCEPT\n\
+         -A A -p tcp --dport 80 -j ACCEPT\n-A A -j B\n-A A -p tcp --dport 22 -j DROP\n\
+         -A B -p tcp --dport 22 -j RETURN\n-A B -p tcp --dport 443 -j ACCEPT",
+    ));
+    // 22: B returns to A, whose next rule drops.
+    let evaluation = out(&ruleset, &syn(22));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert_eq!(decided_at(&evaluation), ("filter".into(), "A".into(), 3));
+    assert_eq!(path(&evaluation), ["filter/OUTPUT", "filter/A", "filter/B"]);
+    // 443: accepted two levels down.
+    assert_eq!(
+        decided_at(&out(&ruleset, &syn(443))),
+        ("filter".into(), "B".into(), 2)
+    );
+    // 25: B and A end, OUTPUT's next rule does not match, the policy drops.
+    let evaluation = out(&ruleset, &syn(25));
+    assert_eq!(policy_of(&evaluation), ("filter".into(), "OUTPUT".into()));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+}
+
+#[test]
+fn goto_does_not_come_back() {
+    let calling = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n:A - [0:0]\n:G - [0:0]\n\
+         -A OUTPUT -j A\n-A OUTPUT -j DROP\n\
+         -A A -g G\n-A A -j ACCEPT\n\
+         -A G -p udp -j ACCEPT",
+    ));
+    // G ends: back to OUTPUT (A's caller), not to A; OUTPUT's DROP applies.
+    let evaluation = out(&calling, &syn(443));
+    assert_eq!(
+        decided_at(&evaluation),
+        ("filter".into(), "OUTPUT".into(), 2)
+    );
+    let goto_from_base = ruleset(filter(
+        ":OUTPUT DROP [0:0]\n:G - [0:0]\n-A OUTPUT -g G\n-A OUTPUT -j ACCEPT\n-A G -j RETURN",
+    ));
+    // Goto from the base chain, then RETURN: the base chain's policy.
+    let evaluation = out(&goto_from_base, &syn(443));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert_eq!(policy_of(&evaluation), ("filter".into(), "OUTPUT".into()));
+}
+
+#[test]
+fn return_in_a_base_chain_applies_the_policy() {
+    let ruleset = ruleset(filter(
+        ":OUTPUT DROP [0:0]\n-A OUTPUT -j RETURN\n-A OUTPUT -j ACCEPT",
+    ));
+    let evaluation = out(&ruleset, &syn(1));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert_eq!(policy_of(&evaluation), ("filter".into(), "OUTPUT".into()));
+}
+
+#[test]
+fn undecidable_jumps_and_unknown_targets_are_listed() {
+    let ruleset = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n:A - [0:0]\n\
+         -A OUTPUT -m limit --limit 1/s -j A\n\
+         -A OUTPUT -m limit --limit 1/s -j LOG\n\
+         -A OUTPUT -j TARPIT\n\
+         -A OUTPUT -p tcp -j NFQUEUE --queue-num 1",
+    ));
+    let evaluation = out(&ruleset, &syn(1));
+    assert_eq!(evaluation.verdict, Verdict::Queue);
+    assert_eq!(decided_at(&evaluation).2, 4);
+    // The LOG rule cannot change the verdict, so it is not listed.
+    assert_eq!(undecided(&evaluation), ["OUTPUT:1", "OUTPUT:3"]);
+    assert!(evaluation.undecided[1].1.contains("TARPIT"));
+}
+
+#[test]
+fn goto_to_a_missing_chain_and_loops_do_not_hang() {
+    // Hand-written: goto into a chain the table does not have.
+    let missing = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -g NOWHERE\n-A OUTPUT -j DROP",
+    ));
+    let evaluation = out(&missing, &syn(1));
+    assert_eq!(decided_at(&evaluation).2, 2);
+    assert!(evaluation.undecided[0].1.contains("NOWHERE"));
+    // A goto cycle (the kernel would refuse it) is cut off.
+    let looping = ruleset(filter(
+        ":OUTPUT DROP [0:0]\n:A - [0:0]\n:B - [0:0]\n-A OUTPUT -j A\n-A A -g B\n-A B -g A",
+    ));
+    let evaluation = out(&looping, &syn(1));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert!(
+        evaluation
+            .undecided
+            .last()
+            .is_some_and(|(_, reason)| reason.contains("loop"))
+    );
+    // So is a jump cycle, by depth.
+    let recursing = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n:A - [0:0]\n-A OUTPUT -j A\n-A A -j A",
+    ));
+    let evaluation = out(&recursing, &syn(1));
+    assert_eq!(evaluation.verdict, Verdict::Accept);
+    assert!(
+        evaluation
+            .undecided
+            .iter()
+            .any(|(_, reason)| reason.contains("nest"))
+    );
+}
+
+fn nft_json(chains: &[(&str, &str, i32, &str)], rules: &[(&str, &str)]) -> String {
+    // (family, chain, prio, policy) base chains in table "t"; rules are
+    // (chain, verdict) with one `tcp dport 8443` match each.
+    let mut items = vec![r#"{"table": {"family": "inet", "name": "t", "handle": 1}}"#.to_string()];
+    for (handle, (family, name, prio, policy)) in chains.iter().enumerate() {
+        assert_eq!(*family, "inet");
+        items.push(format!(
+            r#"{{"chain": {{"family": "inet", "table": "t", "name": "{name}", "handle": {handle}, "type": "filter", "hook": "output", "prio": {prio}, "policy": "{policy}"}}}}"#
+        ));
+    }
+    for (handle, (chain, verdict)) in rules.iter().enumerate() {
+        items.push(format!(
+            r#"{{"rule": {{"family": "inet", "table": "t", "chain": "{chain}", "handle": {}, "expr": [{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "tcp", "field": "dport"}}}}, "right": 8443}}}}, {{"{verdict}": null}}]}}}}"#,
+            handle + 100
+        ));
+    }
+    format!(r#"{{"nftables": [{}]}}"#, items.join(","))
+}
+
+#[test]
+fn base_chains_run_by_priority_not_by_listing_order() {
+    let json = nft_json(
+        &[
+            ("inet", "late", 10, "accept"),
+            ("inet", "early", -10, "accept"),
+        ],
+        &[("late", "drop"), ("early", "accept")],
+    );
+    let tables = ruleset::nft_json::parse(&json).unwrap();
+    let ruleset = ruleset(tables);
+    let evaluation = out(&ruleset, &syn(8443));
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert_eq!(path(&evaluation), ["t/early", "t/late"]);
+    assert_eq!(rule(&evaluation).chain, "late");
+}
+
+#[test]
+fn iptables_nft_and_native_nft_interleave_on_the_nf_tables_engine() {
+    let json = nft_json(
+        &[
+            ("inet", "before", -10, "accept"),
+            ("inet", "after", 10, "accept"),
+        ],
+        &[("before", "accept"), ("after", "drop")],
+    );
+    let mut tables = ruleset::nft_json::parse(&json).unwrap();
+    tables.extend(filter(
+        ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 8443 -j ACCEPT",
+    ));
+    let ruleset = ruleset(tables);
+    let evaluation = out(&ruleset, &syn(8443));
+    assert_eq!(path(&evaluation), ["t/before", "filter/OUTPUT", "t/after"]);
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    // Only the native tables:
+    let evaluation = evaluate(&ruleset, &[Backend::Nftables], Hook::Output, &syn(8443));
+    assert_eq!(path(&evaluation), ["t/before", "t/after"]);
+    // The legacy engine has none of them.
+    let evaluation = evaluate(
+        &ruleset,
+        Engine::IptablesLegacy.backends(),
+        Hook::Output,
+        &syn(8443),
+    );
+    assert_eq!(evaluation.by, DecidedBy::NoBaseChain);
+    // inet tables see IPv6 too; the ip table does not.
+    let v6 = tcp("2001:db8::1", "2001:db8::2", 8443);
+    let evaluation = out(&ruleset, &v6);
+    assert_eq!(path(&evaluation), ["t/before", "t/after"]);
+}
+
+#[test]
+fn equal_priorities_keep_listing_order() {
+    let json = nft_json(
+        &[
+            ("inet", "first", 0, "accept"),
+            ("inet", "second", 0, "drop"),
+        ],
+        &[("first", "accept")],
+    );
+    let ruleset = ruleset(ruleset::nft_json::parse(&json).unwrap());
+    let evaluation = out(&ruleset, &syn(8443));
+    assert_eq!(path(&evaluation), ["t/first", "t/second"]);
+    assert_eq!(policy_of(&evaluation), ("t".into(), "second".into()));
+}
+
+#[test]
+fn evaluation_serializes_for_the_json_output() {
+    let ruleset = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n[3:180] -A OUTPUT -p tcp --dport 8443 -j DROP",
+    ));
+    let evaluation = out(&ruleset, &syn(8443));
+    let json = serde_json::to_value(&evaluation).unwrap();
+    assert_eq!(json["verdict"], "drop");
+    assert_eq!(json["by"]["rule"]["position"], 1);
+    assert_eq!(json["by"]["rule"]["backend"], "iptables-nft");
+    assert_eq!(json["by"]["rule"]["counters"]["packets"], 3);
+    assert_eq!(json["path"][0]["chain"], "OUTPUT");
+    let model = serde_json::to_value(&ruleset).unwrap();
+    assert_eq!(
+        model["tables"][0]["chains"][0]["rules"][0]["target"],
+        serde_json::json!("drop")
+    );
+}
