@@ -64,6 +64,10 @@ pub struct CaptureArgs {
     /// Report packets freed for any drop reason, not only netfilter drops.
     #[arg(long)]
     pub all_reasons: bool,
+    /// Do not name rules (no ruleset reads; lines are printed without the ~1 s wait for
+    /// counter confirmation).
+    #[arg(long)]
+    pub no_rules: bool,
     /// Kernel hook: tp_btf, the classic tracepoint, or auto (tp_btf, falling back).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,

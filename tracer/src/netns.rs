@@ -92,6 +92,35 @@ pub fn host_inode() -> Option<u32> {
         .or_else(own_inode)
 }
 
+/// A file that opens the namespace `inode`, to enter it: /run/netns/NAME, or
+/// /proc/PID/ns/net of a process inside it. `Ok(None)` means our own namespace.
+pub fn path_of(inode: u32) -> Option<Option<PathBuf>> {
+    if own_inode() == Some(inode) {
+        return Some(None);
+    }
+    let ino = |p: &Path| fs::metadata(p).ok().map(|m| m.ino());
+    if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
+        for e in dir.flatten() {
+            if ino(&e.path()) == Some(u64::from(inode)) {
+                return Some(Some(e.path()));
+            }
+        }
+    }
+    let procs = fs::read_dir("/proc").ok()?;
+    for e in procs.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            let p = e.path().join("ns/net");
+            if ino(&p) == Some(u64::from(inode)) {
+                return Some(Some(p));
+            }
+        }
+    }
+    None
+}
+
 /// Names of namespaces by inode, from /run/netns, refreshed when an unknown inode shows up
 /// (at most once a second: a namespace without a name would otherwise cost a scan per drop).
 #[derive(Debug, Default)]
@@ -168,6 +197,12 @@ mod tests {
             err.to_string()
                 .contains("no network namespace \"no-such-ns-droptrace\"")
         );
+    }
+
+    #[test]
+    fn own_namespace_is_entered_as_is() {
+        assert_eq!(path_of(own_inode().unwrap()), Some(None));
+        assert_eq!(path_of(1), None);
     }
 
     #[test]

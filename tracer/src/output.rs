@@ -101,6 +101,16 @@ fn clock(time: &str) -> &str {
     time.get(11..23).unwrap_or(time)
 }
 
+fn level_text(l: crate::attribution::Level) -> &'static str {
+    use crate::attribution::Level;
+    match l {
+        Level::Exact => "exact",
+        Level::Inferred => "inferred",
+        Level::Chain => "chain",
+        Level::None => "none",
+    }
+}
+
 pub fn process_text(r: &DropRecord) -> String {
     match r.pid {
         Some(pid) => format!("{}[{pid}]", terminal(&r.comm)),
@@ -138,6 +148,13 @@ impl<W: Write> Sink for TextSink<W> {
             (None, Some(t)) => format!("t{t}"),
             _ => "-".into(),
         };
+        let rule = match &r.rule {
+            Some(a) => match a.label() {
+                Some(l) => format!("  {} [{}]", terminal(&l), level_text(a.attribution)),
+                None => format!("  [rule unknown: {}]", terminal(&a.why)),
+            },
+            None => String::new(),
+        };
         let count = if r.count > 1 {
             format!(" x{}", r.count)
         } else {
@@ -145,7 +162,7 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "{:<12}  {:<18} {:<10} {:<5} {:>21} -> {:<21} {:<5} {:<11} {:<20} {}{}",
+            "{:<12}  {:<18} {:<10} {:<5} {:>21} -> {:<21} {:<5} {:<11} {:<20} {}{}{}",
             clock(&r.time),
             netns_text(r),
             terminal(&r.ifname),
@@ -157,6 +174,7 @@ impl<W: Write> Sink for TextSink<W> {
             process_text(r),
             r.reason,
             count,
+            rule,
         )?;
         self.out.flush()
     }
@@ -184,6 +202,10 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(self.out, "by hook:")?;
             for (hook, n) in s.hooks() {
                 writeln!(self.out, "  {n:>8}  {hook}")?;
+            }
+            writeln!(self.out, "by rule:")?;
+            for r in s.rules() {
+                writeln!(self.out, "  {:>8}  {}", r.count, terminal(&r.rule))?;
             }
         }
         self.out.flush()

@@ -59,6 +59,13 @@ pub struct DropRecord {
     pub rule: Option<crate::attribution::Attribution>,
     #[serde(skip)]
     pub headers: Vec<u8>,
+    /// Both devices and the raw TCP flags, for the rule engine.
+    #[serde(skip)]
+    pub in_ifname: String,
+    #[serde(skip)]
+    pub out_ifname: String,
+    #[serde(skip)]
+    pub tcp_flags_raw: Option<u8>,
 }
 
 impl DropRecord {
@@ -180,6 +187,9 @@ impl Enricher {
             count: 1,
             rule: None,
             headers: drop.headers,
+            in_ifname: drop.ifname.clone(),
+            out_ifname: drop.out_ifname.clone(),
+            tcp_flags_raw: drop.tcp_flags,
         }
     }
 
@@ -266,6 +276,9 @@ pub(crate) mod tests {
             count: 1,
             rule: None,
             headers: vec![],
+            in_ifname: String::new(),
+            out_ifname: "veth-c".into(),
+            tcp_flags_raw: Some(0x02),
         }
     }
 

@@ -18,12 +18,19 @@ pub struct Summary {
     pub total: u64,
     by_destination: HashMap<DestinationKey, u64>,
     by_hook: BTreeMap<String, u64>,
+    by_rule: HashMap<String, u64>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct DestinationCount {
     pub dst: String,
     pub proto: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RuleCount {
+    pub rule: String,
     pub count: u64,
 }
 
@@ -44,6 +51,7 @@ pub struct SummaryRecord {
     pub duration_s: f64,
     pub destinations: Vec<DestinationCount>,
     pub hooks: BTreeMap<String, u64>,
+    pub rules: Vec<RuleCount>,
 }
 
 impl Summary {
@@ -56,6 +64,24 @@ impl Summary {
         *self.by_destination.entry(key).or_default() += r.count;
         let hook = r.hook.map_or("unknown", Hook::as_str).to_string();
         *self.by_hook.entry(hook).or_default() += r.count;
+        let rule = r
+            .rule_label()
+            .unwrap_or_else(|| "(rule unknown)".to_string());
+        *self.by_rule.entry(rule).or_default() += r.count;
+    }
+
+    /// Rules, most drops first.
+    pub fn rules(&self) -> Vec<RuleCount> {
+        let mut v: Vec<RuleCount> = self
+            .by_rule
+            .iter()
+            .map(|(rule, count)| RuleCount {
+                rule: rule.clone(),
+                count: *count,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
+        v
     }
 
     /// Destinations, most drops first (ties by name, so output is stable).
@@ -87,6 +113,7 @@ impl Summary {
             duration_s,
             destinations: self.destinations(),
             hooks: self.by_hook.clone(),
+            rules: self.rules(),
         }
     }
 }

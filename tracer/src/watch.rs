@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution::Attributor,
     btf::KernelBtf,
     capture::{Capture, CaptureOptions},
     cli::{CaptureArgs, FilterArgs, WatchArgs},
@@ -67,6 +68,8 @@ pub struct Session {
     pub enricher: Enricher,
     pub summary: Summary,
     book: FlowBook,
+    /// Names rules; `None` with `--no-rules`.
+    attributor: Option<Attributor>,
     started: Instant,
     // Registered before the start line is printed, so a Ctrl-C right after it is caught.
     sigint: tokio::signal::unix::Signal,
@@ -101,6 +104,18 @@ impl Session {
             netfilter_ranges,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        // Read the watched namespace's ruleset now, so its first drops can be confirmed
+        // by their rule's counter.
+        let attributor = (!capture.no_rules).then(|| {
+            let mut a = Attributor::default();
+            a.prime(
+                opts.filters
+                    .netns
+                    .or_else(crate::netns::own_inode)
+                    .unwrap_or(0),
+            );
+            a
+        });
         let mode = cap.mode.clone();
         let mut enricher = Enricher::new(kernel, kallsyms);
         let netns_label = match (filters.netns_selector(), opts.filters.netns) {
@@ -116,6 +131,7 @@ impl Session {
             enricher,
             summary: Summary::default(),
             book: FlowBook::default(),
+            attributor,
             started: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
@@ -163,6 +179,7 @@ impl Session {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Drop> = Vec::new();
+        let mut staged = Vec::new();
         let mut out = Vec::new();
         loop {
             let (stop, sweep) = tokio::select! {
@@ -175,22 +192,38 @@ impl Session {
             // Drain also after a stop: records already in the ring buffer count.
             self.capture.drain(&mut batch);
             for d in batch.drain(..) {
-                self.take_record(d, &mut out);
+                self.take_record(d, &mut staged);
             }
             if sweep {
-                self.sweep_active(&mut out);
+                self.sweep_active(&mut staged);
             }
+            if stop {
+                // The flow table has the packets no record carried yet.
+                self.sweep_all(&mut staged);
+            }
+            self.attribute(&mut staged, &mut out, sweep || stop);
             let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
             if limit_hit == Flow::Closed {
                 return Ok(());
             }
             if stop || limit_hit == Flow::Limit {
-                if limit_hit != Flow::Limit {
-                    // The flow table has the packets no record carried yet.
-                    self.sweep_all(&mut out);
-                    self.emit_all(&mut out, c.count, &mut emit)?;
-                }
                 return Ok(());
+            }
+        }
+    }
+
+    /// Names the rule of each staged line. Lines wait for the next ruleset read (`flush`,
+    /// once a second and at the end) so their rule's counter can confirm the attribution.
+    fn attribute(&mut self, staged: &mut Vec<DropRecord>, out: &mut Vec<DropRecord>, flush: bool) {
+        match &mut self.attributor {
+            None => out.append(staged),
+            Some(a) => {
+                for r in staged.drain(..) {
+                    a.submit(r);
+                }
+                if flush && a.has_pending() {
+                    out.extend(a.flush());
+                }
             }
         }
     }

@@ -5,8 +5,19 @@
 //! standard tools ([`reader`]), and confirmed by the rule's packet counter growing.
 
 pub mod reader;
+pub mod snapshot;
 
+use std::{collections::HashMap, path::PathBuf};
+
+use ruleset::{DecidedBy, eval::Verdict};
 use serde::Serialize;
+
+use crate::{
+    drop::CtState as DropCt,
+    record::DropRecord,
+    stack::{self, Context},
+};
+use snapshot::Snapshot;
 
 /// How sure an attribution is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,6 +86,291 @@ impl Attribution {
                 (None, ..) => place,
             },
         )
+    }
+}
+
+/// The packet as the rule engine sees it.
+pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
+    let family = if r.src.is_ipv6() {
+        ruleset::Family::Ipv6
+    } else {
+        ruleset::Family::Ipv4
+    };
+    let name = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let (iif, oif) = match r.hook {
+        Some(stack::Hook::Prerouting | stack::Hook::Input) => (name(&r.in_ifname), None),
+        Some(stack::Hook::Forward) => (name(&r.in_ifname), name(&r.out_ifname)),
+        _ => (None, name(&r.out_ifname)),
+    };
+    let proto = match r.proto.as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        "sctp" => 132,
+        n => n.parse().unwrap_or(0),
+    };
+    ruleset::Packet {
+        family,
+        proto,
+        src: r.src,
+        dst: r.dst,
+        sport: r.sport,
+        dport: r.dport,
+        tcp_flags: r.tcp_flags_raw,
+        icmp_type: r.icmp_type,
+        icmp_code: r.icmp_code,
+        iif,
+        oif,
+        mark: r.mark,
+        // Locally generated packets carry their socket's owner; received ones none.
+        uid: if r.context == Context::Process || r.uid.is_some() {
+            r.uid
+        } else {
+            None
+        },
+        gid: None,
+        ct_state: Some(match r.ct_state {
+            DropCt::New => ruleset::CtState::New,
+            DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
+            DropCt::Related | DropCt::RelatedReply => ruleset::CtState::Related,
+            // No conntrack entry: what `--ctstate INVALID` / `ct state invalid` match.
+            DropCt::None => ruleset::CtState::Invalid,
+        }),
+        len: r.len,
+    }
+}
+
+fn rule_hook(h: stack::Hook) -> Option<ruleset::Hook> {
+    Some(match h {
+        stack::Hook::Prerouting => ruleset::Hook::Prerouting,
+        stack::Hook::Input => ruleset::Hook::Input,
+        stack::Hook::Forward => ruleset::Hook::Forward,
+        stack::Hook::Output => ruleset::Hook::Output,
+        stack::Hook::Postrouting => ruleset::Hook::Postrouting,
+        stack::Hook::Ingress | stack::Hook::Egress => return None,
+    })
+}
+
+fn backend_name(b: ruleset::Backend) -> &'static str {
+    match b {
+        ruleset::Backend::IptablesNft => "iptables-nft",
+        ruleset::Backend::IptablesLegacy => "iptables-legacy",
+        ruleset::Backend::Nftables => "nftables",
+    }
+}
+
+/// Evaluates `packet` against `rs` as the kernel would at `hook` in `engine`, and turns the
+/// result into an attribution at level `inferred` (counters not yet checked).
+pub fn evaluate(
+    rs: &ruleset::Ruleset,
+    engine: ruleset::Engine,
+    hook: ruleset::Hook,
+    packet: &ruleset::Packet,
+) -> (Attribution, Option<DecidedBy>) {
+    let ev = ruleset::eval::evaluate(rs, engine.backends(), packet.family, hook, packet);
+    let undecided = || {
+        ev.undecided
+            .iter()
+            .map(|(r, why)| format!("{}/{} rule {} ({why})", r.table, r.chain, r.position))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let verdict = match &ev.verdict {
+        Verdict::Drop => "DROP",
+        Verdict::Reject { .. } => "REJECT",
+        Verdict::Queue => "QUEUE",
+        Verdict::Accept => {
+            // The kernel dropped it but the ruleset as read accepts it.
+            let mut a = Attribution::none(if ev.undecided.is_empty() {
+                "the ruleset as read accepts this packet (changed since the drop?)".to_string()
+            } else {
+                format!("not decided: {}", undecided())
+            });
+            if let Some((r, _)) = ev.undecided.first() {
+                a.backend = Some(backend_name(r.backend).into());
+                a.table = Some(r.table.clone());
+                a.chain = Some(r.chain.clone());
+                a.attribution = Level::Chain;
+            }
+            return (a, None);
+        }
+    };
+    let mut a = match &ev.by {
+        DecidedBy::Rule(r) => Attribution {
+            backend: Some(backend_name(r.backend).into()),
+            table: Some(r.table.clone()),
+            chain: Some(r.chain.clone()),
+            rule: Some(r.text.clone()),
+            rule_num: (r.backend != ruleset::Backend::Nftables).then_some(r.position),
+            rule_handle: r.handle,
+            verdict: Some(verdict.into()),
+            attribution: Level::Inferred,
+            why: "evaluated against the namespace's ruleset".into(),
+        },
+        DecidedBy::Policy(c) => Attribution {
+            backend: Some(backend_name(c.backend).into()),
+            table: Some(c.table.clone()),
+            chain: Some(c.chain.clone()),
+            rule: None,
+            rule_num: None,
+            rule_handle: None,
+            verdict: Some("policy".into()),
+            attribution: Level::Inferred,
+            why: "no rule matched: the chain's policy".into(),
+        },
+        DecidedBy::NoBaseChain => return (Attribution::none("no chain on this hook"), None),
+    };
+    if !ev.undecided.is_empty() {
+        a.why = format!("{}; earlier rules not decidable: {}", a.why, undecided());
+    }
+    (a, Some(ev.by))
+}
+
+/// A record waiting for its rule's counter to be checked.
+struct Pending {
+    record: DropRecord,
+    decided: Option<DecidedBy>,
+}
+
+#[derive(Default)]
+struct Namespace {
+    /// How to enter it; `None` when it could not be found.
+    path: Option<Option<PathBuf>>,
+    current: Option<Snapshot>,
+    pending: Vec<Pending>,
+}
+
+/// Attributes drops namespace by namespace, confirming with counters.
+///
+/// A record is evaluated against the latest snapshot of its namespace's ruleset (read
+/// before the drop) and held until the next [`Attributor::flush`], which reads the ruleset
+/// again: when the named rule's packet counter grew by at least the drops attributed to
+/// it, the attribution is `exact`. The newer snapshot becomes the reference, so a ruleset
+/// change is picked up within one flush.
+#[derive(Default)]
+pub struct Attributor {
+    namespaces: HashMap<u32, Namespace>,
+}
+
+impl Attributor {
+    /// Reads a namespace's ruleset ahead of its first drop, so that drop can be confirmed.
+    pub fn prime(&mut self, netns: u32) {
+        let ns = self.namespaces.entry(netns).or_default();
+        if ns.path.is_none() {
+            ns.path = crate::netns::path_of(netns);
+        }
+        if let Some(path) = &ns.path {
+            ns.current = Some(Snapshot::read(path.as_deref()));
+        }
+    }
+
+    /// Attributes `rec` (to be confirmed at the next flush).
+    pub fn submit(&mut self, mut rec: DropRecord) {
+        if !self.namespaces.contains_key(&rec.netns) {
+            self.prime(rec.netns);
+        }
+        let ns = self.namespaces.entry(rec.netns).or_default();
+        let (attr, decided) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
+            (None, ..) => (
+                Attribution::none("the namespace is gone or cannot be entered"),
+                None,
+            ),
+            (_, None, _) => (
+                Attribution::none("not a netfilter hook droptrace can evaluate"),
+                None,
+            ),
+            (_, _, None) => (
+                Attribution::none("engine unknown (no nf_tables or xtables frame)"),
+                None,
+            ),
+            (Some(snap), Some(hook), Some(engine)) => {
+                let engine = match engine {
+                    stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
+                    stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
+                };
+                let (mut a, d) = evaluate(&snap.ruleset, engine, hook, &packet_of(&rec));
+                if a.attribution == Level::None && !snap.problems.is_empty() {
+                    a.why = format!("{}; could not read: {}", a.why, snap.problems.join("; "));
+                }
+                (a, d)
+            }
+        };
+        rec.rule = Some(attr);
+        ns.pending.push(Pending {
+            record: rec,
+            decided,
+        });
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.namespaces.values().any(|n| !n.pending.is_empty())
+    }
+
+    /// Re-reads the rulesets of namespaces with pending records, confirms attributions with
+    /// the counters, and returns the records in arrival order per namespace.
+    pub fn flush(&mut self) -> Vec<DropRecord> {
+        let mut out = Vec::new();
+        for ns in self
+            .namespaces
+            .values_mut()
+            .filter(|n| !n.pending.is_empty())
+        {
+            let after = ns.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
+            let deltas = match (&ns.current, &after) {
+                (Some(before), Some(after)) => Some(ruleset::counters::counter_deltas(
+                    &before.ruleset,
+                    &after.ruleset,
+                )),
+                _ => None,
+            };
+            // Drops attributed to each rule in this window.
+            let mut claimed: Vec<(DecidedBy, u64)> = Vec::new();
+            for p in &ns.pending {
+                if let Some(d) = &p.decided {
+                    match claimed.iter_mut().find(|(c, _)| c.is_same(d)) {
+                        Some((_, n)) => *n += p.record.count,
+                        None => claimed.push((d.clone(), p.record.count)),
+                    }
+                }
+            }
+            for mut p in ns.pending.drain(..) {
+                if let (Some(d), Some(deltas), Some(a)) =
+                    (&p.decided, &deltas, p.record.rule.as_mut())
+                {
+                    let grew = deltas
+                        .iter()
+                        .find(|(c, _)| c.is_same(d))
+                        .map_or(0, |(_, n)| *n);
+                    let want = claimed
+                        .iter()
+                        .find(|(c, _)| c.is_same(d))
+                        .map_or(0, |(_, n)| *n);
+                    let counted = match d {
+                        DecidedBy::Rule(r) => r.counters.is_some(),
+                        _ => true,
+                    };
+                    if !counted {
+                        a.why = format!("{}; the rule has no counter to confirm it", a.why);
+                    } else if grew >= want {
+                        a.attribution = Level::Exact;
+                        a.why = format!(
+                            "its packet counter grew by {grew} for {want} drop(s) attributed to it"
+                        );
+                    } else {
+                        a.why = format!(
+                            "{}; its counter grew by {grew}, fewer than the {want} drop(s) seen",
+                            a.why
+                        );
+                    }
+                }
+                out.push(p.record);
+            }
+            if after.is_some() {
+                ns.current = after;
+            }
+        }
+        out
     }
 }
 

@@ -1,0 +1,103 @@
+//! A namespace's ruleset at one moment: every backend read and parsed into one
+//! [`ruleset::Ruleset`], plus what could not be read.
+//!
+//! iptables-nft tables are nf_tables tables too, so `nft -j` lists them as well; they are
+//! taken from `iptables-nft-save` (which renders their rules in iptables syntax, with
+//! counters) and left out of the native nftables set.
+
+use std::{collections::HashSet, path::Path, time::Instant};
+
+use ruleset::{Backend, Family, Ruleset, TableFamily};
+
+use super::reader::{Dump, Source, dump};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub ruleset: Ruleset,
+    pub taken: Instant,
+    /// Sources that could not be read or parsed, in words.
+    pub problems: Vec<String>,
+}
+
+impl Snapshot {
+    /// Reads the ruleset of the namespace at `netns` (None: our own).
+    pub fn read(netns: Option<&Path>) -> Snapshot {
+        let taken = Instant::now();
+        let mut problems = Vec::new();
+        let mut text = |source: Source| match dump(source, netns) {
+            Dump::Text(t) => Some(t),
+            Dump::Missing(tool) => {
+                problems.push(format!("{tool} not installed"));
+                None
+            }
+            Dump::Failed(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        let iptables = [
+            (Source::IptablesNft, Backend::IptablesNft, Family::Ipv4),
+            (Source::Ip6tablesNft, Backend::IptablesNft, Family::Ipv6),
+            (
+                Source::IptablesLegacy,
+                Backend::IptablesLegacy,
+                Family::Ipv4,
+            ),
+            (
+                Source::Ip6tablesLegacy,
+                Backend::IptablesLegacy,
+                Family::Ipv6,
+            ),
+        ]
+        .map(|(source, backend, family)| (text(source), backend, family));
+        let nft_json = text(Source::NftJson);
+        let nft_text = text(Source::NftText);
+        // ipset is optional: most hosts have none.
+        let ipset = match dump(Source::Ipset, netns) {
+            Dump::Text(t) => Some(t),
+            _ => None,
+        };
+
+        let mut tables = Vec::new();
+        for (dumped, backend, family) in iptables {
+            let Some(t) = dumped else { continue };
+            match ruleset::iptables_save::parse(&t, backend, family) {
+                Ok(parsed) => tables.extend(parsed),
+                Err(e) => problems.push(format!("{backend:?} {family:?} ruleset: {e}")),
+            }
+        }
+        let iptables_nft: HashSet<(TableFamily, String)> = tables
+            .iter()
+            .filter(|t| t.backend == Backend::IptablesNft)
+            .map(|t| (t.family, t.name.clone()))
+            .collect();
+        if let Some(json) = nft_json {
+            match ruleset::nft_json::parse(&json) {
+                Ok(mut native) => {
+                    native.retain(|t| !iptables_nft.contains(&(t.family, t.name.clone())));
+                    if let Some(listing) = nft_text {
+                        ruleset::nft_text::apply(
+                            &mut native,
+                            &ruleset::nft_text::handles(&listing),
+                        );
+                    }
+                    tables.extend(native);
+                }
+                Err(e) => problems.push(format!("nft ruleset: {e}")),
+            }
+        }
+        let ipsets = match ipset.map(|t| ruleset::ipset::parse_save(&t)) {
+            Some(Ok(sets)) => sets,
+            Some(Err(e)) => {
+                problems.push(format!("ipset: {e}"));
+                Default::default()
+            }
+            None => Default::default(),
+        };
+        Snapshot {
+            ruleset: Ruleset { tables, ipsets },
+            taken,
+            problems,
+        }
+    }
+}
