@@ -16,6 +16,7 @@
 //!
 //! let mut tables = ruleset::iptables_save::parse(save, Backend::IptablesNft, Family::Ipv4)?;
 //! let mut native = ruleset::nft_json::parse(json)?;
+//! ruleset::nft_json::retain_native(&mut native, &tables); // no table twice
 //! ruleset::nft_text::apply(&mut native, &ruleset::nft_text::handles(listing));
 //! tables.extend(native);
 //! let ruleset = Ruleset { tables, ipsets: ruleset::ipset::parse_save(ipsets)? };

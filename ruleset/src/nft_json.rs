@@ -131,6 +131,20 @@ pub fn parse(json: &str) -> Result<Vec<Table>> {
     Ok(tables)
 }
 
+/// Removes from `tables` (parsed here) those that iptables-nft also printed
+/// in `iptables_tables` (same family and name), so each table is evaluated
+/// once, from its iptables-save form, which keeps the xt matches' options.
+/// Evaluating both copies would walk the same kernel chain twice.
+pub fn retain_native(tables: &mut Vec<Table>, iptables_tables: &[Table]) {
+    tables.retain(|table| {
+        !iptables_tables.iter().any(|other| {
+            other.backend == Backend::IptablesNft
+                && other.family == table.family
+                && other.name == table.name
+        })
+    });
+}
+
 fn schema(item: usize, message: impl Into<String>) -> ParseError {
     ParseError::NftSchema {
         item,

@@ -167,3 +167,25 @@ fn the_same_table_seen_through_nft_json_is_less_certain() {
     assert_eq!(undecided(&evaluation), ["OUTPUT#3", "OUTPUT#4"]);
     assert!(evaluation.undecided[1].1.contains("multiport"));
 }
+
+#[test]
+fn iptables_nft_tables_are_evaluated_once_when_both_dumps_are_loaded() {
+    let iptables = iptables_fixture(
+        "incident-after.iptables-save",
+        Backend::IptablesNft,
+        Family::Ipv4,
+    );
+    let mut native = nft_fixture("incident");
+    let mut fw = nft_fixture("fw");
+    ruleset::nft_json::retain_native(&mut native, &iptables);
+    ruleset::nft_json::retain_native(&mut fw, &iptables);
+    assert!(native.is_empty());
+    assert_eq!(fw.len(), 2, "unrelated native tables stay");
+    let mut tables = iptables;
+    tables.extend(native);
+    let ruleset = ruleset(tables);
+    let packet = tcp("10.99.0.1", "10.99.0.50", 8443);
+    let evaluation = evaluate(&ruleset, Engine::NfTables.backends(), Hook::Output, &packet);
+    assert_eq!(path(&evaluation), ["filter/OUTPUT"]);
+    assert!(evaluation.undecided.is_empty());
+}
