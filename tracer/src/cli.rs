@@ -39,6 +39,12 @@ pub enum Command {
     /// Watch for a window and exit 0 if nothing was dropped (and every probe got
     /// through), 1 if something was, 2 on error.
     Verify(crate::verify::VerifyArgs),
+    /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
+    /// Exit 0 if it would pass, 1 if it would be dropped.
+    Explain(crate::explain::ExplainArgs),
+    /// Show the ruleset as droptrace understands it: counters, and matches it cannot
+    /// evaluate marked `?`.
+    Rules(crate::explain::RulesArgs),
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod drop;
 pub mod escape;
+pub mod explain;
 pub mod filter;
 pub mod flows;
 pub mod kallsyms;

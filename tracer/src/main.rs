@@ -31,6 +31,8 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => droptrace::verify::run(args).await,
+            Command::Explain(args) => droptrace::explain::run_explain(args),
+            Command::Rules(args) => droptrace::explain::run_rules(args),
         }
     });
     match result {
