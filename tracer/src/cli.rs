@@ -104,6 +104,15 @@ pub struct FilterArgs {
     /// Destination port or range (1024-65535).
     #[arg(long, value_name = "PORT[-PORT]")]
     pub dport: Option<Ports>,
+    /// Only drops sent by this process id (matched after attribution to the socket's owner).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only drops sent by processes with this command name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only drops sent from a cgroup whose path contains this text (a unit, a container id).
+    #[arg(long, value_name = "TEXT")]
+    pub cgroup: Option<String>,
 }
 
 impl FilterArgs {
@@ -127,6 +136,20 @@ impl FilterArgs {
         };
         f.validate()?;
         Ok(f)
+    }
+
+    /// Whether a record passes the process filters (`--pid`, `--comm`, `--cgroup`), which
+    /// are applied in userspace: the sender of a softirq drop is only known here.
+    pub fn wants_process(&self, r: &crate::record::DropRecord) -> bool {
+        self.pid.is_none_or(|p| r.pid == Some(p))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| r.pid.is_some() && &r.comm == c)
+            && self
+                .cgroup
+                .as_ref()
+                .is_none_or(|c| r.cgroup.as_ref().is_some_and(|g| g.contains(c.as_str())))
     }
 
     /// The filters in the user's words, for the start line.
@@ -153,6 +176,15 @@ impl FilterArgs {
         }
         if let Some(p) = self.dport {
             parts.push(format!("dport {}", ports(p)));
+        }
+        if let Some(p) = self.pid {
+            parts.push(format!("pid {p}"));
+        }
+        if let Some(c) = &self.comm {
+            parts.push(format!("comm {c}"));
+        }
+        if let Some(c) = &self.cgroup {
+            parts.push(format!("cgroup {c}"));
         }
         parts.join(", ")
     }

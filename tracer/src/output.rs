@@ -112,9 +112,15 @@ fn level_text(l: crate::attribution::Level) -> &'static str {
 }
 
 pub fn process_text(r: &DropRecord) -> String {
-    match r.pid {
-        Some(pid) => format!("{}[{pid}]", terminal(&r.comm)),
-        None => "unknown".to_string(),
+    let Some(pid) = r.pid else {
+        return "unknown".to_string();
+    };
+    // Containers and services are worth the width; login sessions are not.
+    match r.container.as_deref() {
+        Some(c) if !c.ends_with(".scope") => {
+            format!("{}[{pid}]@{}", terminal(&r.comm), terminal(c))
+        }
+        _ => format!("{}[{pid}]", terminal(&r.comm)),
     }
 }
 
@@ -250,7 +256,7 @@ mod tests {
             "client",
             "198.51.100.2:40000 -> 203.0.113.10:8443",
             "OUTPUT",
-            "java[812]",
+            "java[812]@payments.service",
             "NETFILTER_DROP",
         ] {
             assert!(line.contains(part), "{part} missing in {line}");
@@ -266,7 +272,10 @@ mod tests {
         TextSink::new(&mut buf).drop_record(&r).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(!text.contains('\x1b') && !text.contains('\x07'));
-        assert!(text.contains("\\x1b[31mevil\\x07[812]"));
+        assert!(
+            text.contains("\\x1b[31mevil\\x07[812]@payments.service"),
+            "{text}"
+        );
         assert_eq!(
             text.lines().count(),
             2,

@@ -51,6 +51,10 @@ pub struct DropRecord {
     /// socket's owner was never seen.
     pub pid: Option<u32>,
     pub comm: String,
+    /// The sender's full command line, cgroup, and container or systemd unit.
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
     pub uid: Option<u32>,
     /// Packets this line stands for (>= 1).
     pub count: u64,
@@ -105,6 +109,7 @@ pub struct Enricher {
     kallsyms: Kallsyms,
     netns: NetnsNames,
     owners: HashMap<u64, Owner>,
+    procs: crate::procinfo::ProcCache,
     /// Wall clock minus monotonic clock, to date the kernel's monotonic timestamps.
     realtime_offset_ns: i128,
 }
@@ -119,6 +124,7 @@ impl Enricher {
             kallsyms,
             netns: NetnsNames::new(),
             owners: HashMap::new(),
+            procs: crate::procinfo::ProcCache::default(),
             realtime_offset_ns: realtime_offset_ns(),
         }
     }
@@ -150,6 +156,7 @@ impl Enricher {
             Context::Process
         };
         let (pid, comm) = self.sender(&drop, context);
+        let info = pid.map(|p| self.procs.get(p, &comm)).unwrap_or_default();
         let hook = facts.hook;
         let ifname = match hook {
             Some(Hook::Prerouting | Hook::Input | Hook::Ingress) => &drop.ifname,
@@ -183,6 +190,9 @@ impl Enricher {
             context,
             pid,
             comm,
+            cmdline: info.cmdline,
+            cgroup: info.cgroup,
+            container: info.container,
             uid: drop.uid,
             count: 1,
             rule: None,
@@ -272,6 +282,9 @@ pub(crate) mod tests {
             context: Context::Process,
             pid: Some(812),
             comm: "java".into(),
+            cmdline: Some("java -jar payments.jar".into()),
+            cgroup: Some("/system.slice/payments.service".into()),
+            container: Some("payments.service".into()),
             uid: Some(0),
             count: 1,
             rule: None,

@@ -357,7 +357,7 @@ mod tests {
         let g = group(&[a, b, c]);
         assert_eq!(g[0].count, 5);
         assert_eq!(g[0].dst, "203.0.113.10:8443");
-        assert_eq!(g[0].process, "java[812]");
+        assert_eq!(g[0].process, "java[812]@payments.service");
         assert_eq!(g[1].count, 1);
     }
 }

@@ -68,6 +68,12 @@ pub struct Session {
     pub enricher: Enricher,
     pub summary: Summary,
     book: FlowBook,
+    /// Process filters, applied to enriched records.
+    process_filter: FilterArgs,
+    /// Packets left out by the process filters (not lost: unwanted).
+    filtered_out: u64,
+    /// `--count` ended the capture.
+    limited: bool,
     /// Names rules; `None` with `--no-rules`.
     attributor: Option<Attributor>,
     started: Instant,
@@ -132,6 +138,9 @@ impl Session {
             summary: Summary::default(),
             book: FlowBook::default(),
             attributor,
+            process_filter: filters.clone(),
+            filtered_out: 0,
+            limited: false,
             started: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
@@ -206,7 +215,12 @@ impl Session {
             if limit_hit == Flow::Closed {
                 return Ok(());
             }
-            if stop || limit_hit == Flow::Limit {
+            if limit_hit == Flow::Limit {
+                // Stopped on purpose: what the kernel counted after that is not "lost".
+                self.limited = true;
+                return Ok(());
+            }
+            if stop {
                 return Ok(());
             }
         }
@@ -278,6 +292,10 @@ impl Session {
         emit: &mut impl FnMut(&DropRecord) -> io::Result<()>,
     ) -> anyhow::Result<Flow> {
         for mut rec in out.drain(..) {
+            if !self.process_filter.wants_process(&rec) {
+                self.filtered_out += rec.count;
+                continue;
+            }
             if let Some(n) = limit {
                 let left = n.saturating_sub(self.summary.total);
                 if left == 0 {
@@ -305,7 +323,9 @@ impl Session {
         let stats = self.capture.stats();
         // Packets the kernel matched but no line reported: flows evicted from the flow
         // table before their last packets were read (more than MAX_FLOWS flows at once).
-        let lost = stats.matched.saturating_sub(self.summary.total);
+        let lost = stats
+            .matched
+            .saturating_sub(self.summary.total + self.filtered_out);
         let mut end =
             self.summary
                 .record(lost, stats.matched, self.started.elapsed().as_secs_f64());
