@@ -29,6 +29,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables-nft and iptables-legacy rulesets (tests, demo, attribution)"),
     ("nftables", "native nftables rulesets (tests, attribution)"),
     ("iproute2", "network namespaces and veth pairs (tests, demo)"),
+    ("bpftool", "tests check that no BPF program outlives droptrace"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
