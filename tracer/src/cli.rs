@@ -42,6 +42,13 @@ pub enum Command {
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
     /// Exit 0 if it would pass, 1 if it would be dropped.
     Explain(crate::explain::ExplainArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Show the ruleset as droptrace understands it: counters, and matches it cannot
     /// evaluate marked `?`.
     Rules(crate::explain::RulesArgs),
@@ -56,6 +63,10 @@ pub struct WatchArgs {
     /// One JSON object per line on stdout (drops, then a summary); logs stay on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Also write the dropped packets' headers to a pcapng file (for Wireshark/tshark),
+    /// each with a comment naming the rule and the process.
+    #[arg(long, value_name = "FILE.pcapng")]
+    pub write: Option<std::path::PathBuf>,
 }
 
 /// How long a capture runs and what it keeps.

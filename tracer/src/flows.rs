@@ -77,6 +77,8 @@ impl FlowBook {
         let mut rec = s.template.clone();
         rec.count = delta;
         rec.time = time;
+        // No packet of this line reached userspace: nothing to capture.
+        rec.headers.clear();
         Some(rec)
     }
 

@@ -17,6 +17,7 @@ pub mod flows;
 pub mod kallsyms;
 pub mod netns;
 pub mod output;
+pub mod pcapng;
 pub mod probe;
 pub mod procinfo;
 pub mod record;

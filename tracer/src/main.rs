@@ -33,6 +33,18 @@ fn main() -> ExitCode {
             Command::Verify(args) => droptrace::verify::run(args).await,
             Command::Explain(args) => droptrace::explain::run_explain(args),
             Command::Rules(args) => droptrace::explain::run_rules(args),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "droptrace", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(cmd)
+                    .render(&mut std::io::stdout())
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(Into::into)
+            }
         }
     });
     match result {

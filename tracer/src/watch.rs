@@ -40,16 +40,38 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     } else {
         Box::new(TextSink::new(stdout))
     };
-    let mut session = Session::start(&args.filters, &args.capture, false)?;
+    let mut session = Session::start(&args.filters, &args.capture, args.write.is_some())?;
+    let mut pcap = args
+        .write
+        .as_deref()
+        .map(crate::pcapng::PcapngFile::create)
+        .transpose()?;
     let info = session.start_info(&args.filters, &args.capture);
     if args.json {
         ok_or_closed(sink.start(&info))?;
     } else {
         eprintln!("{}", info.line());
     }
-    session.run(&args.capture, |r| sink.drop_record(r)).await?;
+    let mut pcap_error = None;
+    session
+        .run(&args.capture, |r| {
+            if let Some(p) = pcap.as_mut()
+                && let Err(e) = p.write(r)
+            {
+                pcap_error.get_or_insert(e);
+            }
+            sink.drop_record(r)
+        })
+        .await?;
     let end = session.finish();
     ok_or_closed(sink.summary(&session.summary, &end))?;
+    if let Some(e) = pcap_error {
+        return Err(e.context("writing the pcapng file"));
+    }
+    if let (Some(p), Some(path)) = (pcap, &args.write) {
+        let n = p.finish()?;
+        eprintln!("droptrace: wrote {n} packet(s) to {}", path.display());
+    }
     Ok(())
 }
 

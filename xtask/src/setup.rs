@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "native nftables rulesets (tests, attribution)"),
     ("iproute2", "network namespaces and veth pairs (tests, demo)"),
     ("bpftool", "tests check that no BPF program outlives droptrace"),
+    ("tshark", "tests read droptrace's pcapng files back"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,0 +1,73 @@
+//! What droptrace writes for people and tools: pcapng read back by tshark, completions
+//! and the man page.
+
+use std::process::Command;
+
+use droptrace_tests::{CLIENT_V4, GATEWAY_V4, Topology, Watcher, drops, droptrace_output};
+
+#[test]
+fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("dt-{}-drops.pcapng", std::process::id()));
+    let file = path.to_str().unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name, "--write", file]).unwrap();
+    t.client.udp_send(t.gateway_addr(5044), 3).unwrap();
+    let lines = w.stop().unwrap();
+    assert!(!drops(&lines).is_empty());
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            file,
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "frame.comment",
+        ])
+        .output()
+        .expect("tshark");
+    std::fs::remove_file(&path).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no packet: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let fields: Vec<&str> = first.split('|').collect();
+    assert_eq!(&fields[..3], &[CLIENT_V4, GATEWAY_V4, "5044"], "{first}");
+    assert!(
+        fields[3].contains("dropped by filter/OUTPUT rule 1"),
+        "{first}"
+    );
+    assert!(
+        fields[3].contains("process droptrace_tests") || fields[3].contains("process "),
+        "{first}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let (code, bash, _) = droptrace_output(&["completions", "bash"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(bash.contains("verify") && bash.contains("--dport"));
+    let (code, man, _) = droptrace_output(&["man"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        man.contains(".TH droptrace"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    let (code, _, _) = droptrace_output(&["completions", "tcsh"]).unwrap();
+    assert_eq!(code, 2);
+}
