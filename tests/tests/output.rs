@@ -51,7 +51,7 @@ fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
         "{first}"
     );
     assert!(
-        fields[3].contains("process droptrace_tests") || fields[3].contains("process "),
+        fields[3].contains("; process ") && fields[3].contains("; hook OUTPUT"),
         "{first}"
     );
 }
