@@ -71,3 +71,44 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let (code, _, _) = droptrace_output(&["completions", "tcsh"]).unwrap();
     assert_eq!(code, 2);
 }
+
+#[test]
+fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "1024:65535",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let mut child = Command::new(droptrace_tests::droptrace_bin())
+        .args(["top", "--netns", &t.client.name, "--duration", "3s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut start = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut start).unwrap();
+    for port in [8443, 9090, 5044, 8080] {
+        t.client.udp_send(t.gateway_addr(port), 2).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let last_table = text.rsplit("DROPS/S").next().unwrap();
+    for port in [8443, 9090, 5044, 8080] {
+        assert!(
+            last_table.contains(&format!("{GATEWAY_V4}:{port}")),
+            "{port} missing: {text}"
+        );
+    }
+    assert!(text.contains("8 drops in"), "{text}");
+}

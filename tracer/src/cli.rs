@@ -39,6 +39,9 @@ pub enum Command {
     /// Watch for a window and exit 0 if nothing was dropped (and every probe got
     /// through), 1 if something was, 2 on error.
     Verify(crate::verify::VerifyArgs),
+    /// Live full-screen view: drops grouped by rule and destination, refreshed every
+    /// second (plain tables when stdout is not a terminal). `q` quits.
+    Top(crate::top::TopArgs),
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
     /// Exit 0 if it would pass, 1 if it would be dropped.
     Explain(crate::explain::ExplainArgs),

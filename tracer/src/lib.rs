@@ -23,6 +23,7 @@ pub mod procinfo;
 pub mod record;
 pub mod stack;
 pub mod summary;
+pub mod top;
 pub mod tracefs;
 pub mod verify;
 pub mod watch;

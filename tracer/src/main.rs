@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => droptrace::verify::run(args).await,
+            Command::Top(args) => droptrace::top::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Explain(args) => droptrace::explain::run_explain(args),
             Command::Rules(args) => droptrace::explain::run_rules(args),
             Command::Completions { shell } => {

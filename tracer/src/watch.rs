@@ -200,7 +200,17 @@ impl Session {
     pub async fn run(
         &mut self,
         c: &CaptureArgs,
+        emit: impl FnMut(&DropRecord) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.run_with_tick(c, emit, || Ok(())).await
+    }
+
+    /// Like [`Session::run`], calling `tick` once a second (for live views).
+    pub async fn run_with_tick(
+        &mut self,
+        c: &CaptureArgs,
         mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
+        mut tick_fn: impl FnMut() -> io::Result<()>,
     ) -> anyhow::Result<()> {
         let deadline = c
             .duration
@@ -234,6 +244,12 @@ impl Session {
             }
             self.attribute(&mut staged, &mut out, sweep || stop);
             let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
+            if sweep && let Err(e) = tick_fn() {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
             if limit_hit == Flow::Closed {
                 return Ok(());
             }

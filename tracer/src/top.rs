@@ -1,0 +1,401 @@
+//! `droptrace top`: the live view — drops grouped by rule and destination, refreshed
+//! every second.
+//!
+//! The model ([`TopModel`]) only counts; [`render`] only draws a model into a ratatui
+//! frame. Neither knows about the kernel, so both are tested with fabricated records and
+//! ratatui's test backend. When stdout is not a terminal the same table is printed as
+//! plain text every second instead.
+
+use std::{
+    collections::HashMap,
+    io::{self, IsTerminal as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Block, Cell, Paragraph, Row, Table},
+};
+
+use crate::{
+    cli::{CaptureArgs, FilterArgs},
+    escape::terminal,
+    output::process_text,
+    record::DropRecord,
+    verify::dropped_by,
+    watch::Session,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Initial sort order (`s` cycles through them).
+    #[arg(long, value_enum, default_value_t = SortBy::Rate)]
+    pub sort: SortBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Drops per second now.
+    Rate,
+    /// Drops since the start.
+    Total,
+    /// Most recent first.
+    Last,
+    /// By destination.
+    Destination,
+}
+
+impl SortBy {
+    fn next(self) -> Self {
+        match self {
+            SortBy::Rate => SortBy::Total,
+            SortBy::Total => SortBy::Last,
+            SortBy::Last => SortBy::Destination,
+            SortBy::Destination => SortBy::Rate,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub dropped_by: String,
+    pub dst: String,
+    pub proto: String,
+    pub process: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RowStats {
+    pub total: u64,
+    /// Drops in the current one-second window, and the rate of the last full one.
+    pub window: u64,
+    pub rate: u64,
+    pub first: String,
+    pub last: String,
+    pub last_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct TopModel {
+    pub rows: HashMap<RowKey, RowStats>,
+    pub sort: SortBy,
+    pub total: u64,
+    seq: u64,
+}
+
+impl TopModel {
+    pub fn new(sort: SortBy) -> Self {
+        TopModel {
+            rows: HashMap::new(),
+            sort,
+            total: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn add(&mut self, r: &DropRecord) {
+        self.seq += 1;
+        self.total += r.count;
+        let key = RowKey {
+            dropped_by: dropped_by(r),
+            dst: r.destination(),
+            proto: r.proto.clone(),
+            process: process_text(r),
+        };
+        let time = r.time.get(11..19).unwrap_or(&r.time).to_string();
+        let row = self.rows.entry(key).or_insert_with(|| RowStats {
+            total: 0,
+            window: 0,
+            rate: 0,
+            first: time.clone(),
+            last: time.clone(),
+            last_seq: 0,
+        });
+        row.total += r.count;
+        row.window += r.count;
+        row.last = time;
+        row.last_seq = self.seq;
+    }
+
+    /// Closes a one-second window: its drops become the current rate.
+    pub fn tick(&mut self) {
+        for row in self.rows.values_mut() {
+            row.rate = std::mem::take(&mut row.window);
+        }
+    }
+
+    pub fn sorted(&self) -> Vec<(&RowKey, &RowStats)> {
+        let mut v: Vec<_> = self.rows.iter().collect();
+        match self.sort {
+            SortBy::Rate => {
+                v.sort_by(|a, b| b.1.rate.cmp(&a.1.rate).then(b.1.total.cmp(&a.1.total)))
+            }
+            SortBy::Total => v.sort_by(|a, b| b.1.total.cmp(&a.1.total)),
+            SortBy::Last => v.sort_by(|a, b| b.1.last_seq.cmp(&a.1.last_seq)),
+            SortBy::Destination => v.sort_by(|a, b| a.0.dst.cmp(&b.0.dst).then(a.0.cmp(b.0))),
+        }
+        v
+    }
+}
+
+const HEADERS: [&str; 8] = [
+    "DROPS/S",
+    "TOTAL",
+    "PROTO",
+    "DESTINATION",
+    "PROCESS",
+    "FIRST",
+    "LAST",
+    "DROPPED BY",
+];
+
+fn cells(k: &RowKey, s: &RowStats) -> [String; 8] {
+    [
+        s.rate.to_string(),
+        s.total.to_string(),
+        k.proto.clone(),
+        k.dst.clone(),
+        k.process.clone(),
+        s.first.clone(),
+        s.last.clone(),
+        terminal(&k.dropped_by).into_owned(),
+    ]
+}
+
+/// Draws the model: a title line, the table, a key help line.
+pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
+    let [head, body, help] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    frame.render_widget(
+        Paragraph::new(Line::from(format!(
+            "{title} — {} drops, {} rows, sorted by {:?}",
+            model.total,
+            model.rows.len(),
+            model.sort
+        ))),
+        head,
+    );
+    let rows = model
+        .sorted()
+        .into_iter()
+        .map(|(k, s)| Row::new(cells(k, s).map(Cell::from)));
+    let widths = [
+        Constraint::Length(8),
+        Constraint::Length(9),
+        Constraint::Length(6),
+        Constraint::Length(24),
+        Constraint::Length(22),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Min(20),
+    ];
+    let table = Table::new(rows, widths)
+        .header(Row::new(HEADERS).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::bordered());
+    frame.render_widget(table, body);
+    frame.render_widget(
+        Paragraph::new("q quit   s sort (rate, total, last, destination)"),
+        help,
+    );
+}
+
+/// The same table as plain text, for a stdout that is not a terminal.
+pub fn plain_table(model: &TopModel) -> String {
+    let mut out = format!(
+        "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {}\n",
+        HEADERS[0],
+        HEADERS[1],
+        HEADERS[2],
+        HEADERS[3],
+        HEADERS[4],
+        HEADERS[5],
+        HEADERS[6],
+        HEADERS[7]
+    );
+    for (k, s) in model.sorted() {
+        let c = cells(k, s);
+        out.push_str(&format!(
+            "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        ));
+    }
+    out
+}
+
+pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+    let mut session = Session::start(&args.filters, &args.capture, false)?;
+    let title = format!(
+        "droptrace top: {}",
+        session.start_info(&args.filters, &args.capture).line()
+    );
+    let model = std::cell::RefCell::new(TopModel::new(args.sort));
+    if !io::stdout().is_terminal() {
+        eprintln!(
+            "{}",
+            session.start_info(&args.filters, &args.capture).line()
+        );
+        let mut out = io::stdout().lock();
+        session
+            .run_with_tick(
+                &args.capture,
+                |r| {
+                    model.borrow_mut().add(r);
+                    Ok(())
+                },
+                || {
+                    let mut m = model.borrow_mut();
+                    m.tick();
+                    writeln!(out, "{}", plain_table(&m))?;
+                    out.flush()
+                },
+            )
+            .await?;
+    } else {
+        let mut terminal = ratatui::init();
+        // Keys come from a blocking reader thread; `q` ends the capture like Ctrl-C.
+        let (keys_tx, keys) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(ev) = ratatui::crossterm::event::read() {
+                if let ratatui::crossterm::event::Event::Key(k) = ev
+                    && keys_tx.send(k.code).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut last_draw = Instant::now();
+        let result = session
+            .run_with_tick(
+                &args.capture,
+                |r| {
+                    model.borrow_mut().add(r);
+                    Ok(())
+                },
+                || {
+                    let mut m = model.borrow_mut();
+                    while let Ok(code) = keys.try_recv() {
+                        use ratatui::crossterm::event::KeyCode;
+                        match code {
+                            KeyCode::Char('q') | KeyCode::Esc => {
+                                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGINT);
+                            }
+                            KeyCode::Char('s') => m.sort = m.sort.next(),
+                            _ => {}
+                        }
+                    }
+                    if last_draw.elapsed() >= Duration::from_millis(900) {
+                        m.tick();
+                        last_draw = Instant::now();
+                    }
+                    terminal.draw(|f| render(f, &m, &title)).map(|_| ())
+                },
+            )
+            .await;
+        ratatui::restore();
+        result?;
+    }
+    let end = session.finish();
+    let m = model.borrow();
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{} drops in {:.1}s, {} lost",
+        end.total, end.duration_s, end.lost
+    )?;
+    write!(out, "{}", plain_table(&m))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample;
+    use ratatui::{Terminal, backend::TestBackend};
+
+    fn model() -> TopModel {
+        let mut m = TopModel::new(SortBy::Rate);
+        for (port, comm, n) in [
+            (8443, "java", 37),
+            (9090, "prometheus", 5),
+            (5044, "filebeat", 12),
+        ] {
+            let mut r = sample();
+            r.dport = Some(port);
+            r.comm = comm.into();
+            r.count = n;
+            m.add(&r);
+        }
+        m
+    }
+
+    #[test]
+    fn rows_group_by_rule_and_destination_and_sort() {
+        let mut m = model();
+        m.tick();
+        let mut r = sample();
+        r.dport = Some(9090);
+        r.comm = "prometheus".into();
+        r.count = 100;
+        m.add(&r);
+        let order: Vec<&str> = m.sorted().iter().map(|(k, _)| k.dst.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "203.0.113.10:8443",
+                "203.0.113.10:5044",
+                "203.0.113.10:9090"
+            ],
+            "rate of the last full second"
+        );
+        m.tick();
+        assert_eq!(m.sorted()[0].0.dst, "203.0.113.10:9090");
+        m.sort = SortBy::Total;
+        assert_eq!(m.sorted()[0].1.total, 105);
+        assert_eq!(m.total, 154);
+    }
+
+    #[test]
+    fn renders_the_services_to_a_test_backend() {
+        let mut m = model();
+        m.tick();
+        let mut terminal = Terminal::new(TestBackend::new(140, 10)).unwrap();
+        terminal.draw(|f| render(f, &m, "droptrace top")).unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        for s in [
+            "DROPS/S",
+            "203.0.113.10:8443",
+            "java[812]",
+            "203.0.113.10:5044",
+            "OUTPUT (nftables/ip)",
+            "54 drops",
+        ] {
+            assert!(screen.contains(s), "{s} not on screen");
+        }
+    }
+
+    #[test]
+    fn plain_text_fallback_has_one_line_per_row() {
+        let mut m = model();
+        m.tick();
+        let t = plain_table(&m);
+        assert_eq!(t.lines().count(), 4);
+        assert!(t.lines().nth(1).unwrap().contains("8443"));
+    }
+}
