@@ -85,6 +85,7 @@ impl<W: Write> Sink for JsonSink<W> {
 pub struct TextSink<W: Write> {
     out: W,
     header_done: bool,
+    color: bool,
 }
 
 impl<W: Write> TextSink<W> {
@@ -92,8 +93,38 @@ impl<W: Write> TextSink<W> {
         TextSink {
             out,
             header_done: false,
+            color: false,
         }
     }
+
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
+    }
+
+    fn paint(&self, style: anstyle::Style, text: &str) -> String {
+        if self.color {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Colour for a terminal, unless NO_COLOR is set (https://no-color.org).
+pub fn use_color(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn level_style(l: crate::attribution::Level) -> anstyle::Style {
+    use crate::attribution::Level;
+    use anstyle::AnsiColor;
+    let color = match l {
+        Level::Exact => AnsiColor::Green,
+        Level::Inferred => AnsiColor::Yellow,
+        Level::Chain | Level::None => AnsiColor::Magenta,
+    };
+    anstyle::Style::new().fg_color(Some(color.into()))
 }
 
 /// `HH:MM:SS.mmm` of an RFC 3339 timestamp.
@@ -156,8 +187,21 @@ impl<W: Write> Sink for TextSink<W> {
         };
         let rule = match &r.rule {
             Some(a) => match a.label() {
-                Some(l) => format!("  {} [{}]", terminal(&l), level_text(a.attribution)),
-                None => format!("  [rule unknown: {}]", terminal(&a.why)),
+                Some(l) => format!(
+                    "  {} {}",
+                    self.paint(anstyle::Style::new().bold(), &terminal(&l)),
+                    self.paint(
+                        level_style(a.attribution),
+                        &format!("[{}]", level_text(a.attribution))
+                    )
+                ),
+                None => format!(
+                    "  {}",
+                    self.paint(
+                        level_style(a.attribution),
+                        &format!("[rule unknown: {}]", terminal(&a.why))
+                    )
+                ),
             },
             None => String::new(),
         };
@@ -285,6 +329,25 @@ mod tests {
         JsonSink::new(&mut buf).drop_record(&r).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["comm"], "\x1b[31mevil\x07");
+    }
+
+    #[test]
+    fn colour_only_when_asked_and_never_inside_escaped_names() {
+        let mut r = sample();
+        r.rule = Some(crate::attribution::Attribution::none("no ruleset"));
+        let mut plain = Vec::new();
+        TextSink::new(&mut plain).drop_record(&r).unwrap();
+        assert!(!String::from_utf8(plain).unwrap().contains('\x1b'));
+        let mut colored = Vec::new();
+        TextSink::new(&mut colored)
+            .with_color(true)
+            .drop_record(&r)
+            .unwrap();
+        let text = String::from_utf8(colored).unwrap();
+        assert!(
+            text.contains("\x1b[35m[rule unknown: no ruleset]"),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `droptrace watch`: capture, enrich, print, summarise.
 
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal as _, Write},
     time::{Duration, Instant},
 };
 
@@ -38,7 +38,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(stdout))
     } else {
-        Box::new(TextSink::new(stdout))
+        Box::new(TextSink::new(stdout).with_color(crate::output::use_color(&io::stdout())))
     };
     let mut session = Session::start(&args.filters, &args.capture, args.write.is_some())?;
     let mut pcap = args
@@ -53,16 +53,37 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         eprintln!("{}", info.line());
     }
     let mut pcap_error = None;
+    // A capture session written to a file or pipe shows its progress on the terminal.
+    let countdown = args
+        .capture
+        .duration
+        .filter(|_| !io::stdout().is_terminal() && io::stderr().is_terminal());
+    let started = Instant::now();
+    let seen = std::cell::Cell::new(0u64);
     session
-        .run(&args.capture, |r| {
-            if let Some(p) = pcap.as_mut()
-                && let Err(e) = p.write(r)
-            {
-                pcap_error.get_or_insert(e);
-            }
-            sink.drop_record(r)
-        })
+        .run_with_tick(
+            &args.capture,
+            |r| {
+                seen.set(seen.get() + r.count);
+                if let Some(p) = pcap.as_mut()
+                    && let Err(e) = p.write(r)
+                {
+                    pcap_error.get_or_insert(e);
+                }
+                sink.drop_record(r)
+            },
+            || {
+                if let Some(d) = countdown {
+                    let left = d.saturating_sub(started.elapsed()).as_secs();
+                    eprint!("\rdroptrace: {left}s left, {} drops so far\x1b[K", seen.get());
+                }
+                Ok(())
+            },
+        )
         .await?;
+    if countdown.is_some() {
+        eprintln!();
+    }
     let end = session.finish();
     ok_or_closed(sink.summary(&session.summary, &end))?;
     if let Some(e) = pcap_error {
