@@ -36,8 +36,8 @@ const FLOWS: &str = "FLOWS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("droptrace must run as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")]
-    NotRoot,
+    #[error("missing capabilities: {0}; run as root")]
+    MissingCapabilities(String),
     #[error(
         "this kernel's kfree_skb tracepoint has no drop reason (Linux 5.17+); use --detect location (or auto)"
     )]
@@ -126,8 +126,8 @@ impl Capture {
     /// Loads the program with the offsets of this kernel and the user's filters, attaches
     /// it and opens its maps. Must run inside a tokio runtime.
     pub fn start(kernel: &KernelBtf, opts: &CaptureOptions) -> Result<Self, CaptureError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(CaptureError::NotRoot);
+        if let Some(missing) = crate::privileges::missing_for_load() {
+            return Err(CaptureError::MissingCapabilities(missing));
         }
         raise_memlock_limit();
         let mut cfg = Config::EMPTY;

@@ -18,6 +18,7 @@ pub mod kallsyms;
 pub mod netns;
 pub mod output;
 pub mod pcapng;
+pub mod privileges;
 pub mod probe;
 pub mod procinfo;
 pub mod record;

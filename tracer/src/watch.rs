@@ -75,7 +75,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             || {
                 if let Some(d) = countdown {
                     let left = d.saturating_sub(started.elapsed()).as_secs();
-                    eprint!("\rdroptrace: {left}s left, {} drops so far\x1b[K", seen.get());
+                    eprint!(
+                        "\rdroptrace: {left}s left, {} drops so far\x1b[K",
+                        seen.get()
+                    );
                 }
                 Ok(())
             },
@@ -153,6 +156,7 @@ impl Session {
             netfilter_ranges,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        crate::privileges::drop_after_attach();
         // Read the watched namespace's ruleset now, so its first drops can be confirmed
         // by their rule's counter.
         let attributor = (!capture.no_rules).then(|| {

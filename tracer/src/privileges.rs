@@ -1,0 +1,79 @@
+//! Capabilities: say exactly which one is missing before trying, and give up the ones
+//! the rest of the run does not need once the programs are attached.
+//!
+//! Loading and attaching needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN on kernels
+//! before 5.8). After that, droptrace only reads maps through file descriptors it already
+//! holds, reads rulesets (children entering a namespace: CAP_SYS_ADMIN for setns,
+//! CAP_NET_ADMIN for the netfilter dumps, CAP_SYS_PTRACE and the DAC overrides to open
+//! other processes' /proc entries) and sends probes. Everything else — CAP_BPF,
+//! CAP_PERFMON, module loading, raw I/O, setuid and the rest — is dropped from the
+//! effective, permitted and bounding sets, so neither droptrace nor the tools it runs can
+//! use them for the rest of the capture.
+
+use caps::{CapSet, Capability};
+
+/// What loading needs, with what each is for.
+const TO_LOAD: &[(Capability, &str)] = &[
+    (Capability::CAP_BPF, "load BPF programs and maps"),
+    (Capability::CAP_PERFMON, "attach tracing programs"),
+    (Capability::CAP_NET_ADMIN, "read the netfilter rulesets"),
+];
+
+/// Kept after attaching.
+const KEPT: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// The capabilities loading needs that this process lacks, as one sentence; `None`
+/// when all are there. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (pre-5.8).
+pub fn missing_for_load() -> Option<String> {
+    let has = |c: Capability| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    let sys_admin = has(Capability::CAP_SYS_ADMIN);
+    let missing: Vec<String> = TO_LOAD
+        .iter()
+        .filter(|(c, _)| !has(*c) && !(sys_admin && *c != Capability::CAP_NET_ADMIN))
+        .map(|(c, why)| format!("{c} (to {why})"))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Drops every capability not in [`KEPT`]. Failure is logged, never fatal: the capture
+/// itself does not depend on it.
+pub fn drop_after_attach() {
+    let keep: caps::CapsHashSet = KEPT.iter().copied().collect();
+    // The bounding set first: lowering it needs CAP_SETPCAP, which goes next.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        let current = caps::read(None, set).unwrap_or_default();
+        let target: caps::CapsHashSet = current.intersection(&keep).copied().collect();
+        if let Err(e) = caps::set(None, set, &target) {
+            log::warn!("could not drop capabilities from the {set:?} set: {e}");
+        }
+    }
+    log::info!("dropped every capability but {KEPT:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_capabilities_do_not_include_loading_ones() {
+        for c in [
+            Capability::CAP_BPF,
+            Capability::CAP_PERFMON,
+            Capability::CAP_SYS_MODULE,
+        ] {
+            assert!(!KEPT.contains(&c));
+        }
+    }
+}
