@@ -8,6 +8,7 @@
 //! with RUSTUP_AUTO_INSTALL=0 it would make every cargo command fail before xtask runs.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -113,9 +114,15 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     cmd.env("DROPTRACE_BIN", &bin);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
+        return run_checked(&mut cmd);
     }
-    run_checked(&mut cmd)
+    run_checked(&mut cmd)?;
+    // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
+    fuzz::run(FUZZ_SECONDS_PER_TARGET)
 }
+
+/// Long enough to get past the seeds into mutations, short enough for CI.
+const FUZZ_SECONDS_PER_TARGET: u64 = 20;
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

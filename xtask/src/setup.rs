@@ -37,6 +37,7 @@ pub fn run() -> anyhow::Result<()> {
     packages()?;
     toolchain()?;
     bpf_linker()?;
+    crate::fuzz::setup()?;
     Ok(())
 }
 

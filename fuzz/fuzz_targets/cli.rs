@@ -1,0 +1,15 @@
+//! Command lines: every flag value parser (filters, durations, probe targets, probe files).
+#![no_main]
+use clap::Parser as _;
+use droptrace::{cli::Cli, probe};
+
+libfuzzer_sys::fuzz_target!(|text: &str| {
+    let _ = probe::parse_probe_file(text);
+    let _ = text.parse::<probe::Target>();
+    let _ = text.parse::<droptrace::filter::Cidr>();
+    let _ = text.parse::<droptrace::filter::Ports>();
+    let _ = text.parse::<droptrace::filter::Proto>();
+    let _ = droptrace::cli::parse_duration(text);
+    let args: Vec<&str> = std::iter::once("droptrace").chain(text.split(' ')).collect();
+    let _ = Cli::try_parse_from(args);
+});
