@@ -10,6 +10,7 @@
 mod demo;
 mod fuzz;
 mod setup;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +48,8 @@ enum Task {
     },
     /// Replay the incident from the brief in network namespaces, with droptrace watching.
     Demo,
+    /// Run droptrace on other kernels (5.10, 6.1, 6.12, sid) under qemu and print a table.
+    VmTest(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
+        Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&build(true)?, &args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

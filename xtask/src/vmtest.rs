@@ -1,0 +1,1243 @@
+//! `cargo xtask vm-test`: droptrace on other kernels, under qemu.
+//!
+//! Our machines and CI all run one kernel (6.18), but droptrace must work on the kernels
+//! production runs. This task boots Debian's stock kernels (5.10, 6.1, 6.12 and sid's
+//! newest) in qemu, each with a small busybox initramfs holding the release droptrace
+//! binary, iptables (nft and legacy), nft, ip and the kernel's netfilter modules. The guest's
+//! /init (xtask/vm/init.sh) replays the incident with each iptables backend and reports on
+//! the serial console; the host prints one table row per kernel and backend.
+//!
+//! - Installs what is missing (qemu-system-x86, busybox-static, cpio, kmod, xz-utils) with
+//!   apt-get, and says so; bpftool goes into the guest if the machine has it.
+//! - Kernel packages are downloaded once into a cache outside the repo
+//!   (/var/cache/droptrace-vmtest, or $DROPTRACE_VMTEST_CACHE) with a separate apt
+//!   configuration (its own sources list, package lists and caches), so the machine's own
+//!   apt sources and lists stay untouched. `--refresh` looks for newer kernels.
+//! - The mirror is the one the machine's apt already uses (its `.../debian` and
+//!   `.../debian-security` URIs), or $DROPTRACE_VMTEST_MIRROR.
+//! - qemu runs with software emulation (TCG): Debian kernels hang with KVM on our machines.
+//!   Two guests run at a time (2 cores), each with a timeout so CI can never hang.
+//! - Which kernels must pass is the table [`KERNELS`]: 5.10 has no drop reasons and no BTF
+//!   ids, so droptrace is not expected to run there until its fallback modes work; its
+//!   result is shown either way, and its failure does not fail the task (a guest that gives
+//!   no report at all does: then the harness itself is broken).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    env,
+    ffi::OsStr,
+    fmt::Write as _,
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::run_checked;
+
+/// A kernel of the matrix: the newest `linux-image-<release_prefix>*-cloud-amd64` of a
+/// Debian suite.
+struct KernelSpec {
+    /// What `--kernel` selects and the table shows.
+    label: &'static str,
+    suite: &'static str,
+    archive: Archive,
+    /// The kernel release must start with this ("" = the newest in the suite).
+    release_prefix: &'static str,
+    /// Whether droptrace must work there today. Flip when it does.
+    expect_pass: bool,
+    /// Why not, when it need not.
+    why_not: &'static str,
+}
+
+#[derive(Clone, Copy)]
+enum Archive {
+    Debian,
+    Security,
+}
+
+const KERNELS: &[KernelSpec] = &[
+    KernelSpec {
+        label: "5.10",
+        suite: "bullseye-security",
+        archive: Archive::Security,
+        release_prefix: "5.10.",
+        expect_pass: false,
+        why_not: "no drop reasons and no BTF ids before 5.17: needs droptrace's fallback modes",
+    },
+    KernelSpec {
+        label: "6.1",
+        suite: "bookworm",
+        archive: Archive::Debian,
+        release_prefix: "6.1.",
+        expect_pass: true,
+        why_not: "",
+    },
+    KernelSpec {
+        label: "6.12",
+        suite: "trixie-security",
+        archive: Archive::Security,
+        release_prefix: "6.12.",
+        expect_pass: true,
+        why_not: "",
+    },
+    KernelSpec {
+        // sid moves on (7.2 in 2026-11): always its newest, so the matrix never goes stale.
+        label: "sid",
+        suite: "sid",
+        archive: Archive::Debian,
+        release_prefix: "",
+        expect_pass: true,
+        why_not: "",
+    },
+];
+
+/// Debian packages on the host: (package, why).
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "qemu-system-x86_64 boots the test kernels",
+    ),
+    ("busybox-static", "the guest's /init, shell and tools"),
+    ("cpio", "packs the initramfs"),
+    ("kmod", "depmod for the guest's module tree"),
+    (
+        "xz-utils",
+        "unpacks .ko.xz modules (6.12+) for busybox modprobe",
+    ),
+];
+
+/// The guest's /init.
+const INIT: &str = include_str!("../vm/init.sh");
+
+/// Guests run at once (our machines have 2 cores).
+const JOBS: usize = 2;
+/// One guest, boot to poweroff: about 25 s when droptrace works; a droptrace that hangs
+/// is stopped by the guest after 100 s per backend.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// The netfilter modules the guest gets, with their dependencies.
+const MODULE_DIRS: &[&str] = &[
+    "kernel/net/netfilter/",
+    "kernel/net/ipv4/netfilter/",
+    "kernel/net/ipv6/netfilter/",
+];
+/// Where the guest's traffic goes; both ports must show up as drops.
+const EXPECTED_DPORTS: &[u64] = &[8443, 5044];
+const BACKENDS: &[&str] = &["nft", "legacy"];
+/// Longer first error lines (verifier logs) are printed in full below the table.
+const ERROR_WIDTH: usize = 90;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only this kernel: 5.10, 6.1, 6.12 or sid (or a suite name, or the version of a cached
+    /// kernel, e.g. 7.2 for sid's); repeatable.
+    #[arg(long = "kernel", value_name = "KERNEL")]
+    kernels: Vec<String>,
+    /// Keep the work directory (initramfs, serial console logs) and say where it is.
+    #[arg(long)]
+    keep: bool,
+    /// Look for newer kernel packages even if some are cached.
+    #[arg(long)]
+    refresh: bool,
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask vm-test: {msg}");
+}
+
+pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cache = cache_dir();
+    let specs = select(&args.kernels, &cache)?;
+    packages()?;
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let kernels = kernels(&cache, &specs, args.refresh)?;
+    say(&format!("kernels ready after {:.0?}", started.elapsed()));
+
+    let work = WorkDir::new(args.keep)?;
+    let common = work.path.join("common.cpio");
+    build_userland(&work.path.join("userland"), droptrace, &common)?;
+    let mut guests = Vec::new();
+    for (spec, kernel) in specs.iter().zip(&kernels) {
+        let dir = work.path.join(spec.label);
+        let initrd = build_initrd(&dir, kernel, &common)?;
+        guests.push(Guest {
+            spec,
+            kernel,
+            initrd,
+            console: dir.join("console.log"),
+        });
+    }
+    say(&format!(
+        "booting {} kernel(s) under qemu (TCG, {JOBS} at a time, {}s timeout each)",
+        guests.len(),
+        GUEST_TIMEOUT.as_secs()
+    ));
+    let boot_started = Instant::now();
+    let outcomes = boot_all(&guests);
+    say(&format!("guests done in {:.0?}", boot_started.elapsed()));
+
+    let reports: Vec<Report> = guests
+        .iter()
+        .zip(outcomes)
+        .map(|(g, outcome)| Report::new(g, outcome))
+        .collect();
+    print!("{}", table(&reports));
+    let failures: Vec<String> = reports.iter().flat_map(Report::failures).collect();
+    say(&format!("total {:.0?}", started.elapsed()));
+    if !failures.is_empty() {
+        if !args.keep {
+            say("run with --keep to keep the serial console logs");
+        }
+        bail!("vm-test failed (details above): {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+fn select(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<&'static KernelSpec>> {
+    if wanted.is_empty() {
+        return Ok(KERNELS.iter().collect());
+    }
+    wanted
+        .iter()
+        .map(|w| {
+            KERNELS
+                .iter()
+                .find(|k| k.label == w || k.suite == w)
+                .or_else(|| {
+                    // "7.2": the kernel whose cached release it is (sid's, today).
+                    KERNELS.iter().find(|k| {
+                        Kernel::load(&cache.join("kernels").join(k.label))
+                            .is_some_and(|c| c.release.starts_with(&format!("{w}.")))
+                    })
+                })
+                .with_context(|| {
+                    let known: Vec<_> = KERNELS.iter().map(|k| k.label).collect();
+                    format!("unknown kernel {w:?}: choose from {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        say("Debian packages present (qemu-system-x86, busybox-static, cpio, kmod, xz-utils)");
+        return Ok(());
+    }
+    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        say(&format!("installing {p}: {why}"));
+    }
+    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("DROPTRACE_VMTEST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if crate::nix_is_root() {
+        return PathBuf::from("/var/cache/droptrace-vmtest");
+    }
+    env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(env::temp_dir)
+        .join("droptrace-vmtest")
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels: download once, unpack, depmod.
+
+/// An unpacked kernel in the cache.
+struct Kernel {
+    /// `uname -r`, e.g. 6.1.0-50-cloud-amd64.
+    release: String,
+    vmlinuz: PathBuf,
+    /// lib/modules/RELEASE of the unpacked packages, with depmod's output.
+    modules: PathBuf,
+}
+
+impl Kernel {
+    /// The cache entry of `dir`, if it is complete (`release` is written last).
+    fn load(dir: &Path) -> Option<Kernel> {
+        let release = fs::read_to_string(dir.join("release"))
+            .ok()?
+            .trim()
+            .to_string();
+        let root = dir.join("root");
+        let modules = [root.join("lib/modules"), root.join("usr/lib/modules")]
+            .into_iter()
+            .map(|d| d.join(&release))
+            .find(|d| d.join("modules.dep").is_file())?;
+        let vmlinuz = [
+            root.join("boot").join(format!("vmlinuz-{release}")),
+            modules.join("vmlinuz"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())?;
+        Some(Kernel {
+            release,
+            vmlinuz,
+            modules,
+        })
+    }
+}
+
+fn kernels(cache: &Path, specs: &[&KernelSpec], refresh: bool) -> anyhow::Result<Vec<Kernel>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let dir = cache.join("kernels").join(spec.label);
+        let cached = Kernel::load(&dir);
+        if let Some(k) = &cached
+            && !refresh
+        {
+            say(&format!("{}: cached {}", spec.label, k.release));
+        }
+        let kernel = match cached {
+            Some(k) if !refresh => k,
+            cached => {
+                let apt = Apt::new(cache, spec)?;
+                apt.update()?;
+                let (release, packages) = apt.newest(spec)?;
+                match cached {
+                    Some(k) if k.release == release => {
+                        say(&format!(
+                            "{}: {release} is still the newest in {}",
+                            spec.label, spec.suite
+                        ));
+                        k
+                    }
+                    _ => download(&apt, spec, &dir, &release, &packages)?,
+                }
+            }
+        };
+        out.push(kernel);
+    }
+    Ok(out)
+}
+
+/// apt with its own sources list, package lists and caches for one suite, under the cache.
+struct Apt {
+    dir: PathBuf,
+}
+
+impl Apt {
+    fn new(cache: &Path, spec: &KernelSpec) -> anyhow::Result<Apt> {
+        let dir = cache.join("apt").join(spec.suite);
+        fs::create_dir_all(dir.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        let (debian, security) = mirrors()?;
+        let uri = match spec.archive {
+            Archive::Debian => debian,
+            Archive::Security => security,
+        };
+        fs::write(
+            dir.join("sources.list"),
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {} main\n",
+                spec.suite
+            ),
+        )?;
+        Ok(Apt { dir })
+    }
+
+    fn options(&self, cmd: &mut Command) {
+        let d = self.dir.display();
+        for opt in [
+            format!("Dir::Etc::sourcelist={d}/sources.list"),
+            "Dir::Etc::sourceparts=-".into(),
+            format!("Dir::State::Lists={d}/lists"),
+            format!("Dir::Cache={d}/cache"),
+            // The machine's installed packages are irrelevant to a download.
+            "Dir::State::status=/dev/null".into(),
+            "Acquire::Languages=none".into(),
+            // Our cache is root's; apt would warn that its _apt user cannot write there.
+            "APT::Sandbox::User=root".into(),
+        ] {
+            cmd.arg("-o").arg(opt);
+        }
+    }
+
+    fn apt_get(&self) -> Command {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("-qq");
+        self.options(&mut cmd);
+        cmd
+    }
+
+    fn cache_query(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("apt-cache");
+        self.options(&mut cmd);
+        cmd.args(args);
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn update(&self) -> anyhow::Result<()> {
+        say(&format!(
+            "reading the package list of {} (separate apt state in {})",
+            self.dir.file_name().unwrap_or_default().to_string_lossy(),
+            self.dir.display()
+        ));
+        run_checked(self.apt_get().args(["update", "--error-on=any"]))
+    }
+
+    /// The newest kernel release of the suite matching `spec`, and the packages that hold
+    /// its vmlinuz and modules.
+    fn newest(&self, spec: &KernelSpec) -> anyhow::Result<(String, Vec<String>)> {
+        let names = self.cache_query(&["pkgnames", "linux-image-"])?;
+        let release = names
+            .lines()
+            .filter_map(|n| n.strip_prefix("linux-image-"))
+            .filter(|r| {
+                r.starts_with(|c: char| c.is_ascii_digit())
+                    && r.starts_with(spec.release_prefix)
+                    && r.ends_with("-cloud-amd64")
+            })
+            .max_by(|a, b| natural_cmp(a, b))
+            .with_context(|| {
+                format!(
+                    "no linux-image-{}*-cloud-amd64 in {}",
+                    spec.release_prefix, spec.suite
+                )
+            })?
+            .to_string();
+        let image = format!("linux-image-{release}");
+        // In sid (7.x) linux-image-* is empty and depends on linux-binary-* (vmlinuz),
+        // linux-modules-* and linux-base-* (modules.builtin, modules.order).
+        let show = self.cache_query(&["show", "--no-all-versions", &image])?;
+        let mut packages = vec![image];
+        for dep in show
+            .lines()
+            .filter_map(|l| l.strip_prefix("Depends:"))
+            .flat_map(|d| d.split(','))
+            .filter_map(|d| d.split('|').next())
+            .filter_map(|d| d.split_whitespace().next())
+        {
+            if ["linux-binary-", "linux-modules-", "linux-base-"]
+                .iter()
+                .any(|p| dep.starts_with(p))
+            {
+                packages.push(dep.to_string());
+            }
+        }
+        Ok((release, packages))
+    }
+}
+
+/// The machine's Debian mirror (`.../debian`, `.../debian-security`), from its apt sources.
+fn mirrors() -> anyhow::Result<(String, String)> {
+    if let Some(m) = env::var_os("DROPTRACE_VMTEST_MIRROR") {
+        let m = m.to_string_lossy().trim_end_matches('/').to_string();
+        return Ok((m.clone(), format!("{m}-security")));
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(OsStr::to_str),
+                    Some("list" | "sources")
+                )
+            })
+            .collect();
+        more.sort();
+        files.extend(more);
+    }
+    let mut uris = Vec::new();
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+        {
+            if let Some(list) = line.strip_prefix("URIs:") {
+                uris.extend(list.split_whitespace().map(str::to_string));
+            } else if let Some(rest) = line.strip_prefix("deb ") {
+                // deb [options] URI suite components
+                let mut in_options = false;
+                for word in rest.split_whitespace() {
+                    if word.starts_with('[') {
+                        in_options = true;
+                    }
+                    if !in_options {
+                        uris.push(word.to_string());
+                        break;
+                    }
+                    if word.ends_with(']') {
+                        in_options = false;
+                    }
+                }
+            }
+        }
+    }
+    let uris: Vec<String> = uris
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    let debian = uris
+        .iter()
+        .find(|u| u.ends_with("/debian"))
+        .context("no .../debian mirror in the apt sources: set DROPTRACE_VMTEST_MIRROR to one")?;
+    let security = uris
+        .iter()
+        .find(|u| u.ends_with("/debian-security"))
+        .cloned()
+        .unwrap_or_else(|| format!("{debian}-security"));
+    Ok((debian.clone(), security))
+}
+
+/// `5.10.0-9` < `5.10.0-46`: digit runs compare as numbers.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Chunk<'s> {
+        Number(u128),
+        Text(&'s str),
+    }
+    fn key(s: &str) -> Vec<Chunk<'_>> {
+        let mut out = Vec::new();
+        let mut rest = s;
+        while let Some(c) = rest.chars().next() {
+            let digits = c.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digits)
+                .unwrap_or(rest.len());
+            let (chunk, tail) = rest.split_at(end);
+            out.push(match chunk.parse() {
+                Ok(n) if digits => Chunk::Number(n),
+                _ => Chunk::Text(chunk),
+            });
+            rest = tail;
+        }
+        out
+    }
+    key(a).cmp(&key(b))
+}
+
+fn download(
+    apt: &Apt,
+    spec: &KernelSpec,
+    dir: &Path,
+    release: &str,
+    packages: &[String],
+) -> anyhow::Result<Kernel> {
+    say(&format!(
+        "{}: downloading {release} from {} ({}), once",
+        spec.label,
+        spec.suite,
+        packages.join(", ")
+    ));
+    let tmp = dir.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let debs = tmp.join("debs");
+    let root = tmp.join("root");
+    fs::create_dir_all(&debs)?;
+    fs::create_dir_all(&root)?;
+    run_checked(
+        apt.apt_get()
+            .arg("download")
+            .args(packages)
+            .current_dir(&debs),
+    )?;
+    for deb in fs::read_dir(&debs)? {
+        run_checked(Command::new("dpkg").arg("-x").arg(deb?.path()).arg(&root))?;
+    }
+    fs::remove_dir_all(&debs)?;
+    // The packages' postinst would run depmod; we need its modules.dep to pick the
+    // netfilter modules' dependencies.
+    let base = if root.join("usr/lib/modules").join(release).is_dir() {
+        root.join("usr")
+    } else {
+        root.clone()
+    };
+    run_checked(Command::new("depmod").arg("-b").arg(&base).arg(release))?;
+    fs::write(tmp.join("release"), format!("{release}\n"))?;
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&tmp, dir)?;
+    Kernel::load(dir)
+        .with_context(|| format!("no vmlinuz or modules for {release} in {}", dir.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The initramfs: a userland shared by all kernels, and one module tree per kernel. The
+// kernel unpacks concatenated cpio archives in turn, so the initrd is the two, appended.
+
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn new(keep: bool) -> anyhow::Result<WorkDir> {
+        let path = env::temp_dir().join(format!("droptrace-vmtest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        Ok(WorkDir { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            say(&format!(
+                "kept {} (initramfs, */console.log)",
+                self.path.display()
+            ));
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A host program in the usual directories.
+fn host_tool(name: &str) -> anyhow::Result<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("{name} not found on this machine (`cargo xtask setup` installs it)")
+        })
+}
+
+/// `path` inside `root`.
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Copies `src` to `dest` in the guest (following symlinks), and notes its libraries.
+fn add_file(
+    root: &Path,
+    src: &Path,
+    dest: &Path,
+    libs: &mut BTreeSet<PathBuf>,
+) -> anyhow::Result<()> {
+    let target = inside(root, dest);
+    fs::create_dir_all(target.parent().expect("absolute path"))?;
+    fs::copy(src, &target).with_context(|| format!("cannot copy {}", src.display()))?;
+    libs.extend(ldd(src)?);
+    Ok(())
+}
+
+/// The shared libraries a dynamic ELF file needs (none for static ones and scripts).
+fn ldd(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(path)
+        .output()
+        .context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic")
+        {
+            return Ok(Vec::new());
+        }
+        bail!(
+            "ldd {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let file = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        match file {
+            Some(f) if f.starts_with('/') => libs.push(PathBuf::from(f)),
+            Some("not") => bail!("{}: a library is missing: {}", path.display(), line.trim()),
+            _ => {}
+        }
+    }
+    Ok(libs)
+}
+
+fn build_userland(root: &Path, droptrace: &Path, cpio: &Path) -> anyhow::Result<()> {
+    say("building the guest userland (busybox, droptrace, iptables nft+legacy, nft, ip)");
+    let mut libs = BTreeSet::new();
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
+    ] {
+        fs::create_dir_all(root.join(d))?;
+    }
+
+    let busybox = host_tool("busybox")?;
+    add_file(root, &busybox, Path::new("/bin/busybox"), &mut libs)?;
+    if !libs.is_empty() {
+        bail!(
+            "{} is not static: install busybox-static",
+            busybox.display()
+        );
+    }
+    let applets = Command::new(&busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        symlink("busybox", root.join("bin").join(applet))?;
+    }
+    // The kernel runs /sbin/modprobe to load netfilter modules on demand.
+    symlink("../bin/busybox", root.join("sbin/modprobe"))?;
+
+    let init = root.join("init");
+    fs::write(&init, INIT)?;
+    run_checked(Command::new("chmod").arg("755").arg(&init))?;
+    add_file(root, droptrace, Path::new("/usr/bin/droptrace"), &mut libs)?;
+
+    for tool in ["ip", "nft", "xtables-nft-multi", "xtables-legacy-multi"] {
+        add_file(
+            root,
+            &host_tool(tool)?,
+            &Path::new("/usr/sbin").join(tool),
+            &mut libs,
+        )?;
+    }
+    // Optional, for poking around in a kept guest.
+    if let Ok(bpftool) = host_tool("bpftool") {
+        add_file(root, &bpftool, Path::new("/usr/sbin/bpftool"), &mut libs)?;
+    }
+    // iptables, iptables-legacy, iptables-nft-save, ...: the host's names for the two
+    // multi-call binaries (through Debian's alternatives: iptables is iptables-nft).
+    let nft_multi = host_tool("xtables-nft-multi")?;
+    let dir = nft_multi.parent().expect("absolute path");
+    for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
+        let Ok(target) = fs::canonicalize(entry.path()) else {
+            continue;
+        };
+        let name = target.file_name().unwrap_or_default();
+        if entry.path() != target && (name == "xtables-nft-multi" || name == "xtables-legacy-multi")
+        {
+            symlink(name, root.join("usr/sbin").join(entry.file_name()))?;
+        }
+    }
+    // The match and target plugins xtables dlopens.
+    let plugins = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
+    for entry in
+        fs::read_dir(plugins).with_context(|| format!("cannot read {}", plugins.display()))?
+    {
+        let path = entry?.path();
+        add_file(root, &path, &path, &mut libs)?;
+    }
+    for lib in &libs {
+        let target = inside(root, lib);
+        if !target.exists() {
+            fs::create_dir_all(target.parent().expect("absolute path"))?;
+            fs::copy(lib, &target).with_context(|| format!("cannot copy {}", lib.display()))?;
+        }
+    }
+    for etc in ["protocols", "services", "ethertypes"] {
+        let src = Path::new("/etc").join(etc);
+        if src.is_file() {
+            fs::copy(&src, root.join("etc").join(etc))?;
+        }
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    pack(root, cpio)
+}
+
+/// `root` as a newc cpio archive, owned by root.
+fn pack(root: &Path, cpio: &Path) -> anyhow::Result<()> {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 > \"$0\"")
+        .arg(cpio)
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("packing {} failed ({status})", root.display());
+    }
+    Ok(())
+}
+
+fn build_initrd(dir: &Path, kernel: &Kernel, common: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("modules");
+    let moddir = root.join("lib/modules").join(&kernel.release);
+    fs::create_dir_all(&moddir)?;
+
+    // The netfilter modules and everything they depend on, from the full tree's modules.dep.
+    let dep_text = fs::read_to_string(kernel.modules.join("modules.dep"))?;
+    let deps: BTreeMap<&str, Vec<&str>> = dep_text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m, d.split_whitespace().collect()))
+        .collect();
+    let mut wanted = BTreeSet::new();
+    let mut todo: VecDeque<&str> = deps
+        .keys()
+        .filter(|m| MODULE_DIRS.iter().any(|d| m.starts_with(d)))
+        .copied()
+        .collect();
+    while let Some(m) = todo.pop_front() {
+        if wanted.insert(m) {
+            todo.extend(deps.get(m).into_iter().flatten());
+        }
+    }
+    // busybox modprobe reads plain .ko files: unpack compressed ones (one call per tool).
+    let mut compressed: BTreeMap<&str, Vec<PathBuf>> = BTreeMap::new();
+    for m in &wanted {
+        let target = moddir.join(m);
+        fs::create_dir_all(target.parent().expect("kernel/..."))?;
+        fs::copy(kernel.modules.join(m), &target)?;
+        for (ext, tool) in [("xz", "xz"), ("zst", "zstd"), ("gz", "gzip")] {
+            if target.extension() == Some(OsStr::new(ext)) {
+                compressed.entry(tool).or_default().push(target.clone());
+            }
+        }
+    }
+    for (tool, files) in compressed {
+        run_checked(Command::new(tool).args(["-d", "-q", "-f"]).args(files))?;
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        if kernel.modules.join(f).is_file() {
+            fs::copy(kernel.modules.join(f), moddir.join(f))?;
+        }
+    }
+    run_checked(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(&root)
+            .arg(&kernel.release),
+    )?;
+    let modules_cpio = dir.join("modules.cpio");
+    pack(&root, &modules_cpio)?;
+
+    let initrd = dir.join("initrd.cpio");
+    let mut bytes = fs::read(common)?;
+    bytes.extend(fs::read(&modules_cpio)?);
+    fs::write(&initrd, &bytes)?;
+    say(&format!(
+        "{}: initramfs with {} modules, {:.1} MB",
+        kernel.release,
+        wanted.len(),
+        bytes.len() as f64 / 1e6
+    ));
+    Ok(initrd)
+}
+
+// ---------------------------------------------------------------------------------------
+// Booting.
+
+struct Guest<'a> {
+    spec: &'a KernelSpec,
+    kernel: &'a Kernel,
+    initrd: PathBuf,
+    console: PathBuf,
+}
+
+enum Outcome {
+    /// qemu exited by itself (the guest powered off, or it panicked and did not reboot).
+    Exited {
+        status: String,
+        took: Duration,
+    },
+    TimedOut,
+    Failed(String),
+}
+
+fn boot_all(guests: &[Guest]) -> Vec<Outcome> {
+    let next = Mutex::new(0..guests.len());
+    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(guests.iter().map(|_| None).collect());
+    thread::scope(|s| {
+        for _ in 0..JOBS.min(guests.len()) {
+            s.spawn(|| {
+                loop {
+                    let Some(i) = next.lock().expect("not poisoned").next() else {
+                        break;
+                    };
+                    let outcome =
+                        boot(&guests[i]).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+                    results.lock().expect("not poisoned")[i] = Some(outcome);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .map(|o| o.expect("every guest ran"))
+        .collect()
+}
+
+fn boot(g: &Guest) -> anyhow::Result<Outcome> {
+    let console = fs::File::create(&g.console)?;
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&g.kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&g.initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    say(&format!("{}: booting {}", g.spec.label, g.kernel.release));
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let took = started.elapsed();
+            say(&format!("{}: guest finished in {took:.0?}", g.spec.label));
+            return Ok(Outcome::Exited {
+                status: status.to_string(),
+                took,
+            });
+        }
+        if started.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            say(&format!(
+                "{}: guest timed out after {}s, killed",
+                g.spec.label,
+                GUEST_TIMEOUT.as_secs()
+            ));
+            return Ok(Outcome::TimedOut);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the serial console.
+
+/// One droptrace run in a guest.
+#[derive(Default)]
+struct Run {
+    /// droptrace's exit code, or "rules" if the iptables rules could not be added.
+    exit: Option<String>,
+    /// From droptrace's start to its exit, as the guest saw it.
+    took: Option<String>,
+    start: Option<Value>,
+    summary: Option<Value>,
+    drops: Vec<Value>,
+    stderr: Vec<String>,
+}
+
+impl Run {
+    fn mode(&self) -> String {
+        self.start
+            .as_ref()
+            .and_then(|s| s["mode"].as_str())
+            .unwrap_or("-")
+            .to_string()
+    }
+
+    fn field_set(&self, field: &str) -> String {
+        let set: BTreeSet<String> = self
+            .drops
+            .iter()
+            .map(|d| match &d[field] {
+                Value::String(s) => s.clone(),
+                Value::Null => "?".into(),
+                v => v.to_string(),
+            })
+            .collect();
+        if set.is_empty() {
+            "-".into()
+        } else {
+            set.into_iter().collect::<Vec<_>>().join(",")
+        }
+    }
+
+    /// Why this run does not count as working, if it does not.
+    fn problem(&self) -> Option<String> {
+        let first_err = || self.stderr.iter().find(|l| !l.trim().is_empty()).cloned();
+        match self.exit.as_deref() {
+            None => return Some("no report from the guest".into()),
+            Some("rules") => {
+                return Some(first_err().unwrap_or_else(|| "iptables rules failed".into()));
+            }
+            Some("0") => {}
+            Some(code) => {
+                return Some(
+                    first_err().unwrap_or_else(|| format!("droptrace exited with {code}")),
+                );
+            }
+        }
+        if self.start.is_none() {
+            return Some("no start line".into());
+        }
+        if self.summary.is_none() {
+            return Some("no summary line".into());
+        }
+        let missing: Vec<String> = EXPECTED_DPORTS
+            .iter()
+            .filter(|p| !self.drops.iter().any(|d| d["dport"].as_u64() == Some(**p)))
+            .map(u64::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!("no drop reported for dport {}", missing.join(", ")));
+        }
+        None
+    }
+}
+
+struct Report<'a> {
+    spec: &'a KernelSpec,
+    /// What the guest's `uname -r` said (the package's release if it said nothing).
+    release: String,
+    runs: BTreeMap<String, Run>,
+    done: bool,
+    /// Why the guest gave no full report, with the end of its console.
+    infra: Option<String>,
+    took: Option<Duration>,
+}
+
+impl<'a> Report<'a> {
+    fn new(g: &Guest<'a>, outcome: Outcome) -> Report<'a> {
+        let text = fs::read(&g.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let mut report = Report {
+            spec: g.spec,
+            release: g.kernel.release.clone(),
+            runs: BTreeMap::new(),
+            done: false,
+            infra: None,
+            took: None,
+        };
+        for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+            let Some(rest) = line.find("VMTEST-").map(|i| &line[i + "VMTEST-".len()..]) else {
+                continue;
+            };
+            let (tag, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            match tag {
+                "KERNEL" => report.release = rest.trim().to_string(),
+                "DONE" => report.done = true,
+                "JSON" | "STDERR" | "EXIT" => {
+                    let (backend, payload) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let run = report.runs.entry(backend.to_string()).or_default();
+                    match tag {
+                        "EXIT" => {
+                            let mut words = payload.split_whitespace().map(str::to_string);
+                            run.exit = words.next();
+                            run.took = words.next();
+                        }
+                        "STDERR" => run.stderr.push(payload.to_string()),
+                        _ => match serde_json::from_str::<Value>(payload) {
+                            Ok(v) => match v["type"].as_str() {
+                                Some("start") => run.start = Some(v),
+                                Some("summary") => run.summary = Some(v),
+                                _ => run.drops.push(v),
+                            },
+                            Err(e) => run
+                                .stderr
+                                .push(format!("vm-test: unreadable JSON line ({e}): {payload}")),
+                        },
+                    }
+                }
+                _ => {}
+            }
+        }
+        match outcome {
+            Outcome::Exited { took, .. } if report.done => report.took = Some(took),
+            outcome => {
+                let why = match outcome {
+                    Outcome::Exited { status, .. } => {
+                        format!("qemu exited ({status}) before the guest finished")
+                    }
+                    Outcome::TimedOut => format!("no poweroff within {}s", GUEST_TIMEOUT.as_secs()),
+                    Outcome::Failed(e) => e,
+                };
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                say(&format!(
+                    "{}: {why}; end of its console:\n    {}",
+                    g.spec.label,
+                    tail.join("\n    ")
+                ));
+                report.infra = Some(why);
+            }
+        }
+        report
+    }
+
+    fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.infra {
+            // Without a report the kernel's result is unknown, whatever is expected of it.
+            out.push(format!("{} ({}): {why}", self.spec.label, self.release));
+        }
+        if self.spec.expect_pass {
+            for backend in BACKENDS {
+                let problem = self
+                    .runs
+                    .get(*backend)
+                    .map_or(Some("no report from the guest".into()), Run::problem);
+                if problem.is_some() {
+                    out.push(format!("{} ({}) {backend}", self.spec.label, self.release));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn table(reports: &[Report]) -> String {
+    let header = [
+        "KERNEL", "RELEASE", "BACKEND", "EXIT", "TIME", "MODE", "DROPS", "LOST", "HOOKS", "DPORTS",
+        "RESULT", "ERROR",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut errors = Vec::new();
+    let empty = Run::default();
+    for r in reports {
+        for backend in BACKENDS {
+            let run = r.runs.get(*backend).unwrap_or(&empty);
+            let problem = run.problem();
+            let result = match (&problem, r.spec.expect_pass) {
+                (None, true) => "pass",
+                (None, false) => "PASS (expected to fail: flip expect_pass)",
+                (Some(_), true) => "FAIL",
+                (Some(_), false) => "fail (expected)",
+            };
+            let summary = |f: &str| {
+                run.summary
+                    .as_ref()
+                    .and_then(|s| s[f].as_u64())
+                    .map_or("-".into(), |n| n.to_string())
+            };
+            let error = problem
+                .filter(|_| run.exit.is_some() || r.infra.is_none())
+                .unwrap_or_default();
+            let mut short: String = error.chars().take(ERROR_WIDTH).collect();
+            if short.len() < error.len() {
+                short.push_str("...");
+                errors.push(format!("{} {backend}: {error}", r.spec.label));
+            }
+            rows.push(vec![
+                r.spec.label.into(),
+                r.release.clone(),
+                (*backend).into(),
+                run.exit.clone().unwrap_or_else(|| "-".into()),
+                run.took.clone().unwrap_or_else(|| "-".into()),
+                run.mode(),
+                summary("total"),
+                summary("lost"),
+                run.field_set("hook"),
+                run.field_set("dport"),
+                result.into(),
+                short,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if !errors.is_empty() {
+        out.push_str("errors in full:\n");
+        for e in errors {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
+    for r in reports {
+        if !r.spec.expect_pass {
+            let _ = writeln!(
+                out,
+                "{} is not expected to pass yet: {}",
+                r.spec.label, r.spec.why_not
+            );
+        }
+        if let Some(took) = r.took {
+            let _ = writeln!(
+                out,
+                "{} ({}) ran to poweroff in {took:.0?}",
+                r.spec.label, r.release
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        assert!(natural_cmp("5.10.0-9-cloud-amd64", "5.10.0-46-cloud-amd64").is_lt());
+        assert!(natural_cmp("6.12.118+deb13-cloud-amd64", "6.12.115+deb13.1-cloud-amd64").is_gt());
+        assert!(natural_cmp("7.2.13+deb14-cloud-amd64", "7.10.1+deb14-cloud-amd64").is_lt());
+    }
+}

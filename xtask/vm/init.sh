@@ -1,0 +1,92 @@
+#!/bin/busybox sh
+# /init of the `cargo xtask vm-test` guest (built by xtask/src/vmtest.rs).
+#
+# Replays the incident on loopback: an iptables DROP rule for TCP 1024-65535 (and UDP 5044)
+# in OUTPUT, once with iptables-nft and once with iptables-legacy, with
+# `droptrace watch --json` running. Everything the host reads is a line on the serial
+# console starting with "VMTEST-"; the guest then powers off. If this script dies, the kernel
+# panics and reboots, and qemu (-no-reboot) exits: the host sees no VMTEST-DONE.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /run # iptables-legacy takes its lock in /run
+mount -t tmpfs tmpfs /tmp
+# Kernel messages on the console would cut into the report lines.
+echo 1 >/proc/sys/kernel/printk
+
+report() { echo "VMTEST-$*"; }
+
+# Running, and not a zombie waiting for `wait`.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+
+report "KERNEL $(uname -r)"
+
+ip link set lo up
+ip addr add 203.0.113.10/32 dev lo
+
+# run_case BACKEND IPTABLES: rules, droptrace, traffic, report, flush.
+run_case() {
+	backend=$1 ipt=$2
+	out=/tmp/$backend.json err=/tmp/$backend.err
+	if [ -n "$not_started" ]; then
+		# Loading and attaching do not depend on the backend: a second try would only spend
+		# another minute or two of emulated verifier time. The table says why.
+		report "STDERR $backend vm-test: skipped, droptrace did not start with $not_started"
+		report "EXIT $backend skipped"
+		return
+	fi
+	if ! { $ipt -A OUTPUT -p tcp --dport 1024:65535 -j DROP &&
+		$ipt -A OUTPUT -p udp --dport 5044 -j DROP; } >/tmp/$backend.ipt 2>&1; then
+		while IFS= read -r line; do report "STDERR $backend $ipt: $line"; done </tmp/$backend.ipt
+		report "EXIT $backend rules"
+		return
+	fi
+
+	droptrace watch --json --duration 6s >"$out" 2>"$err" &
+	pid=$!
+	started=$(date +%s)
+	# Loading and attaching under software emulation takes seconds; a verifier that gives
+	# up after a million instructions took 1.5 min on 6.1 and 3 min on 5.10. Stop waiting
+	# after about 100 s: GUEST_TIMEOUT in vmtest.rs leaves room for two such waits.
+	n=0
+	while [ $n -lt 1000 ] && alive $pid && ! grep -qs '"type":"start"' "$out"; do
+		usleep 100000
+		n=$((n + 1))
+	done
+	if grep -qs '"type":"start"' "$out"; then
+		# The payment gateway (TCP 8443) and the log aggregator (UDP 5044) of the incident.
+		nc -w 1 203.0.113.10 8443 </dev/null >/dev/null 2>&1
+		timeout 3 tftp -g -r probe -l /tmp/probe 203.0.113.10 5044 >/dev/null 2>&1
+	else
+		not_started=$backend
+		if alive $pid; then
+			# utime and stime, in ticks of 10 ms: time in the kernel is the verifier.
+			set -- $(cut -d' ' -f14,15 /proc/$pid/stat)
+			report "STDERR $backend vm-test: no start line after 100 s" \
+				"(CPU: $(($1 / 100)) s user, $(($2 / 100)) s kernel), stopping droptrace"
+			kill $pid
+		fi
+	fi
+	wait $pid
+	code=$?
+
+	while IFS= read -r line; do report "JSON $backend $line"; done <"$out"
+	while IFS= read -r line; do report "STDERR $backend $line"; done <"$err"
+	report "EXIT $backend $code $(($(date +%s) - started))s"
+
+	case $backend in
+	nft) nft flush ruleset ;;
+	legacy) $ipt -F OUTPUT ;;
+	esac
+}
+
+run_case nft iptables-nft
+run_case legacy iptables-legacy
+
+report DONE
+poweroff -f
