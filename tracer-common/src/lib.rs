@@ -79,6 +79,10 @@ pub struct Offsets {
 }
 
 /// An address prefix the program matches in the kernel (`--src`, `--dst`).
+///
+/// Address and netmask are two native-endian 64-bit words each, computed by userspace, so
+/// the program compares words instead of looping over bits (loops multiply the verifier's
+/// work, which old kernels cap at a million instructions).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prefix {
@@ -88,9 +92,10 @@ pub struct Prefix {
     pub len: u8,
     /// 1 when the match is negated.
     pub negate: u8,
-    pub _pad: u8,
-    /// Network address, IPv4 in the first four bytes.
-    pub addr: [u8; 16],
+    pub _pad: [u8; 5],
+    /// Network address (IPv4 in the first four bytes), as the packet's bytes.
+    pub addr: [u64; 2],
+    pub mask: [u64; 2],
 }
 
 impl Prefix {
@@ -98,9 +103,19 @@ impl Prefix {
         family: 0,
         len: 0,
         negate: 0,
-        _pad: 0,
-        addr: [0; 16],
+        _pad: [0; 5],
+        addr: [0; 2],
+        mask: [0; 2],
     };
+
+    /// Packs 16 address bytes into the two words the program compares.
+    pub fn words(bytes: &[u8; 16]) -> [u64; 2] {
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&bytes[..8]);
+        hi.copy_from_slice(&bytes[8..]);
+        [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
+    }
 }
 
 /// An inclusive port range; `{0, 65535}` matches everything.
@@ -139,6 +154,7 @@ pub struct Config {
     pub _pad: u8,
     pub sport: PortRange,
     pub dport: PortRange,
+    pub _pad_prefix: u32,
     pub src: Prefix,
     pub dst: Prefix,
     /// Offsets of `skbaddr`, `location` and `reason` in the classic `skb/kfree_skb`
@@ -150,7 +166,7 @@ pub struct Config {
     /// 1: a drop is a netfilter drop when its location lies in `nf_ranges` (kernels
     /// without drop reasons), instead of by reason.
     pub match_location: u8,
-    pub _pad2: [u8; 7],
+    pub _pad2: [u8; 11],
     /// `[start, end)` address ranges of the functions that free packets on a netfilter
     /// verdict (`nf_hook_slow`, `nf_hook_slow_list`, `nft_do_chain`); unused pairs are `[0, 0)`.
     pub nf_ranges: [u64; 6],
@@ -185,13 +201,14 @@ impl Config {
         _pad: 0,
         sport: PortRange::ANY,
         dport: PortRange::ANY,
+        _pad_prefix: 0,
         src: Prefix::ANY,
         dst: Prefix::ANY,
         tp_skb: NO_OFFSET,
         tp_location: NO_OFFSET,
         tp_reason: NO_OFFSET,
         match_location: 0,
-        _pad2: [0; 7],
+        _pad2: [0; 11],
         nf_ranges: [0; 6],
     };
 }
@@ -303,3 +320,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
 }
+
+// The layouts both sides rely on, with every padding byte explicit.
+const _: () = assert!(size_of::<Prefix>() == 40);
+const _: () = assert!(size_of::<Config>() == 240);

@@ -20,9 +20,9 @@ use core::{
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
+    helpers::generated,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -122,12 +122,27 @@ fn in_netfilter(location: u64) -> bool {
     within(0) || within(2) || within(4)
 }
 
+/// Reads kernel memory at `base + off`, zero when the read fails (the helper zero-fills
+/// its buffer then) or the field does not exist on this kernel.
+///
+/// Nothing branches on the helper's result: every branch here would double the paths the
+/// verifier walks through the rest of the program, and old kernels stop at a million
+/// instructions. `off` comes from frozen read-only data, so its check costs no path.
 #[inline(always)]
-fn read<T>(base: u64, off: u32) -> Option<T> {
-    if base == 0 || off == NO_OFFSET {
-        return None;
+fn read<T>(base: u64, off: u32) -> T {
+    let mut v = MaybeUninit::<T>::zeroed();
+    if off != NO_OFFSET {
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `v`.
+        unsafe {
+            generated::bpf_probe_read_kernel(
+                v.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+                (base + off as u64) as *const core::ffi::c_void,
+            )
+        };
     }
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+    // SAFETY: `v` is zeroed or filled by the kernel; every T used here is plain data.
+    unsafe { v.assume_init() }
 }
 
 #[inline(always)]
@@ -161,24 +176,30 @@ fn handle<C: EbpfContext + StackIdContext>(
         reason
     };
 
-    let sk: u64 = read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
-    let dev: u64 = read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
+    let sk: u64 = read(skb, conf!(offsets.skb_sk));
+    let dev: u64 = read(skb, conf!(offsets.skb_dev));
     // `_skb_refdst` keeps a "no reference" flag in bit 0 (SKB_DST_NOREF).
-    let dst: u64 = read::<u64>(skb, conf!(offsets.skb_refdst)).unwrap_or(0) & !1;
-    let out_dev: u64 = read(dst, conf!(offsets.dst_dev)).unwrap_or(0);
+    let dst: u64 = read::<u64>(skb, conf!(offsets.skb_refdst)) & !1;
+    let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     // The namespace: the socket's if any, else the device's, else the route's device's.
-    let net: u64 = read(sk, conf!(offsets.sk_net))
-        .or_else(|| read(dev, conf!(offsets.dev_nd_net)))
-        .or_else(|| read(out_dev, conf!(offsets.dev_nd_net)))
-        .unwrap_or(0);
-    let netns: u32 = read(net, conf!(offsets.net_ns_inum)).unwrap_or(0);
+    let sk_net: u64 = read(sk, conf!(offsets.sk_net));
+    let dev_net: u64 = read(dev, conf!(offsets.dev_nd_net));
+    let route_net: u64 = read(out_dev, conf!(offsets.dev_nd_net));
+    let net = if sk_net != 0 {
+        sk_net
+    } else if dev_net != 0 {
+        dev_net
+    } else {
+        route_net
+    };
+    let netns: u32 = read(net, conf!(offsets.net_ns_inum));
     if conf!(netns) != 0 && netns != conf!(netns) {
         return None;
     }
 
-    let head: u64 = read(skb, conf!(offsets.skb_head))?;
-    let nh: u16 = read(skb, conf!(offsets.skb_network_header))?;
+    let head: u64 = read(skb, conf!(offsets.skb_head));
+    let nh: u16 = read(skb, conf!(offsets.skb_network_header));
     if nh == HEADER_UNSET {
         return None;
     }
@@ -197,15 +218,17 @@ fn handle<C: EbpfContext + StackIdContext>(
     {
         return None;
     }
-    if !prefix_matches(&conf!(src), ev.family, &ev.saddr)
-        || !prefix_matches(&conf!(dst), ev.family, &ev.daddr)
+    if !prefix_matches(&raw const CONFIG.src, ev.family, &ev.saddr)
+        || !prefix_matches(&raw const CONFIG.dst, ev.family, &ev.daddr)
     {
         return None;
     }
 
-    let ct_info = match read::<u64>(skb, conf!(offsets.skb_nfct)) {
-        Some(nfct) if nfct & !NFCT_INFOMASK != 0 => (nfct & NFCT_INFOMASK) as u8,
-        _ => CT_NONE,
+    let nfct: u64 = read(skb, conf!(offsets.skb_nfct));
+    let ct_info = if nfct & !NFCT_INFOMASK != 0 {
+        (nfct & NFCT_INFOMASK) as u8
+    } else {
+        CT_NONE
     };
     let icmp = ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6;
     let key = FlowKey {
@@ -226,10 +249,11 @@ fn handle<C: EbpfContext + StackIdContext>(
         ct_info,
     };
     bump(STAT_MATCHED);
-    let len: u32 = read(skb, conf!(offsets.skb_len)).unwrap_or(0);
+    let len: u32 = read(skb, conf!(offsets.skb_len));
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let uid = read::<u32>(sk, conf!(offsets.sk_uid));
+    let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET)
+        .then(|| read::<u32>(sk, conf!(offsets.sk_uid)));
     let count = count_drop(&key, len, now, pid_tgid, uid)?;
 
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
@@ -244,12 +268,12 @@ fn handle<C: EbpfContext + StackIdContext>(
     e.location = location;
     e.sk = sk;
     e.netns = netns;
-    e.ifindex = read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
-    e.out_ifindex = read(out_dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    e.ifindex = read(dev, conf!(offsets.dev_ifindex));
+    e.out_ifindex = read(out_dev, conf!(offsets.dev_ifindex));
     e.pid = (pid_tgid >> 32) as u32;
     e.tid = pid_tgid as u32;
     e.reason = reason;
-    e.mark = read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    e.mark = read(skb, conf!(offsets.skb_mark));
     e.len = len;
     e.stack_id = match ctx.get_stackid(&STACKS, 0) {
         Ok(id) => id as i32,
@@ -366,17 +390,17 @@ struct Parsed {
 /// Parses the IPv4 or IPv6 header at `l3`, then the L4 header.
 #[inline(always)]
 fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
-    let first: u8 = read(l3, 0)?;
+    let first: u8 = read(l3, 0);
     let l4 = match first >> 4 {
         IP_VERSION_4 => {
             // struct iphdr: ihl:4 version:4, tos, tot_len, id, frag_off@6, ttl, protocol@9,
             // check, saddr@12, daddr@16.
             p.family = AF_INET;
-            p.proto = read(l3, 9)?;
-            let frag: u16 = u16::from_be(read(l3, 6)?);
+            p.proto = read(l3, 9);
+            let frag: u16 = u16::from_be(read(l3, 6));
             p.fragment = frag & 0x1fff != 0;
-            let s: [u8; 4] = read(l3, 12)?;
-            let d: [u8; 4] = read(l3, 16)?;
+            let s: [u8; 4] = read(l3, 12);
+            let d: [u8; 4] = read(l3, 16);
             p.saddr[..4].copy_from_slice(&s);
             p.daddr[..4].copy_from_slice(&d);
             l3 + ((first & 0x0f) as u64) * 4
@@ -384,32 +408,28 @@ fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
         6 => {
             // struct ipv6hdr: nexthdr@6, saddr@8, daddr@24; 40 bytes.
             p.family = AF_INET6;
-            p.saddr = read(l3, 8)?;
-            p.daddr = read(l3, 24)?;
-            let mut next: u8 = read(l3, 6)?;
+            p.saddr = read(l3, 8);
+            p.daddr = read(l3, 24);
+            let mut next: u8 = read(l3, 6);
             let mut off: u64 = 40;
-            // Walk extension headers (RFC 8200 section 4); bounded for the verifier.
-            for _ in 0..6 {
-                match next {
-                    0 | 43 | 60 => {
-                        let hdr: [u8; 2] = read(l3, off as u32)?;
-                        next = hdr[0];
-                        off += (hdr[1] as u64 + 1) * 8;
-                    }
-                    51 => {
-                        let hdr: [u8; 2] = read(l3, off as u32)?;
-                        next = hdr[0];
-                        off += (hdr[1] as u64 + 2) * 4;
-                    }
-                    44 => {
-                        let hdr: [u8; 4] = read(l3, off as u32)?;
-                        next = hdr[0];
-                        let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & !7;
-                        p.fragment = frag_off != 0;
-                        off += 8;
-                    }
-                    _ => break,
+            // Walk extension headers (RFC 8200 section 4). Every unrolled iteration
+            // multiplies the paths the verifier walks through the rest of the program, and
+            // pre-6.x verifiers give up at a million instructions: two headers (hop-by-hop
+            // then routing or fragment) cover what real traffic carries.
+            for _ in 0..2 {
+                if !matches!(next, 0 | 43 | 60 | 51 | 44) {
+                    break;
                 }
+                let hdr: [u8; 4] = read(l3, off as u32);
+                off += match next {
+                    51 => (hdr[1] as u64 + 2) * 4,
+                    44 => 8,
+                    _ => (hdr[1] as u64 + 1) * 8,
+                };
+                if next == 44 {
+                    p.fragment = u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0;
+                }
+                next = hdr[0];
             }
             p.proto = next;
             l3 + off
@@ -421,17 +441,17 @@ fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
     }
     match p.proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u8; 4] = read(l4, 0)?;
+            let ports: [u8; 4] = read(l4, 0);
             p.sport = u16::from_be_bytes([ports[0], ports[1]]);
             p.dport = u16::from_be_bytes([ports[2], ports[3]]);
             p.has_ports = true;
             if p.proto == IPPROTO_TCP {
                 // struct tcphdr: flags byte at offset 13 (CWR..FIN).
-                p.tcp_flags = read(l4, 13).unwrap_or(0);
+                p.tcp_flags = read(l4, 13);
             }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let tc: [u8; 2] = read(l4, 0)?;
+            let tc: [u8; 2] = read(l4, 0);
             p.icmp_type = tc[0];
             p.icmp_code = tc[1];
         }
@@ -448,33 +468,22 @@ fn port_in(range: PortRange, port: u16, has_ports: bool) -> bool {
     has_ports && port >= range.lo && port <= range.hi
 }
 
+/// Whether `addr` is inside `prefix` (a pointer into [`CONFIG`], read field by field).
 #[inline(always)]
-fn prefix_matches(prefix: &Prefix, family: u8, addr: &[u8; 16]) -> bool {
-    if prefix.family == 0 {
+fn prefix_matches(prefix: *const Prefix, family: u8, addr: &[u8; 16]) -> bool {
+    // SAFETY: `prefix` points into CONFIG; volatile keeps the loader's values.
+    let field = |p: *const u64| unsafe { core::ptr::read_volatile(p) };
+    let want = unsafe { core::ptr::read_volatile(&raw const (*prefix).family) };
+    if want == 0 {
         return true;
     }
-    let mut inside = prefix.family == family;
-    if inside {
-        let mut bits = prefix.len as u32;
-        let mut i = 0;
-        while i < 16 {
-            if bits == 0 {
-                break;
-            }
-            let mask: u8 = if bits >= 8 {
-                0xff
-            } else {
-                0xffu8 << (8 - bits)
-            };
-            if (addr[i] ^ prefix.addr[i]) & mask != 0 {
-                inside = false;
-                break;
-            }
-            bits = bits.saturating_sub(8);
-            i += 1;
-        }
-    }
-    inside != (prefix.negate != 0)
+    let negate = unsafe { core::ptr::read_volatile(&raw const (*prefix).negate) } != 0;
+    let words = Prefix::words(addr);
+    let differs = |i: usize| unsafe {
+        (words[i] ^ field(&raw const (*prefix).addr[i])) & field(&raw const (*prefix).mask[i]) != 0
+    };
+    let inside = want == family && !differs(0) && !differs(1);
+    inside != negate
 }
 
 #[cfg(not(test))]

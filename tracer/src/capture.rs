@@ -295,6 +295,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
     program
         .load(TRACEPOINT, &btf)
         .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    log_verifier_work(program.info());
     program
         .attach()
         .map_err(|e| CaptureError::Program(program_error(&e)))?;
@@ -322,10 +323,21 @@ fn attach_classic(
     program
         .load()
         .map_err(|e| CaptureError::Program(program_error(&e)))?;
+    log_verifier_work(program.info());
     program
         .attach("skb", "kfree_skb")
         .map_err(|e| CaptureError::Program(program_error(&e)))?;
     Ok("tracepoint/skb/kfree_skb")
+}
+
+/// How much work the verifier did: the number to watch, since old kernels refuse
+/// programs over a million verified instructions (see `cargo xtask vm-test`).
+fn log_verifier_work(info: Result<aya::programs::ProgramInfo, ProgramError>) {
+    match info.map(|i| i.verified_instruction_count()) {
+        Ok(Some(n)) => log::info!("the verifier processed {n} instructions"),
+        Ok(None) => log::info!("this kernel does not report the verifier's work"),
+        Err(e) => log::info!("no program info: {e}"),
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising

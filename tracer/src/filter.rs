@@ -91,12 +91,18 @@ impl Cidr {
             IpNet::V4(n) => addr[..4].copy_from_slice(&n.network().octets()),
             IpNet::V6(n) => addr.copy_from_slice(&n.network().octets()),
         }
+        let mut mask = [0u8; 16];
+        match self.0 {
+            IpNet::V4(n) => mask[..4].copy_from_slice(&n.netmask().octets()),
+            IpNet::V6(n) => mask.copy_from_slice(&n.netmask().octets()),
+        }
         Prefix {
             family: self.family(),
             len: self.0.prefix_len(),
             negate: 0,
-            _pad: 0,
-            addr,
+            _pad: [0; 5],
+            addr: Prefix::words(&addr),
+            mask: Prefix::words(&mask),
         }
     }
 }
@@ -237,7 +243,14 @@ mod tests {
         assert_eq!(cfg.proto, 6);
         assert_eq!(cfg.family, AF_INET);
         assert_eq!(cfg.dst.len, 24);
-        assert_eq!(&cfg.dst.addr[..4], &[203, 0, 113, 0]);
+        assert_eq!(
+            cfg.dst.addr,
+            Prefix::words(&[203, 0, 113, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(
+            cfg.dst.mask,
+            Prefix::words(&[255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        );
         assert_eq!(cfg.dport, PortRange { lo: 8443, hi: 8443 });
         assert_eq!(cfg.sport, PortRange::ANY);
         assert_eq!(cfg.src, Prefix::ANY);
