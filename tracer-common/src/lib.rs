@@ -312,6 +312,195 @@ pub struct DropEvent {
     pub headers: [u8; HEADER_BYTES],
 }
 
+/// `inventory`: the kernel's per-flow table of connections the host starts (TCP connect
+/// attempts, UDP and ICMP echo sends). Userspace sizes the maps at load time; the object
+/// declares them tiny so that loading it for `watch` costs nothing.
+pub mod inventory {
+    /// Flows remembered at once (LRU: the least recently active flow goes first).
+    pub const MAX_FLOWS: u32 = 65_536;
+    /// Route lookups waiting for their send (LRU).
+    pub const MAX_PENDING: u32 = 16_384;
+    /// Bytes of the first-sighting ring buffer.
+    pub const RING_BYTES: u32 = 1 << 20;
+
+    /// Indexes into the per-CPU `INV_STATS` array.
+    pub const STAT_LOST: u32 = 0;
+    pub const STAT_COUNT: u32 = 1;
+
+    /// `InventoryState::source`: which hook saw the flow first.
+    pub const SOURCE_TCP_CONNECT: u8 = 1;
+    pub const SOURCE_ROUTED_SEND: u8 = 2;
+    pub const SOURCE_CONNECTED_SEND: u8 = 3;
+
+    /// `TCP_SYN_SENT` in the kernel's TCP state numbering.
+    pub const TCP_SYN_SENT: u32 = 2;
+    /// `TCP_ESTABLISHED`: also the state of a connected UDP or ping socket.
+    pub const TCP_ESTABLISHED: u8 = 1;
+    /// `LOOPBACK_IFINDEX`: the input interface of every route lookup for an outgoing packet.
+    pub const LOOPBACK_IFINDEX: u32 = 1;
+}
+
+/// One outbound flow in the inventory: a destination service as seen from one process.
+///
+/// For ICMP, `dport` holds `type << 8 | code` (an echo request: 8 << 8, ICMPv6 128 << 8).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InventoryKey {
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    /// Thread-group id of the process that opened the flow.
+    pub tgid: u32,
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub proto: u8,
+}
+
+/// What the kernel remembers of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InventoryState {
+    /// `bpf_ktime_get_ns()` of the first and the latest attempt.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// TCP connection attempts, or datagrams sent (atomic add).
+    pub count: u64,
+    /// cgroup v2 id of the sender (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Source address of the first attempt, when already chosen (zero otherwise).
+    pub saddr: [u8; 16],
+    /// Socket owner uid (`sk->sk_uid`), or `u32::MAX` when unknown.
+    pub uid: u32,
+    /// Socket mark (`sk->sk_mark`), as `-m mark` / `meta mark` see it.
+    pub mark: u32,
+    /// Source port of the first attempt (0 before the kernel picked one).
+    pub sport: u16,
+    /// `inventory::SOURCE_*`.
+    pub source: u8,
+    pub _pad: u8,
+    /// Thread that made the first attempt.
+    pub tid: u32,
+    pub comm: [u8; NAME_LEN],
+}
+
+/// A flow's first sighting, written to the inventory ring buffer so userspace can read
+/// the process's details from /proc while it still exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InventoryEvent {
+    pub key: InventoryKey,
+    pub _pad: u32,
+    pub state: InventoryState,
+}
+
+/// A route lookup for an outgoing datagram, waiting (by thread, protocol and source port)
+/// for the send that made it: a lookup alone may be a `connect()` that never sends (glibc
+/// sorts addresses that way), or the reversed flow of an ICMP error.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InventoryPending {
+    pub key: InventoryKey,
+    pub mark: u32,
+    pub saddr: [u8; 16],
+    pub uid: u32,
+    pub sport: u16,
+    pub _pad: u16,
+}
+
+/// Offsets the inventory programs need, read from BTF (or tracefs) at start-up.
+/// [`NO_OFFSET`] marks what this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InventoryConfig {
+    /// `sock:inet_sock_set_state` record (`struct trace_event_raw_inet_sock_set_state`).
+    pub tp_skaddr: u32,
+    pub tp_newstate: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_protocol: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
+    /// `struct flowi4` / `struct flowi6`: input interface, protocol, mark, uid, addresses,
+    /// and `uli` (ports, or ICMP type and code).
+    pub fl4_iif: u32,
+    pub fl4_proto: u32,
+    pub fl4_mark: u32,
+    pub fl4_uid: u32,
+    pub fl4_saddr: u32,
+    pub fl4_daddr: u32,
+    pub fl4_uli: u32,
+    pub fl6_iif: u32,
+    pub fl6_proto: u32,
+    pub fl6_mark: u32,
+    pub fl6_uid: u32,
+    pub fl6_saddr: u32,
+    pub fl6_daddr: u32,
+    pub fl6_uli: u32,
+    /// `fib_nh_common.nhc_dev`: the IPv4 route's device, whose namespace is the flow's.
+    pub nhc_dev: u32,
+    /// `fib6_result.f6i` and `net.ipv6.fib6_null_entry`: an IPv6 lookup that found no route.
+    pub res6_f6i: u32,
+    pub net_fib6_null_entry: u32,
+    /// `struct sock`: mark, protocol, and the connected peer (`__sk_common`).
+    pub sk_mark: u32,
+    pub sk_protocol: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub _pad: u32,
+}
+
+impl InventoryConfig {
+    pub const EMPTY: InventoryConfig = InventoryConfig {
+        tp_skaddr: NO_OFFSET,
+        tp_newstate: NO_OFFSET,
+        tp_sport: NO_OFFSET,
+        tp_dport: NO_OFFSET,
+        tp_family: NO_OFFSET,
+        tp_protocol: NO_OFFSET,
+        tp_saddr: NO_OFFSET,
+        tp_daddr: NO_OFFSET,
+        tp_saddr_v6: NO_OFFSET,
+        tp_daddr_v6: NO_OFFSET,
+        fl4_iif: NO_OFFSET,
+        fl4_proto: NO_OFFSET,
+        fl4_mark: NO_OFFSET,
+        fl4_uid: NO_OFFSET,
+        fl4_saddr: NO_OFFSET,
+        fl4_daddr: NO_OFFSET,
+        fl4_uli: NO_OFFSET,
+        fl6_iif: NO_OFFSET,
+        fl6_proto: NO_OFFSET,
+        fl6_mark: NO_OFFSET,
+        fl6_uid: NO_OFFSET,
+        fl6_saddr: NO_OFFSET,
+        fl6_daddr: NO_OFFSET,
+        fl6_uli: NO_OFFSET,
+        nhc_dev: NO_OFFSET,
+        res6_f6i: NO_OFFSET,
+        net_fib6_null_entry: NO_OFFSET,
+        sk_mark: NO_OFFSET,
+        sk_protocol: NO_OFFSET,
+        sk_family: NO_OFFSET,
+        sk_state: NO_OFFSET,
+        sk_daddr: NO_OFFSET,
+        sk_rcv_saddr: NO_OFFSET,
+        sk_dport: NO_OFFSET,
+        sk_num: NO_OFFSET,
+        sk_v6_daddr: NO_OFFSET,
+        sk_v6_rcv_saddr: NO_OFFSET,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data: #[repr(C)], integers and arrays only, padding explicit.
@@ -319,7 +508,18 @@ mod user {
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::InventoryConfig {}
+    unsafe impl aya::Pod for super::InventoryKey {}
+    unsafe impl aya::Pod for super::InventoryState {}
+    unsafe impl aya::Pod for super::InventoryEvent {}
 }
+
+// The inventory records cross the kernel boundary as raw bytes: no implicit padding.
+const _: () = assert!(size_of::<InventoryKey>() == 28);
+const _: () = assert!(size_of::<InventoryState>() == 80);
+const _: () = assert!(size_of::<InventoryEvent>() == 112);
+const _: () = assert!(size_of::<InventoryPending>() == 56);
+const _: () = assert!(size_of::<InventoryConfig>() == 38 * 4);
 
 // The layouts both sides rely on, with every padding byte explicit.
 const _: () = assert!(size_of::<Prefix>() == 40);

@@ -1,4 +1,5 @@
-//! The kernel half of droptrace: one program on the `kfree_skb` tracepoint.
+//! The kernel half of droptrace: one program on the `kfree_skb` tracepoint (and, in
+//! [`inventory`], the programs that list the flows the host starts).
 //!
 //! Every freed packet passes here, so the program returns as early as it can: first the
 //! drop reason (`SKB_DROP_REASON_NETFILTER_DROP` unless `--all-reasons`), then the
@@ -33,6 +34,9 @@ use tracer_common::{
     HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, STAT_COUNT,
     STAT_LOST, STAT_MATCHED, flags,
 };
+
+/// `droptrace inventory`'s programs: outbound flows as they start (not drops).
+mod inventory;
 
 /// Written by the loader before the program is verified (read-only data).
 #[unsafe(no_mangle)]
@@ -122,6 +126,16 @@ fn in_netfilter(location: u64) -> bool {
     within(0) || within(2) || within(4)
 }
 
+/// Like [`read`], for callers that must tell a failed read (or a null base) from a zero.
+/// It branches on the result, so the main drop path avoids it (see [`read`]).
+#[inline(always)]
+pub(crate) fn read_checked<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
 /// Reads kernel memory at `base + off`, zero when the read fails (the helper zero-fills
 /// its buffer then) or the field does not exist on this kernel.
 ///
@@ -129,7 +143,7 @@ fn in_netfilter(location: u64) -> bool {
 /// verifier walks through the rest of the program, and old kernels stop at a million
 /// instructions. `off` comes from frozen read-only data, so its check costs no path.
 #[inline(always)]
-fn read<T>(base: u64, off: u32) -> T {
+pub(crate) fn read<T>(base: u64, off: u32) -> T {
     let mut v = MaybeUninit::<T>::zeroed();
     if off != NO_OFFSET {
         // SAFETY: the helper writes at most size_of::<T>() bytes into `v`.
