@@ -55,6 +55,9 @@ pub enum Command {
     /// Show the ruleset as droptrace understands it: counters, and matches it cannot
     /// evaluate marked `?`.
     Rules(crate::explain::RulesArgs),
+    /// Before you block: list every outbound flow the host starts during a window
+    /// (destination, process, first/last seen) and whether the current ruleset drops it.
+    Inventory(crate::inventory::InventoryArgs),
 }
 
 #[derive(Debug, Args)]

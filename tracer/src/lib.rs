@@ -14,6 +14,7 @@ pub mod escape;
 pub mod explain;
 pub mod filter;
 pub mod flows;
+pub mod inventory;
 pub mod kallsyms;
 pub mod netns;
 pub mod output;

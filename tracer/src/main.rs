@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Command::Top(args) => droptrace::top::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Explain(args) => droptrace::explain::run_explain(args),
             Command::Rules(args) => droptrace::explain::run_rules(args),
+            Command::Inventory(args) => droptrace::inventory::run(args).await,
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut cmd, "droptrace", &mut std::io::stdout());
