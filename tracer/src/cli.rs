@@ -58,6 +58,9 @@ pub enum Command {
     /// Before you block: list every outbound flow the host starts during a window
     /// (destination, process, first/last seen) and whether the current ruleset drops it.
     Inventory(crate::inventory::InventoryArgs),
+    /// Before you block: which flows (an inventory, or live traffic) a proposed ruleset
+    /// would drop, by rule. Never applies it. Exit 0 if none, 1 if some, 2 on error.
+    Audit(crate::audit::AuditArgs),
 }
 
 #[derive(Debug, Args)]

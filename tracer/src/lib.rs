@@ -6,6 +6,7 @@
 //! fabricated input.
 
 pub mod attribution;
+pub mod audit;
 pub mod btf;
 pub mod capture;
 pub mod cli;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Command::Explain(args) => droptrace::explain::run_explain(args),
             Command::Rules(args) => droptrace::explain::run_rules(args),
             Command::Inventory(args) => droptrace::inventory::run(args).await,
+            Command::Audit(args) => droptrace::audit::run(args).await,
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut cmd, "droptrace", &mut std::io::stdout());
