@@ -35,7 +35,8 @@ pub struct VerifyArgs {
     /// (repeatable). Probes run from the namespace given by --netns.
     #[arg(long, value_name = "URL")]
     pub probe: Vec<Target>,
-    /// Read probe targets from a file, one per line (`#` comments allowed).
+    /// Read probe targets from a file, one per line (`#` comments allowed), or from an
+    /// inventory written by `droptrace inventory --write`.
     #[arg(long, value_name = "FILE")]
     pub probe_file: Option<PathBuf>,
     /// How long a TCP probe waits for its connection.
@@ -194,10 +195,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.probe_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        targets.extend(
-            probe::parse_probe_file(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
-        );
+        // An inventory (`droptrace inventory --write`) probes each TCP and UDP service.
+        let parsed = crate::inventory::probe_targets_from_file(&text)
+            .unwrap_or_else(|| probe::parse_probe_file(&text));
+        targets.extend(parsed.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?);
     }
     // The window must outlast the probes.
     let duration = if targets.is_empty() {
