@@ -231,6 +231,8 @@ pub fn evaluate(
 struct Pending {
     record: DropRecord,
     decided: Option<DecidedBy>,
+    /// What was evaluated, to evaluate again against a newer ruleset.
+    query: Option<(ruleset::Engine, ruleset::Hook, ruleset::Packet)>,
 }
 
 #[derive(Default)]
@@ -271,6 +273,7 @@ impl Attributor {
             self.prime(rec.netns);
         }
         let ns = self.namespaces.entry(rec.netns).or_default();
+        let mut query = None;
         let (attr, decided) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
             (None, ..) => (
                 Attribution::none("the namespace is gone or cannot be entered"),
@@ -289,7 +292,9 @@ impl Attributor {
                     stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
                     stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
                 };
-                let (mut a, d) = evaluate(&snap.ruleset, engine, hook, &packet_of(&rec));
+                let packet = packet_of(&rec);
+                let (mut a, d) = evaluate(&snap.ruleset, engine, hook, &packet);
+                query = Some((engine, hook, packet));
                 if a.attribution == Level::None && !snap.problems.is_empty() {
                     a.why = format!("{}; could not read: {}", a.why, snap.problems.join("; "));
                 }
@@ -300,6 +305,7 @@ impl Attributor {
         ns.pending.push(Pending {
             record: rec,
             decided,
+            query,
         });
     }
 
@@ -364,6 +370,14 @@ impl Attributor {
                         );
                     }
                 }
+                if let (Some(before), Some(after), Some(deltas)) = (&ns.current, &after, &deltas)
+                    && p.record
+                        .rule
+                        .as_ref()
+                        .is_none_or(|a| a.attribution != Level::Exact)
+                {
+                    reconsider(&mut p, &before.ruleset, &after.ruleset, deltas);
+                }
                 out.push(p.record);
             }
             if after.is_some() {
@@ -372,6 +386,56 @@ impl Attributor {
         }
         out
     }
+}
+
+/// When the counters do not confirm an attribution made against the older ruleset, the
+/// ruleset may have changed since (a rule inserted before, a chain flushed): evaluate the
+/// packet against the newer one, and take that answer when its rule's counter grew by at
+/// least this record's packets. A rule added since the older read counts from zero.
+fn reconsider(
+    p: &mut Pending,
+    before: &ruleset::Ruleset,
+    after: &ruleset::Ruleset,
+    deltas: &[(DecidedBy, u64)],
+) {
+    let Some((engine, hook, packet)) = &p.query else {
+        return;
+    };
+    let (mut attr, Some(decided)) = evaluate(after, *engine, *hook, packet) else {
+        return;
+    };
+    if p.decided.as_ref().is_some_and(|d| d.is_same(&decided)) {
+        return;
+    }
+    let grew = match deltas.iter().find(|(c, _)| c.is_same(&decided)) {
+        Some((_, n)) => *n,
+        None => match &decided {
+            DecidedBy::Rule(r) if !existed(before, r) => r.counters.map_or(0, |c| c.packets),
+            _ => 0,
+        },
+    };
+    if grew >= p.record.count {
+        attr.attribution = Level::Exact;
+        attr.why = format!(
+            "the ruleset changed during the capture; evaluated against the new one, whose rule's counter grew by {grew}"
+        );
+        p.record.rule = Some(attr);
+        p.decided = Some(decided);
+    }
+}
+
+/// Whether the rule `r` (from a newer read) was already in `before`.
+fn existed(before: &ruleset::Ruleset, r: &ruleset::RuleRef) -> bool {
+    before
+        .tables
+        .iter()
+        .filter(|t| t.backend == r.backend && t.family == r.family && t.name == r.table)
+        .filter_map(|t| t.chain(&r.chain))
+        .flat_map(|c| c.rules.iter())
+        .any(|rule| match (rule.handle, r.handle) {
+            (Some(a), Some(b)) => a == b,
+            _ => rule.text == r.text,
+        })
 }
 
 #[cfg(test)]

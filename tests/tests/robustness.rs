@@ -1,0 +1,242 @@
+//! Faults and hostile input: droptrace must not hurt the host or lie to the engineer.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::fs::symlink,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use droptrace_tests::{Netns, Topology, Watcher, drops, droptrace_bin, packets, summary};
+use serde_json::Value;
+
+/// Ids of BPF programs and links that some process holds a file descriptor to, from
+/// /proc/*/fdinfo (bpftool's own pid column misses some holders).
+fn held_ids() -> (Vec<u64>, Vec<u64>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            for line in info.lines() {
+                let mut kv = line.split_whitespace();
+                match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
+                    (Some("prog_id:"), Some(id)) => progs.push(id),
+                    (Some("link_id:"), Some(id)) => links.push(id),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (progs, links)
+}
+
+fn bpftool_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("bpftool");
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
+/// droptrace's programs (`kfree_skb`, `kfree_skb_tp`) that no process holds, directly or
+/// through a link: these would have outlived their droptrace.
+fn orphaned_programs() -> Vec<Value> {
+    let (held_progs, held_links) = held_ids();
+    let linked: Vec<u64> = bpftool_json(&["link", "show"])
+        .iter()
+        .filter(|l| l["id"].as_u64().is_some_and(|id| held_links.contains(&id)))
+        .filter_map(|l| l["prog_id"].as_u64())
+        .collect();
+    bpftool_json(&["prog", "show"])
+        .into_iter()
+        .filter(|p| {
+            let id = p["id"].as_u64().unwrap_or_default();
+            p["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("kfree_skb")
+                && !held_progs.contains(&id)
+                && !linked.contains(&id)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_at_any_moment_leaves_no_program_behind() {
+    // From "still loading" to "capturing".
+    for delay_ms in [0, 5, 20, 60, 150, 400, 1000] {
+        let mut child = Command::new(droptrace_bin())
+            .args(["watch", "--json", "--dport", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // Program teardown happens when the last fd closes, right after the exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !orphaned_programs().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(orphaned_programs(), Vec::<Value>::new());
+    assert!(
+        std::fs::read_dir("/sys/fs/bpf").map_or(true, |d| d.count() == 0),
+        "nothing pinned"
+    );
+}
+
+#[test]
+fn a_process_named_with_escape_sequences_cannot_touch_the_terminal() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    // The kernel names a process after the file it executed: a symlink to bash whose name
+    // clears the screen and sets the window title.
+    let dir = std::env::temp_dir().join(format!("dt-evil-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let evil = dir.join("\x1b[2J\x1b]0;x\x07ev");
+    symlink("/bin/bash", &evil).unwrap();
+    let send = || {
+        Command::new("ip")
+            .args(["netns", "exec", &t.client.name])
+            .arg(&evil)
+            .args(["-c", "echo x > /dev/udp/203.0.113.10/5044"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+    };
+
+    // Text output: escaped.
+    let mut child = Command::new(droptrace_bin())
+        .args(["watch", "--netns", &t.client.name, "--duration", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut start = String::new();
+    stderr.read_line(&mut start).unwrap();
+    assert!(start.starts_with("droptrace: watching"), "{start}");
+    send();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\\x1b[2J\\x1b]0;x\\x07ev["), "{text}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "raw control characters reached stdout"
+    );
+
+    // JSON output: the real name, validly encoded.
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    send();
+    let lines = w.stop().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(drops(&lines)[0]["comm"], "\x1b[2J\x1b]0;x\x07ev");
+}
+
+#[test]
+fn two_instances_at_once_each_see_everything() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "9090", "-j", "DROP",
+        ])
+        .unwrap();
+    let a = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    let b = Watcher::start(&["watch", "--netns", &t.client.name, "--no-rules"]).unwrap();
+    t.client.udp_send(t.gateway_addr(9090), 50).unwrap();
+    let (la, lb) = (a.stop().unwrap(), b.stop().unwrap());
+    assert_eq!(summary(&la)["total"], 50);
+    assert_eq!(summary(&lb)["total"], 50);
+    assert_eq!(packets(&drops(&la)), 50);
+}
+
+#[test]
+fn a_ruleset_change_mid_capture_is_followed_or_stated() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    t.client.udp_send(t.gateway_addr(5044), 5).unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    // A new rule now drops the same traffic, before the old one.
+    t.client
+        .exec(&[
+            "iptables",
+            "-I",
+            "OUTPUT",
+            "1",
+            "-p",
+            "udp",
+            "--dport",
+            "5044",
+            "-m",
+            "comment",
+            "--comment",
+            "new",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    // A fresh flow (new source port), after droptrace has re-read the ruleset.
+    t.client.udp_send(t.gateway_addr(5044), 3).unwrap();
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), 8);
+    let first = d[0];
+    assert_eq!(first["rule_num"], 1);
+    assert_eq!(first["attribution"], "exact", "{first}");
+    let last = d.last().unwrap();
+    assert!(last["rule"].as_str().unwrap().contains("new"), "{last}");
+    assert_eq!(last["attribution"], "exact", "{last}");
+    assert!(
+        d.iter()
+            .all(|v| v["attribution"] != "exact" || v["why"].as_str().is_some())
+    );
+}
+
+#[test]
+fn a_namespace_that_vanishes_mid_capture_degrades_with_a_reason() {
+    // Watch every namespace, scoped to a port no other test uses.
+    let w = Watcher::start(&["watch", "--netns", "all", "--dport", "6553"]).unwrap();
+    {
+        let ns = Netns::new("gone").unwrap();
+        ns.exec(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"])
+            .unwrap();
+        ns.exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "6553", "-j", "DROP",
+        ])
+        .unwrap();
+        ns.udp_send("192.0.2.1:6553".parse().unwrap(), 4).unwrap();
+    } // deleted here, before droptrace reads its ruleset again
+    thread::sleep(Duration::from_millis(1500));
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), 4, "capture goes on and counts stay exact");
+    for v in &d {
+        assert!(
+            v["attribution"].is_string() && v["why"].as_str().is_some_and(|w| !w.is_empty()),
+            "{v}"
+        );
+        assert_ne!(
+            v["attribution"], "exact",
+            "a rule that cannot be re-read cannot be confirmed: {v}"
+        );
+    }
+}
