@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// The compiled eBPF object, built by build.rs (aya-build) from tracer-ebpf.
-pub(crate) static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
+pub(crate) static PROGRAM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
 
 /// Name of the tracepoint, of the program inside the object, and of its maps.
 const TRACEPOINT: &str = "kfree_skb";
