@@ -112,7 +112,7 @@ impl<W: Write> TextSink<W> {
 }
 
 /// Colour for a terminal, unless NO_COLOR is set (https://no-color.org).
-pub fn use_color(stream: &impl std::io::IsTerminal) -> bool {
+pub fn use_color(stream: &impl io::IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
