@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use crate::model::{Backend, ChainRef, DecidedBy, RuleRef, Ruleset, TableFamily};
 
 /// How a rule is recognised in another snapshot: nftables rules by handle
-/// (stable for the rule's life); iptables rules by position and text
-/// (positions shift when rules are inserted, and the text tells).
+/// (stable for the rule's life); iptables rules, which have no handle, by
+/// their text and which occurrence of that text in the chain they are. Not by
+/// position: inserting or deleting a rule above (`iptables -I OUTPUT 3 ...`,
+/// the usual fix) renumbers every rule below it, and the rule that dropped
+/// must still be recognised, with its counter's growth, after that.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     ByHandle {
@@ -22,18 +25,19 @@ enum Key {
         chain: String,
         handle: u64,
     },
-    ByPosition {
+    ByText {
         backend: Backend,
         family: TableFamily,
         table: String,
         chain: String,
-        position: u32,
         text: String,
+        /// 0 for the first rule with this text in the chain, 1 for the next...
+        occurrence: u32,
     },
     Policy(ChainRef),
 }
 
-fn rule_key(rule: &RuleRef) -> Key {
+fn rule_key(rule: &RuleRef, occurrence: u32) -> Key {
     match rule.handle {
         Some(handle) => Key::ByHandle {
             backend: rule.backend,
@@ -42,13 +46,13 @@ fn rule_key(rule: &RuleRef) -> Key {
             chain: rule.chain.clone(),
             handle,
         },
-        None => Key::ByPosition {
+        None => Key::ByText {
             backend: rule.backend,
             family: rule.family,
             table: rule.table.clone(),
             chain: rule.chain.clone(),
-            position: rule.position,
             text: rule.text.clone(),
+            occurrence,
         },
     }
 }
@@ -66,11 +70,15 @@ fn packet_counts(ruleset: &Ruleset) -> Vec<(Key, DecidedBy, u64)> {
                     counters.packets,
                 ));
             }
+            let mut seen: HashMap<&str, u32> = HashMap::new();
             for rule in &chain.rules {
+                let occurrence = seen.entry(rule.text.as_str()).or_default();
+                let key_occurrence = *occurrence;
+                *occurrence += 1;
                 if let Some(counters) = rule.counters {
                     let rule_ref = RuleRef::of(table, chain, rule);
                     counts.push((
-                        rule_key(&rule_ref),
+                        rule_key(&rule_ref, key_occurrence),
                         DecidedBy::Rule(rule_ref),
                         counters.packets,
                     ));
@@ -98,4 +106,72 @@ pub fn counter_deltas(before: &Ruleset, after: &Ruleset) -> Vec<(DecidedBy, u64)
             (grown > 0).then_some((decided_by, grown))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Backend, Family};
+
+    fn filter(rules: &[&str]) -> Ruleset {
+        let save = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{}\nCOMMIT\n",
+            rules.join("\n")
+        );
+        Ruleset {
+            tables: crate::iptables_save::parse(&save, Backend::IptablesNft, Family::Ipv4).unwrap(),
+            ipsets: Default::default(),
+        }
+    }
+
+    fn position(by: &DecidedBy) -> u32 {
+        match by {
+            DecidedBy::Rule(rule) => rule.position,
+            other => panic!("not a rule: {other:?}"),
+        }
+    }
+
+    /// The incident's fix inserts a whitelist rule at 3 while packets are still being
+    /// dropped: the range rule, now number 5, must still show its growth.
+    #[test]
+    fn growth_is_seen_when_a_rule_is_inserted_above() {
+        let before = filter(&[
+            "[0:0] -A OUTPUT -o lo -j ACCEPT",
+            "[0:0] -A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "[0:0] -A OUTPUT -p tcp -m multiport --dports 80,443,22,3306 -j ACCEPT",
+            "[2:120] -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP",
+        ]);
+        let after = filter(&[
+            "[0:0] -A OUTPUT -o lo -j ACCEPT",
+            "[0:0] -A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "[0:0] -A OUTPUT -p tcp -m multiport --dports 8443,9090,5044,8080 -j ACCEPT",
+            "[0:0] -A OUTPUT -p tcp -m multiport --dports 80,443,22,3306 -j ACCEPT",
+            "[3:180] -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP",
+        ]);
+        let deltas = counter_deltas(&before, &after);
+        assert_eq!(deltas.len(), 1, "{deltas:#?}");
+        assert_eq!(position(&deltas[0].0), 5, "reported where the rule is now");
+        assert_eq!(deltas[0].1, 1);
+        // Deleting rules above works the same way.
+        let deltas = counter_deltas(&after, &before);
+        assert!(deltas.is_empty(), "counter went down: a reset, not growth");
+    }
+
+    /// Identical rules (a duplicate added by a script run twice) are told apart by
+    /// which occurrence they are, so one's counter is never taken for the other's.
+    #[test]
+    fn identical_rules_keep_their_own_counters() {
+        let before = filter(&[
+            "[0:0] -A OUTPUT -p udp -j DROP",
+            "[5:300] -A OUTPUT -p udp -j DROP",
+        ]);
+        let after = filter(&[
+            "[0:0] -A OUTPUT -o lo -j ACCEPT",
+            "[1:60] -A OUTPUT -p udp -j DROP",
+            "[5:300] -A OUTPUT -p udp -j DROP",
+        ]);
+        let deltas = counter_deltas(&before, &after);
+        assert_eq!(deltas.len(), 1, "{deltas:#?}");
+        assert_eq!((position(&deltas[0].0), deltas[0].1), (2, 1));
+    }
 }
