@@ -633,7 +633,7 @@ pub fn write_text(out: &mut impl io::Write, r: &AuditReport) -> io::Result<()> {
             writeln!(
                 out,
                 "  {:<6} {:<28} {}",
-                s.proto,
+                terminal(&s.proto),
                 s.destination,
                 s.processes.join(", ")
             )?;
@@ -643,7 +643,7 @@ pub fn write_text(out: &mut impl io::Write, r: &AuditReport) -> io::Result<()> {
         writeln!(
             out,
             "UNSURE {:<6} {:<28} {}: {}",
-            u.proto,
+            terminal(&u.proto),
             u.destination,
             u.processes.join(", "),
             terminal(&u.why)
@@ -653,7 +653,7 @@ pub fn write_text(out: &mut impl io::Write, r: &AuditReport) -> io::Result<()> {
         let list: Vec<String> = r
             .would_pass
             .iter()
-            .map(|p| format!("{} {}", p.proto, p.destination))
+            .map(|p| format!("{} {}", terminal(&p.proto), p.destination))
             .collect();
         writeln!(out, "would pass: {}", list.join(", "))?;
     }
@@ -901,6 +901,25 @@ mod tests {
         assert!(e.contains("no table"), "{e}");
         assert!(load(&dir.join("missing"), RulesetFormat::Auto).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn text_from_an_inventory_file_is_escaped() {
+        let mut inv = incident();
+        inv.services.truncate(1);
+        inv.services[0].proto = "tcp\x1b[2J".into();
+        inv.services[0].flows[0].proto = "tcp\x1b[2J".into();
+        inv.services[0].flows[0].comm = "ja\u{202e}va".into();
+        let r = audit(&proposed(HARDENING), &inv, "r\x07", "i");
+        assert_eq!(r.unsure.len(), 1, "an unknown protocol cannot be judged");
+        let mut text = Vec::new();
+        write_text(&mut text, &r).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07') && !text.contains('\u{202e}'),
+            "{text}"
+        );
+        assert!(text.contains("tcp\\x1b[2J"), "{text}");
     }
 
     #[test]

@@ -215,6 +215,10 @@ impl Service {
 type ServiceKey = (String, IpAddr, Option<u16>, Option<u8>);
 
 pub async fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.write {
+        // Before the window, not after it: a typo must not cost the capture.
+        writable(path)?;
+    }
     let inv = collect(&args.filters, args.duration, !args.no_drops).await?;
     if let Some(path) = &args.write {
         write_file(path, &inv)?;
@@ -238,6 +242,20 @@ pub async fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
         other => other?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `path` can be written (the file, or the directory it would be created in).
+fn writable(path: &Path) -> anyhow::Result<()> {
+    let target = if path.exists() {
+        path.to_path_buf()
+    } else {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    };
+    nix::unistd::access(&target, nix::unistd::AccessFlags::W_OK)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes `inv` as pretty JSON.
@@ -792,7 +810,9 @@ pub async fn collect(
         result
     };
     let inventory_side = async {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // Counts are read exactly at the end; meanwhile this only picks up flows whose
+        // first sighting did not fit in the ring buffer, while their process still exists.
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {

@@ -116,9 +116,17 @@ impl InventoryCapture {
                 }
             }
         }
-        if blind_spots.iter().any(|b| b.contains("sock_send_length")) || datagrams.len() < 2 {
+        let has = |tp: &str| datagrams.iter().any(|d| d.ends_with(tp));
+        if !has("sock_send_length") || (!has("fib_table_lookup") && !has("fib6_table_lookup")) {
             blind_spots.push("UDP and ICMP echo flows are not inventoried on this kernel".into());
         } else {
+            for (tp, family) in [("fib_table_lookup", "IPv4"), ("fib6_table_lookup", "IPv6")] {
+                if !has(tp) {
+                    blind_spots.push(format!(
+                        "{family} UDP and ICMP echo flows are not inventoried on this kernel"
+                    ));
+                }
+            }
             sources.push(format!("{} (udp, icmp echo)", datagrams.join(" + ")));
         }
 
