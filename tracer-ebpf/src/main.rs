@@ -54,6 +54,10 @@ macro_rules! conf {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// Where a record is assembled before it is copied into [`EVENTS`] (see `handle`).
+#[map]
+static SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
+
 /// Packet and byte counts per flow: every drop is counted here, so totals stay exact
 /// whatever happens to the ring buffer.
 #[map]
@@ -270,12 +274,13 @@ fn handle<C: EbpfContext + StackIdContext>(
         .then(|| read::<u32>(sk, conf!(offsets.sk_uid)));
     let count = count_drop(&key, len, now, pid_tgid, uid)?;
 
-    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
-        bump(STAT_LOST);
-        return None;
-    };
-    let out: &mut MaybeUninit<DropEvent> = &mut entry;
-    let e = unsafe { &mut *out.as_mut_ptr() };
+    // The record is built in a per-CPU scratch slot and copied into the ring buffer at
+    // the end, rather than reserved first: verifiers before 6.x cannot prune paths that
+    // hold a reservation, so every branch below would multiply their work past their
+    // million-instruction limit (seen on Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
+    // SAFETY: index 0 of a one-entry per-CPU array; nothing else on this CPU uses it
+    // while this program runs (tracing programs do not nest on one CPU).
+    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
 
     e.count = count;
     e.ts_ns = now;
@@ -336,7 +341,9 @@ fn handle<C: EbpfContext + StackIdContext>(
     if capture && unsafe { bpf_probe_read_kernel_buf(l3 as *const u8, &mut e.headers) }.is_ok() {
         e.headers_len = HEADER_BYTES as u16;
     }
-    entry.submit(0);
+    if EVENTS.output(e, 0).is_err() {
+        bump(STAT_LOST);
+    }
     Some(())
 }
 
