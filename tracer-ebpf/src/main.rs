@@ -22,9 +22,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::generated,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
@@ -148,19 +146,33 @@ pub(crate) fn read_checked<T>(base: u64, off: u32) -> Option<T> {
 /// instructions. `off` comes from frozen read-only data, so its check costs no path.
 #[inline(always)]
 pub(crate) fn read<T>(base: u64, off: u32) -> T {
-    let mut v = MaybeUninit::<T>::zeroed();
-    if off != NO_OFFSET {
-        // SAFETY: the helper writes at most size_of::<T>() bytes into `v`.
-        unsafe {
-            generated::bpf_probe_read_kernel(
-                v.as_mut_ptr().cast(),
-                size_of::<T>() as u32,
-                (base + off as u64) as *const core::ffi::c_void,
-            )
-        };
-    }
-    // SAFETY: `v` is zeroed or filled by the kernel; every T used here is plain data.
+    let mut v = MaybeUninit::<T>::uninit();
+    copy_kernel(v.as_mut_ptr().cast(), size_of::<T>() as u32, base, off);
+    // SAFETY: copy_kernel filled `v` with the kernel's bytes or with zeros; every T used
+    // here is plain data.
     unsafe { v.assume_init() }
+}
+
+/// `bpf_probe_read_kernel` of `len` bytes at `base + off` into `dst`. The helper zero-fills
+/// `dst` when the read fails, so a missing field (`off == NO_OFFSET`) is read from address
+/// 0 on purpose: no branch, no compiler `memset` (an outlined call whose stack frame adds to
+/// ours, over the 512 bytes old verifiers allow for the whole call chain).
+#[inline(always)]
+fn copy_kernel(dst: *mut u8, len: u32, base: u64, off: u32) {
+    let src = if off == NO_OFFSET {
+        0
+    } else {
+        base + off as u64
+    };
+    // SAFETY: the helper writes exactly `len` bytes at `dst`, a live buffer of that size.
+    unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, src as *const core::ffi::c_void) };
+}
+
+/// The current task's command name, written in place (zeros if it cannot be read).
+#[inline(always)]
+fn current_comm(dst: &mut [u8; 16]) {
+    // SAFETY: the helper writes at most 16 bytes into the 16-byte array.
+    unsafe { generated::bpf_get_current_comm(dst.as_mut_ptr().cast(), 16) };
 }
 
 #[inline(always)]
@@ -328,14 +340,11 @@ fn handle<C: EbpfContext + StackIdContext>(
     e.flags = f;
     e._pad = 0;
     e._pad2 = 0;
-    e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    e.ifname = [0; 16];
-    e.out_ifname = [0; 16];
+    current_comm(&mut e.comm);
+    // Absent devices and fields read as zeros: an empty name.
     let name_off = conf!(offsets.dev_name);
-    if name_off != NO_OFFSET {
-        read_name(dev, name_off, &mut e.ifname);
-        read_name(out_dev, name_off, &mut e.out_ifname);
-    }
+    copy_kernel(e.ifname.as_mut_ptr(), 16, dev, name_off);
+    copy_kernel(e.out_ifname.as_mut_ptr(), 16, out_dev, name_off);
     e.headers_len = 0;
     let capture = conf!(capture_headers) != 0;
     if capture && unsafe { bpf_probe_read_kernel_buf(l3 as *const u8, &mut e.headers) }.is_ok() {
@@ -347,14 +356,6 @@ fn handle<C: EbpfContext + StackIdContext>(
     Some(())
 }
 
-/// Copies a device's `name` (IFNAMSIZ bytes, NUL-terminated).
-#[inline(always)]
-fn read_name(dev: u64, name_off: u32, out: &mut [u8; 16]) {
-    if dev != 0 {
-        let _ = unsafe { bpf_probe_read_kernel_buf((dev + name_off as u64) as *const u8, out) };
-    }
-}
-
 /// Counts the drop in its flow. Returns the flow's cumulative count when a record should
 /// be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None` otherwise.
 #[inline(always)]
@@ -362,16 +363,20 @@ fn count_drop(key: &FlowKey, len: u32, now: u64, pid_tgid: u64, uid: Option<u32>
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         return bump_flow(state, len, now);
     }
-    let state = FlowState {
-        count: 1,
-        bytes: len as u64,
-        first_ns: now,
-        last_emit_ns: now,
-        pid: (pid_tgid >> 32) as u32,
-        uid: uid.unwrap_or(u32::MAX),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    match FLOWS.insert(key, &state, BPF_NOEXIST as u64) {
+    let mut state = MaybeUninit::<FlowState>::uninit();
+    let st = state.as_mut_ptr();
+    // SAFETY: every field of the stack slot is written before the map copies it.
+    unsafe {
+        (*st).count = 1;
+        (*st).bytes = len as u64;
+        (*st).first_ns = now;
+        (*st).last_emit_ns = now;
+        (*st).pid = (pid_tgid >> 32) as u32;
+        (*st).uid = uid.unwrap_or(u32::MAX);
+        current_comm(&mut (*st).comm);
+    }
+    // SAFETY: initialised just above.
+    match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {
         Ok(()) => Some(1),
         // Another CPU created the flow in the meantime: count in its entry.
         Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, len, now),
