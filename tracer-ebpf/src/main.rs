@@ -282,8 +282,11 @@ fn handle<C: EbpfContext + StackIdContext>(
     let len: u32 = read(skb, conf!(offsets.skb_len));
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET)
-        .then(|| read::<u32>(sk, conf!(offsets.sk_uid)));
+    // Read unconditionally (zero when there is no socket), so the value is written on
+    // every path: LLVM may load it where it is not needed, and verifiers before 6.x refuse
+    // a read of a stack slot that one path left unwritten.
+    let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
+    let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
     let count = count_drop(&key, len, now, pid_tgid, uid)?;
 
     // The record is built in a per-CPU scratch slot and copied into the ring buffer at
