@@ -57,36 +57,62 @@ fn rule_key(rule: &RuleRef, occurrence: u32) -> Key {
     }
 }
 
-/// Packet counts of every rule and policy that has counters.
-fn packet_counts(ruleset: &Ruleset) -> Vec<(Key, DecidedBy, u64)> {
-    let mut counts = Vec::new();
+/// Every rule and policy of `ruleset` with its key and packet count (`None`
+/// for rules and policies without counters).
+fn keyed(ruleset: &Ruleset) -> Vec<(Key, DecidedBy, Option<u64>)> {
+    let mut all = Vec::new();
     for table in &ruleset.tables {
         for chain in &table.chains {
-            if let Some(counters) = chain.policy_counters {
+            if chain.base.is_some() || chain.policy_counters.is_some() {
                 let chain_ref = ChainRef::of(table, chain);
-                counts.push((
+                all.push((
                     Key::Policy(chain_ref.clone()),
                     DecidedBy::Policy(chain_ref),
-                    counters.packets,
+                    chain.policy_counters.map(|c| c.packets),
                 ));
             }
             let mut seen: HashMap<&str, u32> = HashMap::new();
             for rule in &chain.rules {
                 let occurrence = seen.entry(rule.text.as_str()).or_default();
-                let key_occurrence = *occurrence;
+                let rule_ref = RuleRef::of(table, chain, rule);
+                all.push((
+                    rule_key(&rule_ref, *occurrence),
+                    DecidedBy::Rule(rule_ref),
+                    rule.counters.map(|c| c.packets),
+                ));
                 *occurrence += 1;
-                if let Some(counters) = rule.counters {
-                    let rule_ref = RuleRef::of(table, chain, rule);
-                    counts.push((
-                        rule_key(&rule_ref, key_occurrence),
-                        DecidedBy::Rule(rule_ref),
-                        counters.packets,
-                    ));
-                }
             }
         }
     }
-    counts
+    all
+}
+
+/// Packet counts of every rule and policy that has counters.
+fn packet_counts(ruleset: &Ruleset) -> Vec<(Key, DecidedBy, u64)> {
+    keyed(ruleset)
+        .into_iter()
+        .filter_map(|(key, decided_by, packets)| Some((key, decided_by, packets?)))
+        .collect()
+}
+
+/// `by`, named in `before`, as it is in `after`: the same rule (by handle, or
+/// by text and occurrence as in [`counter_deltas`]) with `after`'s position
+/// and counters, or the same chain's policy. `None` when it is no longer
+/// there (deleted, edited, chain gone). Lets a drop evaluated against one
+/// snapshot be checked against the counters of the next even when rules were
+/// inserted or deleted above it in between.
+pub fn find_again(before: &Ruleset, by: &DecidedBy, after: &Ruleset) -> Option<DecidedBy> {
+    if matches!(by, DecidedBy::NoBaseChain) {
+        return Some(DecidedBy::NoBaseChain);
+    }
+    let key = keyed(before)
+        .into_iter()
+        .find(|(_, candidate, _)| candidate.is_same(by))?
+        .0;
+    keyed(after)
+        .into_iter()
+        .find(|(candidate, ..)| *candidate == key)
+        .map(|(_, decided_by, _)| decided_by)
 }
 
 /// Rules and policies whose packet counter grew from `before` to `after`,
@@ -155,6 +181,40 @@ mod tests {
         // Deleting rules above works the same way.
         let deltas = counter_deltas(&after, &before);
         assert!(deltas.is_empty(), "counter went down: a reset, not growth");
+    }
+
+    #[test]
+    fn a_rule_is_found_again_where_it_moved_and_not_when_it_is_gone() {
+        let before = filter(&[
+            "[0:0] -A OUTPUT -o lo -j ACCEPT",
+            "[2:120] -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP",
+        ]);
+        let after = filter(&[
+            "[0:0] -A OUTPUT -p tcp -m multiport --dports 8443,9090 -j ACCEPT",
+            "[0:0] -A OUTPUT -o lo -j ACCEPT",
+            "[3:180] -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP",
+        ]);
+        let by = |ruleset: &Ruleset, position: usize| {
+            let table = &ruleset.tables[0];
+            let chain = table.chain("OUTPUT").unwrap();
+            DecidedBy::Rule(RuleRef::of(table, chain, &chain.rules[position - 1]))
+        };
+        let again = find_again(&before, &by(&before, 2), &after).unwrap();
+        assert_eq!(position(&again), 3);
+        assert!(again.is_same(&by(&after, 3)));
+        // Its growth is found under its new place.
+        let deltas = counter_deltas(&before, &after);
+        assert!(deltas[0].0.is_same(&again));
+        // Edited or deleted: not the same rule any more.
+        let edited = filter(&["[0:0] -A OUTPUT -p tcp -m tcp --dport 2000:65535 -j DROP"]);
+        assert_eq!(find_again(&before, &by(&before, 2), &edited), None);
+        // Policies are found by chain.
+        let policy = DecidedBy::Policy(ChainRef::of(
+            &before.tables[0],
+            before.tables[0].chain("OUTPUT").unwrap(),
+        ));
+        assert_eq!(find_again(&before, &policy, &after), Some(policy.clone()));
+        assert_eq!(find_again(&before, &policy, &Ruleset::default()), None);
     }
 
     /// Identical rules (a duplicate added by a script run twice) are told apart by
