@@ -323,42 +323,64 @@ impl Attributor {
             .filter(|n| !n.pending.is_empty())
         {
             let after = ns.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
-            let deltas = match (&ns.current, &after) {
+            let deltas_since = |baseline: Option<&Snapshot>| match (baseline, &after) {
                 (Some(before), Some(after)) => Some(ruleset::counters::counter_deltas(
                     &before.ruleset,
                     &after.ruleset,
                 )),
                 _ => None,
             };
+            let deltas = deltas_since(ns.current.as_ref());
+            // Each decision as it is in the newer read: a rule inserted or deleted above
+            // the one that decided renumbers it, and its counter is found under the new
+            // number.
+            let now: Vec<Option<DecidedBy>> = ns
+                .pending
+                .iter()
+                .map(|p| match (&p.decided, &ns.current, &after) {
+                    (Some(d), Some(current), Some(after)) => {
+                        ruleset::counters::find_again(&current.ruleset, d, &after.ruleset)
+                    }
+                    _ => None,
+                })
+                .collect();
             // Drops attributed to each rule in this window.
             let mut claimed: Vec<(DecidedBy, u64)> = Vec::new();
-            for p in &ns.pending {
-                if let Some(d) = &p.decided {
+            for (p, d) in ns.pending.iter().zip(&now) {
+                if let Some(d) = d {
                     match claimed.iter_mut().find(|(c, _)| c.is_same(d)) {
                         Some((_, n)) => *n += p.record.count,
                         None => claimed.push((d.clone(), p.record.count)),
                     }
                 }
             }
-            for mut p in ns.pending.drain(..) {
+            for (mut p, now) in ns.pending.drain(..).zip(now) {
+                let claim = now
+                    .as_ref()
+                    .and_then(|n| claimed.iter().find(|(c, _)| c.is_same(n)));
+                let baseline = ns.current.as_ref();
                 if let (Some(d), Some(deltas), Some(a)) =
                     (&p.decided, &deltas, p.record.rule.as_mut())
                 {
-                    let grew = deltas
-                        .iter()
-                        .find(|(c, _)| c.is_same(d))
+                    let grew = now
+                        .as_ref()
+                        .and_then(|n| deltas.iter().find(|(c, _)| c.is_same(n)))
                         .map_or(0, |(_, n)| *n);
-                    let want = claimed
-                        .iter()
-                        .find(|(c, _)| c.is_same(d))
-                        .map_or(0, |(_, n)| *n);
+                    let want = claim.map_or(p.record.count, |(_, n)| *n);
                     let counted = match d {
                         DecidedBy::Rule(r) => r.counters.is_some(),
-                        _ => true,
+                        // nftables keeps no counter for a chain's policy.
+                        DecidedBy::Policy(c) => c.backend != ruleset::Backend::Nftables,
+                        DecidedBy::NoBaseChain => false,
                     };
                     if !counted {
-                        a.why = format!("{}; the rule has no counter to confirm it", a.why);
-                    } else if grew >= want {
+                        let what = if matches!(d, DecidedBy::Policy(_)) {
+                            "an nftables policy"
+                        } else {
+                            "the rule"
+                        };
+                        a.why = format!("{}; {what} has no counter to confirm it", a.why);
+                    } else if now.is_some() && grew >= want {
                         a.attribution = Level::Exact;
                         a.why = format!(
                             "its packet counter grew by {grew} for {want} drop(s) attributed to it"
@@ -369,14 +391,32 @@ impl Attributor {
                             a.why
                         );
                     }
+                    // Renumbered by a rule inserted or deleted above it: give the number
+                    // `iptables -L --line-numbers` shows now.
+                    if let (DecidedBy::Rule(then), Some(DecidedBy::Rule(moved))) = (d, &now)
+                        && then.position != moved.position
+                        && a.rule_num.is_some()
+                    {
+                        a.rule_num = Some(moved.position);
+                        a.why = format!(
+                            "{}; rule {} when last read, now rule {}",
+                            a.why, then.position, moved.position
+                        );
+                    }
                 }
-                if let (Some(before), Some(after), Some(deltas)) = (&ns.current, &after, &deltas)
+                if let (Some(before), Some(after), Some(deltas)) = (baseline, &after, &deltas)
                     && p.record
                         .rule
                         .as_ref()
                         .is_none_or(|a| a.attribution != Level::Exact)
                 {
-                    reconsider(&mut p, &before.ruleset, &after.ruleset, deltas);
+                    reconsider(
+                        &mut p,
+                        now.as_ref(),
+                        &before.ruleset,
+                        &after.ruleset,
+                        deltas,
+                    );
                 }
                 out.push(p.record);
             }
@@ -392,8 +432,10 @@ impl Attributor {
 /// ruleset may have changed since (a rule inserted before, a chain flushed): evaluate the
 /// packet against the newer one, and take that answer when its rule's counter grew by at
 /// least this record's packets. A rule added since the older read counts from zero.
+/// `now` is the first decision as found again in the newer ruleset.
 fn reconsider(
     p: &mut Pending,
+    now: Option<&DecidedBy>,
     before: &ruleset::Ruleset,
     after: &ruleset::Ruleset,
     deltas: &[(DecidedBy, u64)],
@@ -404,7 +446,7 @@ fn reconsider(
     let (mut attr, Some(decided)) = evaluate(after, *engine, *hook, packet) else {
         return;
     };
-    if p.decided.as_ref().is_some_and(|d| d.is_same(&decided)) {
+    if now.is_some_and(|d| d.is_same(&decided)) {
         return;
     }
     let grew = match deltas.iter().find(|(c, _)| c.is_same(&decided)) {
