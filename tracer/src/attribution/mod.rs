@@ -240,6 +240,9 @@ struct Namespace {
     /// How to enter it; `None` when it could not be found.
     path: Option<Option<PathBuf>>,
     current: Option<Snapshot>,
+    /// The read before `current`: the baseline for drops that may predate the end of
+    /// `current`'s read (see [`Attributor::flush`]).
+    previous: Option<Snapshot>,
     pending: Vec<Pending>,
 }
 
@@ -250,6 +253,13 @@ struct Namespace {
 /// again: when the named rule's packet counter grew by at least the drops attributed to
 /// it, the attribution is `exact`. The newer snapshot becomes the reference, so a ruleset
 /// change is picked up within one flush.
+///
+/// The caller drains the kernel's records before each flush, so a packet dropped while
+/// the reference was being read is already in its counters though its record arrives
+/// after. Such records, and lines that sum up several packets (some may be older), are
+/// checked against the growth since the read before the reference, which was done before
+/// that drain; a single drop stamped after the reference was read, against the growth
+/// since the reference.
 #[derive(Default)]
 pub struct Attributor {
     namespaces: HashMap<u32, Namespace>,
@@ -330,7 +340,16 @@ impl Attributor {
                 )),
                 _ => None,
             };
-            let deltas = deltas_since(ns.current.as_ref());
+            let recent = deltas_since(ns.current.as_ref());
+            let wide = match &ns.previous {
+                Some(previous) => deltas_since(Some(previous)),
+                None => recent.clone(),
+            };
+            // Whether a record's packets may be in the reference's counters already.
+            let current_done = ns.current.as_ref().map(|s| s.done_ns);
+            let early = |r: &DropRecord| {
+                r.count != 1 || current_done.is_none_or(|done| r.ts_ns <= done + 1_000_000)
+            };
             // Each decision as it is in the newer read: a rule inserted or deleted above
             // the one that decided renumbers it, and its counter is found under the new
             // number.
@@ -344,29 +363,44 @@ impl Attributor {
                     _ => None,
                 })
                 .collect();
-            // Drops attributed to each rule in this window.
-            let mut claimed: Vec<(DecidedBy, u64)> = Vec::new();
+            // Drops attributed to each rule in this window: all of them (all within the
+            // wide window), and those stamped after the reference was read.
+            let mut claimed: Vec<(DecidedBy, u64, u64)> = Vec::new();
             for (p, d) in ns.pending.iter().zip(&now) {
                 if let Some(d) = d {
-                    match claimed.iter_mut().find(|(c, _)| c.is_same(d)) {
-                        Some((_, n)) => *n += p.record.count,
-                        None => claimed.push((d.clone(), p.record.count)),
+                    let late = if early(&p.record) { 0 } else { p.record.count };
+                    match claimed.iter_mut().find(|(c, ..)| c.is_same(d)) {
+                        Some((_, all, l)) => {
+                            *all += p.record.count;
+                            *l += late;
+                        }
+                        None => claimed.push((d.clone(), p.record.count, late)),
                     }
                 }
             }
             for (mut p, now) in ns.pending.drain(..).zip(now) {
                 let claim = now
                     .as_ref()
-                    .and_then(|n| claimed.iter().find(|(c, _)| c.is_same(n)));
-                let baseline = ns.current.as_ref();
+                    .and_then(|n| claimed.iter().find(|(c, ..)| c.is_same(n)));
+                let is_early = early(&p.record);
+                let (deltas, baseline) = if is_early {
+                    (&wide, ns.previous.as_ref().or(ns.current.as_ref()))
+                } else {
+                    (&recent, ns.current.as_ref())
+                };
                 if let (Some(d), Some(deltas), Some(a)) =
-                    (&p.decided, &deltas, p.record.rule.as_mut())
+                    (&p.decided, deltas, p.record.rule.as_mut())
                 {
                     let grew = now
                         .as_ref()
                         .and_then(|n| deltas.iter().find(|(c, _)| c.is_same(n)))
                         .map_or(0, |(_, n)| *n);
-                    let want = claim.map_or(p.record.count, |(_, n)| *n);
+                    let want = claim.map_or(
+                        p.record.count,
+                        |(_, all, late)| {
+                            if is_early { *all } else { *late }
+                        },
+                    );
                     let counted = match d {
                         DecidedBy::Rule(r) => r.counters.is_some(),
                         // nftables keeps no counter for a chain's policy.
@@ -404,7 +438,7 @@ impl Attributor {
                         );
                     }
                 }
-                if let (Some(before), Some(after), Some(deltas)) = (baseline, &after, &deltas)
+                if let (Some(before), Some(after), Some(deltas)) = (baseline, &after, deltas)
                     && p.record
                         .rule
                         .as_ref()
@@ -421,7 +455,7 @@ impl Attributor {
                 out.push(p.record);
             }
             if after.is_some() {
-                ns.current = after;
+                ns.previous = std::mem::replace(&mut ns.current, after);
             }
         }
         out

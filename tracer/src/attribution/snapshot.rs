@@ -15,6 +15,9 @@ use super::reader::{Dump, Source, dump};
 pub struct Snapshot {
     pub ruleset: Ruleset,
     pub taken: Instant,
+    /// CLOCK_MONOTONIC (the kernel's drop timestamps' clock) when the read was done: a
+    /// drop stamped later is not in these counters.
+    pub done_ns: u64,
     /// Sources that could not be read or parsed, in words.
     pub problems: Vec<String>,
 }
@@ -97,7 +100,16 @@ impl Snapshot {
         Snapshot {
             ruleset: Ruleset { tables, ipsets },
             taken,
+            done_ns: monotonic_ns(),
             problems,
         }
     }
+}
+
+/// Now on CLOCK_MONOTONIC, as `bpf_ktime_get_ns` stamps drops.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
 }
