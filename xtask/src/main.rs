@@ -122,7 +122,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     run_checked(&mut cmd)?;
     // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
-    fuzz::run(FUZZ_SECONDS_PER_TARGET)
+    fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
+    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu.
+    vmtest::run(&build(true)?, &vmtest::Args::default())
 }
 
 /// Long enough to get past the seeds into mutations, short enough for CI.

@@ -133,7 +133,7 @@ const BACKENDS: &[&str] = &["nft", "legacy"];
 /// Longer first error lines (verifier logs) are printed in full below the table.
 const ERROR_WIDTH: usize = 90;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Only this kernel: 5.10, 6.1, 6.12 or sid (or a suite name, or the version of a cached
     /// kernel, e.g. 7.2 for sid's); repeatable.
