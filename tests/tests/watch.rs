@@ -323,3 +323,33 @@ fn counts_stay_exact_when_userspace_stalls_and_records_are_lost() {
     assert_eq!(s["total"], 30000);
     assert_eq!(packets(&drops(&lines)), 30000);
 }
+
+#[test]
+fn a_syn_retransmitted_from_softirq_is_attributed_to_its_sender() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    // The first SYN leaves from connect(); the retransmission ~1 s later from a timer.
+    assert!(
+        !t.client
+            .tcp_connect(t.gateway_addr(8443), Duration::from_millis(2500))
+            .unwrap()
+    );
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(d.iter().any(|v| v["context"] == "process"), "{d:?}");
+    assert!(
+        d.iter().any(|v| v["context"] == "softirq"),
+        "no retransmission seen: {d:?}"
+    );
+    for v in &d {
+        // Both are this test process, never the idle task or whoever ran the timer.
+        assert_eq!(v["pid"], std::process::id(), "{v}");
+        assert_ne!(v["comm"], "swapper/0");
+    }
+}
