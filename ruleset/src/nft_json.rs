@@ -847,10 +847,10 @@ fn render_statement(statement: &Value) -> String {
                 Some(op) => format!("{} {op} {right}", render_expr(left)),
             }
         }
-        "counter" => match (body.get("packets"), body.get("bytes"), body.as_str()) {
-            (Some(packets), Some(bytes), _) => format!("counter packets {packets} bytes {bytes}"),
-            (_, _, Some(name)) => format!("counter name {name:?}"),
-            _ => "counter".to_string(),
+        // The values change with every packet; the text names the rule, not a reading.
+        "counter" => match body.as_str() {
+            Some(name) => format!("counter name {name:?}"),
+            None => "counter".to_string(),
         },
         "jump" | "goto" => format!(
             "{kind} {}",

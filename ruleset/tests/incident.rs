@@ -162,7 +162,7 @@ fn the_same_table_seen_through_nft_json_is_less_certain() {
     assert_eq!(rule.position, 4);
     assert_eq!(
         rule.text,
-        "tcp dport 1024-65535 counter packets 1 bytes 60 drop"
+        "tcp dport 1024-65535 counter drop"
     );
     assert_eq!(undecided(&evaluation), ["OUTPUT#3", "OUTPUT#4"]);
     assert!(evaluation.undecided[1].1.contains("multiport"));
