@@ -112,3 +112,23 @@ fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
     }
     assert!(text.contains("8 drops in"), "{text}");
 }
+
+#[test]
+fn unnamed_namespaces_show_a_pid_inside_and_resolve_names_destinations() {
+    // A namespace with no name under /run/netns, held by one process.
+    let mut holder = Command::new("unshare")
+        .args(["-n", "bash", "-c", "ip link set lo up; iptables -A OUTPUT -p udp --dport 6554 -j DROP; sleep 3; echo x > /dev/udp/127.0.0.1/6554; sleep 2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", "all", "--dport", "6554", "--resolve"]).unwrap();
+    holder.wait().unwrap();
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0]["netns_name"].is_null());
+    assert!(d[0]["netns_pid"].as_u64().is_some(), "{}", d[0]);
+    // The name arrives from the background resolver; the drop line may come before it.
+    let name = d[0].get("dst_name");
+    assert!(name.is_none_or(|n| n == "localhost"), "{}", d[0]);
+}

@@ -90,6 +90,10 @@ pub struct CaptureArgs {
     /// Report packets freed for any drop reason, not only netfilter drops.
     #[arg(long)]
     pub all_reasons: bool,
+    /// Show reverse DNS names of destinations (looked up in the background; a line shows
+    /// the name once it is known).
+    #[arg(long)]
+    pub resolve: bool,
     /// Do not name rules (no ruleset reads; lines are printed without the ~1 s wait for
     /// counter confirmation).
     #[arg(long)]

@@ -24,6 +24,7 @@ pub mod privileges;
 pub mod probe;
 pub mod procinfo;
 pub mod record;
+pub mod resolve;
 pub mod stack;
 pub mod summary;
 pub mod top;

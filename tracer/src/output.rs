@@ -156,9 +156,10 @@ pub fn process_text(r: &DropRecord) -> String {
 }
 
 pub fn netns_text(r: &DropRecord) -> String {
-    match &r.netns_name {
-        Some(n) => terminal(n).into_owned(),
-        None => r.netns.to_string(),
+    match (&r.netns_name, r.netns_pid) {
+        (Some(n), _) => terminal(n).into_owned(),
+        (None, Some(pid)) => format!("{}(pid {pid})", r.netns),
+        (None, None) => r.netns.to_string(),
     }
 }
 
@@ -218,7 +219,10 @@ impl<W: Write> Sink for TextSink<W> {
             terminal(&r.ifname),
             r.proto,
             r.source(),
-            r.destination(),
+            match &r.dst_name {
+                Some(name) => format!("{} ({})", r.destination(), terminal(name)),
+                None => r.destination(),
+            },
             flags,
             r.hook.map_or("?", |h| h.as_str()),
             process_text(r),

@@ -27,6 +27,9 @@ pub struct DropRecord {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// For a namespace without a name: a process inside it (its /proc/PID/ns/net).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_pid: Option<u32>,
     /// The interface the hook is about: input for PREROUTING/INPUT, output otherwise.
     pub ifname: String,
     pub family: &'static str,
@@ -35,6 +38,9 @@ pub struct DropRecord {
     pub sport: Option<u16>,
     pub dst: IpAddr,
     pub dport: Option<u16>,
+    /// Reverse DNS name of `dst` (`--resolve`), once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
     pub tcp_flags: Option<String>,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
@@ -110,6 +116,9 @@ pub struct Enricher {
     netns: NetnsNames,
     owners: HashMap<u64, Owner>,
     procs: crate::procinfo::ProcCache,
+    /// Unnamed namespaces: a pid inside each (None when none was found).
+    netns_pids: HashMap<u32, Option<u32>>,
+    resolver: Option<crate::resolve::Resolver>,
     /// Wall clock minus monotonic clock, to date the kernel's monotonic timestamps.
     realtime_offset_ns: i128,
 }
@@ -125,8 +134,32 @@ impl Enricher {
             netns: NetnsNames::new(),
             owners: HashMap::new(),
             procs: crate::procinfo::ProcCache::default(),
+            netns_pids: HashMap::new(),
+            resolver: None,
             realtime_offset_ns: realtime_offset_ns(),
         }
+    }
+
+    /// Resolve destination names in the background (`--resolve`).
+    pub fn resolve_names(&mut self) {
+        self.resolver = Some(crate::resolve::Resolver::start());
+    }
+
+    /// A process inside an unnamed namespace, found once by scanning /proc.
+    fn netns_pid(&mut self, inode: u32) -> Option<u32> {
+        if self.netns.name(inode).is_some() {
+            return None;
+        }
+        *self.netns_pids.entry(inode).or_insert_with(|| {
+            crate::netns::path_of(inode).flatten().and_then(|p| {
+                p.to_str()?
+                    .strip_prefix("/proc/")?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
     }
 
     pub fn netns_name(&mut self, inode: u32) -> Option<String> {
@@ -170,6 +203,8 @@ impl Enricher {
             ts_ns: drop.ts_ns,
             netns: drop.netns,
             netns_name: self.netns.name(drop.netns),
+            netns_pid: self.netns_pid(drop.netns),
+            dst_name: self.resolver.as_mut().and_then(|r| r.name(drop.dst)),
             ifname,
             family: if drop.src.is_ipv6() { "ipv6" } else { "ipv4" },
             proto: proto_name(drop.proto),
@@ -262,6 +297,7 @@ pub(crate) mod tests {
             ts_ns: 1,
             netns: 4026532300,
             netns_name: Some("client".into()),
+            netns_pid: None,
             ifname: "veth-c".into(),
             family: "ipv4",
             proto: "tcp".into(),
@@ -269,6 +305,7 @@ pub(crate) mod tests {
             sport: Some(40000),
             dst: "203.0.113.10".parse().unwrap(),
             dport: Some(8443),
+            dst_name: None,
             tcp_flags: Some("S".into()),
             icmp_type: None,
             icmp_code: None,

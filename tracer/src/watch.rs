@@ -171,6 +171,9 @@ impl Session {
         });
         let mode = cap.mode.clone();
         let mut enricher = Enricher::new(kernel, kallsyms);
+        if capture.resolve {
+            enricher.resolve_names();
+        }
         let netns_label = match (filters.netns_selector(), opts.filters.netns) {
             (NetnsSelector::All, _) => "all".to_string(),
             (_, Some(ino)) => match enricher.netns_name(ino) {
