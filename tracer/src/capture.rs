@@ -369,7 +369,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A program error with the verifier's last lines, which say why it refused.
-fn program_error(e: &ProgramError) -> String {
+pub(crate) fn program_error(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,

@@ -26,10 +26,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "bpf-linker links against LLVM 22"),
     ("libzstd-dev", "LLVM 22's link dependencies"),
     ("zlib1g-dev", "LLVM 22's link dependencies"),
-    ("iptables", "iptables-nft and iptables-legacy rulesets (tests, demo, attribution)"),
+    (
+        "iptables",
+        "iptables-nft and iptables-legacy rulesets (tests, demo, attribution)",
+    ),
     ("nftables", "native nftables rulesets (tests, attribution)"),
-    ("iproute2", "network namespaces and veth pairs (tests, demo)"),
-    ("bpftool", "tests check that no BPF program outlives droptrace"),
+    (
+        "iproute2",
+        "network namespaces and veth pairs (tests, demo)",
+    ),
+    (
+        "bpftool",
+        "tests check that no BPF program outlives droptrace",
+    ),
     ("tshark", "tests read droptrace's pcapng files back"),
 ];
 
@@ -45,7 +54,7 @@ fn say(msg: &str) {
     eprintln!("xtask setup: {msg}");
 }
 
-fn installed(pkg: &str) -> bool {
+pub fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .stderr(Stdio::null())
@@ -54,7 +63,11 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(p, _)| !installed(p)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         say("Debian packages present");
         return Ok(());
@@ -63,23 +76,35 @@ fn packages() -> anyhow::Result<()> {
         say(&format!("installing {p}: {why}"));
     }
     run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-    run_checked(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn toolchain() -> anyhow::Result<()> {
     let has_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"));
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        });
     if has_src {
         say(&format!("toolchain {EBPF_TOOLCHAIN} with rust-src present"));
         return Ok(());
     }
-    say(&format!("installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"));
+    say(&format!(
+        "installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"
+    ));
     run_checked(Command::new("rustup").args([
         "toolchain",
         "install",

@@ -225,18 +225,10 @@ fn select(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<&'static Kernel
         .collect()
 }
 
-fn installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
 fn packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(p, _)| !installed(p))
+        .filter(|(p, _)| !crate::setup::installed(p))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {

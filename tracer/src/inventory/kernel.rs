@@ -191,21 +191,10 @@ impl InventoryCapture {
 }
 
 fn program_error(program: &str, e: &ProgramError) -> anyhow::Error {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow::anyhow!(
-                "the kernel refused {program}: {io_error}; verifier: {}",
-                tail.join(" | ")
-            )
-        }
-        other => anyhow::anyhow!("the kernel refused {program}: {other}"),
-    }
+    anyhow::anyhow!(
+        "the kernel refused {program}: {}",
+        crate::capture::program_error(e)
+    )
 }
 
 /// Every offset the inventory programs need, from the kernel's BTF.
