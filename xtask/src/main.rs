@@ -7,6 +7,7 @@
 //! `rustup run <pinned nightly> cargo ...`. A root rust-toolchain.toml cannot do this:
 //! with RUSTUP_AUTO_INSTALL=0 it would make every cargo command fail before xtask runs.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod setup;
@@ -50,6 +51,12 @@ enum Task {
     Demo,
     /// Run droptrace on other kernels (5.10, 6.1, 6.12, sid) under qemu and print a table.
     VmTest(vmtest::Args),
+    /// Measure droptrace's cost under a drop flood, next to bpftrace (prints figures; not a test).
+    Bench {
+        /// 2 runs per round instead of 5.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
         Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&build(true)?, &args)),
+        Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
