@@ -303,6 +303,8 @@ impl Session {
                 }
                 if flush && a.has_pending() {
                     out.extend(a.flush());
+                } else if flush {
+                    a.refresh_idle();
                 }
             }
         }

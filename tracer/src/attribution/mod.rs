@@ -244,7 +244,15 @@ struct Namespace {
     /// `current`'s read (see [`Attributor::flush`]).
     previous: Option<Snapshot>,
     pending: Vec<Pending>,
+    /// When this namespace last had drops to attribute.
+    last_drop: Option<std::time::Instant>,
 }
+
+/// How long after its last drop a namespace's ruleset keeps being re-read every second.
+const IDLE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A read younger than this is fresh enough.
+const IDLE_READ_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Attributes drops namespace by namespace, confirming with counters.
 ///
@@ -312,6 +320,7 @@ impl Attributor {
             }
         };
         rec.rule = Some(attr);
+        ns.last_drop = Some(std::time::Instant::now());
         ns.pending.push(Pending {
             record: rec,
             decided,
@@ -321,6 +330,23 @@ impl Attributor {
 
     pub fn has_pending(&self) -> bool {
         self.namespaces.values().any(|n| !n.pending.is_empty())
+    }
+
+    /// Re-reads the ruleset of namespaces that dropped recently but have nothing pending,
+    /// so the references stay one second old: a rule inserted meanwhile is known before the
+    /// next drop, and the counter window of that drop holds no earlier, already attributed
+    /// packets.
+    pub fn refresh_idle(&mut self) {
+        for ns in self.namespaces.values_mut() {
+            let recent = ns.last_drop.is_some_and(|t| t.elapsed() < IDLE_REFRESH);
+            if ns.pending.is_empty()
+                && recent
+                && let Some(path) = &ns.path
+            {
+                let now = Snapshot::read(path.as_deref());
+                ns.previous = std::mem::replace(&mut ns.current, Some(now));
+            }
+        }
     }
 
     /// Re-reads the rulesets of namespaces with pending records, confirms attributions with
