@@ -75,8 +75,14 @@ pub struct Offsets {
     pub sk_net: u32,
     pub sk_uid: u32,
     pub net_ns_inum: u32,
-    pub _pad: u32,
+    /// `sizeof(struct sk_buff)`: the program copies the whole struct once per drop and reads
+    /// its fields from the copy (one helper call instead of eight). 0 when unknown or larger
+    /// than [`SKB_COPY_BYTES`]: fields are then read one by one.
+    pub skb_size: u32,
 }
+
+/// Largest `sk_buff` the program copies whole (224 bytes on 6.18).
+pub const SKB_COPY_BYTES: usize = 256;
 
 /// An address prefix the program matches in the kernel (`--src`, `--dst`).
 ///
@@ -191,7 +197,7 @@ impl Config {
             sk_net: NO_OFFSET,
             sk_uid: NO_OFFSET,
             net_ns_inum: NO_OFFSET,
-            _pad: 0,
+            skb_size: 0,
         },
         drop_reason: ANY_REASON,
         netns: 0,

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
-    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, STAT_COUNT,
+    HEADER_BYTES, MAX_FLOWS, SKB_COPY_BYTES, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, STAT_COUNT,
     STAT_LOST, STAT_MATCHED, flags,
 };
 
@@ -51,6 +51,10 @@ macro_rules! conf {
 /// Drop records for userspace. 4 MiB holds ~14k records: seconds of a flood.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// A copy of the dropped `sk_buff`, read in one helper call (see [`SkbFields`]).
+#[map]
+static SKB_COPY: PerCpuArray<[u8; SKB_COPY_BYTES]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a record is assembled before it is copied into [`EVENTS`] (see `handle`).
 #[map]
@@ -168,6 +172,40 @@ fn copy_kernel(dst: *mut u8, len: u32, base: u64, off: u32) {
     unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, src as *const core::ffi::c_void) };
 }
 
+/// The dropped `sk_buff`'s fields, from one copy of the whole struct when its size is known
+/// (a single helper call: each `bpf_probe_read_kernel` costs ~10 ns, paid per dropped
+/// packet), else read one by one.
+struct SkbFields {
+    skb: u64,
+    copy: *const u8,
+    size: u32,
+}
+
+impl SkbFields {
+    #[inline(always)]
+    fn copy(skb: u64) -> Option<Self> {
+        let size = conf!(offsets.skb_size);
+        let buf = SKB_COPY.get_ptr_mut(0)?;
+        if size != 0 {
+            copy_kernel(buf.cast(), size.min(SKB_COPY_BYTES as u32), skb, 0);
+        }
+        Some(SkbFields { skb, copy: buf as *const u8, size })
+    }
+
+    #[inline(always)]
+    fn get<T>(&self, off: u32) -> T {
+        if self.size == 0 {
+            return read(self.skb, off);
+        }
+        if off == NO_OFFSET || off as usize + size_of::<T>() > self.size as usize {
+            // SAFETY: only integers are read through here; zero is a valid value.
+            return unsafe { core::mem::zeroed() };
+        }
+        // SAFETY: `off + size_of::<T>()` lies within the copied bytes (checked above).
+        unsafe { core::ptr::read_unaligned(self.copy.add(off as usize).cast::<T>()) }
+    }
+}
+
 /// The current task's command name, written in place (zeros if it cannot be read).
 #[inline(always)]
 fn current_comm(dst: &mut [u8; 16]) {
@@ -206,10 +244,11 @@ fn handle<C: EbpfContext + StackIdContext>(
         reason
     };
 
-    let sk: u64 = read(skb, conf!(offsets.skb_sk));
-    let dev: u64 = read(skb, conf!(offsets.skb_dev));
+    let fields = SkbFields::copy(skb)?;
+    let sk: u64 = fields.get::<u64>(conf!(offsets.skb_sk));
+    let dev: u64 = fields.get::<u64>(conf!(offsets.skb_dev));
     // `_skb_refdst` keeps a "no reference" flag in bit 0 (SKB_DST_NOREF).
-    let dst: u64 = read::<u64>(skb, conf!(offsets.skb_refdst)) & !1;
+    let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
     let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     // The namespace: the socket's if any, else the device's, else the route's device's.
@@ -228,8 +267,8 @@ fn handle<C: EbpfContext + StackIdContext>(
         return None;
     }
 
-    let head: u64 = read(skb, conf!(offsets.skb_head));
-    let nh: u16 = read(skb, conf!(offsets.skb_network_header));
+    let head: u64 = fields.get::<u64>(conf!(offsets.skb_head));
+    let nh: u16 = fields.get::<u16>(conf!(offsets.skb_network_header));
     if nh == HEADER_UNSET {
         return None;
     }
@@ -254,7 +293,7 @@ fn handle<C: EbpfContext + StackIdContext>(
         return None;
     }
 
-    let nfct: u64 = read(skb, conf!(offsets.skb_nfct));
+    let nfct: u64 = fields.get::<u64>(conf!(offsets.skb_nfct));
     let ct_info = if nfct & !NFCT_INFOMASK != 0 {
         (nfct & NFCT_INFOMASK) as u8
     } else {
@@ -279,7 +318,7 @@ fn handle<C: EbpfContext + StackIdContext>(
         ct_info,
     };
     bump(STAT_MATCHED);
-    let len: u32 = read(skb, conf!(offsets.skb_len));
+    let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     // Read unconditionally (zero when there is no socket), so the value is written on
@@ -307,7 +346,7 @@ fn handle<C: EbpfContext + StackIdContext>(
     e.pid = (pid_tgid >> 32) as u32;
     e.tid = pid_tgid as u32;
     e.reason = reason;
-    e.mark = read(skb, conf!(offsets.skb_mark));
+    e.mark = fields.get::<u32>(conf!(offsets.skb_mark));
     e.len = len;
     e.stack_id = match ctx.get_stackid(&STACKS, 0) {
         Ok(id) => id as i32,

@@ -113,7 +113,9 @@ impl KernelBtf {
             sk_net: may("sock", &["__sk_common", "skc_net", "net"]),
             sk_uid: may("sock", &["sk_uid"]),
             net_ns_inum: may("net", &["ns", "inum"]),
-            _pad: 0,
+            skb_size: struct_size(btf, "sk_buff")
+                .filter(|n| *n <= tracer_common::SKB_COPY_BYTES)
+                .map_or(0, |n| n as u32),
         };
         let record = |field: &str| member_offset(btf, "trace_event_raw_kfree_skb", &[field]);
         let tracepoint_record = match (record("skbaddr"), record("location")) {
@@ -150,6 +152,14 @@ impl KernelBtf {
             .cloned()
             .unwrap_or_else(|| format!("reason#{value}"))
     }
+}
+
+/// Size in bytes of struct `name`.
+fn struct_size(btf: &Btf, name: &str) -> Option<usize> {
+    btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s.size()),
+        _ => None,
+    })
 }
 
 /// Offset in bytes of `path` inside struct `name`, looking through anonymous struct and
@@ -256,6 +266,7 @@ mod tests {
         assert_ne!(k.offsets.skb_dev, NO_OFFSET);
         assert_ne!(k.offsets.net_ns_inum, NO_OFFSET);
         assert_ne!(k.offsets.sk_net, NO_OFFSET);
+        assert!(k.offsets.skb_size > 0, "sk_buff fits the copy buffer");
         assert!(k.reason_value("NETFILTER_DROP").is_some());
         assert_eq!(
             k.reason_name(k.reason_value("NO_SOCKET").unwrap()),
