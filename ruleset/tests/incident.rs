@@ -160,10 +160,7 @@ fn the_same_table_seen_through_nft_json_is_less_certain() {
     let rule = rule(&evaluation);
     assert_eq!(rule.handle, Some(5));
     assert_eq!(rule.position, 4);
-    assert_eq!(
-        rule.text,
-        "tcp dport 1024-65535 counter drop"
-    );
+    assert_eq!(rule.text, "tcp dport 1024-65535 counter drop");
     assert_eq!(undecided(&evaluation), ["OUTPUT#3", "OUTPUT#4"]);
     assert!(evaluation.undecided[1].1.contains("multiport"));
 }

@@ -29,8 +29,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
-    HEADER_BYTES, MAX_FLOWS, SKB_COPY_BYTES, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, STAT_COUNT,
-    STAT_LOST, STAT_MATCHED, flags,
+    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES,
+    STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
 };
 
 /// `droptrace inventory`'s programs: outbound flows as they start (not drops).
@@ -189,7 +189,11 @@ impl SkbFields {
         if size != 0 {
             copy_kernel(buf.cast(), size.min(SKB_COPY_BYTES as u32), skb, 0);
         }
-        Some(SkbFields { skb, copy: buf as *const u8, size })
+        Some(SkbFields {
+            skb,
+            copy: buf as *const u8,
+            size,
+        })
     }
 
     #[inline(always)]

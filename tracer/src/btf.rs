@@ -156,10 +156,13 @@ impl KernelBtf {
 
 /// Size in bytes of struct `name`.
 fn struct_size(btf: &Btf, name: &str) -> Option<usize> {
-    btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
-        Type::Struct(s) if !s.members.is_empty() => Some(s.size()),
-        _ => None,
-    })
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s.size()),
+            _ => None,
+        })
 }
 
 /// Offset in bytes of `path` inside struct `name`, looking through anonymous struct and

@@ -46,9 +46,38 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// The hardening script's rules (iptables-nft), as in the incident report.
 const HARDENING: &[&[&str]] = &[
     &["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
-    &["-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-    &["-A", "OUTPUT", "-p", "tcp", "-m", "multiport", "--dports", "80,443,22,3306", "-j", "ACCEPT"],
-    &["-A", "OUTPUT", "-p", "tcp", "--dport", "1024:65535", "-j", "DROP"],
+    &[
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ],
+    &[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "80,443,22,3306",
+        "-j",
+        "ACCEPT",
+    ],
+    &[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "1024:65535",
+        "-j",
+        "DROP",
+    ],
 ];
 
 struct Namespaces;
@@ -56,7 +85,10 @@ struct Namespaces;
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in [APP, EXT] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = fs::remove_dir_all(bin_dir());
         eprintln!("demo: cleaned up (namespaces {APP}, {EXT} and their rules removed)");
@@ -83,12 +115,23 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
     eprintln!("demo: building namespaces {APP} (the server) and {EXT} (its external services)");
     ip(&["netns", "add", APP])?;
     ip(&["netns", "add", EXT])?;
-    ip(&["link", "add", "dt-app", "netns", APP, "type", "veth", "peer", "dt-ext", "netns", EXT])?;
-    for (ns, dev, addr, peer) in [(APP, "dt-app", APP_ADDR, EXT_ADDR), (EXT, "dt-ext", EXT_ADDR, APP_ADDR)] {
+    ip(&[
+        "link", "add", "dt-app", "netns", APP, "type", "veth", "peer", "dt-ext", "netns", EXT,
+    ])?;
+    for (ns, dev, addr, peer) in [
+        (APP, "dt-app", APP_ADDR, EXT_ADDR),
+        (EXT, "dt-ext", EXT_ADDR, APP_ADDR),
+    ] {
         in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
-        in_ns(ns, &["ip", "addr", "add", &format!("{addr}/32"), "dev", dev])?;
+        in_ns(
+            ns,
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", dev],
+        )?;
         in_ns(ns, &["ip", "link", "set", dev, "up"])?;
-        in_ns(ns, &["ip", "route", "add", &format!("{peer}/32"), "dev", dev])?;
+        in_ns(
+            ns,
+            &["ip", "route", "add", &format!("{peer}/32"), "dev", dev],
+        )?;
     }
     listen(SERVICES.iter().map(|s| s.2))?;
 
@@ -145,7 +188,11 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
             service,
             name,
             port,
-            if ok { "connected" } else { "FAILED (timed out)" }
+            if ok {
+                "connected"
+            } else {
+                "FAILED (timed out)"
+            }
         ));
     }
     for r in results {
@@ -168,7 +215,9 @@ fn listen(ports: impl Iterator<Item = u16> + Send + 'static) -> anyhow::Result<(
         let result = (|| -> anyhow::Result<Vec<TcpListener>> {
             // Only this thread enters the namespace; its sockets stay there.
             setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {EXT}"))?;
-            ports.map(|p| Ok(TcpListener::bind((EXT_ADDR, p))?)).collect()
+            ports
+                .map(|p| Ok(TcpListener::bind((EXT_ADDR, p))?))
+                .collect()
         })();
         match result {
             Ok(listeners) => {

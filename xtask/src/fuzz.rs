@@ -56,7 +56,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .arg(format!("-max_total_time={seconds}"))
             .arg("-rss_limit_mb=4096")
             .arg("-print_final_stats=1");
-        run_checked(&mut cmd).with_context(|| format!("fuzz target {target} found a crash (see fuzz/artifacts/{target})"))?;
+        run_checked(&mut cmd).with_context(|| {
+            format!("fuzz target {target} found a crash (see fuzz/artifacts/{target})")
+        })?;
     }
     Ok(())
 }
@@ -65,7 +67,9 @@ fn seed(from: &Path, corpus: &Path, suffixes: &[&str]) -> anyhow::Result<()> {
     if suffixes.is_empty() {
         return Ok(());
     }
-    let Ok(dir) = fs::read_dir(from) else { return Ok(()) };
+    let Ok(dir) = fs::read_dir(from) else {
+        return Ok(());
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.path().is_file() && suffixes.iter().any(|s| name.ends_with(s)) {

@@ -79,7 +79,10 @@ fn main() -> ExitCode {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// `cargo` of the pinned nightly, with the variables of the outer (stable) cargo removed
@@ -87,7 +90,14 @@ pub fn workspace_root() -> PathBuf {
 pub fn pinned_cargo() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", EBPF_TOOLCHAIN, "cargo"]);
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "CARGO", "CARGO_TARGET_DIR"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("PATH", setup::path_with_cargo_bin());
@@ -96,7 +106,9 @@ pub fn pinned_cargo() -> Command {
 }
 
 pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -112,15 +124,23 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     }
     eprintln!("xtask: building droptrace with {EBPF_TOOLCHAIN}");
     run_checked(&mut cmd)?;
-    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("droptrace"))
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("droptrace"))
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let bin = build(false)?;
     if !nix_is_root() {
-        bail!("the integration tests load eBPF programs and create network namespaces: run as root");
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: run as root"
+        );
     }
-    eprintln!("xtask: running all tests (unit and integration) with DROPTRACE_BIN={}", bin.display());
+    eprintln!(
+        "xtask: running all tests (unit and integration) with DROPTRACE_BIN={}",
+        bin.display()
+    );
     let mut cmd = pinned_cargo();
     cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
     cmd.env("DROPTRACE_BIN", &bin);
