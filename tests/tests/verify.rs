@@ -151,3 +151,58 @@ fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
         assert!(!stderr.contains("panicked"));
     }
 }
+
+#[test]
+fn explain_names_the_rule_watch_sees_the_kernel_use() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    harden(&t);
+    let w = droptrace_tests::Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    assert!(
+        !t.client
+            .tcp_connect(t.gateway_addr(8443), std::time::Duration::from_millis(1500))
+            .unwrap()
+    );
+    let lines = w.stop().unwrap();
+    let seen = droptrace_tests::drops(&lines)[0].clone();
+    let (code, stdout, stderr) = droptrace_output(&[
+        "explain",
+        "--netns",
+        &t.client.name,
+        "--proto",
+        "tcp",
+        "--dst",
+        "203.0.113.10",
+        "--dport",
+        "8443",
+        "--src",
+        "198.51.100.2",
+        "--oif",
+        seen["ifname"].as_str().unwrap(),
+        "--json",
+    ])
+    .unwrap();
+    assert_eq!(code, 1, "would be dropped: {stdout} {stderr}");
+    let explained: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(explained["outcome"], "drop");
+    for field in ["backend", "table", "chain", "rule", "rule_num", "verdict"] {
+        assert_eq!(
+            explained[field], seen[field],
+            "{field}: explain {explained} vs watch {seen}"
+        );
+    }
+    // And a whitelisted port passes, exit 0.
+    let (code, _, _) = droptrace_output(&[
+        "explain",
+        "--netns",
+        &t.client.name,
+        "--proto",
+        "tcp",
+        "--dst",
+        "203.0.113.10",
+        "--dport",
+        "443",
+    ])
+    .unwrap();
+    assert_eq!(code, 0);
+}

@@ -96,8 +96,8 @@ pub struct RulesArgs {
 pub struct Explanation {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `drop`, `reject` or `accept`.
-    pub verdict: &'static str,
+    /// `drop`, `reject` or `accept` (the rule's own `verdict` is among the rule fields).
+    pub outcome: &'static str,
     /// The engine whose verdict decides, with the rule.
     #[serde(flatten)]
     pub by: Option<Attribution>,
@@ -109,7 +109,7 @@ pub struct Explanation {
 #[derive(Debug, Serialize)]
 pub struct EngineResult {
     pub engine: &'static str,
-    pub verdict: &'static str,
+    pub outcome: &'static str,
     #[serde(flatten)]
     pub by: Attribution,
 }
@@ -232,12 +232,12 @@ pub fn explain(
         }
         engines.push(EngineResult {
             engine: name,
-            verdict,
+            outcome: verdict,
             by,
         });
     }
-    let decisive = engines.iter().find(|e| e.verdict != "accept");
-    let verdict = decisive.map_or("accept", |e| e.verdict);
+    let decisive = engines.iter().find(|e| e.outcome != "accept");
+    let verdict = decisive.map_or("accept", |e| e.outcome);
     let by = decisive.map(|e| e.by.clone());
     (engines, verdict, by)
 }
@@ -248,7 +248,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let (engines, verdict, by) = explain(&snap.ruleset, hook(args.hook), &pkt);
     let report = Explanation {
         kind: "explain",
-        verdict,
+        outcome: verdict,
         by,
         engines,
         problems: snap.problems,
@@ -280,7 +280,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 out,
                 "  {:<9} {:<7} {}",
                 e.engine,
-                e.verdict,
+                e.outcome,
                 terminal(&label)
             )?;
         }
