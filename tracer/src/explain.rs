@@ -310,11 +310,7 @@ pub fn run_rules(args: RulesArgs) -> anyhow::Result<ExitCode> {
 /// The ruleset, one chain after another, with counters and undecidable matches marked `?`.
 pub fn write_rules(out: &mut impl io::Write, rs: &ruleset::Ruleset) -> io::Result<()> {
     for t in &rs.tables {
-        let backend = match t.backend {
-            ruleset::Backend::IptablesNft => "iptables-nft",
-            ruleset::Backend::IptablesLegacy => "iptables-legacy",
-            ruleset::Backend::Nftables => "nftables",
-        };
+        let backend = crate::attribution::backend_name(t.backend);
         for c in &t.chains {
             let base = c.base.map(|b| {
                 format!(

@@ -132,16 +132,6 @@ fn clock(time: &str) -> &str {
     time.get(11..23).unwrap_or(time)
 }
 
-fn level_text(l: crate::attribution::Level) -> &'static str {
-    use crate::attribution::Level;
-    match l {
-        Level::Exact => "exact",
-        Level::Inferred => "inferred",
-        Level::Chain => "chain",
-        Level::None => "none",
-    }
-}
-
 pub fn process_text(r: &DropRecord) -> String {
     let Some(pid) = r.pid else {
         return "unknown".to_string();
@@ -193,7 +183,7 @@ impl<W: Write> Sink for TextSink<W> {
                     self.paint(anstyle::Style::new().bold(), &terminal(&l)),
                     self.paint(
                         level_style(a.attribution),
-                        &format!("[{}]", level_text(a.attribution))
+                        &format!("[{}]", a.attribution.as_str())
                     )
                 ),
                 None => format!(

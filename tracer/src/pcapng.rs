@@ -82,13 +82,7 @@ impl PcapngFile {
 pub fn comment(r: &DropRecord) -> String {
     let by = match &r.rule {
         Some(a) => match a.label() {
-            Some(l) => format!(
-                "{l} [{}]",
-                serde_json::to_value(a.attribution)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
+            Some(l) => format!("{l} [{}]", a.attribution.as_str()),
             None => format!("rule unknown ({})", a.why),
         },
         None => "rule not attributed".to_string(),

@@ -33,6 +33,18 @@ pub enum Level {
     None,
 }
 
+impl Level {
+    /// The name used in JSON and text: `exact`, `inferred`, `chain`, `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Exact => "exact",
+            Level::Inferred => "inferred",
+            Level::Chain => "chain",
+            Level::None => "none",
+        }
+    }
+}
+
 /// Which rule dropped a packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attribution {
@@ -102,14 +114,8 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         Some(stack::Hook::Forward) => (name(&r.in_ifname), name(&r.out_ifname)),
         _ => (None, name(&r.out_ifname)),
     };
-    let proto = match r.proto.as_str() {
-        "tcp" => 6,
-        "udp" => 17,
-        "icmp" => 1,
-        "icmpv6" => 58,
-        "sctp" => 132,
-        n => n.parse().unwrap_or(0),
-    };
+    // The record names the protocol as the CLI does; the same parser reads it back.
+    let proto = r.proto.parse::<crate::filter::Proto>().map_or(0, |p| p.0);
     ruleset::Packet {
         family,
         proto,
@@ -152,7 +158,7 @@ fn rule_hook(h: stack::Hook) -> Option<ruleset::Hook> {
     })
 }
 
-fn backend_name(b: ruleset::Backend) -> &'static str {
+pub fn backend_name(b: ruleset::Backend) -> &'static str {
     match b {
         ruleset::Backend::IptablesNft => "iptables-nft",
         ruleset::Backend::IptablesLegacy => "iptables-legacy",
@@ -250,9 +256,6 @@ struct Namespace {
 
 /// How long after its last drop a namespace's ruleset keeps being re-read every second.
 const IDLE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// A read younger than this is fresh enough.
-const IDLE_READ_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Attributes drops namespace by namespace, confirming with counters.
 ///
