@@ -176,6 +176,8 @@ pub struct Config {
     /// `[start, end)` address ranges of the functions that free packets on a netfilter
     /// verdict (`nf_hook_slow`, `nf_hook_slow_list`, `nft_do_chain`); unused pairs are `[0, 0)`.
     pub nf_ranges: [u64; 6],
+    /// Where the rule engines' own verdicts are read (see [`VerdictConfig`]).
+    pub verdicts: VerdictConfig,
 }
 
 impl Config {
@@ -216,6 +218,113 @@ impl Config {
         match_location: 0,
         _pad2: [0; 11],
         nf_ranges: [0; 6],
+        verdicts: VerdictConfig::NONE,
+    };
+}
+
+/// Length of the table and chain names in a [`KernelVerdict`] (`XT_TABLE_MAXNAMELEN`;
+/// longer nftables names are cut).
+pub const VERDICT_NAME_LEN: usize = 32;
+
+/// Which rule engine returned a [`KernelVerdict`].
+pub mod engine {
+    /// No verdict was seen for this packet.
+    pub const NONE: u8 = 0;
+    /// `nft_do_chain` (nftables and iptables-nft).
+    pub const NFTABLES: u8 = 1;
+    /// `ipt_do_table` / `ip6t_do_table` (iptables-legacy).
+    pub const XTABLES: u8 = 2;
+}
+
+/// The verdict a rule engine function returned for the packet that was then dropped, as
+/// seen by the kprobe/kretprobe pair on that function (tracer-ebpf `verdict`): the kernel
+/// itself names the table and, for nftables, the base chain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelVerdict {
+    /// The packet the verdict was for (matched against the freed `sk_buff`).
+    pub skb: u64,
+    /// The function's return value (`NF_DROP` is 0 in its low byte).
+    pub verdict: u32,
+    /// [`engine`] value.
+    pub engine: u8,
+    /// `NFPROTO_*` of the table: `nft_table.family`, `xt_table.af`.
+    pub family: u8,
+    /// `nf_hook_state.hook` (`enum nf_inet_hooks`), 0xff when unknown.
+    pub hook: u8,
+    pub _pad: u8,
+    /// Table name, NUL-padded.
+    pub table: [u8; VERDICT_NAME_LEN],
+    /// nftables base chain name, NUL-padded (empty for xtables: the hook names it).
+    pub chain: [u8; VERDICT_NAME_LEN],
+}
+
+/// Offsets and argument positions for the verdict programs, from the BTF of the
+/// `nf_tables`, `ip_tables` and `ip6_tables` modules (or vmlinux, where they are built in).
+/// An engine is watched when userspace attaches its probes, which it does only with these
+/// known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictConfig {
+    pub _pad_head: [u8; 2],
+    /// Bit shift and width of `nft_table.family` (a bitfield in a u16 at `table_family`).
+    pub table_family_shift: u8,
+    pub table_family_bits: u8,
+    /// `nft_pktinfo.skb` and `.state` (`.xt.state` before 5.15).
+    pub pkt_skb: u32,
+    pub pkt_state: u32,
+    /// `nf_hook_state.hook` (a u8).
+    pub state_hook: u32,
+    /// `nft_chain.name` (a `char *`) and `.table`.
+    pub chain_name: u32,
+    pub chain_table: u32,
+    /// `nft_table.name` (a `char *`) and the u16 holding `.family`.
+    pub table_name: u32,
+    pub table_family: u32,
+    /// `xt_table.name` (inline `char[32]`) and `.af` (u8).
+    pub xt_table_name: u32,
+    pub xt_table_af: u32,
+    /// Argument positions of `ipt_do_table`'s table, skb and state: `(skb, state, table)`
+    /// before 5.16, `(priv, skb, state)` since.
+    pub xt_arg_table: u8,
+    pub xt_arg_skb: u8,
+    pub xt_arg_state: u8,
+    pub _pad: u8,
+    pub _pad_tail: u32,
+}
+
+impl KernelVerdict {
+    pub const NONE: KernelVerdict = KernelVerdict {
+        skb: 0,
+        verdict: 0,
+        engine: engine::NONE,
+        family: 0,
+        hook: 0,
+        _pad: 0,
+        table: [0; VERDICT_NAME_LEN],
+        chain: [0; VERDICT_NAME_LEN],
+    };
+}
+
+impl VerdictConfig {
+    pub const NONE: VerdictConfig = VerdictConfig {
+        _pad_head: [0; 2],
+        table_family_shift: 0,
+        table_family_bits: 0,
+        pkt_skb: NO_OFFSET,
+        pkt_state: NO_OFFSET,
+        state_hook: NO_OFFSET,
+        chain_name: NO_OFFSET,
+        chain_table: NO_OFFSET,
+        table_name: NO_OFFSET,
+        table_family: NO_OFFSET,
+        xt_table_name: NO_OFFSET,
+        xt_table_af: NO_OFFSET,
+        xt_arg_table: 0,
+        xt_arg_skb: 0,
+        xt_arg_state: 0,
+        _pad: 0,
+        _pad_tail: 0,
     };
 }
 
@@ -314,6 +423,9 @@ pub struct DropEvent {
     pub comm: [u8; NAME_LEN],
     pub ifname: [u8; NAME_LEN],
     pub out_ifname: [u8; NAME_LEN],
+    /// What the rule engine returned for this packet, when the verdict programs are
+    /// attached and saw it (`engine` is [`engine::NONE`] otherwise).
+    pub kernel: KernelVerdict,
     /// The packet from its network header on.
     pub headers: [u8; HEADER_BYTES],
 }
@@ -529,4 +641,6 @@ const _: () = assert!(size_of::<InventoryConfig>() == 38 * 4);
 
 // The layouts both sides rely on, with every padding byte explicit.
 const _: () = assert!(size_of::<Prefix>() == 40);
-const _: () = assert!(size_of::<Config>() == 240);
+const _: () = assert!(size_of::<VerdictConfig>() == 48);
+const _: () = assert!(size_of::<KernelVerdict>() == 80);
+const _: () = assert!(size_of::<Config>() == 288);

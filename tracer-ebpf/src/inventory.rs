@@ -52,7 +52,7 @@ use tracer_common::{
     },
 };
 
-use crate::{CONFIG, port_in, prefix_matches, read_checked};
+use crate::drops::{CONFIG, port_in, prefix_matches, read_checked};
 
 /// Written by the loader before the programs are verified (read-only data).
 #[unsafe(no_mangle)]

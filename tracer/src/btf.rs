@@ -34,6 +34,8 @@ pub struct KernelBtf {
     pub tracepoint_has_reason: bool,
     /// Layout of the classic tracepoint's record, when BTF describes it.
     pub tracepoint_record: Option<TracepointRecord>,
+    /// What the rule-engine verdict programs can read on this kernel.
+    pub verdicts: crate::verdicts::VerdictSupport,
 }
 
 /// Offsets in the `skb/kfree_skb` tracepoint record (`struct trace_event_raw_kfree_skb`, or
@@ -88,7 +90,12 @@ impl KernelBtf {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Self::from_btf(&btf)
+        let mut kernel = Self::from_btf(&btf)?;
+        kernel.verdicts = match path.parent() {
+            Some(dir) => crate::verdicts::VerdictSupport::from_modules(&btf, dir),
+            None => crate::verdicts::VerdictSupport::none("no module BTF directory"),
+        };
+        Ok(kernel)
     }
 
     fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
@@ -132,6 +139,7 @@ impl KernelBtf {
             tracepoint_has_reason: tracepoint_param_count(btf, "btf_trace_kfree_skb")
                 .is_some_and(|n| n >= 4),
             tracepoint_record,
+            verdicts: crate::verdicts::VerdictSupport::none("not read"),
         })
     }
 

@@ -9,7 +9,7 @@ use std::{collections::HashMap, io, os::fd::AsRawFd as _};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
@@ -57,6 +57,8 @@ pub enum CaptureError {
     Program(String),
     #[error("cannot open map {0}: {1}")]
     Map(&'static str, String),
+    #[error("the rule engines' verdicts cannot be watched: {0}")]
+    Verdicts(String),
     #[error("cannot watch the ring buffer: {0}")]
     Poll(io::Error),
 }
@@ -85,6 +87,19 @@ pub enum Detect {
     Location,
 }
 
+/// Whether to watch the rule engines' verdicts (kprobes on `nft_do_chain`, `ipt_do_table`
+/// and `ip6t_do_table`), so the kernel itself names the table and chain of each drop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictMode {
+    /// When the kernel has kprobes and the engines' BTF; else say why and go on.
+    #[default]
+    Auto,
+    /// Required: fail when no engine can be watched.
+    On,
+    /// Never: attribution by evaluation and counters only.
+    Off,
+}
+
 /// What to capture.
 #[derive(Debug, Clone, Default)]
 pub struct CaptureOptions {
@@ -99,6 +114,7 @@ pub struct CaptureOptions {
     /// `Detect::Location`: `nf_hook_slow` and `nf_hook_slow_list` (net/netfilter/core.c), and
     /// `nft_do_chain`, which frees dropped packets itself on recent kernels.
     pub netfilter_ranges: Vec<(u64, u64)>,
+    pub verdicts: VerdictMode,
 }
 
 /// Counters kept by the program in the kernel.
@@ -114,6 +130,9 @@ pub struct KernelStats {
 pub struct Capture {
     /// How drops are captured, for the start line (`tp_btf/kfree_skb`, ...).
     pub mode: String,
+    /// Which engines' verdicts the kernel reports (`nft_do_chain, ipt_do_table`), or why
+    /// none (`off: ...`), for the start line.
+    pub verdicts: String,
     // Owns the program and its link: dropping it detaches everything.
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -160,6 +179,7 @@ impl Capture {
                 .ok_or(CaptureError::NoNetfilterReason)?
         };
         cfg.capture_headers = u8::from(opts.capture_headers);
+        cfg.verdicts = kernel.verdicts.config;
         opts.filters.apply(&mut cfg);
 
         // The classic tracepoint's layout: from BTF, else from tracefs.
@@ -196,6 +216,17 @@ impl Capture {
                 attach_classic(&mut ebpf, record)
             }),
         }?;
+        let verdicts = match opts.verdicts {
+            VerdictMode::Off => "off (--kernel-verdicts off)".to_string(),
+            mode => match attach_verdicts(&mut ebpf, kernel) {
+                Ok(functions) => functions.join(", "),
+                Err(why) if mode == VerdictMode::On => return Err(CaptureError::Verdicts(why)),
+                Err(why) => {
+                    log::info!("rule engine verdicts not watched: {why}");
+                    format!("off ({why})")
+                }
+            },
+        };
         let mode = if by_location {
             format!("{attached}, netfilter drops recognised by location")
         } else {
@@ -219,6 +250,7 @@ impl Capture {
             .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         Ok(Capture {
             mode,
+            verdicts,
             _ebpf: ebpf,
             ring,
             stats,
@@ -301,6 +333,77 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
         .attach()
         .map_err(|e| CaptureError::Program(program_error(&e)))?;
     Ok("tp_btf/kfree_skb")
+}
+
+/// Attaches the verdict programs to every engine function this kernel lets us watch;
+/// returns their names, or why none could be.
+fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static str>, String> {
+    // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
+    }
+    let support = &kernel.verdicts;
+    let mut wanted: Vec<(&'static str, &'static str)> = Vec::new();
+    let mut reasons = Vec::new();
+    match &support.nftables {
+        Ok(()) => wanted.push(("nft_do_chain_entry", "nft_do_chain")),
+        Err(why) => reasons.push(format!("nftables: {why}")),
+    }
+    match &support.xtables {
+        Ok(()) => {
+            wanted.push(("xt_do_table_entry", "ipt_do_table"));
+            wanted.push(("xt_do_table_entry", "ip6t_do_table"));
+        }
+        Err(why) => reasons.push(format!("iptables-legacy: {why}")),
+    }
+    for name in ["nft_do_chain_entry", "xt_do_table_entry", "do_table_return"] {
+        if wanted.iter().all(|(p, _)| *p != name) && name != "do_table_return" {
+            continue;
+        }
+        let p: &mut KProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from object"))?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        p.load()
+            .map_err(|e| format!("{name}: {}", program_error(&e)))?;
+    }
+    let mut attached = Vec::new();
+    for (entry, function) in wanted {
+        // Entry and return both, or neither: an entry without its return would leave
+        // calls on the per-CPU stack that no return pops.
+        let entry_link = {
+            let p: &mut KProbe = ebpf
+                .program_mut(entry)
+                .and_then(|p| p.try_into().ok())
+                .ok_or("no entry program")?;
+            match p.attach(function, 0) {
+                Ok(link) => link,
+                Err(e) => {
+                    reasons.push(format!("{function}: {}", program_error(&e)));
+                    continue;
+                }
+            }
+        };
+        let ret: &mut KProbe = ebpf
+            .program_mut("do_table_return")
+            .and_then(|p| p.try_into().ok())
+            .ok_or("no return program")?;
+        if let Err(e) = ret.attach(function, 0) {
+            reasons.push(format!("{function} (return): {}", program_error(&e)));
+            let p: &mut KProbe = ebpf
+                .program_mut(entry)
+                .and_then(|p| p.try_into().ok())
+                .ok_or("no entry program")?;
+            let _ = p.detach(entry_link);
+            continue;
+        }
+        attached.push(function);
+    }
+    if attached.is_empty() {
+        return Err(reasons.join("; "));
+    }
+    Ok(attached)
 }
 
 fn attach_classic(

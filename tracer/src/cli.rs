@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    capture::{AttachMode, Detect},
+    capture::{AttachMode, Detect, VerdictMode},
     filter::{Cidr, Filters, Ports, Proto},
     netns::{NetnsError, NetnsSelector},
 };
@@ -105,6 +105,11 @@ pub struct CaptureArgs {
     /// function's address (older kernels), or auto.
     #[arg(long, value_enum, default_value_t = Detect::Auto)]
     pub detect: Detect,
+    /// Have the kernel name the table and chain of each drop (kprobes on nft_do_chain,
+    /// ipt_do_table, ip6t_do_table): auto uses them where the kernel allows, on requires
+    /// them, off relies on ruleset evaluation and counters alone.
+    #[arg(long, value_enum, default_value_t = VerdictMode::Auto)]
+    pub kernel_verdicts: VerdictMode,
 }
 
 /// Which drops to report. All filters are applied in the kernel.

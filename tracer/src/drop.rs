@@ -67,6 +67,9 @@ pub struct Drop {
     pub fragment: bool,
     /// The packet from its network header on, when capture was asked for.
     pub headers: Vec<u8>,
+    /// The table (and nftables chain) whose engine returned the drop, when the verdict
+    /// programs saw it.
+    pub kernel: Option<crate::verdicts::KernelSaw>,
 }
 
 /// Turns a C string buffer into text, stopping at the first NUL. Invalid UTF-8 is kept
@@ -141,6 +144,7 @@ impl From<&DropEvent> for Drop {
             },
             fragment: e.flags & flags::FRAGMENT != 0,
             headers: e.headers[..headers_len].to_vec(),
+            kernel: crate::verdicts::KernelSaw::from_record(&e.kernel),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Drop {
             comm: state.comm,
             ifname: [0; 16],
             out_ifname: [0; 16],
+            kernel: tracer_common::KernelVerdict::NONE,
             headers: [0; tracer_common::HEADER_BYTES],
         };
         if matches!(key.proto, 1 | 58) {
@@ -255,6 +260,7 @@ mod tests {
             comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
             ifname: [0; 16],
             out_ifname: *b"veth0\0\0\0\0\0\0\0\0\0\0\0",
+            kernel: tracer_common::KernelVerdict::NONE,
             headers: [0; HEADER_BYTES],
         }
     }

@@ -29,5 +29,6 @@ pub mod stack;
 pub mod summary;
 pub mod top;
 pub mod tracefs;
+pub mod verdicts;
 pub mod verify;
 pub mod watch;

@@ -28,6 +28,9 @@ pub struct StartInfo {
     pub kind: &'static str,
     /// How drops are captured (`tp_btf/kfree_skb`).
     pub mode: String,
+    /// Engine functions whose verdicts the kernel reports (`nft_do_chain, ipt_do_table`),
+    /// or `off (why)`.
+    pub kernel_verdicts: String,
     /// `netfilter` or `all`.
     pub reasons: &'static str,
     pub netns: String,
@@ -44,12 +47,13 @@ impl StartInfo {
             format!(" matching {}", self.filters)
         };
         format!(
-            "droptrace: watching {} drops in netns {}{} via {}, {}",
+            "droptrace: watching {} drops in netns {}{} via {}, {}; kernel verdicts: {}",
             self.reasons,
             terminal(&self.netns),
             terminal(&filters),
             self.mode,
-            self.until
+            self.until,
+            terminal(&self.kernel_verdicts)
         )
     }
 }

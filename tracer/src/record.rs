@@ -76,6 +76,12 @@ pub struct DropRecord {
     pub out_ifname: String,
     #[serde(skip)]
     pub tcp_flags_raw: Option<u8>,
+    /// The rule engine's own verdict for this packet, when the kernel reported it.
+    #[serde(skip)]
+    pub kernel: Option<crate::verdicts::KernelSaw>,
+    /// `engine` is a guess from the drop's location alone (no engine frame in the stack).
+    #[serde(skip)]
+    pub engine_guessed: bool,
 }
 
 impl DropRecord {
@@ -179,8 +185,13 @@ impl Enricher {
             .resolve(drop.location)
             .unwrap_or("?")
             .to_string();
-        let engine = facts
-            .engine
+        let engine_guessed = drop.kernel.is_none() && facts.engine.is_none();
+        // What the engine itself reported beats what its stack frames suggest.
+        let engine = drop
+            .kernel
+            .as_ref()
+            .and_then(|k| k.stack_engine())
+            .or(facts.engine)
             .or_else(|| stack::engine_from_location(&location));
         // The idle task (pid 0) is never the sender.
         let context = if facts.softirq || drop.pid == 0 {
@@ -190,7 +201,7 @@ impl Enricher {
         };
         let (pid, comm) = self.sender(&drop, context);
         let info = pid.map(|p| self.procs.get(p, &comm)).unwrap_or_default();
-        let hook = facts.hook;
+        let hook = drop.kernel.as_ref().and_then(|k| k.hook).or(facts.hook);
         let ifname = match hook {
             Some(Hook::Prerouting | Hook::Input | Hook::Ingress) => &drop.ifname,
             _ if !drop.out_ifname.is_empty() => &drop.out_ifname,
@@ -235,6 +246,8 @@ impl Enricher {
             in_ifname: drop.ifname.clone(),
             out_ifname: drop.out_ifname.clone(),
             tcp_flags_raw: drop.tcp_flags,
+            kernel: drop.kernel,
+            engine_guessed,
         }
     }
 
@@ -329,6 +342,8 @@ pub(crate) mod tests {
             in_ifname: String::new(),
             out_ifname: "veth-c".into(),
             tcp_flags_raw: Some(0x02),
+            kernel: None,
+            engine_guessed: false,
         }
     }
 

@@ -77,6 +77,20 @@ impl Engine {
     }
 }
 
+impl NftFamily {
+    /// The family as `nft` writes it: `ip`, `ip6`, `inet`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NftFamily::Ip => "ip",
+            NftFamily::Ip6 => "ip6",
+            NftFamily::Inet => "inet",
+            NftFamily::Bridge => "bridge",
+            NftFamily::Arp => "arp",
+            NftFamily::Netdev => "netdev",
+        }
+    }
+}
+
 /// Whether the drop ran on behalf of the current task or in softirq (timers, receive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,8 +172,10 @@ pub fn classify<'a>(frames: impl IntoIterator<Item = &'a str>) -> StackFacts {
     facts
 }
 
-/// The engine when the stack shows none: a drop located in `nf_hook_slow` itself is a
-/// legacy xtables verdict (nf_tables frees the packet inside `nft_do_chain`).
+/// The engine when the stack shows none: a drop located in `nf_hook_slow` itself is most
+/// likely a legacy xtables verdict, since nf_tables frees the packet inside `nft_do_chain`
+/// on recent kernels. Before that (5.10) both end in `nf_hook_slow`, so attribution tries
+/// the other engine when this guess finds no dropping rule.
 pub fn engine_from_location(location_fn: &str) -> Option<Engine> {
     matches!(
         strip_suffix(location_fn),

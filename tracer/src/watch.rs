@@ -128,6 +128,7 @@ pub struct Session {
     sigterm: tokio::signal::unix::Signal,
     netns_label: String,
     mode: String,
+    verdicts: String,
     all_reasons: bool,
 }
 
@@ -154,6 +155,7 @@ impl Session {
             attach: capture.attach,
             detect: capture.detect,
             netfilter_ranges,
+            verdicts: capture.kernel_verdicts,
         };
         let cap = Capture::start(&kernel, &opts)?;
         crate::privileges::drop_after_attach();
@@ -170,6 +172,7 @@ impl Session {
             a
         });
         let mode = cap.mode.clone();
+        let verdicts = cap.verdicts.clone();
         let mut enricher = Enricher::new(kernel, kallsyms);
         if capture.resolve {
             enricher.resolve_names();
@@ -196,6 +199,7 @@ impl Session {
             sigterm: signal(SignalKind::terminate())?,
             netns_label,
             mode,
+            verdicts,
             all_reasons: capture.all_reasons,
         })
     }
@@ -216,6 +220,7 @@ impl Session {
         StartInfo {
             kind: "start",
             mode: self.mode.clone(),
+            kernel_verdicts: self.verdicts.clone(),
             reasons: if self.all_reasons { "all" } else { "netfilter" },
             netns: self.netns_label.clone(),
             filters: filters.describe(),

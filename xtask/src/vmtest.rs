@@ -54,6 +54,10 @@ struct KernelSpec {
     expect_pass: bool,
     /// Why not, when it need not.
     why_not: &'static str,
+    /// Whether the rule engines' verdicts must be seen there (kprobes on nft_do_chain /
+    /// ipt_do_table, with offsets from module BTF, which 5.10 lacks): every drop is then
+    /// `exact` with the kernel's confirmation.
+    kernel_verdicts: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -70,6 +74,7 @@ const KERNELS: &[KernelSpec] = &[
         release_prefix: "5.10.",
         expect_pass: true,
         why_not: "",
+        kernel_verdicts: false,
     },
     KernelSpec {
         label: "6.1",
@@ -78,6 +83,7 @@ const KERNELS: &[KernelSpec] = &[
         release_prefix: "6.1.",
         expect_pass: true,
         why_not: "",
+        kernel_verdicts: true,
     },
     KernelSpec {
         label: "6.12",
@@ -86,6 +92,7 @@ const KERNELS: &[KernelSpec] = &[
         release_prefix: "6.12.",
         expect_pass: true,
         why_not: "",
+        kernel_verdicts: true,
     },
     KernelSpec {
         // sid moves on (7.2 in 2026-11): always its newest, so the matrix never goes stale.
@@ -95,6 +102,7 @@ const KERNELS: &[KernelSpec] = &[
         release_prefix: "",
         expect_pass: true,
         why_not: "",
+        kernel_verdicts: true,
     },
 ];
 
@@ -966,6 +974,19 @@ impl Run {
             .to_string()
     }
 
+    /// Which engine functions reported verdicts, from the start line (`off` and why not).
+    fn verdicts(&self) -> String {
+        let v = self
+            .start
+            .as_ref()
+            .and_then(|s| s["kernel_verdicts"].as_str())
+            .unwrap_or("-");
+        match v.strip_prefix("off") {
+            Some(_) => "off".into(),
+            None => v.replace(' ', ""),
+        }
+    }
+
     fn field_set(&self, field: &str) -> String {
         let set: BTreeSet<String> = self
             .drops
@@ -983,8 +1004,9 @@ impl Run {
         }
     }
 
-    /// Why this run does not count as working, if it does not.
-    fn problem(&self) -> Option<String> {
+    /// Why this run does not count as working, if it does not. `kernel_verdicts`: the
+    /// engines' verdicts must have confirmed every attribution.
+    fn problem(&self, kernel_verdicts: bool) -> Option<String> {
         let first_err = || self.stderr.iter().find(|l| !l.trim().is_empty()).cloned();
         match self.exit.as_deref() {
             None => return Some("no report from the guest".into()),
@@ -1011,6 +1033,38 @@ impl Run {
             .collect();
         if !missing.is_empty() {
             return Some(format!("no drop reported for dport {}", missing.join(", ")));
+        }
+        // The incident's rule is named on every kernel: by the engine's own verdict where
+        // it is watched, else by evaluation confirmed by the rule's counter.
+        if let Some(d) = self.drops.iter().find(|d| d["attribution"] != "exact") {
+            return Some(format!(
+                "drop to dport {} attributed {} ({})",
+                d["dport"], d["attribution"], d["why"]
+            ));
+        }
+        if kernel_verdicts {
+            if self.verdicts() == "off" {
+                let why = self
+                    .start
+                    .as_ref()
+                    .and_then(|s| s["kernel_verdicts"].as_str());
+                return Some(format!(
+                    "kernel verdicts not watched: {}",
+                    why.unwrap_or("-")
+                ));
+            }
+            let unconfirmed = self.drops.iter().find(|d| {
+                d["attribution"] != "exact"
+                    || !d["why"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("the kernel confirmed it"))
+            });
+            if let Some(d) = unconfirmed {
+                return Some(format!(
+                    "drop to dport {} not confirmed by the kernel: {} ({})",
+                    d["dport"], d["attribution"], d["why"]
+                ));
+            }
         }
         None
     }
@@ -1113,7 +1167,9 @@ impl<'a> Report<'a> {
                 let problem = self
                     .runs
                     .get(*backend)
-                    .map_or(Some("no report from the guest".into()), Run::problem);
+                    .map_or(Some("no report from the guest".into()), |r| {
+                        r.problem(self.spec.kernel_verdicts)
+                    });
                 if problem.is_some() {
                     out.push(format!("{} ({}) {backend}", self.spec.label, self.release));
                 }
@@ -1125,8 +1181,20 @@ impl<'a> Report<'a> {
 
 fn table(reports: &[Report]) -> String {
     let header = [
-        "KERNEL", "RELEASE", "BACKEND", "EXIT", "TIME", "MODE", "DROPS", "LOST", "HOOKS", "DPORTS",
-        "RESULT", "ERROR",
+        "KERNEL",
+        "RELEASE",
+        "BACKEND",
+        "EXIT",
+        "TIME",
+        "MODE",
+        "DROPS",
+        "LOST",
+        "HOOKS",
+        "DPORTS",
+        "VERDICTS",
+        "ATTRIBUTION",
+        "RESULT",
+        "ERROR",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut errors = Vec::new();
@@ -1134,7 +1202,7 @@ fn table(reports: &[Report]) -> String {
     for r in reports {
         for backend in BACKENDS {
             let run = r.runs.get(*backend).unwrap_or(&empty);
-            let problem = run.problem();
+            let problem = run.problem(r.spec.kernel_verdicts);
             let result = match (&problem, r.spec.expect_pass) {
                 (None, true) => "pass",
                 (None, false) => "PASS (expected to fail: flip expect_pass)",
@@ -1166,6 +1234,8 @@ fn table(reports: &[Report]) -> String {
                 summary("lost"),
                 run.field_set("hook"),
                 run.field_set("dport"),
+                run.verdicts(),
+                run.field_set("attribution"),
                 result.into(),
                 short,
             ]);

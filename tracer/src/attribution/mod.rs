@@ -2,7 +2,10 @@
 //!
 //! The kernel tells us the hook and the engine (from the drop's stack); the rule is found
 //! by evaluating the dropped packet against the ruleset of its own namespace, read with the
-//! standard tools ([`reader`]), and confirmed by the rule's packet counter growing.
+//! standard tools ([`reader`]), and confirmed by the rule's packet counter growing. Where
+//! kprobes exist the engine itself also reports the table and chain that returned the drop
+//! ([`crate::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
+//! not gives way to it.
 
 pub mod reader;
 pub mod snapshot;
@@ -16,6 +19,7 @@ use crate::{
     drop::CtState as DropCt,
     record::DropRecord,
     stack::{self, Context},
+    verdicts::KernelSaw,
 };
 use snapshot::Snapshot;
 
@@ -63,6 +67,9 @@ pub struct Attribution {
     pub attribution: Level,
     /// Why this level: what confirmed it, or what was missing.
     pub why: String,
+    /// The engine's own verdict (kprobe) agreed with the evaluation.
+    #[serde(skip)]
+    pub kernel_confirmed: bool,
 }
 
 impl Attribution {
@@ -77,6 +84,7 @@ impl Attribution {
             verdict: None,
             attribution: Level::None,
             why: why.into(),
+            kernel_confirmed: false,
         }
     }
 
@@ -174,6 +182,17 @@ pub fn evaluate(
     hook: ruleset::Hook,
     packet: &ruleset::Packet,
 ) -> (Attribution, Option<DecidedBy>) {
+    let (a, decided, _) = evaluate_with_path(rs, engine, hook, packet);
+    (a, decided)
+}
+
+/// [`evaluate`], with the chains the packet went through (to check against the kernel).
+fn evaluate_with_path(
+    rs: &ruleset::Ruleset,
+    engine: ruleset::Engine,
+    hook: ruleset::Hook,
+    packet: &ruleset::Packet,
+) -> (Attribution, Option<DecidedBy>, Vec<ruleset::ChainRef>) {
     let ev = ruleset::eval::evaluate(rs, engine.backends(), packet.family, hook, packet);
     let undecided = || {
         ev.undecided
@@ -199,7 +218,7 @@ pub fn evaluate(
                 a.chain = Some(r.chain.clone());
                 a.attribution = Level::Chain;
             }
-            return (a, None);
+            return (a, None, ev.path);
         }
     };
     let mut a = match &ev.by {
@@ -213,6 +232,7 @@ pub fn evaluate(
             verdict: Some(verdict.into()),
             attribution: Level::Inferred,
             why: "evaluated against the namespace's ruleset".into(),
+            kernel_confirmed: false,
         },
         DecidedBy::Policy(c) => Attribution {
             backend: Some(backend_name(c.backend).into()),
@@ -224,13 +244,101 @@ pub fn evaluate(
             verdict: Some("policy".into()),
             attribution: Level::Inferred,
             why: "no rule matched: the chain's policy".into(),
+            kernel_confirmed: false,
         },
-        DecidedBy::NoBaseChain => return (Attribution::none("no chain on this hook"), None),
+        DecidedBy::NoBaseChain => {
+            return (Attribution::none("no chain on this hook"), None, ev.path);
+        }
     };
     if !ev.undecided.is_empty() {
         a.why = format!("{}; earlier rules not decidable: {}", a.why, undecided());
     }
-    (a, Some(ev.by))
+    (a, Some(ev.by), ev.path)
+}
+
+/// Weighs an evaluation against the verdict the engine itself reported for the packet.
+///
+/// Agreement (same table, and for nftables the reported base chain on the evaluated
+/// path) makes the evaluated rule `exact`: the kernel names the table and chain, the
+/// evaluation the rule within. Otherwise the kernel's table and chain stand, at level
+/// `chain`, and the evaluation's answer goes into `why`.
+fn weigh_kernel(
+    a: &mut Attribution,
+    decided: Option<&DecidedBy>,
+    path: &[ruleset::ChainRef],
+    k: &KernelSaw,
+    rs: &ruleset::Ruleset,
+) {
+    let family = k
+        .family
+        .and_then(|f| ruleset::TableFamily::from_nft(f.as_str()));
+    let (d_backend, d_family, d_table) = match decided {
+        Some(DecidedBy::Rule(r)) => (r.backend, r.family, r.table.as_str()),
+        Some(DecidedBy::Policy(c)) => (c.backend, c.family, c.table.as_str()),
+        _ => (ruleset::Backend::Nftables, ruleset::TableFamily::Netdev, ""),
+    };
+    let agrees = match k.engine {
+        tracer_common::engine::NFTABLES => {
+            d_backend != ruleset::Backend::IptablesLegacy
+                && Some(d_family) == family
+                && d_table == k.table
+                && path.iter().any(|c| {
+                    c.backend == d_backend
+                        && c.family == d_family
+                        && c.table == k.table
+                        && Some(&c.chain) == k.chain.as_ref()
+                })
+        }
+        _ => {
+            d_backend == ruleset::Backend::IptablesLegacy
+                && Some(d_family) == family
+                && d_table == k.table
+        }
+    };
+    if decided.is_some() && agrees {
+        a.attribution = Level::Exact;
+        a.kernel_confirmed = true;
+        a.why = format!(
+            "the kernel confirmed it: {} for this packet; the rule is the one evaluation finds there",
+            k.describe()
+        );
+        return;
+    }
+    let evaluated = match a.label() {
+        Some(label) if decided.is_some() => format!("evaluation named {label}"),
+        _ => format!("evaluation: {}", a.why),
+    };
+    let backend = if k.engine == tracer_common::engine::NFTABLES {
+        // iptables-nft and nft share the engine; the table says whose it is.
+        rs.tables
+            .iter()
+            .find(|t| {
+                t.backend != ruleset::Backend::IptablesLegacy
+                    && Some(t.family) == family
+                    && t.name == k.table
+            })
+            .map_or(ruleset::Backend::Nftables, |t| t.backend)
+    } else {
+        ruleset::Backend::IptablesLegacy
+    };
+    *a = Attribution {
+        backend: Some(backend_name(backend).into()),
+        table: Some(k.table.clone()),
+        chain: k
+            .chain
+            .clone()
+            .or_else(|| k.hook.map(|h| h.as_str().to_string())),
+        rule: None,
+        rule_num: None,
+        rule_handle: None,
+        verdict: Some("DROP".into()),
+        attribution: Level::Chain,
+        why: format!(
+            "the kernel says {}; {evaluated} (ruleset changed, or a match droptrace reads differently)",
+            k.describe()
+        ),
+        kernel_confirmed: false,
+    };
 }
 
 /// A record waiting for its rule's counter to be checked.
@@ -314,7 +422,37 @@ impl Attributor {
                     stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
                 };
                 let packet = packet_of(&rec);
-                let (mut a, d) = evaluate(&snap.ruleset, engine, hook, &packet);
+                let (mut a, mut d, mut path) =
+                    evaluate_with_path(&snap.ruleset, engine, hook, &packet);
+                let mut engine = engine;
+                if d.is_none() && rec.engine_guessed {
+                    // The location named no engine for sure (see stack::engine_from_location).
+                    let other = match engine {
+                        ruleset::Engine::NfTables => ruleset::Engine::IptablesLegacy,
+                        ruleset::Engine::IptablesLegacy => ruleset::Engine::NfTables,
+                    };
+                    let (mut a2, d2, path2) =
+                        evaluate_with_path(&snap.ruleset, other, hook, &packet);
+                    if d2.is_some() {
+                        a2.why = format!(
+                            "{}; the engine is not in the drop's stack and only {}'s rules drop it",
+                            a2.why,
+                            if other == ruleset::Engine::NfTables {
+                                "nf_tables"
+                            } else {
+                                "xtables"
+                            }
+                        );
+                        (a, d, path, engine) = (a2, d2, path2, other);
+                    }
+                }
+                if let Some(k) = &rec.kernel {
+                    weigh_kernel(&mut a, d.as_ref(), &path, k, &snap.ruleset);
+                    if !a.kernel_confirmed {
+                        // Its rule is not the one that dropped: no counter to check.
+                        d = None;
+                    }
+                }
                 query = Some((engine, hook, packet));
                 if a.attribution == Level::None && !snap.problems.is_empty() {
                     a.why = format!("{}; could not read: {}", a.why, snap.problems.join("; "));
@@ -443,6 +581,11 @@ impl Attributor {
                             "the rule"
                         };
                         a.why = format!("{}; {what} has no counter to confirm it", a.why);
+                    } else if now.is_some() && grew >= want && a.kernel_confirmed {
+                        a.why = format!(
+                            "{}; its packet counter grew by {grew} for {want} drop(s)",
+                            a.why
+                        );
                     } else if now.is_some() && grew >= want {
                         a.attribution = Level::Exact;
                         a.why = format!(
@@ -506,10 +649,22 @@ fn reconsider(
     let Some((engine, hook, packet)) = &p.query else {
         return;
     };
-    let (mut attr, Some(decided)) = evaluate(after, *engine, *hook, packet) else {
+    let (mut attr, Some(decided), path) = evaluate_with_path(after, *engine, *hook, packet) else {
         return;
     };
     if now.is_some_and(|d| d.is_same(&decided)) {
+        return;
+    }
+    if let Some(k) = &p.record.kernel {
+        weigh_kernel(&mut attr, Some(&decided), &path, k, after);
+        if attr.kernel_confirmed {
+            attr.why = format!(
+                "the ruleset changed during the capture; against the new one, {}",
+                attr.why
+            );
+            p.record.rule = Some(attr);
+            p.decided = Some(decided);
+        }
         return;
     }
     let grew = match deltas.iter().find(|(c, _)| c.is_same(&decided)) {
@@ -559,6 +714,7 @@ mod tests {
             verdict: Some("DROP".into()),
             attribution: Level::Exact,
             why: "counter grew".into(),
+            kernel_confirmed: false,
         };
         assert_eq!(
             a.label().unwrap(),
@@ -572,5 +728,104 @@ mod tests {
         };
         assert_eq!(p.label().unwrap(), "filter/OUTPUT policy DROP");
         assert_eq!(Attribution::none("no ruleset").label(), None);
+    }
+
+    /// The incident ruleset as iptables-nft shows it, and the packet of the brief.
+    fn incident() -> (ruleset::Ruleset, ruleset::Packet) {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            -A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p udp -m udp --dport 53 -j ACCEPT\n\
+            -A OUTPUT -p tcp -m tcp --dport 443 -j ACCEPT\n\
+            -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP\nCOMMIT\n";
+        let tables = ruleset::iptables_save::parse(
+            save,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap();
+        let rs = ruleset::Ruleset {
+            tables,
+            ipsets: Default::default(),
+        };
+        let packet = packet_of(&crate::record::tests::sample());
+        (rs, packet)
+    }
+
+    fn saw(engine: u8, table: &str, chain: Option<&str>) -> KernelSaw {
+        KernelSaw {
+            function: if engine == tracer_common::engine::NFTABLES {
+                "nft_do_chain"
+            } else {
+                "ipt_do_table"
+            },
+            engine,
+            family: Some(stack::NftFamily::Ip),
+            hook: Some(stack::Hook::Output),
+            table: table.into(),
+            chain: chain.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn kernel_agreement_makes_the_evaluated_rule_exact() {
+        let (rs, packet) = incident();
+        let (mut a, d, path) = evaluate_with_path(
+            &rs,
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Output,
+            &packet,
+        );
+        assert_eq!(a.rule_num, Some(4));
+        let k = saw(tracer_common::engine::NFTABLES, "filter", Some("OUTPUT"));
+        weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
+        assert_eq!(a.attribution, Level::Exact);
+        assert!(a.kernel_confirmed);
+        assert_eq!(a.rule_num, Some(4));
+        assert!(
+            a.why.starts_with(
+                "the kernel confirmed it: nft_do_chain returned DROP in ip filter OUTPUT"
+            ),
+            "{}",
+            a.why
+        );
+    }
+
+    #[test]
+    fn kernel_disagreement_keeps_the_kernels_chain() {
+        let (rs, packet) = incident();
+        let (mut a, d, path) = evaluate_with_path(
+            &rs,
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Output,
+            &packet,
+        );
+        // A table the ruleset as read does not have (added after the read).
+        let k = saw(tracer_common::engine::NFTABLES, "hardening", Some("out"));
+        weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
+        assert_eq!(a.attribution, Level::Chain);
+        assert!(!a.kernel_confirmed);
+        assert_eq!(a.backend.as_deref(), Some("nftables"));
+        assert_eq!(
+            (a.table.as_deref(), a.chain.as_deref()),
+            (Some("hardening"), Some("out"))
+        );
+        assert_eq!(a.rule, None);
+        assert!(
+            a.why.contains("evaluation named filter/OUTPUT rule 4"),
+            "{}",
+            a.why
+        );
+
+        // The legacy engine dropped it, but evaluation found an iptables-nft rule.
+        let (mut a, d, path) = evaluate_with_path(
+            &rs,
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Output,
+            &packet,
+        );
+        let k = saw(tracer_common::engine::XTABLES, "filter", None);
+        weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
+        assert_eq!(a.attribution, Level::Chain);
+        assert_eq!(a.backend.as_deref(), Some("iptables-legacy"));
+        assert_eq!(a.chain.as_deref(), Some("OUTPUT"));
     }
 }

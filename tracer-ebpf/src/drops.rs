@@ -1,0 +1,559 @@
+//! The drop programs: on the `kfree_skb` tracepoint, shared by both objects (see
+//! `main.rs` and `perf.rs`, which differ only in how a record reaches userspace).
+//!
+//! Every freed packet passes here, so the program returns as early as it can: first the
+//! drop reason (`SKB_DROP_REASON_NETFILTER_DROP` unless `--all-reasons`), then the
+//! user's filters, and only then does it write a record. Offsets of kernel structs come
+//! from userspace (BTF) through [`CONFIG`]; all kernel memory is read with
+//! `bpf_probe_read_kernel`, which never faults.
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::MaybeUninit,
+};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::generated,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, StackTrace},
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
+};
+use tracer_common::{
+    AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
+    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES,
+    STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
+};
+
+/// Written by the loader before the program is verified (read-only data).
+#[unsafe(no_mangle)]
+pub(crate) static CONFIG: Config = Config::EMPTY;
+
+/// Reads one field of [`CONFIG`]. Volatile, so that the compiler neither folds in the
+/// default value nor copies the whole struct onto the 512-byte BPF stack.
+macro_rules! conf {
+    ($($path:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($path)+) }
+    };
+}
+
+/// A copy of the dropped `sk_buff`, read in one helper call (see [`SkbFields`]).
+#[map]
+static SKB_COPY: PerCpuArray<[u8; SKB_COPY_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a record is assembled before it is copied into [`EVENTS`] (see `handle`).
+#[map]
+static SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packet and byte counts per flow: every drop is counted here, so totals stay exact
+/// whatever happens to the ring buffer.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Per-CPU counters: drops matched and records lost (ring buffer full).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Kernel stacks of drops; userspace reads the hook and the table family from them.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+
+const IP_VERSION_4: u8 = 4;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// `NFCT_INFOMASK` in include/linux/skbuff.h: low bits of `skb->_nfct` hold ctinfo.
+const NFCT_INFOMASK: u64 = 7;
+/// `(u16)~0U`: `skb->network_header` not set (include/linux/skbuff.h).
+const HEADER_UNSET: u16 = u16::MAX;
+
+/// Arguments of `trace_kfree_skb(skb, location, reason, ...)` (include/trace/events/skb.h).
+/// The reason exists since Linux 5.17; on older kernels only `match_location` applies.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = if conf!(tp_reason) == NO_OFFSET {
+        0
+    } else {
+        ctx.arg(2)
+    };
+    let _ = handle(&ctx, skb, location, reason);
+    0
+}
+
+/// The classic tracepoint, for kernels where tp_btf cannot attach (no BTF ids, or BTF
+/// tracing refused). The record layout comes from userspace (BTF or tracefs format).
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb_tp(ctx: TracePointContext) -> i32 {
+    let field = |off: u32| -> u64 {
+        if off == NO_OFFSET {
+            0
+        } else {
+            unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
+        }
+    };
+    let skb = field(conf!(tp_skb));
+    let location = field(conf!(tp_location));
+    let reason_off = conf!(tp_reason);
+    let reason: u32 = if reason_off == NO_OFFSET {
+        0
+    } else {
+        unsafe { ctx.read_at::<u32>(reason_off as usize) }.unwrap_or(0)
+    };
+    let _ = handle(&ctx, skb, location, reason);
+    0
+}
+
+/// Whether `location` lies in one of the netfilter drop functions.
+#[inline(always)]
+fn in_netfilter(location: u64) -> bool {
+    let within = |i: usize| {
+        let (start, end) = (conf!(nf_ranges[i]), conf!(nf_ranges[i + 1]));
+        location >= start && location < end
+    };
+    within(0) || within(2) || within(4)
+}
+
+/// Like [`read`], for callers that must tell a failed read (or a null base) from a zero.
+/// It branches on the result, so the main drop path avoids it (see [`read`]).
+#[inline(always)]
+pub(crate) fn read_checked<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Reads kernel memory at `base + off`, zero when the read fails (the helper zero-fills
+/// its buffer then) or the field does not exist on this kernel.
+///
+/// Nothing branches on the helper's result: every branch here would double the paths the
+/// verifier walks through the rest of the program, and old kernels stop at a million
+/// instructions. `off` comes from frozen read-only data, so its check costs no path.
+#[inline(always)]
+pub(crate) fn read<T>(base: u64, off: u32) -> T {
+    let mut v = MaybeUninit::<T>::uninit();
+    copy_kernel(v.as_mut_ptr().cast(), size_of::<T>() as u32, base, off);
+    // SAFETY: copy_kernel filled `v` with the kernel's bytes or with zeros; every T used
+    // here is plain data.
+    unsafe { v.assume_init() }
+}
+
+/// `bpf_probe_read_kernel` of `len` bytes at `base + off` into `dst`. The helper zero-fills
+/// `dst` when the read fails, so a missing field (`off == NO_OFFSET`) is read from address
+/// 0 on purpose: no branch, no compiler `memset` (an outlined call whose stack frame adds to
+/// ours, over the 512 bytes old verifiers allow for the whole call chain).
+#[inline(always)]
+pub(crate) fn copy_kernel(dst: *mut u8, len: u32, base: u64, off: u32) {
+    let src = if off == NO_OFFSET {
+        0
+    } else {
+        base + off as u64
+    };
+    // SAFETY: the helper writes exactly `len` bytes at `dst`, a live buffer of that size.
+    unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, src as *const core::ffi::c_void) };
+}
+
+/// The dropped `sk_buff`'s fields, from one copy of the whole struct when its size is known
+/// (a single helper call: each `bpf_probe_read_kernel` costs ~10 ns, paid per dropped
+/// packet), else read one by one.
+struct SkbFields {
+    skb: u64,
+    copy: *const u8,
+    size: u32,
+}
+
+impl SkbFields {
+    #[inline(always)]
+    fn copy(skb: u64) -> Option<Self> {
+        let size = conf!(offsets.skb_size);
+        let buf = SKB_COPY.get_ptr_mut(0)?;
+        if size != 0 {
+            copy_kernel(buf.cast(), size.min(SKB_COPY_BYTES as u32), skb, 0);
+        }
+        Some(SkbFields {
+            skb,
+            copy: buf as *const u8,
+            size,
+        })
+    }
+
+    #[inline(always)]
+    fn get<T>(&self, off: u32) -> T {
+        if self.size == 0 {
+            return read(self.skb, off);
+        }
+        if off == NO_OFFSET || off as usize + size_of::<T>() > self.size as usize {
+            // SAFETY: only integers are read through here; zero is a valid value.
+            return unsafe { core::mem::zeroed() };
+        }
+        // SAFETY: `off + size_of::<T>()` lies within the copied bytes (checked above).
+        unsafe { core::ptr::read_unaligned(self.copy.add(off as usize).cast::<T>()) }
+    }
+}
+
+/// The current task's command name, written in place (zeros if it cannot be read).
+#[inline(always)]
+fn current_comm(dst: &mut [u8; 16]) {
+    // SAFETY: the helper writes at most 16 bytes into the 16-byte array.
+    unsafe { generated::bpf_get_current_comm(dst.as_mut_ptr().cast(), 16) };
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        unsafe { *counter += 1 };
+    }
+}
+
+fn handle<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    skb: u64,
+    location: u64,
+    reason: u32,
+) -> Option<()> {
+    let wanted = conf!(drop_reason);
+    let reason = if conf!(match_location) != 0 {
+        if wanted != ANY_REASON && !in_netfilter(location) {
+            return None;
+        }
+        // No reason on this kernel: the location says whether netfilter dropped it.
+        if in_netfilter(location) {
+            REASON_BY_LOCATION
+        } else {
+            0
+        }
+    } else {
+        if wanted != ANY_REASON && reason != wanted {
+            return None;
+        }
+        reason
+    };
+
+    // The rule engine's verdict, if it was this packet's (see `verdict`). Taken now, so a
+    // verdict for a packet filtered out below is not left for a later one.
+    let (kv, kernel_saw) = crate::verdict::take(skb)?;
+
+    let fields = SkbFields::copy(skb)?;
+    let sk: u64 = fields.get::<u64>(conf!(offsets.skb_sk));
+    let dev: u64 = fields.get::<u64>(conf!(offsets.skb_dev));
+    // `_skb_refdst` keeps a "no reference" flag in bit 0 (SKB_DST_NOREF).
+    let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
+    let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
+
+    // The namespace: the socket's if any, else the device's, else the route's device's.
+    let sk_net: u64 = read(sk, conf!(offsets.sk_net));
+    let dev_net: u64 = read(dev, conf!(offsets.dev_nd_net));
+    let route_net: u64 = read(out_dev, conf!(offsets.dev_nd_net));
+    let net = if sk_net != 0 {
+        sk_net
+    } else if dev_net != 0 {
+        dev_net
+    } else {
+        route_net
+    };
+    let netns: u32 = read(net, conf!(offsets.net_ns_inum));
+    if conf!(netns) != 0 && netns != conf!(netns) {
+        return None;
+    }
+
+    let head: u64 = fields.get::<u64>(conf!(offsets.skb_head));
+    let nh: u16 = fields.get::<u16>(conf!(offsets.skb_network_header));
+    if nh == HEADER_UNSET {
+        return None;
+    }
+    let l3 = head + nh as u64;
+    let mut ev = Parsed::default();
+    parse_l3(l3, &mut ev)?;
+
+    if conf!(family) != 0 && conf!(family) != ev.family {
+        return None;
+    }
+    if conf!(proto) != 0 && conf!(proto) != ev.proto {
+        return None;
+    }
+    if !port_in(conf!(sport), ev.sport, ev.has_ports)
+        || !port_in(conf!(dport), ev.dport, ev.has_ports)
+    {
+        return None;
+    }
+    if !prefix_matches(&raw const CONFIG.src, ev.family, &ev.saddr)
+        || !prefix_matches(&raw const CONFIG.dst, ev.family, &ev.daddr)
+    {
+        return None;
+    }
+
+    let nfct: u64 = fields.get::<u64>(conf!(offsets.skb_nfct));
+    let ct_info = if nfct & !NFCT_INFOMASK != 0 {
+        (nfct & NFCT_INFOMASK) as u8
+    } else {
+        CT_NONE
+    };
+    let icmp = ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6;
+    let key = FlowKey {
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+        location,
+        netns,
+        reason,
+        sport: if icmp {
+            (ev.icmp_type as u16) << 8 | ev.icmp_code as u16
+        } else {
+            ev.sport
+        },
+        dport: ev.dport,
+        family: ev.family,
+        proto: ev.proto,
+        tcp_flags: ev.tcp_flags,
+        ct_info,
+    };
+    bump(STAT_MATCHED);
+    let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Read unconditionally (zero when there is no socket), so the value is written on
+    // every path: LLVM may load it where it is not needed, and verifiers before 6.x refuse
+    // a read of a stack slot that one path left unwritten.
+    let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
+    let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
+    let count = count_drop(&key, len, now, pid_tgid, uid)?;
+
+    // The record is built in a per-CPU scratch slot and copied into the ring buffer at
+    // the end, rather than reserved first: verifiers before 6.x cannot prune paths that
+    // hold a reservation, so every branch below would multiply their work past their
+    // million-instruction limit (seen on Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
+    // SAFETY: index 0 of a one-entry per-CPU array; nothing else on this CPU uses it
+    // while this program runs (tracing programs do not nest on one CPU).
+    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+
+    e.count = count;
+    e.ts_ns = now;
+    e.location = location;
+    e.sk = sk;
+    e.netns = netns;
+    e.ifindex = read(dev, conf!(offsets.dev_ifindex));
+    e.out_ifindex = read(out_dev, conf!(offsets.dev_ifindex));
+    e.pid = (pid_tgid >> 32) as u32;
+    e.tid = pid_tgid as u32;
+    e.reason = reason;
+    e.mark = fields.get::<u32>(conf!(offsets.skb_mark));
+    e.len = len;
+    e.stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(err) => err,
+    };
+    e.saddr = ev.saddr;
+    e.daddr = ev.daddr;
+    e.sport = ev.sport;
+    e.dport = ev.dport;
+    e.family = ev.family;
+    e.proto = ev.proto;
+    e.tcp_flags = ev.tcp_flags;
+    e.icmp_type = ev.icmp_type;
+    e.icmp_code = ev.icmp_code;
+    e.ct_info = ct_info;
+    let mut f = 0;
+    if sk != 0 {
+        f |= flags::HAS_SOCKET;
+    }
+    if ev.has_ports || ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6 {
+        f |= flags::HAS_L4;
+    }
+    if ev.fragment {
+        f |= flags::FRAGMENT;
+    }
+    e.uid = match uid {
+        Some(uid) => {
+            f |= flags::HAS_UID;
+            uid
+        }
+        None => u32::MAX,
+    };
+    e.flags = f;
+    e._pad = 0;
+    e._pad2 = 0;
+    current_comm(&mut e.comm);
+    // Absent devices and fields read as zeros: an empty name.
+    let name_off = conf!(offsets.dev_name);
+    copy_kernel(e.ifname.as_mut_ptr(), 16, dev, name_off);
+    copy_kernel(e.out_ifname.as_mut_ptr(), 16, out_dev, name_off);
+    copy_kernel(
+        (&raw mut e.kernel).cast(),
+        size_of::<tracer_common::KernelVerdict>() as u32,
+        kv as u64,
+        0,
+    );
+    if !kernel_saw {
+        e.kernel.engine = tracer_common::engine::NONE;
+    }
+    e.headers_len = 0;
+    let capture = conf!(capture_headers) != 0;
+    if capture && unsafe { bpf_probe_read_kernel_buf(l3 as *const u8, &mut e.headers) }.is_ok() {
+        e.headers_len = HEADER_BYTES as u16;
+    }
+    if !crate::emit(ctx, e) {
+        bump(STAT_LOST);
+    }
+    Some(())
+}
+
+/// Counts the drop in its flow. Returns the flow's cumulative count when a record should
+/// be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None` otherwise.
+#[inline(always)]
+fn count_drop(key: &FlowKey, len: u32, now: u64, pid_tgid: u64, uid: Option<u32>) -> Option<u64> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        return bump_flow(state, len, now);
+    }
+    let mut state = MaybeUninit::<FlowState>::uninit();
+    let st = state.as_mut_ptr();
+    // SAFETY: every field of the stack slot is written before the map copies it.
+    unsafe {
+        (*st).count = 1;
+        (*st).bytes = len as u64;
+        (*st).first_ns = now;
+        (*st).last_emit_ns = now;
+        (*st).pid = (pid_tgid >> 32) as u32;
+        (*st).uid = uid.unwrap_or(u32::MAX);
+        current_comm(&mut (*st).comm);
+    }
+    // SAFETY: initialised just above.
+    match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {
+        Ok(()) => Some(1),
+        // Another CPU created the flow in the meantime: count in its entry.
+        Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, len, now),
+    }
+}
+
+#[inline(always)]
+fn bump_flow(state: *mut FlowState, len: u32, now: u64) -> Option<u64> {
+    // SAFETY: a map value pointer from the kernel, valid for this program run; counters
+    // are updated with atomic adds because other CPUs may count the same flow.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, len as u64);
+        if now.wrapping_sub((*state).last_emit_ns) < FLOW_UPDATE_NS {
+            return None;
+        }
+        (*state).last_emit_ns = now;
+        Some((*state).count)
+    }
+}
+
+#[derive(Default)]
+struct Parsed {
+    family: u8,
+    proto: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    has_ports: bool,
+    fragment: bool,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+}
+
+/// Parses the IPv4 or IPv6 header at `l3`, then the L4 header.
+#[inline(always)]
+fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
+    let first: u8 = read(l3, 0);
+    let l4 = match first >> 4 {
+        IP_VERSION_4 => {
+            // struct iphdr: ihl:4 version:4, tos, tot_len, id, frag_off@6, ttl, protocol@9,
+            // check, saddr@12, daddr@16.
+            p.family = AF_INET;
+            p.proto = read(l3, 9);
+            let frag: u16 = u16::from_be(read(l3, 6));
+            p.fragment = frag & 0x1fff != 0;
+            let s: [u8; 4] = read(l3, 12);
+            let d: [u8; 4] = read(l3, 16);
+            p.saddr[..4].copy_from_slice(&s);
+            p.daddr[..4].copy_from_slice(&d);
+            l3 + ((first & 0x0f) as u64) * 4
+        }
+        6 => {
+            // struct ipv6hdr: nexthdr@6, saddr@8, daddr@24; 40 bytes.
+            p.family = AF_INET6;
+            p.saddr = read(l3, 8);
+            p.daddr = read(l3, 24);
+            let mut next: u8 = read(l3, 6);
+            let mut off: u64 = 40;
+            // Walk extension headers (RFC 8200 section 4). Every unrolled iteration
+            // multiplies the paths the verifier walks through the rest of the program, and
+            // pre-6.x verifiers give up at a million instructions: two headers (hop-by-hop
+            // then routing or fragment) cover what real traffic carries.
+            for _ in 0..2 {
+                if !matches!(next, 0 | 43 | 60 | 51 | 44) {
+                    break;
+                }
+                let hdr: [u8; 4] = read(l3, off as u32);
+                off += match next {
+                    51 => (hdr[1] as u64 + 2) * 4,
+                    44 => 8,
+                    _ => (hdr[1] as u64 + 1) * 8,
+                };
+                if next == 44 {
+                    p.fragment = u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0;
+                }
+                next = hdr[0];
+            }
+            p.proto = next;
+            l3 + off
+        }
+        _ => return None,
+    };
+    if p.fragment {
+        return Some(());
+    }
+    match p.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: [u8; 4] = read(l4, 0);
+            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            p.has_ports = true;
+            if p.proto == IPPROTO_TCP {
+                // struct tcphdr: flags byte at offset 13 (CWR..FIN).
+                p.tcp_flags = read(l4, 13);
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let tc: [u8; 2] = read(l4, 0);
+            p.icmp_type = tc[0];
+            p.icmp_code = tc[1];
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+#[inline(always)]
+pub(crate) fn port_in(range: PortRange, port: u16, has_ports: bool) -> bool {
+    if range.lo == 0 && range.hi == u16::MAX {
+        return true;
+    }
+    has_ports && port >= range.lo && port <= range.hi
+}
+
+/// Whether `addr` is inside `prefix` (a pointer into [`CONFIG`], read field by field).
+#[inline(always)]
+pub(crate) fn prefix_matches(prefix: *const Prefix, family: u8, addr: &[u8; 16]) -> bool {
+    // SAFETY: `prefix` points into CONFIG; volatile keeps the loader's values.
+    let field = |p: *const u64| unsafe { core::ptr::read_volatile(p) };
+    let want = unsafe { core::ptr::read_volatile(&raw const (*prefix).family) };
+    if want == 0 {
+        return true;
+    }
+    let negate = unsafe { core::ptr::read_volatile(&raw const (*prefix).negate) } != 0;
+    let words = Prefix::words(addr);
+    let differs = |i: usize| unsafe {
+        (words[i] ^ field(&raw const (*prefix).addr[i])) & field(&raw const (*prefix).mask[i]) != 0
+    };
+    let inside = want == family && !differs(0) && !differs(1);
+    inside != negate
+}
