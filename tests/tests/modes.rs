@@ -89,3 +89,70 @@ fn classic_tracepoint_by_location_as_on_5_10() {
 fn auto_picks_tp_btf_by_reason_here() {
     run_mode(&[], "tp_btf/kfree_skb");
 }
+
+#[test]
+fn perf_buffers_as_on_kernels_before_5_8() {
+    run_mode(
+        &["--buffer", "perf"],
+        "tp_btf/kfree_skb, records through perf buffers",
+    );
+}
+
+/// What a 4.x-era kernel gets: no tp_btf, no drop reasons, no ring buffer.
+#[test]
+fn every_fallback_at_once() {
+    run_mode(
+        &[
+            "--attach",
+            "tracepoint",
+            "--detect",
+            "location",
+            "--buffer",
+            "perf",
+        ],
+        "tracepoint/skb/kfree_skb, netfilter drops recognised by location, records through perf buffers",
+    );
+}
+
+/// `--kernel-verdicts on` needs kprobes: where the kernel has none (this machine) it is a
+/// one-line error naming why; where it has them, the start line names what is watched.
+#[test]
+fn kernel_verdicts_on_requires_kprobes() {
+    let t = Topology::new().unwrap();
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if has_kprobes {
+        let w = Watcher::start_checked(
+            &[
+                "watch",
+                "--netns",
+                &t.client.name,
+                "--kernel-verdicts",
+                "on",
+            ],
+            |start| {
+                let v = start["kernel_verdicts"].as_str().unwrap_or_default();
+                assert!(v.contains("nft_do_chain"), "{start}");
+            },
+        )
+        .unwrap();
+        w.stop().unwrap();
+        return;
+    }
+    let (code, out, err) = droptrace_tests::droptrace_output(&[
+        "watch",
+        "--netns",
+        &t.client.name,
+        "--kernel-verdicts",
+        "on",
+        "--duration",
+        "1s",
+    ])
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("verdicts cannot be watched") && err.contains("no kprobes"),
+        "{err}"
+    );
+}

@@ -4,14 +4,13 @@
 //! droptrace exits, even by `kill -9`, the kernel closes the file descriptors and detaches
 //! it, so nothing outlives the tool.
 
-use std::{collections::HashMap, io, os::fd::AsRawFd as _};
+use std::{collections::HashMap, io};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
-use tokio::io::unix::AsyncFd;
 use tracer_common::{
     ANY_REASON, Config, DropEvent, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION, STAT_LOST,
     STAT_MATCHED,
@@ -20,12 +19,17 @@ use tracer_common::{
 use crate::{
     btf::{KernelBtf, TracepointRecord},
     drop::Drop,
+    event_source::{BufferKind, EventSource},
     filter::Filters,
 };
 
 /// The compiled eBPF object, built by build.rs (aya-build) from tracer-ebpf.
 pub(crate) static PROGRAM: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
+/// The same drop programs writing to perf buffers (tracer-ebpf/src/perf.rs), for kernels
+/// without a BPF ring buffer.
+static PROGRAM_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace-perf"));
 
 /// Name of the tracepoint, of the program inside the object, and of its maps.
 const TRACEPOINT: &str = "kfree_skb";
@@ -59,7 +63,7 @@ pub enum CaptureError {
     Map(&'static str, String),
     #[error("the rule engines' verdicts cannot be watched: {0}")]
     Verdicts(String),
-    #[error("cannot watch the ring buffer: {0}")]
+    #[error("cannot watch the record buffer: {0}")]
     Poll(io::Error),
 }
 
@@ -115,6 +119,7 @@ pub struct CaptureOptions {
     /// `nft_do_chain`, which frees dropped packets itself on recent kernels.
     pub netfilter_ranges: Vec<(u64, u64)>,
     pub verdicts: VerdictMode,
+    pub buffer: BufferKind,
 }
 
 /// Counters kept by the program in the kernel.
@@ -135,7 +140,7 @@ pub struct Capture {
     pub verdicts: String,
     // Owns the program and its link: dropping it detaches everything.
     _ebpf: Ebpf,
-    ring: AsyncFd<RingBuf<MapData>>,
+    events: EventSource,
     stats: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
@@ -204,9 +209,15 @@ impl Capture {
             (true, _) => 0,
         };
 
+        let buffer = opts.buffer.resolve();
+        let object = if buffer == BufferKind::Perf {
+            PROGRAM_PERF
+        } else {
+            PROGRAM
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)
-            .load(PROGRAM)
+            .load(object)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
         let attached = match opts.attach {
             AttachMode::TpBtf => attach_tp_btf(&mut ebpf),
@@ -232,27 +243,32 @@ impl Capture {
         } else {
             attached.to_string()
         };
+        let mode = if buffer == BufferKind::Perf {
+            format!("{mode}, records through perf buffers")
+        } else {
+            mode
+        };
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| CaptureError::Map(name, "missing from object".into()))
         };
-        let ring = RingBuf::try_from(take(&mut ebpf, RING)?)
-            .map_err(|e| CaptureError::Map(RING, e.to_string()))?;
+        let events = match buffer {
+            BufferKind::Perf => EventSource::perf(take(&mut ebpf, RING)?),
+            _ => EventSource::ring(take(&mut ebpf, RING)?),
+        }
+        .map_err(|e| CaptureError::Map(RING, e))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?)
             .map_err(|e| CaptureError::Map(STATS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, STACKS)?)
             .map_err(|e| CaptureError::Map(STACKS, e.to_string()))?;
         let flows = BpfHashMap::try_from(take(&mut ebpf, FLOWS)?)
             .map_err(|e| CaptureError::Map(FLOWS, e.to_string()))?;
-        // SAFETY: the RingBuf owns its map fd, which stays open until the AsyncFd drops it.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         Ok(Capture {
             mode,
             verdicts,
             _ebpf: ebpf,
-            ring,
+            events,
             stats,
             stacks,
             flows,
@@ -262,26 +278,28 @@ impl Capture {
 
     /// Waits until records are available.
     pub async fn readable(&self) -> Result<(), CaptureError> {
-        let mut guard = self.ring.readable().await.map_err(CaptureError::Poll)?;
-        guard.clear_ready();
-        Ok(())
+        self.events.readable().await.map_err(CaptureError::Poll)
     }
 
-    /// Moves every record now in the ring buffer into `out`; returns how many.
+    /// Moves every record now buffered into `out`; returns how many.
     pub fn drain(&mut self, out: &mut Vec<Drop>) -> usize {
-        let ring = self.ring.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        self.events.drain(|item| {
             if item.len() < size_of::<DropEvent>() {
-                continue;
+                return;
             }
             // SAFETY: the record was written by our program as a DropEvent; read_unaligned
-            // copes with the ring buffer's 8-byte alignment guarantee being all we have.
+            // copes with the buffers' 8-byte alignment guarantee being all we have.
             let raw: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             out.push(Drop::from(&raw));
             n += 1;
-        }
+        });
         n
+    }
+
+    /// Which buffer carries the records.
+    pub fn buffer(&self) -> BufferKind {
+        self.events.kind()
     }
 
     pub fn stats(&self) -> KernelStats {
@@ -310,11 +328,6 @@ impl Capture {
             self.stack_cache.insert(id, frames);
         }
         self.stack_cache.get(&id).map(Vec::as_slice)
-    }
-
-    /// File descriptor of the ring buffer, for diagnostics.
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
     }
 }
 

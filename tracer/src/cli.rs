@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     capture::{AttachMode, Detect, VerdictMode},
+    event_source::BufferKind,
     filter::{Cidr, Filters, Ports, Proto},
     netns::{NetnsError, NetnsSelector},
 };
@@ -110,6 +111,10 @@ pub struct CaptureArgs {
     /// them, off relies on ruleset evaluation and counters alone.
     #[arg(long, value_enum, default_value_t = VerdictMode::Auto)]
     pub kernel_verdicts: VerdictMode,
+    /// How records reach droptrace: the BPF ring buffer (5.8+), per-CPU perf buffers
+    /// (older kernels), or auto.
+    #[arg(long, value_enum, default_value_t = BufferKind::Auto)]
+    pub buffer: BufferKind,
 }
 
 /// Which drops to report. All filters are applied in the kernel.

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cli;
 pub mod drop;
 pub mod escape;
+pub mod event_source;
 pub mod explain;
 pub mod filter;
 pub mod flows;

@@ -156,6 +156,7 @@ impl Session {
             detect: capture.detect,
             netfilter_ranges,
             verdicts: capture.kernel_verdicts,
+            buffer: capture.buffer,
         };
         let cap = Capture::start(&kernel, &opts)?;
         crate::privileges::drop_after_attach();

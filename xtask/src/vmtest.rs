@@ -137,7 +137,7 @@ const MODULE_DIRS: &[&str] = &[
 ];
 /// Where the guest's traffic goes; both ports must show up as drops.
 const EXPECTED_DPORTS: &[u64] = &[8443, 5044];
-const BACKENDS: &[&str] = &["nft", "legacy"];
+const BACKENDS: &[&str] = &["nft", "legacy", "nft-perf"];
 /// Longer first error lines (verifier logs) are printed in full below the table.
 const ERROR_WIDTH: usize = 90;
 

@@ -2,7 +2,8 @@
 # /init of the `cargo xtask vm-test` guest (built by xtask/src/vmtest.rs).
 #
 # Replays the incident on loopback: an iptables DROP rule for TCP 1024-65535 (and UDP 5044)
-# in OUTPUT, once with iptables-nft and once with iptables-legacy, with
+# in OUTPUT, with iptables-nft, with iptables-legacy, and with iptables-nft again through the
+# oldest kernels' path (classic tracepoint, perf buffers), each with
 # `droptrace watch --json` running. Everything the host reads is a line on the serial
 # console starting with "VMTEST-"; the guest then powers off. If this script dies, the kernel
 # panics and reboots, and qemu (-no-reboot) exits: the host sees no VMTEST-DONE.
@@ -29,9 +30,9 @@ report "KERNEL $(uname -r)"
 ip link set lo up
 ip addr add 203.0.113.10/32 dev lo
 
-# run_case BACKEND IPTABLES: rules, droptrace, traffic, report, flush.
+# run_case BACKEND IPTABLES [FLAGS]: rules, droptrace (with FLAGS), traffic, report, flush.
 run_case() {
-	backend=$1 ipt=$2
+	backend=$1 ipt=$2 flags=$3
 	out=/tmp/$backend.json err=/tmp/$backend.err
 	if [ -n "$not_started" ]; then
 		# Loading and attaching do not depend on the backend: a second try would only spend
@@ -47,7 +48,8 @@ run_case() {
 		return
 	fi
 
-	droptrace watch --json --duration 6s >"$out" 2>"$err" &
+	# shellcheck disable=SC2086 # FLAGS are words
+	droptrace watch --json --duration 6s $flags >"$out" 2>"$err" &
 	pid=$!
 	started=$(date +%s)
 	# Loading and attaching under software emulation takes seconds; a verifier that gives
@@ -79,14 +81,16 @@ run_case() {
 	while IFS= read -r line; do report "STDERR $backend $line"; done <"$err"
 	report "EXIT $backend $code $(($(date +%s) - started))s"
 
-	case $backend in
-	nft) nft flush ruleset ;;
-	legacy) $ipt -F OUTPUT ;;
+	case $ipt in
+	iptables-nft) nft flush ruleset ;;
+	iptables-legacy) $ipt -F OUTPUT ;;
 	esac
 }
 
 run_case nft iptables-nft
 run_case legacy iptables-legacy
+# The oldest kernels' path on these: classic tracepoint, records through perf buffers.
+run_case nft-perf iptables-nft "--attach tracepoint --buffer perf"
 
 report DONE
 poweroff -f
