@@ -156,3 +156,39 @@ fn kernel_verdicts_on_requires_kprobes() {
         "{err}"
     );
 }
+
+/// Kernels built without BTF: offsets from a BTF file (as BTFHub ships them), the
+/// classic tracepoint, and drops recognised by location. The file here is a copy of this
+/// kernel's own BTF, at a path droptrace knows nothing about.
+#[test]
+fn btf_from_a_file_as_on_kernels_without_btf() {
+    let file = std::env::temp_dir().join(format!("droptrace-test-{}.btf", std::process::id()));
+    std::fs::copy("/sys/kernel/btf/vmlinux", &file).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    run_mode(
+        &[
+            "--btf",
+            &path,
+            "--attach",
+            "tracepoint",
+            "--detect",
+            "location",
+        ],
+        "tracepoint/skb/kfree_skb, netfilter drops recognised by location",
+    );
+    std::fs::remove_file(&file).unwrap();
+
+    let (code, _, err) = droptrace_tests::droptrace_output(&[
+        "watch",
+        "--btf",
+        "/nonexistent/vmlinux.btf",
+        "--duration",
+        "1s",
+    ])
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err.trim(),
+        "droptrace: error: no BTF file at /nonexistent/vmlinux.btf"
+    );
+}

@@ -16,8 +16,12 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("kernel BTF not found at {path}: this kernel was built without CONFIG_DEBUG_INFO_BTF")]
+    #[error(
+        "kernel BTF not found at {path}: this kernel was built without CONFIG_DEBUG_INFO_BTF; pass --btf FILE with its BTF (e.g. from BTFHub)"
+    )]
     Missing { path: String },
+    #[error("no BTF file at {path}")]
+    NoFile { path: String },
     #[error("cannot parse kernel BTF at {path}: {reason}")]
     Parse { path: String, reason: String },
     #[error("kernel BTF has no {0}: cannot read packets on this kernel")]
@@ -81,9 +85,13 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let from_sys = path == Path::new(VMLINUX_BTF);
         if !path.exists() {
-            return Err(BtfError::Missing {
-                path: path.display().to_string(),
+            let path = path.display().to_string();
+            return Err(if from_sys {
+                BtfError::Missing { path }
+            } else {
+                BtfError::NoFile { path }
             });
         }
         let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
@@ -92,8 +100,9 @@ impl KernelBtf {
         })?;
         let mut kernel = Self::from_btf(&btf)?;
         kernel.verdicts = match path.parent() {
-            Some(dir) => crate::verdicts::VerdictSupport::from_modules(&btf, dir),
-            None => crate::verdicts::VerdictSupport::none("no module BTF directory"),
+            Some(dir) if from_sys => crate::verdicts::VerdictSupport::from_modules(&btf, dir),
+            // A BTF file given for a kernel without its own: its modules have none either.
+            _ => crate::verdicts::VerdictSupport::none("no module BTF (kernel BTF from a file)"),
         };
         Ok(kernel)
     }

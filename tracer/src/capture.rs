@@ -34,6 +34,9 @@ static PROGRAM_PERF: &[u8] =
 /// Name of the tracepoint, of the program inside the object, and of its maps.
 const TRACEPOINT: &str = "kfree_skb";
 const CLASSIC_PROGRAM: &str = "kfree_skb_tp";
+/// The program types, as errors name them.
+const TP_BTF_KIND: &str = "BTF tracepoint (tp_btf/kfree_skb)";
+const CLASSIC_KIND: &str = "tracepoint (skb/kfree_skb)";
 const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
 const STACKS: &str = "STACKS";
@@ -57,8 +60,12 @@ pub enum CaptureError {
     NoNetfilterReason,
     #[error("the kernel refused to load the BPF object: {0}")]
     Load(String),
-    #[error("the kernel refused the tracing program: {0}")]
-    Program(String),
+    #[error("the kernel refused the {0} program: {1}")]
+    Program(&'static str, String),
+    #[error(
+        "kernel lockdown is in {0} mode, which forbids BPF programs to read kernel memory; droptrace needs a boot with lockdown=integrity or none"
+    )]
+    Lockdown(String),
     #[error("cannot open map {0}: {1}")]
     Map(&'static str, String),
     #[error("the rule engines' verdicts cannot be watched: {0}")]
@@ -153,6 +160,9 @@ impl Capture {
     pub fn start(kernel: &KernelBtf, opts: &CaptureOptions) -> Result<Self, CaptureError> {
         if let Some(missing) = crate::privileges::missing_for_load() {
             return Err(CaptureError::MissingCapabilities(missing));
+        }
+        if let Some(mode) = crate::privileges::lockdown_forbidding_bpf_reads() {
+            return Err(CaptureError::Lockdown(mode));
         }
         raise_memlock_limit();
         let mut cfg = Config::EMPTY;
@@ -332,19 +342,20 @@ impl Capture {
 }
 
 fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| CaptureError::Program(e.to_string()))?;
+    let btf =
+        aya::Btf::from_sys_fs().map_err(|e| CaptureError::Program(TP_BTF_KIND, e.to_string()))?;
     let program: &mut BtfTracePoint = ebpf
         .program_mut(TRACEPOINT)
         .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?
         .try_into()
-        .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
+        .map_err(|e: ProgramError| CaptureError::Program(TP_BTF_KIND, e.to_string()))?;
     program
         .load(TRACEPOINT, &btf)
-        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        .map_err(|e| CaptureError::Program(TP_BTF_KIND, program_error(&e)))?;
     log_verifier_work(program.info());
     program
         .attach()
-        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        .map_err(|e| CaptureError::Program(TP_BTF_KIND, program_error(&e)))?;
     Ok("tp_btf/kfree_skb")
 }
 
@@ -436,14 +447,14 @@ fn attach_classic(
             CaptureError::Load(format!("program {CLASSIC_PROGRAM} missing from object"))
         })?
         .try_into()
-        .map_err(|e: ProgramError| CaptureError::Program(e.to_string()))?;
+        .map_err(|e: ProgramError| CaptureError::Program(CLASSIC_KIND, e.to_string()))?;
     program
         .load()
-        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        .map_err(|e| CaptureError::Program(CLASSIC_KIND, program_error(&e)))?;
     log_verifier_work(program.info());
     program
         .attach("skb", "kfree_skb")
-        .map_err(|e| CaptureError::Program(program_error(&e)))?;
+        .map_err(|e| CaptureError::Program(CLASSIC_KIND, program_error(&e)))?;
     Ok("tracepoint/skb/kfree_skb")
 }
 

@@ -115,6 +115,11 @@ pub struct CaptureArgs {
     /// (older kernels), or auto.
     #[arg(long, value_enum, default_value_t = BufferKind::Auto)]
     pub buffer: BufferKind,
+    /// This kernel's BTF, for kernels built without it (no /sys/kernel/btf/vmlinux), e.g.
+    /// from BTFHub: struct offsets are read from it, and the classic tracepoint is used.
+    /// It must match the running kernel's release.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<std::path::PathBuf>,
 }
 
 /// Which drops to report. All filters are applied in the kernel.

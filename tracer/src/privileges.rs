@@ -42,6 +42,21 @@ pub fn missing_for_load() -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
+/// The kernel lockdown mode (security/lockdown/lockdown.c), when it is one that forbids
+/// what droptrace's programs do: `confidentiality` refuses `bpf_probe_read_kernel`
+/// (LOCKDOWN_BPF_READ_KERNEL), and with it every field read. `integrity` allows it.
+pub fn lockdown_forbidding_bpf_reads() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    lockdown_mode(&text).filter(|m| m == "confidentiality")
+}
+
+/// The selected mode of /sys/kernel/security/lockdown: `none integrity [confidentiality]`.
+fn lockdown_mode(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        .map(str::to_string)
+}
+
 /// Drops every capability not in [`KEPT`]. Failure is logged, never fatal: the capture
 /// itself does not depend on it.
 pub fn drop_after_attach() {
@@ -65,6 +80,19 @@ pub fn drop_after_attach() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_selected_lockdown_mode() {
+        assert_eq!(
+            lockdown_mode("[none] integrity confidentiality\n").as_deref(),
+            Some("none")
+        );
+        assert_eq!(
+            lockdown_mode("none integrity [confidentiality]\n").as_deref(),
+            Some("confidentiality")
+        );
+        assert_eq!(lockdown_mode(""), None);
+    }
 
     #[test]
     fn kept_capabilities_do_not_include_loading_ones() {

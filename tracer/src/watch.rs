@@ -139,7 +139,10 @@ impl Session {
         capture_headers: bool,
     ) -> anyhow::Result<Self> {
         let f = filters.to_filters()?;
-        let kernel = KernelBtf::load()?;
+        let kernel = match &capture.btf {
+            Some(file) => KernelBtf::from_file(file)?,
+            None => KernelBtf::load()?,
+        };
         let kallsyms = Kallsyms::load().context("cannot read /proc/kallsyms")?;
         if kallsyms.is_empty() {
             log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
