@@ -137,7 +137,7 @@ const MODULE_DIRS: &[&str] = &[
 ];
 /// Where the guest's traffic goes; both ports must show up as drops.
 const EXPECTED_DPORTS: &[u64] = &[8443, 5044];
-const BACKENDS: &[&str] = &["nft", "legacy", "nft-perf"];
+const BACKENDS: &[&str] = &["nft", "legacy", "nftables", "nft-perf"];
 /// Longer first error lines (verifier logs) are printed in full below the table.
 const ERROR_WIDTH: usize = 90;
 
@@ -1006,7 +1006,7 @@ impl Run {
 
     /// Why this run does not count as working, if it does not. `kernel_verdicts`: the
     /// engines' verdicts must have confirmed every attribution.
-    fn problem(&self, kernel_verdicts: bool) -> Option<String> {
+    fn problem(&self, backend: &str, kernel_verdicts: bool) -> Option<String> {
         let first_err = || self.stderr.iter().find(|l| !l.trim().is_empty()).cloned();
         match self.exit.as_deref() {
             None => return Some("no report from the guest".into()),
@@ -1040,6 +1040,22 @@ impl Run {
             return Some(format!(
                 "drop to dport {} attributed {} ({})",
                 d["dport"], d["attribution"], d["why"]
+            ));
+        }
+        // init.sh: native nft drops in user chain `hardening` of `inet fw`; iptables in
+        // filter/OUTPUT.
+        let (table, chain) = match backend {
+            "nftables" => ("fw", "hardening"),
+            _ => ("filter", "OUTPUT"),
+        };
+        if let Some(d) = self
+            .drops
+            .iter()
+            .find(|d| d["table"] != table || d["chain"] != chain)
+        {
+            return Some(format!(
+                "drop to dport {} attributed to {}/{}, not {table}/{chain}",
+                d["dport"], d["table"], d["chain"]
             ));
         }
         if kernel_verdicts {
@@ -1168,7 +1184,7 @@ impl<'a> Report<'a> {
                     .runs
                     .get(*backend)
                     .map_or(Some("no report from the guest".into()), |r| {
-                        r.problem(self.spec.kernel_verdicts)
+                        r.problem(backend, self.spec.kernel_verdicts)
                     });
                 if problem.is_some() {
                     out.push(format!("{} ({}) {backend}", self.spec.label, self.release));
@@ -1202,7 +1218,7 @@ fn table(reports: &[Report]) -> String {
     for r in reports {
         for backend in BACKENDS {
             let run = r.runs.get(*backend).unwrap_or(&empty);
-            let problem = run.problem(r.spec.kernel_verdicts);
+            let problem = run.problem(backend, r.spec.kernel_verdicts);
             let result = match (&problem, r.spec.expect_pass) {
                 (None, true) => "pass",
                 (None, false) => "PASS (expected to fail: flip expect_pass)",

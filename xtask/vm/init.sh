@@ -2,7 +2,8 @@
 # /init of the `cargo xtask vm-test` guest (built by xtask/src/vmtest.rs).
 #
 # Replays the incident on loopback: an iptables DROP rule for TCP 1024-65535 (and UDP 5044)
-# in OUTPUT, with iptables-nft, with iptables-legacy, and with iptables-nft again through the
+# in OUTPUT, with iptables-nft, with iptables-legacy, with native nft (an inet table, a user
+# chain), and with iptables-nft again through the
 # oldest kernels' path (classic tracepoint, perf buffers), each with
 # `droptrace watch --json` running. Everything the host reads is a line on the serial
 # console starting with "VMTEST-"; the guest then powers off. If this script dies, the kernel
@@ -30,6 +31,25 @@ report "KERNEL $(uname -r)"
 ip link set lo up
 ip addr add 203.0.113.10/32 dev lo
 
+# add_rules TOOL: the incident's rules, with iptables(-nft|-legacy) or, for `nft`, the same
+# drops in a native inet table at a non-default priority, behind a jump to a user chain.
+add_rules() {
+	case $1 in
+	nft)
+		nft add table inet fw &&
+			nft add chain inet fw out '{ type filter hook output priority -10; }' &&
+			nft add chain inet fw hardening &&
+			nft add rule inet fw out jump hardening &&
+			nft add rule inet fw hardening tcp dport 1024-65535 counter drop &&
+			nft add rule inet fw hardening udp dport 5044 counter drop
+		;;
+	*)
+		$1 -A OUTPUT -p tcp --dport 1024:65535 -j DROP &&
+			$1 -A OUTPUT -p udp --dport 5044 -j DROP
+		;;
+	esac
+}
+
 # run_case BACKEND IPTABLES [FLAGS]: rules, droptrace (with FLAGS), traffic, report, flush.
 run_case() {
 	backend=$1 ipt=$2 flags=$3
@@ -41,8 +61,7 @@ run_case() {
 		report "EXIT $backend skipped"
 		return
 	fi
-	if ! { $ipt -A OUTPUT -p tcp --dport 1024:65535 -j DROP &&
-		$ipt -A OUTPUT -p udp --dport 5044 -j DROP; } >/tmp/$backend.ipt 2>&1; then
+	if ! add_rules "$ipt" >/tmp/$backend.ipt 2>&1; then
 		while IFS= read -r line; do report "STDERR $backend $ipt: $line"; done </tmp/$backend.ipt
 		report "EXIT $backend rules"
 		return
@@ -82,13 +101,14 @@ run_case() {
 	report "EXIT $backend $code $(($(date +%s) - started))s"
 
 	case $ipt in
-	iptables-nft) nft flush ruleset ;;
+	iptables-nft | nft) nft flush ruleset ;;
 	iptables-legacy) $ipt -F OUTPUT ;;
 	esac
 }
 
 run_case nft iptables-nft
 run_case legacy iptables-legacy
+run_case nftables nft
 # The oldest kernels' path on these: classic tracepoint, records through perf buffers.
 run_case nft-perf iptables-nft "--attach tracepoint --buffer perf"
 
