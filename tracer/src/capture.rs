@@ -427,6 +427,9 @@ fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static s
     if attached.is_empty() {
         return Err(reasons.join("; "));
     }
+    if !reasons.is_empty() {
+        log::info!("some rule engine verdicts not watched: {}", reasons.join("; "));
+    }
     Ok(attached)
 }
 
