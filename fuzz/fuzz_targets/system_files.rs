@@ -1,5 +1,5 @@
 //! Files droptrace reads from the system: /proc/PID/{cmdline,cgroup}, /proc/kallsyms,
-//! tracefs' event format.
+//! tracefs' event format, /proc/net/{tcp,udp}[6].
 #![no_main]
 use droptrace::{btf::TracepointRecord, kallsyms::Kallsyms, procinfo};
 
@@ -15,4 +15,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = k.range("nf_hook_slow");
     let _ = TracepointRecord::from_format(&text);
     let _ = droptrace::escape::terminal(&text);
+    for (local, remote) in [
+        ("10.0.0.2:40000", "203.0.113.10:8443"),
+        ("[::1]:1", "[::]:0"),
+    ] {
+        let _ =
+            droptrace::sockets::find_inode(&text, local.parse().unwrap(), remote.parse().unwrap());
+    }
 });

@@ -353,3 +353,35 @@ fn a_syn_retransmitted_from_softirq_is_attributed_to_its_sender() {
         assert_ne!(v["comm"], "swapper/0");
     }
 }
+
+/// A connect() already retrying when droptrace starts: its retransmitted SYNs leave from the
+/// TCP timer, and the socket was never seen in process context. The owner is found the way
+/// `ss -p` finds it, from the namespace's /proc/net/tcp and the processes' descriptors.
+#[test]
+fn a_connect_older_than_droptrace_is_attributed_to_its_process() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
+        ])
+        .unwrap();
+    // SYN at 0 s, retransmissions at about 1 s and 3 s: droptrace starts in between.
+    let netns = std::fs::File::open(t.client.path()).unwrap();
+    let addr = t.gateway_addr(8443);
+    let connecting = std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(4000)).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    assert!(!connecting.join().unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "no retransmission seen");
+    for v in &d {
+        assert_eq!(v["context"], "softirq", "{v}");
+        assert_eq!(v["pid"], std::process::id(), "{v}");
+        assert_ne!(v["comm"], "unknown", "{v}");
+    }
+}

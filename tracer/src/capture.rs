@@ -428,7 +428,10 @@ fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static s
         return Err(reasons.join("; "));
     }
     if !reasons.is_empty() {
-        log::info!("some rule engine verdicts not watched: {}", reasons.join("; "));
+        log::info!(
+            "some rule engine verdicts not watched: {}",
+            reasons.join("; ")
+        );
     }
     Ok(attached)
 }

@@ -132,7 +132,7 @@ impl EventSource {
                 let mut joined = Vec::new();
                 for buf in buffers.iter_mut().filter(|b| b.readable()) {
                     buf.for_each(|event| match event {
-                        PerfEvent::Sample { head, tail } if tail.is_empty() => {
+                        PerfEvent::Sample { head, tail: [] } => {
                             f(head);
                             n += 1;
                         }

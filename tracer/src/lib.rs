@@ -26,6 +26,7 @@ pub mod probe;
 pub mod procinfo;
 pub mod record;
 pub mod resolve;
+pub mod sockets;
 pub mod stack;
 pub mod summary;
 pub mod top;

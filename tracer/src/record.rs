@@ -121,6 +121,9 @@ pub struct Enricher {
     kallsyms: Kallsyms,
     netns: NetnsNames,
     owners: HashMap<u64, Owner>,
+    /// Sockets whose owner /proc could not tell (not asked again).
+    unowned: std::collections::HashSet<u64>,
+    sockets: crate::sockets::SocketOwners,
     procs: crate::procinfo::ProcCache,
     /// Unnamed namespaces: a pid inside each (None when none was found).
     netns_pids: HashMap<u32, Option<u32>>,
@@ -139,6 +142,8 @@ impl Enricher {
             kallsyms,
             netns: NetnsNames::new(),
             owners: HashMap::new(),
+            unowned: std::collections::HashSet::new(),
+            sockets: crate::sockets::SocketOwners::default(),
             procs: crate::procinfo::ProcCache::default(),
             netns_pids: HashMap::new(),
             resolver: None,
@@ -269,10 +274,48 @@ impl Enricher {
             }
             return (Some(drop.pid), drop.comm.clone());
         }
-        match drop.socket.and_then(|sk| self.owners.get(&sk)) {
-            Some(o) => (Some(o.pid), o.comm.clone()),
+        let Some(sk) = drop.socket else {
+            return (None, "unknown".to_string());
+        };
+        if let Some(o) = self.owners.get(&sk) {
+            return (Some(o.pid), o.comm.clone());
+        }
+        match self.owner_from_proc(drop) {
+            Some((pid, comm)) => {
+                if self.owners.len() >= MAX_OWNERS {
+                    self.owners.clear();
+                }
+                self.owners.insert(
+                    sk,
+                    Owner {
+                        pid,
+                        comm: comm.clone(),
+                    },
+                );
+                (Some(pid), comm)
+            }
             None => (None, "unknown".to_string()),
         }
+    }
+
+    /// A socket never seen in process context (its connect() predates droptrace): ask
+    /// /proc, once per socket. Its packets leave from it, so the source is the local end.
+    fn owner_from_proc(&mut self, drop: &Drop) -> Option<(u32, String)> {
+        let sk = drop.socket?;
+        if self.unowned.contains(&sk) {
+            return None;
+        }
+        let local = std::net::SocketAddr::new(drop.src, drop.sport?);
+        let remote = std::net::SocketAddr::new(drop.dst, drop.dport?);
+        let found = crate::netns::path_of(drop.netns)
+            .and_then(|ns| self.sockets.owner(ns, drop.proto, local, remote));
+        if found.is_none() {
+            if self.unowned.len() >= MAX_OWNERS {
+                self.unowned.clear();
+            }
+            self.unowned.insert(sk);
+        }
+        found
     }
 
     /// The current time, formatted like drop times.

@@ -485,7 +485,7 @@ impl Attributor {
                 && let Some(path) = &ns.path
             {
                 let now = Snapshot::read(path.as_deref());
-                ns.previous = std::mem::replace(&mut ns.current, Some(now));
+                ns.previous = ns.current.replace(now);
             }
         }
     }
