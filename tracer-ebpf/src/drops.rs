@@ -557,3 +557,14 @@ pub(crate) fn prefix_matches(prefix: *const Prefix, family: u8, addr: &[u8; 16])
     let inside = want == family && !differs(0) && !differs(1);
     inside != negate
 }
+
+// Both objects (main.rs, perf.rs) include this module: their panic handler and licence.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

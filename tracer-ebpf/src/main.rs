@@ -30,13 +30,3 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 fn emit<C: EbpfContext>(_ctx: &C, e: &DropEvent) -> bool {
     EVENTS.output(e, 0).is_ok()
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -40,13 +40,3 @@ fn emit<C: EbpfContext>(ctx: &C, e: &DropEvent) -> bool {
     };
     r == 0
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
