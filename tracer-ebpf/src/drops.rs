@@ -119,16 +119,6 @@ fn in_netfilter(location: u64) -> bool {
     within(0) || within(2) || within(4)
 }
 
-/// Like [`read`], for callers that must tell a failed read (or a null base) from a zero.
-/// It branches on the result, so the main drop path avoids it (see [`read`]).
-#[inline(always)]
-pub(crate) fn read_checked<T>(base: u64, off: u32) -> Option<T> {
-    if base == 0 || off == NO_OFFSET {
-        return None;
-    }
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
-}
-
 /// Reads kernel memory at `base + off`, zero when the read fails (the helper zero-fills
 /// its buffer then) or the field does not exist on this kernel.
 ///

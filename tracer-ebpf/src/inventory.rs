@@ -52,7 +52,17 @@ use tracer_common::{
     },
 };
 
-use crate::drops::{CONFIG, port_in, prefix_matches, read_checked};
+use crate::drops::{CONFIG, port_in, prefix_matches};
+
+/// Like `drops::read`, for callers that must tell a failed read (or a null base) from a zero.
+/// It branches on the result, so the main drop path avoids it (see `drops::read`).
+#[inline(always)]
+pub(crate) fn read_checked<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
 
 /// Written by the loader before the programs are verified (read-only data).
 #[unsafe(no_mangle)]

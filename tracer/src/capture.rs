@@ -364,7 +364,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
 fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static str>, String> {
     // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
     if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
+        return Err("no kprobes on this kernel: CONFIG_KPROBES is off".into());
     }
     let support = &kernel.verdicts;
     let mut wanted: Vec<(&'static str, &'static str)> = Vec::new();
