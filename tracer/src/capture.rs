@@ -380,6 +380,9 @@ fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static s
         }
         Err(why) => reasons.push(format!("iptables-legacy: {why}")),
     }
+    if wanted.is_empty() {
+        return Err(reasons.join("; "));
+    }
     for name in ["nft_do_chain_entry", "xt_do_table_entry", "do_table_return"] {
         if wanted.iter().all(|(p, _)| *p != name) && name != "do_table_return" {
             continue;

@@ -1092,6 +1092,8 @@ struct Report<'a> {
     release: String,
     runs: BTreeMap<String, Run>,
     done: bool,
+    /// droptrace's programs in the kernel while capturing, and after a `kill -9`.
+    kill9: Option<(u32, u32)>,
     /// Why the guest gave no full report, with the end of its console.
     infra: Option<String>,
     took: Option<Duration>,
@@ -1107,6 +1109,7 @@ impl<'a> Report<'a> {
             release: g.kernel.release.clone(),
             runs: BTreeMap::new(),
             done: false,
+            kill9: None,
             infra: None,
             took: None,
         };
@@ -1118,6 +1121,12 @@ impl<'a> Report<'a> {
             match tag {
                 "KERNEL" => report.release = rest.trim().to_string(),
                 "DONE" => report.done = true,
+                "KILL9" => {
+                    let mut n = rest.split_whitespace().map(|w| w.parse::<u32>().ok());
+                    if let (Some(Some(during)), Some(Some(after))) = (n.next(), n.next()) {
+                        report.kill9 = Some((during, after));
+                    }
+                }
                 "JSON" | "STDERR" | "EXIT" => {
                     let (backend, payload) = rest.split_once(' ').unwrap_or((rest, ""));
                     let run = report.runs.entry(backend.to_string()).or_default();
@@ -1190,8 +1199,25 @@ impl<'a> Report<'a> {
                     out.push(format!("{} ({}) {backend}", self.spec.label, self.release));
                 }
             }
+            if let Some(problem) = self.kill9_problem() {
+                out.push(format!(
+                    "{} ({}) kill -9: {problem}",
+                    self.spec.label, self.release
+                ));
+            }
         }
         out
+    }
+
+    /// Why the `kill -9` check failed, if it did: programs must have been loaded (else the
+    /// check proves nothing) and none left after.
+    fn kill9_problem(&self) -> Option<String> {
+        match self.kill9 {
+            None => Some("no report from the guest".into()),
+            Some((0, _)) => Some("no droptrace program was loaded during the capture".into()),
+            Some((_, 0)) => None,
+            Some((during, after)) => Some(format!("{after} of {during} programs left behind")),
+        }
     }
 }
 
@@ -1290,6 +1316,13 @@ fn table(reports: &[Report]) -> String {
         }
     }
     for r in reports {
+        if let Some((during, after)) = r.kill9 {
+            let _ = writeln!(
+                out,
+                "{} ({}) kill -9 while capturing: {during} droptrace programs loaded, {after} left after",
+                r.spec.label, r.release
+            );
+        }
         if !r.spec.expect_pass {
             let _ = writeln!(
                 out,

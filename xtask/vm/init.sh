@@ -106,11 +106,42 @@ run_case() {
 	esac
 }
 
+# droptrace's programs loaded in the kernel (names from BTF, or cut to 15 characters).
+our_programs() {
+	bpftool prog show 2>/dev/null |
+		grep -cE ' name (kfree_skb|kfree_skb_tp|nft_do_chain_en(try)?|xt_do_table_ent(ry)?|do_table_return) '
+}
+
+# kill -9 while capturing, with the rule engines probed: nothing may stay in the kernel.
+# Reports how many of droptrace's programs were loaded during the capture and after.
+kill9_case() {
+	iptables-legacy -A OUTPUT -p tcp --dport 1024:65535 -j DROP # ip_tables probed too
+	droptrace watch --json >/tmp/kill9.json 2>/tmp/kill9.err &
+	pid=$!
+	n=0
+	while [ $n -lt 1000 ] && alive $pid && ! grep -qs '"type":"start"' /tmp/kill9.json; do
+		usleep 100000
+		n=$((n + 1))
+	done
+	during=$(our_programs)
+	kill -9 $pid
+	wait $pid
+	# Programs are freed once their last reference goes, after an RCU grace period.
+	n=0
+	while [ $n -lt 50 ] && [ "$(our_programs)" != 0 ]; do
+		usleep 100000
+		n=$((n + 1))
+	done
+	report "KILL9 $during $(our_programs)"
+	iptables-legacy -F OUTPUT
+}
+
 run_case nft iptables-nft
 run_case legacy iptables-legacy
 run_case nftables nft
 # The oldest kernels' path on these: classic tracepoint, records through perf buffers.
 run_case nft-perf iptables-nft "--attach tracepoint --buffer perf"
+kill9_case
 
 report DONE
 poweroff -f
