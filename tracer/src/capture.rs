@@ -9,7 +9,7 @@ use std::{collections::HashMap, io};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
-    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
     ANY_REASON, Config, DropEvent, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION, STAT_LOST,
@@ -239,7 +239,7 @@ impl Capture {
         }?;
         let verdicts = match opts.verdicts {
             VerdictMode::Off => "off (--kernel-verdicts off)".to_string(),
-            mode => match attach_verdicts(&mut ebpf, kernel) {
+            mode => match crate::verdicts::attach(&mut ebpf, &kernel.verdicts) {
                 Ok(functions) => functions.join(", "),
                 Err(why) if mode == VerdictMode::On => return Err(CaptureError::Verdicts(why)),
                 Err(why) => {
@@ -357,86 +357,6 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
         .attach()
         .map_err(|e| CaptureError::Program(TP_BTF_KIND, program_error(&e)))?;
     Ok("tp_btf/kfree_skb")
-}
-
-/// Attaches the verdict programs to every engine function this kernel lets us watch;
-/// returns their names, or why none could be.
-fn attach_verdicts(ebpf: &mut Ebpf, kernel: &KernelBtf) -> Result<Vec<&'static str>, String> {
-    // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
-    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        return Err("no kprobes on this kernel: CONFIG_KPROBES is off".into());
-    }
-    let support = &kernel.verdicts;
-    let mut wanted: Vec<(&'static str, &'static str)> = Vec::new();
-    let mut reasons = Vec::new();
-    match &support.nftables {
-        Ok(()) => wanted.push(("nft_do_chain_entry", "nft_do_chain")),
-        Err(why) => reasons.push(format!("nftables: {why}")),
-    }
-    match &support.xtables {
-        Ok(()) => {
-            wanted.push(("xt_do_table_entry", "ipt_do_table"));
-            wanted.push(("xt_do_table_entry", "ip6t_do_table"));
-        }
-        Err(why) => reasons.push(format!("iptables-legacy: {why}")),
-    }
-    if wanted.is_empty() {
-        return Err(reasons.join("; "));
-    }
-    for name in ["nft_do_chain_entry", "xt_do_table_entry", "do_table_return"] {
-        if wanted.iter().all(|(p, _)| *p != name) && name != "do_table_return" {
-            continue;
-        }
-        let p: &mut KProbe = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from object"))?
-            .try_into()
-            .map_err(|e: ProgramError| e.to_string())?;
-        p.load()
-            .map_err(|e| format!("{name}: {}", program_error(&e)))?;
-    }
-    let mut attached = Vec::new();
-    for (entry, function) in wanted {
-        // Entry and return both, or neither: an entry without its return would leave
-        // calls on the per-CPU stack that no return pops.
-        let entry_link = {
-            let p: &mut KProbe = ebpf
-                .program_mut(entry)
-                .and_then(|p| p.try_into().ok())
-                .ok_or("no entry program")?;
-            match p.attach(function, 0) {
-                Ok(link) => link,
-                Err(e) => {
-                    reasons.push(format!("{function}: {}", program_error(&e)));
-                    continue;
-                }
-            }
-        };
-        let ret: &mut KProbe = ebpf
-            .program_mut("do_table_return")
-            .and_then(|p| p.try_into().ok())
-            .ok_or("no return program")?;
-        if let Err(e) = ret.attach(function, 0) {
-            reasons.push(format!("{function} (return): {}", program_error(&e)));
-            let p: &mut KProbe = ebpf
-                .program_mut(entry)
-                .and_then(|p| p.try_into().ok())
-                .ok_or("no entry program")?;
-            let _ = p.detach(entry_link);
-            continue;
-        }
-        attached.push(function);
-    }
-    if attached.is_empty() {
-        return Err(reasons.join("; "));
-    }
-    if !reasons.is_empty() {
-        log::info!(
-            "some rule engine verdicts not watched: {}",
-            reasons.join("; ")
-        );
-    }
-    Ok(attached)
 }
 
 fn attach_classic(

@@ -9,11 +9,16 @@
 
 use std::path::Path;
 
+use aya::{
+    Ebpf,
+    programs::{KProbe, ProgramError},
+};
 use btf_rs::{Btf, Type};
 use tracer_common::{KernelVerdict, NO_OFFSET, VerdictConfig, engine};
 
 use crate::{
     btf::member_offset,
+    capture::program_error,
     drop::c_string,
     stack::{Hook, NftFamily},
 };
@@ -141,6 +146,92 @@ fn func_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
             },
             _ => None,
         })
+}
+
+/// The return probe, on every watched function (tracer-ebpf `verdict::do_table_return`).
+const RETURN_PROBE: &str = "do_table_return";
+
+fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from object"))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())
+}
+
+/// Loads the verdict programs and attaches them to every engine function this kernel lets
+/// us watch; returns the functions, or why none could be watched.
+pub(crate) fn attach(
+    ebpf: &mut Ebpf,
+    support: &VerdictSupport,
+) -> Result<Vec<&'static str>, String> {
+    // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err("no kprobes on this kernel: CONFIG_KPROBES is off".into());
+    }
+    let engines: [(&Result<(), String>, &str, &str, &[&'static str]); 2] = [
+        (
+            &support.nftables,
+            "nftables",
+            "nft_do_chain_entry",
+            &["nft_do_chain"],
+        ),
+        (
+            &support.xtables,
+            "iptables-legacy",
+            "xt_do_table_entry",
+            &["ipt_do_table", "ip6t_do_table"],
+        ),
+    ];
+    let mut reasons = Vec::new();
+    let mut watched = Vec::new();
+    for (usable, label, entry, functions) in engines {
+        match usable {
+            Ok(()) => watched.push((entry, functions)),
+            Err(why) => reasons.push(format!("{label}: {why}")),
+        }
+    }
+    if watched.is_empty() {
+        return Err(reasons.join("; "));
+    }
+    for name in watched
+        .iter()
+        .map(|(entry, _)| *entry)
+        .chain([RETURN_PROBE])
+    {
+        kprobe(ebpf, name)?
+            .load()
+            .map_err(|e| format!("{name}: {}", program_error(&e)))?;
+    }
+    let mut attached = Vec::new();
+    for (entry, functions) in watched {
+        for &function in functions {
+            let link = match kprobe(ebpf, entry)?.attach(function, 0) {
+                Ok(link) => link,
+                Err(e) => {
+                    reasons.push(format!("{function}: {}", program_error(&e)));
+                    continue;
+                }
+            };
+            // Entry and return both, or neither: an entry without its return would leave
+            // calls on the per-CPU stack that no return pops.
+            if let Err(e) = kprobe(ebpf, RETURN_PROBE)?.attach(function, 0) {
+                reasons.push(format!("{function} (return): {}", program_error(&e)));
+                let _ = kprobe(ebpf, entry)?.detach(link);
+                continue;
+            }
+            attached.push(function);
+        }
+    }
+    if attached.is_empty() {
+        return Err(reasons.join("; "));
+    }
+    if !reasons.is_empty() {
+        log::info!(
+            "some rule engine verdicts not watched: {}",
+            reasons.join("; ")
+        );
+    }
+    Ok(attached)
 }
 
 /// What a rule engine function told us about one dropped packet.
