@@ -25,6 +25,11 @@ pub const AF_INET6: u8 = 10;
 /// Bytes of the packet (from the network header on) copied into each record, for pcapng.
 pub const HEADER_BYTES: usize = 128;
 
+/// Kernel stack frames kept per record: enough to reach the softirq entry
+/// (`net_rx_action`, `run_timer_softirq`) from a drop on the receive path, which is how
+/// a sender is told from whoever the softirq interrupted.
+pub const STACK_FRAMES: usize = 48;
+
 /// Length of a kernel task command name and of an interface name (`TASK_COMM_LEN`, `IFNAMSIZ`).
 pub const NAME_LEN: usize = 16;
 
@@ -398,8 +403,9 @@ pub struct DropEvent {
     pub mark: u32,
     /// `skb->len`.
     pub len: u32,
-    /// Kernel stack id in the `STACKS` map, negative when it could not be taken.
-    pub stack_id: i32,
+    /// Bytes of `stack` the kernel filled (a multiple of 8), negative when it could not be
+    /// taken.
+    pub stack_bytes: i32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Ports in host byte order (0 when the protocol has none).
@@ -426,6 +432,8 @@ pub struct DropEvent {
     /// What the rule engine returned for this packet, when the verdict programs are
     /// attached and saw it (`engine` is [`engine::NONE`] otherwise).
     pub kernel: KernelVerdict,
+    /// The kernel stack of the drop, innermost frame first (return addresses).
+    pub stack: [u64; STACK_FRAMES],
     /// The packet from its network header on.
     pub headers: [u8; HEADER_BYTES],
 }

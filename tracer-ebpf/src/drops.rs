@@ -18,8 +18,8 @@ use aya_ebpf::{
     helpers::generated,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, StackTrace},
-    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
     AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
@@ -55,10 +55,6 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_
 /// Per-CPU counters: drops matched and records lost (ring buffer full).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-
-/// Kernel stacks of drops; userspace reads the hook and the table family from them.
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
 
 const IP_VERSION_4: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
@@ -201,12 +197,7 @@ fn bump(index: u32) {
     }
 }
 
-fn handle<C: EbpfContext + StackIdContext>(
-    ctx: &C,
-    skb: u64,
-    location: u64,
-    reason: u32,
-) -> Option<()> {
+fn handle<C: EbpfContext>(ctx: &C, skb: u64, location: u64, reason: u32) -> Option<()> {
     let wanted = conf!(drop_reason);
     let reason = if conf!(match_location) != 0 {
         if wanted != ANY_REASON && !in_netfilter(location) {
@@ -333,10 +324,17 @@ fn handle<C: EbpfContext + StackIdContext>(
     e.reason = reason;
     e.mark = fields.get::<u32>(conf!(offsets.skb_mark));
     e.len = len;
-    e.stack_id = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(err) => err,
-    };
+    // The stack itself, not an id in a stack map: a map's hash buckets collide, and a
+    // colliding stack is refused for good (-EEXIST), losing the hook of its drops.
+    // SAFETY: the helper writes at most `size_of_val(&e.stack)` bytes into the record.
+    e.stack_bytes = unsafe {
+        generated::bpf_get_stack(
+            ctx.as_ptr(),
+            e.stack.as_mut_ptr().cast(),
+            size_of_val(&e.stack) as u32,
+            0,
+        )
+    } as i32;
     e.saddr = ev.saddr;
     e.daddr = ev.daddr;
     e.sport = ev.sport;

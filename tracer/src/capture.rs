@@ -4,11 +4,11 @@
 //! droptrace exits, even by `kill -9`, the kernel closes the file descriptors and detaches
 //! it, so nothing outlives the tool.
 
-use std::{collections::HashMap, io};
+use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
@@ -39,7 +39,6 @@ const TP_BTF_KIND: &str = "BTF tracepoint (tp_btf/kfree_skb)";
 const CLASSIC_KIND: &str = "tracepoint (skb/kfree_skb)";
 const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
-const STACKS: &str = "STACKS";
 const FLOWS: &str = "FLOWS";
 
 #[derive(Debug, thiserror::Error)]
@@ -149,9 +148,7 @@ pub struct Capture {
     _ebpf: Ebpf,
     events: EventSource,
     stats: PerCpuArray<MapData, u64>,
-    stacks: StackTraceMap<MapData>,
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
-    stack_cache: HashMap<u32, Vec<u64>>,
 }
 
 impl Capture {
@@ -270,8 +267,6 @@ impl Capture {
         .map_err(|e| CaptureError::Map(RING, e))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?)
             .map_err(|e| CaptureError::Map(STATS, e.to_string()))?;
-        let stacks = StackTraceMap::try_from(take(&mut ebpf, STACKS)?)
-            .map_err(|e| CaptureError::Map(STACKS, e.to_string()))?;
         let flows = BpfHashMap::try_from(take(&mut ebpf, FLOWS)?)
             .map_err(|e| CaptureError::Map(FLOWS, e.to_string()))?;
         Ok(Capture {
@@ -280,9 +275,7 @@ impl Capture {
             _ebpf: ebpf,
             events,
             stats,
-            stacks,
             flows,
-            stack_cache: HashMap::new(),
         })
     }
 
@@ -328,16 +321,6 @@ impl Capture {
     /// Every flow in the kernel's table (one map walk: for the end of a capture).
     pub fn flows(&self) -> Vec<(FlowKey, FlowState)> {
         self.flows.iter().filter_map(Result::ok).collect()
-    }
-
-    /// The kernel stack (return addresses, innermost first) of a stack id.
-    pub fn stack(&mut self, id: u32) -> Option<&[u64]> {
-        if !self.stack_cache.contains_key(&id) {
-            let trace = self.stacks.get(&id, 0).ok()?;
-            let frames = trace.frames().iter().map(|f| f.ip).collect();
-            self.stack_cache.insert(id, frames);
-        }
-        self.stack_cache.get(&id).map(Vec::as_slice)
     }
 }
 

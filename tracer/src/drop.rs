@@ -54,7 +54,8 @@ pub struct Drop {
     pub reason: u32,
     pub mark: u32,
     pub len: u32,
-    pub stack_id: Option<u32>,
+    /// The kernel stack of the drop, innermost frame first (empty when not taken).
+    pub stack: Vec<u64>,
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
@@ -129,7 +130,10 @@ impl From<&DropEvent> for Drop {
             reason: e.reason,
             mark: e.mark,
             len: e.len,
-            stack_id: u32::try_from(e.stack_id).ok(),
+            stack: {
+                let frames = usize::try_from(e.stack_bytes).unwrap_or(0) / 8;
+                e.stack[..frames.min(e.stack.len())].to_vec()
+            },
             src,
             dst,
             proto: e.proto,
@@ -167,7 +171,7 @@ impl Drop {
             reason: key.reason,
             mark: 0,
             len: 0,
-            stack_id: -1,
+            stack_bytes: -1,
             saddr: key.saddr,
             daddr: key.daddr,
             sport: key.sport,
@@ -191,6 +195,7 @@ impl Drop {
             ifname: [0; 16],
             out_ifname: [0; 16],
             kernel: tracer_common::KernelVerdict::NONE,
+            stack: [0; tracer_common::STACK_FRAMES],
             headers: [0; tracer_common::HEADER_BYTES],
         };
         if matches!(key.proto, 1 | 58) {
@@ -242,7 +247,7 @@ mod tests {
             reason: 12,
             mark: 0,
             len: 60,
-            stack_id: -14,
+            stack_bytes: -14,
             saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             sport: 40000,
@@ -261,8 +266,18 @@ mod tests {
             ifname: [0; 16],
             out_ifname: *b"veth0\0\0\0\0\0\0\0\0\0\0\0",
             kernel: tracer_common::KernelVerdict::NONE,
+            stack: [0xffff_ffff_8100_1000; tracer_common::STACK_FRAMES],
             headers: [0; HEADER_BYTES],
         }
+    }
+
+    #[test]
+    fn keeps_the_stack_frames_the_kernel_wrote() {
+        let mut e = raw();
+        e.stack_bytes = 16;
+        assert_eq!(Drop::from(&e).stack, vec![0xffff_ffff_8100_1000; 2]);
+        e.stack_bytes = i32::MAX;
+        assert_eq!(Drop::from(&e).stack.len(), tracer_common::STACK_FRAMES);
     }
 
     #[test]
@@ -274,7 +289,7 @@ mod tests {
         assert_eq!(d.comm, "java");
         assert_eq!(d.out_ifname, "veth0");
         assert_eq!(d.ifname, "");
-        assert_eq!(d.stack_id, None);
+        assert!(d.stack.is_empty());
         assert_eq!(d.uid, None);
         assert_eq!(d.ct_state, CtState::New);
         assert!(d.socket.is_some());

@@ -178,9 +178,9 @@ impl Enricher {
     }
 
     /// Builds the record of `drop` whose kernel stack is `stack` (innermost first).
-    pub fn record(&mut self, drop: Drop, stack: Option<&[u64]>) -> DropRecord {
-        let frames: Vec<&str> = stack
-            .unwrap_or_default()
+    pub fn record(&mut self, drop: Drop) -> DropRecord {
+        let frames: Vec<&str> = drop
+            .stack
             .iter()
             .filter_map(|ip| self.kallsyms.resolve(*ip))
             .collect();

@@ -327,10 +327,7 @@ impl Session {
             return;
         }
         let (key, cumulative) = (d.key, d.cumulative);
-        let stack = d
-            .stack_id
-            .and_then(|id| self.capture.stack(id).map(<[u64]>::to_vec));
-        let mut rec = self.enricher.record(d, stack.as_deref());
+        let mut rec = self.enricher.record(d);
         rec.count = delta;
         self.book.reported(key, cumulative, &rec);
         out.push(rec);

@@ -79,7 +79,6 @@ impl InventoryCapture {
             .map_max_entries("INV_EVENTS", inventory::RING_BYTES)
             // The drop program's maps are not used here.
             .map_max_entries("FLOWS", 1)
-            .map_max_entries("STACKS", 1)
             .map_max_entries("EVENTS", 4096)
             .load(crate::capture::PROGRAM)
             .map_err(|e| anyhow::anyhow!("the kernel refused to load the BPF object: {e}"))?;
