@@ -14,15 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long one walk of every process's descriptors is reused: a burst of retransmissions
-/// from many sockets costs one walk, not one each.
-const FD_MAP_TTL: Duration = Duration::from_secs(1);
+/// How long one read of a socket table, and one walk of every process's descriptors, is
+/// reused: a burst of retransmissions from many sockets costs one of each, not one per
+/// socket.
+const TTL: Duration = Duration::from_secs(1);
 
-/// Finds socket owners; keeps the last descriptor walk.
+/// Finds socket owners; keeps the last reads.
 #[derive(Default)]
 pub struct SocketOwners {
     /// `socket:[inode]` -> pid, and when it was built.
     fd_map: Option<(Instant, HashMap<u64, u32>)>,
+    /// /proc/net tables by namespace file (None: ours) and table name, when read.
+    tables: HashMap<(Option<PathBuf>, String), (Instant, String)>,
 }
 
 impl SocketOwners {
@@ -45,8 +48,17 @@ impl SocketOwners {
         } else {
             table.to_string()
         };
-        let text = read_net_table(netns, &file)?;
-        let inode = find_inode(&text, local, remote)?;
+        let key = (netns, file);
+        let fresh = self
+            .tables
+            .get(&key)
+            .is_some_and(|(at, _)| at.elapsed() < TTL);
+        if !fresh {
+            let text = read_net_table(key.0.clone(), &key.1)?;
+            self.tables.retain(|_, (at, _)| at.elapsed() < TTL);
+            self.tables.insert(key.clone(), (Instant::now(), text));
+        }
+        let inode = find_inode(&self.tables.get(&key)?.1, local, remote)?;
         let pid = self.pid_of(inode)?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         Some((pid, comm.trim_end().to_string()))
@@ -56,7 +68,7 @@ impl SocketOwners {
         let fresh = self
             .fd_map
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < FD_MAP_TTL);
+            .is_some_and(|(at, _)| at.elapsed() < TTL);
         if !fresh {
             self.fd_map = Some((Instant::now(), socket_fds()));
         }
