@@ -750,6 +750,14 @@ mod tests {
         (rs, packet)
     }
 
+    /// The incident packet evaluated in nf_tables' OUTPUT.
+    fn evaluated(
+        rs: &ruleset::Ruleset,
+        packet: &ruleset::Packet,
+    ) -> (Attribution, Option<DecidedBy>, Vec<ruleset::ChainRef>) {
+        evaluate_with_path(rs, ruleset::Engine::NfTables, ruleset::Hook::Output, packet)
+    }
+
     fn saw(engine: u8, table: &str, chain: Option<&str>) -> KernelSaw {
         KernelSaw {
             function: if engine == tracer_common::engine::NFTABLES {
@@ -768,12 +776,7 @@ mod tests {
     #[test]
     fn kernel_agreement_makes_the_evaluated_rule_exact() {
         let (rs, packet) = incident();
-        let (mut a, d, path) = evaluate_with_path(
-            &rs,
-            ruleset::Engine::NfTables,
-            ruleset::Hook::Output,
-            &packet,
-        );
+        let (mut a, d, path) = evaluated(&rs, &packet);
         assert_eq!(a.rule_num, Some(4));
         let k = saw(tracer_common::engine::NFTABLES, "filter", Some("OUTPUT"));
         weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
@@ -792,12 +795,7 @@ mod tests {
     #[test]
     fn kernel_disagreement_keeps_the_kernels_chain() {
         let (rs, packet) = incident();
-        let (mut a, d, path) = evaluate_with_path(
-            &rs,
-            ruleset::Engine::NfTables,
-            ruleset::Hook::Output,
-            &packet,
-        );
+        let (mut a, d, path) = evaluated(&rs, &packet);
         // A table the ruleset as read does not have (added after the read).
         let k = saw(tracer_common::engine::NFTABLES, "hardening", Some("out"));
         weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
@@ -816,12 +814,7 @@ mod tests {
         );
 
         // The legacy engine dropped it, but evaluation found an iptables-nft rule.
-        let (mut a, d, path) = evaluate_with_path(
-            &rs,
-            ruleset::Engine::NfTables,
-            ruleset::Hook::Output,
-            &packet,
-        );
+        let (mut a, d, path) = evaluated(&rs, &packet);
         let k = saw(tracer_common::engine::XTABLES, "filter", None);
         weigh_kernel(&mut a, d.as_ref(), &path, &k, &rs);
         assert_eq!(a.attribution, Level::Chain);
