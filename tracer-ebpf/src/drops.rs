@@ -78,7 +78,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     } else {
         ctx.arg(2)
     };
-    let _ = handle(&ctx, skb, location, reason);
+    let _ = handle::<_, true>(&ctx, skb, location, reason);
     0
 }
 
@@ -101,7 +101,7 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> i32 {
     } else {
         unsafe { ctx.read_at::<u32>(reason_off as usize) }.unwrap_or(0)
     };
-    let _ = handle(&ctx, skb, location, reason);
+    let _ = handle::<_, false>(&ctx, skb, location, reason);
     0
 }
 
@@ -148,15 +148,23 @@ pub(crate) fn copy_kernel(dst: *mut u8, len: u32, base: u64, off: u32) {
 /// The dropped `sk_buff`'s fields, from one copy of the whole struct when its size is known
 /// (a single helper call: each `bpf_probe_read_kernel` costs ~10 ns, paid per dropped
 /// packet), else read one by one.
-struct SkbFields {
+struct SkbFields<const BTF: bool> {
     skb: u64,
     copy: *const u8,
     size: u32,
 }
 
-impl SkbFields {
+impl<const BTF: bool> SkbFields<BTF> {
     #[inline(always)]
     fn copy(skb: u64) -> Option<Self> {
+        if BTF {
+            // Typed pointer: fields are loaded directly (see `load`), no copy needed.
+            return Some(SkbFields {
+                skb,
+                copy: core::ptr::null(),
+                size: 0,
+            });
+        }
         let size = conf!(offsets.skb_size);
         let buf = SKB_COPY.get_ptr_mut(0)?;
         if size != 0 {
@@ -171,8 +179,8 @@ impl SkbFields {
 
     #[inline(always)]
     fn get<T>(&self, off: u32) -> T {
-        if self.size == 0 {
-            return read(self.skb, off);
+        if BTF || self.size == 0 {
+            return load::<T, BTF>(self.skb, off);
         }
         if off == NO_OFFSET || off as usize + size_of::<T>() > self.size as usize {
             // SAFETY: only integers are read through here; zero is a valid value.
@@ -181,6 +189,26 @@ impl SkbFields {
         // SAFETY: `off + size_of::<T>()` lies within the copied bytes (checked above).
         unsafe { core::ptr::read_unaligned(self.copy.add(off as usize).cast::<T>()) }
     }
+}
+
+/// Reads a field of a kernel struct. `BTF`: `base` is a pointer the verifier knows the type
+/// of (a tp_btf argument, or a pointer field loaded from one), so the field is a plain load
+/// that the verifier checks against BTF and the JIT guards against faults (BPF_PROBE_MEM,
+/// kernel/bpf/verifier.c): about a nanosecond, against some ten for a helper call. A null
+/// `base` reads as zero. Otherwise, [`read`].
+#[inline(always)]
+fn load<T, const BTF: bool>(base: u64, off: u32) -> T {
+    if !BTF {
+        return read(base, off);
+    }
+    // Pointers loaded from fields may be null, and the verifier refuses arithmetic on them
+    // before a null check.
+    if base == 0 || off == NO_OFFSET {
+        // SAFETY: only integers are read through here; zero is a valid value.
+        return unsafe { core::mem::zeroed() };
+    }
+    // SAFETY: see above; the verifier rewrites this load into a fault-safe one.
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
 /// The current task's command name, written in place (zeros if it cannot be read).
@@ -197,7 +225,12 @@ fn bump(index: u32) {
     }
 }
 
-fn handle<C: EbpfContext>(ctx: &C, skb: u64, location: u64, reason: u32) -> Option<()> {
+fn handle<C: EbpfContext, const BTF: bool>(
+    ctx: &C,
+    skb: u64,
+    location: u64,
+    reason: u32,
+) -> Option<()> {
     let wanted = conf!(drop_reason);
     let reason = if conf!(match_location) != 0 {
         if wanted != ANY_REASON && !in_netfilter(location) {
@@ -220,7 +253,7 @@ fn handle<C: EbpfContext>(ctx: &C, skb: u64, location: u64, reason: u32) -> Opti
     // verdict for a packet filtered out below is not left for a later one.
     let (kv, kernel_saw) = crate::verdict::take(skb)?;
 
-    let fields = SkbFields::copy(skb)?;
+    let fields = SkbFields::<BTF>::copy(skb)?;
     let sk: u64 = fields.get::<u64>(conf!(offsets.skb_sk));
     let dev: u64 = fields.get::<u64>(conf!(offsets.skb_dev));
     // `_skb_refdst` keeps a "no reference" flag in bit 0 (SKB_DST_NOREF).
@@ -228,8 +261,8 @@ fn handle<C: EbpfContext>(ctx: &C, skb: u64, location: u64, reason: u32) -> Opti
     let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     // The namespace: the socket's if any, else the device's, else the route's device's.
-    let sk_net: u64 = read(sk, conf!(offsets.sk_net));
-    let dev_net: u64 = read(dev, conf!(offsets.dev_nd_net));
+    let sk_net: u64 = load::<_, BTF>(sk, conf!(offsets.sk_net));
+    let dev_net: u64 = load::<_, BTF>(dev, conf!(offsets.dev_nd_net));
     let route_net: u64 = read(out_dev, conf!(offsets.dev_nd_net));
     let net = if sk_net != 0 {
         sk_net

@@ -1034,6 +1034,13 @@ impl Run {
         if !missing.is_empty() {
             return Some(format!("no drop reported for dport {}", missing.join(", ")));
         }
+        // tp_btf loads on every kernel of the matrix: a silent fallback to the classic
+        // tracepoint (the verifier refusing the tp_btf program) is a failure. nft-perf forces
+        // the tracepoint.
+        let mode = self.mode();
+        if backend != "nft-perf" && !mode.starts_with("tp_btf/") {
+            return Some(format!("fell back to {mode}"));
+        }
         // The incident's rule is named on every kernel: by the engine's own verdict where
         // it is watched, else by evaluation confirmed by the rule's counter.
         if let Some(d) = self.drops.iter().find(|d| d["attribution"] != "exact") {
