@@ -48,6 +48,8 @@ const DIAG_SECONDS: f64 = 2.0;
 const MANY_FLOWS: usize = 100_000;
 /// How long a tracer may take to start before the bench gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a tracer may take to exit once asked to (it prints its summary first).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The floor: a program that does nothing, on the same tracepoint.
 const EMPTY_PROG: &str = "tracepoint:skb:kfree_skb {}";
 /// Runs bpftrace in a private mount namespace with tracefs mounted (bpftrace reads the
@@ -692,6 +694,8 @@ fn read_all(mut r: ChildStderr) -> JoinHandle<String> {
 struct Proc {
     child: Child,
     reaped: bool,
+    /// What it is, for messages.
+    name: String,
 }
 
 struct Exit {
@@ -720,6 +724,7 @@ impl Proc {
         Ok(Proc {
             child,
             reaped: false,
+            name: what.to_string(),
         })
     }
 
@@ -741,22 +746,42 @@ impl Proc {
 
     /// Sends `sig` and waits for the exit, with the process's resource usage (its CPU
     /// time and peak RSS, from wait4).
+    /// Sends `sig` and reaps the process. The signal is sent again every 5 s while the
+    /// process lives (bpftrace was once seen to miss a SIGINT and wait for minutes), and after
+    /// [`STOP_TIMEOUT`] it is killed.
     fn stop(&mut self, sig: Signal) -> anyhow::Result<Exit> {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, sig);
+        let started = Instant::now();
+        let mut signalled = Instant::now();
         let mut status = 0;
         // SAFETY: rusage is plain old data.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         loop {
+            let flags = if started.elapsed() > STOP_TIMEOUT {
+                let _ = kill(pid, Signal::SIGKILL);
+                0
+            } else {
+                libc::WNOHANG
+            };
             // SAFETY: valid pointers to locals; the pid is our unreaped child.
-            let r = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, &mut usage) };
+            let r = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
             if r == pid.as_raw() {
                 break;
             }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e).context("wait4");
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e).context("wait4");
+                }
+                continue;
             }
+            if signalled.elapsed() > Duration::from_secs(5) {
+                say(&format!("{} still running: sending {sig} again", self.name));
+                let _ = kill(pid, sig);
+                signalled = Instant::now();
+            }
+            thread::sleep(Duration::from_millis(10));
         }
         self.reaped = true;
         Ok(Exit { status, usage })
