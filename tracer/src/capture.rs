@@ -300,11 +300,6 @@ impl Capture {
         n
     }
 
-    /// Which buffer carries the records.
-    pub fn buffer(&self) -> BufferKind {
-        self.events.kind()
-    }
-
     pub fn stats(&self) -> KernelStats {
         let sum = |i: u32| self.stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
         KernelStats {

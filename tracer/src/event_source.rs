@@ -101,13 +101,6 @@ impl EventSource {
         })
     }
 
-    pub fn kind(&self) -> BufferKind {
-        match self {
-            EventSource::Ring(_) => BufferKind::Ringbuf,
-            EventSource::Perf { .. } => BufferKind::Perf,
-        }
-    }
-
     /// Waits until records are available.
     pub async fn readable(&self) -> io::Result<()> {
         match self {

@@ -261,16 +261,7 @@ impl Enricher {
     fn sender(&mut self, drop: &Drop, context: Context) -> (Option<u32>, String) {
         if context == Context::Process {
             if let Some(sk) = drop.socket {
-                if self.owners.len() >= MAX_OWNERS {
-                    self.owners.clear();
-                }
-                self.owners.insert(
-                    sk,
-                    Owner {
-                        pid: drop.pid,
-                        comm: drop.comm.clone(),
-                    },
-                );
+                self.remember_owner(sk, drop.pid, &drop.comm);
             }
             return (Some(drop.pid), drop.comm.clone());
         }
@@ -282,20 +273,24 @@ impl Enricher {
         }
         match self.owner_from_proc(drop) {
             Some((pid, comm)) => {
-                if self.owners.len() >= MAX_OWNERS {
-                    self.owners.clear();
-                }
-                self.owners.insert(
-                    sk,
-                    Owner {
-                        pid,
-                        comm: comm.clone(),
-                    },
-                );
+                self.remember_owner(sk, pid, &comm);
                 (Some(pid), comm)
             }
             None => (None, "unknown".to_string()),
         }
+    }
+
+    fn remember_owner(&mut self, sk: u64, pid: u32, comm: &str) {
+        if self.owners.len() >= MAX_OWNERS {
+            self.owners.clear();
+        }
+        self.owners.insert(
+            sk,
+            Owner {
+                pid,
+                comm: comm.to_string(),
+            },
+        );
     }
 
     /// A socket never seen in process context (its connect() predates droptrace): ask

@@ -845,16 +845,12 @@ impl Drop for Netns {
 }
 
 fn install_bpftrace() -> anyhow::Result<()> {
-    if setup::installed("bpftrace") {
-        say("bpftrace present");
-        return Ok(());
-    }
-    say("installing Debian's bpftrace (0.17 on Debian 12): the comparison rounds");
-    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "bpftrace"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+    setup::install_packages(
+        &[(
+            "bpftrace",
+            "Debian's bpftrace (0.17 on Debian 12): the comparison rounds",
+        )],
+        say,
     )
 }
 

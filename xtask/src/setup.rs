@@ -63,16 +63,23 @@ pub fn installed(pkg: &str) -> bool {
 }
 
 fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_packages(PACKAGES, say)
+}
+
+/// Installs those of `packages` (name, what for) that dpkg does not list as installed,
+/// saying why each is needed through `say`; says so when all are present.
+pub fn install_packages(packages: &[(&str, &str)], say: fn(&str)) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(p, _)| !installed(p))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {
-        say("Debian packages present");
+        let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
+        say(&format!("Debian packages present ({})", names.join(", ")));
         return Ok(());
     }
-    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (p, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         say(&format!("installing {p}: {why}"));
     }
     run_checked(Command::new("apt-get").args(["update", "-q"]))?;

@@ -234,25 +234,7 @@ fn select(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<&'static Kernel
 }
 
 fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(p, _)| !crate::setup::installed(p))
-        .map(|(p, _)| *p)
-        .collect();
-    if missing.is_empty() {
-        say("Debian packages present (qemu-system-x86, busybox-static, cpio, kmod, xz-utils)");
-        return Ok(());
-    }
-    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
-        say(&format!("installing {p}: {why}"));
-    }
-    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::setup::install_packages(PACKAGES, say)
 }
 
 fn cache_dir() -> PathBuf {
