@@ -7,9 +7,12 @@
 //! REJECT and QUEUE end the packet's trip through the hook.
 //!
 //! Packet fields are taken as reported at drop time; rules that rewrite them
-//! on the way (MARK, NAT) are not replayed. Rules that cannot be decided are
-//! treated as not matching and listed in [`Evaluation::undecided`], so the
-//! caller can lower its confidence instead of this crate guessing.
+//! on the way (MARK, NAT) are not replayed. A rule that cannot be decided
+//! forks the walk: the main answer takes it as not matching and lists it in
+//! [`Evaluation::undecided`]; [`Evaluation::alternatives`] holds where the
+//! walk ends when such rules are taken as matching. The caller chooses among
+//! them with evidence (the kernel's rule counters) instead of this crate
+//! guessing.
 
 use std::fmt;
 
@@ -59,7 +62,44 @@ pub struct Evaluation {
     /// why; they were taken as not matching. Rules with non-terminal targets
     /// (LOG, MARK, ...) are left out since they cannot change the verdict.
     pub undecided: Vec<(RuleRef, String)>,
+    /// The other places the walk can end, one per combination of undecided
+    /// rules taken as matching (those that lead somewhere else than the main
+    /// answer, first found first); at most [`MAX_FORKED_WALKS`] combinations
+    /// are walked.
+    pub alternatives: Vec<Alternative>,
+    /// More combinations existed than [`MAX_FORKED_WALKS`] walks could try:
+    /// the list may miss an outcome.
+    pub alternatives_truncated: bool,
 }
+
+/// Where the walk ends when some undecided rules match.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alternative {
+    pub verdict: Verdict,
+    pub by: DecidedBy,
+    pub path: Vec<ChainRef>,
+    /// The undecided rules taken as matching on this path; every other
+    /// undecided rule on it was taken as not matching.
+    pub assuming: Vec<RuleRef>,
+}
+
+impl Evaluation {
+    /// Every outcome the undecided rules allow: the main answer first (as an
+    /// [`Alternative`] assuming nothing), then the alternatives.
+    pub fn outcomes(&self) -> impl Iterator<Item = Alternative> + '_ {
+        std::iter::once(Alternative {
+            verdict: self.verdict.clone(),
+            by: self.by.clone(),
+            path: self.path.clone(),
+            assuming: Vec::new(),
+        })
+        .chain(self.alternatives.iter().cloned())
+    }
+}
+
+/// How many other combinations are walked at most: every undecided rule
+/// doubles them, and real rulesets put few of them on one packet's path.
+pub const MAX_FORKED_WALKS: usize = 32;
 
 /// Deeper than any real ruleset nests; nftables itself stops at 16.
 const MAX_CALL_DEPTH: usize = 64;
@@ -78,6 +118,76 @@ pub fn evaluate(
     hook: Hook,
     packet: &Packet,
 ) -> Evaluation {
+    let main = walk_once(ruleset, backends, family, hook, packet, &[]);
+    // Every undecided rule met is a fork: take it as matching, with the ones
+    // before it as on the path being extended. Depth first, main path's forks
+    // first.
+    let forks = |choices: &[bool], met: usize| {
+        (choices.len()..met)
+            .rev()
+            .map(|i| {
+                let mut next = choices.to_vec();
+                next.resize(i, false);
+                next.push(true);
+                next
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut todo = forks(&[], main.choices_met);
+    let mut alternatives: Vec<Alternative> = Vec::new();
+    let mut walks = 0;
+    while let Some(choices) = todo.pop() {
+        if walks == MAX_FORKED_WALKS {
+            todo.push(choices);
+            break;
+        }
+        walks += 1;
+        let run = walk_once(ruleset, backends, family, hook, packet, &choices);
+        todo.extend(forks(&choices, run.choices_met));
+        let same_end =
+            |verdict: &Verdict, by: &DecidedBy| *verdict == run.verdict && by.is_same(&run.by);
+        if same_end(&main.verdict, &main.by)
+            || alternatives.iter().any(|a| same_end(&a.verdict, &a.by))
+        {
+            continue;
+        }
+        alternatives.push(Alternative {
+            verdict: run.verdict,
+            by: run.by,
+            path: run.path,
+            assuming: run.assumed,
+        });
+    }
+    Evaluation {
+        verdict: main.verdict,
+        by: main.by,
+        path: main.path,
+        undecided: main.undecided,
+        alternatives,
+        alternatives_truncated: !todo.is_empty(),
+    }
+}
+
+/// One walk, with the undecided rules met taken as `choices` says in order
+/// (true: matching), and as not matching past its end.
+struct Run {
+    verdict: Verdict,
+    by: DecidedBy,
+    path: Vec<ChainRef>,
+    undecided: Vec<(RuleRef, String)>,
+    assumed: Vec<RuleRef>,
+    /// How many undecided rules the walk met (each one a fork).
+    choices_met: usize,
+}
+
+fn walk_once(
+    ruleset: &Ruleset,
+    backends: &[Backend],
+    family: Family,
+    hook: Hook,
+    packet: &Packet,
+    choices: &[bool],
+) -> Run {
     // NAT chains see only a connection's first packet.
     let nat_runs = matches!(packet.ct_state, None | Some(CtState::New));
     let mut base_chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
@@ -100,6 +210,9 @@ pub fn evaluate(
         packet,
         path: Vec::new(),
         undecided: Vec::new(),
+        choices,
+        choices_met: 0,
+        assumed: Vec::new(),
     };
     let mut verdict = Verdict::Accept;
     let mut by = DecidedBy::NoBaseChain;
@@ -121,11 +234,13 @@ pub fn evaluate(
     {
         by = rule;
     }
-    Evaluation {
+    Run {
         verdict,
         by,
         path: walk.path,
         undecided: walk.undecided,
+        assumed: walk.assumed,
+        choices_met: walk.choices_met,
     }
 }
 
@@ -134,6 +249,10 @@ struct Walk<'a> {
     packet: &'a Packet,
     path: Vec<ChainRef>,
     undecided: Vec<(RuleRef, String)>,
+    /// How to take the undecided rules met, in order (see [`walk_once`]).
+    choices: &'a [bool],
+    choices_met: usize,
+    assumed: Vec<RuleRef>,
 }
 
 struct Frame<'a> {
@@ -187,10 +306,14 @@ impl<'a> Walk<'a> {
                 Outcome::Match => {}
                 Outcome::NoMatch => continue,
                 Outcome::Undecidable(reason) => {
-                    if !matches!(rule.target, Target::Continue { .. }) {
-                        self.undecided.push((rule_ref(), reason));
+                    // A non-terminal target (LOG, MARK, ...) cannot change the verdict.
+                    if matches!(rule.target, Target::Continue { .. }) {
+                        continue;
                     }
-                    continue;
+                    self.undecided.push((rule_ref(), reason));
+                    if !self.take_as_matching(rule_ref) {
+                        continue;
+                    }
                 }
             }
 
@@ -268,10 +391,22 @@ impl<'a> Walk<'a> {
                 Outcome::NoMatch => {}
                 Outcome::Undecidable(reason) => {
                     self.undecided.push((rule_ref(), reason));
-                    return None;
+                    if self.take_as_matching(&rule_ref) {
+                        return Some(&arm.target);
+                    }
                 }
             }
         }
         None
+    }
+
+    /// The fork at an undecided rule: whether this walk takes it as matching.
+    fn take_as_matching(&mut self, rule_ref: impl Fn() -> RuleRef) -> bool {
+        let matching = self.choices.get(self.choices_met).copied().unwrap_or(false);
+        self.choices_met += 1;
+        if matching {
+            self.assumed.push(rule_ref());
+        }
+        matching
     }
 }

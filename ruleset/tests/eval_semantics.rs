@@ -231,3 +231,69 @@ fn evaluation_serializes_for_the_json_output() {
         serde_json::json!("drop")
     );
 }
+
+/// ufw's shape: `ufw-not-local` returns for local destinations (`-m addrtype`, which the
+/// packet alone cannot decide) and drops the rest. The main answer takes the RETURN as not
+/// matching; the alternative, where it matches, ends at the policy. The caller needs both
+/// to let the kernel's counters choose.
+#[test]
+fn an_undecidable_rule_forks_the_walk() {
+    let ruleset = ruleset(filter(
+        ":INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:ufw-not-local - [0:0]\n\
+         -A INPUT -j ufw-not-local\n\
+         -A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN\n\
+         -A ufw-not-local -m limit --limit 3/min -j LOG\n\
+         -A ufw-not-local -j DROP",
+    ));
+    let packet = syn(22).inbound("eth0");
+    let evaluation = evaluate(&ruleset, Engine::NfTables.backends(), Hook::Input, &packet);
+    assert_eq!(evaluation.verdict, Verdict::Drop);
+    assert_eq!(
+        decided_at(&evaluation),
+        ("filter".into(), "ufw-not-local".into(), 3)
+    );
+    // The LOG rule is undecidable too, but cannot change the verdict: no fork.
+    assert_eq!(evaluation.undecided.len(), 1, "{:?}", evaluation.undecided);
+    assert_eq!(evaluation.alternatives.len(), 1);
+    let alt = &evaluation.alternatives[0];
+    assert_eq!(alt.verdict, Verdict::Drop);
+    assert!(
+        matches!(&alt.by, DecidedBy::Policy(c) if c.chain == "INPUT"),
+        "{:?}",
+        alt.by
+    );
+    assert_eq!(alt.assuming.len(), 1);
+    assert_eq!(alt.assuming[0].position, 1);
+    assert!(!evaluation.alternatives_truncated);
+    assert_eq!(evaluation.outcomes().count(), 2);
+
+    // Decidable rules fork nothing.
+    let plain = ruleset_with_drop_only();
+    let evaluation = evaluate(&plain, Engine::NfTables.backends(), Hook::Output, &syn(22));
+    assert!(evaluation.alternatives.is_empty());
+}
+
+fn ruleset_with_drop_only() -> Ruleset {
+    ruleset(filter(
+        ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 22 -j DROP",
+    ))
+}
+
+/// Many undecidable rules in a row: the combinations are capped, and the cap is said.
+#[test]
+fn forks_are_capped_and_the_cap_is_said() {
+    let mut rules =
+        String::from(":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..40 {
+        rules.push_str(&format!(
+            ":C{i} - [0:0]\n-A OUTPUT -m limit --limit {}/min -j C{i}\n-A C{i} -p tcp --dport {} -j DROP\n",
+            i + 1,
+            1000 + i
+        ));
+    }
+    let ruleset = ruleset(filter(rules.trim_end()));
+    let evaluation = out(&ruleset, &syn(1039));
+    assert_eq!(evaluation.verdict, Verdict::Accept);
+    assert!(evaluation.alternatives.len() <= ruleset::eval::MAX_FORKED_WALKS);
+    assert!(evaluation.alternatives_truncated);
+}
