@@ -67,6 +67,9 @@ pub struct Attribution {
     pub attribution: Level,
     /// Why this level: what confirmed it, or what was missing.
     pub why: String,
+    /// Other rules (or policies) that may have dropped it instead: rules droptrace could
+    /// not decide lead there, and the counters did not rule them out.
+    pub alternatives: Vec<String>,
     /// The engine's own verdict (kprobe) agreed with the evaluation.
     #[serde(skip)]
     pub kernel_confirmed: bool,
@@ -84,6 +87,7 @@ impl Attribution {
             verdict: None,
             attribution: Level::None,
             why: why.into(),
+            alternatives: Vec::new(),
             kernel_confirmed: false,
         }
     }
@@ -182,46 +186,46 @@ pub fn evaluate(
     hook: ruleset::Hook,
     packet: &ruleset::Packet,
 ) -> (Attribution, Option<DecidedBy>) {
-    let (a, decided, _) = evaluate_with_path(rs, engine, hook, packet);
-    (a, decided)
+    let e = evaluate_candidates(rs, engine, hook, packet);
+    (
+        e.attribution,
+        e.candidates.into_iter().next().map(|c| c.decided),
+    )
 }
 
-/// [`evaluate`], with the chains the packet went through (to check against the kernel).
-fn evaluate_with_path(
-    rs: &ruleset::Ruleset,
-    engine: ruleset::Engine,
-    hook: ruleset::Hook,
-    packet: &ruleset::Packet,
-) -> (Attribution, Option<DecidedBy>, Vec<ruleset::ChainRef>) {
-    let ev = ruleset::eval::evaluate(rs, engine.backends(), packet.family, hook, packet);
-    let undecided = || {
-        ev.undecided
-            .iter()
-            .map(|(r, why)| format!("{}/{} rule {} ({why})", r.table, r.chain, r.position))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let verdict = match &ev.verdict {
-        Verdict::Drop => "DROP",
-        Verdict::Reject { .. } => "REJECT",
-        Verdict::Queue => "QUEUE",
-        Verdict::Accept => {
-            // The kernel dropped it but the ruleset as read accepts it.
-            let mut a = Attribution::none(if ev.undecided.is_empty() {
-                "the ruleset as read accepts this packet (changed since the drop?)".to_string()
-            } else {
-                format!("not decided: {}", undecided())
-            });
-            if let Some((r, _)) = ev.undecided.first() {
-                a.backend = Some(backend_name(r.backend).into());
-                a.table = Some(r.table.clone());
-                a.chain = Some(r.chain.clone());
-                a.attribution = Level::Chain;
-            }
-            return (a, None, ev.path);
-        }
-    };
-    let mut a = match &ev.by {
+/// One way the packet may have been dropped: a rule or policy that ends the walk with a
+/// drop, reject or queue, under some choice of the rules evaluation could not decide.
+#[derive(Debug, Clone)]
+struct Candidate {
+    attribution: Attribution,
+    decided: DecidedBy,
+    /// The chains the packet went through on the way there (to check against the kernel).
+    path: Vec<ruleset::ChainRef>,
+    /// The candidate in words, with what it assumes of the undecided rules.
+    described: String,
+}
+
+/// What evaluation says about a dropped packet.
+struct Evaluated {
+    /// The answer before counters are consulted: the only candidate, the first of several,
+    /// or why there is none.
+    attribution: Attribution,
+    /// Every outcome that drops, the one with every undecided rule taken as not matching
+    /// first. Empty when the ruleset as read accepts the packet whatever those rules say.
+    candidates: Vec<Candidate>,
+}
+
+fn verdict_word(v: &Verdict) -> Option<&'static str> {
+    match v {
+        Verdict::Drop => Some("DROP"),
+        Verdict::Reject { .. } => Some("REJECT"),
+        Verdict::Queue => Some("QUEUE"),
+        Verdict::Accept => None,
+    }
+}
+
+fn attribution_of(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
+    Some(match by {
         DecidedBy::Rule(r) => Attribution {
             backend: Some(backend_name(r.backend).into()),
             table: Some(r.table.clone()),
@@ -232,6 +236,7 @@ fn evaluate_with_path(
             verdict: Some(verdict.into()),
             attribution: Level::Inferred,
             why: "evaluated against the namespace's ruleset".into(),
+            alternatives: Vec::new(),
             kernel_confirmed: false,
         },
         DecidedBy::Policy(c) => Attribution {
@@ -244,16 +249,124 @@ fn evaluate_with_path(
             verdict: Some("policy".into()),
             attribution: Level::Inferred,
             why: "no rule matched: the chain's policy".into(),
+            alternatives: Vec::new(),
             kernel_confirmed: false,
         },
-        DecidedBy::NoBaseChain => {
-            return (Attribution::none("no chain on this hook"), None, ev.path);
-        }
-    };
-    if !ev.undecided.is_empty() {
-        a.why = format!("{}; earlier rules not decidable: {}", a.why, undecided());
+        DecidedBy::NoBaseChain => return None,
+    })
+}
+
+/// `filter/ufw-not-local rule 3` and the like, for listing rules in `why`.
+fn rule_place(r: &ruleset::RuleRef) -> String {
+    match (r.backend, r.handle) {
+        (ruleset::Backend::Nftables, Some(h)) => format!("{}/{} handle {h}", r.table, r.chain),
+        _ => format!("{}/{} rule {}", r.table, r.chain, r.position),
     }
-    (a, Some(ev.by), ev.path)
+}
+
+/// A candidate in words, with what it assumes of the undecided rules.
+fn describe(c: &Candidate, assuming: &[ruleset::RuleRef]) -> String {
+    let label = c
+        .attribution
+        .label()
+        .unwrap_or_else(|| c.decided.to_string());
+    if assuming.is_empty() {
+        format!("{label} (if no undecided rule matched)")
+    } else {
+        let which: Vec<String> = assuming.iter().map(rule_place).collect();
+        format!("{label} (if {} matched)", which.join(" and "))
+    }
+}
+
+/// Evaluates, following every outcome the undecidable rules allow.
+fn evaluate_candidates(
+    rs: &ruleset::Ruleset,
+    engine: ruleset::Engine,
+    hook: ruleset::Hook,
+    packet: &ruleset::Packet,
+) -> Evaluated {
+    let ev = ruleset::eval::evaluate(rs, engine.backends(), packet.family, hook, packet);
+    let undecided = || {
+        ev.undecided
+            .iter()
+            .map(|(r, why)| format!("{} ({why})", rule_place(r)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut candidates = Vec::new();
+    for outcome in ev.outcomes() {
+        let Some(word) = verdict_word(&outcome.verdict) else {
+            continue;
+        };
+        let Some(attribution) = attribution_of(&outcome.by, word) else {
+            continue;
+        };
+        let mut c = Candidate {
+            attribution,
+            decided: outcome.by,
+            path: outcome.path,
+            described: String::new(),
+        };
+        c.described = describe(&c, &outcome.assuming);
+        candidates.push(c);
+    }
+    let described: Vec<String> = candidates.iter().map(|c| c.described.clone()).collect();
+    let truncated = if ev.alternatives_truncated {
+        format!(
+            "; more than {} combinations of undecided rules, not all followed",
+            ruleset::eval::MAX_FORKED_WALKS
+        )
+    } else {
+        String::new()
+    };
+    let Some(first) = candidates.first() else {
+        if matches!(ev.by, DecidedBy::NoBaseChain) {
+            return Evaluated {
+                attribution: Attribution::none("no chain on this hook"),
+                candidates,
+            };
+        }
+        // The kernel dropped it but the ruleset as read accepts it, whatever the rules
+        // that could not be decided say.
+        let mut a = Attribution::none(if ev.undecided.is_empty() {
+            "the ruleset as read accepts this packet".to_string()
+        } else {
+            format!(
+                "the ruleset as read accepts this packet whatever these rules decide: {}{truncated}",
+                undecided()
+            )
+        });
+        if let Some((r, _)) = ev.undecided.first() {
+            a.backend = Some(backend_name(r.backend).into());
+            a.table = Some(r.table.clone());
+            a.chain = Some(r.chain.clone());
+            a.attribution = Level::Chain;
+        }
+        return Evaluated {
+            attribution: a,
+            candidates,
+        };
+    };
+    let mut a = first.attribution.clone();
+    if candidates.len() > 1 {
+        a.why = format!(
+            "{}; rules droptrace cannot decide leave {} possible rules: {}{truncated}",
+            a.why,
+            candidates.len(),
+            described.join("; ")
+        );
+        a.alternatives = described[1..].to_vec();
+    } else if !ev.undecided.is_empty() {
+        a.why = format!(
+            "{}; earlier rules not decidable: {}; every other outcome accepts{truncated}",
+            a.why,
+            undecided()
+        );
+    }
+    Evaluated {
+        attribution: a,
+        candidates,
+    }
 }
 
 /// Weighs an evaluation against the verdict the engine itself reported for the packet.
@@ -337,6 +450,7 @@ fn weigh_kernel(
             "the kernel says {}; {evaluated} (ruleset changed, or a match droptrace reads differently)",
             k.describe()
         ),
+        alternatives: Vec::new(),
         kernel_confirmed: false,
     };
 }
@@ -344,7 +458,9 @@ fn weigh_kernel(
 /// A record waiting for its rule's counter to be checked.
 struct Pending {
     record: DropRecord,
-    decided: Option<DecidedBy>,
+    /// The rules that may have dropped it (see [`Evaluated::candidates`]); empty when
+    /// there is nothing to confirm.
+    candidates: Vec<Candidate>,
     /// What was evaluated, to evaluate again against a newer ruleset.
     query: Option<(ruleset::Engine, ruleset::Hook, ruleset::Packet)>,
 }
@@ -403,18 +519,18 @@ impl Attributor {
         }
         let ns = self.namespaces.entry(rec.netns).or_default();
         let mut query = None;
-        let (attr, decided) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
+        let (attr, candidates) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
             (None, ..) => (
                 Attribution::none("the namespace is gone or cannot be entered"),
-                None,
+                Vec::new(),
             ),
             (_, None, _) => (
                 Attribution::none("not a netfilter hook droptrace can evaluate"),
-                None,
+                Vec::new(),
             ),
             (_, _, None) => (
                 Attribution::none("engine unknown (no nf_tables or xtables frame)"),
-                None,
+                Vec::new(),
             ),
             (Some(snap), Some(hook), Some(engine)) => {
                 let engine = match engine {
@@ -422,49 +538,44 @@ impl Attributor {
                     stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
                 };
                 let packet = packet_of(&rec);
-                let (mut a, mut d, mut path) =
-                    evaluate_with_path(&snap.ruleset, engine, hook, &packet);
+                let mut e = evaluate_candidates(&snap.ruleset, engine, hook, &packet);
                 let mut engine = engine;
-                if d.is_none() && rec.engine_guessed {
+                if e.candidates.is_empty() && rec.engine_guessed {
                     // The location named no engine for sure (see stack::engine_from_location).
                     let other = match engine {
                         ruleset::Engine::NfTables => ruleset::Engine::IptablesLegacy,
                         ruleset::Engine::IptablesLegacy => ruleset::Engine::NfTables,
                     };
-                    let (mut a2, d2, path2) =
-                        evaluate_with_path(&snap.ruleset, other, hook, &packet);
-                    if d2.is_some() {
-                        a2.why = format!(
+                    let mut e2 = evaluate_candidates(&snap.ruleset, other, hook, &packet);
+                    if !e2.candidates.is_empty() {
+                        e2.attribution.why = format!(
                             "{}; the engine is not in the drop's stack and only {}'s rules drop it",
-                            a2.why,
+                            e2.attribution.why,
                             if other == ruleset::Engine::NfTables {
                                 "nf_tables"
                             } else {
                                 "xtables"
                             }
                         );
-                        (a, d, path, engine) = (a2, d2, path2, other);
+                        (e, engine) = (e2, other);
                     }
                 }
                 if let Some(k) = &rec.kernel {
-                    weigh_kernel(&mut a, d.as_ref(), &path, k, &snap.ruleset);
-                    if !a.kernel_confirmed {
-                        // Its rule is not the one that dropped: no counter to check.
-                        d = None;
-                    }
+                    weigh_kernel_candidates(&mut e, k, &snap.ruleset);
                 }
                 query = Some((engine, hook, packet));
+                let mut a = e.attribution;
                 if a.attribution == Level::None && !snap.problems.is_empty() {
                     a.why = format!("{}; could not read: {}", a.why, snap.problems.join("; "));
                 }
-                (a, d)
+                (a, e.candidates)
             }
         };
         rec.rule = Some(attr);
         ns.last_drop = Some(std::time::Instant::now());
         ns.pending.push(Pending {
             record: rec,
-            decided,
+            candidates,
             query,
         });
     }
@@ -517,25 +628,32 @@ impl Attributor {
             let early = |r: &DropRecord| {
                 r.count != 1 || current_done.is_none_or(|done| r.ts_ns <= done + 1_000_000)
             };
-            // Each decision as it is in the newer read: a rule inserted or deleted above
-            // the one that decided renumbers it, and its counter is found under the new
-            // number.
-            let now: Vec<Option<DecidedBy>> = ns
+            // Each candidate as it is in the newer read: a rule inserted or deleted above
+            // it renumbers it, and its counter is found under the new number.
+            let now: Vec<Vec<Option<DecidedBy>>> = ns
                 .pending
                 .iter()
-                .map(|p| match (&p.decided, &ns.current, &after) {
-                    (Some(d), Some(current), Some(after)) => {
-                        ruleset::counters::find_again(&current.ruleset, d, &after.ruleset)
-                    }
-                    _ => None,
+                .map(|p| {
+                    p.candidates
+                        .iter()
+                        .map(|c| match (&ns.current, &after) {
+                            (Some(current), Some(after)) => ruleset::counters::find_again(
+                                &current.ruleset,
+                                &c.decided,
+                                &after.ruleset,
+                            ),
+                            _ => None,
+                        })
+                        .collect()
                 })
                 .collect();
-            // Drops attributed to each rule in this window: all of them (all within the
-            // wide window), and those stamped after the reference was read.
+            // Drops each rule may account for in this window: all of them (all within the
+            // wide window), and those stamped after the reference was read. A record with
+            // several candidates is claimed by each of them.
             let mut claimed: Vec<(DecidedBy, u64, u64)> = Vec::new();
-            for (p, d) in ns.pending.iter().zip(&now) {
-                if let Some(d) = d {
-                    let late = if early(&p.record) { 0 } else { p.record.count };
+            for (p, found) in ns.pending.iter().zip(&now) {
+                let late = if early(&p.record) { 0 } else { p.record.count };
+                for d in found.iter().flatten() {
                     match claimed.iter_mut().find(|(c, ..)| c.is_same(d)) {
                         Some((_, all, l)) => {
                             *all += p.record.count;
@@ -545,61 +663,45 @@ impl Attributor {
                     }
                 }
             }
-            for (mut p, now) in ns.pending.drain(..).zip(now) {
-                let claim = now
-                    .as_ref()
-                    .and_then(|n| claimed.iter().find(|(c, ..)| c.is_same(n)));
+            for (mut p, mut found) in ns.pending.drain(..).zip(now) {
                 let is_early = early(&p.record);
                 let (deltas, baseline) = if is_early {
                     (&wide, ns.previous.as_ref().or(ns.current.as_ref()))
                 } else {
                     (&recent, ns.current.as_ref())
                 };
-                if let (Some(d), Some(deltas), Some(a)) =
-                    (&p.decided, deltas, p.record.rule.as_mut())
+                if let (Some(deltas), Some(a)) = (deltas, p.record.rule.as_mut())
+                    && !p.candidates.is_empty()
                 {
-                    let grew = now
-                        .as_ref()
-                        .and_then(|n| deltas.iter().find(|(c, _)| c.is_same(n)))
-                        .map_or(0, |(_, n)| *n);
-                    let want = claim.map_or(
-                        p.record.count,
-                        |(_, all, late)| {
-                            if is_early { *all } else { *late }
-                        },
-                    );
-                    let counted = match d {
-                        DecidedBy::Rule(r) => r.counters.is_some(),
-                        // nftables keeps no counter for a chain's policy.
-                        DecidedBy::Policy(c) => c.backend != ruleset::Backend::Nftables,
-                        DecidedBy::NoBaseChain => false,
-                    };
-                    if !counted {
-                        let what = if matches!(d, DecidedBy::Policy(_)) {
-                            "an nftables policy"
-                        } else {
-                            "the rule"
-                        };
-                        a.why = format!("{}; {what} has no counter to confirm it", a.why);
-                    } else if now.is_some() && grew >= want && a.kernel_confirmed {
-                        a.why = format!(
-                            "{}; its packet counter grew by {grew} for {want} drop(s)",
-                            a.why
-                        );
-                    } else if now.is_some() && grew >= want {
-                        a.attribution = Level::Exact;
-                        a.why = format!(
-                            "its packet counter grew by {grew} for {want} drop(s) attributed to it"
-                        );
-                    } else {
-                        a.why = format!(
-                            "{}; its counter grew by {grew}, fewer than the {want} drop(s) seen",
-                            a.why
-                        );
-                    }
+                    let evidence: Vec<Evidence> =
+                        p.candidates
+                            .iter()
+                            .zip(&found)
+                            .map(|(c, now)| {
+                                let grew = now.as_ref().map(|n| {
+                                    deltas
+                                        .iter()
+                                        .find(|(d, _)| d.is_same(n))
+                                        .map_or(0, |(_, g)| *g)
+                                });
+                                let want =
+                                    now.as_ref()
+                                        .and_then(|n| claimed.iter().find(|(d, ..)| d.is_same(n)))
+                                        .map_or(p.record.count, |(_, all, late)| {
+                                            if is_early { *all } else { *late }
+                                        });
+                                Evidence {
+                                    counted: has_counter(&c.decided),
+                                    grew,
+                                    want,
+                                }
+                            })
+                            .collect();
+                    let chosen = confirm(a, &p.candidates, &evidence);
                     // Renumbered by a rule inserted or deleted above it: give the number
                     // `iptables -L --line-numbers` shows now.
-                    if let (DecidedBy::Rule(then), Some(DecidedBy::Rule(moved))) = (d, &now)
+                    if let (DecidedBy::Rule(then), Some(DecidedBy::Rule(moved))) =
+                        (&p.candidates[chosen].decided, &found[chosen])
                         && then.position != moved.position
                         && a.rule_num.is_some()
                     {
@@ -609,6 +711,9 @@ impl Attributor {
                             a.why, then.position, moved.position
                         );
                     }
+                    // What `reconsider` compares against: the rule named now.
+                    p.candidates.swap(0, chosen);
+                    found.swap(0, chosen);
                 }
                 if let (Some(before), Some(after), Some(deltas)) = (baseline, &after, deltas)
                     && p.record
@@ -618,7 +723,7 @@ impl Attributor {
                 {
                     reconsider(
                         &mut p,
-                        now.as_ref(),
+                        found.first().and_then(Option::as_ref),
                         &before.ruleset,
                         &after.ruleset,
                         deltas,
@@ -649,39 +754,194 @@ fn reconsider(
     let Some((engine, hook, packet)) = &p.query else {
         return;
     };
-    let (mut attr, Some(decided), path) = evaluate_with_path(after, *engine, *hook, packet) else {
-        return;
-    };
-    if now.is_some_and(|d| d.is_same(&decided)) {
-        return;
-    }
+    let mut e = evaluate_candidates(after, *engine, *hook, packet);
     if let Some(k) = &p.record.kernel {
-        weigh_kernel(&mut attr, Some(&decided), &path, k, after);
-        if attr.kernel_confirmed {
-            attr.why = format!(
+        weigh_kernel_candidates(&mut e, k, after);
+        if e.attribution.kernel_confirmed
+            && let Some(c) = e.candidates.first()
+            && now.is_none_or(|d| !d.is_same(&c.decided))
+        {
+            e.attribution.why = format!(
                 "the ruleset changed during the capture; against the new one, {}",
-                attr.why
+                e.attribution.why
             );
-            p.record.rule = Some(attr);
-            p.decided = Some(decided);
+            p.record.rule = Some(e.attribution);
+            p.candidates = e.candidates;
         }
         return;
     }
-    let grew = match deltas.iter().find(|(c, _)| c.is_same(&decided)) {
+    // Only an answer that does not depend on undecided rules may replace the old one.
+    let [c] = e.candidates.as_slice() else {
+        return;
+    };
+    if now.is_some_and(|d| d.is_same(&c.decided)) {
+        return;
+    }
+    let grew = match deltas.iter().find(|(d, _)| d.is_same(&c.decided)) {
         Some((_, n)) => *n,
-        None => match &decided {
+        None => match &c.decided {
             DecidedBy::Rule(r) if !existed(before, r) => r.counters.map_or(0, |c| c.packets),
             _ => 0,
         },
     };
-    if grew >= p.record.count {
+    if has_counter(&c.decided) && grew >= p.record.count {
+        let mut attr = e.attribution;
         attr.attribution = Level::Exact;
         attr.why = format!(
             "the ruleset changed during the capture; evaluated against the new one, whose rule's counter grew by {grew}"
         );
         p.record.rule = Some(attr);
-        p.decided = Some(decided);
+        p.candidates = e.candidates;
     }
+}
+
+/// What the counters say about one candidate.
+struct Evidence {
+    /// The rule (or policy) keeps a packet counter.
+    counted: bool,
+    /// How much its counter grew in the window; `None` when it is not in the newer read.
+    grew: Option<u64>,
+    /// The drops attributed to it in the window.
+    want: u64,
+}
+
+impl Evidence {
+    /// The counter is readable: it grew by `grew` (maybe 0).
+    fn growth(&self) -> Option<u64> {
+        self.grew.filter(|_| self.counted)
+    }
+}
+
+fn has_counter(d: &DecidedBy) -> bool {
+    match d {
+        DecidedBy::Rule(r) => r.counters.is_some(),
+        // nftables keeps no counter for a chain's policy.
+        DecidedBy::Policy(c) => c.backend != ruleset::Backend::Nftables,
+        DecidedBy::NoBaseChain => false,
+    }
+}
+
+/// Lets the counters choose among the candidates and sets `a` (the record's attribution)
+/// to the one chosen, at the level the evidence earns; returns its index.
+///
+/// `exact` only when one candidate's counter grew by at least the drops attributed to it
+/// and every other candidate's readable counter did not grow at all. A candidate whose
+/// counter did not grow is never named while another's did.
+fn confirm(a: &mut Attribution, candidates: &[Candidate], evidence: &[Evidence]) -> usize {
+    let kernel_confirmed = a.kernel_confirmed;
+    let grown: Vec<usize> = (0..candidates.len())
+        .filter(|&i| evidence[i].growth().is_some_and(|g| g > 0))
+        .collect();
+    let unreadable: Vec<usize> = (0..candidates.len())
+        .filter(|&i| evidence[i].growth().is_none())
+        .collect();
+    let chosen = grown.first().copied().unwrap_or(0);
+    if chosen != 0 {
+        *a = candidates[chosen].attribution.clone();
+    }
+    let ev = &evidence[chosen];
+    let what = |i: usize| match candidates[i].decided {
+        DecidedBy::Policy(_) if !evidence[i].counted => "an nftables policy",
+        _ => "the rule",
+    };
+    if candidates.len() == 1 {
+        match ev.growth() {
+            None if !ev.counted => {
+                a.why = format!("{}; {} has no counter to confirm it", a.why, what(0));
+            }
+            None => {
+                a.attribution = Level::Inferred;
+                a.why = format!("{}; the rule is gone from the newer read", a.why);
+            }
+            Some(grew) if grew >= ev.want && kernel_confirmed => {
+                a.why = format!(
+                    "{}; its packet counter grew by {grew} for {} drop(s)",
+                    a.why, ev.want
+                );
+            }
+            Some(grew) if grew >= ev.want => {
+                a.attribution = Level::Exact;
+                a.why = format!(
+                    "its packet counter grew by {grew} for {} drop(s) attributed to it; {}",
+                    ev.want, a.why
+                );
+            }
+            Some(grew) => {
+                a.attribution = Level::Inferred;
+                a.why = format!(
+                    "{}; its counter grew by {grew}, fewer than the {} drop(s) seen",
+                    a.why, ev.want
+                );
+            }
+        }
+        return 0;
+    }
+    let others: Vec<String> = (0..candidates.len())
+        .filter(|&i| i != chosen)
+        .map(|i| candidates[i].described.clone())
+        .collect();
+    match ev.growth() {
+        Some(grew) if grew >= ev.want && grown.len() == 1 && unreadable.is_empty() => {
+            a.attribution = Level::Exact;
+            a.alternatives = Vec::new();
+            a.why = format!(
+                "its packet counter grew by {grew} for {} drop(s); the counters of the other rules \
+                 undecided matches could lead to did not grow: {}",
+                ev.want,
+                others.join("; ")
+            );
+        }
+        _ => {
+            a.attribution = Level::Inferred;
+            a.alternatives = others;
+            let counters: Vec<String> = (0..candidates.len())
+                .map(|i| {
+                    let label = candidates[i].attribution.label().unwrap_or_default();
+                    match evidence[i].growth() {
+                        Some(g) => format!("{label} grew by {g}"),
+                        None => format!("{label} has no counter"),
+                    }
+                })
+                .collect();
+            a.why = format!(
+                "rules droptrace cannot decide leave {} possible rules, and the counters do not \
+                 single one out ({} drop(s) seen: {}); named the {}",
+                candidates.len(),
+                ev.want,
+                counters.join(", "),
+                if grown.is_empty() {
+                    "first"
+                } else {
+                    "first whose counter grew"
+                }
+            );
+        }
+    }
+    chosen
+}
+
+/// Weighs the candidates against the verdict the engine reported: the first that agrees
+/// with the kernel is the answer; when none does, the kernel's table and chain stand.
+fn weigh_kernel_candidates(e: &mut Evaluated, k: &KernelSaw, rs: &ruleset::Ruleset) {
+    for c in &e.candidates {
+        let mut a = c.attribution.clone();
+        weigh_kernel(&mut a, Some(&c.decided), &c.path, k, rs);
+        if a.kernel_confirmed {
+            e.attribution = a;
+            e.candidates = vec![c.clone()];
+            return;
+        }
+    }
+    let first = e.candidates.first();
+    weigh_kernel(
+        &mut e.attribution,
+        first.map(|c| &c.decided),
+        first.map_or(&[][..], |c| &c.path[..]),
+        k,
+        rs,
+    );
+    // The rule evaluation named is not the one that dropped: no counter to check.
+    e.candidates.clear();
 }
 
 /// Whether the rule `r` (from a newer read) was already in `before`.
@@ -714,6 +974,7 @@ mod tests {
             verdict: Some("DROP".into()),
             attribution: Level::Exact,
             why: "counter grew".into(),
+            alternatives: Vec::new(),
             kernel_confirmed: false,
         };
         assert_eq!(
@@ -728,6 +989,10 @@ mod tests {
         };
         assert_eq!(p.label().unwrap(), "filter/OUTPUT policy DROP");
         assert_eq!(Attribution::none("no ruleset").label(), None);
+    }
+
+    pub(super) fn incident_for_candidates() -> (ruleset::Ruleset, ruleset::Packet) {
+        incident()
     }
 
     /// The incident ruleset as iptables-nft shows it, and the packet of the brief.
@@ -755,7 +1020,13 @@ mod tests {
         rs: &ruleset::Ruleset,
         packet: &ruleset::Packet,
     ) -> (Attribution, Option<DecidedBy>, Vec<ruleset::ChainRef>) {
-        evaluate_with_path(rs, ruleset::Engine::NfTables, ruleset::Hook::Output, packet)
+        let e = evaluate_candidates(rs, ruleset::Engine::NfTables, ruleset::Hook::Output, packet);
+        let first = e.candidates.into_iter().next();
+        (
+            e.attribution,
+            first.as_ref().map(|c| c.decided.clone()),
+            first.map(|c| c.path).unwrap_or_default(),
+        )
     }
 
     fn saw(engine: u8, table: &str, chain: Option<&str>) -> KernelSaw {
@@ -820,5 +1091,131 @@ mod tests {
         assert_eq!(a.attribution, Level::Chain);
         assert_eq!(a.backend.as_deref(), Some("iptables-legacy"));
         assert_eq!(a.chain.as_deref(), Some("OUTPUT"));
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    /// ufw's INPUT path (from ufw's own before.rules/user.rules as `iptables-save -c` shows
+    /// them, cut to the rules this packet meets): `ufw-not-local` returns for local
+    /// destinations (`-m addrtype`, undecidable here) and drops the rest; the INPUT policy
+    /// drops what no rule accepted.
+    fn ufw() -> ruleset::Ruleset {
+        let save = "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            :ufw-before-input - [0:0]\n:ufw-not-local - [0:0]\n\
+            [0:0] -A INPUT -j ufw-before-input\n\
+            [0:0] -A ufw-before-input -i lo -j ACCEPT\n\
+            [0:0] -A ufw-before-input -j ufw-not-local\n\
+            [0:0] -A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN\n\
+            [0:0] -A ufw-not-local -m limit --limit 3/min --limit-burst 10 -j LOG\n\
+            [0:0] -A ufw-not-local -j DROP\nCOMMIT\n";
+        let tables = ruleset::iptables_save::parse(
+            save,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap();
+        ruleset::Ruleset {
+            tables,
+            ipsets: Default::default(),
+        }
+    }
+
+    fn packet() -> ruleset::Packet {
+        let mut p = packet_of(&crate::record::tests::sample());
+        p.iif = Some("eth0".into());
+        p.oif = None;
+        p.uid = None;
+        p
+    }
+
+    fn candidates() -> (Attribution, Vec<Candidate>) {
+        let e = evaluate_candidates(
+            &ufw(),
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Input,
+            &packet(),
+        );
+        (e.attribution, e.candidates)
+    }
+
+    fn evidence(grew: &[Option<u64>], want: u64) -> Vec<Evidence> {
+        grew.iter()
+            .map(|&g| Evidence {
+                counted: true,
+                grew: g,
+                want,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_outcomes_are_candidates_and_listed() {
+        let (a, c) = candidates();
+        assert_eq!(c.len(), 2);
+        assert_eq!(a.rule_num, Some(3), "main path: the chain's DROP");
+        assert_eq!(a.attribution, Level::Inferred);
+        assert_eq!(a.alternatives.len(), 1);
+        assert!(
+            a.alternatives[0].contains("filter/INPUT policy DROP"),
+            "{a:?}"
+        );
+        assert!(a.alternatives[0].contains("if filter/ufw-not-local rule 1 matched"));
+    }
+
+    #[test]
+    fn the_counters_choose_the_candidate_that_grew() {
+        let (mut a, c) = candidates();
+        // The chain's DROP did not grow; the policy did, by the drop seen.
+        let chosen = confirm(&mut a, &c, &evidence(&[Some(0), Some(1)], 1));
+        assert_eq!(chosen, 1);
+        assert_eq!(a.label().unwrap(), "filter/INPUT policy DROP");
+        assert_eq!(a.attribution, Level::Exact, "{}", a.why);
+        assert!(a.alternatives.is_empty());
+    }
+
+    #[test]
+    fn counters_that_cannot_tell_leave_it_inferred_with_every_alternative() {
+        // Both grew: other traffic may have hit one of them.
+        let (mut a, c) = candidates();
+        let chosen = confirm(&mut a, &c, &evidence(&[Some(2), Some(1)], 1));
+        assert_eq!(chosen, 0);
+        assert_eq!(a.attribution, Level::Inferred);
+        assert_eq!(a.alternatives.len(), 1);
+        // Neither grew: never exact, first named, alternatives listed.
+        let (mut a, c) = candidates();
+        confirm(&mut a, &c, &evidence(&[Some(0), Some(0)], 1));
+        assert_eq!(a.attribution, Level::Inferred);
+        assert!(a.why.contains("do not single one out"), "{}", a.why);
+        // One grew but another has no counter to rule it out.
+        let (mut a, c) = candidates();
+        let mut ev = evidence(&[Some(0), Some(1)], 1);
+        ev[0].counted = false;
+        let chosen = confirm(&mut a, &c, &ev);
+        assert_eq!(chosen, 1, "the one whose counter grew is named");
+        assert_eq!(a.attribution, Level::Inferred);
+        // Grew by less than the drops seen: not exact either.
+        let (mut a, c) = candidates();
+        confirm(&mut a, &c, &evidence(&[Some(0), Some(1)], 3));
+        assert_eq!(a.attribution, Level::Inferred);
+    }
+
+    #[test]
+    fn a_kernel_confirmed_rule_whose_counter_lags_is_not_exact() {
+        let (rs, packet) = tests::incident_for_candidates();
+        let e = evaluate_candidates(
+            &rs,
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Output,
+            &packet,
+        );
+        let mut a = e.attribution.clone();
+        a.attribution = Level::Exact;
+        a.kernel_confirmed = true;
+        confirm(&mut a, &e.candidates, &evidence(&[Some(1)], 3));
+        assert_eq!(a.attribution, Level::Inferred, "{}", a.why);
+        assert!(a.why.contains("fewer than the 3 drop(s)"));
     }
 }
