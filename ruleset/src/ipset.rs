@@ -355,6 +355,7 @@ add members v6
             gid: None,
             ct_state: None,
             len: 60,
+            unknown: Default::default(),
         }
     }
 

@@ -38,7 +38,7 @@
 mod error;
 mod matching;
 mod model;
-mod names;
+pub mod names;
 mod shell;
 
 pub mod counters;

@@ -116,10 +116,19 @@ fn condition_truth(
             ranges.iter().any(|range| range.contains(addr)).into()
         }
         Condition::Interface { direction, names } => {
-            let interface = match direction {
-                Direction::Source => &packet.iif,
-                Direction::Destination => &packet.oif,
+            let (interface, unknown) = match direction {
+                Direction::Source => (&packet.iif, packet.unknown.iif),
+                Direction::Destination => (&packet.oif, packet.unknown.oif),
             };
+            if unknown && interface.is_none() {
+                return Truth::Unknown(format!(
+                    "{} interface not known",
+                    match direction {
+                        Direction::Source => "input",
+                        Direction::Destination => "output",
+                    }
+                ));
+            }
             match interface {
                 Some(interface) => names.iter().any(|name| name.matches(interface)).into(),
                 None => Truth::Absent,
@@ -158,12 +167,13 @@ fn condition_truth(
             }
         }
         Condition::SocketOwner { id, ranges } => {
-            let owner = match id {
-                crate::model::OwnerId::Uid => packet.uid,
-                crate::model::OwnerId::Gid => packet.gid,
+            let (owner, unknown) = match id {
+                crate::model::OwnerId::Uid => (packet.uid, packet.unknown.uid),
+                crate::model::OwnerId::Gid => (packet.gid, packet.unknown.gid),
             };
             match owner {
                 Some(owner) => ranges.iter().any(|range| range.contains(owner)).into(),
+                None if unknown => Truth::Unknown(owner_unknown(*id)),
                 None => Truth::NoSocket,
             }
         }
@@ -223,13 +233,32 @@ fn field_value(field: Field, packet: &Packet) -> FieldValue {
             }
         }
         Field::Mark => FieldValue::Known(packet.mark),
-        Field::SocketUid => packet.uid.map_or(FieldValue::Absent, FieldValue::Known),
-        Field::SocketGid => packet.gid.map_or(FieldValue::Absent, FieldValue::Known),
+        Field::SocketUid => match packet.uid {
+            Some(uid) => FieldValue::Known(uid),
+            None if packet.unknown.uid => {
+                FieldValue::Unknown(owner_unknown(crate::model::OwnerId::Uid))
+            }
+            None => FieldValue::Absent,
+        },
+        Field::SocketGid => match packet.gid {
+            Some(gid) => FieldValue::Known(gid),
+            None if packet.unknown.gid => {
+                FieldValue::Unknown(owner_unknown(crate::model::OwnerId::Gid))
+            }
+            None => FieldValue::Absent,
+        },
         Field::CtState => known_or(
             packet.ct_state.map(|state| state.bit()),
             "conntrack state not reported",
         ),
         Field::Length => FieldValue::Known(packet.len),
+    }
+}
+
+fn owner_unknown(id: crate::model::OwnerId) -> String {
+    match id {
+        crate::model::OwnerId::Uid => "the socket owner's uid is not known".to_string(),
+        crate::model::OwnerId::Gid => "the socket owner's gid is not known".to_string(),
     }
 }
 

@@ -188,7 +188,9 @@ impl CtState {
 /// the packet has no such device at that hook, `uid`/`gid` are `None` when
 /// it has no local full socket (forwarded or kernel-generated packets), ports
 /// are `None` for protocols without ports. `ct_state: None` means the state
-/// was not reported; rules that test it are then undecidable.
+/// was not reported; rules that test it are then undecidable. A field the
+/// caller does not know at all is flagged in `unknown`, so that rules on it
+/// are undecidable instead of decided as if the field were absent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Packet {
     pub family: Family,
@@ -210,6 +212,84 @@ pub struct Packet {
     pub ct_state: Option<CtState>,
     /// Length of the IP packet (header included).
     pub len: u32,
+    /// Fields whose `None` means "not known" rather than "absent".
+    pub unknown: Unknown,
+}
+
+impl Packet {
+    /// The first packet of a flow as someone describes it rather than as captured
+    /// (`droptrace explain`, a proposed ruleset audited against an inventory): a SYN for a
+    /// new TCP connection (an ACK otherwise), an echo request for ICMP, 60 bytes, no mark.
+    /// The interfaces and the socket owner that the `hook` would see are marked unknown
+    /// until the caller fills them in; an unspecified source is `0.0.0.0` / `::`.
+    pub fn first_of_flow(
+        proto: u8,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        sport: u16,
+        dport: Option<u16>,
+        ct_state: CtState,
+        hook: Hook,
+    ) -> Result<Packet, String> {
+        let v6 = dst.is_ipv6();
+        let src = match src {
+            Some(s) if s.is_ipv6() != v6 => {
+                return Err("the source and destination are of different families".into());
+            }
+            Some(s) => s,
+            None if v6 => IpAddr::from([0u16; 8]),
+            None => IpAddr::from([0u8; 4]),
+        };
+        let ports = crate::names::has_ports(proto);
+        match (ports, dport) {
+            (true, None) => return Err(format!("protocol {proto} needs a destination port")),
+            (false, Some(_)) => {
+                return Err(format!("protocol {proto} has no ports"));
+            }
+            _ => {}
+        }
+        let icmp = matches!(proto, 1 | 58);
+        let (has_iif, has_oif, has_socket) = match hook {
+            Hook::Prerouting | Hook::Input => (true, false, false),
+            Hook::Forward => (true, true, false),
+            Hook::Output | Hook::Postrouting => (false, true, true),
+        };
+        Ok(Packet {
+            family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
+            proto,
+            src,
+            dst,
+            sport: ports.then_some(sport),
+            dport,
+            tcp_flags: (proto == 6).then_some(if ct_state == CtState::New { 0x02 } else { 0x10 }),
+            icmp_type: icmp.then_some(if v6 { 128 } else { 8 }),
+            icmp_code: icmp.then_some(0),
+            iif: None,
+            oif: None,
+            mark: 0,
+            uid: None,
+            gid: None,
+            ct_state: Some(ct_state),
+            len: 60,
+            unknown: Unknown {
+                iif: has_iif,
+                oif: has_oif,
+                uid: has_socket,
+                gid: has_socket,
+            },
+        })
+    }
+}
+
+/// Which of a [`Packet`]'s optional fields are not known to the caller: a
+/// packet described by hand (`droptrace explain`) or a socket whose owner
+/// could not be read. Rules on them are undecidable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unknown {
+    pub iif: bool,
+    pub oif: bool,
+    pub uid: bool,
+    pub gid: bool,
 }
 
 /// Everything the evaluator needs: the tables of every backend the caller

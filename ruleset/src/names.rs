@@ -7,7 +7,7 @@
 
 /// Layer-4 protocol number for an iptables `-p` or nft `l4proto` name
 /// (a subset of /etc/protocols: what firewalls actually use).
-pub(crate) fn protocol(name: &str) -> Option<u8> {
+pub fn protocol(name: &str) -> Option<u8> {
     let number = match name.to_ascii_lowercase().as_str() {
         "icmp" => 1,
         "igmp" => 2,
@@ -38,10 +38,7 @@ pub(crate) fn protocol(name: &str) -> Option<u8> {
     Some(number)
 }
 
-/// Protocols whose header starts with 16-bit source and destination ports.
-pub(crate) fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, 6 | 17 | 33 | 132 | 136)
-}
+pub use tracer_common::has_ports;
 
 /// ICMP type and optional code for an iptables `--icmp-type` name.
 pub(crate) fn iptables_icmp(name: &str) -> Option<(u8, Option<u8>)> {

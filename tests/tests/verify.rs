@@ -206,3 +206,93 @@ fn explain_names_the_rule_watch_sees_the_kernel_use() {
     .unwrap();
     assert_eq!(code, 0);
 }
+
+/// `explain` fills in what the kernel would (the output interface and source address of the
+/// namespace's route to the destination) and says so; a rule on `-o` or `-s` is then the one
+/// named, as the kernel's counters show it is the one that drops.
+#[test]
+fn explain_uses_the_route_the_kernel_would() {
+    let t = Topology::new().unwrap();
+    let route: Value = serde_json::from_str(
+        &t.client
+            .exec(&["ip", "-j", "route", "get", "203.0.113.10"])
+            .unwrap(),
+    )
+    .unwrap();
+    let dev = route[0]["dev"].as_str().unwrap().to_string();
+    for rule in [
+        vec![
+            "-A", "OUTPUT", "-o", &dev, "-p", "tcp", "--dport", "22", "-j", "DROP",
+        ],
+        vec![
+            "-A",
+            "OUTPUT",
+            "-s",
+            "198.51.100.2/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "23",
+            "-j",
+            "REJECT",
+        ],
+        vec!["-A", "OUTPUT", "-p", "tcp", "--dport", "23", "-j", "DROP"],
+    ] {
+        let mut args = vec!["iptables"];
+        args.extend(rule.iter().copied());
+        t.client.exec(&args).unwrap();
+    }
+    let explain = |port: &str| {
+        let (code, stdout, stderr) = droptrace_output(&[
+            "explain",
+            "--netns",
+            &t.client.name,
+            "--proto",
+            "tcp",
+            "--dst",
+            "203.0.113.10",
+            "--dport",
+            port,
+            "--json",
+        ])
+        .unwrap();
+        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (code, v)
+    };
+    let (code, v) = explain("22");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["outcome"], "drop");
+    assert_eq!(v["rule_num"], 1);
+    assert!(
+        v["assumed"]
+            .to_string()
+            .contains(&format!("output interface {dev}")),
+        "{v}"
+    );
+    let (code, v) = explain("23");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["outcome"], "reject");
+    assert_eq!(v["rule_num"], 2);
+    assert!(
+        v["assumed"].to_string().contains("source 198.51.100.2"),
+        "{v}"
+    );
+
+    // The kernel agrees: its counters grow on the rules explain named.
+    for port in [22, 23] {
+        assert!(
+            !t.client
+                .tcp_connect(t.gateway_addr(port), std::time::Duration::from_millis(500))
+                .unwrap()
+        );
+    }
+    let save = t.client.exec(&["iptables-save", "-c"]).unwrap();
+    let counter = |needle: &str| {
+        let line = save.lines().find(|l| l.contains(needle)).unwrap();
+        let packets: u64 = line[1..line.find(':').unwrap()].parse().unwrap();
+        packets
+    };
+    assert!(counter("--dport 22 -j DROP") >= 1, "{save}");
+    assert!(counter("-j REJECT") >= 1, "{save}");
+    assert_eq!(counter("--dport 23 -j DROP"), 0, "{save}");
+}

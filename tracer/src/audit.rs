@@ -181,7 +181,7 @@ fn nft_in_throwaway_netns(path: &Path) -> anyhow::Result<Vec<ruleset::Table>> {
             "reading an nft script needs root (it is loaded into a throw-away network namespace)"
         );
     }
-    let nft = find_program("nft")
+    let nft = crate::tools::find_program("nft")
         .context("nft is not installed: it is needed to read nft syntax (or give `nft -j list ruleset` JSON)")?;
     let path = path
         .canonicalize()
@@ -222,14 +222,6 @@ fn nft_in_throwaway_netns(path: &Path) -> anyhow::Result<Vec<ruleset::Table>> {
     Ok(tables)
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Source port assumed when the flow's own was not known yet (a TCP connect is seen
 /// before the kernel picks it): the start of the IANA ephemeral range.
 const EPHEMERAL_PORT: u16 = 49152;
@@ -238,36 +230,27 @@ const EPHEMERAL_PORT: u16 = 49152;
 pub fn packet_of(f: &Flow) -> Result<ruleset::Packet, String> {
     let proto = f.proto.parse::<Proto>().map_err(|e| e.to_string())?.0;
     let v6 = f.dst.is_ipv6();
-    let src = match f.src {
-        Some(s) if s.is_ipv6() == v6 => s,
-        _ if v6 => IpAddr::from([0u16; 8]),
-        _ => IpAddr::from([0u8; 4]),
-    };
-    let ports = matches!(proto, 6 | 17 | 132 | 136);
-    let icmp = matches!(proto, 1 | 58);
-    let dport = match (ports, f.dport) {
-        (true, Some(p)) => Some(p),
-        (true, None) => return Err(format!("a {} flow without a port", f.proto)),
-        (false, _) => None,
-    };
-    Ok(ruleset::Packet {
-        family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
+    let ports = ruleset::names::has_ports(proto);
+    if ports && f.dport.is_none() {
+        return Err(format!("a {} flow without a port", f.proto));
+    }
+    let mut p = ruleset::Packet::first_of_flow(
         proto,
-        src,
-        dst: f.dst,
-        sport: ports.then(|| f.sport.unwrap_or(EPHEMERAL_PORT)),
-        dport,
-        tcp_flags: (proto == 6).then_some(0x02),
-        icmp_type: icmp.then(|| f.icmp_type.unwrap_or(if v6 { 128 } else { 8 })),
-        icmp_code: icmp.then(|| f.icmp_code.unwrap_or(0)),
-        iif: None,
-        oif: f.oif.clone(),
-        mark: f.mark,
-        uid: f.uid,
-        gid: None,
-        ct_state: Some(ruleset::CtState::New),
-        len: 60,
-    })
+        f.src.filter(|s| s.is_ipv6() == v6),
+        f.dst,
+        f.sport.unwrap_or(EPHEMERAL_PORT),
+        f.dport.filter(|_| ports),
+        ruleset::CtState::New,
+        Hook::Output,
+    )?;
+    if p.icmp_type.is_some() {
+        p.icmp_type = f.icmp_type.or(p.icmp_type);
+        p.icmp_code = f.icmp_code.or(p.icmp_code);
+    }
+    p.oif = f.oif.clone();
+    p.mark = f.mark;
+    p.uid = f.uid;
+    Ok(p)
 }
 
 /// What the proposed ruleset would do to one flow.

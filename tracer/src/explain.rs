@@ -8,11 +8,14 @@
 use std::{
     io::{self, Write as _},
     net::IpAddr,
+    path::Path,
     process::ExitCode,
 };
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
+
+use ruleset::DecidedBy;
 
 use crate::{
     attribution::{Attribution, evaluate, snapshot::Snapshot},
@@ -52,7 +55,7 @@ pub struct ExplainArgs {
     /// Destination port (TCP, UDP, SCTP).
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
-    /// Source address (default: unspecified, which matches no `-s` rule).
+    /// Source address (default: for output, the one the namespace's route to --dst picks).
     #[arg(long, value_name = "ADDR")]
     pub src: Option<IpAddr>,
     /// Source port (default 49152, an ephemeral port).
@@ -64,15 +67,20 @@ pub struct ExplainArgs {
     /// Input interface (for prerouting, input, forward).
     #[arg(long, value_name = "IFNAME")]
     pub iif: Option<String>,
-    /// Output interface (for output, forward, postrouting).
+    /// Output interface (for output, forward, postrouting; default for output: the one the
+    /// namespace's route to --dst picks).
     #[arg(long, value_name = "IFNAME")]
     pub oif: Option<String>,
     /// Conntrack state of the packet (default new: a first SYN or datagram).
     #[arg(long, value_enum, default_value_t = StateArg::New)]
     pub state: StateArg,
-    /// Socket owner uid (for `-m owner` / `meta skuid`).
+    /// Socket owner uid (for `-m owner` / `meta skuid`); unknown when not given, so such
+    /// rules make the answer unsure.
     #[arg(long, value_name = "UID")]
     pub uid: Option<u32>,
+    /// Socket owner gid (for `-m owner --gid-owner` / `meta skgid`).
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
     /// Packet mark.
     #[arg(long, value_name = "MARK", default_value_t = 0)]
     pub mark: u32,
@@ -96,8 +104,11 @@ pub struct RulesArgs {
 pub struct Explanation {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `drop`, `reject` or `accept` (the rule's own `verdict` is among the rule fields).
+    /// `drop`, `reject`, `queue`, `accept`, or `unsure` when rules droptrace cannot decide
+    /// lead to different fates (the rule's own `verdict` is among the rule fields).
     pub outcome: &'static str,
+    /// What droptrace filled in that was not given (route lookup), or left unknown.
+    pub assumed: Vec<String>,
     /// The engine whose verdict decides, with the rule.
     #[serde(flatten)]
     pub by: Option<Attribution>,
@@ -112,83 +123,114 @@ pub struct EngineResult {
     pub outcome: &'static str,
     #[serde(flatten)]
     pub by: Attribution,
+    /// Where each choice of the rules droptrace cannot decide leads (when there are any).
+    pub possible: Vec<String>,
 }
 
-fn read_snapshot(netns: Option<&str>) -> anyhow::Result<Snapshot> {
-    let path = match netns {
-        None => None,
-        Some(n) => {
-            let sel = NetnsSelector::parse(n);
-            let p = sel.path().context("--netns all is not one namespace")?;
-            if !p.exists() {
-                bail!(
-                    "no network namespace {n:?}: {} does not exist (see `ip netns list`)",
-                    p.display()
-                );
-            }
-            Some(p)
-        }
+/// The namespace's path (`None`: droptrace's own), checked to exist.
+fn netns_path(netns: Option<&str>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(n) = netns else {
+        return Ok(None);
     };
+    let sel = NetnsSelector::parse(n);
+    let p = sel.path().context("--netns all is not one namespace")?;
+    if !p.exists() {
+        bail!(
+            "no network namespace {n:?}: {} does not exist (see `ip netns list`)",
+            p.display()
+        );
+    }
+    Ok(Some(p))
+}
+
+fn read_snapshot(netns: Option<&Path>) -> anyhow::Result<Snapshot> {
     if !nix::unistd::geteuid().is_root() {
         bail!("reading the ruleset needs root (CAP_NET_ADMIN)");
     }
-    Ok(Snapshot::read(path.as_deref()))
+    Ok(Snapshot::read(netns))
 }
 
+/// The packet as given on the command line; what the kernel would fill in (interfaces,
+/// owner) stays unknown here (see [`fill_in_route`]).
 pub fn packet(args: &ExplainArgs) -> anyhow::Result<ruleset::Packet> {
-    let family = if args.dst.is_ipv6() {
-        ruleset::Family::Ipv6
-    } else {
-        ruleset::Family::Ipv4
-    };
-    let src = match args.src {
-        Some(s) if s.is_ipv6() != args.dst.is_ipv6() => {
-            bail!("--src and --dst are of different families")
-        }
-        Some(s) => s,
-        None if args.dst.is_ipv6() => IpAddr::from([0u16; 8]),
-        None => IpAddr::from([0u8; 4]),
-    };
-    let ports = matches!(args.proto.0, 6 | 17 | 132);
-    if !ports && args.dport.is_some() {
-        bail!("--dport needs a protocol with ports (tcp, udp, sctp)");
-    }
-    if ports && args.dport.is_none() {
-        bail!(
-            "--dport is required for {}",
-            crate::filter::proto_name(args.proto.0)
-        );
-    }
-    let icmp = matches!(args.proto.0, 1 | 58);
-    Ok(ruleset::Packet {
-        family,
-        proto: args.proto.0,
-        src,
-        dst: args.dst,
-        sport: ports.then_some(args.sport),
-        dport: args.dport,
-        // A new TCP connection starts with a SYN; established traffic carries ACK.
-        tcp_flags: (args.proto.0 == 6).then_some(if args.state == StateArg::New {
-            0x02
-        } else {
-            0x10
-        }),
-        // Echo request: what `ping` sends.
-        icmp_type: icmp.then_some(if args.proto.0 == 1 { 8 } else { 128 }),
-        icmp_code: icmp.then_some(0),
-        iif: args.iif.clone(),
-        oif: args.oif.clone(),
-        mark: args.mark,
-        uid: args.uid,
-        gid: None,
-        ct_state: Some(match args.state {
+    let mut p = ruleset::Packet::first_of_flow(
+        args.proto.0,
+        args.src,
+        args.dst,
+        args.sport,
+        args.dport,
+        match args.state {
             StateArg::New => ruleset::CtState::New,
             StateArg::Established => ruleset::CtState::Established,
             StateArg::Related => ruleset::CtState::Related,
             StateArg::Invalid => ruleset::CtState::Invalid,
-        }),
-        len: 60,
-    })
+        },
+        hook(args.hook),
+    )
+    .map_err(|e| match (e.contains("needs"), e.contains("no ports")) {
+        (true, _) => anyhow::anyhow!(
+            "--dport is required for {}",
+            crate::filter::proto_name(args.proto.0)
+        ),
+        (_, true) => anyhow::anyhow!("--dport needs a protocol with ports (tcp, udp, sctp)"),
+        _ => anyhow::anyhow!("--src and --dst are of different families"),
+    })?;
+    p.iif = args.iif.clone();
+    p.oif = args.oif.clone();
+    p.uid = args.uid;
+    p.gid = args.gid;
+    p.mark = args.mark;
+    Ok(p)
+}
+
+/// For a locally sent packet, fills in the output interface and source address the
+/// namespace's route to the destination gives (what the kernel would use), and says what
+/// was assumed or is still unknown.
+fn fill_in_route(
+    pkt: &mut ruleset::Packet,
+    args: &ExplainArgs,
+    netns: Option<&Path>,
+) -> Vec<String> {
+    let mut assumed = Vec::new();
+    let local = matches!(args.hook, HookArg::Output | HookArg::Postrouting);
+    if local && (args.oif.is_none() || args.src.is_none()) {
+        match crate::inventory::route::lookup(netns, args.dst, args.mark) {
+            Some(r) => {
+                if args.oif.is_none()
+                    && let Some(dev) = r.dev
+                {
+                    assumed.push(format!(
+                        "output interface {dev} (the route to {})",
+                        args.dst
+                    ));
+                    pkt.oif = Some(dev);
+                }
+                if args.src.is_none()
+                    && let Some(src) = r.src.filter(|s| s.is_ipv6() == args.dst.is_ipv6())
+                {
+                    assumed.push(format!("source {src} (the route to {})", args.dst));
+                    pkt.src = src;
+                }
+            }
+            None => assumed.push(format!(
+                "no route to {} in the namespace: output interface and source unknown",
+                args.dst
+            )),
+        }
+    }
+    if pkt.unknown.iif && pkt.iif.is_none() {
+        assumed.push("input interface unknown (--iif)".into());
+    }
+    if pkt.unknown.oif && pkt.oif.is_none() && args.oif.is_none() && !local {
+        assumed.push("output interface unknown (--oif)".into());
+    }
+    if pkt.unknown.uid && pkt.uid.is_none() {
+        assumed.push("socket owner uid unknown (--uid)".into());
+    }
+    if pkt.unknown.gid && pkt.gid.is_none() {
+        assumed.push("socket owner gid unknown (--gid)".into());
+    }
+    assumed
 }
 
 fn hook(h: HookArg) -> ruleset::Hook {
@@ -201,8 +243,19 @@ fn hook(h: HookArg) -> ruleset::Hook {
     }
 }
 
-/// Evaluates the packet in both engines; the first that drops decides (the kernel runs
-/// both on the hook and a drop in either is final).
+fn outcome_of(v: &ruleset::eval::Verdict) -> &'static str {
+    match v {
+        ruleset::eval::Verdict::Accept => "accept",
+        ruleset::eval::Verdict::Drop => "drop",
+        ruleset::eval::Verdict::Reject { .. } => "reject",
+        ruleset::eval::Verdict::Queue => "queue",
+    }
+}
+
+/// Evaluates the packet in both engines; the first that surely drops decides (the kernel
+/// runs both on the hook and a drop in either is final). An engine whose undecidable
+/// rules lead to different fates is `unsure`, and so is the whole answer unless the
+/// other engine surely drops.
 pub fn explain(
     rs: &ruleset::Ruleset,
     hook: ruleset::Hook,
@@ -220,35 +273,79 @@ pub fn explain(
         if !has_chain {
             continue;
         }
-        let (mut by, decided) = evaluate(rs, engine, hook, pkt);
-        let verdict = match by.verdict.as_deref() {
-            Some("REJECT") => "reject",
-            Some("QUEUE") => "queue",
-            Some("DROP" | "policy") if decided.is_some() => "drop",
-            _ => "accept",
+        let ev = ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt);
+        let fates: Vec<&'static str> = ev.outcomes().map(|o| outcome_of(&o.verdict)).collect();
+        let outcome = if fates.iter().all(|f| *f == fates[0]) {
+            fates[0]
+        } else {
+            "unsure"
         };
-        if verdict == "accept" && decided.is_none() && by.table.is_none() {
-            by.why = "no rule or policy drops it".into();
+        let (mut by, _) = evaluate(rs, engine, hook, pkt);
+        if outcome == "accept" {
+            by = Attribution::none("no rule or policy drops it");
+            if let DecidedBy::Rule(r) = &ev.by {
+                by.why = format!("accepted by {}", r);
+            }
+        }
+        let mut possible = Vec::new();
+        if !ev.alternatives.is_empty() {
+            let undecided: Vec<String> = ev
+                .undecided
+                .iter()
+                .map(|(r, why)| format!("{r} ({why})"))
+                .collect();
+            possible.push(format!(
+                "{} by {} if none of these matches: {}",
+                outcome_of(&ev.verdict),
+                ev.by,
+                undecided.join("; ")
+            ));
+            for alt in &ev.alternatives {
+                let assuming: Vec<String> = alt.assuming.iter().map(|r| r.to_string()).collect();
+                possible.push(format!(
+                    "{} by {} if {} matches",
+                    outcome_of(&alt.verdict),
+                    alt.by,
+                    assuming.join(" and ")
+                ));
+            }
+            if ev.alternatives_truncated {
+                possible.push("(more combinations not followed)".into());
+            }
         }
         engines.push(EngineResult {
             engine: name,
-            outcome: verdict,
+            outcome,
             by,
+            possible,
         });
     }
-    let decisive = engines.iter().find(|e| e.outcome != "accept");
-    let verdict = decisive.map_or("accept", |e| e.outcome);
-    let by = decisive.map(|e| e.by.clone());
+    let sure_drop = engines
+        .iter()
+        .find(|e| !matches!(e.outcome, "accept" | "unsure"));
+    let unsure = engines.iter().find(|e| e.outcome == "unsure");
+    let (verdict, by) = match (sure_drop, unsure) {
+        (Some(e), _) => (e.outcome, Some(e.by.clone())),
+        (None, Some(e)) => ("unsure", Some(e.by.clone())),
+        (None, None) => ("accept", None),
+    };
     (engines, verdict, by)
 }
 
+/// `explain`'s exit status: 0 the packet would pass, 1 it would be dropped, rejected or
+/// queued, 3 droptrace cannot tell (2 is an error, as for every command).
+pub const EXIT_UNSURE: u8 = 3;
+
 pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let pkt = packet(&args)?;
-    let snap = read_snapshot(args.netns.as_deref())?;
+    let mut pkt = packet(&args)?;
+    let netns = netns_path(args.netns.as_deref())?;
+    let snap = read_snapshot(netns.as_deref())?;
+    let assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
     let (engines, verdict, by) = explain(&snap.ruleset, hook(args.hook), &pkt);
     let report = Explanation {
         kind: "explain",
         outcome: verdict,
+        assumed,
         by,
         engines,
         problems: snap.problems,
@@ -264,15 +361,22 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             crate::record::endpoint(pkt.src, pkt.sport),
             crate::record::endpoint(pkt.dst, pkt.dport)
         );
-        match &report.by {
-            Some(a) => writeln!(
+        match (&report.by, verdict) {
+            (_, "unsure") => writeln!(
+                out,
+                "{what}: UNSURE: it depends on rules droptrace cannot decide"
+            )?,
+            (Some(a), _) => writeln!(
                 out,
                 "{what}: would {} by {} ({})",
                 verdict.to_uppercase(),
                 terminal(&a.label().unwrap_or_default()),
                 a.backend.as_deref().unwrap_or("?")
             )?,
-            None => writeln!(out, "{what}: would ACCEPT")?,
+            (None, _) => writeln!(out, "{what}: would ACCEPT")?,
+        }
+        for a in &report.assumed {
+            writeln!(out, "  assumed: {}", terminal(a))?;
         }
         for e in &report.engines {
             let label = e.by.label().unwrap_or_else(|| e.by.why.clone());
@@ -283,17 +387,25 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 e.outcome,
                 terminal(&label)
             )?;
+            for p in &e.possible {
+                writeln!(out, "      {}", terminal(p))?;
+            }
         }
         for p in &report.problems {
             writeln!(out, "  note: {}", terminal(p))?;
         }
     }
     // Like verify: 0 when the packet would pass, 1 when it would be dropped.
-    Ok(ExitCode::from(if verdict == "accept" { 0 } else { 1 }))
+    Ok(ExitCode::from(match verdict {
+        "accept" => 0,
+        "unsure" => EXIT_UNSURE,
+        _ => 1,
+    }))
 }
 
 pub fn run_rules(args: RulesArgs) -> anyhow::Result<ExitCode> {
-    let snap = read_snapshot(args.netns.as_deref())?;
+    let netns = netns_path(args.netns.as_deref())?;
+    let snap = read_snapshot(netns.as_deref())?;
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &snap.ruleset)?;
@@ -403,6 +515,7 @@ mod tests {
             oif: Some("eth0".into()),
             state: StateArg::New,
             uid: None,
+            gid: None,
             mark: 0,
             json: false,
         }
@@ -428,6 +541,74 @@ mod tests {
             verdict, "accept",
             "the ESTABLISHED,RELATED rule lets replies out"
         );
+    }
+
+    fn ruleset_of(save: &str) -> ruleset::Ruleset {
+        let text = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{save}\nCOMMIT\n"
+        );
+        ruleset::Ruleset {
+            tables: ruleset::iptables_save::parse(
+                &text,
+                ruleset::Backend::IptablesNft,
+                ruleset::Family::Ipv4,
+            )
+            .unwrap(),
+            ipsets: Default::default(),
+        }
+    }
+
+    /// What was not given is unknown, not absent: `! -o lo -j DROP` without --oif, an
+    /// owner rule without --uid, kube-proxy's `-m addrtype` drop. Never a plain accept.
+    #[test]
+    fn what_it_was_not_told_makes_it_unsure() {
+        let mut a = args(22);
+        a.oif = None;
+        let p = packet(&a).unwrap();
+        let (engines, verdict, by) = explain(
+            &ruleset_of("-A OUTPUT ! -o lo -j DROP"),
+            ruleset::Hook::Output,
+            &p,
+        );
+        assert_eq!(verdict, "unsure");
+        assert!(by.is_some());
+        assert_eq!(engines[0].possible.len(), 2, "{:?}", engines[0].possible);
+
+        let (_, verdict, _) = explain(
+            &ruleset_of("-A OUTPUT -m owner --uid-owner 0 -j DROP"),
+            ruleset::Hook::Output,
+            &packet(&args(22)).unwrap(),
+        );
+        assert_eq!(verdict, "unsure");
+        let mut root = args(22);
+        root.uid = Some(0);
+        let (_, verdict, _) = explain(
+            &ruleset_of("-A OUTPUT -m owner --uid-owner 0 -j DROP"),
+            ruleset::Hook::Output,
+            &packet(&root).unwrap(),
+        );
+        assert_eq!(verdict, "drop");
+        let mut gid = args(22);
+        gid.gid = Some(50);
+        let (_, verdict, _) = explain(
+            &ruleset_of("-A OUTPUT -m owner --gid-owner 50 -j DROP"),
+            ruleset::Hook::Output,
+            &packet(&gid).unwrap(),
+        );
+        assert_eq!(verdict, "drop", "the socket's group is matched");
+
+        // kube-proxy, KUBE-EXTERNAL-SERVICES (from an iptables-save of a node, cut).
+        let kube = ruleset_of(
+            ":KUBE-EXTERNAL-SERVICES - [0:0]\n\
+             -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+             -A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/web has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP",
+        );
+        let mut input = args(30080);
+        input.hook = HookArg::Input;
+        input.oif = None;
+        input.iif = Some("eth0".into());
+        let (_, verdict, _) = explain(&kube, ruleset::Hook::Input, &packet(&input).unwrap());
+        assert_eq!(verdict, "unsure");
     }
 
     #[test]

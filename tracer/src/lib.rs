@@ -29,6 +29,7 @@ pub mod resolve;
 pub mod sockets;
 pub mod stack;
 pub mod summary;
+pub mod tools;
 pub mod top;
 pub mod tracefs;
 pub mod verdicts;

@@ -15,6 +15,20 @@ pub struct ProcInfo {
     pub cgroup: Option<String>,
     /// `docker:ID`, `containerd:ID`, `crio:ID`, `podman:ID`, `k8s-pod:UID`, or a systemd unit.
     pub container: Option<String>,
+    /// The filesystem gid (what `-m owner --gid-owner` and `meta skgid` test, through the
+    /// credentials the socket was opened with).
+    pub fsgid: Option<u32>,
+}
+
+/// The filesystem gid from `/proc/PID/status`: the fourth number of its `Gid:` line.
+pub fn parse_fsgid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// `/proc/PID/cmdline`: NUL-separated arguments, joined with spaces.
@@ -124,6 +138,9 @@ impl ProcCache {
                 .and_then(|b| parse_cmdline(&b)),
             container: cgroup.as_deref().and_then(container_of),
             cgroup,
+            fsgid: fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|t| parse_fsgid(&t)),
         };
         self.known.insert(key, info.clone());
         info
@@ -142,6 +159,16 @@ mod tests {
         );
         assert_eq!(parse_cmdline(b""), None);
         assert_eq!(parse_cmdline(b"\0\0"), None);
+    }
+
+    #[test]
+    fn fsgid_is_the_fourth_gid() {
+        let status = "Name:\tjava\nUid:\t0\t0\t0\t0\nGid:\t100\t101\t102\t103\nGroups:\t\n";
+        assert_eq!(parse_fsgid(status), Some(103));
+        assert_eq!(parse_fsgid("Gid:\t1\t2\n"), None);
+        assert_eq!(parse_fsgid("garbage"), None);
+        let ours = fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(parse_fsgid(&ours), Some(nix::unistd::getegid().as_raw()));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct DropRecord {
     pub cgroup: Option<String>,
     pub container: Option<String>,
     pub uid: Option<u32>,
+    /// The socket owner's group: the sending process's filesystem gid, when the packet
+    /// has a socket and its process is known.
+    pub gid: Option<u32>,
     /// Packets this line stands for (>= 1).
     pub count: u64,
     /// Which rule dropped it (absent when attribution is off).
@@ -82,6 +85,9 @@ pub struct DropRecord {
     /// `engine` is a guess from the drop's location alone (no engine frame in the stack).
     #[serde(skip)]
     pub engine_guessed: bool,
+    /// The packet had a socket (`skb->sk`): owner matches apply to it.
+    #[serde(skip)]
+    pub has_socket: bool,
 }
 
 impl DropRecord {
@@ -245,6 +251,7 @@ impl Enricher {
             cgroup: info.cgroup,
             container: info.container,
             uid: drop.uid,
+            gid: drop.socket.and(info.fsgid),
             count: 1,
             rule: None,
             headers: drop.headers,
@@ -253,6 +260,7 @@ impl Enricher {
             tcp_flags_raw: drop.tcp_flags,
             kernel: drop.kernel,
             engine_guessed,
+            has_socket: drop.socket.is_some(),
         }
     }
 
@@ -374,6 +382,7 @@ pub(crate) mod tests {
             cgroup: Some("/system.slice/payments.service".into()),
             container: Some("payments.service".into()),
             uid: Some(0),
+            gid: Some(0),
             count: 1,
             rule: None,
             headers: vec![],
@@ -382,6 +391,7 @@ pub(crate) mod tests {
             tcp_flags_raw: Some(0x02),
             kernel: None,
             engine_guessed: false,
+            has_socket: true,
         }
     }
 

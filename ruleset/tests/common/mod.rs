@@ -60,6 +60,7 @@ pub fn tcp(src: &str, dst: &str, dport: u16) -> Packet {
         gid: Some(1000),
         ct_state: Some(CtState::New),
         len: 60,
+        unknown: Default::default(),
     }
 }
 

@@ -15,12 +15,7 @@ use std::{collections::HashMap, path::PathBuf};
 use ruleset::{DecidedBy, eval::Verdict};
 use serde::Serialize;
 
-use crate::{
-    drop::CtState as DropCt,
-    record::DropRecord,
-    stack::{self, Context},
-    verdicts::KernelSaw,
-};
+use crate::{drop::CtState as DropCt, record::DropRecord, stack, verdicts::KernelSaw};
 use snapshot::Snapshot;
 
 /// How sure an attribution is.
@@ -141,13 +136,8 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         iif,
         oif,
         mark: r.mark,
-        // Locally generated packets carry their socket's owner; received ones none.
-        uid: if r.context == Context::Process || r.uid.is_some() {
-            r.uid
-        } else {
-            None
-        },
-        gid: None,
+        uid: r.uid,
+        gid: r.gid,
         ct_state: Some(match r.ct_state {
             DropCt::New => ruleset::CtState::New,
             DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
@@ -156,6 +146,14 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
             DropCt::None => ruleset::CtState::Invalid,
         }),
         len: r.len,
+        // A packet with a socket whose owner could not be read: owner matches cannot be
+        // decided. Without a socket they are decided as the kernel does (no owner).
+        unknown: ruleset::Unknown {
+            iif: false,
+            oif: false,
+            uid: r.has_socket && r.uid.is_none(),
+            gid: r.has_socket && r.gid.is_none(),
+        },
     }
 }
 

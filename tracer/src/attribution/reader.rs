@@ -7,12 +7,9 @@
 //! ruleset` for the statement text and handles, and `ipset save` for set members. A missing
 //! tool is not an error: attribution degrades and says why.
 
-use std::{
-    fs::File,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Command};
+
+use crate::tools::{InNetns, ToolError};
 
 /// One dump and how it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,30 +59,11 @@ impl Source {
 /// Runs `source`'s tool inside the namespace at `netns` (None: our own namespace).
 pub fn dump(source: Source, netns: Option<&Path>) -> Dump {
     let argv = source.argv();
-    let Some(program) = find_program(argv[0]) else {
-        return Dump::Missing(argv[0]);
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).env("LC_ALL", "C");
-    let ns_file = match netns.map(File::open).transpose() {
-        Ok(f) => f,
-        Err(e) => return Dump::Failed(format!("cannot open namespace: {e}")),
-    };
-    if let Some(file) = ns_file {
-        let fd = file.as_raw_fd();
-        // SAFETY: only an async-signal-safe syscall runs between fork and exec; `file`
-        // outlives the spawn below, so the descriptor is valid in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        return run(cmd, argv[0]);
+    match InNetns::new(argv[0], &argv[1..], netns) {
+        Ok(t) => run(t.command, argv[0]),
+        Err(ToolError::Missing(_)) => Dump::Missing(argv[0]),
+        Err(e) => Dump::Failed(e.to_string()),
     }
-    run(cmd, argv[0])
 }
 
 fn run(mut cmd: Command, name: &str) -> Dump {
@@ -104,23 +82,9 @@ fn run(mut cmd: Command, name: &str) -> Dump {
     }
 }
 
-/// Looks a tool up in PATH and the sbin directories (sudo and cron often drop them).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_missing_tool_is_reported_not_fatal() {
-        assert_eq!(find_program("droptrace-no-such-tool"), None);
-    }
 
     #[test]
     fn a_missing_namespace_is_reported() {
