@@ -38,7 +38,51 @@ pub fn protocol(name: &str) -> Option<u8> {
     Some(number)
 }
 
+/// The usual name of a protocol number, the one [`protocol`] reads back
+/// (`icmpv6`, not `ipv6-icmp`).
+pub fn protocol_name(number: u8) -> Option<&'static str> {
+    Some(match number {
+        1 => "icmp",
+        2 => "igmp",
+        4 => "ipip",
+        6 => "tcp",
+        8 => "egp",
+        17 => "udp",
+        33 => "dccp",
+        41 => "ipv6",
+        43 => "ipv6-route",
+        44 => "ipv6-frag",
+        46 => "rsvp",
+        47 => "gre",
+        50 => "esp",
+        51 => "ah",
+        58 => "icmpv6",
+        59 => "ipv6-nonxt",
+        60 => "ipv6-opts",
+        89 => "ospf",
+        103 => "pim",
+        112 => "vrrp",
+        115 => "l2tp",
+        132 => "sctp",
+        136 => "udplite",
+        137 => "mpls-in-ip",
+        _ => return None,
+    })
+}
+
 pub use tracer_common::has_ports;
+
+#[cfg(test)]
+mod protocol_tests {
+    #[test]
+    fn every_protocol_name_reads_back() {
+        for n in 0..=u8::MAX {
+            if let Some(name) = super::protocol_name(n) {
+                assert_eq!(super::protocol(name), Some(n), "{name}");
+            }
+        }
+    }
+}
 
 /// ICMP type and optional code for an iptables `--icmp-type` name.
 pub(crate) fn iptables_icmp(name: &str) -> Option<(u8, Option<u8>)> {

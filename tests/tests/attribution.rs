@@ -14,9 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use droptrace_tests::{
-    GATEWAY_V4, GATEWAY_V6, Netns, Topology, Watcher, drops, packets, sh, summary,
-};
+use droptrace_tests::{GATEWAY_V4, GATEWAY_V6, Netns, Topology, Watcher, drops, packets, summary};
 use serde_json::{Value, json};
 
 const SHORT: Duration = Duration::from_millis(1500);
@@ -506,20 +504,16 @@ fn reject_is_reported_with_verdict_reject_and_the_connection_is_refused() {
         ],
     );
     let w = watch(&t.client);
-    let started = Instant::now();
     assert!(
         !t.client
             .tcp_connect(t.gateway_addr(8443), Duration::from_secs(5))
             .unwrap()
     );
-    let refused_in = started.elapsed();
     assert!(!udp(&t.client, t.gateway_addr(5044)), "EPERM");
     let lines = w.stop().unwrap();
     let k = kernel(&t.client, "iptables");
-    assert!(
-        refused_in < Duration::from_secs(1),
-        "the reset refuses the connection at once, took {refused_in:?}"
-    );
+    // Refused at once, not timed out: a dropped SYN would be retransmitted within the
+    // 5 s the connect waited, and the packet count below would be above 1.
     let tcp = lines_to(&lines, t.gateway_addr(8443));
     assert_named(
         &tcp,
@@ -597,23 +591,9 @@ fn negated_cidrs_multiport_lists_and_interface_wildcards() {
 
 // 6. Sets: ipset and nftables named sets.
 
-/// Installs ipset if it is missing; `Err` says why it cannot be.
-fn ensure_ipset() -> Result<(), String> {
-    if sh(&["ipset", "--version"]).is_ok() {
-        return Ok(());
-    }
-    sh(&["apt-get", "install", "-y", "ipset"])
-        .and_then(|_| sh(&["ipset", "--version"]))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 #[test]
 fn ipset_matches_are_decided_from_the_sets_contents() {
-    if let Err(why) = ensure_ipset() {
-        eprintln!("skipped: ipset is not installed and cannot be: {why}");
-        return;
-    }
+    // ipset is installed by `cargo xtask setup`: a missing one fails here.
     let t = Topology::new().unwrap();
     route_via_veth(&t, &["10.0.0.0/8", "192.0.2.0/24"]);
     // ipsets belong to the namespace: these vanish with it.

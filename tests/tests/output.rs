@@ -117,7 +117,7 @@ fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
 fn unnamed_namespaces_show_a_pid_inside_and_resolve_names_destinations() {
     // A namespace with no name under /run/netns, held by one process.
     let mut holder = Command::new("unshare")
-        .args(["-n", "bash", "-c", "ip link set lo up; iptables -A OUTPUT -p udp --dport 6554 -j DROP; sleep 3; echo x > /dev/udp/127.0.0.1/6554; sleep 2"])
+        .args(["-n", "bash", "-c", "ip link set lo up; iptables -A OUTPUT -p udp --dport 6554 -j DROP; sleep 3; echo x > /dev/udp/127.0.0.1/6554; sleep 2; echo x > /dev/udp/127.0.0.1/6554; sleep 2"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -125,10 +125,12 @@ fn unnamed_namespaces_show_a_pid_inside_and_resolve_names_destinations() {
     holder.wait().unwrap();
     let lines = w.stop().unwrap();
     let d = drops(&lines);
-    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d.len(), 2, "{d:?}");
     assert!(d[0]["netns_name"].is_null());
     assert!(d[0]["netns_pid"].as_u64().is_some(), "{}", d[0]);
-    // The name arrives from the background resolver; the drop line may come before it.
+    // The name arrives from the background resolver: the first line may come before it,
+    // the second (two seconds later) must carry it (127.0.0.1 is in /etc/hosts).
     let name = d[0].get("dst_name");
     assert!(name.is_none_or(|n| n == "localhost"), "{}", d[0]);
+    assert_eq!(d[1]["dst_name"], "localhost", "{}", d[1]);
 }

@@ -58,8 +58,6 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
 const IP_VERSION_4: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 /// `NFCT_INFOMASK` in include/linux/skbuff.h: low bits of `skb->_nfct` hold ctinfo.
@@ -533,7 +531,7 @@ fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
         return Some(());
     }
     match p.proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+        proto if tracer_common::has_ports(proto) => {
             let ports: [u8; 4] = read(l4, 0);
             p.sport = u16::from_be_bytes([ports[0], ports[1]]);
             p.dport = u16::from_be_bytes([ports[2], ports[3]]);

@@ -51,34 +51,6 @@ pub struct TracepointRecord {
     pub reason: Option<u32>,
 }
 
-impl TracepointRecord {
-    /// Parses tracefs' `events/skb/kfree_skb/format`
-    /// (`field:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;`).
-    pub fn from_format(text: &str) -> Option<Self> {
-        let mut fields = HashMap::new();
-        for line in text.lines() {
-            let mut name = None;
-            let mut offset = None;
-            for part in line.trim().split(';') {
-                let part = part.trim();
-                if let Some(decl) = part.strip_prefix("field:") {
-                    name = decl.rsplit([' ', '*']).next().map(str::to_string);
-                } else if let Some(o) = part.strip_prefix("offset:") {
-                    offset = o.trim().parse::<u32>().ok();
-                }
-            }
-            if let (Some(n), Some(o)) = (name, offset) {
-                fields.insert(n, o);
-            }
-        }
-        Some(TracepointRecord {
-            skbaddr: *fields.get("skbaddr")?,
-            location: *fields.get("location")?,
-            reason: fields.get("reason").copied(),
-        })
-    }
-}
-
 impl KernelBtf {
     pub fn load() -> Result<Self, BtfError> {
         Self::from_file(Path::new(VMLINUX_BTF))
@@ -277,10 +249,6 @@ mod tests {
     /// Reads the BTF of the kernel the tests run on (every machine of ours has it).
     #[test]
     fn resolves_offsets_and_reasons_on_this_kernel() {
-        if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: no {VMLINUX_BTF}");
-            return;
-        }
         let k = KernelBtf::load().unwrap();
         assert_ne!(k.offsets.skb_sk, NO_OFFSET);
         assert_ne!(k.offsets.skb_dev, NO_OFFSET);
@@ -297,29 +265,5 @@ mod tests {
         let tp = k.tracepoint_record.unwrap();
         assert_eq!((tp.skbaddr, tp.location), (8, 16));
         assert!(tp.reason.is_some());
-    }
-
-    #[test]
-    fn tracefs_format_of_an_old_kernel_has_no_reason() {
-        // Linux 5.10's events/skb/kfree_skb/format.
-        let old = "name: kfree_skb\nID: 1337\nformat:\n\
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
-\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n\nprint fmt: \"skbaddr=%p\"\n";
-        let r = TracepointRecord::from_format(old).unwrap();
-        assert_eq!(
-            r,
-            TracepointRecord {
-                skbaddr: 8,
-                location: 16,
-                reason: None
-            }
-        );
-        let new = "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
-\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
-        assert_eq!(TracepointRecord::from_format(new).unwrap().reason, Some(36));
-        assert_eq!(TracepointRecord::from_format("garbage"), None);
     }
 }

@@ -300,11 +300,34 @@ impl Capture {
         n
     }
 
-    pub fn stats(&self) -> KernelStats {
-        let sum = |i: u32| self.stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
-        KernelStats {
-            matched: sum(STAT_MATCHED),
-            records_lost: sum(STAT_LOST),
+    /// The program's own counters. An error is an error: without them nothing can say
+    /// whether the lines reported every drop.
+    pub fn stats(&self) -> Result<KernelStats, String> {
+        let sum = |i: u32| {
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .map_err(|e| format!("cannot read the kernel's counters ({STATS}[{i}]): {e}"))
+        };
+        Ok(KernelStats {
+            matched: sum(STAT_MATCHED)?,
+            records_lost: sum(STAT_LOST)?,
+        })
+    }
+
+    /// Detaches the drop program, so the kernel counts nothing more: the counters and flows
+    /// read after this are the capture's final ones, and drops after the end of a capture
+    /// are not mistaken for losses.
+    pub fn stop_counting(&mut self) {
+        for name in [TRACEPOINT, CLASSIC_PROGRAM] {
+            let result = match self._ebpf.program_mut(name) {
+                Some(aya::programs::Program::BtfTracePoint(p)) => p.unload(),
+                Some(aya::programs::Program::TracePoint(p)) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                log::debug!("detaching {name}: {e}");
+            }
         }
     }
 

@@ -92,7 +92,7 @@ impl From<&DropEvent> for Drop {
             (v4(&e.saddr), v4(&e.daddr))
         };
         let has_l4 = e.flags & flags::HAS_L4 != 0;
-        let ports = has_l4 && matches!(e.proto, 6 | 17 | 132);
+        let ports = has_l4 && tracer_common::has_ports(e.proto);
         let headers_len = usize::from(e.headers_len).min(e.headers.len());
         let icmp = matches!(e.proto, 1 | 58);
         let key = FlowKey {

@@ -28,31 +28,17 @@ pub struct Proto(pub u8);
 impl FromStr for Proto {
     type Err = FilterError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let n = match s.to_ascii_lowercase().as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            "icmp" => 1,
-            "icmpv6" | "ipv6-icmp" | "icmp6" => 58,
-            "sctp" => 132,
-            other => match other.parse::<u8>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(FilterError::Proto(s.to_string())),
-            },
-        };
-        Ok(Proto(n))
+        // The rule engine's table: the names iptables and nft accept.
+        match ruleset::names::protocol(s) {
+            Some(n) if n > 0 => Ok(Proto(n)),
+            _ => Err(FilterError::Proto(s.to_string())),
+        }
     }
 }
 
 /// Name of an IP protocol number, as used in output.
 pub fn proto_name(n: u8) -> String {
-    match n {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
+    ruleset::names::protocol_name(n).map_or_else(|| n.to_string(), str::to_string)
 }
 
 /// An address or CIDR prefix.

@@ -496,8 +496,16 @@ fn cgroup2_mount(mountinfo: &str) -> Option<String> {
     })
 }
 
-/// A service in one namespace, as sent to by one process (`None`: no known process).
-type DropKey = (ServiceKey, u32, Option<u32>);
+/// A service in one namespace, as sent to by one process, or (no known process: a
+/// retransmission or reply dropped in softirq) from one local port.
+type DropKey = (ServiceKey, u32, Sender);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Sender {
+    Process(u32),
+    /// The flow's local port, which names the flow when no process does.
+    Port(Option<u16>),
+}
 
 /// Drops of the window, indexed by the service they belong to.
 #[derive(Default)]
@@ -519,7 +527,7 @@ impl DropIndex {
         for r in records {
             let egress = matches!(r.hook, Some(Hook::Output | Hook::Postrouting));
             let ingress = matches!(r.hook, Some(Hook::Prerouting | Hook::Input));
-            let (key, label) = if egress {
+            let (key, label, local_port) = if egress {
                 let icmp = matches!(r.proto.as_str(), "icmp" | "icmpv6");
                 (
                     (
@@ -529,6 +537,7 @@ impl DropIndex {
                         if icmp { r.icmp_type } else { None },
                     ),
                     drop_label(r),
+                    r.sport,
                 )
             } else if ingress && r.sport.is_some() {
                 // A reply to one of our flows, dropped on its way in: the flow is broken
@@ -536,11 +545,13 @@ impl DropIndex {
                 (
                     (r.proto.clone(), r.src, r.sport, None),
                     format!("reply dropped by {}", drop_label(r)),
+                    r.dport,
                 )
             } else {
                 continue;
             };
-            let e = idx.by_service.entry((key, r.netns, r.pid)).or_default();
+            let sender = r.pid.map_or(Sender::Port(local_port), Sender::Process);
+            let e = idx.by_service.entry((key, r.netns, sender)).or_default();
             e.0 += r.count;
             e.1.insert(label);
             let first_packet = match r.proto.as_str() {
@@ -557,25 +568,57 @@ impl DropIndex {
         idx
     }
 
-    /// Marks each flow with the drops of its service from its process (or from no known
-    /// process: a retransmission dropped in softirq, a reply).
+    /// Marks each flow with the drops of its service from its process, and those of no
+    /// known process from its local port. Each drop is counted on one flow only: those of
+    /// no known process that match no flow's port go to one flow of the service (one of no
+    /// known process if there is one), never to every flow, so no process is marked as
+    /// dropped for another's packets.
     fn mark(&self, flows: &mut [Flow]) {
+        let mut taken: BTreeSet<&DropKey> = BTreeSet::new();
         for f in flows.iter_mut() {
-            let key = f.service_key();
-            let mut drops = 0;
-            let mut by = BTreeSet::new();
-            for pid in [f.pid, None] {
-                if let Some((n, labels)) = self.by_service.get(&(key.clone(), f.netns, pid)) {
-                    drops += n;
-                    by.extend(labels.iter().cloned());
-                }
-                if f.pid.is_none() {
-                    break;
+            f.dropped = Some(false);
+            f.drops = 0;
+            f.dropped_by = Vec::new();
+        }
+        let add = |f: &mut Flow, n: u64, labels: &BTreeSet<String>| {
+            f.dropped = Some(f.drops + n > 0);
+            f.drops += n;
+            for l in labels {
+                if !f.dropped_by.contains(l) {
+                    f.dropped_by.push(l.clone());
                 }
             }
-            f.dropped = Some(drops > 0);
-            f.drops = drops;
-            f.dropped_by = by.into_iter().collect();
+            f.dropped_by.sort();
+        };
+        for f in flows.iter_mut() {
+            let key = f.service_key();
+            let own = [
+                f.pid.map(Sender::Process),
+                f.sport.is_some().then_some(Sender::Port(f.sport)),
+            ];
+            for sender in own.into_iter().flatten() {
+                if let Some((k, (n, labels))) =
+                    self.by_service
+                        .get_key_value(&(key.clone(), f.netns, sender))
+                    && taken.insert(k)
+                {
+                    add(f, *n, labels);
+                }
+            }
+        }
+        // Drops of no known process whose port no flow has.
+        for (k, (n, labels)) in &self.by_service {
+            if !matches!(k.2, Sender::Port(_)) || taken.contains(k) {
+                continue;
+            }
+            let of_service = |f: &Flow| f.service_key() == k.0 && f.netns == k.1;
+            let target = match flows.iter().position(|f| of_service(f) && f.pid.is_none()) {
+                Some(i) => Some(i),
+                None => flows.iter().position(of_service),
+            };
+            if let Some(i) = target {
+                add(&mut flows[i], *n, labels);
+            }
         }
     }
 
@@ -1055,15 +1098,23 @@ mod tests {
         ];
         idx.mark(&mut flows);
         assert_eq!(flows[0].dropped, Some(true));
-        assert_eq!(flows[0].drops, 3);
+        assert_eq!(
+            flows[0].drops, 3,
+            "the retransmission is java's: same local port"
+        );
         assert_eq!(flows[0].dropped_by, ["OUTPUT (nftables/ip)"]);
         assert_eq!(
-            flows[1].drops, 1,
-            "another process: only the drops of no known process"
+            (flows[1].drops, flows[1].dropped),
+            (0, Some(false)),
+            "another process of the same service was never dropped"
         );
         assert_eq!(flows[2].dropped, Some(false));
         let s = services(flows);
-        assert_eq!(s.iter().find(|s| s.dport == Some(8443)).unwrap().drops, 4);
+        assert_eq!(
+            s.iter().find(|s| s.dport == Some(8443)).unwrap().drops,
+            3,
+            "each drop counted once"
+        );
         assert_eq!(s[0].dropped, Some(false));
     }
 

@@ -116,6 +116,35 @@ impl<W: Write> TextSink<W> {
 }
 
 /// Colour for a terminal, unless NO_COLOR is set (https://no-color.org).
+/// The closing line: what was counted, and whether the counts are complete.
+pub fn end_line(end: &SummaryRecord) -> String {
+    let drops = if end.total == 1 { "drop" } else { "drops" };
+    let mut line = format!("{} {drops} in {:.1}s, ", end.total, end.duration_s);
+    match (end.lost, &end.error) {
+        (None, why) => line.push_str(&format!(
+            "completeness unknown: {}",
+            terminal(why.as_deref().unwrap_or("the kernel's counters were not read"))
+        )),
+        (Some(0), _) => line.push_str("0 lost"),
+        (Some(n), _) => line.push_str(&format!(
+            "{n} lost (flows evicted from the kernel's full flow table: counts above are incomplete)"
+        )),
+    }
+    if end.beyond_count > 0 {
+        line.push_str(&format!(
+            "; {} more counted after --count was reached (not printed)",
+            end.beyond_count
+        ));
+    }
+    if end.records_lost > 0 {
+        line.push_str(&format!(
+            "; {} records did not fit the ring buffer (their packets are in the counts)",
+            end.records_lost
+        ));
+    }
+    line
+}
+
 pub fn use_color(stream: &impl io::IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -229,18 +258,7 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn summary(&mut self, s: &Summary, end: &SummaryRecord) -> io::Result<()> {
         writeln!(self.out)?;
-        writeln!(
-            self.out,
-            "{} drops in {:.1}s, {} lost{}",
-            end.total,
-            end.duration_s,
-            end.lost,
-            if end.lost > 0 {
-                " (ring buffer full: counts above are incomplete)"
-            } else {
-                ""
-            }
-        )?;
+        writeln!(self.out, "{}", end_line(end))?;
         let dests = s.destinations();
         if !dests.is_empty() {
             writeln!(self.out, "by destination:")?;

@@ -135,12 +135,34 @@ pub fn run_all(
         // from here so they inherit it.
         let handles: Vec<_> = targets
             .into_iter()
-            .map(|t| std::thread::spawn(move || probe(t, timeout)))
+            .map(|t| (t.clone(), std::thread::spawn(move || probe(t, timeout))))
             .collect();
-        Ok(handles.into_iter().filter_map(|h| h.join().ok()).collect())
+        // Every probe is reported: one whose thread died is a failed probe, never a
+        // missing one that lets the others pass.
+        Ok(handles
+            .into_iter()
+            .map(|(target, h)| joined(target, h.join()))
+            .collect())
     })
     .join()
     .map_err(|_| io::Error::other("probe thread panicked"))?
+}
+
+/// A probe thread's result; a panic becomes a failed attempt.
+fn joined(target: Target, result: std::thread::Result<Attempt>) -> Attempt {
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        Attempt {
+            target,
+            local: None,
+            remote: None,
+            outcome: Outcome::Failed(format!("the probe crashed: {why}")),
+        }
+    })
 }
 
 fn probe(target: Target, timeout: Duration) -> Attempt {
@@ -233,6 +255,15 @@ fn udp(remote: SocketAddr) -> (Option<SocketAddr>, Outcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_that_panics_is_a_failed_probe() {
+        let t: Target = "tcp://203.0.113.10:8443".parse().unwrap();
+        let crashed = std::thread::spawn(|| -> Attempt { panic!("boom") }).join();
+        let a = joined(t.clone(), crashed);
+        assert_eq!(a.target, t);
+        assert_eq!(a.outcome, Outcome::Failed("the probe crashed: boom".into()));
+    }
 
     #[test]
     fn targets_parse() {

@@ -41,13 +41,20 @@ pub struct SummaryRecord {
     pub kind: &'static str,
     pub total: u64,
     /// Dropped packets counted by the kernel but reported on no line (flows evicted
-    /// from a full flow table). Zero means `total` is exact.
-    pub lost: u64,
+    /// from a full flow table). Zero means `total` is exact; null means the kernel's
+    /// counters could not be read (see `error`), so nobody knows.
+    pub lost: Option<u64>,
     /// Ring-buffer records the kernel could not write (userspace too slow); their packets
     /// are still in `total`, read from the kernel's flow table.
     pub records_lost: u64,
-    /// Drops that matched the filters in the kernel; `total + lost` when nothing is missing.
-    pub matched_in_kernel: u64,
+    /// Drops that matched the filters in the kernel; `total + lost + beyond_count` when
+    /// nothing is missing; null when unreadable.
+    pub matched_in_kernel: Option<u64>,
+    /// Drops the kernel counted after `--count` was reached and before the capture
+    /// stopped: not reported on purpose, not lost.
+    pub beyond_count: u64,
+    /// Why the kernel's counters could not be read, when they could not.
+    pub error: Option<String>,
     pub duration_s: f64,
     pub destinations: Vec<DestinationCount>,
     pub hooks: BTreeMap<String, u64>,
@@ -107,9 +114,11 @@ impl Summary {
         SummaryRecord {
             kind: "summary",
             total: self.total,
-            lost,
+            lost: Some(lost),
             records_lost: 0,
-            matched_in_kernel: matched,
+            matched_in_kernel: Some(matched),
+            beyond_count: 0,
+            error: None,
             duration_s,
             destinations: self.destinations(),
             hooks: self.by_hook.clone(),

@@ -137,8 +137,8 @@ impl TopModel {
             SortBy::Rate => {
                 v.sort_by(|a, b| b.1.rate.cmp(&a.1.rate).then(b.1.total.cmp(&a.1.total)))
             }
-            SortBy::Total => v.sort_by(|a, b| b.1.total.cmp(&a.1.total)),
-            SortBy::Last => v.sort_by(|a, b| b.1.last_seq.cmp(&a.1.last_seq)),
+            SortBy::Total => v.sort_by_key(|e| std::cmp::Reverse(e.1.total)),
+            SortBy::Last => v.sort_by_key(|e| std::cmp::Reverse(e.1.last_seq)),
             SortBy::Destination => v.sort_by(|a, b| a.0.dst.cmp(&b.0.dst).then(a.0.cmp(b.0))),
         }
         v
@@ -308,11 +308,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let end = session.finish();
     let m = model.borrow();
     let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "{} drops in {:.1}s, {} lost",
-        end.total, end.duration_s, end.lost
-    )?;
+    writeln!(out, "{}", crate::output::end_line(&end))?;
     write!(out, "{}", plain_table(&m))?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! private mount namespace first: the mount exists only for this process and disappears
 //! with it.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashMap, fs, io, path::Path};
 
 use nix::{
     mount::{MsFlags, mount},
@@ -59,6 +59,69 @@ pub fn ensure_mounted() -> io::Result<&'static str> {
 pub fn kfree_skb_format() -> io::Result<TracepointRecord> {
     let root = ensure_mounted()?;
     let text = fs::read_to_string(Path::new(root).join(FORMAT))?;
-    TracepointRecord::from_format(&text)
+    kfree_skb_record(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected kfree_skb format"))
+}
+
+/// Field offsets of a tracefs `format` file
+/// (`field:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;`).
+pub fn format_fields(text: &str) -> HashMap<String, u32> {
+    let mut fields = HashMap::new();
+    for line in text.lines() {
+        let (mut name, mut offset) = (None, None);
+        for part in line.trim().split(';').map(str::trim) {
+            if let Some(decl) = part.strip_prefix("field:") {
+                // `__u8 daddr[4]`: the name is the last word, without the array suffix.
+                let last = decl.rsplit([' ', '*']).next().unwrap_or("");
+                name = Some(last.split('[').next().unwrap_or("").to_string());
+            } else if let Some(o) = part.strip_prefix("offset:") {
+                offset = o.trim().parse::<u32>().ok();
+            }
+        }
+        if let (Some(n), Some(o)) = (name, offset)
+            && !n.is_empty()
+        {
+            fields.insert(n, o);
+        }
+    }
+    fields
+}
+
+/// The `skb/kfree_skb` record layout from its `format` file.
+pub fn kfree_skb_record(text: &str) -> Option<TracepointRecord> {
+    let fields = format_fields(text);
+    Some(TracepointRecord {
+        skbaddr: *fields.get("skbaddr")?,
+        location: *fields.get("location")?,
+        reason: fields.get("reason").copied(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracefs_format_of_an_old_kernel_has_no_reason() {
+        // Linux 5.10's events/skb/kfree_skb/format.
+        let old = "name: kfree_skb\nID: 1337\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n\nprint fmt: \"skbaddr=%p\"\n";
+        let r = kfree_skb_record(old).unwrap();
+        assert_eq!(
+            r,
+            TracepointRecord {
+                skbaddr: 8,
+                location: 16,
+                reason: None
+            }
+        );
+        let new = "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
+        assert_eq!(kfree_skb_record(new).unwrap().reason, Some(36));
+        assert_eq!(kfree_skb_record("garbage"), None);
+    }
 }

@@ -168,7 +168,9 @@ pub(crate) fn attach(
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         return Err("no kprobes on this kernel: CONFIG_KPROBES is off".into());
     }
-    let engines: [(&Result<(), String>, &str, &str, &[&'static str]); 2] = [
+    // (whether the engine can be watched, its name, the entry program, the functions).
+    type Engine<'a> = (&'a Result<(), String>, &'a str, &'a str, &'a [&'static str]);
+    let engines: [Engine; 2] = [
         (
             &support.nftables,
             "nftables",

@@ -130,7 +130,7 @@ pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
             count,
         })
         .collect();
-    v.sort_by(|a, b| b.count.cmp(&a.count));
+    v.sort_by_key(|g| std::cmp::Reverse(g.count));
     v
 }
 
@@ -231,10 +231,17 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let attempts = probes
         .join()
         .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
-    if end.lost > 0 {
+    let Some(lost) = end.lost else {
         anyhow::bail!(
-            "cannot verify: {} dropped packets were counted by the kernel but not reported (flow table overflow)",
-            end.lost
+            "cannot verify: {}",
+            end.error
+                .as_deref()
+                .unwrap_or("the kernel's counters were not read")
+        );
+    };
+    if lost > 0 {
+        anyhow::bail!(
+            "cannot verify: {lost} dropped packets were counted by the kernel but not reported (flow table overflow)"
         );
     }
     let probes = judge(&attempts, &records);
@@ -244,7 +251,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         verdict: if failed { "fail" } else { "pass" },
         duration_s: end.duration_s,
         total: end.total,
-        lost: end.lost,
+        lost,
         records_lost: end.records_lost,
         drops: group(&records),
         probes,

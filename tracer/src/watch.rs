@@ -267,6 +267,10 @@ impl Session {
                 _ = self.sigterm.recv() => (true, false),
                 _ = &mut sleep, if deadline.is_some() => (true, false),
             };
+            if stop {
+                // Nothing counted from here on: the end's counters and flows are final.
+                self.capture.stop_counting();
+            }
             // Drain also after a stop: records already in the ring buffer count.
             self.capture.drain(&mut batch);
             for d in batch.drain(..) {
@@ -292,6 +296,7 @@ impl Session {
             }
             if limit_hit == Flow::Limit {
                 // Stopped on purpose: what the kernel counted after that is not "lost".
+                self.capture.stop_counting();
                 self.limited = true;
                 return Ok(());
             }
@@ -394,16 +399,29 @@ impl Session {
     /// The closing totals, checked against the kernel's own count of matched drops.
     pub fn finish(&mut self) -> crate::summary::SummaryRecord {
         let _ = io::stdout().flush();
-        let stats = self.capture.stats();
+        let duration = self.started.elapsed().as_secs_f64();
+        let stats = match self.capture.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                let mut end = self.summary.record(0, 0, duration);
+                (end.lost, end.matched_in_kernel, end.error) = (None, None, Some(e));
+                return end;
+            }
+        };
         // Packets the kernel matched but no line reported: flows evicted from the flow
-        // table before their last packets were read (more than MAX_FLOWS flows at once).
-        let lost = stats
+        // table before their last packets were read (more than MAX_FLOWS flows at once),
+        // or, after `--count` ended the capture, drops deliberately not reported.
+        let unreported = stats
             .matched
             .saturating_sub(self.summary.total + self.filtered_out);
-        let mut end =
-            self.summary
-                .record(lost, stats.matched, self.started.elapsed().as_secs_f64());
+        let (lost, beyond) = if self.limited {
+            (0, unreported)
+        } else {
+            (unreported, 0)
+        };
+        let mut end = self.summary.record(lost, stats.matched, duration);
         end.records_lost = stats.records_lost;
+        end.beyond_count = beyond;
         end
     }
 }

@@ -141,18 +141,52 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "xtask: running all tests (unit and integration) with DROPTRACE_BIN={}",
         bin.display()
     );
+    lint()?;
     let mut cmd = pinned_cargo();
     cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
     cmd.env("DROPTRACE_BIN", &bin);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
-        return run_checked(&mut cmd);
+        run_checked(&mut cmd)?;
+        eprintln!(
+            "xtask: a test filter was given: the fuzzers and the kernel matrix (vm-test) did not run"
+        );
+        return Ok(());
     }
     run_checked(&mut cmd)?;
     // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
     fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
     // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu.
     vmtest::run(&build(true)?, &vmtest::Args::default())
+}
+
+/// clippy with warnings as errors, on every crate: the host ones, and the eBPF programs
+/// for their own target (what `cargo test` never compiles).
+fn lint() -> anyhow::Result<()> {
+    eprintln!("xtask: cargo clippy -D warnings (host crates, then the eBPF programs)");
+    run_checked(pinned_cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_checked(pinned_cargo().args([
+        "clippy",
+        "--package",
+        "tracer-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// Long enough to get past the seeds into mutations, short enough for CI.

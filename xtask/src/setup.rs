@@ -40,6 +40,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests check that no BPF program outlives droptrace",
     ),
     ("tshark", "tests read droptrace's pcapng files back"),
+    (
+        "ipset",
+        "-m set rules and their members (attribution, tests)",
+    ),
+    (
+        "busybox-static",
+        "ping for the ICMP inventory test; the qemu guests' userland",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -92,7 +100,7 @@ pub fn install_packages(packages: &[(&str, &str)], say: fn(&str)) -> anyhow::Res
 }
 
 fn toolchain() -> anyhow::Result<()> {
-    let has_src = Command::new("rustup")
+    let has_components = Command::new("rustup")
         .args([
             "component",
             "list",
@@ -103,14 +111,17 @@ fn toolchain() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+            let list = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && list.contains("rust-src") && list.contains("clippy")
         });
-    if has_src {
-        say(&format!("toolchain {EBPF_TOOLCHAIN} with rust-src present"));
+    if has_components {
+        say(&format!(
+            "toolchain {EBPF_TOOLCHAIN} with rust-src and clippy present"
+        ));
         return Ok(());
     }
     say(&format!(
-        "installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"
+        "installing toolchain {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs) and clippy (the tests' lint step)"
     ));
     run_checked(Command::new("rustup").args([
         "toolchain",
@@ -118,8 +129,14 @@ fn toolchain() -> anyhow::Result<()> {
         EBPF_TOOLCHAIN,
         "--profile",
         "minimal",
-        "--component",
+    ]))?;
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
         "rust-src",
+        "clippy",
     ]))
 }
 

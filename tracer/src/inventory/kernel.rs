@@ -62,7 +62,7 @@ impl InventoryCapture {
                     .join("events/sock/inet_sock_set_state/format"),
             )
             .context("this kernel has no sock/inet_sock_set_state tracepoint")?;
-            apply_format(&mut inv, &tracepoint_fields(&text));
+            apply_format(&mut inv, &crate::tracefs::format_fields(&text));
         }
         if inv.tp_newstate == NO_OFFSET || inv.tp_daddr == NO_OFFSET {
             anyhow::bail!("cannot read the layout of the sock/inet_sock_set_state tracepoint");
@@ -246,29 +246,6 @@ fn offsets(btf: &Btf) -> InventoryConfig {
     }
 }
 
-/// Field offsets of a tracefs `format` file (`field:__u16 dport;\toffset:26;\tsize:2;...`).
-pub fn tracepoint_fields(text: &str) -> HashMap<String, u32> {
-    let mut fields = HashMap::new();
-    for line in text.lines() {
-        let (mut name, mut offset) = (None, None);
-        for part in line.trim().split(';').map(str::trim) {
-            if let Some(decl) = part.strip_prefix("field:") {
-                // `__u8 daddr[4]`: the name is the last word, without the array suffix.
-                let last = decl.rsplit([' ', '*']).next().unwrap_or("");
-                name = Some(last.split('[').next().unwrap_or("").to_string());
-            } else if let Some(o) = part.strip_prefix("offset:") {
-                offset = o.trim().parse::<u32>().ok();
-            }
-        }
-        if let (Some(n), Some(o)) = (name, offset)
-            && !n.is_empty()
-        {
-            fields.insert(n, o);
-        }
-    }
-    fields
-}
-
 fn apply_format(inv: &mut InventoryConfig, fields: &HashMap<String, u32>) {
     let get = |f: &str| fields.get(f).copied().unwrap_or(NO_OFFSET);
     inv.tp_skaddr = get("skaddr");
@@ -305,25 +282,25 @@ mod tests {
     #[test]
     fn tracefs_format_gives_the_record_layout() {
         let mut inv = InventoryConfig::EMPTY;
-        apply_format(&mut inv, &tracepoint_fields(FORMAT));
+        apply_format(&mut inv, &crate::tracefs::format_fields(FORMAT));
         assert_eq!((inv.tp_skaddr, inv.tp_newstate), (8, 20));
         assert_eq!((inv.tp_sport, inv.tp_dport), (24, 26));
         assert_eq!((inv.tp_daddr, inv.tp_daddr_v6), (36, 56));
         let mut none = InventoryConfig::EMPTY;
-        apply_format(&mut none, &tracepoint_fields("garbage\n\tfield:;offset:x;"));
+        apply_format(
+            &mut none,
+            &crate::tracefs::format_fields("garbage\n\tfield:;offset:x;"),
+        );
         assert_eq!(none.tp_newstate, NO_OFFSET);
     }
 
     /// BTF and tracefs must agree on this kernel (every machine of ours has both).
     #[test]
     fn btf_offsets_on_this_kernel() {
-        let Ok(btf) = Btf::from_file(Path::new(VMLINUX_BTF)) else {
-            eprintln!("skipped: no {VMLINUX_BTF}");
-            return;
-        };
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).expect("every machine of ours has BTF");
         let inv = offsets(&btf);
         let mut from_format = InventoryConfig::EMPTY;
-        apply_format(&mut from_format, &tracepoint_fields(FORMAT));
+        apply_format(&mut from_format, &crate::tracefs::format_fields(FORMAT));
         assert_eq!(inv.tp_daddr, from_format.tp_daddr);
         assert_eq!(inv.tp_newstate, from_format.tp_newstate);
         for (name, off) in [
