@@ -18,6 +18,7 @@ pub fn packets() -> Vec<ruleset::Packet> {
         gid: None,
         ct_state: ct,
         len: 60,
+        unknown: Default::default(),
     };
     vec![
         mk(ruleset::Family::Ipv4, 6, "198.51.100.2", "203.0.113.10", Some(ruleset::CtState::New)),
