@@ -17,10 +17,11 @@
 //!   `.../debian-security` URIs), or $DROPTRACE_VMTEST_MIRROR.
 //! - qemu runs with software emulation (TCG): Debian kernels hang with KVM on our machines.
 //!   Two guests run at a time (2 cores), each with a timeout so CI can never hang.
-//! - Which kernels must pass is the table [`KERNELS`]: 5.10 has no drop reasons and no BTF
-//!   ids, so droptrace is not expected to run there until its fallback modes work; its
-//!   result is shown either way, and its failure does not fail the task (a guest that gives
-//!   no report at all does: then the harness itself is broken).
+//! - Which kernels must pass is the table [`KERNELS`]; every one does today, 5.10 included
+//!   (no drop reasons, no module BTF: drops are recognised by location and confirmed by
+//!   counters, the verdict probes stay off). A kernel marked `expect_pass: false` would
+//!   have its result shown without failing the task; a guest that gives no report at all
+//!   always fails it (the harness itself is broken).
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
