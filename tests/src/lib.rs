@@ -237,6 +237,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// The droptrace process under test.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         Self::start_checked(args, |_| {})
     }
