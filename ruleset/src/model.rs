@@ -230,22 +230,18 @@ impl Packet {
         dport: Option<u16>,
         ct_state: CtState,
         hook: Hook,
-    ) -> Result<Packet, String> {
+    ) -> Result<Packet, FlowError> {
         let v6 = dst.is_ipv6();
         let src = match src {
-            Some(s) if s.is_ipv6() != v6 => {
-                return Err("the source and destination are of different families".into());
-            }
+            Some(s) if s.is_ipv6() != v6 => return Err(FlowError::MixedFamilies),
             Some(s) => s,
             None if v6 => IpAddr::from([0u16; 8]),
             None => IpAddr::from([0u8; 4]),
         };
         let ports = crate::names::has_ports(proto);
         match (ports, dport) {
-            (true, None) => return Err(format!("protocol {proto} needs a destination port")),
-            (false, Some(_)) => {
-                return Err(format!("protocol {proto} has no ports"));
-            }
+            (true, None) => return Err(FlowError::NoPort),
+            (false, Some(_)) => return Err(FlowError::PortlessProtocol),
             _ => {}
         }
         let icmp = matches!(proto, 1 | 58);
@@ -279,6 +275,17 @@ impl Packet {
             },
         })
     }
+}
+
+/// Why a described flow is not a packet ([`Packet::first_of_flow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    #[error("the source and destination are of different families")]
+    MixedFamilies,
+    #[error("the protocol needs a destination port")]
+    NoPort,
+    #[error("the protocol has no ports")]
+    PortlessProtocol,
 }
 
 /// Which of a [`Packet`]'s optional fields are not known to the caller: a

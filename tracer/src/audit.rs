@@ -4,7 +4,7 @@
 //! The incident happened because a hardening ruleset was applied without knowing what the
 //! host talked to. `audit` takes the flows of an inventory (`--from inventory.json`) or of
 //! live traffic (`--duration`) and evaluates each one against the proposed ruleset with
-//! the rule engine that names rules for `watch` ([`crate::attribution::evaluate`]): as
+//! the rule engine that names rules for `watch` ([`crate::attribution::attribution_of`]): as
 //! the first packet of a new connection leaving the host — hook OUTPUT then POSTROUTING,
 //! conntrack state NEW, a TCP SYN, the flow's own addresses, output interface, mark and
 //! socket owner.
@@ -242,7 +242,8 @@ pub fn packet_of(f: &Flow) -> Result<ruleset::Packet, String> {
         f.dport.filter(|_| ports),
         ruleset::CtState::New,
         Hook::Output,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     if p.icmp_type.is_some() {
         p.icmp_type = f.icmp_type.or(p.icmp_type);
         p.icmp_code = f.icmp_code.or(p.icmp_code);
@@ -294,8 +295,7 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
                     r.table, r.chain, r.position
                 ));
             }
-            let (a, _) = attribution::evaluate(rs, engine, hook, &pkt);
-            let label = a.label();
+            let label = attribution::attribution_of(&ev).label();
             match ev.verdict {
                 Verdict::Drop | Verdict::Reject { .. } => {
                     return Judgement::Blocked {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use ruleset::DecidedBy;
 
 use crate::{
-    attribution::{Attribution, evaluate, snapshot::Snapshot},
+    attribution::{Attribution, attribution_of, snapshot::Snapshot},
     escape::terminal,
     filter::Proto,
     netns::NetnsSelector,
@@ -167,13 +167,17 @@ pub fn packet(args: &ExplainArgs) -> anyhow::Result<ruleset::Packet> {
         },
         hook(args.hook),
     )
-    .map_err(|e| match (e.contains("needs"), e.contains("no ports")) {
-        (true, _) => anyhow::anyhow!(
+    .map_err(|e| match e {
+        ruleset::FlowError::NoPort => anyhow::anyhow!(
             "--dport is required for {}",
             crate::filter::proto_name(args.proto.0)
         ),
-        (_, true) => anyhow::anyhow!("--dport needs a protocol with ports (tcp, udp, sctp)"),
-        _ => anyhow::anyhow!("--src and --dst are of different families"),
+        ruleset::FlowError::PortlessProtocol => {
+            anyhow::anyhow!("--dport needs a protocol with ports (tcp, udp, sctp)")
+        }
+        ruleset::FlowError::MixedFamilies => {
+            anyhow::anyhow!("--src and --dst are of different families")
+        }
     })?;
     p.iif = args.iif.clone();
     p.oif = args.oif.clone();
@@ -221,7 +225,7 @@ fn fill_in_route(
     if pkt.unknown.iif && pkt.iif.is_none() {
         assumed.push("input interface unknown (--iif)".into());
     }
-    if pkt.unknown.oif && pkt.oif.is_none() && args.oif.is_none() && !local {
+    if pkt.unknown.oif && pkt.oif.is_none() && !local {
         assumed.push("output interface unknown (--oif)".into());
     }
     if pkt.unknown.uid && pkt.uid.is_none() {
@@ -280,7 +284,7 @@ pub fn explain(
         } else {
             "unsure"
         };
-        let (mut by, _) = evaluate(rs, engine, hook, pkt);
+        let mut by = attribution_of(&ev);
         if outcome == "accept" {
             by = Attribution::none("no rule or policy drops it");
             if let DecidedBy::Rule(r) = &ev.by {

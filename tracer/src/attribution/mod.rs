@@ -176,19 +176,11 @@ pub fn backend_name(b: ruleset::Backend) -> &'static str {
     }
 }
 
-/// Evaluates `packet` against `rs` as the kernel would at `hook` in `engine`, and turns the
-/// result into an attribution at level `inferred` (counters not yet checked).
-pub fn evaluate(
-    rs: &ruleset::Ruleset,
-    engine: ruleset::Engine,
-    hook: ruleset::Hook,
-    packet: &ruleset::Packet,
-) -> (Attribution, Option<DecidedBy>) {
-    let e = evaluate_candidates(rs, engine, hook, packet);
-    (
-        e.attribution,
-        e.candidates.into_iter().next().map(|c| c.decided),
-    )
+/// The attribution an evaluation gives before any counter is consulted: the only rule that
+/// drops, the first of several (the others in `alternatives`), or why none does. For
+/// callers that evaluate once and use both (`explain`, `audit`).
+pub fn attribution_of(ev: &ruleset::eval::Evaluation) -> Attribution {
+    candidates_of(ev).attribution
 }
 
 /// One way the packet may have been dropped: a rule or policy that ends the walk with a
@@ -222,7 +214,7 @@ fn verdict_word(v: &Verdict) -> Option<&'static str> {
     }
 }
 
-fn attribution_of(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
+fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
     Some(match by {
         DecidedBy::Rule(r) => Attribution {
             backend: Some(backend_name(r.backend).into()),
@@ -283,7 +275,17 @@ fn evaluate_candidates(
     hook: ruleset::Hook,
     packet: &ruleset::Packet,
 ) -> Evaluated {
-    let ev = ruleset::eval::evaluate(rs, engine.backends(), packet.family, hook, packet);
+    candidates_of(&ruleset::eval::evaluate(
+        rs,
+        engine.backends(),
+        packet.family,
+        hook,
+        packet,
+    ))
+}
+
+/// The candidates an evaluation leaves (see [`Evaluated`]).
+fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
     let undecided = || {
         ev.undecided
             .iter()
@@ -296,7 +298,7 @@ fn evaluate_candidates(
         let Some(word) = verdict_word(&outcome.verdict) else {
             continue;
         };
-        let Some(attribution) = attribution_of(&outcome.by, word) else {
+        let Some(attribution) = named(&outcome.by, word) else {
             continue;
         };
         let mut c = Candidate {
