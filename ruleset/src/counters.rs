@@ -147,6 +147,7 @@ mod tests {
         Ruleset {
             tables: crate::iptables_save::parse(&save, Backend::IptablesNft, Family::Ipv4).unwrap(),
             ipsets: Default::default(),
+            local_routes: None,
         }
     }
 

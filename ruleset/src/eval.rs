@@ -302,7 +302,7 @@ impl<'a> Walk<'a> {
                 return policy();
             }
 
-            match rule_matches(rule, self.packet, &self.ruleset.ipsets) {
+            match rule_matches(rule, self.packet, self.ruleset) {
                 Outcome::Match => {}
                 Outcome::NoMatch => continue,
                 Outcome::Undecidable(reason) => {
@@ -386,7 +386,7 @@ impl<'a> Walk<'a> {
         rule_ref: impl Fn() -> RuleRef,
     ) -> Option<&'a Target> {
         for arm in arms {
-            match match_outcome(&arm.key, self.packet, &self.ruleset.ipsets) {
+            match match_outcome(&arm.key, self.packet, self.ruleset) {
                 Outcome::Match => return Some(&arm.target),
                 Outcome::NoMatch => {}
                 Outcome::Undecidable(reason) => {

@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
+use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::model::{
     AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Direction, Family, Field,
@@ -847,13 +848,39 @@ impl<'a> RuleBuilder<'a> {
                     None => self.undecidable(format!("{option} {value}: not an address range")),
                 }
             }
-            ("addrtype", _) => {
-                let start = self.next;
-                self.skip_arguments();
-                let arguments = self.words_since(start).join(" ");
-                self.undecidable(format!(
-                    "-m addrtype {option} {arguments}: needs the host's address table"
-                ));
+            ("addrtype", "--src-type" | "--dst-type") => {
+                let value = self.value(option)?;
+                let direction = if option == "--src-type" {
+                    Direction::Source
+                } else {
+                    Direction::Destination
+                };
+                match AddrTypes::parse_list(&value) {
+                    Ok(types) => self.push(
+                        negated,
+                        Condition::AddrType {
+                            direction,
+                            types,
+                            limit_iface: None,
+                            matcher: Matcher::Xt,
+                        },
+                    ),
+                    Err(e) => self.undecidable(format!("-m addrtype {option} {value}: {e}")),
+                }
+            }
+            ("addrtype", "--limit-iface-in" | "--limit-iface-out") => {
+                let side = if option == "--limit-iface-in" {
+                    Direction::Source
+                } else {
+                    Direction::Destination
+                };
+                // Applies to the types of this `-m addrtype`, printed just before it.
+                for one in self.matches.iter_mut().rev() {
+                    match &mut one.condition {
+                        Condition::AddrType { limit_iface, .. } => *limit_iface = Some(side),
+                        _ => break,
+                    }
+                }
             }
             (module, option) => {
                 // Known module, option we do not model (--tcp-option,
@@ -1318,9 +1345,30 @@ mod tests {
         assert!(
             matches!(&rule.matches[0].condition, Condition::Undecidable { reason } if reason.contains("u32"))
         );
-        let rule = only_rule("-A OUTPUT -m addrtype --dst-type LOCAL -j ACCEPT");
-        assert!(
-            matches!(&rule.matches[0].condition, Condition::Undecidable { reason } if reason.contains("LOCAL"))
+        // Both directions and the interface flag, printed after the types as iptables-save does.
+        let rule = only_rule(
+            "-A INPUT -m addrtype ! --src-type LOCAL --dst-type LOCAL,BROADCAST --limit-iface-in -j ACCEPT",
+        );
+        let types = |names: &str| AddrTypes::parse_list(names).unwrap();
+        assert_eq!(
+            rule.matches,
+            vec![
+                Match::negated_if(
+                    true,
+                    Condition::AddrType {
+                        direction: Direction::Source,
+                        types: types("LOCAL"),
+                        limit_iface: Some(Direction::Source),
+                        matcher: Matcher::Xt,
+                    }
+                ),
+                Match::new(Condition::AddrType {
+                    direction: Direction::Destination,
+                    types: types("LOCAL,BROADCAST"),
+                    limit_iface: Some(Direction::Source),
+                    matcher: Matcher::Xt,
+                }),
+            ]
         );
         let rule =
             only_rule("-A OUTPUT -m iprange --dst-range 203.0.113.10-203.0.113.20 -j ACCEPT");

@@ -19,7 +19,11 @@
 //! ruleset::nft_json::retain_native(&mut native, &tables); // no table twice
 //! ruleset::nft_text::apply(&mut native, &ruleset::nft_text::handles(listing));
 //! tables.extend(native);
-//! let ruleset = Ruleset { tables, ipsets: ruleset::ipset::parse_save(ipsets)? };
+//! let ruleset = Ruleset {
+//!     tables,
+//!     ipsets: ruleset::ipset::parse_save(ipsets)?,
+//!     local_routes: None, // ruleset::addrtype::LocalTable, for -m addrtype and fib
+//! };
 //!
 //! let evaluation = ruleset::eval::evaluate(
 //!     &ruleset, Engine::NfTables.backends(), Family::Ipv4, Hook::Output, packet);
@@ -32,9 +36,11 @@
 //! - [`iptables_save`]: `iptables-save -c` / `ip6tables-save -c` output.
 //! - [`nft_json`]: `nft -j list ruleset`; [`nft_text`]: `nft -a list ruleset`
 //!   for the display text.
-//! - [`ipset`]: `ipset save`, for `-m set` matches.
+//! - [`ipset`]: `ipset save`, for `-m set` matches; [`addrtype`]: the local
+//!   routing table, for `-m addrtype` and nft `fib ... type`.
 //! - [`eval`]: the walk; [`counters`]: which rules' counters grew.
 
+pub mod addrtype;
 mod error;
 mod matching;
 mod model;

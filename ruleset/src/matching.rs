@@ -5,10 +5,8 @@
 //! conjunction cannot hold whatever the undecidable ones say); it is
 //! undecidable only if nothing rules it out and something cannot be told.
 
-use std::collections::BTreeMap;
-
-use crate::ipset::Ipset;
-use crate::model::{Condition, Direction, Family, Field, Match, Packet, Rule, ValueTest};
+use crate::addrtype;
+use crate::model::{Condition, Direction, Family, Field, Match, Packet, Rule, Ruleset, ValueTest};
 use crate::names;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,14 +34,10 @@ impl From<bool> for Truth {
     }
 }
 
-pub(crate) fn rule_matches(
-    rule: &Rule,
-    packet: &Packet,
-    ipsets: &BTreeMap<String, Ipset>,
-) -> Outcome {
+pub(crate) fn rule_matches(rule: &Rule, packet: &Packet, ruleset: &Ruleset) -> Outcome {
     let mut reasons: Vec<String> = Vec::new();
     for one in &rule.matches {
-        match match_outcome(one, packet, ipsets) {
+        match match_outcome(one, packet, ruleset) {
             Outcome::Match => {}
             Outcome::NoMatch => return Outcome::NoMatch,
             Outcome::Undecidable(reason) => reasons.push(reason),
@@ -56,11 +50,7 @@ pub(crate) fn rule_matches(
     }
 }
 
-pub(crate) fn match_outcome(
-    one: &Match,
-    packet: &Packet,
-    ipsets: &BTreeMap<String, Ipset>,
-) -> Outcome {
+pub(crate) fn match_outcome(one: &Match, packet: &Packet, ruleset: &Ruleset) -> Outcome {
     let holds = |value: bool| {
         if value != one.negated {
             Outcome::Match
@@ -68,7 +58,7 @@ pub(crate) fn match_outcome(
             Outcome::NoMatch
         }
     };
-    match condition_truth(&one.condition, packet, ipsets) {
+    match condition_truth(&one.condition, packet, ruleset) {
         Truth::Yes => holds(true),
         Truth::No => holds(false),
         Truth::Absent => Outcome::NoMatch,
@@ -83,11 +73,7 @@ enum FieldValue {
     Unknown(String),
 }
 
-fn condition_truth(
-    condition: &Condition,
-    packet: &Packet,
-    ipsets: &BTreeMap<String, Ipset>,
-) -> Truth {
+fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) -> Truth {
     match condition {
         Condition::Value { field, mask, test } => match field_value(*field, packet) {
             FieldValue::Known(value) => {
@@ -177,14 +163,72 @@ fn condition_truth(
                 None => Truth::NoSocket,
             }
         }
-        Condition::IpSet { name, directions } => match ipsets.get(name) {
+        Condition::IpSet { name, directions } => match ruleset.ipsets.get(name) {
             Some(set) => match set.contains(packet, directions) {
                 Ok(member) => member.into(),
                 Err(reason) => Truth::Unknown(reason),
             },
             None => Truth::Unknown(format!("contents of ipset {name} were not provided")),
         },
+        Condition::AddrType {
+            direction,
+            types,
+            limit_iface,
+            matcher,
+        } => addr_type_truth(packet, ruleset, *direction, *types, *limit_iface, *matcher),
         Condition::Undecidable { reason } => Truth::Unknown(reason.clone()),
+    }
+}
+
+fn addr_type_truth(
+    packet: &Packet,
+    ruleset: &Ruleset,
+    direction: Direction,
+    types: addrtype::AddrTypes,
+    limit_iface: Option<Direction>,
+    matcher: addrtype::Matcher,
+) -> Truth {
+    let what = || {
+        format!(
+            "{} address type {types}",
+            match direction {
+                Direction::Source => "source",
+                Direction::Destination => "destination",
+            }
+        )
+    };
+    let Some(table) = &ruleset.local_routes else {
+        return Truth::Unknown(format!(
+            "{}: the namespace's local routes were not read",
+            what()
+        ));
+    };
+    let dev = match limit_iface {
+        None => None,
+        Some(side) => {
+            let (name, unknown) = match side {
+                Direction::Source => (&packet.iif, packet.unknown.iif),
+                Direction::Destination => (&packet.oif, packet.unknown.oif),
+            };
+            match name {
+                Some(name) => Some(name.as_str()),
+                // No device on this hook: the kernel looks up without one.
+                None if !unknown => None,
+                None => return Truth::Unknown(format!("{}: interface not known", what())),
+            }
+        }
+    };
+    let addr = match direction {
+        Direction::Source => packet.src,
+        Direction::Destination => packet.dst,
+    };
+    let possible = table.possible_types(addr, dev, matcher);
+    match addrtype::test(types, addr, possible, matcher) {
+        Some(decided) => decided.into(),
+        None => Truth::Unknown(format!(
+            "{} of {addr}: only a route lookup beyond the local table could tell",
+            what()
+        )),
     }
 }
 

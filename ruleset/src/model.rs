@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::addrtype::{AddrTypes, LocalTable, Matcher};
 use crate::ipset::Ipset;
 
 /// Layer-3 family of a packet.
@@ -307,6 +308,9 @@ pub struct Ruleset {
     /// Sets by name, from [`crate::ipset::parse_save`]. A `--match-set` on a
     /// set missing here is undecidable.
     pub ipsets: BTreeMap<String, Ipset>,
+    /// The namespace's `local` routing table, for address type tests; `None`
+    /// (not read) leaves them undecidable.
+    pub local_routes: Option<LocalTable>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -464,6 +468,15 @@ pub enum Condition {
     IpSet {
         name: String,
         directions: Vec<Direction>,
+    },
+    /// `-m addrtype --src-type/--dst-type` or nft `fib saddr/daddr type`:
+    /// the address's route type in the namespace's local table, seen through
+    /// the input or output device when `limit_iface` says so.
+    AddrType {
+        direction: Direction,
+        types: AddrTypes,
+        limit_iface: Option<Direction>,
+        matcher: Matcher,
     },
     /// A test this crate cannot decide from the packet alone (rate limits,
     /// unknown modules, names that need a lookup, ...).

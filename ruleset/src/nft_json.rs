@@ -20,6 +20,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
+use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::iptables_save::{CONTINUING_TARGETS, NAT_TARGETS};
 use crate::model::{
@@ -258,6 +259,11 @@ enum Left {
         family: Family,
     },
     Interface(Direction),
+    /// `fib saddr|daddr [. iif|. oif] type`.
+    AddrType {
+        direction: Direction,
+        limit_iface: Option<Direction>,
+    },
 }
 
 impl Context<'_> {
@@ -387,6 +393,27 @@ impl Context<'_> {
                     .map(interface_element)
                     .collect::<std::result::Result<Vec<_>, String>>()?;
                 Condition::Interface { direction, names }
+            }
+            Left::AddrType {
+                direction,
+                limit_iface,
+            } => {
+                if !matches!(op, "==" | "!=" | "in") {
+                    return Err(format!("operator {op} on address types is not evaluated"));
+                }
+                let mut types = AddrTypes(0);
+                for element in &elements {
+                    let name = element.as_str().ok_or_else(|| {
+                        format!("{} is not an address type", render_expr(element))
+                    })?;
+                    types.0 |= AddrTypes::parse(name)?.0;
+                }
+                Condition::AddrType {
+                    direction,
+                    types,
+                    limit_iface,
+                    matcher: Matcher::Fib,
+                }
             }
             Left::Value(field) => {
                 let test = match op {
@@ -620,6 +647,40 @@ fn parse_left(left: &Value) -> std::result::Result<(Left, Option<u32>), String> 
                 other => return Err(format!("meta {other} is not reported")),
             };
             Ok((left, None))
+        }
+        "fib" => {
+            let result = body.get("result").and_then(Value::as_str).unwrap_or("");
+            if result != "type" {
+                return Err(format!(
+                    "fib {result} needs a route lookup droptrace does not make"
+                ));
+            }
+            let flags: Vec<&str> = match body.get("flags") {
+                Some(Value::Array(flags)) => flags.iter().filter_map(Value::as_str).collect(),
+                Some(Value::String(flag)) => vec![flag.as_str()],
+                _ => Vec::new(),
+            };
+            let direction = if flags.contains(&"saddr") {
+                Direction::Source
+            } else if flags.contains(&"daddr") {
+                Direction::Destination
+            } else {
+                return Err("fib type without saddr or daddr".to_string());
+            };
+            let limit_iface = if flags.contains(&"iif") {
+                Some(Direction::Source)
+            } else if flags.contains(&"oif") {
+                Some(Direction::Destination)
+            } else {
+                None
+            };
+            Ok((
+                Left::AddrType {
+                    direction,
+                    limit_iface,
+                },
+                None,
+            ))
         }
         "ct" => match body.get("key").and_then(Value::as_str) {
             Some("state") if body.get("dir").is_none() => Ok((Left::Value(Field::CtState), None)),

@@ -20,7 +20,11 @@ fn host(with_ipsets: bool) -> Ruleset {
     } else {
         Default::default()
     };
-    Ruleset { tables, ipsets }
+    Ruleset {
+        tables,
+        ipsets,
+        local_routes: None,
+    }
 }
 
 const BOTH_ENGINES: [Engine; 2] = [Engine::NfTables, Engine::IptablesLegacy];
@@ -278,8 +282,35 @@ fn egress_drop_after_goto_with_undecidable_rules_on_the_way() {
         ]
     );
     assert_eq!(undecided(&evaluation), ["EGRESS:2", "EGRESS:5"]);
-    assert!(evaluation.undecided[0].1.contains("addrtype"));
+    assert!(
+        evaluation.undecided[0]
+            .1
+            .contains("local routes were not read")
+    );
     assert!(evaluation.undecided[1].1.contains("hashlimit"));
+    // With the namespace's local table read, the addrtype rule is decided: 203.0.113.99 is
+    // not local, so only the hashlimit rule is left undecided.
+    let mut with_routes = ruleset.clone();
+    let mut local = ruleset::addrtype::LocalTable::default();
+    local
+        .add_ip_json(r#"[{"type":"local","dst":"10.99.0.1","dev":"uplink0"}]"#)
+        .unwrap();
+    with_routes.local_routes = Some(local);
+    let evaluation = evaluate(
+        &with_routes,
+        Engine::NfTables.backends(),
+        Hook::Output,
+        &packet,
+    );
+    assert_eq!(undecided(&evaluation), ["EGRESS:5"]);
+    let to_self = tcp("10.99.0.1", "10.99.0.1", 8443).len(200);
+    let evaluation = evaluate(
+        &with_routes,
+        Engine::NfTables.backends(),
+        Hook::Output,
+        &to_self,
+    );
+    assert_eq!(evaluation.verdict, Verdict::Accept);
     // A short packet is accepted by the length rule, an iprange one by iprange.
     let short = tcp("10.99.0.1", "203.0.113.99", 8443);
     let evaluation = evaluate(&ruleset, Engine::NfTables.backends(), Hook::Output, &short);

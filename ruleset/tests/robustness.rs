@@ -13,6 +13,7 @@ fn evaluate_all(tables: Vec<Table>) {
     let ruleset = Ruleset {
         tables,
         ipsets: Default::default(),
+        local_routes: None,
     };
     let packets = [
         tcp("10.99.0.1", "203.0.113.99", 8443),

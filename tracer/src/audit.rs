@@ -168,6 +168,7 @@ pub fn load(path: &Path, format: RulesetFormat) -> anyhow::Result<Proposed> {
         ruleset: Ruleset {
             tables,
             ipsets: Default::default(),
+            local_routes: None,
         },
         format: described,
     })
@@ -663,6 +664,7 @@ mod tests {
             ruleset: Ruleset {
                 tables,
                 ipsets: Default::default(),
+                local_routes: None,
             },
             format: "iptables-save".into(),
         }

@@ -503,6 +503,7 @@ mod tests {
         ruleset::Ruleset {
             tables,
             ipsets: Default::default(),
+            local_routes: None,
         }
     }
 
@@ -559,6 +560,7 @@ mod tests {
             )
             .unwrap(),
             ipsets: Default::default(),
+            local_routes: None,
         }
     }
 

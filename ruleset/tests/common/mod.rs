@@ -32,6 +32,7 @@ pub fn ruleset(tables: Vec<Table>) -> Ruleset {
     Ruleset {
         tables,
         ipsets: Default::default(),
+        local_routes: None,
     }
 }
 

@@ -1010,6 +1010,7 @@ mod tests {
         let rs = ruleset::Ruleset {
             tables,
             ipsets: Default::default(),
+            local_routes: None,
         };
         let packet = packet_of(&crate::record::tests::sample());
         (rs, packet)
@@ -1120,6 +1121,7 @@ mod candidate_tests {
         ruleset::Ruleset {
             tables,
             ipsets: Default::default(),
+            local_routes: None,
         }
     }
 

@@ -40,6 +40,9 @@ pub enum Source {
     NftJson,
     NftText,
     Ipset,
+    /// The `local` routing tables, for address type tests.
+    LocalRoutes4,
+    LocalRoutes6,
 }
 
 impl Source {
@@ -52,6 +55,8 @@ impl Source {
             Source::NftJson => &["nft", "-j", "list", "ruleset"],
             Source::NftText => &["nft", "-a", "list", "ruleset"],
             Source::Ipset => &["ipset", "save"],
+            Source::LocalRoutes4 => &["ip", "-j", "-4", "route", "show", "table", "local"],
+            Source::LocalRoutes6 => &["ip", "-j", "-6", "route", "show", "table", "local"],
         }
     }
 }

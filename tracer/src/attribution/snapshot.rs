@@ -97,8 +97,27 @@ impl Snapshot {
             }
             None => Default::default(),
         };
+        let mut local = ruleset::addrtype::LocalTable::default();
+        let mut routes_read = true;
+        for source in [Source::LocalRoutes4, Source::LocalRoutes6] {
+            let parsed = match dump(source, netns) {
+                Dump::Text(t) => local.add_ip_json(&t),
+                Dump::Missing(tool) => Err(format!("{tool} not installed")),
+                // A namespace without an address of the family has no local table yet.
+                Dump::Failed(e) if e.contains("FIB table does not exist") => Ok(()),
+                Dump::Failed(e) => Err(e),
+            };
+            if let Err(e) = parsed {
+                problems.push(format!("local routes: {e}"));
+                routes_read = false;
+            }
+        }
         Snapshot {
-            ruleset: Ruleset { tables, ipsets },
+            ruleset: Ruleset {
+                tables,
+                ipsets,
+                local_routes: routes_read.then_some(local),
+            },
             taken,
             done_ns: monotonic_ns(),
             problems,
