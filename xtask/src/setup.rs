@@ -45,6 +45,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "-m set rules and their members (attribution, tests)",
     ),
     (
+        "ufw",
+        "the ufw front-end, run inside test namespaces (tests/tests/frontends.rs)",
+    ),
+    (
         "busybox-static",
         "ping for the ICMP inventory test; the qemu guests' userland",
     ),

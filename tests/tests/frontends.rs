@@ -1,0 +1,487 @@
+//! Attribution on the rulesets real front-ends write, with the kernel's counters as the oracle.
+//!
+//! Each test loads a ruleset written by a front-end (ufw run from Debian's package, or rules
+//! taken from kube-proxy's, Docker's and fail2ban's own repositories: see tests/corpus/),
+//! sends traffic that hits its kinds of drops (rules in user chains, REJECTs, policies, a
+//! rate limit) and compares, rule by rule, what droptrace named with what the kernel counted:
+//! every rule whose counter grew by dropping packets is named, with the sum of `count` equal
+//! to the counter's growth, and nothing else is named.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
+
+use droptrace_tests::{
+    CLIENT_V4, CLIENT_V6, GATEWAY_V4, Netns, Topology, Watcher, drops, droptrace_output, sh,
+};
+use serde_json::Value;
+
+const SHORT: Duration = Duration::from_millis(400);
+
+fn corpus(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Where a verdict was counted: a rule (by number in its chain) or a chain's policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    family: u8,
+    table: String,
+    chain: String,
+    rule: Option<u64>,
+}
+
+/// The packet counters of one iptables backend in a namespace, both families, as
+/// `iptables-save -c` prints them, with each rule's text.
+#[derive(Debug, Default)]
+struct Counters {
+    counted: BTreeMap<Place, (u64, String)>,
+}
+
+fn counters(ns: &Netns, backend: &str) -> Counters {
+    let mut c = Counters::default();
+    for (family, tool) in [(4, "iptables"), (6, "ip6tables")] {
+        let save = ns.exec(&[&format!("{tool}-{backend}-save"), "-c"]).unwrap();
+        let (mut table, mut numbers) = (String::new(), BTreeMap::<String, u64>::new());
+        for line in save.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.to_string();
+                numbers.clear();
+            } else if let Some(chain) = line.strip_prefix(':') {
+                // `:INPUT DROP [3:180]`; user chains have `-` and no counter of their own.
+                let words: Vec<&str> = chain.split_whitespace().collect();
+                if let [name, policy, counts] = words.as_slice()
+                    && *policy != "-"
+                {
+                    let place = Place {
+                        family,
+                        table: table.clone(),
+                        chain: name.to_string(),
+                        rule: None,
+                    };
+                    c.counted
+                        .insert(place, (packets_of(counts), format!("policy {policy}")));
+                }
+            } else if let Some((counts, rule)) = line.split_once("] -A ") {
+                let chain = rule.split_whitespace().next().unwrap().to_string();
+                let number = numbers.entry(chain.clone()).or_default();
+                *number += 1;
+                let place = Place {
+                    family,
+                    table: table.clone(),
+                    chain,
+                    rule: Some(*number),
+                };
+                c.counted
+                    .insert(place, (packets_of(counts), format!("-A {rule}")));
+            }
+        }
+    }
+    c
+}
+
+fn packets_of(counts: &str) -> u64 {
+    counts
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("counter {counts:?}"))
+}
+
+/// What dropped packets between two reads: DROP and REJECT rules and DROP policies whose
+/// counters grew, with the growth.
+fn dropped_between(before: &Counters, after: &Counters) -> BTreeMap<Place, u64> {
+    after
+        .counted
+        .iter()
+        .filter(|(_, (_, text))| {
+            text.ends_with("-j DROP") || text.contains("-j REJECT") || text == "policy DROP"
+        })
+        .filter_map(|(place, (n, text))| {
+            let was = before
+                .counted
+                .get(place)
+                .filter(|(_, t)| t == text)
+                .map_or(0, |(b, _)| *b);
+            (*n > was).then(|| (place.clone(), n - was))
+        })
+        .collect()
+}
+
+/// What droptrace named, per place, checking each line's rule text against the kernel's.
+fn named(lines: &[Value], backend: &str, kernel: &Counters) -> BTreeMap<Place, u64> {
+    let mut out = BTreeMap::new();
+    for d in drops(lines) {
+        let family = if d["dst"].as_str().unwrap_or("").contains(':') {
+            6
+        } else {
+            4
+        };
+        let place = Place {
+            family,
+            table: d["table"].as_str().unwrap_or("?").to_string(),
+            chain: d["chain"].as_str().unwrap_or("?").to_string(),
+            rule: d["rule_num"].as_u64(),
+        };
+        assert_eq!(d["backend"], backend, "{d}");
+        assert_eq!(d["attribution"], "exact", "{d}");
+        if place.rule.is_some() {
+            let (_, text) = kernel
+                .counted
+                .get(&place)
+                .unwrap_or_else(|| panic!("no such rule in the kernel: {d}"));
+            assert_eq!(d["rule"], text.as_str(), "{d}");
+        } else {
+            assert_eq!(d["verdict"], "policy", "{d}");
+        }
+        *out.entry(place).or_default() += d["count"].as_u64().unwrap();
+    }
+    out
+}
+
+/// Runs `traffic` under droptrace watching `ns`, and checks droptrace's account of the drops
+/// against the kernel's counters; returns the drop lines and the rules that dropped.
+fn check(ns: &Netns, backend: &str, traffic: impl FnOnce()) -> (Vec<Value>, Vec<Place>) {
+    let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    let before = counters(ns, backend);
+    traffic();
+    // Late retransmissions and ICMP errors land before the counters are read.
+    thread::sleep(SHORT);
+    let after = counters(ns, backend);
+    let lines = w.stop().unwrap();
+    let want = dropped_between(&before, &after);
+    let got = named(&lines, &format!("iptables-{backend}"), &after);
+    assert_eq!(
+        got,
+        want,
+        "droptrace (left) and the kernel's counters (right) disagree; lines: {:#?}",
+        drops(&lines)
+    );
+    let places = want.into_keys().collect();
+    (lines, places)
+}
+
+fn rule(family: u8, chain: &str, number: u64) -> Place {
+    Place {
+        family,
+        table: "filter".into(),
+        chain: chain.into(),
+        rule: Some(number),
+    }
+}
+
+fn policy(family: u8, chain: &str) -> Place {
+    Place {
+        family,
+        table: "filter".into(),
+        chain: chain.into(),
+        rule: None,
+    }
+}
+
+fn connect(ns: &Netns, to: SocketAddr) -> bool {
+    ns.tcp_connect(to, SHORT).unwrap()
+}
+
+/// The number of the one rule of `chain` (family 4 or 6) whose text contains `needle`.
+fn number_of(ns: &Netns, backend: &str, family: u8, chain: &str, needle: &str) -> u64 {
+    let c = counters(ns, backend);
+    let found: Vec<u64> = c
+        .counted
+        .iter()
+        .filter(|(p, (_, text))| p.family == family && p.chain == chain && text.contains(needle))
+        .filter_map(|(p, _)| p.rule)
+        .collect();
+    assert_eq!(found.len(), 1, "{needle:?} in {chain}: {found:?}");
+    found[0]
+}
+
+/// `droptrace explain` for a packet arriving at `ns` on `iif`: (exit code, JSON report).
+fn explain_input(ns: &Netns, iif: &str, src: &str, dst: &str, dport: u16) -> (i32, Value) {
+    let port = dport.to_string();
+    let (code, out, err) = droptrace_output(&[
+        "explain", "--netns", &ns.name, "--hook", "input", "--iif", iif, "--proto", "tcp", "--src",
+        src, "--dst", dst, "--dport", &port, "--json",
+    ])
+    .unwrap();
+    let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (code, report)
+}
+
+/// The gateway's end of the topology's veth pair (`dtg<N>`).
+fn gateway_if(t: &Topology) -> String {
+    t.gateway
+        .exec(&["ip", "-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .find(|n| n.starts_with("dtg"))
+        .expect("gateway veth")
+}
+
+// ufw, Ubuntu's default firewall.
+
+/// Runs ufw from Debian's package inside `ns`. It runs in a mount namespace of its own with
+/// tmpfs over /run (its lock file) and a private copy of /etc/ufw, so the host's files and
+/// ruleset stay as they were; what ufw loads lives and dies with the test's namespace.
+fn ufw(ns: &Netns, commands: &[&str]) {
+    let mut script = String::from(
+        "set -e; mount --make-rprivate /; mount -t tmpfs droptrace-test /run; \
+         mkdir /run/etc-ufw; cp -a /etc/ufw/. /run/etc-ufw/; mount --bind /run/etc-ufw /etc/ufw",
+    );
+    for c in commands {
+        script.push_str("; ufw ");
+        script.push_str(c);
+    }
+    let net = format!("--net={}", ns.path().display());
+    sh(&["nsenter", &net, "unshare", "-m", "sh", "-c", &script])
+        .unwrap_or_else(|e| panic!("ufw: {e}"));
+}
+
+#[test]
+fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_counted() {
+    let t = Topology::new().unwrap();
+    ufw(
+        &t.gateway,
+        &[
+            "--force enable",
+            "limit 22/tcp",
+            "reject 8081/tcp",
+            "allow 80/tcp",
+            "deny out 9100/tcp",
+        ],
+    );
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(80)).unwrap();
+    let (lines, places) = check(&t.gateway, "nft", || {
+        assert!(connect(&t.client, t.gateway_addr(80)));
+        // Not allowed: INPUT's policy, past ufw-not-local's `--dst-type LOCAL -j RETURN`.
+        assert!(!connect(&t.client, t.gateway_addr(8080)));
+        assert!(!connect(&t.client, t.gateway_addr6(8080)));
+        // `ufw reject`: a REJECT in ufw-user-input.
+        assert!(!connect(&t.client, t.gateway_addr(8081)));
+        // `ufw limit`: the 6th new connection within 30 s goes to ufw-user-limit's REJECT.
+        let made = (0..8)
+            .filter(|_| connect(&t.client, t.gateway_addr(22)))
+            .count();
+        assert_eq!(made, 5);
+        // `ufw deny out`: the gateway's own connection dropped in ufw-user-output.
+        let client = SocketAddr::new(CLIENT_V4.parse().unwrap(), 9100);
+        assert!(!connect(&t.gateway, client));
+    });
+    let reject = number_of(&t.gateway, "nft", 4, "ufw-user-input", "--dport 8081");
+    let limit = number_of(&t.gateway, "nft", 4, "ufw-user-limit", "-j REJECT");
+    let out = number_of(&t.gateway, "nft", 4, "ufw-user-output", "--dport 9100");
+    for want in [
+        policy(4, "INPUT"),
+        policy(6, "INPUT"),
+        rule(4, "ufw-user-input", reject),
+        rule(4, "ufw-user-limit", limit),
+        rule(4, "ufw-user-output", out),
+    ] {
+        assert!(places.contains(&want), "{want:?} not in {places:?}");
+    }
+    let to_22: u64 = drops(&lines)
+        .iter()
+        .filter(|d| d["dport"] == 22)
+        .map(|d| d["count"].as_u64().unwrap())
+        .sum();
+    assert!(to_22 >= 3, "{lines:?}");
+    // explain agrees with the kernel: INPUT's policy for a port ufw does not allow, with
+    // ufw-not-local's addrtype RETURN decided from the gateway's own address.
+    let (code, report) = explain_input(&t.gateway, &gateway_if(&t), CLIENT_V4, GATEWAY_V4, 8080);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "drop", "{report:#}");
+    assert!(report.to_string().contains("policy"), "{report:#}");
+}
+
+// kube-proxy, on both iptables backends.
+
+fn kube_proxy(backend: &str) {
+    let t = Topology::new().unwrap();
+    let restore = format!("iptables-{backend}-restore");
+    t.gateway
+        .run({
+            let rules = corpus("kube-proxy.iptables");
+            move || {
+                use std::io::Write as _;
+                let mut child = std::process::Command::new(&restore)
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("iptables-restore");
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(rules.as_bytes())
+                    .unwrap();
+                assert!(child.wait().unwrap().success(), "{restore} failed");
+            }
+        })
+        .unwrap();
+    // The gateway reaches the Service's cluster IP through the veth.
+    let dev = gateway_if(&t);
+    t.gateway
+        .exec(&["ip", "route", "add", "172.30.0.46/32", "dev", &dev])
+        .unwrap();
+    let (_, places) = check(&t.gateway, backend, || {
+        // A NodePort whose Service has no endpoint on this node: KUBE-EXTERNAL-SERVICES'
+        // `-m addrtype --dst-type LOCAL ... --dport 3001 -j DROP`.
+        assert!(!connect(&t.client, t.gateway_addr(3001)));
+        // A Service without endpoints, from the node itself: KUBE-SERVICES' REJECT.
+        let cluster_ip = SocketAddr::new("172.30.0.46".parse::<IpAddr>().unwrap(), 80);
+        assert!(!connect(&t.gateway, cluster_ip));
+    });
+    assert_eq!(
+        places,
+        [
+            rule(4, "KUBE-EXTERNAL-SERVICES", 3),
+            rule(4, "KUBE-SERVICES", 1),
+        ]
+    );
+    // `explain` decides the NodePort drop from the namespace's local addresses, as the
+    // kernel did, instead of answering accept or unsure past the addrtype match.
+    let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 3001);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "drop", "{report:#}");
+    let text = report.to_string();
+    assert!(
+        text.contains("--dst-type LOCAL -m tcp --dport 3001 -j DROP"),
+        "{report:#}"
+    );
+    // The same port on an address that is not the node's own is not a NodePort.
+    let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, "10.99.0.1", 3001);
+    assert_eq!(code, 0, "{report:#}");
+}
+
+#[test]
+fn kube_proxy_nodeport_without_endpoints_and_rejected_service_iptables_nft() {
+    kube_proxy("nft");
+}
+
+#[test]
+fn kube_proxy_nodeport_without_endpoints_and_rejected_service_iptables_legacy() {
+    kube_proxy("legacy");
+}
+
+// Docker: routed traffic through a namespace acting as the Docker host.
+
+#[test]
+fn docker_internal_network_isolation_drops_in_forward_are_named() {
+    let container = Netns::new("ctr").unwrap();
+    let host = Netns::new("dockerhost").unwrap();
+    let outside = Netns::new("outside").unwrap();
+    let link = |a: &Netns, a_dev: &str, b: &Netns, b_dev: &str| {
+        sh(&[
+            "ip", "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", b_dev, "netns",
+            &b.name,
+        ])
+        .unwrap();
+    };
+    link(&container, "eth0", &host, "bridge1");
+    link(&host, "uplink0", &outside, "eth0");
+    for (ns, commands) in [
+        (
+            &container,
+            &[
+                "ip addr add 192.0.2.2/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add default via 192.0.2.1",
+            ][..],
+        ),
+        (
+            &host,
+            &[
+                "ip addr add 192.0.2.1/24 dev bridge1",
+                "ip link set bridge1 up",
+                "ip addr add 198.51.100.1/24 dev uplink0",
+                "ip link set uplink0 up",
+                "sysctl -qw net.ipv4.ip_forward=1",
+                // The set Docker keeps of its bridges with external access (docker0's here).
+                "ipset create docker-ext-bridges-v4 hash:net",
+                "ipset add docker-ext-bridges-v4 172.17.0.0/16",
+            ][..],
+        ),
+        (
+            &outside,
+            &[
+                "ip addr add 198.51.100.2/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add 192.0.2.0/24 via 198.51.100.1",
+            ][..],
+        ),
+    ] {
+        for c in commands {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+    }
+    host.run({
+        let rules = corpus("docker-internal.iptables");
+        move || {
+            use std::io::Write as _;
+            let mut child = std::process::Command::new("iptables-nft-restore")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("iptables-restore");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(rules.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+    })
+    .unwrap();
+    let (_, places) = check(&host, "nft", || {
+        // Out of the internal network, and into it from outside.
+        let out = SocketAddr::new("198.51.100.2".parse().unwrap(), 443);
+        assert_eq!(container.udp_send(out, 3).unwrap(), 3);
+        let inward = SocketAddr::new("192.0.2.2".parse().unwrap(), 8080);
+        assert_eq!(outside.udp_send(inward, 2).unwrap(), 2);
+    });
+    assert_eq!(
+        places,
+        [
+            rule(4, "DOCKER-ISOLATION-STAGE-1", 1),
+            rule(4, "DOCKER-ISOLATION-STAGE-1", 2),
+        ]
+    );
+}
+
+// fail2ban's ipset action, IPv4 and IPv6.
+
+#[test]
+fn fail2ban_ipset_bans_are_named_by_family() {
+    let t = Topology::new().unwrap();
+    let script = corpus("fail2ban-sshd.sh")
+        .replace("{BANNED4}", CLIENT_V4)
+        .replace("{BANNED6}", CLIENT_V6);
+    for line in script
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        t.gateway
+            .exec(&args)
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
+    let (_, places) = check(&t.gateway, "nft", || {
+        assert!(!connect(&t.client, t.gateway_addr(22)));
+        assert!(!connect(&t.client, t.gateway_addr6(22)));
+    });
+    assert_eq!(places, [rule(4, "INPUT", 1), rule(6, "INPUT", 1)]);
+}
