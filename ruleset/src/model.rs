@@ -158,6 +158,17 @@ impl fmt::Display for TableFamily {
     }
 }
 
+/// How reports name a table: nftables tables with their family (`inet filter` and
+/// `ip filter` are two tables, both with an `input` chain in Debian's examples), iptables
+/// tables by name (`filter`), marked `ip6` when they are ip6tables'.
+pub fn table_label(backend: Backend, family: TableFamily, table: &str) -> String {
+    match (backend, family) {
+        (Backend::Nftables, family) => format!("{family} {table}"),
+        (_, TableFamily::Ip6) => format!("ip6 {table}"),
+        _ => table.to_string(),
+    }
+}
+
 /// Conntrack state of a packet, as `-m conntrack --ctstate` / `ct state` see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -170,6 +170,26 @@ fn check(ns: &Netns, backend: &str, traffic: impl FnOnce()) -> (Vec<Value>, Vec<
     (lines, places)
 }
 
+/// Every (front-end, object) the drop lines name as the rule's owner.
+fn owners(lines: &[Value]) -> std::collections::BTreeSet<(String, String)> {
+    drops(lines)
+        .iter()
+        .map(|d| {
+            (
+                d["owner"]["tool"].as_str().unwrap_or("none").to_string(),
+                d["owner"]["object"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> std::collections::BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(t, o)| (t.to_string(), o.to_string()))
+        .collect()
+}
+
 fn rule(family: u8, chain: &str, number: u64) -> Place {
     Place {
         family,
@@ -297,6 +317,10 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
         .map(|d| d["count"].as_u64().unwrap())
         .sum();
     assert!(to_22 >= 3, "{lines:?}");
+    assert_eq!(
+        owners(&lines),
+        owned(&[("ufw", ""), ("ufw", "default policy")])
+    );
     // explain agrees with the kernel: INPUT's policy for a port ufw does not allow, with
     // ufw-not-local's addrtype RETURN decided from the gateway's own address.
     let (code, report) = explain_input(&t.gateway, &gateway_if(&t), CLIENT_V4, GATEWAY_V4, 8080);
@@ -334,7 +358,7 @@ fn kube_proxy(backend: &str) {
     t.gateway
         .exec(&["ip", "route", "add", "172.30.0.46/32", "dev", &dev])
         .unwrap();
-    let (_, places) = check(&t.gateway, backend, || {
+    let (lines, places) = check(&t.gateway, backend, || {
         // A NodePort whose Service has no endpoint on this node: KUBE-EXTERNAL-SERVICES'
         // `-m addrtype --dst-type LOCAL ... --dport 3001 -j DROP`.
         assert!(!connect(&t.client, t.gateway_addr(3001)));
@@ -348,6 +372,13 @@ fn kube_proxy(backend: &str) {
             rule(4, "KUBE-EXTERNAL-SERVICES", 3),
             rule(4, "KUBE-SERVICES", 1),
         ]
+    );
+    assert_eq!(
+        owners(&lines),
+        owned(&[
+            ("kube-proxy", "ns2/svc2:p80"),
+            ("kube-proxy", "ns6/svc6:p80")
+        ])
     );
     // `explain` decides the NodePort drop from the namespace's local addresses, as the
     // kernel did, instead of answering accept or unsure past the addrtype match.
@@ -444,7 +475,7 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
         }
     })
     .unwrap();
-    let (_, places) = check(&host, "nft", || {
+    let (lines, places) = check(&host, "nft", || {
         // Out of the internal network, and into it from outside.
         let out = SocketAddr::new("198.51.100.2".parse().unwrap(), 443);
         assert_eq!(container.udp_send(out, 3).unwrap(), 3);
@@ -458,6 +489,7 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
             rule(4, "DOCKER-ISOLATION-STAGE-1", 2),
         ]
     );
+    assert_eq!(owners(&lines), owned(&[("docker", "")]));
 }
 
 // fail2ban's ipset action, IPv4 and IPv6.
@@ -479,9 +511,10 @@ fn fail2ban_ipset_bans_are_named_by_family() {
     }
     t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
     t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
-    let (_, places) = check(&t.gateway, "nft", || {
+    let (lines, places) = check(&t.gateway, "nft", || {
         assert!(!connect(&t.client, t.gateway_addr(22)));
         assert!(!connect(&t.client, t.gateway_addr6(22)));
     });
     assert_eq!(places, [rule(4, "INPUT", 1), rule(6, "INPUT", 1)]);
+    assert_eq!(owners(&lines), owned(&[("fail2ban", "sshd")]));
 }

@@ -504,7 +504,7 @@ fn audit_loads_nft_scripts_in_a_throwaway_namespace_and_agrees_with_the_kernel()
     let predicted = would_drop(&live);
     assert_eq!(ports(&predicted), BTreeSet::from([8443]), "{live:#}");
     assert!(
-        predicted[0].1.starts_with("hardening/output handle ")
+        predicted[0].1.starts_with("inet hardening/output handle ")
             && predicted[0].1.ends_with("`tcp dport 1024-65535 drop`"),
         "{predicted:?}"
     );

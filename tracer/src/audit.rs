@@ -293,7 +293,9 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
             for (r, why) in &ev.undecided {
                 unsure.push(format!(
                     "{}/{} rule {} cannot be evaluated: {why}",
-                    r.table, r.chain, r.position
+                    ruleset::table_label(r.backend, r.family, &r.table),
+                    r.chain,
+                    r.position
                 ));
             }
             let label = attribution::attribution_of(&ev).label();
@@ -317,13 +319,12 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
                 }
                 Verdict::Accept => {
                     if let ruleset::DecidedBy::Rule(r) = &ev.by {
+                        let table = ruleset::table_label(r.backend, r.family, &r.table);
                         accepted_by = Some(match r.handle {
                             Some(h) if r.backend == Backend::Nftables => {
-                                format!("{}/{} handle {h} `{}`", r.table, r.chain, r.text)
+                                format!("{table}/{} handle {h} `{}`", r.chain, r.text)
                             }
-                            _ => {
-                                format!("{}/{} rule {} `{}`", r.table, r.chain, r.position, r.text)
-                            }
+                            _ => format!("{table}/{} rule {} `{}`", r.chain, r.position, r.text),
                         });
                     }
                 }

@@ -8,7 +8,7 @@ use tracer_common::{AF_INET6, CT_NONE, DropEvent, FlowKey, FlowState, flags};
 /// Connection-tracking state of the packet (`enum ip_conntrack_info`,
 /// include/uapi/linux/netfilter/nf_conntrack_common.h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum CtState {
     Established,
     Related,
@@ -231,6 +231,26 @@ pub fn tcp_flags_text(f: u8) -> String {
 mod tests {
     use super::*;
     use tracer_common::{AF_INET, HEADER_BYTES};
+
+    /// The names the README documents for `ct_state`.
+    #[test]
+    fn ct_states_serialize_as_documented() {
+        let names: Vec<String> = (0..=5)
+            .map(|info| serde_json::to_value(CtState::from_info(info)).unwrap())
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "established",
+                "related",
+                "new",
+                "established_reply",
+                "related_reply",
+                "none"
+            ]
+        );
+    }
 
     fn raw() -> DropEvent {
         DropEvent {

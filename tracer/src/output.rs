@@ -212,8 +212,12 @@ impl<W: Write> Sink for TextSink<W> {
         let rule = match &r.rule {
             Some(a) => match a.label() {
                 Some(l) => format!(
-                    "  {} {}",
+                    "  {}{} {}",
                     self.paint(anstyle::Style::new().bold(), &terminal(&l)),
+                    a.owner
+                        .as_ref()
+                        .map(|o| format!(" (managed by {})", terminal(&o.text())))
+                        .unwrap_or_default(),
                     self.paint(
                         level_style(a.attribution),
                         &format!("[{}]", a.attribution.as_str())
@@ -271,7 +275,16 @@ impl<W: Write> Sink for TextSink<W> {
             }
             writeln!(self.out, "by rule:")?;
             for r in s.rules() {
-                writeln!(self.out, "  {:>8}  {}", r.count, terminal(&r.rule))?;
+                match &r.owner {
+                    Some(owner) => writeln!(
+                        self.out,
+                        "  {:>8}  {} (managed by {})",
+                        r.count,
+                        terminal(&r.rule),
+                        terminal(owner)
+                    )?,
+                    None => writeln!(self.out, "  {:>8}  {}", r.count, terminal(&r.rule))?,
+                }
             }
         }
         self.out.flush()

@@ -18,7 +18,8 @@ pub struct Summary {
     pub total: u64,
     by_destination: HashMap<DestinationKey, u64>,
     by_hook: BTreeMap<String, u64>,
-    by_rule: HashMap<String, u64>,
+    /// Label → (owner in words, drops).
+    by_rule: HashMap<String, (Option<String>, u64)>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -31,6 +32,8 @@ pub struct DestinationCount {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct RuleCount {
     pub rule: String,
+    /// The front-end that manages the rule (see [`crate::attribution::owner`]).
+    pub owner: Option<String>,
     pub count: u64,
 }
 
@@ -74,7 +77,12 @@ impl Summary {
         let rule = r
             .rule_label()
             .unwrap_or_else(|| "(rule unknown)".to_string());
-        *self.by_rule.entry(rule).or_default() += r.count;
+        let owner = r
+            .rule
+            .as_ref()
+            .and_then(|a| a.owner.as_ref())
+            .map(|o| o.text());
+        self.by_rule.entry(rule).or_insert((owner, 0)).1 += r.count;
     }
 
     /// Rules, most drops first.
@@ -82,8 +90,9 @@ impl Summary {
         let mut v: Vec<RuleCount> = self
             .by_rule
             .iter()
-            .map(|(rule, count)| RuleCount {
+            .map(|(rule, (owner, count))| RuleCount {
                 rule: rule.clone(),
+                owner: owner.clone(),
                 count: *count,
             })
             .collect();

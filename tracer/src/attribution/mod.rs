@@ -7,6 +7,7 @@
 //! ([`crate::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
 //! not gives way to it.
 
+pub mod owner;
 pub mod reader;
 pub mod snapshot;
 
@@ -49,6 +50,9 @@ impl Level {
 pub struct Attribution {
     /// `iptables-nft`, `iptables-legacy` or `nftables`.
     pub backend: Option<String>,
+    /// The table's family: `ip`, `ip6`, `inet`, `bridge`, `arp` or `netdev` (`family`
+    /// is the packet's).
+    pub table_family: Option<String>,
     pub table: Option<String>,
     pub chain: Option<String>,
     /// The rule in its backend's syntax.
@@ -65,6 +69,9 @@ pub struct Attribution {
     /// Other rules (or policies) that may have dropped it instead: rules droptrace could
     /// not decide lead there, and the counters did not rule them out.
     pub alternatives: Vec<String>,
+    /// The front-end that manages the rule (ufw, kube-proxy, ...), whose configuration is
+    /// the place to change it; null for rules no known front-end claims.
+    pub owner: Option<owner::Owner>,
     /// The engine's own verdict (kprobe) agreed with the evaluation.
     #[serde(skip)]
     pub kernel_confirmed: bool,
@@ -74,6 +81,7 @@ impl Attribution {
     pub fn none(why: impl Into<String>) -> Self {
         Attribution {
             backend: None,
+            table_family: None,
             table: None,
             chain: None,
             rule: None,
@@ -83,13 +91,21 @@ impl Attribution {
             attribution: Level::None,
             why: why.into(),
             alternatives: Vec::new(),
+            owner: None,
             kernel_confirmed: false,
         }
     }
 
-    /// `filter/OUTPUT rule 4 `-A OUTPUT ...``, `filter/OUTPUT policy`, or the chain alone.
+    /// `filter/OUTPUT rule 4 `-A OUTPUT ...``, `inet filter/input handle 7 `...``,
+    /// `filter/OUTPUT policy DROP`, or the chain alone.
     pub fn label(&self) -> Option<String> {
         let (table, chain) = (self.table.as_ref()?, self.chain.as_ref()?);
+        let table = match (self.backend.as_deref(), self.table_family.as_deref()) {
+            (Some("nftables"), Some(family)) | (_, Some(family @ "ip6")) => {
+                format!("{family} {table}")
+            }
+            _ => table.clone(),
+        };
         let place = format!("{table}/{chain}");
         Some(
             match (
@@ -218,6 +234,7 @@ fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
     Some(match by {
         DecidedBy::Rule(r) => Attribution {
             backend: Some(backend_name(r.backend).into()),
+            table_family: Some(r.family.to_string()),
             table: Some(r.table.clone()),
             chain: Some(r.chain.clone()),
             rule: Some(r.text.clone()),
@@ -227,10 +244,12 @@ fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
             attribution: Level::Inferred,
             why: "evaluated against the namespace's ruleset".into(),
             alternatives: Vec::new(),
+            owner: owner::owner_of(&r.table, &r.chain, &r.text),
             kernel_confirmed: false,
         },
         DecidedBy::Policy(c) => Attribution {
             backend: Some(backend_name(c.backend).into()),
+            table_family: Some(c.family.to_string()),
             table: Some(c.table.clone()),
             chain: Some(c.chain.clone()),
             rule: None,
@@ -240,6 +259,7 @@ fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
             attribution: Level::Inferred,
             why: "no rule matched: the chain's policy".into(),
             alternatives: Vec::new(),
+            owner: owner::owner_of(&c.table, &c.chain, ""),
             kernel_confirmed: false,
         },
         DecidedBy::NoBaseChain => return None,
@@ -248,9 +268,10 @@ fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
 
 /// `filter/ufw-not-local rule 3` and the like, for listing rules in `why`.
 fn rule_place(r: &ruleset::RuleRef) -> String {
+    let table = ruleset::table_label(r.backend, r.family, &r.table);
     match (r.backend, r.handle) {
-        (ruleset::Backend::Nftables, Some(h)) => format!("{}/{} handle {h}", r.table, r.chain),
-        _ => format!("{}/{} rule {}", r.table, r.chain, r.position),
+        (ruleset::Backend::Nftables, Some(h)) => format!("{table}/{} handle {h}", r.chain),
+        _ => format!("{table}/{} rule {}", r.chain, r.position),
     }
 }
 
@@ -436,6 +457,7 @@ fn weigh_kernel(
     };
     *a = Attribution {
         backend: Some(backend_name(backend).into()),
+        table_family: family.map(|f| f.to_string()),
         table: Some(k.table.clone()),
         chain: k
             .chain
@@ -451,6 +473,7 @@ fn weigh_kernel(
             k.describe()
         ),
         alternatives: Vec::new(),
+        owner: owner::owner_of(&k.table, k.chain.as_deref().unwrap_or(""), ""),
         kernel_confirmed: false,
     };
 }
@@ -511,13 +534,45 @@ impl Attributor {
             ns.current = Some(Snapshot::read(path.as_deref()));
         }
     }
+}
 
+/// The engine a drop without an engine frame in its stack went through, when the
+/// namespace's tables leave one: nf_tables tables only (nft, iptables-nft) or legacy
+/// xtables tables only. With both or neither, the guess from the location stays.
+fn engine_of_tables(rs: &ruleset::Ruleset, rec: &DropRecord) -> Option<stack::Engine> {
+    let legacy = rs
+        .tables
+        .iter()
+        .any(|t| t.backend == ruleset::Backend::IptablesLegacy);
+    let nf = rs
+        .tables
+        .iter()
+        .any(|t| t.backend != ruleset::Backend::IptablesLegacy);
+    match (nf, legacy) {
+        (true, false) => Some(stack::Engine::Nftables(if rec.src.is_ipv6() {
+            stack::NftFamily::Ip6
+        } else {
+            stack::NftFamily::Ip
+        })),
+        (false, true) => Some(stack::Engine::Xtables),
+        _ => None,
+    }
+}
+
+impl Attributor {
     /// Attributes `rec` (to be confirmed at the next flush).
     pub fn submit(&mut self, mut rec: DropRecord) {
         if !self.namespaces.contains_key(&rec.netns) {
             self.prime(rec.netns);
         }
         let ns = self.namespaces.entry(rec.netns).or_default();
+        if rec.engine_guessed
+            && let Some(snap) = &ns.current
+            && let Some(engine) = engine_of_tables(&snap.ruleset, &rec)
+        {
+            rec.engine = Some(engine);
+            rec.engine_guessed = false;
+        }
         let mut query = None;
         let (attr, candidates) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
             (None, ..) => (
@@ -729,6 +784,18 @@ impl Attributor {
                         deltas,
                     );
                 }
+                if p.candidates.is_empty()
+                    && p.query.is_some()
+                    && let (Some(before), Some(now)) = (baseline, after.as_ref())
+                {
+                    // Only what was read in full can tell that no rule dropped it.
+                    if before.problems.is_empty() && now.problems.is_empty() {
+                        no_rule_dropped(&mut p.record, before.digest == now.digest);
+                    }
+                }
+                if let (Some(a), Some(snap)) = (p.record.rule.as_mut(), after.as_ref()) {
+                    owner::policy_owner(a, &snap.ruleset);
+                }
                 out.push(p.record);
             }
             if after.is_some() {
@@ -793,6 +860,43 @@ fn reconsider(
         p.record.rule = Some(attr);
         p.candidates = e.candidates;
     }
+}
+
+/// A drop that no rule of the ruleset could have made, whatever the undecided rules say.
+/// When the ruleset did not change between the reads around the drop, netfilter's core
+/// dropped it (conntrack on a packet it judged invalid, NAT that found no free tuple, a
+/// hook outside the rules); said plainly, with what the kernel showed. When it did change,
+/// the rule may be gone: said so, and only then.
+fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool) {
+    let ct = serde_json::to_value(rec.ct_state)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let location = rec.location.clone();
+    let Some(a) = rec.rule.as_mut() else {
+        return;
+    };
+    let accepts = match a.why.strip_prefix("the ruleset as read ") {
+        Some(rest) => rest.to_string(),
+        None => format!("has no rule that drops it ({})", a.why),
+    };
+    a.why = if unchanged {
+        let hint = if ct == "none" {
+            "; the packet has no conntrack entry: conntrack may have judged it invalid \
+             (nf_conntrack_in drops, for one, ICMP errors and redirects it cannot match)"
+        } else {
+            ""
+        };
+        format!(
+            "no rule dropped it: the ruleset, unchanged since before the drop, {accepts}; \
+             netfilter's core dropped it in {location} (conntrack state {ct}){hint}"
+        )
+    } else {
+        format!(
+            "the ruleset changed during the capture and as read now {accepts}: the rule that \
+             dropped it may have been removed"
+        )
+    };
 }
 
 /// What the counters say about one candidate.
@@ -962,10 +1066,57 @@ fn existed(before: &ruleset::Ruleset, r: &ruleset::RuleRef) -> bool {
 mod tests {
     use super::*;
 
+    fn unattributed(why: &str) -> DropRecord {
+        let mut r = crate::record::tests::sample();
+        r.rule = Some(Attribution::none(why));
+        r.ct_state = crate::drop::CtState::None;
+        r.location = "nf_hook_slow".into();
+        r
+    }
+
+    /// No dropping rule and an unchanged ruleset: netfilter's core, said plainly; a changed
+    /// ruleset is mentioned only when it changed.
+    #[test]
+    fn drops_no_rule_made_say_so_and_blame_a_change_only_when_there_was_one() {
+        let mut r = unattributed("the ruleset as read accepts this packet");
+        no_rule_dropped(&mut r, true);
+        let why = &r.rule.as_ref().unwrap().why;
+        assert!(
+            why.starts_with("no rule dropped it: the ruleset, unchanged"),
+            "{why}"
+        );
+        assert!(
+            why.contains("netfilter's core dropped it in nf_hook_slow"),
+            "{why}"
+        );
+        assert!(why.contains("conntrack state none"), "{why}");
+        assert!(!why.contains("changed during"), "{why}");
+        let mut r = unattributed("the ruleset as read accepts this packet");
+        no_rule_dropped(&mut r, false);
+        let why = &r.rule.as_ref().unwrap().why;
+        assert!(
+            why.starts_with("the ruleset changed during the capture"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_engine_of_a_drop_without_engine_frames_follows_the_tables_present() {
+        let (rs, _) = incident();
+        let r = crate::record::tests::sample();
+        assert_eq!(
+            engine_of_tables(&rs, &r),
+            Some(stack::Engine::Nftables(stack::NftFamily::Ip))
+        );
+        let none = ruleset::Ruleset::default();
+        assert_eq!(engine_of_tables(&none, &r), None);
+    }
+
     #[test]
     fn labels_read_like_the_brief() {
         let a = Attribution {
             backend: Some("iptables-nft".into()),
+            table_family: Some("ip".into()),
             table: Some("filter".into()),
             chain: Some("OUTPUT".into()),
             rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
@@ -975,6 +1126,7 @@ mod tests {
             attribution: Level::Exact,
             why: "counter grew".into(),
             alternatives: Vec::new(),
+            owner: None,
             kernel_confirmed: false,
         };
         assert_eq!(
@@ -989,6 +1141,27 @@ mod tests {
         };
         assert_eq!(p.label().unwrap(), "filter/OUTPUT policy DROP");
         assert_eq!(Attribution::none("no ruleset").label(), None);
+        // ip6tables' tables and nftables' are named with their family: `inet filter` and
+        // `ip filter` are different tables.
+        let v6 = Attribution {
+            table_family: Some("ip6".into()),
+            ..p.clone()
+        };
+        assert_eq!(v6.label().unwrap(), "ip6 filter/OUTPUT policy DROP");
+        let nft = Attribution {
+            backend: Some("nftables".into()),
+            table_family: Some("inet".into()),
+            chain: Some("input".into()),
+            rule: Some("tcp dport 8443 drop".into()),
+            rule_num: None,
+            rule_handle: Some(7),
+            verdict: Some("DROP".into()),
+            ..p
+        };
+        assert_eq!(
+            nft.label().unwrap(),
+            "inet filter/input handle 7 `tcp dport 8443 drop`"
+        );
     }
 
     pub(super) fn incident_for_candidates() -> (ruleset::Ruleset, ruleset::Packet) {
@@ -1123,6 +1296,27 @@ mod candidate_tests {
             ipsets: Default::default(),
             local_routes: None,
         }
+    }
+
+    /// With the namespace's local routes read, ufw-not-local's RETURN is decided: one
+    /// candidate, the INPUT policy, and nothing for the counters to choose between.
+    #[test]
+    fn local_routes_decide_ufw_not_local() {
+        let mut rs = ufw();
+        let mut local = ruleset::addrtype::LocalTable::default();
+        local
+            .add_ip_json(r#"[{"type":"local","dst":"203.0.113.10","dev":"eth0"}]"#)
+            .unwrap();
+        rs.local_routes = Some(local);
+        let e = evaluate_candidates(
+            &rs,
+            ruleset::Engine::NfTables,
+            ruleset::Hook::Input,
+            &packet(),
+        );
+        assert_eq!(e.candidates.len(), 1);
+        assert_eq!(e.attribution.label().unwrap(), "filter/INPUT policy DROP");
+        assert!(e.attribution.alternatives.is_empty());
     }
 
     fn packet() -> ruleset::Packet {

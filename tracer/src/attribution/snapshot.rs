@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub done_ns: u64,
     /// Sources that could not be read or parsed, in words.
     pub problems: Vec<String>,
+    /// What the ruleset says, without its counters: two reads with the same digest hold
+    /// the same rules, so a drop between them was not made by a rule added or removed.
+    pub digest: u64,
 }
 
 impl Snapshot {
@@ -112,7 +115,9 @@ impl Snapshot {
                 routes_read = false;
             }
         }
+        let digest = digest_of(&tables);
         Snapshot {
+            digest,
             ruleset: Ruleset {
                 tables,
                 ipsets,
@@ -125,10 +130,48 @@ impl Snapshot {
     }
 }
 
+/// Hashes every table's chains (with hooks, priorities and policies) and rules (text and
+/// handle), leaving out counters, which change with every packet.
+fn digest_of(tables: &[ruleset::Table]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in tables {
+        (t.backend, t.family, &t.name).hash(&mut h);
+        for c in &t.chains {
+            c.name.hash(&mut h);
+            format!("{:?}", c.base).hash(&mut h);
+            for r in &c.rules {
+                (&r.text, r.handle).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
 /// Now on CLOCK_MONOTONIC, as `bpf_ktime_get_ns` stamps drops.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(save: &str) -> Vec<ruleset::Table> {
+        ruleset::iptables_save::parse(save, Backend::IptablesNft, Family::Ipv4).unwrap()
+    }
+
+    #[test]
+    fn the_digest_ignores_counters_and_sees_rules() {
+        let a = "*filter\n:OUTPUT ACCEPT [1:60]\n[3:180] -A OUTPUT -p tcp -j DROP\nCOMMIT\n";
+        let counted = "*filter\n:OUTPUT ACCEPT [9:540]\n[7:420] -A OUTPUT -p tcp -j DROP\nCOMMIT\n";
+        let other = "*filter\n:OUTPUT ACCEPT [1:60]\n[3:180] -A OUTPUT -p udp -j DROP\nCOMMIT\n";
+        let policy = "*filter\n:OUTPUT DROP [1:60]\n[3:180] -A OUTPUT -p tcp -j DROP\nCOMMIT\n";
+        assert_eq!(digest_of(&tables(a)), digest_of(&tables(counted)));
+        assert_ne!(digest_of(&tables(a)), digest_of(&tables(other)));
+        assert_ne!(digest_of(&tables(a)), digest_of(&tables(policy)));
+    }
 }
