@@ -21,7 +21,7 @@ use pcap_file::{
         PcapNgWriter,
         blocks::{
             enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
-            interface_description::InterfaceDescriptionBlock,
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
         },
     },
 };
@@ -31,6 +31,8 @@ use crate::{output::process_text, record::DropRecord};
 
 pub struct PcapngFile {
     writer: PcapNgWriter<BufWriter<File>>,
+    /// One interface description per (namespace, interface) seen, by id.
+    interfaces: Vec<String>,
     pub written: u64,
 }
 
@@ -38,14 +40,37 @@ impl PcapngFile {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         let file = File::create(path)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-        let mut writer = PcapNgWriter::new(BufWriter::new(file))?;
+        let writer = PcapNgWriter::new(BufWriter::new(file))?;
+        Ok(PcapngFile {
+            writer,
+            interfaces: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// The interface id of the record's device, described on first use: its name (with
+    /// the namespace, since two namespaces may each have an `eth0`) and nanosecond
+    /// timestamps (`if_tsresol` 9; pcapng's default is microseconds, and the packet blocks
+    /// carry nanoseconds).
+    fn interface_id(&mut self, r: &DropRecord) -> anyhow::Result<u32> {
+        let name = match &r.netns_name {
+            Some(ns) => format!("{}@{ns}", r.ifname),
+            None => format!("{}@netns:{}", r.ifname, r.netns),
+        };
+        if let Some(i) = self.interfaces.iter().position(|n| *n == name) {
+            return Ok(u32::try_from(i)?);
+        }
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::RAW,
             snaplen: HEADER_BYTES as u32,
-            options: vec![],
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Owned(name.clone())),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
         };
-        writer.write_pcapng_block(idb)?;
-        Ok(PcapngFile { writer, written: 0 })
+        self.writer.write_pcapng_block(idb)?;
+        self.interfaces.push(name);
+        Ok(u32::try_from(self.interfaces.len() - 1)?)
     }
 
     /// Writes the record's packet, if it carries one.
@@ -60,8 +85,9 @@ impl PcapngFile {
             .parse::<jiff::Timestamp>()
             .map(|t| Duration::from_nanos(u64::try_from(t.as_nanosecond()).unwrap_or(0)))
             .unwrap_or_default();
+        let interface_id = self.interface_id(r)?;
         let block = EnhancedPacketBlock {
-            interface_id: 0,
+            interface_id,
             timestamp: since_epoch,
             original_len: r.len.max(len as u32),
             data: Cow::Borrowed(&r.headers[..len]),
@@ -110,6 +136,42 @@ pub fn comment(r: &DropRecord) -> String {
 mod tests {
     use super::*;
     use crate::record::tests::sample;
+
+    /// tshark reads the times as written (nanoseconds) and the interface by name.
+    #[test]
+    fn tshark_reads_times_and_interface_names() {
+        let dir = std::env::temp_dir().join(format!("dt-pcapng-ts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("drops.pcapng");
+        let mut f = PcapngFile::create(&path).unwrap();
+        let mut r = sample();
+        // A minimal IPv4 header: version 4, IHL 5, total length 20, protocol TCP.
+        r.headers = vec![
+            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 198, 51, 100, 2, 203, 0, 113, 10,
+        ];
+        r.len = 20;
+        f.write(&r).unwrap();
+        f.finish().unwrap();
+        let out = std::process::Command::new("tshark")
+            .args(["-r"])
+            .arg(&path)
+            .args([
+                "-T",
+                "fields",
+                "-e",
+                "frame.time_epoch",
+                "-e",
+                "frame.interface_name",
+            ])
+            .output()
+            .expect("tshark (installed by cargo xtask setup)");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (epoch, name) = text.trim().split_once('\t').expect("two fields");
+        // sample(): 2026-11-24T10:30:00.123456789Z
+        assert!(epoch.starts_with("1795516200.123456789"), "{text}");
+        assert_eq!(name, "veth-c@client");
+    }
 
     #[test]
     fn writes_a_readable_file() {
