@@ -713,6 +713,16 @@ impl RuleRef {
         }
     }
 
+    /// Where the rule is, as reports name it: `filter/OUTPUT rule 4` (iptables, as
+    /// `iptables -L --line-numbers` counts), `inet fw/output handle 7` (nftables).
+    pub fn place(&self) -> String {
+        let table = table_label(self.backend, self.family, &self.table);
+        match (self.backend, self.handle) {
+            (Backend::Nftables, Some(h)) => format!("{table}/{} handle {h}", self.chain),
+            _ => format!("{table}/{} rule {}", self.chain, self.position),
+        }
+    }
+
     /// Whether both name the same rule, ignoring counters: by handle for
     /// nftables, by position and text for iptables (positions shift when
     /// rules are inserted, so the text guards against a different rule now

@@ -290,44 +290,43 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
                 continue;
             }
             let ev = ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, &pkt);
-            for (r, why) in &ev.undecided {
-                unsure.push(format!(
-                    "{}/{} rule {} cannot be evaluated: {why}",
-                    ruleset::table_label(r.backend, r.family, &r.table),
-                    r.chain,
-                    r.position
-                ));
-            }
             let label = attribution::attribution_of(&ev).label();
-            match ev.verdict {
-                Verdict::Drop | Verdict::Reject { .. } => {
-                    return Judgement::Blocked {
-                        verdict: if matches!(ev.verdict, Verdict::Drop) {
-                            "drop"
-                        } else {
-                            "reject"
-                        },
-                        by: label.unwrap_or_else(|| format!("{hook_name} (no rule named)")),
-                        hook: hook_name,
-                    };
-                }
-                Verdict::Queue => {
-                    unsure.push(format!(
-                        "{} hands it to a userspace queue (NFQUEUE), which decides",
-                        label.unwrap_or_else(|| hook_name.to_string())
-                    ));
-                }
-                Verdict::Accept => {
-                    if let ruleset::DecidedBy::Rule(r) = &ev.by {
-                        let table = ruleset::table_label(r.backend, r.family, &r.table);
-                        accepted_by = Some(match r.handle {
-                            Some(h) if r.backend == Backend::Nftables => {
-                                format!("{table}/{} handle {h} `{}`", r.chain, r.text)
-                            }
-                            _ => format!("{table}/{} rule {} `{}`", r.chain, r.position, r.text),
-                        });
-                    }
-                }
+            let blocks = |v: &Verdict| matches!(v, Verdict::Drop | Verdict::Reject { .. });
+            let outcomes: Vec<_> = ev.outcomes().collect();
+            let dropping = outcomes.iter().filter(|o| blocks(&o.verdict)).count();
+            let queued = outcomes.iter().any(|o| matches!(o.verdict, Verdict::Queue));
+            // A verdict is definite only when every outcome the undecided rules allow
+            // agrees; rules whose outcomes all accept (a `-m limit` LOG) change nothing.
+            if dropping == outcomes.len() && !ev.alternatives_truncated && !queued {
+                return Judgement::Blocked {
+                    verdict: if matches!(ev.verdict, Verdict::Drop) {
+                        "drop"
+                    } else {
+                        "reject"
+                    },
+                    by: label.unwrap_or_else(|| format!("{hook_name} (no rule named)")),
+                    hook: hook_name,
+                };
+            }
+            if dropping > 0 || queued || ev.alternatives_truncated {
+                let undecided: Vec<String> = ev
+                    .undecided
+                    .iter()
+                    .map(|(r, why)| format!("{} cannot be evaluated: {why}", r.place()))
+                    .collect();
+                let fate = if queued {
+                    "a userspace queue (NFQUEUE) may decide it".to_string()
+                } else {
+                    format!(
+                        "{dropping} of {} ways these rules can go drop it",
+                        outcomes.len()
+                    )
+                };
+                unsure.push(format!("{hook_name}: {fate}; {}", undecided.join("; ")));
+                continue;
+            }
+            if let ruleset::DecidedBy::Rule(r) = &ev.by {
+                accepted_by = Some(format!("{} `{}`", r.place(), r.text));
             }
         }
     }
@@ -818,6 +817,59 @@ mod tests {
         inv.services.truncate(1);
         let r = audit(&recent, &inv, "r", "i");
         assert!(r.failed() && r.would_drop.is_empty() && r.unsure.len() == 1);
+    }
+
+    /// `nft -j list ruleset` of the incident as iptables-nft loaded it: nft's JSON keeps
+    /// only the names of xt matches (`multiport`, `conntrack`), so the ACCEPT for 3306 is
+    /// unreadable and the DROP after it must not be taken as the answer.
+    #[test]
+    fn rules_after_an_unreadable_xt_match_leave_the_flow_unsure() {
+        let json = r#"{"nftables": [
+          {"table": {"family": "ip", "name": "filter", "handle": 1}},
+          {"chain": {"family": "ip", "table": "filter", "name": "OUTPUT", "handle": 1,
+            "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}},
+          {"rule": {"family": "ip", "table": "filter", "chain": "OUTPUT", "handle": 2, "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+            {"xt": {"type": "match", "name": "multiport"}},
+            {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
+          {"rule": {"family": "ip", "table": "filter", "chain": "OUTPUT", "handle": 3, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+              "right": {"range": [1024, 65535]}}},
+            {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"#;
+        let p = Proposed {
+            ruleset: Ruleset {
+                tables: ruleset::nft_json::parse(json).unwrap(),
+                ipsets: Default::default(),
+                local_routes: None,
+            },
+            format: "nft -j JSON".into(),
+        };
+        match judge(&p.ruleset, &flow("tcp", 3306, "mysqld")) {
+            Judgement::Unsure { why } => {
+                assert!(why.contains("use iptables-save"), "{why}");
+                assert!(why.contains("handle 2"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A rule whose outcomes all accept (a rate-limited LOG) changes nothing.
+    #[test]
+    fn undecided_rules_that_cannot_change_the_verdict_leave_it_definite() {
+        let p = proposed(
+            "*filter\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m limit --limit 3/min -j LOG\n-A OUTPUT -p tcp --dport 443 -j ACCEPT\n-A OUTPUT -p tcp -j DROP\nCOMMIT\n",
+        );
+        assert!(matches!(
+            judge(&p.ruleset, &flow("tcp", 443, "curl")),
+            Judgement::Pass { by: Some(_) }
+        ));
+        assert!(matches!(
+            judge(&p.ruleset, &flow("tcp", 8443, "java")),
+            Judgement::Blocked {
+                verdict: "drop",
+                ..
+            }
+        ));
     }
 
     #[test]

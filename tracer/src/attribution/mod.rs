@@ -266,15 +266,6 @@ fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
     })
 }
 
-/// `filter/ufw-not-local rule 3` and the like, for listing rules in `why`.
-fn rule_place(r: &ruleset::RuleRef) -> String {
-    let table = ruleset::table_label(r.backend, r.family, &r.table);
-    match (r.backend, r.handle) {
-        (ruleset::Backend::Nftables, Some(h)) => format!("{table}/{} handle {h}", r.chain),
-        _ => format!("{table}/{} rule {}", r.chain, r.position),
-    }
-}
-
 /// A candidate in words, with what it assumes of the undecided rules.
 fn describe(c: &Candidate, assuming: &[ruleset::RuleRef]) -> String {
     let label = c
@@ -284,7 +275,7 @@ fn describe(c: &Candidate, assuming: &[ruleset::RuleRef]) -> String {
     if assuming.is_empty() {
         format!("{label} (if no undecided rule matched)")
     } else {
-        let which: Vec<String> = assuming.iter().map(rule_place).collect();
+        let which: Vec<String> = assuming.iter().map(ruleset::RuleRef::place).collect();
         format!("{label} (if {} matched)", which.join(" and "))
     }
 }
@@ -310,7 +301,7 @@ fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
     let undecided = || {
         ev.undecided
             .iter()
-            .map(|(r, why)| format!("{} ({why})", rule_place(r)))
+            .map(|(r, why)| format!("{} ({why})", r.place()))
             .collect::<Vec<_>>()
             .join("; ")
     };
