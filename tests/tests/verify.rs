@@ -135,6 +135,73 @@ fn probes_tell_reachable_dropped_and_refused_apart() {
     assert_eq!(results, ["reachable", "dropped", "refused"], "{report}");
 }
 
+/// The user's filters narrow the report, never the probes: a probe to 7000 dropped by a
+/// local rule is "dropped" even with `--dport 22`.
+#[test]
+fn probe_drops_are_watched_whatever_the_filters() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "7000", "-j", "DROP",
+        ])
+        .unwrap();
+    let (code, report, stderr) =
+        verify(&t, &["--dport", "22", "--probe", "tcp://203.0.113.10:7000"]);
+    assert_eq!(code, 1, "{report} {stderr}");
+    assert_eq!(report["probes"][0]["result"], "dropped", "{report}");
+    assert!(report["probes"][0]["drops"].as_u64().unwrap() >= 1);
+    assert_eq!(report["total"], report["probes"][0]["drops"], "{report}");
+    assert_eq!(
+        report["probes_from"],
+        format!("namespace {}", t.client.name),
+        "{report}"
+    );
+    assert_eq!(report["drops_from"], format!("namespace {}", t.client.name));
+}
+
+/// UDP: what came back is said, never "reachable" for silence.
+#[test]
+fn udp_probes_say_what_came_back() {
+    let t = Topology::new().unwrap();
+    // An echo service on 5300; nothing on 5301, so the gateway answers port unreachable.
+    let sock = t
+        .gateway
+        .run(|| std::net::UdpSocket::bind("203.0.113.10:5300"))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    // 5302 is silently dropped by the gateway: nothing comes back.
+    t.gateway
+        .exec(&[
+            "iptables", "-A", "INPUT", "-p", "udp", "--dport", "5302", "-j", "DROP",
+        ])
+        .unwrap();
+    let (code, report, stderr) = verify(
+        &t,
+        &[
+            "--probe",
+            "udp://203.0.113.10:5300",
+            "--probe",
+            "udp://203.0.113.10:5301",
+            "--probe",
+            "udp://203.0.113.10:5302",
+        ],
+    );
+    assert_eq!(code, 1, "{report} {stderr}");
+    let results: Vec<&str> = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["reachable", "refused", "sent"], "{report}");
+}
+
 #[test]
 fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
     let t = Topology::new().unwrap();
@@ -145,6 +212,16 @@ fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
         vec!["verify", "--probe", "8443"],
         vec!["verify", "--netns", "dt-no-such-ns"],
         vec!["verify", "--probe-file", "/nonexistent/inventory.txt"],
+        // Probes without --netns: where they start must be said.
+        vec!["verify", "--probe", "tcp://203.0.113.10:443"],
+        // A target that does not resolve cannot be verified.
+        vec![
+            "verify",
+            "--netns",
+            &t.client.name,
+            "--probe",
+            "tcp://no-such-host.invalid:443",
+        ],
     ] {
         let (code, stdout, stderr) = droptrace_output(&bad).unwrap();
         assert_eq!(code, 2, "{bad:?}: {stdout} {stderr}");

@@ -125,7 +125,8 @@ pub struct CaptureArgs {
 /// Which drops to report. All filters are applied in the kernel.
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
-    /// Network namespace: a name from `ip netns list`, a path (/proc/PID/ns/net), or `all`.
+    /// Network namespace: a name from `ip netns list`, a path (/proc/PID/ns/net), `host`
+    /// (PID 1's), or `all`.
     #[arg(long, value_name = "NAME|PATH|all", default_value = "all")]
     pub netns: String,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.

@@ -43,7 +43,8 @@ pub enum StateArg {
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Namespace whose ruleset to use: a name, a path, or `host` (default: droptrace's own).
+    /// Namespace whose ruleset to use: a name, a path, or `host` (PID 1's namespace; default:
+    /// droptrace's own).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.

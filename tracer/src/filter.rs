@@ -149,6 +149,27 @@ impl Filters {
         Ok(())
     }
 
+    /// Whether a packet passes the packet filters (not the namespace), as the kernel
+    /// applies them: for captures that must see more than the filters let through (verify
+    /// watches its probes' own packets whatever the filters say). A port filter does not
+    /// pass a packet without ports.
+    pub fn admits(
+        &self,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: Option<u16>,
+        dport: Option<u16>,
+    ) -> bool {
+        let port =
+            |f: Option<Ports>, p: Option<u16>| f.is_none_or(|f| p.is_some_and(|p| f.contains(p)));
+        self.proto.is_none_or(|p| p.0 == proto)
+            && self.src.is_none_or(|c| c.contains(&src))
+            && self.dst.is_none_or(|c| c.contains(&dst))
+            && port(self.sport, sport)
+            && port(self.dport, dport)
+    }
+
     /// Writes the filters into the program configuration.
     pub fn apply(&self, cfg: &mut Config) {
         cfg.netns = self.netns.unwrap_or(0);
@@ -166,6 +187,26 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admits_applies_every_packet_filter() {
+        let f = Filters {
+            proto: Some(Proto(6)),
+            dst: Some("203.0.113.0/24".parse().unwrap()),
+            dport: Some("22".parse().unwrap()),
+            ..Filters::default()
+        };
+        let (src, dst) = (
+            "198.51.100.2".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        );
+        assert!(f.admits(6, src, dst, Some(40000), Some(22)));
+        assert!(!f.admits(6, src, dst, Some(40000), Some(7000)));
+        assert!(!f.admits(17, src, dst, Some(40000), Some(22)));
+        assert!(!f.admits(6, src, src, Some(40000), Some(22)));
+        assert!(!f.admits(1, src, dst, None, None));
+        assert!(Filters::default().admits(1, src, dst, None, None));
+    }
 
     #[test]
     fn protocols_by_name_and_number() {

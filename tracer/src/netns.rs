@@ -37,6 +37,9 @@ impl NetnsSelector {
     pub fn parse(s: &str) -> Self {
         if s == "all" {
             NetnsSelector::All
+        } else if s == "host" {
+            // The namespace of PID 1 (in droptrace's PID namespace): the host's.
+            NetnsSelector::Path(PathBuf::from("/proc/1/ns/net"))
         } else if s.contains('/') {
             NetnsSelector::Path(PathBuf::from(s))
         } else {
@@ -174,6 +177,10 @@ mod tests {
     #[test]
     fn selector_forms() {
         assert_eq!(NetnsSelector::parse("all"), NetnsSelector::All);
+        assert_eq!(
+            NetnsSelector::parse("host").path().unwrap(),
+            Path::new("/proc/1/ns/net")
+        );
         assert_eq!(
             NetnsSelector::parse("client"),
             NetnsSelector::Named("client".into())

@@ -99,8 +99,11 @@ pub fn parse_probe_file(text: &str) -> Result<Vec<Target>, String> {
 pub enum Outcome {
     /// TCP connected.
     Connected,
-    /// UDP datagram left the host (no reply is expected: UDP cannot prove delivery).
+    /// UDP datagram left the host and nothing came back within the timeout: not dropped
+    /// locally, delivery unknown (UDP cannot prove it).
     Sent,
+    /// A UDP reply came back.
+    Replied,
     Refused,
     TimedOut,
     /// The kernel refused the send (EPERM: dropped by a local firewall rule).
@@ -179,7 +182,7 @@ fn probe(target: Target, timeout: Duration) -> Attempt {
     };
     let (local, outcome) = match target.proto {
         ProbeProto::Tcp => tcp(remote, timeout),
-        ProbeProto::Udp => udp(remote),
+        ProbeProto::Udp => udp(remote, timeout),
     };
     Attempt {
         target,
@@ -187,6 +190,15 @@ fn probe(target: Target, timeout: Duration) -> Attempt {
         remote: Some(remote),
         outcome,
     }
+}
+
+/// Resolves every target, so a name that does not resolve is an error before the capture
+/// starts (verify cannot tell anything about it) rather than a failed probe.
+pub fn resolve_all(targets: &[Target]) -> Result<(), String> {
+    for t in targets {
+        resolve(t).map_err(|e| format!("cannot resolve probe target {t}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn resolve(t: &Target) -> io::Result<SocketAddr> {
@@ -234,7 +246,10 @@ fn tcp(remote: SocketAddr, timeout: Duration) -> (Option<SocketAddr>, Outcome) {
     (local, outcome)
 }
 
-fn udp(remote: SocketAddr) -> (Option<SocketAddr>, Outcome) {
+/// Sends one datagram on a connected socket and waits for what comes back: a reply, an
+/// ICMP port unreachable (the kernel reports it on a connected socket as ECONNREFUSED), or
+/// nothing.
+fn udp(remote: SocketAddr, timeout: Duration) -> (Option<SocketAddr>, Outcome) {
     let any = if remote.is_ipv6() {
         "[::]:0"
     } else {
@@ -245,9 +260,22 @@ fn udp(remote: SocketAddr) -> (Option<SocketAddr>, Outcome) {
         Err(e) => return (None, classify(&e)),
     };
     let local = sock.local_addr().ok();
-    let outcome = match sock.send_to(b"droptrace probe", remote) {
-        Ok(_) => Outcome::Sent,
-        Err(e) => classify(&e),
+    if let Err(e) = sock.connect(remote) {
+        return (local, classify(&e));
+    }
+    if let Err(e) = sock.send(b"droptrace probe") {
+        return (local, classify(&e));
+    }
+    if let Err(e) = sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))) {
+        return (local, Outcome::Failed(e.to_string()));
+    }
+    let mut buf = [0u8; 512];
+    let outcome = match sock.recv(&mut buf) {
+        Ok(_) => Outcome::Replied,
+        Err(e) => match classify(&e) {
+            Outcome::TimedOut => Outcome::Sent,
+            other => other,
+        },
     };
     (local, outcome)
 }

@@ -58,7 +58,9 @@ pub const FAIL: u8 = 1;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProbeReport {
     pub target: String,
-    /// `reachable`, `dropped`, `refused`, `timeout`, `blocked`, `error`.
+    /// `reachable` (TCP connected, or a UDP reply came), `sent` (UDP: left the host, not
+    /// dropped locally, nothing came back), `dropped`, `refused` (TCP reset or ICMP port
+    /// unreachable), `timeout`, `blocked`, `error`.
     pub result: &'static str,
     pub detail: String,
     /// Drops of the probe's own packets.
@@ -68,8 +70,9 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// Whether the probe shows the path open as far as this host can tell.
     pub fn ok(&self) -> bool {
-        self.result == "reachable"
+        matches!(self.result, "reachable" | "sent")
     }
 }
 
@@ -94,6 +97,10 @@ pub struct VerifyReport {
     pub records_lost: u64,
     pub drops: Vec<DropGroup>,
     pub probes: Vec<ProbeReport>,
+    /// The namespace the probes were sent from (null without probes).
+    pub probes_from: Option<String>,
+    /// Whose drops count: `all namespaces` or one namespace.
+    pub drops_from: String,
 }
 
 /// What dropped a record's packets, in words: the rule when known, else hook and engine.
@@ -134,36 +141,57 @@ pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
     v
 }
 
+/// `namespace NAME` (`host`: PID 1's).
+fn describe_netns(netns: &str) -> String {
+    if netns == "host" {
+        "the host namespace (PID 1's)".to_string()
+    } else {
+        format!("namespace {netns}")
+    }
+}
+
+/// Whether `d` is a drop of the probe's own flow.
+fn is_probes(a: &Attempt, d: &DropRecord) -> bool {
+    let proto = match a.target.proto {
+        ProbeProto::Tcp => "tcp",
+        ProbeProto::Udp => "udp",
+    };
+    match (a.local, a.remote) {
+        (Some(l), Some(r)) => {
+            d.proto == proto
+                && d.dst == r.ip()
+                && d.dport == Some(r.port())
+                && d.sport == Some(l.port())
+        }
+        _ => false,
+    }
+}
+
 /// Matches each probe with the drops of its own flow.
 pub fn judge(attempts: &[Attempt], records: &[DropRecord]) -> Vec<ProbeReport> {
     attempts
         .iter()
         .map(|a| {
-            let proto = match a.target.proto {
-                ProbeProto::Tcp => "tcp",
-                ProbeProto::Udp => "udp",
-            };
-            let mine: Vec<&DropRecord> = match (a.local, a.remote) {
-                (Some(l), Some(r)) => records
-                    .iter()
-                    .filter(|d| {
-                        d.proto == proto
-                            && d.dst == r.ip()
-                            && d.dport == Some(r.port())
-                            && d.sport == Some(l.port())
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let mine: Vec<&DropRecord> = records.iter().filter(|d| is_probes(a, d)).collect();
             let drops: u64 = mine.iter().map(|d| d.count).sum();
             let by = mine.first().map(|d| dropped_by(d));
             let (result, detail) = match (&a.outcome, drops) {
                 (_, n) if n > 0 => (
                     "dropped",
-                    format!("{n} packet(s) dropped by the local firewall"),
+                    format!("{n} packet(s) dropped by this host's firewall"),
                 ),
                 (Outcome::Connected, _) => ("reachable", "connected".to_string()),
-                (Outcome::Sent, _) => ("reachable", "datagram sent, no drop seen".to_string()),
+                (Outcome::Replied, _) => ("reachable", "a reply came back".to_string()),
+                (Outcome::Sent, _) => (
+                    "sent",
+                    "datagram sent and not dropped here; no reply or ICMP error came back, so \
+                     delivery is unknown"
+                        .to_string(),
+                ),
+                (Outcome::Refused, _) if a.target.proto == ProbeProto::Udp => (
+                    "refused",
+                    "ICMP port unreachable came back: host reached, nothing listening".to_string(),
+                ),
                 (Outcome::Refused, _) => (
                     "refused",
                     "connection refused: host reached, port closed".to_string(),
@@ -200,12 +228,30 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| probe::parse_probe_file(&text));
         targets.extend(parsed.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?);
     }
+    if !targets.is_empty() {
+        // Probes from droptrace's own namespace while drops count everywhere proved paths
+        // the application never uses: where probes start must be said.
+        if args.filters.netns_selector() == crate::netns::NetnsSelector::All {
+            anyhow::bail!(
+                "--probe needs --netns: the namespace the probes are sent from and whose drops count (--netns host for the host's)"
+            );
+        }
+        probe::resolve_all(&targets).map_err(|e| anyhow::anyhow!(e))?;
+    }
     // The window must outlast the probes.
     let duration = if targets.is_empty() {
         args.duration
     } else {
-        args.duration
-            .max(args.probe_timeout + Duration::from_secs(1))
+        let needed = args.probe_timeout + Duration::from_secs(1);
+        if needed > args.duration {
+            eprintln!(
+                "droptrace: watching for {} instead of {}: the window outlasts the probes (--probe-timeout {})",
+                humantime::format_duration(needed),
+                humantime::format_duration(args.duration),
+                humantime::format_duration(args.probe_timeout)
+            );
+        }
+        args.duration.max(needed)
     };
     let capture = CaptureArgs {
         duration: Some(duration),
@@ -213,7 +259,18 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         all_reasons: args.all_reasons,
         ..CaptureArgs::default()
     };
-    let mut session = Session::start(&args.filters, &capture, false)?;
+    // The probes' own packets are watched whatever the filters say: the kernel filters
+    // only on the namespace, and the user's filters are applied here.
+    let user_filters = args.filters.to_filters()?;
+    let capture_filters = if targets.is_empty() {
+        args.filters.clone()
+    } else {
+        FilterArgs {
+            netns: args.filters.netns.clone(),
+            ..Default::default()
+        }
+    };
+    let mut session = Session::start(&capture_filters, &capture, false)?;
     eprintln!("{}", session.start_info(&args.filters, &capture).line());
 
     let netns = args.filters.netns_selector().path();
@@ -244,16 +301,47 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "cannot verify: {lost} dropped packets were counted by the kernel but not reported (flow table overflow)"
         );
     }
+    let probing = !attempts.is_empty();
+    let captured: u64 = records.iter().map(|r| r.count).sum();
+    if probing && captured != end.total {
+        // The filters below work on records; a packet counted but never reported could
+        // be one they keep.
+        anyhow::bail!(
+            "cannot verify: {} of {} dropped packets were counted by the kernel but not reported",
+            end.total.saturating_sub(captured),
+            end.total
+        );
+    }
+    let wanted = |r: &DropRecord| {
+        let proto = ruleset::names::protocol(&r.proto).unwrap_or(0);
+        user_filters.admits(proto, r.src, r.dst, r.sport, r.dport) && args.filters.wants_process(r)
+    };
+    let records: Vec<DropRecord> = records
+        .into_iter()
+        .filter(|r| wanted(r) || attempts.iter().any(|a| is_probes(a, r)))
+        .collect();
+    // Without probes the kernel applied every packet filter and `end.total` is exact.
+    let total: u64 = if probing {
+        records.iter().map(|r| r.count).sum()
+    } else {
+        end.total
+    };
     let probes = judge(&attempts, &records);
-    let failed = end.total > 0 || probes.iter().any(|p| !p.ok());
+    let failed = total > 0 || probes.iter().any(|p| !p.ok());
+    let selector = args.filters.netns_selector();
     let report = VerifyReport {
         kind: "verify",
         verdict: if failed { "fail" } else { "pass" },
         duration_s: end.duration_s,
-        total: end.total,
+        total,
         lost,
         records_lost: end.records_lost,
         drops: group(&records),
+        probes_from: (!probes.is_empty()).then(|| describe_netns(&args.filters.netns)),
+        drops_from: match selector {
+            crate::netns::NetnsSelector::All => "all namespaces".to_string(),
+            _ => describe_netns(&args.filters.netns),
+        },
         probes,
     };
     let mut out = io::stdout().lock();
@@ -268,41 +356,57 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn write_text(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
     use crate::escape::terminal;
-    if r.verdict == "pass" {
-        writeln!(out, "PASS: no drops in {:.1}s", r.duration_s)?;
+    let failed_probes = r.probes.iter().filter(|p| !p.ok()).count();
+    let probes = if r.probes.is_empty() {
+        String::new()
     } else {
-        writeln!(out, "FAIL: {} drop(s) in {:.1}s", r.total, r.duration_s)?;
+        format!(", {} of {} probe(s) failed", failed_probes, r.probes.len())
+    };
+    if r.verdict == "pass" {
+        writeln!(
+            out,
+            "PASS: no drops in {:.1}s{probes} ({})",
+            r.duration_s, r.drops_from
+        )?;
+    } else {
+        writeln!(
+            out,
+            "FAIL: {} drop(s) in {:.1}s{probes} ({})",
+            r.total, r.duration_s, r.drops_from
+        )?;
     }
+    // The rule goes on a line of its own: rules are long, and the report should read
+    // at 100 columns.
     if !r.drops.is_empty() {
         writeln!(out, "drops by rule and destination:")?;
         for g in &r.drops {
             writeln!(
                 out,
-                "  {:>8}  {:<5} {:<28} from {:<20} by {}",
+                "  {:>8}  {:<5} {:<28} from {}",
                 g.count,
                 g.proto,
                 g.dst,
-                g.process,
-                terminal(&g.dropped_by)
+                terminal(&g.process)
             )?;
+            writeln!(out, "            by {}", terminal(&g.dropped_by))?;
         }
     }
     if !r.probes.is_empty() {
-        writeln!(out, "probes:")?;
+        match &r.probes_from {
+            Some(from) => writeln!(out, "probes, sent from {}:", terminal(from))?,
+            None => writeln!(out, "probes:")?,
+        }
         for p in &r.probes {
-            let by = p
-                .dropped_by
-                .as_deref()
-                .map(|b| format!(" by {}", terminal(b)))
-                .unwrap_or_default();
             writeln!(
                 out,
-                "  {:<34} {:<9} {}{}",
+                "  {:<30} {:<9} {}",
                 terminal(&p.target),
                 p.result.to_uppercase(),
-                p.detail,
-                by
+                p.detail
             )?;
+            if let Some(by) = &p.dropped_by {
+                writeln!(out, "            by {}", terminal(by))?;
+            }
         }
     }
     Ok(())
@@ -351,8 +455,16 @@ mod tests {
         );
         assert_eq!(reports[2].result, "reachable");
         assert_eq!(reports[3].result, "refused");
-        assert_eq!(reports[4].result, "reachable");
-        assert!(reports[2].ok() && !reports[3].ok());
+        // A datagram nothing answered is "sent", not "reachable"; it proves no local drop.
+        assert_eq!(reports[4].result, "sent");
+        assert!(reports[4].detail.contains("delivery is unknown"));
+        assert!(reports[2].ok() && !reports[3].ok() && reports[4].ok());
+        let udp_refused = judge(
+            &[attempt("udp://203.0.113.10:53", 40005, Outcome::Refused)],
+            &records,
+        );
+        assert_eq!(udp_refused[0].result, "refused");
+        assert!(udp_refused[0].detail.contains("ICMP port unreachable"));
     }
 
     #[test]
