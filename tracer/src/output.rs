@@ -281,7 +281,7 @@ impl<W: Write> Sink for TextSink<W> {
                         "  {:>8}  {} (managed by {})",
                         r.count,
                         terminal(&r.rule),
-                        terminal(owner)
+                        terminal(&owner.text())
                     )?,
                     None => writeln!(self.out, "  {:>8}  {}", r.count, terminal(&r.rule))?,
                 }

@@ -18,8 +18,8 @@ pub struct Summary {
     pub total: u64,
     by_destination: HashMap<DestinationKey, u64>,
     by_hook: BTreeMap<String, u64>,
-    /// Label → (owner in words, drops).
-    by_rule: HashMap<String, (Option<String>, u64)>,
+    /// Label → (the rule as first seen, drops).
+    by_rule: HashMap<String, (Option<crate::attribution::Attribution>, u64)>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -29,11 +29,20 @@ pub struct DestinationCount {
     pub count: u64,
 }
 
+/// Drops per rule. `rule` is the label text output shows (`filter/OUTPUT rule 4 `...``);
+/// the other fields are the drop lines' rule fields, for scripts.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct RuleCount {
     pub rule: String,
+    pub backend: Option<String>,
+    pub table_family: Option<String>,
+    pub table: Option<String>,
+    pub chain: Option<String>,
+    pub rule_num: Option<u32>,
+    pub rule_handle: Option<u64>,
+    pub verdict: Option<String>,
     /// The front-end that manages the rule (see [`crate::attribution::owner`]).
-    pub owner: Option<String>,
+    pub owner: Option<crate::attribution::owner::Owner>,
     pub count: u64,
 }
 
@@ -77,12 +86,8 @@ impl Summary {
         let rule = r
             .rule_label()
             .unwrap_or_else(|| "(rule unknown)".to_string());
-        let owner = r
-            .rule
-            .as_ref()
-            .and_then(|a| a.owner.as_ref())
-            .map(|o| o.text());
-        self.by_rule.entry(rule).or_insert((owner, 0)).1 += r.count;
+        let first = r.rule.as_ref().filter(|a| a.label().is_some()).cloned();
+        self.by_rule.entry(rule).or_insert((first, 0)).1 += r.count;
     }
 
     /// Rules, most drops first.
@@ -90,10 +95,22 @@ impl Summary {
         let mut v: Vec<RuleCount> = self
             .by_rule
             .iter()
-            .map(|(rule, (owner, count))| RuleCount {
-                rule: rule.clone(),
-                owner: owner.clone(),
-                count: *count,
+            .map(|(rule, (a, count))| {
+                let field = |f: fn(&crate::attribution::Attribution) -> Option<String>| {
+                    a.as_ref().and_then(f)
+                };
+                RuleCount {
+                    rule: rule.clone(),
+                    backend: field(|a| a.backend.clone()),
+                    table_family: field(|a| a.table_family.clone()),
+                    table: field(|a| a.table.clone()),
+                    chain: field(|a| a.chain.clone()),
+                    rule_num: a.as_ref().and_then(|a| a.rule_num),
+                    rule_handle: a.as_ref().and_then(|a| a.rule_handle),
+                    verdict: field(|a| a.verdict.clone()),
+                    owner: a.as_ref().and_then(|a| a.owner.clone()),
+                    count: *count,
+                }
             })
             .collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
@@ -165,5 +182,46 @@ mod tests {
         assert_eq!(s.hooks().get("OUTPUT"), Some(&5));
         let r = s.record(0, 5, 1.0);
         assert_eq!(serde_json::to_value(&r).unwrap()["type"], "summary");
+    }
+
+    /// An iptables rule and the ip6tables rule with the same text at the same place are
+    /// two rules: `iptables -D OUTPUT 4` would delete only one of them.
+    #[test]
+    fn rules_of_both_families_stay_apart_with_their_fields() {
+        let rule = |family: &str| crate::attribution::Attribution {
+            backend: Some("iptables-nft".into()),
+            table_family: Some(family.into()),
+            table: Some("filter".into()),
+            chain: Some("OUTPUT".into()),
+            rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
+            rule_num: Some(4),
+            verdict: Some("DROP".into()),
+            ..crate::attribution::Attribution::none("")
+        };
+        let mut s = Summary::default();
+        let mut v4 = sample();
+        v4.rule = Some(rule("ip"));
+        let mut v6 = sample();
+        v6.dst = "2001:db8:2::10".parse().unwrap();
+        v6.rule = Some(rule("ip6"));
+        s.add(&v4);
+        s.add(&v6);
+        let rules = s.rules();
+        assert_eq!(rules.len(), 2);
+        let json = serde_json::to_value(&rules).unwrap();
+        let v6 = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["table_family"] == "ip6")
+            .unwrap();
+        assert!(
+            v6["rule"]
+                .as_str()
+                .unwrap()
+                .starts_with("ip6 filter/OUTPUT rule 4")
+        );
+        assert_eq!(v6["chain"], "OUTPUT");
+        assert_eq!(v6["rule_num"], 4);
     }
 }
