@@ -806,10 +806,7 @@ pub async fn collect(
         (_, None) => filters.netns.clone(),
     };
     let until = match duration {
-        Some(d) => format!(
-            "for {}; Ctrl-C ends it sooner",
-            humantime::format_duration(d)
-        ),
+        Some(d) => format!("for {} or until Ctrl-C", humantime::format_duration(d)),
         None => "until Ctrl-C".to_string(),
     };
     let drops_from = session

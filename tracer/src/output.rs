@@ -40,6 +40,7 @@ pub struct StartInfo {
 }
 
 impl StartInfo {
+    /// Two lines for stderr: what is watched and for how long, then how.
     pub fn line(&self) -> String {
         let filters = if self.filters.is_empty() {
             String::new()
@@ -47,12 +48,12 @@ impl StartInfo {
             format!(" matching {}", self.filters)
         };
         format!(
-            "droptrace: watching {} drops in netns {}{} via {}, {}; kernel verdicts: {}",
+            "droptrace: watching {} drops in netns {}{} {}\ndroptrace: via {}; kernel verdicts: {}",
             self.reasons,
             terminal(&self.netns),
             terminal(&filters),
-            self.mode,
             self.until,
+            self.mode,
             terminal(&self.kernel_verdicts)
         )
     }
@@ -90,6 +91,8 @@ pub struct TextSink<W: Write> {
     out: W,
     header_done: bool,
     color: bool,
+    /// Name each line's namespace (the capture spans several).
+    netns_column: bool,
 }
 
 impl<W: Write> TextSink<W> {
@@ -98,7 +101,14 @@ impl<W: Write> TextSink<W> {
             out,
             header_done: false,
             color: false,
+            netns_column: true,
         }
+    }
+
+    /// Leaves the namespace out of each line: the capture watches one, named at the start.
+    pub fn one_namespace(mut self, one: bool) -> Self {
+        self.netns_column = !one;
+        self
     }
 
     pub fn with_color(mut self, color: bool) -> Self {
@@ -186,22 +196,27 @@ pub fn netns_text(r: &DropRecord) -> String {
     }
 }
 
+/// The flow line's columns, most important first so that a narrow terminal cuts the
+/// least useful; the rule goes on a second, indented line. The brief's drop reads at 100
+/// columns: rules alone are often longer than a line can share.
+const TIME_W: usize = 12;
+const PROTO_W: usize = 5;
+const ADDR_W: usize = 21;
+const FLAGS_W: usize = 3;
+
 impl<W: Write> Sink for TextSink<W> {
     fn drop_record(&mut self, r: &DropRecord) -> io::Result<()> {
         if !self.header_done {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<12}  {:<18} {:<10} {:<5} {:>21}    {:<21} {:<5} {:<11} {:<20} REASON",
+                "{:<TIME_W$} {:<PROTO_W$} {:>ADDR_W$}    {:<ADDR_W$} {:<FLAGS_W$} PROCESS{}",
                 "TIME(UTC)",
-                "NETNS",
-                "IFACE",
                 "PROTO",
                 "SOURCE",
                 "DESTINATION",
-                "FLAGS",
-                "HOOK",
-                "PROCESS"
+                "FLG",
+                if self.netns_column { "  NETNS" } else { "" }
             )?;
         }
         let flags = match (&r.tcp_flags, r.icmp_type) {
@@ -209,10 +224,40 @@ impl<W: Write> Sink for TextSink<W> {
             (None, Some(t)) => format!("t{t}"),
             _ => "-".into(),
         };
+        let count = if r.count > 1 {
+            format!(" x{}", r.count)
+        } else {
+            String::new()
+        };
+        let netns = if self.netns_column {
+            format!("  {}", netns_text(r))
+        } else {
+            String::new()
+        };
+        writeln!(
+            self.out,
+            "{:<TIME_W$} {:<PROTO_W$} {:>ADDR_W$} -> {:<ADDR_W$} {:<FLAGS_W$} {}{}{}",
+            clock(&r.time),
+            r.proto,
+            r.source(),
+            r.destination(),
+            flags,
+            process_text(r),
+            count,
+            netns,
+        )?;
+        // Second line: the hook and what dropped it.
+        let mut place = r.hook.map_or("?", |h| h.as_str()).to_string();
+        if let Some(name) = &r.dst_name {
+            place.push_str(&format!(" to {}", terminal(name)));
+        }
+        if r.reason != "NETFILTER_DROP" {
+            place.push_str(&format!(" ({})", r.reason));
+        }
         let rule = match &r.rule {
             Some(a) => match a.label() {
                 Some(l) => format!(
-                    "  {}{} {}",
+                    " {}{} {}",
                     self.paint(anstyle::Style::new().bold(), &terminal(&l)),
                     a.owner
                         .as_ref()
@@ -224,7 +269,7 @@ impl<W: Write> Sink for TextSink<W> {
                     )
                 ),
                 None => format!(
-                    "  {}",
+                    " {}",
                     self.paint(
                         level_style(a.attribution),
                         &format!("[rule unknown: {}]", terminal(&a.why))
@@ -233,30 +278,7 @@ impl<W: Write> Sink for TextSink<W> {
             },
             None => String::new(),
         };
-        let count = if r.count > 1 {
-            format!(" x{}", r.count)
-        } else {
-            String::new()
-        };
-        writeln!(
-            self.out,
-            "{:<12}  {:<18} {:<10} {:<5} {:>21} -> {:<21} {:<5} {:<11} {:<20} {}{}{}",
-            clock(&r.time),
-            netns_text(r),
-            terminal(&r.ifname),
-            r.proto,
-            r.source(),
-            match &r.dst_name {
-                Some(name) => format!("{} ({})", r.destination(), terminal(name)),
-                None => r.destination(),
-            },
-            flags,
-            r.hook.map_or("?", |h| h.as_str()),
-            process_text(r),
-            r.reason,
-            count,
-            rule,
-        )?;
+        writeln!(self.out, "    {place}{rule}")?;
         self.out.flush()
     }
 
@@ -326,14 +348,55 @@ mod tests {
         let line = text.lines().nth(1).unwrap();
         assert!(line.starts_with("10:30:00.123"));
         for part in [
-            "client",
             "198.51.100.2:40000 -> 203.0.113.10:8443",
-            "OUTPUT",
-            "java[812]@payments.service",
-            "NETFILTER_DROP",
+            "java[812]@payments.service  client",
         ] {
             assert!(line.contains(part), "{part} missing in {line}");
         }
+        let place = text.lines().nth(2).unwrap();
+        assert_eq!(place, "    OUTPUT");
+    }
+
+    /// The brief's drop, with its rule, reads at 100 columns: the flow on one line, where
+    /// and which rule on the next.
+    #[test]
+    fn a_drop_reads_at_100_columns() {
+        let mut r = sample();
+        r.count = 37;
+        r.rule = Some(crate::attribution::Attribution {
+            backend: Some("iptables-nft".into()),
+            table_family: Some("ip".into()),
+            table: Some("filter".into()),
+            chain: Some("OUTPUT".into()),
+            rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
+            rule_num: Some(4),
+            verdict: Some("DROP".into()),
+            attribution: crate::attribution::Level::Exact,
+            ..crate::attribution::Attribution::none("")
+        });
+        let mut buf = Vec::new();
+        TextSink::new(&mut buf)
+            .one_namespace(true)
+            .drop_record(&r)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 100,
+                "{} columns: {line}",
+                line.len()
+            );
+        }
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("java[812]@payments.service x37")
+        );
+        assert_eq!(
+            text.lines().nth(2).unwrap(),
+            "    OUTPUT filter/OUTPUT rule 4 `-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP` [exact]"
+        );
     }
 
     #[test]
@@ -351,8 +414,8 @@ mod tests {
         );
         assert_eq!(
             text.lines().count(),
-            2,
-            "an embedded newline must not split the line"
+            3,
+            "an embedded newline must not split a line"
         );
         let mut buf = Vec::new();
         JsonSink::new(&mut buf).drop_record(&r).unwrap();

@@ -166,7 +166,7 @@ pub(crate) fn attach(
 ) -> Result<Vec<&'static str>, String> {
     // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        return Err("no kprobes on this kernel: CONFIG_KPROBES is off".into());
+        return Err("CONFIG_KPROBES is off in this kernel".into());
     }
     // (whether the engine can be watched, its name, the entry program, the functions).
     type Engine<'a> = (&'a Result<(), String>, &'a str, &'a str, &'a [&'static str]);

@@ -38,7 +38,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(stdout))
     } else {
-        Box::new(TextSink::new(stdout).with_color(crate::output::use_color(&io::stdout())))
+        Box::new(
+            TextSink::new(stdout)
+                .with_color(crate::output::use_color(&io::stdout()))
+                .one_namespace(args.filters.netns_selector() != NetnsSelector::All),
+        )
     };
     let mut session = Session::start(&args.filters, &args.capture, args.write.is_some())?;
     let mut pcap = args
@@ -214,11 +218,8 @@ impl Session {
                 "for {} or {n} drops; Ctrl-C ends it",
                 humantime::format_duration(d)
             ),
-            (Some(d), None) => format!(
-                "for {}; Ctrl-C ends it sooner",
-                humantime::format_duration(d)
-            ),
-            (None, Some(n)) => format!("until {n} drops; Ctrl-C ends it sooner"),
+            (Some(d), None) => format!("for {} or until Ctrl-C", humantime::format_duration(d)),
+            (None, Some(n)) => format!("until {n} drops or Ctrl-C"),
             (None, None) => "until Ctrl-C".into(),
         };
         StartInfo {

@@ -112,7 +112,7 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
     drop(Namespaces);
     let _guard = Namespaces;
 
-    eprintln!("demo: building namespaces {APP} (the server) and {EXT} (its external services)");
+    eprintln!("demo: building namespaces {APP} (the server) and {EXT} (its services)");
     ip(&["netns", "add", APP])?;
     ip(&["netns", "add", EXT])?;
     ip(&[

@@ -88,7 +88,7 @@ pub fn install_packages(packages: &[(&str, &str)], say: fn(&str)) -> anyhow::Res
         .collect();
     if missing.is_empty() {
         let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
-        say(&format!("Debian packages present ({})", names.join(", ")));
+        say(&format!("{} Debian packages present", names.len()));
         return Ok(());
     }
     for (p, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {

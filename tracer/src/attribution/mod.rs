@@ -648,7 +648,7 @@ impl Attributor {
     }
 
     /// Re-reads the rulesets of namespaces with pending records, confirms attributions with
-    /// the counters, and returns the records in arrival order per namespace.
+    /// the counters, and returns the records in time order.
     pub fn flush(&mut self) -> Vec<DropRecord> {
         let mut out = Vec::new();
         for ns in self
@@ -793,6 +793,8 @@ impl Attributor {
                 ns.previous = std::mem::replace(&mut ns.current, after);
             }
         }
+        // Namespaces are flushed one after the other; lines go out in time order.
+        out.sort_by_key(|r| r.ts_ns);
         out
     }
 }
