@@ -70,6 +70,53 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     );
     let (code, _, _) = droptrace_output(&["completions", "tcsh"]).unwrap();
     assert_eq!(code, 2);
+    // --netns and --proto complete their values, not file names.
+    let netns = bash
+        .split("--netns)")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_default();
+    assert!(netns.contains("compgen -W \"all host\""), "{netns}");
+    let proto = bash
+        .split("--proto)")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_default();
+    assert!(proto.contains("tcp udp icmp icmpv6 sctp"), "{proto}");
+    // A page per subcommand, with what clap does not know.
+    let (code, watch, _) = droptrace_output(&["man", "watch"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(watch.contains(".TH droptrace-watch"));
+    assert!(watch.contains("EXIT STATUS") && watch.contains("JSON OUTPUT"));
+    let dir = std::env::temp_dir().join(format!("dt-man-{}", std::process::id()));
+    let (code, listed, err) = droptrace_output(&["man", "--dir", dir.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    for page in [
+        "droptrace.1",
+        "droptrace-watch.1",
+        "droptrace-verify.1",
+        "droptrace-audit.1",
+    ] {
+        assert!(dir.join(page).is_file(), "{page} not written: {listed}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A reader that went away (`| head`) is not a crash: stdout is a pipe whose read end
+    // is already closed, so every write fails with EPIPE.
+    for args in [&["completions", "bash"][..], &["man", "watch"][..]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = std::process::Command::new(droptrace_tests::droptrace_bin())
+            .args(args)
+            .stdout(std::process::Stdio::from(write))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    let (code, _, err) = droptrace_output(&["man", "nope"]).unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("droptrace-watch"), "{err}");
 }
 
 #[test]

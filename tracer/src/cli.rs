@@ -51,8 +51,16 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print a man page (roff): droptrace(1), or a subcommand's (`droptrace man watch`);
+    /// `--dir DIR` writes them all.
+    Man {
+        /// The subcommand whose page to print.
+        #[arg(value_name = "SUBCOMMAND")]
+        page: Option<String>,
+        /// Write every page into this directory (droptrace.1, droptrace-watch.1, ...).
+        #[arg(long, value_name = "DIR", conflicts_with = "page")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Show the ruleset as droptrace understands it: counters, and matches it cannot
     /// evaluate marked `?`.
     Rules(crate::explain::RulesArgs),
@@ -127,10 +135,11 @@ pub struct CaptureArgs {
 pub struct FilterArgs {
     /// Network namespace: a name from `ip netns list`, a path (/proc/PID/ns/net), `host`
     /// (PID 1's), or `all`.
-    #[arg(long, value_name = "NAME|PATH|all", default_value = "all")]
+    #[arg(long, value_name = "NAME|PATH|all", default_value = "all",
+          value_parser = NetnsParser, hide_possible_values = true)]
     pub netns: String,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
-    #[arg(long, value_name = "PROTO")]
+    #[arg(long, value_name = "PROTO", value_parser = ProtoParser, hide_possible_values = true)]
     pub proto: Option<Proto>,
     /// Source address or CIDR.
     #[arg(long, value_name = "ADDR[/LEN]")]
@@ -288,5 +297,64 @@ mod tests {
             w.filters.describe(),
             "proto tcp, dst 203.0.113.0/24, dport 1024-65535"
         );
+    }
+}
+
+/// Parses `--proto` by name or number; shells complete the common names.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtoParser;
+
+impl clap::builder::TypedValueParser for ProtoParser {
+    type Value = Proto;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Proto, clap::Error> {
+        let text = clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)?;
+        text.parse().map_err(|e: crate::filter::FilterError| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+                .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["tcp", "udp", "icmp", "icmpv6", "sctp"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+/// Parses `--netns`: a name, a path, `host` or `all`. Shells complete `all` and `host`
+/// rather than file names (names come from `ip netns list`).
+#[derive(Debug, Clone, Copy)]
+pub struct NetnsParser;
+
+impl clap::builder::TypedValueParser for NetnsParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            [("all", "every namespace"), ("host", "PID 1's namespace")]
+                .into_iter()
+                .map(|(v, h)| clap::builder::PossibleValue::new(v).help(h)),
+        ))
     }
 }

@@ -45,10 +45,12 @@ pub enum StateArg {
 pub struct ExplainArgs {
     /// Namespace whose ruleset to use: a name, a path, or `host` (PID 1's namespace; default:
     /// droptrace's own).
-    #[arg(long, value_name = "NAME|PATH")]
+    #[arg(long, value_name = "NAME|PATH", value_parser = crate::cli::NetnsParser,
+          hide_possible_values = true)]
     pub netns: Option<String>,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
-    #[arg(long, value_name = "PROTO")]
+    #[arg(long, value_name = "PROTO", value_parser = crate::cli::ProtoParser,
+          hide_possible_values = true)]
     pub proto: Proto,
     /// Destination address.
     #[arg(long, value_name = "ADDR")]
@@ -92,8 +94,10 @@ pub struct ExplainArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RulesArgs {
-    /// Namespace whose ruleset to show: a name, a path (default: droptrace's own).
-    #[arg(long, value_name = "NAME|PATH")]
+    /// Namespace whose ruleset to show: a name, a path, or `host` (PID 1's; default:
+    /// droptrace's own).
+    #[arg(long, value_name = "NAME|PATH", value_parser = crate::cli::NetnsParser,
+          hide_possible_values = true)]
     pub netns: Option<String>,
     /// Print the parsed ruleset as JSON.
     #[arg(long)]

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod flows;
 pub mod inventory;
 pub mod kallsyms;
+pub mod manual;
 pub mod netns;
 pub mod output;
 pub mod pcapng;

@@ -38,21 +38,37 @@ fn main() -> ExitCode {
             Command::Audit(args) => droptrace::audit::run(args).await,
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut cmd, "droptrace", &mut std::io::stdout());
-                Ok(ExitCode::SUCCESS)
+                // Into a buffer: clap_complete panics when its writer fails, and a closed
+                // pipe (`| head`) is not an error.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd, "droptrace", &mut script);
+                print_ignoring_closed_pipe(&script)
             }
-            Command::Man => {
-                let cmd = <Cli as clap::CommandFactory>::command();
-                clap_mangen::Man::new(cmd)
-                    .render(&mut std::io::stdout())
-                    .map(|()| ExitCode::SUCCESS)
-                    .map_err(Into::into)
-            }
+            Command::Man { page, dir } => match dir {
+                Some(dir) => droptrace::manual::write_all(&dir).map(|written| {
+                    for path in written {
+                        println!("{}", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }),
+                None => droptrace::manual::page(page.as_deref())
+                    .and_then(|roff| print_ignoring_closed_pipe(roff.as_bytes())),
+            },
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => fail(&e),
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away early is not an error.
+fn print_ignoring_closed_pipe(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

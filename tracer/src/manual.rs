@@ -1,0 +1,345 @@
+//! Man pages: droptrace(1) and one page per subcommand (droptrace-watch(1), ...).
+//!
+//! The synopsis and options come from the clap definition, so they cannot drift from the
+//! binary; what clap does not know — exit statuses, examples, the JSON fields a script
+//! reads — is written here, next to nothing else, and rendered with the same roff writer.
+
+use std::path::Path;
+
+use clap::CommandFactory as _;
+use roff::{Roff, bold, roman};
+
+use crate::cli::Cli;
+
+/// What a subcommand's page says beyond its options.
+struct Extra {
+    exit: &'static [(&'static str, &'static str)],
+    examples: &'static [(&'static str, &'static str)],
+    /// JSON output, in words: (field, meaning).
+    json: &'static [(&'static str, &'static str)],
+}
+
+const ERROR: (&str, &str) = (
+    "2",
+    "an error: bad input, missing privileges, a kernel droptrace cannot attach to; one line on stderr",
+);
+
+const DROP_FIELDS: &[(&str, &str)] = &[
+    (
+        "type",
+        "\"drop\" for a drop line, \"start\" and \"summary\" for the first and last",
+    ),
+    (
+        "time",
+        "wall-clock time of the flow's first drop in this line, RFC 3339",
+    ),
+    (
+        "netns, netns_name",
+        "namespace inode and its name (ip netns) when it has one",
+    ),
+    ("family, proto, src, sport, dst, dport", "the flow"),
+    ("tcp_flags, icmp_type, icmp_code, len, mark", "the packet"),
+    (
+        "ct_state",
+        "new, established, related, established_reply, related_reply or none",
+    ),
+    (
+        "reason, hook, engine, location",
+        "why and where the kernel freed it",
+    ),
+    (
+        "pid, comm, cmdline, cgroup, container, uid, gid",
+        "the sending process",
+    ),
+    ("count", "packets this line stands for"),
+    (
+        "backend, table_family, table, chain",
+        "where the rule lives",
+    ),
+    (
+        "rule, rule_num, rule_handle, verdict",
+        "the rule that dropped it, as its tool prints it",
+    ),
+    (
+        "attribution",
+        "exact, inferred, chain or none: how sure droptrace is",
+    ),
+    (
+        "why, alternatives",
+        "what confirmed it, or what was missing; other possible rules",
+    ),
+    (
+        "owner",
+        "the front-end that manages the rule ({tool, object}) or null",
+    ),
+];
+
+fn extra(name: &str) -> Option<Extra> {
+    Some(match name {
+        "watch" => Extra {
+            exit: &[
+                ("0", "the capture ended: --duration, --count, Ctrl-C"),
+                ERROR,
+            ],
+            examples: &[
+                (
+                    "droptrace watch --netns app",
+                    "every drop in namespace app, live",
+                ),
+                (
+                    "droptrace watch --dport 8443 --duration 5m --json > drops.jsonl",
+                    "a capture session for an incident ticket",
+                ),
+                (
+                    "droptrace watch --duration 1m --write drops.pcapng",
+                    "the dropped packets for Wireshark, each with a comment naming the rule",
+                ),
+            ],
+            json: DROP_FIELDS,
+        },
+        "verify" => Extra {
+            exit: &[
+                (
+                    "0",
+                    "the whole window was watched, nothing was dropped, every probe got through",
+                ),
+                ("1", "drops were seen, or a probe failed"),
+                (
+                    "2",
+                    "droptrace could not tell: an error, or packets counted but not reported",
+                ),
+            ],
+            examples: &[
+                (
+                    "droptrace verify --netns app --duration 30s --probe tcp://203.0.113.10:8443",
+                    "prove that a fix removed the drops",
+                ),
+                (
+                    "droptrace verify --netns app --probe-file inventory.json",
+                    "probe every service an inventory found",
+                ),
+            ],
+            json: &[
+                ("verdict", "pass or fail"),
+                (
+                    "total, lost, records_lost",
+                    "drops counted; lost is always 0 in a report",
+                ),
+                ("drops", "[{dropped_by, dst, proto, process, count}]"),
+                (
+                    "probes",
+                    "[{target, result, detail, drops, dropped_by}]; result is reachable, sent, dropped, refused, timeout, blocked or error",
+                ),
+                (
+                    "probes_from, drops_from",
+                    "where probes were sent from, whose drops count",
+                ),
+            ],
+        },
+        "top" => Extra {
+            exit: &[("0", "q, Ctrl-C or --duration ended it"), ERROR],
+            examples: &[(
+                "droptrace top --netns app",
+                "drops by rule and destination, live",
+            )],
+            json: &[],
+        },
+        "explain" => Extra {
+            exit: &[
+                ("0", "the packet would pass"),
+                ("1", "it would be dropped, rejected or queued"),
+                ERROR,
+                (
+                    "3",
+                    "unsure: rules droptrace cannot decide lead to different fates",
+                ),
+            ],
+            examples: &[(
+                "droptrace explain --netns app --proto tcp --dst 203.0.113.10 --dport 8443",
+                "which rule would drop the payment gateway's SYN",
+            )],
+            json: &[
+                ("outcome", "drop, reject, queue, accept or unsure"),
+                ("assumed", "what droptrace filled in (route, unknown owner)"),
+                (
+                    "engines",
+                    "per engine: the rule fields of watch, and possible fates",
+                ),
+            ],
+        },
+        "rules" => Extra {
+            exit: &[("0", "the ruleset was read"), ERROR],
+            examples: &[(
+                "droptrace rules --netns app",
+                "the ruleset as droptrace reads it",
+            )],
+            json: &[],
+        },
+        "inventory" => Extra {
+            exit: &[("0", "the inventory was taken"), ERROR],
+            examples: &[(
+                "droptrace inventory --duration 10m --write inventory.json",
+                "every outbound service the host uses, for audit and verify",
+            )],
+            json: &[
+                (
+                    "services",
+                    "[{proto, dst, dport, processes, count, dropped, dropped_by, flows}]",
+                ),
+                ("blind_spots", "what the window could not see"),
+            ],
+        },
+        "audit" => Extra {
+            exit: &[
+                ("0", "no flow would be dropped"),
+                ("1", "some flow would be dropped, or might be (unsure)"),
+                ERROR,
+            ],
+            examples: &[
+                (
+                    "droptrace audit --ruleset new.rules --from inventory.json",
+                    "what a proposed ruleset would break, before applying it",
+                ),
+                (
+                    "droptrace audit --ruleset rules.v4 --ruleset rules.v6 --duration 5m",
+                    "a v4/v6 pair against live traffic",
+                ),
+            ],
+            json: &[
+                ("verdict", "pass or fail"),
+                ("would_drop", "[{rule, services}] per blocking rule"),
+                (
+                    "unsure",
+                    "flows that depend on rules droptrace cannot evaluate",
+                ),
+            ],
+        },
+        "completions" | "man" => Extra {
+            exit: &[("0", "printed"), ERROR],
+            examples: &[],
+            json: &[],
+        },
+        _ => return None,
+    })
+}
+
+/// The pages there are: `droptrace` and each subcommand.
+pub fn names() -> Vec<String> {
+    let cli = Cli::command();
+    std::iter::once("droptrace".to_string())
+        .chain(
+            cli.get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(|s| format!("droptrace-{}", s.get_name())),
+        )
+        .collect()
+}
+
+/// The page of `droptrace` (None) or of one subcommand, as roff.
+pub fn page(subcommand: Option<&str>) -> anyhow::Result<String> {
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let (cmd, title) = match subcommand {
+        None => (cli.clone(), "droptrace".to_string()),
+        Some(name) => {
+            let sub = cli
+                .find_subcommand(name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no page for {name:?}: pages are {}", names().join(", "))
+                })?
+                .clone();
+            let title = format!("droptrace-{name}");
+            (
+                sub.display_name(title.clone())
+                    .bin_name(format!("droptrace {name}")),
+                title,
+            )
+        }
+    };
+    let man = clap_mangen::Man::new(cmd.clone()).title(title.clone());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    if subcommand.is_none() {
+        man.render_subcommands_section(&mut out)?;
+    }
+    let mut roff = Roff::new();
+    if let Some(x) = subcommand.and_then(extra) {
+        section(&mut roff, "EXIT STATUS", x.exit);
+        if !x.examples.is_empty() {
+            roff.control("SH", ["EXAMPLES"]);
+            for (cmd, what) in x.examples {
+                roff.control("TP", []);
+                roff.text([bold(*cmd)]);
+                roff.text([roman(*what)]);
+            }
+        }
+        if !x.json.is_empty() {
+            section(&mut roff, "JSON OUTPUT", x.json);
+        }
+    }
+    roff.control("SH", ["SEE ALSO"]);
+    let others: Vec<String> = names()
+        .into_iter()
+        .filter(|n| *n != title)
+        .map(|n| format!("{n}(1)"))
+        .collect();
+    roff.text([roman(others.join(", "))]);
+    roff.to_writer(&mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
+fn section(roff: &mut Roff, name: &str, items: &[(&str, &str)]) {
+    roff.control("SH", [name]);
+    for (term, text) in items {
+        roff.control("TP", []);
+        roff.text([bold(*term)]);
+        roff.text([roman(*text)]);
+    }
+}
+
+/// Writes every page into `dir` as NAME.1; returns the files written.
+pub fn write_all(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for name in names() {
+        let sub = name.strip_prefix("droptrace-");
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page(sub)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_a_page_with_exit_status() {
+        for name in names().iter().filter_map(|n| n.strip_prefix("droptrace-")) {
+            assert!(extra(name).is_some(), "{name} has no EXIT STATUS written");
+            let p = page(Some(name)).unwrap();
+            assert!(p.contains(&format!(".TH droptrace-{name}")), "{name}");
+            assert!(p.contains(".SH \"EXIT STATUS\""), "{name}");
+            assert!(p.contains("SEE ALSO"), "{name}");
+        }
+        let top = page(None).unwrap();
+        assert!(top.contains("droptrace\\-watch(1)"), "{top}");
+        assert!(page(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn the_watch_page_lists_the_json_fields() {
+        let p = page(Some("watch")).unwrap();
+        for field in ["table_family", "owner", "ct_state", "attribution"] {
+            assert!(p.contains(field), "{field}");
+        }
+        assert!(p.contains("droptrace watch"), "synopsis names the command");
+    }
+}
