@@ -59,3 +59,33 @@ fn capabilities_are_dropped_after_attach() {
     }
     w.stop().unwrap();
 }
+
+/// Without privileges the error is the one line that says what is missing, with nothing
+/// before it (a warning about hidden kernel addresses used to come first).
+#[test]
+fn an_unprivileged_run_says_only_what_is_missing() {
+    let bin = droptrace_tests::droptrace_bin();
+    // A copy anyone may run: the build directory under /root is not searchable by nobody.
+    let copy = std::env::temp_dir().join(format!("droptrace-unprivileged-{}", std::process::id()));
+    std::fs::copy(&bin, &copy).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&copy)
+        .args(["watch", "--duration", "1s"])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("droptrace: error: missing capabilities: CAP_BPF"),
+        "{stderr}"
+    );
+}

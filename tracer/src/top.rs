@@ -53,6 +53,25 @@ pub enum SortBy {
 }
 
 impl SortBy {
+    /// The column it sorts by, as the header names it.
+    fn column(self) -> usize {
+        match self {
+            SortBy::Rate => 0,
+            SortBy::Total => 1,
+            SortBy::Last => 6,
+            SortBy::Destination => 3,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SortBy::Rate => "drops/s",
+            SortBy::Total => "total",
+            SortBy::Last => "last seen",
+            SortBy::Destination => "destination",
+        }
+    }
+
     fn next(self) -> Self {
         match self {
             SortBy::Rate => SortBy::Total,
@@ -63,8 +82,13 @@ impl SortBy {
     }
 }
 
+/// One row: what dropped, to where, from which program. Processes are grouped by
+/// command (and container), not pid, so a cron job or a retrying client that starts a new
+/// process each time stays one row; the pids are counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowKey {
+    /// Destination address and port, for sorting by number (5044 < 8080 < 50000).
+    pub dst_order: (std::net::IpAddr, u16),
     pub dropped_by: String,
     pub dst: String,
     pub proto: String,
@@ -80,6 +104,9 @@ pub struct RowStats {
     pub first: String,
     pub last: String,
     pub last_seq: u64,
+    /// Distinct sender pids seen (a few are kept; the count goes on).
+    pub pids: Vec<u32>,
+    pub pid_count: usize,
 }
 
 #[derive(Debug)]
@@ -104,10 +131,11 @@ impl TopModel {
         self.seq += 1;
         self.total += r.count;
         let key = RowKey {
+            dst_order: (r.dst, r.dport.unwrap_or(0)),
             dropped_by: dropped_by(r),
             dst: r.destination(),
             proto: r.proto.clone(),
-            process: process_text(r),
+            process: program_text(r),
         };
         let time = r.time.get(11..19).unwrap_or(&r.time).to_string();
         let row = self.rows.entry(key).or_insert_with(|| RowStats {
@@ -117,7 +145,17 @@ impl TopModel {
             first: time.clone(),
             last: time.clone(),
             last_seq: 0,
+            pids: Vec::new(),
+            pid_count: 0,
         });
+        if let Some(pid) = r.pid
+            && !row.pids.contains(&pid)
+        {
+            row.pid_count += 1;
+            if row.pids.len() < 8 {
+                row.pids.push(pid);
+            }
+        }
         row.total += r.count;
         row.window += r.count;
         row.last = time;
@@ -139,7 +177,7 @@ impl TopModel {
             }
             SortBy::Total => v.sort_by_key(|e| std::cmp::Reverse(e.1.total)),
             SortBy::Last => v.sort_by_key(|e| std::cmp::Reverse(e.1.last_seq)),
-            SortBy::Destination => v.sort_by(|a, b| a.0.dst.cmp(&b.0.dst).then(a.0.cmp(b.0))),
+            SortBy::Destination => v.sort_by(|a, b| a.0.cmp(b.0)),
         }
         v
     }
@@ -156,17 +194,55 @@ const HEADERS: [&str; 8] = [
     "DROPPED BY",
 ];
 
+/// `java`, `java@payments.service`: the program, without its pid.
+fn program_text(r: &DropRecord) -> String {
+    if r.pid.is_none() {
+        return process_text(r);
+    }
+    match r.container.as_deref() {
+        Some(c) if !c.ends_with(".scope") => format!("{}@{}", terminal(&r.comm), terminal(c)),
+        _ => terminal(&r.comm).into_owned(),
+    }
+}
+
+/// `java[812]`, or `curl (5 pids)` when short-lived processes come and go.
+fn process_cell(k: &RowKey, s: &RowStats) -> String {
+    match (s.pid_count, s.pids.first()) {
+        (1, Some(pid)) => match k.process.split_once('@') {
+            Some((comm, rest)) => format!("{comm}[{pid}]@{rest}"),
+            None => format!("{}[{pid}]", k.process),
+        },
+        (0, _) | (_, None) => k.process.clone(),
+        (n, Some(_)) => format!("{} ({n} pids)", k.process),
+    }
+}
+
 fn cells(k: &RowKey, s: &RowStats) -> [String; 8] {
     [
         s.rate.to_string(),
         s.total.to_string(),
         k.proto.clone(),
         k.dst.clone(),
-        k.process.clone(),
+        process_cell(k, s),
         s.first.clone(),
         s.last.clone(),
         terminal(&k.dropped_by).into_owned(),
     ]
+}
+
+/// Columns in the order they give way on a narrow screen: the last listed goes first.
+/// Destination (with its port) and the rule stay.
+const PRIORITY: [usize; 8] = [3, 7, 0, 1, 4, 2, 6, 5];
+
+/// The header, with the sort column marked.
+fn headers(sort: SortBy) -> [String; 8] {
+    std::array::from_fn(|i| {
+        if i == sort.column() {
+            format!("{}▼", HEADERS[i])
+        } else {
+            HEADERS[i].to_string()
+        }
+    })
 }
 
 /// Draws the model: a title line, the table, a key help line.
@@ -177,51 +253,71 @@ pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    let drops = if model.total == 1 { "drop" } else { "drops" };
     frame.render_widget(
         Paragraph::new(Line::from(format!(
-            "{title} — {} drops, {} rows, sorted by {:?}",
+            "{title} — {} {drops}, {} rows, sorted by {}",
             model.total,
             model.rows.len(),
-            model.sort
+            model.sort.name()
         ))),
         head,
     );
-    let rows = model
-        .sorted()
-        .into_iter()
-        .map(|(k, s)| Row::new(cells(k, s).map(Cell::from)));
-    let widths = [
-        Constraint::Length(8),
-        Constraint::Length(9),
-        Constraint::Length(6),
-        Constraint::Length(24),
-        Constraint::Length(22),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Min(20),
-    ];
+    let sorted = model.sorted();
+    let all: Vec<[String; 8]> = sorted.iter().map(|(k, s)| cells(k, s)).collect();
+    let header = headers(model.sort);
+    // Each column as wide as its widest cell; the rule takes what is left.
+    let natural: [u16; 8] = std::array::from_fn(|i| {
+        all.iter()
+            .map(|c| c[i].chars().count())
+            .chain(std::iter::once(header[i].chars().count()))
+            .max()
+            .unwrap_or(0)
+            .min(64) as u16
+    });
+    let available = body.width.saturating_sub(2);
+    let mut shown: Vec<usize> = Vec::new();
+    let mut used = 0u16;
+    for &i in &PRIORITY {
+        let need = if i == 7 { 20 } else { natural[i] + 1 };
+        if used + need <= available || shown.len() < 2 {
+            shown.push(i);
+            used += need;
+        }
+    }
+    shown.sort_unstable();
+    let widths: Vec<Constraint> = shown
+        .iter()
+        .map(|&i| {
+            if i == 7 {
+                Constraint::Min(20)
+            } else {
+                Constraint::Length(natural[i])
+            }
+        })
+        .collect();
+    let rows = all
+        .iter()
+        .map(|c| Row::new(shown.iter().map(|&i| Cell::from(c[i].clone()))));
     let table = Table::new(rows, widths)
-        .header(Row::new(HEADERS).style(Style::default().add_modifier(Modifier::BOLD)))
+        .header(
+            Row::new(shown.iter().map(|&i| Cell::from(header[i].clone())))
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
         .block(Block::bordered());
     frame.render_widget(table, body);
     frame.render_widget(
-        Paragraph::new("q quit   s sort (rate, total, last, destination)"),
+        Paragraph::new("q quit   s sort (drops/s, total, last seen, destination)"),
         help,
     );
 }
 
 /// The same table as plain text, for a stdout that is not a terminal.
 pub fn plain_table(model: &TopModel) -> String {
+    let h = headers(model.sort);
     let mut out = format!(
         "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {}\n",
-        HEADERS[0],
-        HEADERS[1],
-        HEADERS[2],
-        HEADERS[3],
-        HEADERS[4],
-        HEADERS[5],
-        HEADERS[6],
-        HEADERS[7]
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
     );
     for (k, s) in model.sorted() {
         let c = cells(k, s);
@@ -235,9 +331,16 @@ pub fn plain_table(model: &TopModel) -> String {
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut session = Session::start(&args.filters, &args.capture, false)?;
+    let info = session.start_info(&args.filters, &args.capture);
     let title = format!(
-        "droptrace top: {}",
-        session.start_info(&args.filters, &args.capture).line()
+        "droptrace top: {} drops in netns {}{}",
+        info.reasons,
+        terminal(&info.netns),
+        if info.filters.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", terminal(&info.filters))
+        }
     );
     let model = std::cell::RefCell::new(TopModel::new(args.sort));
     if !io::stdout().is_terminal() {
@@ -384,6 +487,49 @@ mod tests {
         ] {
             assert!(screen.contains(s), "{s} not on screen");
         }
+    }
+
+    #[test]
+    fn destinations_sort_by_number_and_processes_by_program() {
+        let mut m = TopModel::new(SortBy::Destination);
+        for (port, pid) in [(8080, 1), (53, 2), (5044, 3), (5044, 4), (5044, 5)] {
+            let mut r = sample();
+            r.dport = Some(port);
+            r.pid = Some(pid);
+            r.comm = "curl".into();
+            r.container = None;
+            m.add(&r);
+        }
+        let order: Vec<&str> = m.sorted().iter().map(|(k, _)| k.dst.as_str()).collect();
+        assert_eq!(
+            order,
+            ["203.0.113.10:53", "203.0.113.10:5044", "203.0.113.10:8080"]
+        );
+        let (k, s) = m.sorted()[1];
+        assert_eq!(process_cell(k, s), "curl (3 pids)");
+        let (k, s) = m.sorted()[0];
+        assert_eq!(process_cell(k, s), "curl[2]");
+    }
+
+    /// At 60 columns the destination keeps its port and the rule stays; the sort column
+    /// is marked.
+    #[test]
+    fn a_narrow_screen_drops_columns_not_ports() {
+        let mut m = model();
+        m.tick();
+        let mut terminal = Terminal::new(TestBackend::new(60, 8)).unwrap();
+        terminal.draw(|f| render(f, &m, "droptrace top")).unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        assert!(screen.contains("203.0.113.10:8443"), "{screen}");
+        assert!(screen.contains("DROPS/S▼"), "{screen}");
+        assert!(screen.contains("sorted by drops/s"), "{screen}");
+        assert!(!screen.contains("FIRST"), "{screen}");
     }
 
     #[test]

@@ -79,10 +79,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             || {
                 if let Some(d) = countdown {
                     let left = d.saturating_sub(started.elapsed()).as_secs();
-                    eprint!(
-                        "\rdroptrace: {left}s left, {} drops so far\x1b[K",
-                        seen.get()
-                    );
+                    let n = seen.get();
+                    let drops = if n == 1 { "drop" } else { "drops" };
+                    eprint!("\rdroptrace: {left}s left, {n} {drops} so far\x1b[K");
                 }
                 Ok(())
             },
@@ -148,9 +147,6 @@ impl Session {
             None => KernelBtf::load()?,
         };
         let kallsyms = Kallsyms::load().context("cannot read /proc/kallsyms")?;
-        if kallsyms.is_empty() {
-            log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
-        }
         let netfilter_ranges = ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
             .iter()
             .filter_map(|f| kallsyms.range(f))
@@ -166,6 +162,11 @@ impl Session {
             buffer: capture.buffer,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        // Only once attached: without privileges the missing capabilities are the news,
+        // and hidden kernel addresses follow from them.
+        if kallsyms.is_empty() {
+            log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
+        }
         crate::privileges::drop_after_attach();
         // Read the watched namespace's ruleset now, so its first drops can be confirmed
         // by their rule's counter.
