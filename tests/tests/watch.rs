@@ -164,9 +164,24 @@ fn a_drop_in_the_gateways_input_shows_hook_input() {
     assert_eq!(d[0]["dst"], GATEWAY_V4);
     assert_eq!(d[0]["src"], CLIENT_V4);
     assert!(d[0]["ifname"].as_str().unwrap().starts_with("dtg"));
-    // Received packets are dropped in softirq: no process sent them from this host.
+    // Received packets are dropped in softirq: no process of this host sent them. The
+    // listener they were for (this test process) is named, marked as the receiver.
     assert_eq!(d[0]["context"], "softirq");
+    assert_eq!(d[0]["pid"], std::process::id(), "{:?}", d[0]);
+    assert_eq!(d[0]["receiver"], true);
+    // Nothing listens on 8081: no receiver to name.
+    t.gateway
+        .exec(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8081", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    assert!(!t.client.tcp_connect(t.gateway_addr(8081), SHORT).unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "{lines:?}");
     assert_eq!(d[0]["comm"], "unknown");
+    assert_eq!(d[0]["receiver"], false);
 }
 
 #[test]

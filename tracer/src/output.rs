@@ -180,11 +180,16 @@ pub fn process_text(r: &DropRecord) -> String {
         return "unknown".to_string();
     };
     // Containers and services are worth the width; login sessions are not.
-    match r.container.as_deref() {
+    let process = match r.container.as_deref() {
         Some(c) if !c.ends_with(".scope") => {
             format!("{}[{pid}]@{}", terminal(&r.comm), terminal(c))
         }
         _ => format!("{}[{pid}]", terminal(&r.comm)),
+    };
+    if r.receiver {
+        format!("{process} (receiver)")
+    } else {
+        process
     }
 }
 

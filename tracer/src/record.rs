@@ -54,9 +54,13 @@ pub struct DropRecord {
     pub location: String,
     pub context: Context,
     /// Sender process; `None` (and comm `unknown`) when the drop ran in softirq and the
-    /// socket's owner was never seen.
+    /// socket's owner was never seen. For an incoming packet without a socket (INPUT), the
+    /// owner of the local socket it was for, with `receiver` set.
     pub pid: Option<u32>,
     pub comm: String,
+    /// `pid`/`comm` are the receiving process (the local socket the packet was for), not
+    /// the sender.
+    pub receiver: bool,
     /// The sender's full command line, cgroup, and container or systemd unit.
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
@@ -210,9 +214,17 @@ impl Enricher {
         } else {
             Context::Process
         };
-        let (pid, comm) = self.sender(&drop, context);
-        let info = pid.map(|p| self.procs.get(p, &comm)).unwrap_or_default();
         let hook = drop.kernel.as_ref().and_then(|k| k.hook).or(facts.hook);
+        let (mut pid, mut comm) = self.sender(&drop, context);
+        let mut receiver = false;
+        if pid.is_none()
+            && drop.socket.is_none()
+            && hook == Some(Hook::Input)
+            && let Some((p, c)) = self.receiver(&drop)
+        {
+            (pid, comm, receiver) = (Some(p), c, true);
+        }
+        let info = pid.map(|p| self.procs.get(p, &comm)).unwrap_or_default();
         let ifname = match hook {
             Some(Hook::Prerouting | Hook::Input | Hook::Ingress) => &drop.ifname,
             _ if !drop.out_ifname.is_empty() => &drop.out_ifname,
@@ -247,6 +259,7 @@ impl Enricher {
             context,
             pid,
             comm,
+            receiver,
             cmdline: info.cmdline,
             cgroup: info.cgroup,
             container: info.container,
@@ -321,6 +334,15 @@ impl Enricher {
         found
     }
 
+    /// The process owning the local socket an incoming packet was for (a listener on the
+    /// destination port, or the connection it belongs to), as `ss -p` would find it.
+    fn receiver(&mut self, drop: &Drop) -> Option<(u32, String)> {
+        let local = std::net::SocketAddr::new(drop.dst, drop.dport?);
+        let remote = std::net::SocketAddr::new(drop.src, drop.sport?);
+        crate::netns::path_of(drop.netns)
+            .and_then(|ns| self.sockets.owner(ns, drop.proto, local, remote))
+    }
+
     /// The current time, formatted like drop times.
     pub fn now(&self) -> String {
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
@@ -378,6 +400,7 @@ pub(crate) mod tests {
             context: Context::Process,
             pid: Some(812),
             comm: "java".into(),
+            receiver: false,
             cmdline: Some("java -jar payments.jar".into()),
             cgroup: Some("/system.slice/payments.service".into()),
             container: Some("payments.service".into()),

@@ -126,10 +126,12 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// The inode of the socket `local` -> `remote` in a /proc/net/{tcp,udp}[6] table; an
-/// unconnected socket (remote `0.0.0.0:0`) bound to `local` when no connected one matches.
+/// The inode of the socket `local` -> `remote` in a /proc/net/{tcp,udp}[6] table; else an
+/// unconnected socket (remote `0.0.0.0:0`, a listener) bound to `local`, else one bound to
+/// the wildcard address on `local`'s port.
 pub fn find_inode(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
     let mut unconnected = None;
+    let mut wildcard = None;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
@@ -140,17 +142,24 @@ pub fn find_inode(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<
         ) else {
             continue;
         };
-        if inode == 0 || l != local {
+        let open = r.port() == 0 && r.ip().is_unspecified();
+        if inode == 0 {
+            continue;
+        }
+        if l != local {
+            if open && l.ip().is_unspecified() && l.port() == local.port() {
+                wildcard = Some(inode);
+            }
             continue;
         }
         if r == remote {
             return Some(inode);
         }
-        if r.port() == 0 && r.ip().is_unspecified() {
+        if open {
             unconnected = Some(inode);
         }
     }
-    unconnected
+    unconnected.or(wildcard)
 }
 
 /// `0100007F:1F90` (IPv4) or 32 hex digits + port (IPv6): each 32-bit word of the address is
@@ -200,6 +209,17 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:3306".parse().unwrap();
         let remote: SocketAddr = "10.1.1.1:5000".parse().unwrap();
         assert_eq!(find_inode(TCP, local, remote), Some(21417));
+    }
+
+    /// sshd listening on 0.0.0.0:22 is the receiver of a SYN to 10.0.0.2:22.
+    #[test]
+    fn a_wildcard_listener_owns_its_port_on_every_address() {
+        let table = "header\n   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
+        let local: SocketAddr = "10.0.0.2:22".parse().unwrap();
+        let remote: SocketAddr = "198.51.100.2:40000".parse().unwrap();
+        assert_eq!(find_inode(table, local, remote), Some(777));
+        let other: SocketAddr = "10.0.0.2:23".parse().unwrap();
+        assert_eq!(find_inode(table, other, remote), None);
     }
 
     #[test]
