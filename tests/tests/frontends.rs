@@ -518,3 +518,108 @@ fn fail2ban_ipset_bans_are_named_by_family() {
     assert_eq!(places, [rule(4, "INPUT", 1), rule(6, "INPUT", 1)]);
     assert_eq!(owners(&lines), owned(&[("fail2ban", "sshd")]));
 }
+
+// firewalld (nftables backend): no counters, so the kernel's own trace is the oracle.
+
+/// Every packet the kernel's trace saw dropped or rejected: (chain, rule text) -> packets.
+fn traced_drops(trace: &str) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for line in trace.lines() {
+        // trace id 57086619 inet firewalld filter_INPUT rule reject with ... (verdict drop)
+        let Some(rest) = line.strip_suffix(" (verdict drop)") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.splitn(7, ' ').collect();
+        if let ["trace", "id", _, "inet", "firewalld", chain, rule] = words.as_slice()
+            && let Some(rule) = rule.strip_prefix("rule ")
+        {
+            *out.entry((chain.to_string(), rule.to_string()))
+                .or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn firewalld_rejects_are_named_as_the_kernels_trace_shows_them() {
+    let t = Topology::new().unwrap();
+    let load = |file: String| {
+        let ns = t.gateway.path();
+        droptrace_tests::sh(&[
+            "nsenter",
+            &format!("--net={}", ns.display()),
+            "nft",
+            "-f",
+            &file,
+        ])
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    };
+    load(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus/firewalld.nft")
+            .display()
+            .to_string(),
+    );
+    // The trace switch lives in a table of its own: firewalld's stays as it wrote it.
+    let trace_rules = std::env::temp_dir().join(format!("dt-trace-{}.nft", std::process::id()));
+    std::fs::write(
+        &trace_rules,
+        "table inet droptrace_test_trace {\n\
+         \tchain pre {\n\t\ttype filter hook prerouting priority -400; policy accept;\n\t\tmeta nftrace set 1\n\t}\n}\n",
+    )
+    .unwrap();
+    load(trace_rules.display().to_string());
+    std::fs::remove_file(&trace_rules).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(9090)).unwrap();
+    let mut monitor = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", t.gateway.path().display()))
+        .args(["nft", "monitor", "trace"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(SHORT);
+    let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    // cockpit (9090) is allowed by the public zone; 8080 is not: filter_INPUT's reject.
+    assert!(connect(&t.client, t.gateway_addr(9090)));
+    assert!(!connect(&t.client, t.gateway_addr(8080)));
+    assert!(!connect(&t.client, t.gateway_addr6(8080)));
+    thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    monitor.kill().unwrap();
+    let trace = {
+        use std::io::Read as _;
+        let mut s = String::new();
+        monitor
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        monitor.wait().unwrap();
+        s
+    };
+    let want = traced_drops(&trace);
+    assert!(!want.is_empty(), "the trace saw no drop: {trace}");
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(d["backend"], "nftables", "{d}");
+        assert_eq!(d["table"], "firewalld", "{d}");
+        assert_eq!(d["table_family"], "inet", "{d}");
+        assert_eq!(d["owner"]["tool"], "firewalld", "{d}");
+        // No counter can confirm it: named by evaluation, and said so.
+        assert_eq!(d["attribution"], "inferred", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(
+        got, want,
+        "droptrace (left) and the kernel's trace (right); {trace}"
+    );
+    // explain agrees with the kernel on the same packet.
+    let (code, report) = explain_input(&t.gateway, &gateway_if(&t), CLIENT_V4, GATEWAY_V4, 8080);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "reject", "{report:#}");
+}
