@@ -112,6 +112,13 @@ pub struct LocalTable {
 }
 
 impl LocalTable {
+    /// The table of one `ip -j route show table local` listing.
+    pub fn from_ip_json(text: &str) -> Result<LocalTable, String> {
+        let mut table = LocalTable::default();
+        table.add_ip_json(text)?;
+        Ok(table)
+    }
+
     /// Adds the routes of one `ip -j route show table local` listing.
     pub fn add_ip_json(&mut self, text: &str) -> Result<(), String> {
         let listed: Vec<serde_json::Value> = serde_json::from_str(text.trim_start())

@@ -291,11 +291,12 @@ fn egress_drop_after_goto_with_undecidable_rules_on_the_way() {
     // With the namespace's local table read, the addrtype rule is decided: 203.0.113.99 is
     // not local, so only the hashlimit rule is left undecided.
     let mut with_routes = ruleset.clone();
-    let mut local = ruleset::addrtype::LocalTable::default();
-    local
-        .add_ip_json(r#"[{"type":"local","dst":"10.99.0.1","dev":"uplink0"}]"#)
-        .unwrap();
-    with_routes.local_routes = Some(local);
+    with_routes.local_routes = Some(
+        ruleset::addrtype::LocalTable::from_ip_json(
+            r#"[{"type":"local","dst":"10.99.0.1","dev":"uplink0"}]"#,
+        )
+        .unwrap(),
+    );
     let evaluation = evaluate(
         &with_routes,
         Engine::NfTables.backends(),

@@ -249,6 +249,27 @@ fn gateway_if(t: &Topology) -> String {
         .expect("gateway veth")
 }
 
+/// Loads a corpus file with `tool` (an iptables-restore) inside `ns`.
+fn restore(ns: &Netns, tool: &str, file: &str) {
+    let rules = corpus(file);
+    let tool = tool.to_string();
+    ns.run(move || {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&tool)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{tool} failed");
+    })
+    .unwrap();
+}
+
 // ufw, Ubuntu's default firewall.
 
 /// Runs ufw from Debian's package inside `ns`. It runs in a mount namespace of its own with
@@ -333,26 +354,11 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
 
 fn kube_proxy(backend: &str) {
     let t = Topology::new().unwrap();
-    let restore = format!("iptables-{backend}-restore");
-    t.gateway
-        .run({
-            let rules = corpus("kube-proxy.iptables");
-            move || {
-                use std::io::Write as _;
-                let mut child = std::process::Command::new(&restore)
-                    .stdin(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("iptables-restore");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(rules.as_bytes())
-                    .unwrap();
-                assert!(child.wait().unwrap().success(), "{restore} failed");
-            }
-        })
-        .unwrap();
+    restore(
+        &t.gateway,
+        &format!("iptables-{backend}-restore"),
+        "kube-proxy.iptables",
+    );
     // The gateway reaches the Service's cluster IP through the veth.
     let dev = gateway_if(&t);
     t.gateway
@@ -457,24 +463,7 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
             ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
         }
     }
-    host.run({
-        let rules = corpus("docker-internal.iptables");
-        move || {
-            use std::io::Write as _;
-            let mut child = std::process::Command::new("iptables-nft-restore")
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .expect("iptables-restore");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(rules.as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success());
-        }
-    })
-    .unwrap();
+    restore(&host, "iptables-nft-restore", "docker-internal.iptables");
     let (lines, places) = check(&host, "nft", || {
         // Out of the internal network, and into it from outside.
         let out = SocketAddr::new("198.51.100.2".parse().unwrap(), 443);

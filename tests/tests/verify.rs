@@ -47,6 +47,16 @@ fn harden(t: &Topology) {
     }
 }
 
+/// Each probe's result, in order.
+fn results(report: &Value) -> Vec<&str> {
+    report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["result"].as_str().unwrap())
+        .collect()
+}
+
 fn verify(t: &Topology, extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec![
         "verify",
@@ -126,12 +136,7 @@ fn probes_tell_reachable_dropped_and_refused_apart() {
     let (code, report, stderr) = verify(&t, &["--probe-file", file.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, 1, "{report} {stderr}");
-    let results: Vec<&str> = report["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["result"].as_str().unwrap())
-        .collect();
+    let results = results(&report);
     assert_eq!(results, ["reachable", "dropped", "refused"], "{report}");
 }
 
@@ -193,12 +198,7 @@ fn udp_probes_say_what_came_back() {
         ],
     );
     assert_eq!(code, 1, "{report} {stderr}");
-    let results: Vec<&str> = report["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["result"].as_str().unwrap())
-        .collect();
+    let results = results(&report);
     assert_eq!(results, ["reachable", "refused", "sent"], "{report}");
 }
 

@@ -368,17 +368,7 @@ mod tests {
     fn a_drop_reads_at_100_columns() {
         let mut r = sample();
         r.count = 37;
-        r.rule = Some(crate::attribution::Attribution {
-            backend: Some("iptables-nft".into()),
-            table_family: Some("ip".into()),
-            table: Some("filter".into()),
-            chain: Some("OUTPUT".into()),
-            rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
-            rule_num: Some(4),
-            verdict: Some("DROP".into()),
-            attribution: crate::attribution::Level::Exact,
-            ..crate::attribution::Attribution::none("")
-        });
+        r.rule = Some(crate::attribution::tests::brief_rule());
         let mut buf = Vec::new();
         TextSink::new(&mut buf)
             .one_namespace(true)

@@ -464,19 +464,24 @@ mod tests {
         assert_eq!(m.total, 154);
     }
 
-    #[test]
-    fn renders_the_services_to_a_test_backend() {
-        let mut m = model();
-        m.tick();
-        let mut terminal = Terminal::new(TestBackend::new(140, 10)).unwrap();
-        terminal.draw(|f| render(f, &m, "droptrace top")).unwrap();
-        let screen: String = terminal
+    /// The model drawn on a `width` x `height` test terminal, as one string.
+    fn screen(m: &TopModel, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| render(f, m, "droptrace top")).unwrap();
+        terminal
             .backend()
             .buffer()
             .content()
             .iter()
             .map(|c| c.symbol())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn renders_the_services_to_a_test_backend() {
+        let mut m = model();
+        m.tick();
+        let screen = screen(&m, 140, 10);
         for s in [
             "DROPS/S",
             "203.0.113.10:8443",
@@ -517,15 +522,7 @@ mod tests {
     fn a_narrow_screen_drops_columns_not_ports() {
         let mut m = model();
         m.tick();
-        let mut terminal = Terminal::new(TestBackend::new(60, 8)).unwrap();
-        terminal.draw(|f| render(f, &m, "droptrace top")).unwrap();
-        let screen: String = terminal
-            .backend()
-            .buffer()
-            .content()
-            .iter()
-            .map(|c| c.symbol())
-            .collect();
+        let screen = screen(&m, 60, 8);
         assert!(screen.contains("203.0.113.10:8443"), "{screen}");
         assert!(screen.contains("DROPS/S▼"), "{screen}");
         assert!(screen.contains("sorted by drops/s"), "{screen}");

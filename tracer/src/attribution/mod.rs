@@ -1056,7 +1056,7 @@ fn existed(before: &ruleset::Ruleset, r: &ruleset::RuleRef) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn unattributed(why: &str) -> DropRecord {
@@ -1105,9 +1105,9 @@ mod tests {
         assert_eq!(engine_of_tables(&none, &r), None);
     }
 
-    #[test]
-    fn labels_read_like_the_brief() {
-        let a = Attribution {
+    /// The brief's rule, confirmed: filter/OUTPUT rule 4, exact.
+    pub(crate) fn brief_rule() -> Attribution {
+        Attribution {
             backend: Some("iptables-nft".into()),
             table_family: Some("ip".into()),
             table: Some("filter".into()),
@@ -1121,7 +1121,12 @@ mod tests {
             alternatives: Vec::new(),
             owner: None,
             kernel_confirmed: false,
-        };
+        }
+    }
+
+    #[test]
+    fn labels_read_like_the_brief() {
+        let a = brief_rule();
         assert_eq!(
             a.label().unwrap(),
             "filter/OUTPUT rule 4 `-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP`"
@@ -1296,11 +1301,12 @@ mod candidate_tests {
     #[test]
     fn local_routes_decide_ufw_not_local() {
         let mut rs = ufw();
-        let mut local = ruleset::addrtype::LocalTable::default();
-        local
-            .add_ip_json(r#"[{"type":"local","dst":"203.0.113.10","dev":"eth0"}]"#)
-            .unwrap();
-        rs.local_routes = Some(local);
+        rs.local_routes = Some(
+            ruleset::addrtype::LocalTable::from_ip_json(
+                r#"[{"type":"local","dst":"203.0.113.10","dev":"eth0"}]"#,
+            )
+            .unwrap(),
+        );
         let e = evaluate_candidates(
             &rs,
             ruleset::Engine::NfTables,
