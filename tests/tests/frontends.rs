@@ -534,7 +534,7 @@ fn firewalld_rejects_are_named_as_the_kernels_trace_shows_them() {
     let t = Topology::new().unwrap();
     let load = |file: String| {
         let ns = t.gateway.path();
-        droptrace_tests::sh(&[
+        sh(&[
             "nsenter",
             &format!("--net={}", ns.display()),
             "nft",

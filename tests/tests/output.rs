@@ -105,7 +105,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     for args in [&["completions", "bash"][..], &["man", "watch"][..]] {
         let (read, write) = nix::unistd::pipe().unwrap();
         drop(read);
-        let out = std::process::Command::new(droptrace_tests::droptrace_bin())
+        let out = Command::new(droptrace_tests::droptrace_bin())
             .args(args)
             .stdout(std::process::Stdio::from(write))
             .output()
