@@ -130,6 +130,10 @@ const JOBS: usize = 2;
 /// One guest, boot to poweroff: about 25 s when droptrace works; a droptrace that hangs
 /// is stopped by the guest after 100 s per backend.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a guest may take to reach its /init (the `VMTEST-KERNEL` line; ~15 s is usual).
+/// Under TCG a guest now and then hangs in the firmware before the kernel starts, which
+/// says nothing about droptrace: such a boot is retried once, and the retry is reported.
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The netfilter modules the guest gets, with their dependencies.
 const MODULE_DIRS: &[&str] = &[
     "kernel/net/netfilter/",
@@ -856,6 +860,8 @@ enum Outcome {
         took: Duration,
     },
     TimedOut,
+    /// The guest never reached its /init (see [`INIT_TIMEOUT`]).
+    NoInit,
     Failed(String),
 }
 
@@ -885,6 +891,20 @@ fn boot_all(guests: &[Guest]) -> Vec<Outcome> {
 }
 
 fn boot(g: &Guest) -> anyhow::Result<Outcome> {
+    match boot_once(g)? {
+        Outcome::NoInit => {
+            say(&format!(
+                "{}: the guest did not reach /init within {}s (stuck before the kernel ran): booting it again",
+                g.spec.label,
+                INIT_TIMEOUT.as_secs()
+            ));
+            boot_once(g)
+        }
+        other => Ok(other),
+    }
+}
+
+fn boot_once(g: &Guest) -> anyhow::Result<Outcome> {
     let console = fs::File::create(&g.console)?;
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -917,6 +937,13 @@ fn boot(g: &Guest) -> anyhow::Result<Outcome> {
                 status: status.to_string(),
                 took,
             });
+        }
+        if started.elapsed() > INIT_TIMEOUT
+            && !fs::read_to_string(&g.console).is_ok_and(|c| c.contains("VMTEST-KERNEL"))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Outcome::NoInit);
         }
         if started.elapsed() > GUEST_TIMEOUT {
             let _ = child.kill();
@@ -1150,6 +1177,10 @@ impl<'a> Report<'a> {
                         format!("qemu exited ({status}) before the guest finished")
                     }
                     Outcome::TimedOut => format!("no poweroff within {}s", GUEST_TIMEOUT.as_secs()),
+                    Outcome::NoInit => format!(
+                        "twice no /init within {}s: the guest is stuck before the kernel runs",
+                        INIT_TIMEOUT.as_secs()
+                    ),
                     Outcome::Failed(e) => e,
                 };
                 let tail: Vec<&str> = text
