@@ -137,7 +137,8 @@ pub fn counter_deltas(before: &Ruleset, after: &Ruleset) -> Vec<(DecidedBy, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Backend, Family};
+    use crate::model::Backend;
+    use crate::packet::Family;
 
     fn filter(rules: &[&str]) -> Ruleset {
         let save = format!(

@@ -20,9 +20,10 @@ use serde::Serialize;
 
 use crate::matching::{Outcome, match_outcome, rule_matches};
 use crate::model::{
-    Backend, BaseChain, Chain, ChainKind, ChainRef, CtState, DecidedBy, Family, Hook, Packet,
-    Policy, RuleRef, Ruleset, Table, Target,
+    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, Policy, RuleRef, Ruleset, Table,
+    Target,
 };
+use crate::packet::{CtState, Family, Hook, Packet};
 
 /// The fate of the packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::error::{ParseError, Result};
-use crate::model::{Direction, Family, Packet, ValueRange};
 use crate::names;
+use crate::packet::{Direction, Family, Packet, ValueRange};
 use crate::shell;
 
 /// One set from `ipset save`.

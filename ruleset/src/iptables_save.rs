@@ -19,11 +19,11 @@ use ipnet::IpNet;
 use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::model::{
-    AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Direction, Family, Field,
-    Hook, InterfaceName, Match, OwnerId, Policy, Rule, Table, TableFamily, Target, ValueRange,
-    ValueTest,
+    AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
+    Match, OwnerId, Policy, Rule, Table, TableFamily, Target, ValueTest,
 };
 use crate::names;
+use crate::packet::{Direction, Family, Hook, ValueRange};
 use crate::shell;
 
 /// Parses the tables in `text`. `backend` says which iptables printed it and

@@ -32,19 +32,23 @@
 //! # }
 //! ```
 //!
-//! Modules:
-//! - [`iptables_save`]: `iptables-save -c` / `ip6tables-save -c` output.
-//! - [`nft_json`]: `nft -j list ruleset`; [`nft_text`]: `nft -a list ruleset`
-//!   for the display text.
-//! - [`ipset`]: `ipset save`, for `-m set` matches; [`addrtype`]: the local
-//!   routing table, for `-m addrtype` and nft `fib ... type`.
-//! - [`eval`]: the walk; [`counters`]: which rules' counters grew.
+//! Modules, lower layers first (a module only uses those above it in this list):
+//! - `packet` (the packet: family, hook, fields, what is unknown) and [`names`];
+//! - [`ipset`] (`ipset save`, for `-m set`) and [`addrtype`] (the local routing table, for
+//!   `-m addrtype` and nft `fib ... type`): what packets are tested against;
+//! - `model`: tables, chains, rules, matches, the [`Ruleset`];
+//! - the parsers that build it: [`iptables_save`] (`iptables-save -c` / `ip6tables-save -c`),
+//!   [`nft_json`] (`nft -j list ruleset`), [`nft_text`] (`nft -a list ruleset`, for the
+//!   display text);
+//! - `matching` (one rule against one packet), [`eval`] (the walk), [`counters`] (which
+//!   rules' counters grew).
 
 pub mod addrtype;
 mod error;
 mod matching;
 mod model;
 pub mod names;
+mod packet;
 mod shell;
 
 pub mod counters;
@@ -56,3 +60,4 @@ pub mod nft_text;
 
 pub use error::{ParseError, Result};
 pub use model::*;
+pub use packet::*;

@@ -6,8 +6,9 @@
 //! undecidable only if nothing rules it out and something cannot be told.
 
 use crate::addrtype;
-use crate::model::{Condition, Direction, Family, Field, Match, Packet, Rule, Ruleset, ValueTest};
+use crate::model::{Condition, Field, Match, Rule, Ruleset, ValueTest};
 use crate::names;
+use crate::packet::{Direction, Family, Packet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {

@@ -21,51 +21,7 @@ use serde::Serialize;
 
 use crate::addrtype::{AddrTypes, LocalTable, Matcher};
 use crate::ipset::Ipset;
-
-/// Layer-3 family of a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-/// The five netfilter hooks a routed packet can traverse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Prerouting,
-    Input,
-    Forward,
-    Output,
-    Postrouting,
-}
-
-impl Hook {
-    /// The hook of an iptables built-in chain (`PREROUTING`, `INPUT`, ...).
-    pub fn from_iptables_chain(name: &str) -> Option<Hook> {
-        match name {
-            "PREROUTING" => Some(Hook::Prerouting),
-            "INPUT" => Some(Hook::Input),
-            "FORWARD" => Some(Hook::Forward),
-            "OUTPUT" => Some(Hook::Output),
-            "POSTROUTING" => Some(Hook::Postrouting),
-            _ => None,
-        }
-    }
-
-    /// The hook named in an nftables base chain (`prerouting`, `input`, ...).
-    pub fn from_nft(name: &str) -> Option<Hook> {
-        match name {
-            "prerouting" => Some(Hook::Prerouting),
-            "input" => Some(Hook::Input),
-            "forward" => Some(Hook::Forward),
-            "output" => Some(Hook::Output),
-            "postrouting" => Some(Hook::Postrouting),
-            _ => None,
-        }
-    }
-}
+use crate::packet::{Direction, Family, Hook, ValueRange};
 
 /// Which tool manages a table. It decides how rules are identified across
 /// snapshots (position for iptables, handle for nftables).
@@ -167,148 +123,6 @@ pub fn table_label(backend: Backend, family: TableFamily, table: &str) -> String
         (_, TableFamily::Ip6) => format!("ip6 {table}"),
         _ => table.to_string(),
     }
-}
-
-/// Conntrack state of a packet, as `-m conntrack --ctstate` / `ct state` see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CtState {
-    New,
-    Established,
-    Related,
-    Invalid,
-    Untracked,
-}
-
-impl CtState {
-    /// The state's bit in nftables' `ct state` bitmask (also used for
-    /// iptables state lists, so both are evaluated the same way).
-    pub fn bit(self) -> u32 {
-        match self {
-            CtState::Invalid => 1,
-            CtState::Established => 2,
-            CtState::Related => 4,
-            CtState::New => 8,
-            CtState::Untracked => 64,
-        }
-    }
-}
-
-/// A dropped (or to-be-judged) packet, as the kernel side reports it.
-///
-/// Optional fields follow netfilter's own view: `iif`/`oif` are `None` when
-/// the packet has no such device at that hook, `uid`/`gid` are `None` when
-/// it has no local full socket (forwarded or kernel-generated packets), ports
-/// are `None` for protocols without ports. `ct_state: None` means the state
-/// was not reported; rules that test it are then undecidable. A field the
-/// caller does not know at all is flagged in `unknown`, so that rules on it
-/// are undecidable instead of decided as if the field were absent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Packet {
-    pub family: Family,
-    /// Layer-4 protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
-    pub proto: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    /// Raw TCP flag byte: FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128.
-    pub tcp_flags: Option<u8>,
-    pub icmp_type: Option<u8>,
-    pub icmp_code: Option<u8>,
-    pub iif: Option<String>,
-    pub oif: Option<String>,
-    pub mark: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub ct_state: Option<CtState>,
-    /// Length of the IP packet (header included).
-    pub len: u32,
-    /// Fields whose `None` means "not known" rather than "absent".
-    pub unknown: Unknown,
-}
-
-impl Packet {
-    /// The first packet of a flow as someone describes it rather than as captured
-    /// (`droptrace explain`, a proposed ruleset audited against an inventory): a SYN for a
-    /// new TCP connection (an ACK otherwise), an echo request for ICMP, 60 bytes, no mark.
-    /// The interfaces and the socket owner that the `hook` would see are marked unknown
-    /// until the caller fills them in; an unspecified source is `0.0.0.0` / `::`.
-    pub fn first_of_flow(
-        proto: u8,
-        src: Option<IpAddr>,
-        dst: IpAddr,
-        sport: u16,
-        dport: Option<u16>,
-        ct_state: CtState,
-        hook: Hook,
-    ) -> Result<Packet, FlowError> {
-        let v6 = dst.is_ipv6();
-        let src = match src {
-            Some(s) if s.is_ipv6() != v6 => return Err(FlowError::MixedFamilies),
-            Some(s) => s,
-            None if v6 => IpAddr::from([0u16; 8]),
-            None => IpAddr::from([0u8; 4]),
-        };
-        let ports = crate::names::has_ports(proto);
-        match (ports, dport) {
-            (true, None) => return Err(FlowError::NoPort),
-            (false, Some(_)) => return Err(FlowError::PortlessProtocol),
-            _ => {}
-        }
-        let icmp = matches!(proto, 1 | 58);
-        let (has_iif, has_oif, has_socket) = match hook {
-            Hook::Prerouting | Hook::Input => (true, false, false),
-            Hook::Forward => (true, true, false),
-            Hook::Output | Hook::Postrouting => (false, true, true),
-        };
-        Ok(Packet {
-            family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
-            proto,
-            src,
-            dst,
-            sport: ports.then_some(sport),
-            dport,
-            tcp_flags: (proto == 6).then_some(if ct_state == CtState::New { 0x02 } else { 0x10 }),
-            icmp_type: icmp.then_some(if v6 { 128 } else { 8 }),
-            icmp_code: icmp.then_some(0),
-            iif: None,
-            oif: None,
-            mark: 0,
-            uid: None,
-            gid: None,
-            ct_state: Some(ct_state),
-            len: 60,
-            unknown: Unknown {
-                iif: has_iif,
-                oif: has_oif,
-                uid: has_socket,
-                gid: has_socket,
-            },
-        })
-    }
-}
-
-/// Why a described flow is not a packet ([`Packet::first_of_flow`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FlowError {
-    #[error("the source and destination are of different families")]
-    MixedFamilies,
-    #[error("the protocol needs a destination port")]
-    NoPort,
-    #[error("the protocol has no ports")]
-    PortlessProtocol,
-}
-
-/// Which of a [`Packet`]'s optional fields are not known to the caller: a
-/// packet described by hand (`droptrace explain`) or a socket whose owner
-/// could not be read. Rules on them are undecidable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Unknown {
-    pub iif: bool,
-    pub oif: bool,
-    pub uid: bool,
-    pub gid: bool,
 }
 
 /// Everything the evaluator needs: the tables of every backend the caller
@@ -524,7 +338,7 @@ pub enum Field {
     /// nft `meta skuid`: no socket means no match, negated or not.
     SocketUid,
     SocketGid,
-    /// Bitmask of [`CtState::bit`].
+    /// Bitmask of [`crate::CtState::bit`].
     CtState,
     Length,
 }
@@ -537,26 +351,6 @@ pub enum ValueTest {
     /// The (masked) value shares a bit with this mask (nft `ct state
     /// established,related`, iptables `--ctstate`).
     AnyBitSet(u32),
-}
-
-/// An inclusive range of numbers; a single value has `first == last`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct ValueRange {
-    pub first: u32,
-    pub last: u32,
-}
-
-impl ValueRange {
-    pub fn single(value: u32) -> ValueRange {
-        ValueRange {
-            first: value,
-            last: value,
-        }
-    }
-
-    pub fn contains(self, value: u32) -> bool {
-        self.first <= value && value <= self.last
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -581,13 +375,6 @@ impl AddrRange {
             },
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Source,
-    Destination,
 }
 
 /// An interface name, or a prefix when `wildcard` (iptables `veth+`, nft

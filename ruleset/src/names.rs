@@ -240,7 +240,7 @@ pub(crate) fn nft_icmpv6_code(name: &str) -> Option<u32> {
 
 /// Bit of a conntrack state name, iptables (upper case) or nft (lower case).
 pub(crate) fn ct_state_bit(name: &str) -> Option<u32> {
-    use crate::model::CtState;
+    use crate::packet::CtState;
     let state = match name.to_ascii_lowercase().as_str() {
         "new" => CtState::New,
         "established" => CtState::Established,

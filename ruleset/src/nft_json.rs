@@ -24,11 +24,11 @@ use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::iptables_save::{CONTINUING_TARGETS, NAT_TARGETS};
 use crate::model::{
-    AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Direction, Family, Field,
-    Hook, InterfaceName, Match, Policy, Rule, Table, TableFamily, Target, ValueRange, ValueTest,
-    VerdictArm,
+    AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
+    Match, Policy, Rule, Table, TableFamily, Target, ValueTest, VerdictArm,
 };
 use crate::names;
+use crate::packet::{Direction, Family, Hook, ValueRange};
 
 /// Parses `nft -j list ruleset` output into tables (backend
 /// [`Backend::Nftables`]).
