@@ -1,7 +1,7 @@
 //! Files droptrace reads from the system: /proc/PID/{cmdline,cgroup}, /proc/kallsyms,
 //! tracefs' event format, /proc/net/{tcp,udp}[6].
 #![no_main]
-use droptrace::{kallsyms::Kallsyms, procinfo};
+use droptrace::{kernel::kallsyms::Kallsyms, procinfo};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = procinfo::parse_cmdline(data);
@@ -13,8 +13,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let k = Kallsyms::parse(&text);
     let _ = k.resolve(0xffff_ffff_8100_0000);
     let _ = k.range("nf_hook_slow");
-    let _ = droptrace::tracefs::format_fields(&text);
-    let _ = droptrace::tracefs::kfree_skb_record(&text);
+    let _ = droptrace::kernel::tracefs::format_fields(&text);
+    let _ = droptrace::kernel::tracefs::kfree_skb_record(&text);
     let _ = droptrace::escape::terminal(&text);
     for (local, remote) in [
         ("10.0.0.2:40000", "203.0.113.10:8443"),

@@ -40,8 +40,8 @@ use crate::{
     attribution,
     cli::FilterArgs,
     escape::terminal,
-    filter::Proto,
     inventory::{self, Flow, Inventory, Service},
+    kernel::filter::Proto,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    capture::{AttachMode, Detect, VerdictMode},
-    event_source::BufferKind,
-    filter::{Cidr, Filters, Ports, Proto},
+    kernel::capture::{AttachMode, Detect, VerdictMode},
+    kernel::event_source::BufferKind,
+    kernel::filter::{Cidr, Filters, Ports, Proto},
     netns::{NetnsError, NetnsSelector},
 };
 
@@ -205,7 +205,7 @@ impl FilterArgs {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(p) = self.proto {
-            parts.push(format!("proto {}", crate::filter::proto_name(p.0)));
+            parts.push(format!("proto {}", crate::kernel::filter::proto_name(p.0)));
         }
         if let Some(c) = self.src {
             parts.push(format!("src {}", c.0));
@@ -314,10 +314,11 @@ impl clap::builder::TypedValueParser for ProtoParser {
         value: &std::ffi::OsStr,
     ) -> Result<Proto, clap::Error> {
         let text = clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)?;
-        text.parse().map_err(|e: crate::filter::FilterError| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
-                .with_cmd(cmd)
-        })
+        text.parse()
+            .map_err(|e: crate::kernel::filter::FilterError| {
+                clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+                    .with_cmd(cmd)
+            })
     }
 
     fn possible_values(

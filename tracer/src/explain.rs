@@ -20,7 +20,7 @@ use ruleset::DecidedBy;
 use crate::{
     attribution::{Attribution, attribution_of, snapshot::Snapshot},
     escape::terminal,
-    filter::Proto,
+    kernel::filter::Proto,
     netns::NetnsSelector,
 };
 
@@ -175,7 +175,7 @@ pub fn packet(args: &ExplainArgs) -> anyhow::Result<ruleset::Packet> {
     .map_err(|e| match e {
         ruleset::FlowError::NoPort => anyhow::anyhow!(
             "--dport is required for {}",
-            crate::filter::proto_name(args.proto.0)
+            crate::kernel::filter::proto_name(args.proto.0)
         ),
         ruleset::FlowError::PortlessProtocol => {
             anyhow::anyhow!("--dport needs a protocol with ports (tcp, udp, sctp)")
@@ -366,7 +366,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     } else {
         let what = format!(
             "{} {} -> {}",
-            crate::filter::proto_name(pkt.proto),
+            crate::kernel::filter::proto_name(pkt.proto),
             crate::record::endpoint(pkt.src, pkt.sport),
             crate::record::endpoint(pkt.dst, pkt.dport)
         );

@@ -36,16 +36,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracer_common::{AF_INET6, InventoryKey, InventoryState, inventory as k};
 
 use crate::{
-    btf::KernelBtf,
     cli::{CaptureArgs, FilterArgs},
-    drop::{CtState, c_string},
     escape::terminal,
-    filter::proto_name,
+    kernel::btf::KernelBtf,
+    kernel::drop::CtState,
+    kernel::filter::proto_name,
+    kernel::program::c_string,
+    kernel::stack::Hook,
     netns::{NetnsNames, NetnsSelector},
     probe::{ProbeProto, Target},
     procinfo::{ProcCache, ProcInfo, container_of},
     record::{DropRecord, endpoint},
-    stack::Hook,
     watch::Session,
 };
 
@@ -793,7 +794,7 @@ pub async fn collect(
         None
     };
     // Everything is attached: give up what the rest of the run does not need.
-    crate::privileges::drop_after_attach();
+    crate::kernel::privileges::drop_after_attach();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let started = Instant::now();

@@ -8,12 +8,12 @@ use std::{collections::HashMap, net::IpAddr};
 use serde::Serialize;
 
 use crate::{
-    btf::KernelBtf,
-    drop::{CtState, Drop, tcp_flags_text},
-    filter::proto_name,
-    kallsyms::Kallsyms,
+    kernel::btf::KernelBtf,
+    kernel::drop::{CtState, Drop, tcp_flags_text},
+    kernel::filter::proto_name,
+    kernel::kallsyms::Kallsyms,
+    kernel::stack::{self, Context, Engine, Hook},
     netns::NetnsNames,
-    stack::{self, Context, Engine, Hook},
 };
 
 /// One line of output: a dropped packet, or `count` identical ones.
@@ -85,7 +85,7 @@ pub struct DropRecord {
     pub tcp_flags_raw: Option<u8>,
     /// The rule engine's own verdict for this packet, when the kernel reported it.
     #[serde(skip)]
-    pub kernel: Option<crate::verdicts::KernelSaw>,
+    pub kernel: Option<crate::kernel::verdicts::KernelSaw>,
     /// `engine` is a guess from the drop's location alone (no engine frame in the stack).
     #[serde(skip)]
     pub engine_guessed: bool,

@@ -10,12 +10,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attribution::Attributor,
-    btf::KernelBtf,
-    capture::{Capture, CaptureOptions},
     cli::{CaptureArgs, FilterArgs, WatchArgs},
-    drop::Drop,
     flows::{ACTIVE_WINDOW, FlowBook},
-    kallsyms::Kallsyms,
+    kernel::btf::KernelBtf,
+    kernel::capture::{Capture, CaptureOptions},
+    kernel::drop::Drop,
+    kernel::kallsyms::Kallsyms,
     netns::NetnsSelector,
     output::{JsonSink, Sink, StartInfo, TextSink},
     record::DropRecord,
@@ -167,7 +167,7 @@ impl Session {
         if kallsyms.is_empty() {
             log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
         }
-        crate::privileges::drop_after_attach();
+        crate::kernel::privileges::drop_after_attach();
         // Read the watched namespace's ruleset now, so its first drops can be confirmed
         // by their rule's counter.
         let attributor = (!capture.no_rules).then(|| {

@@ -4,7 +4,7 @@
 //! by evaluating the dropped packet against the ruleset of its own namespace, read with the
 //! standard tools ([`reader`]), and confirmed by the rule's packet counter growing. Where
 //! kprobes exist the engine itself also reports the table and chain that returned the drop
-//! ([`crate::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
+//! ([`crate::kernel::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
 //! not gives way to it.
 
 pub mod owner;
@@ -16,7 +16,9 @@ use std::{collections::HashMap, path::PathBuf};
 use ruleset::{DecidedBy, eval::Verdict};
 use serde::Serialize;
 
-use crate::{drop::CtState as DropCt, record::DropRecord, stack, verdicts::KernelSaw};
+use crate::{
+    kernel::drop::CtState as DropCt, kernel::stack, kernel::verdicts::KernelSaw, record::DropRecord,
+};
 use snapshot::Snapshot;
 
 /// How sure an attribution is.
@@ -138,7 +140,10 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         _ => (None, name(&r.out_ifname)),
     };
     // The record names the protocol as the CLI does; the same parser reads it back.
-    let proto = r.proto.parse::<crate::filter::Proto>().map_or(0, |p| p.0);
+    let proto = r
+        .proto
+        .parse::<crate::kernel::filter::Proto>()
+        .map_or(0, |p| p.0);
     ruleset::Packet {
         family,
         proto,
@@ -1062,7 +1067,7 @@ pub(crate) mod tests {
     fn unattributed(why: &str) -> DropRecord {
         let mut r = crate::record::tests::sample();
         r.rule = Some(Attribution::none(why));
-        r.ct_state = crate::drop::CtState::None;
+        r.ct_state = crate::kernel::drop::CtState::None;
         r.location = "nf_hook_slow".into();
         r
     }

@@ -21,8 +21,8 @@ use tracer_common::{
 };
 
 use crate::{
-    btf::{KernelBtf, VMLINUX_BTF, member_offset},
-    filter::Filters,
+    kernel::btf::{KernelBtf, VMLINUX_BTF, member_offset},
+    kernel::filter::Filters,
 };
 
 const TCP_PROGRAM: &str = "inventory_tcp";
@@ -49,20 +49,20 @@ impl InventoryCapture {
     /// Loads and attaches the programs with `filters` applied in the kernel. Mounts tracefs
     /// in a private mount namespace if needed, so it must run before any thread is spawned.
     pub fn start(kernel: &KernelBtf, filters: &Filters) -> anyhow::Result<Self> {
-        if let Some(missing) = crate::privileges::missing_for_load() {
+        if let Some(missing) = crate::kernel::privileges::missing_for_load() {
             anyhow::bail!("missing capabilities: {missing}; run as root");
         }
         let btf = Btf::from_file(Path::new(VMLINUX_BTF))
             .map_err(|e| anyhow::anyhow!("cannot parse kernel BTF at {VMLINUX_BTF}: {e}"))?;
-        crate::tracefs::ensure_mounted().context("cannot mount tracefs")?;
+        crate::kernel::tracefs::ensure_mounted().context("cannot mount tracefs")?;
         let mut inv = offsets(&btf);
         if inv.tp_newstate == NO_OFFSET {
             let text = std::fs::read_to_string(
-                Path::new(crate::tracefs::ensure_mounted()?)
+                Path::new(crate::kernel::tracefs::ensure_mounted()?)
                     .join("events/sock/inet_sock_set_state/format"),
             )
             .context("this kernel has no sock/inet_sock_set_state tracepoint")?;
-            apply_format(&mut inv, &crate::tracefs::format_fields(&text));
+            apply_format(&mut inv, &crate::kernel::tracefs::format_fields(&text));
         }
         if inv.tp_newstate == NO_OFFSET || inv.tp_daddr == NO_OFFSET {
             anyhow::bail!("cannot read the layout of the sock/inet_sock_set_state tracepoint");
@@ -80,7 +80,7 @@ impl InventoryCapture {
             // The drop program's maps are not used here.
             .map_max_entries("FLOWS", 1)
             .map_max_entries("EVENTS", 4096)
-            .load(crate::capture::PROGRAM)
+            .load(crate::kernel::capture::PROGRAM)
             .map_err(|e| anyhow::anyhow!("the kernel refused to load the BPF object: {e}"))?;
 
         let tcp: &mut TracePoint = ebpf
@@ -192,7 +192,7 @@ impl InventoryCapture {
 fn program_error(program: &str, e: &ProgramError) -> anyhow::Error {
     anyhow::anyhow!(
         "the kernel refused {program}: {}",
-        crate::capture::program_error(e)
+        crate::kernel::program::program_error(e)
     )
 }
 
@@ -282,14 +282,14 @@ mod tests {
     #[test]
     fn tracefs_format_gives_the_record_layout() {
         let mut inv = InventoryConfig::EMPTY;
-        apply_format(&mut inv, &crate::tracefs::format_fields(FORMAT));
+        apply_format(&mut inv, &crate::kernel::tracefs::format_fields(FORMAT));
         assert_eq!((inv.tp_skaddr, inv.tp_newstate), (8, 20));
         assert_eq!((inv.tp_sport, inv.tp_dport), (24, 26));
         assert_eq!((inv.tp_daddr, inv.tp_daddr_v6), (36, 56));
         let mut none = InventoryConfig::EMPTY;
         apply_format(
             &mut none,
-            &crate::tracefs::format_fields("garbage\n\tfield:;offset:x;"),
+            &crate::kernel::tracefs::format_fields("garbage\n\tfield:;offset:x;"),
         );
         assert_eq!(none.tp_newstate, NO_OFFSET);
     }
@@ -300,7 +300,10 @@ mod tests {
         let btf = Btf::from_file(Path::new(VMLINUX_BTF)).expect("every machine of ours has BTF");
         let inv = offsets(&btf);
         let mut from_format = InventoryConfig::EMPTY;
-        apply_format(&mut from_format, &crate::tracefs::format_fields(FORMAT));
+        apply_format(
+            &mut from_format,
+            &crate::kernel::tracefs::format_fields(FORMAT),
+        );
         assert_eq!(inv.tp_daddr, from_format.tp_daddr);
         assert_eq!(inv.tp_newstate, from_format.tp_newstate);
         for (name, off) in [

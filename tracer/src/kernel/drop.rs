@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{AF_INET6, CT_NONE, DropEvent, FlowKey, FlowState, flags};
 
+use crate::kernel::program::c_string;
+
 /// Connection-tracking state of the packet (`enum ip_conntrack_info`,
 /// include/uapi/linux/netfilter/nf_conntrack_common.h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -70,14 +72,7 @@ pub struct Drop {
     pub headers: Vec<u8>,
     /// The table (and nftables chain) whose engine returned the drop, when the verdict
     /// programs saw it.
-    pub kernel: Option<crate::verdicts::KernelSaw>,
-}
-
-/// Turns a C string buffer into text, stopping at the first NUL. Invalid UTF-8 is kept
-/// visible (lossy) and escaped later, at display time.
-pub fn c_string(buf: &[u8]) -> String {
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    pub kernel: Option<crate::kernel::verdicts::KernelSaw>,
 }
 
 impl From<&DropEvent> for Drop {
@@ -148,7 +143,7 @@ impl From<&DropEvent> for Drop {
             },
             fragment: e.flags & flags::FRAGMENT != 0,
             headers: e.headers[..headers_len].to_vec(),
-            kernel: crate::verdicts::KernelSaw::from_record(&e.kernel),
+            kernel: crate::kernel::verdicts::KernelSaw::from_record(&e.kernel),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The drop location and the kernel stack arrive as raw addresses; the hook (OUTPUT,
 //! INPUT, ...) and the engine (nf_tables or legacy xtables) are read from the function
-//! names in the stack (see [`crate::stack`]). Only text symbols are kept.
+//! names in the stack (see [`crate::kernel::stack`]). Only text symbols are kept.
 
 use std::{fs, io};
 

@@ -10,7 +10,7 @@
 use std::{collections::HashMap, path::Path};
 
 use btf_rs::{Btf, Type};
-use tracer_common::{NO_OFFSET, Offsets};
+use tracer_common::{NO_OFFSET, Offsets, VerdictConfig};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -39,7 +39,7 @@ pub struct KernelBtf {
     /// Layout of the classic tracepoint's record, when BTF describes it.
     pub tracepoint_record: Option<TracepointRecord>,
     /// What the rule-engine verdict programs can read on this kernel.
-    pub verdicts: crate::verdicts::VerdictSupport,
+    pub verdicts: VerdictSupport,
 }
 
 /// Offsets in the `skb/kfree_skb` tracepoint record (`struct trace_event_raw_kfree_skb`, or
@@ -72,9 +72,9 @@ impl KernelBtf {
         })?;
         let mut kernel = Self::from_btf(&btf)?;
         kernel.verdicts = match path.parent() {
-            Some(dir) if from_sys => crate::verdicts::VerdictSupport::from_modules(&btf, dir),
+            Some(dir) if from_sys => VerdictSupport::from_modules(&btf, dir),
             // A BTF file given for a kernel without its own: its modules have none either.
-            _ => crate::verdicts::VerdictSupport::none("no module BTF (kernel BTF from a file)"),
+            _ => VerdictSupport::none("no module BTF (kernel BTF from a file)"),
         };
         Ok(kernel)
     }
@@ -120,7 +120,7 @@ impl KernelBtf {
             tracepoint_has_reason: tracepoint_param_count(btf, "btf_trace_kfree_skb")
                 .is_some_and(|n| n >= 4),
             tracepoint_record,
-            verdicts: crate::verdicts::VerdictSupport::none("not read"),
+            verdicts: VerdictSupport::none("not read"),
         })
     }
 
@@ -141,6 +141,134 @@ impl KernelBtf {
             .cloned()
             .unwrap_or_else(|| format!("reason#{value}"))
     }
+}
+
+// What the rule-engine verdict programs (kernel/verdicts.rs) can read: their modules'
+// split BTF (5.11+, CONFIG_DEBUG_INFO_BTF_MODULES).
+
+/// What the kernel's BTF allows the verdict programs to read, engine by engine.
+#[derive(Debug, Clone)]
+pub struct VerdictSupport {
+    pub config: VerdictConfig,
+    /// `Ok` when `nft_do_chain` can be watched, else why not.
+    pub nftables: Result<(), String>,
+    /// `Ok` when `ipt_do_table` (and `ip6t_do_table`) can be watched, else why not.
+    pub xtables: Result<(), String>,
+}
+
+impl VerdictSupport {
+    pub fn none(why: &str) -> Self {
+        VerdictSupport {
+            config: VerdictConfig::NONE,
+            nftables: Err(why.into()),
+            xtables: Err(why.into()),
+        }
+    }
+
+    /// Reads the module BTF next to `vmlinux` (`dir` is /sys/kernel/btf).
+    pub fn from_modules(vmlinux: &Btf, dir: &Path) -> Self {
+        let mut config = VerdictConfig::NONE;
+        config.state_hook = member_offset(vmlinux, "nf_hook_state", &["hook"]).unwrap_or(NO_OFFSET);
+        // A module's own split BTF, or vmlinux's when the module is built in.
+        let module = |name: &str, probe: &str| -> Result<Option<Btf>, String> {
+            let path = dir.join(name);
+            if path.exists() {
+                return Btf::from_split_file(&path, vmlinux)
+                    .map(Some)
+                    .map_err(|e| format!("{}: {e}", path.display()));
+            }
+            if vmlinux
+                .resolve_ids_by_name(probe)
+                .is_ok_and(|ids| !ids.is_empty())
+            {
+                return Ok(None);
+            }
+            Err(format!(
+                "no BTF for module {name} (not loaded, or built without module BTF)"
+            ))
+        };
+        let nftables = module("nf_tables", "nft_chain")
+            .and_then(|btf| nft_offsets(btf.as_ref().unwrap_or(vmlinux), &mut config));
+        let xtables = module("ip_tables", "ipt_do_table").and_then(|btf| {
+            xt_offsets(btf.as_ref().unwrap_or(vmlinux), "ipt_do_table", &mut config)
+        });
+        VerdictSupport {
+            config,
+            nftables,
+            xtables,
+        }
+    }
+}
+
+fn nft_offsets(btf: &Btf, c: &mut VerdictConfig) -> Result<(), String> {
+    let need = |s: &str, path: &[&str]| {
+        member_offset(btf, s, path)
+            .ok_or_else(|| format!("nf_tables BTF has no {s}.{}", path.join(".")))
+    };
+    c.pkt_skb = need("nft_pktinfo", &["skb"])?;
+    // `pkt->state` since 5.15; `pkt->xt.state` before.
+    c.pkt_state = member_offset(btf, "nft_pktinfo", &["state"])
+        .or_else(|| member_offset(btf, "nft_pktinfo", &["xt", "state"]))
+        .unwrap_or(NO_OFFSET);
+    c.chain_name = need("nft_chain", &["name"])?;
+    c.chain_table = need("nft_chain", &["table"])?;
+    c.table_name = need("nft_table", &["name"])?;
+    // `u16 family:6, flags:8, genmask:2` in struct nft_table (include/net/netfilter/nf_tables.h).
+    let (bit, width) =
+        member_bits(btf, "nft_table", "family").ok_or("nf_tables BTF has no nft_table.family")?;
+    c.table_family = bit / 16 * 2;
+    c.table_family_shift = (bit % 16) as u8;
+    c.table_family_bits = width.unwrap_or(16).min(16) as u8;
+    Ok(())
+}
+
+fn xt_offsets(btf: &Btf, func: &str, c: &mut VerdictConfig) -> Result<(), String> {
+    let params = func_params(btf, func).ok_or_else(|| format!("ip_tables BTF has no {func}"))?;
+    let position = |names: &[&str]| {
+        params
+            .iter()
+            .position(|p| names.contains(&p.as_str()))
+            .and_then(|i| u8::try_from(i).ok())
+            .ok_or_else(|| format!("{func}({}): no {} argument", params.join(", "), names[0]))
+    };
+    c.xt_arg_skb = position(&["skb"])?;
+    c.xt_arg_state = position(&["state"])?;
+    c.xt_arg_table = position(&["table", "priv"])?;
+    c.xt_table_name = member_offset(btf, "xt_table", &["name"]).ok_or("no xt_table.name in BTF")?;
+    c.xt_table_af = member_offset(btf, "xt_table", &["af"]).ok_or("no xt_table.af in BTF")?;
+    Ok(())
+}
+
+/// Bit offset and bitfield width (None when not a bitfield) of `field` in struct `name`.
+fn member_bits(btf: &Btf, name: &str, field: &str) -> Option<(u32, Option<u32>)> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => s.members.iter().find_map(|m| {
+                (btf.resolve_name(m).ok()? == field).then(|| (m.bit_offset(), m.bitfield_size()))
+            }),
+            _ => None,
+        })
+}
+
+/// Parameter names of function `name`.
+fn func_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Func(f) => match btf.resolve_chained_type(&f).ok()? {
+                Type::FuncProto(p) => Some(
+                    p.parameters
+                        .iter()
+                        .map(|a| btf.resolve_name(a).unwrap_or_default())
+                        .collect(),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
 }
 
 /// Size in bytes of struct `name`.
@@ -265,5 +393,38 @@ mod tests {
         let tp = k.tracepoint_record.unwrap();
         assert_eq!((tp.skbaddr, tp.location), (8, 16));
         assert!(tp.reason.is_some());
+    }
+
+    /// Offsets come from the module's BTF, or from vmlinux where netfilter is built in
+    /// (as on the development machine); without either, the engine is reported unwatched
+    /// with a reason, never half-configured.
+    #[test]
+    fn offsets_from_vmlinux_or_a_stated_reason() {
+        let dir = std::env::temp_dir().join(format!("droptrace-no-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vmlinux = Btf::from_file(VMLINUX_BTF).unwrap();
+        let s = VerdictSupport::from_modules(&vmlinux, &dir);
+        std::fs::remove_dir(&dir).unwrap();
+        assert_ne!(s.config.state_hook, NO_OFFSET);
+        let built_in = vmlinux.resolve_ids_by_name("nft_chain").is_ok();
+        match s.nftables {
+            Ok(()) => {
+                assert!(built_in);
+                assert_eq!(s.config.pkt_skb, 0, "nft_pktinfo.skb is the first member");
+                assert_ne!(s.config.chain_name, NO_OFFSET);
+                assert!((1..=16).contains(&s.config.table_family_bits));
+            }
+            Err(why) => {
+                assert!(!built_in);
+                assert!(why.contains("no BTF for module nf_tables"), "{why}");
+            }
+        }
+        if s.xtables.is_ok() {
+            // (skb, state, table) before 5.16, (priv, skb, state) since: three distinct.
+            let c = s.config;
+            let mut args = [c.xt_arg_skb, c.xt_arg_state, c.xt_arg_table];
+            args.sort();
+            assert_eq!(args, [0, 1, 2]);
+        }
     }
 }

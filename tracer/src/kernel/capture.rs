@@ -17,10 +17,11 @@ use tracer_common::{
 };
 
 use crate::{
-    btf::{KernelBtf, TracepointRecord},
-    drop::Drop,
-    event_source::{BufferKind, EventSource},
-    filter::Filters,
+    kernel::btf::{KernelBtf, TracepointRecord},
+    kernel::drop::Drop,
+    kernel::event_source::{BufferKind, EventSource},
+    kernel::filter::Filters,
+    kernel::program::{error_chain, program_error},
 };
 
 /// The compiled eBPF object, built by build.rs (aya-build) from tracer-ebpf.
@@ -155,10 +156,10 @@ impl Capture {
     /// Loads the program with the offsets of this kernel and the user's filters, attaches
     /// it and opens its maps. Must run inside a tokio runtime.
     pub fn start(kernel: &KernelBtf, opts: &CaptureOptions) -> Result<Self, CaptureError> {
-        if let Some(missing) = crate::privileges::missing_for_load() {
+        if let Some(missing) = crate::kernel::privileges::missing_for_load() {
             return Err(CaptureError::MissingCapabilities(missing));
         }
-        if let Some(mode) = crate::privileges::lockdown_forbidding_bpf_reads() {
+        if let Some(mode) = crate::kernel::privileges::lockdown_forbidding_bpf_reads() {
             return Err(CaptureError::Lockdown(mode));
         }
         raise_memlock_limit();
@@ -198,7 +199,7 @@ impl Capture {
         let record = match (opts.attach, kernel.tracepoint_record) {
             (AttachMode::TpBtf, _) => None,
             (_, Some(r)) => Some(r),
-            (_, None) => crate::tracefs::kfree_skb_format().ok(),
+            (_, None) => crate::kernel::tracefs::kfree_skb_format().ok(),
         };
         if let Some(r) = record {
             cfg.tp_skb = r.skbaddr;
@@ -236,7 +237,7 @@ impl Capture {
         }?;
         let verdicts = match opts.verdicts {
             VerdictMode::Off => "off (--kernel-verdicts off)".to_string(),
-            mode => match crate::verdicts::attach(&mut ebpf, &kernel.verdicts) {
+            mode => match crate::kernel::verdicts::attach(&mut ebpf, &kernel.verdicts) {
                 Ok(functions) => functions.join(", "),
                 Err(why) if mode == VerdictMode::On => return Err(CaptureError::Verdicts(why)),
                 Err(why) => {
@@ -369,7 +370,7 @@ fn attach_classic(
             "not in BTF, and tracefs has no skb/kfree_skb/format".into(),
         ));
     }
-    crate::tracefs::ensure_mounted()
+    crate::kernel::tracefs::ensure_mounted()
         .map_err(|e| CaptureError::TracepointLayout(format!("tracefs: {e}")))?;
     let program: &mut TracePoint = ebpf
         .program_mut(CLASSIC_PROGRAM)
@@ -411,36 +412,5 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             io::Error::last_os_error()
         );
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
-/// A program error with the verifier's last lines, which say why it refused.
-pub(crate) fn program_error(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            if tail.is_empty() {
-                io_error.to_string()
-            } else {
-                format!("{io_error}; verifier: {}", tail.join(" | "))
-            }
-        }
-        other => error_chain(other),
     }
 }

@@ -12,7 +12,7 @@ use nix::{
     sched::{CloneFlags, unshare},
 };
 
-use crate::btf::TracepointRecord;
+use crate::kernel::btf::TracepointRecord;
 
 const MOUNT_POINTS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const FORMAT: &str = "events/skb/kfree_skb/format";
