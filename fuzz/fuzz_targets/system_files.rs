@@ -1,7 +1,7 @@
 //! Files droptrace reads from the system: /proc/PID/{cmdline,cgroup}, /proc/kallsyms,
 //! tracefs' event format, /proc/net/{tcp,udp}[6].
 #![no_main]
-use droptrace::{kernel::kallsyms::Kallsyms, procinfo};
+use droptrace::{kernel::kallsyms::Kallsyms, enrich::procinfo};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = procinfo::parse_cmdline(data);
@@ -21,6 +21,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         ("[::1]:1", "[::]:0"),
     ] {
         let _ =
-            droptrace::sockets::find_inode(&text, local.parse().unwrap(), remote.parse().unwrap());
+            droptrace::enrich::sockets::find_inode(&text, local.parse().unwrap(), remote.parse().unwrap());
     }
 });

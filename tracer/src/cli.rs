@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    enrich::netns::{NetnsError, NetnsSelector},
     kernel::capture::{AttachMode, Detect, VerdictMode},
     kernel::event_source::BufferKind,
     kernel::filter::{Cidr, Filters, Ports, Proto},
-    netns::{NetnsError, NetnsSelector},
 };
 
 #[derive(Debug, Parser)]

@@ -19,9 +19,9 @@ use ruleset::DecidedBy;
 
 use crate::{
     attribution::{Attribution, attribution_of, snapshot::Snapshot},
+    enrich::netns::NetnsSelector,
     escape::terminal,
     kernel::filter::Proto,
-    netns::NetnsSelector,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,7 +203,7 @@ fn fill_in_route(
     let mut assumed = Vec::new();
     let local = matches!(args.hook, HookArg::Output | HookArg::Postrouting);
     if local && (args.oif.is_none() || args.src.is_none()) {
-        match crate::inventory::route::lookup(netns, args.dst, args.mark) {
+        match crate::enrich::routes::lookup(netns, args.dst, args.mark) {
             Some(r) => {
                 if args.oif.is_none()
                     && let Some(dev) = r.dev

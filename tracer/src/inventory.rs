@@ -17,7 +17,6 @@
 //! `droptrace verify --probe-file FILE` ([`probe_targets_from_file`]).
 
 pub mod kernel;
-pub mod route;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -37,15 +36,15 @@ use tracer_common::{AF_INET6, InventoryKey, InventoryState, inventory as k};
 
 use crate::{
     cli::{CaptureArgs, FilterArgs},
+    enrich::netns::{NetnsNames, NetnsSelector},
+    enrich::procinfo::{ProcCache, ProcInfo, container_of},
     escape::terminal,
     kernel::btf::KernelBtf,
     kernel::drop::CtState,
     kernel::filter::proto_name,
     kernel::program::c_string,
     kernel::stack::Hook,
-    netns::{NetnsNames, NetnsSelector},
     probe::{ProbeProto, Target},
-    procinfo::{ProcCache, ProcInfo, container_of},
     record::{DropRecord, endpoint},
     watch::Session,
 };
@@ -885,7 +884,8 @@ pub async fn collect(
     let clock = Clock::new();
     let mut names = NetnsNames::new();
     let mut cgroups = CgroupPaths::default();
-    let mut routes: HashMap<(u32, IpAddr, u32), Option<route::Route>> = HashMap::new();
+    let mut routes: HashMap<(u32, IpAddr, u32), Option<crate::enrich::routes::Route>> =
+        HashMap::new();
     let mut netns_paths: HashMap<u32, Option<Option<PathBuf>>> = HashMap::new();
     let mut flows: Vec<Flow> = Vec::new();
     for (key, seen) in &book.flows {
@@ -902,9 +902,9 @@ pub async fn collect(
             .or_insert_with(|| {
                 let ns = netns_paths
                     .entry(key.netns)
-                    .or_insert_with(|| crate::netns::path_of(key.netns))
+                    .or_insert_with(|| crate::enrich::netns::path_of(key.netns))
                     .clone()?;
-                route::lookup(ns.as_deref(), f.dst, f.mark)
+                crate::enrich::routes::lookup(ns.as_deref(), f.dst, f.mark)
             })
             .clone();
         if let Some(r) = route {

@@ -159,8 +159,8 @@ pub fn use_color(stream: &impl io::IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn level_style(l: crate::attribution::Level) -> anstyle::Style {
-    use crate::attribution::Level;
+fn level_style(l: crate::record::rule::Level) -> anstyle::Style {
+    use crate::record::rule::Level;
     use anstyle::AnsiColor;
     let color = match l {
         Level::Exact => AnsiColor::Green,
@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn colour_only_when_asked_and_never_inside_escaped_names() {
         let mut r = sample();
-        r.rule = Some(crate::attribution::Attribution::none("no ruleset"));
+        r.rule = Some(crate::record::rule::Attribution::none("no ruleset"));
         let mut plain = Vec::new();
         TextSink::new(&mut plain).drop_record(&r).unwrap();
         assert!(!String::from_utf8(plain).unwrap().contains('\x1b'));

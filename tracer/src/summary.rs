@@ -19,7 +19,7 @@ pub struct Summary {
     by_destination: HashMap<DestinationKey, u64>,
     by_hook: BTreeMap<String, u64>,
     /// Label → (the rule as first seen, drops).
-    by_rule: HashMap<String, (Option<crate::attribution::Attribution>, u64)>,
+    by_rule: HashMap<String, (Option<crate::record::rule::Attribution>, u64)>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -42,7 +42,7 @@ pub struct RuleCount {
     pub rule_handle: Option<u64>,
     pub verdict: Option<String>,
     /// The front-end that manages the rule (see [`crate::attribution::owner`]).
-    pub owner: Option<crate::attribution::owner::Owner>,
+    pub owner: Option<crate::record::rule::Owner>,
     pub count: u64,
 }
 
@@ -96,7 +96,7 @@ impl Summary {
             .by_rule
             .iter()
             .map(|(rule, (a, count))| {
-                let field = |f: fn(&crate::attribution::Attribution) -> Option<String>| {
+                let field = |f: fn(&crate::record::rule::Attribution) -> Option<String>| {
                     a.as_ref().and_then(f)
                 };
                 RuleCount {
@@ -188,7 +188,7 @@ mod tests {
     /// two rules: `iptables -D OUTPUT 4` would delete only one of them.
     #[test]
     fn rules_of_both_families_stay_apart_with_their_fields() {
-        let rule = |family: &str| crate::attribution::Attribution {
+        let rule = |family: &str| crate::record::rule::Attribution {
             backend: Some("iptables-nft".into()),
             table_family: Some(family.into()),
             table: Some("filter".into()),
@@ -196,7 +196,7 @@ mod tests {
             rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
             rule_num: Some(4),
             verdict: Some("DROP".into()),
-            ..crate::attribution::Attribution::none("")
+            ..crate::record::rule::Attribution::none("")
         };
         let mut s = Summary::default();
         let mut v4 = sample();

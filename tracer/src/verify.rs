@@ -231,7 +231,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !targets.is_empty() {
         // Probes from droptrace's own namespace while drops count everywhere proved paths
         // the application never uses: where probes start must be said.
-        if args.filters.netns_selector() == crate::netns::NetnsSelector::All {
+        if args.filters.netns_selector() == crate::enrich::netns::NetnsSelector::All {
             anyhow::bail!(
                 "--probe needs --netns: the namespace the probes are sent from and whose drops count (--netns host for the host's)"
             );
@@ -339,7 +339,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         drops: group(&records),
         probes_from: (!probes.is_empty()).then(|| describe_netns(&args.filters.netns)),
         drops_from: match selector {
-            crate::netns::NetnsSelector::All => "all namespaces".to_string(),
+            crate::enrich::netns::NetnsSelector::All => "all namespaces".to_string(),
             _ => describe_netns(&args.filters.netns),
         },
         probes,

@@ -11,15 +11,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attribution::Attributor,
     cli::{CaptureArgs, FilterArgs, WatchArgs},
+    enrich::Enricher,
+    enrich::netns::NetnsSelector,
     flows::{ACTIVE_WINDOW, FlowBook},
     kernel::btf::KernelBtf,
     kernel::capture::{Capture, CaptureOptions},
     kernel::drop::Drop,
     kernel::kallsyms::Kallsyms,
-    netns::NetnsSelector,
     output::{JsonSink, Sink, StartInfo, TextSink},
     record::DropRecord,
-    record::Enricher,
     summary::Summary,
 };
 
@@ -175,7 +175,7 @@ impl Session {
             a.prime(
                 opts.filters
                     .netns
-                    .or_else(crate::netns::own_inode)
+                    .or_else(crate::enrich::netns::own_inode)
                     .unwrap_or(0),
             );
             a

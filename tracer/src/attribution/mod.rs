@@ -14,117 +14,12 @@ pub mod snapshot;
 use std::{collections::HashMap, path::PathBuf};
 
 use ruleset::{DecidedBy, eval::Verdict};
-use serde::Serialize;
 
+pub use crate::record::rule::{Attribution, Level};
 use crate::{
     kernel::drop::CtState as DropCt, kernel::stack, kernel::verdicts::KernelSaw, record::DropRecord,
 };
 use snapshot::Snapshot;
-
-/// How sure an attribution is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// The evaluation named the rule and its packet counter grew by the drops.
-    Exact,
-    /// The evaluation named the rule; counters could not confirm it.
-    Inferred,
-    /// Only the chain (and its policy or an undecidable rule) is known.
-    Chain,
-    /// Nothing could be attributed.
-    None,
-}
-
-impl Level {
-    /// The name used in JSON and text: `exact`, `inferred`, `chain`, `none`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Exact => "exact",
-            Level::Inferred => "inferred",
-            Level::Chain => "chain",
-            Level::None => "none",
-        }
-    }
-}
-
-/// Which rule dropped a packet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attribution {
-    /// `iptables-nft`, `iptables-legacy` or `nftables`.
-    pub backend: Option<String>,
-    /// The table's family: `ip`, `ip6`, `inet`, `bridge`, `arp` or `netdev` (`family`
-    /// is the packet's).
-    pub table_family: Option<String>,
-    pub table: Option<String>,
-    pub chain: Option<String>,
-    /// The rule in its backend's syntax.
-    pub rule: Option<String>,
-    /// Position in the chain, as `iptables -L --line-numbers` counts (iptables).
-    pub rule_num: Option<u32>,
-    /// nftables rule handle.
-    pub rule_handle: Option<u64>,
-    /// `DROP`, `REJECT`, or `policy`.
-    pub verdict: Option<String>,
-    pub attribution: Level,
-    /// Why this level: what confirmed it, or what was missing.
-    pub why: String,
-    /// Other rules (or policies) that may have dropped it instead: rules droptrace could
-    /// not decide lead there, and the counters did not rule them out.
-    pub alternatives: Vec<String>,
-    /// The front-end that manages the rule (ufw, kube-proxy, ...), whose configuration is
-    /// the place to change it; null for rules no known front-end claims.
-    pub owner: Option<owner::Owner>,
-    /// The engine's own verdict (kprobe) agreed with the evaluation.
-    #[serde(skip)]
-    pub kernel_confirmed: bool,
-}
-
-impl Attribution {
-    pub fn none(why: impl Into<String>) -> Self {
-        Attribution {
-            backend: None,
-            table_family: None,
-            table: None,
-            chain: None,
-            rule: None,
-            rule_num: None,
-            rule_handle: None,
-            verdict: None,
-            attribution: Level::None,
-            why: why.into(),
-            alternatives: Vec::new(),
-            owner: None,
-            kernel_confirmed: false,
-        }
-    }
-
-    /// `filter/OUTPUT rule 4 `-A OUTPUT ...``, `inet filter/input handle 7 `...``,
-    /// `filter/OUTPUT policy DROP`, or the chain alone.
-    pub fn label(&self) -> Option<String> {
-        let (table, chain) = (self.table.as_ref()?, self.chain.as_ref()?);
-        let table = match (self.backend.as_deref(), self.table_family.as_deref()) {
-            (Some("nftables"), Some(family)) | (_, Some(family @ "ip6")) => {
-                format!("{family} {table}")
-            }
-            _ => table.clone(),
-        };
-        let place = format!("{table}/{chain}");
-        Some(
-            match (
-                &self.rule,
-                self.rule_num,
-                self.rule_handle,
-                self.verdict.as_deref(),
-            ) {
-                (_, _, _, Some("policy")) => format!("{place} policy DROP"),
-                (Some(rule), Some(n), _, _) => format!("{place} rule {n} `{rule}`"),
-                (Some(rule), None, Some(h), _) => format!("{place} handle {h} `{rule}`"),
-                (Some(rule), _, _, _) => format!("{place} `{rule}`"),
-                (None, ..) => place,
-            },
-        )
-    }
-}
 
 /// The packet as the rule engine sees it.
 pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
@@ -524,7 +419,7 @@ impl Attributor {
     pub fn prime(&mut self, netns: u32) {
         let ns = self.namespaces.entry(netns).or_default();
         if ns.path.is_none() {
-            ns.path = crate::netns::path_of(netns);
+            ns.path = crate::enrich::netns::path_of(netns);
         }
         if let Some(path) = &ns.path {
             ns.current = Some(Snapshot::read(path.as_deref()));

@@ -7,29 +7,7 @@
 //! (kube-proxy's Service comments, fail2ban's `f2b-` sets). A rule none of them claims has
 //! no owner: it was written by hand or by a tool droptrace does not know.
 
-use serde::Serialize;
-
-/// The front-end behind a rule, and the object it stands for when the rule says so.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Owner {
-    /// `ufw`, `firewalld`, `docker`, `kube-proxy`, `calico`, `cilium` or `fail2ban`.
-    pub tool: &'static str,
-    /// kube-proxy's Service (`namespace/name:port`), fail2ban's jail.
-    pub object: Option<String>,
-}
-
-impl Owner {
-    /// `kube-proxy, Service ns2/svc2:p80`, for text output.
-    pub fn text(&self) -> String {
-        match (&self.object, self.tool) {
-            (Some(o), "kube-proxy") => format!("kube-proxy, Service {o}"),
-            (Some(o), "fail2ban") => format!("fail2ban, jail {o}"),
-            (Some(o), "ufw") => format!("ufw, {o}"),
-            (Some(o), tool) => format!("{tool}, {o}"),
-            (None, tool) => tool.to_string(),
-        }
-    }
-}
+use crate::record::rule::Owner;
 
 /// The owner of a rule (or a chain's policy: `rule` empty) in `table`/`chain`.
 pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
