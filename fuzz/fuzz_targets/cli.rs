@@ -9,7 +9,7 @@ libfuzzer_sys::fuzz_target!(|text: &str| {
     let _ = text.parse::<droptrace::kernel::filter::Cidr>();
     let _ = text.parse::<droptrace::kernel::filter::Ports>();
     let _ = text.parse::<droptrace::kernel::filter::Proto>();
-    let _ = droptrace::cli::parse_duration(text);
+    let _ = droptrace::session::options::parse_duration(text);
     let args: Vec<&str> = std::iter::once("droptrace").chain(text.split(' ')).collect();
     let _ = Cli::try_parse_from(args);
 });

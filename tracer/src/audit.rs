@@ -38,10 +38,10 @@ use serde::Serialize;
 
 use crate::{
     attribution,
-    cli::FilterArgs,
     escape::terminal,
     inventory::{self, Flow, Inventory, Service},
     kernel::filter::Proto,
+    session::options::FilterArgs,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,7 +75,7 @@ pub struct AuditArgs {
     pub from: Option<PathBuf>,
     /// Or watch the host's outbound flows for this long (Ctrl-C ends it sooner) and check
     /// those; the filter flags select which.
-    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::session::options::parse_duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub filters: FilterArgs,

@@ -45,11 +45,11 @@ pub enum StateArg {
 pub struct ExplainArgs {
     /// Namespace whose ruleset to use: a name, a path, or `host` (PID 1's namespace; default:
     /// droptrace's own).
-    #[arg(long, value_name = "NAME|PATH", value_parser = crate::cli::NetnsParser,
+    #[arg(long, value_name = "NAME|PATH", value_parser = crate::session::options::NetnsParser,
           hide_possible_values = true)]
     pub netns: Option<String>,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
-    #[arg(long, value_name = "PROTO", value_parser = crate::cli::ProtoParser,
+    #[arg(long, value_name = "PROTO", value_parser = crate::session::options::ProtoParser,
           hide_possible_values = true)]
     pub proto: Proto,
     /// Destination address.
@@ -96,7 +96,7 @@ pub struct ExplainArgs {
 pub struct RulesArgs {
     /// Namespace whose ruleset to show: a name, a path, or `host` (PID 1's; default:
     /// droptrace's own).
-    #[arg(long, value_name = "NAME|PATH", value_parser = crate::cli::NetnsParser,
+    #[arg(long, value_name = "NAME|PATH", value_parser = crate::session::options::NetnsParser,
           hide_possible_values = true)]
     pub netns: Option<String>,
     /// Print the parsed ruleset as JSON.

@@ -35,7 +35,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracer_common::{AF_INET6, InventoryKey, InventoryState, inventory as k};
 
 use crate::{
-    cli::{CaptureArgs, FilterArgs},
     enrich::netns::{NetnsNames, NetnsSelector},
     enrich::procinfo::{ProcCache, ProcInfo, container_of},
     escape::terminal,
@@ -46,7 +45,8 @@ use crate::{
     kernel::stack::Hook,
     probe::{ProbeProto, Target},
     record::{DropRecord, endpoint},
-    watch::Session,
+    session::Session,
+    session::options::{CaptureArgs, FilterArgs},
 };
 
 /// Version of the `--write` file format.
@@ -57,7 +57,7 @@ pub struct InventoryArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
     /// How long to watch (e.g. 10m, 1h); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::session::options::parse_duration)]
     pub duration: Option<Duration>,
     /// Print the inventory as one JSON document on stdout.
     #[arg(long)]

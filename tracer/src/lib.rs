@@ -11,7 +11,7 @@ pub mod cli;
 pub mod enrich;
 pub mod escape;
 pub mod explain;
-pub mod flows;
+
 pub mod inventory;
 pub mod kernel;
 pub mod manual;
@@ -19,7 +19,7 @@ pub mod output;
 pub mod pcapng;
 pub mod probe;
 pub mod record;
-pub mod summary;
+pub mod session;
 pub mod tools;
 pub mod top;
 pub mod verify;

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::{
     escape::terminal,
     record::DropRecord,
-    summary::{Summary, SummaryRecord},
+    session::StartInfo,
+    session::summary::{Summary, SummaryRecord},
 };
 
 pub trait Sink {
@@ -19,44 +20,6 @@ pub trait Sink {
     }
     fn drop_record(&mut self, r: &DropRecord) -> io::Result<()>;
     fn summary(&mut self, s: &Summary, end: &SummaryRecord) -> io::Result<()>;
-}
-
-/// What a capture watches, printed before the first drop.
-#[derive(Debug, Clone, Serialize)]
-pub struct StartInfo {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// How drops are captured (`tp_btf/kfree_skb`).
-    pub mode: String,
-    /// Engine functions whose verdicts the kernel reports (`nft_do_chain, ipt_do_table`),
-    /// or `off (why)`.
-    pub kernel_verdicts: String,
-    /// `netfilter` or `all`.
-    pub reasons: &'static str,
-    pub netns: String,
-    pub filters: String,
-    /// How the capture ends.
-    pub until: String,
-}
-
-impl StartInfo {
-    /// Two lines for stderr: what is watched and for how long, then how.
-    pub fn line(&self) -> String {
-        let filters = if self.filters.is_empty() {
-            String::new()
-        } else {
-            format!(" matching {}", self.filters)
-        };
-        format!(
-            "droptrace: watching {} drops in netns {}{} {}\ndroptrace: via {}; kernel verdicts: {}",
-            self.reasons,
-            terminal(&self.netns),
-            terminal(&filters),
-            self.until,
-            self.mode,
-            terminal(&self.kernel_verdicts)
-        )
-    }
 }
 
 pub struct JsonSink<W: Write> {

@@ -21,12 +21,12 @@ use ratatui::{
 };
 
 use crate::{
-    cli::{CaptureArgs, FilterArgs},
     escape::terminal,
     output::process_text,
     record::DropRecord,
+    session::Session,
+    session::options::{CaptureArgs, FilterArgs},
     verify::dropped_by,
-    watch::Session,
 };
 
 #[derive(Debug, clap::Args)]

@@ -17,11 +17,11 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    cli::{CaptureArgs, FilterArgs},
     output::process_text,
     probe::{self, Attempt, Outcome, ProbeProto, Target},
     record::DropRecord,
-    watch::Session,
+    session::Session,
+    session::options::{CaptureArgs, FilterArgs},
 };
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
     /// How long to watch (the probes run at its start).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::session::options::parse_duration)]
     pub duration: Duration,
     /// Send traffic to this target during the window: tcp://HOST:PORT or udp://HOST:PORT
     /// (repeatable). Probes run from the namespace given by --netns.
@@ -40,7 +40,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub probe_file: Option<PathBuf>,
     /// How long a TCP probe waits for its connection.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::session::options::parse_duration)]
     pub probe_timeout: Duration,
     /// Report as one JSON document.
     #[arg(long)]

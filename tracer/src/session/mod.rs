@@ -1,0 +1,401 @@
+//! The session: one capture from start to summary, the way every front-end gets drops.
+//!
+//! A [`Session`] attaches the kernel programs ([`crate::kernel`]), turns each record into an
+//! enriched [`DropRecord`] ([`crate::enrich`]), names its rule ([`crate::attribution`]),
+//! folds flows ([`flows`]) and keeps the totals ([`summary`]). Front-ends give it their
+//! [`options`] and a callback per record; it hands back its [`StartInfo`] and, at the end,
+//! a [`summary::SummaryRecord`].
+
+pub mod flows;
+pub mod options;
+pub mod summary;
+
+use std::{
+    io::{self, Write as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    attribution::Attributor,
+    enrich::Enricher,
+    enrich::netns::NetnsSelector,
+    escape::terminal,
+    kernel::btf::KernelBtf,
+    kernel::capture::{Capture, CaptureOptions},
+    kernel::drop::Drop,
+    kernel::kallsyms::Kallsyms,
+    record::DropRecord,
+};
+use flows::{ACTIVE_WINDOW, FlowBook};
+use options::{CaptureArgs, FilterArgs};
+use summary::Summary;
+
+/// What a capture watches, printed before the first drop.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartInfo {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// How drops are captured (`tp_btf/kfree_skb`).
+    pub mode: String,
+    /// Engine functions whose verdicts the kernel reports (`nft_do_chain, ipt_do_table`),
+    /// or `off (why)`.
+    pub kernel_verdicts: String,
+    /// `netfilter` or `all`.
+    pub reasons: &'static str,
+    pub netns: String,
+    pub filters: String,
+    /// How the capture ends.
+    pub until: String,
+}
+
+impl StartInfo {
+    /// Two lines for stderr: what is watched and for how long, then how.
+    pub fn line(&self) -> String {
+        let filters = if self.filters.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", self.filters)
+        };
+        format!(
+            "droptrace: watching {} drops in netns {}{} {}\ndroptrace: via {}; kernel verdicts: {}",
+            self.reasons,
+            terminal(&self.netns),
+            terminal(&filters),
+            self.until,
+            self.mode,
+            terminal(&self.kernel_verdicts)
+        )
+    }
+}
+
+/// Whether output continues after a batch of lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Open,
+    /// `--count` reached.
+    Limit,
+    /// stdout closed.
+    Closed,
+}
+
+/// A running capture with its enrichment state and running totals. Shared by the
+/// commands that watch drops.
+pub struct Session {
+    pub capture: Capture,
+    pub enricher: Enricher,
+    pub summary: Summary,
+    book: FlowBook,
+    /// Process filters, applied to enriched records.
+    process_filter: FilterArgs,
+    /// Packets left out by the process filters (not lost: unwanted).
+    filtered_out: u64,
+    /// `--count` ended the capture.
+    limited: bool,
+    /// Names rules; `None` with `--no-rules`.
+    attributor: Option<Attributor>,
+    started: Instant,
+    // Registered before the start line is printed, so a Ctrl-C right after it is caught.
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    netns_label: String,
+    mode: String,
+    verdicts: String,
+    all_reasons: bool,
+}
+
+impl Session {
+    pub fn start(
+        filters: &FilterArgs,
+        capture: &CaptureArgs,
+        capture_headers: bool,
+    ) -> anyhow::Result<Self> {
+        let f = filters.to_filters()?;
+        let kernel = match &capture.btf {
+            Some(file) => KernelBtf::from_file(file)?,
+            None => KernelBtf::load()?,
+        };
+        let kallsyms = Kallsyms::load().context("cannot read /proc/kallsyms")?;
+        let netfilter_ranges = ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
+            .iter()
+            .filter_map(|f| kallsyms.range(f))
+            .collect();
+        let opts = CaptureOptions {
+            filters: f,
+            all_reasons: capture.all_reasons,
+            capture_headers,
+            attach: capture.attach,
+            detect: capture.detect,
+            netfilter_ranges,
+            verdicts: capture.kernel_verdicts,
+            buffer: capture.buffer,
+        };
+        let cap = Capture::start(&kernel, &opts)?;
+        // Only once attached: without privileges the missing capabilities are the news,
+        // and hidden kernel addresses follow from them.
+        if kallsyms.is_empty() {
+            log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
+        }
+        crate::kernel::privileges::drop_after_attach();
+        // Read the watched namespace's ruleset now, so its first drops can be confirmed
+        // by their rule's counter.
+        let attributor = (!capture.no_rules).then(|| {
+            let mut a = Attributor::default();
+            a.prime(
+                opts.filters
+                    .netns
+                    .or_else(crate::enrich::netns::own_inode)
+                    .unwrap_or(0),
+            );
+            a
+        });
+        let mode = cap.mode.clone();
+        let verdicts = cap.verdicts.clone();
+        let mut enricher = Enricher::new(kernel, kallsyms);
+        if capture.resolve {
+            enricher.resolve_names();
+        }
+        let netns_label = match (filters.netns_selector(), opts.filters.netns) {
+            (NetnsSelector::All, _) => "all".to_string(),
+            (_, Some(ino)) => match enricher.netns_name(ino) {
+                Some(name) => format!("{name} ({ino})"),
+                None => format!("{} ({ino})", filters.netns),
+            },
+            (_, None) => filters.netns.clone(),
+        };
+        Ok(Session {
+            capture: cap,
+            enricher,
+            summary: Summary::default(),
+            book: FlowBook::default(),
+            attributor,
+            process_filter: filters.clone(),
+            filtered_out: 0,
+            limited: false,
+            started: Instant::now(),
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            netns_label,
+            mode,
+            verdicts,
+            all_reasons: capture.all_reasons,
+        })
+    }
+
+    pub fn start_info(&self, filters: &FilterArgs, c: &CaptureArgs) -> StartInfo {
+        let until = match (c.duration, c.count) {
+            (Some(d), Some(n)) => format!(
+                "for {} or {n} drops; Ctrl-C ends it",
+                humantime::format_duration(d)
+            ),
+            (Some(d), None) => format!("for {} or until Ctrl-C", humantime::format_duration(d)),
+            (None, Some(n)) => format!("until {n} drops or Ctrl-C"),
+            (None, None) => "until Ctrl-C".into(),
+        };
+        StartInfo {
+            kind: "start",
+            mode: self.mode.clone(),
+            kernel_verdicts: self.verdicts.clone(),
+            reasons: if self.all_reasons { "all" } else { "netfilter" },
+            netns: self.netns_label.clone(),
+            filters: filters.describe(),
+            until,
+        }
+    }
+
+    /// Captures until the duration, the count or a signal ends it, handing each record
+    /// to `emit`. A closed stdout also ends it.
+    pub async fn run(
+        &mut self,
+        c: &CaptureArgs,
+        emit: impl FnMut(&DropRecord) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.run_with_tick(c, emit, || Ok(())).await
+    }
+
+    /// Like [`Session::run`], calling `tick` once a second (for live views).
+    pub async fn run_with_tick(
+        &mut self,
+        c: &CaptureArgs,
+        mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
+        mut tick_fn: impl FnMut() -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        let deadline = c
+            .duration
+            .map(|d| tokio::time::Instant::from_std(self.started + d));
+        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
+        tokio::pin!(sleep);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Drop> = Vec::new();
+        let mut staged = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let (stop, sweep) = tokio::select! {
+                r = self.capture.readable() => { r?; (false, false) }
+                _ = tick.tick() => (false, true),
+                _ = self.sigint.recv() => (true, false),
+                _ = self.sigterm.recv() => (true, false),
+                _ = &mut sleep, if deadline.is_some() => (true, false),
+            };
+            if stop {
+                // Nothing counted from here on: the end's counters and flows are final.
+                self.capture.stop_counting();
+            }
+            // Drain also after a stop: records already in the ring buffer count.
+            self.capture.drain(&mut batch);
+            for d in batch.drain(..) {
+                self.take_record(d, &mut staged);
+            }
+            if sweep {
+                self.sweep_active(&mut staged);
+            }
+            if stop {
+                // The flow table has the packets no record carried yet.
+                self.sweep_all(&mut staged);
+            }
+            self.attribute(&mut staged, &mut out, sweep || stop);
+            let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
+            if sweep && let Err(e) = tick_fn() {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+            if limit_hit == Flow::Closed {
+                return Ok(());
+            }
+            if limit_hit == Flow::Limit {
+                // Stopped on purpose: what the kernel counted after that is not "lost".
+                self.capture.stop_counting();
+                self.limited = true;
+                return Ok(());
+            }
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Names the rule of each staged line. Lines wait for the next ruleset read (`flush`,
+    /// once a second and at the end) so their rule's counter can confirm the attribution.
+    fn attribute(&mut self, staged: &mut Vec<DropRecord>, out: &mut Vec<DropRecord>, flush: bool) {
+        match &mut self.attributor {
+            None => out.append(staged),
+            Some(a) => {
+                for r in staged.drain(..) {
+                    a.submit(r);
+                }
+                if flush && a.has_pending() {
+                    out.extend(a.flush());
+                } else if flush {
+                    a.refresh_idle();
+                }
+            }
+        }
+    }
+
+    /// Enriches a kernel record into a line for the packets its flow gained since the
+    /// last line.
+    fn take_record(&mut self, d: Drop, out: &mut Vec<DropRecord>) {
+        let delta = self.book.unreported(&d.key, d.cumulative);
+        if delta == 0 {
+            return;
+        }
+        let (key, cumulative) = (d.key, d.cumulative);
+        let mut rec = self.enricher.record(d);
+        rec.count = delta;
+        self.book.reported(key, cumulative, &rec);
+        out.push(rec);
+    }
+
+    /// Re-reads the kernel's counts of recently active flows.
+    fn sweep_active(&mut self, out: &mut Vec<DropRecord>) {
+        let now = self.enricher.now();
+        for key in self.book.active(ACTIVE_WINDOW) {
+            if let Some(state) = self.capture.flow(&key)
+                && let Some(rec) = self.book.catch_up(&key, state.count, now.clone())
+            {
+                out.push(rec);
+            }
+        }
+    }
+
+    /// Reads the whole flow table: every packet the kernel counted gets reported.
+    fn sweep_all(&mut self, out: &mut Vec<DropRecord>) {
+        let now = self.enricher.now();
+        for (key, state) in self.capture.flows() {
+            if self.book.knows(&key) {
+                out.extend(self.book.catch_up(&key, state.count, now.clone()));
+            } else {
+                self.take_record(Drop::from_flow(&key, &state), out);
+            }
+        }
+    }
+
+    /// Emits lines, stopping at `limit` packets. Says whether the limit was hit or the
+    /// output closed.
+    fn emit_all(
+        &mut self,
+        out: &mut Vec<DropRecord>,
+        limit: Option<u64>,
+        emit: &mut impl FnMut(&DropRecord) -> io::Result<()>,
+    ) -> anyhow::Result<Flow> {
+        for mut rec in out.drain(..) {
+            if !self.process_filter.wants_process(&rec) {
+                self.filtered_out += rec.count;
+                continue;
+            }
+            if let Some(n) = limit {
+                let left = n.saturating_sub(self.summary.total);
+                if left == 0 {
+                    return Ok(Flow::Limit);
+                }
+                rec.count = rec.count.min(left);
+            }
+            self.summary.add(&rec);
+            if let Err(e) = emit(&rec) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(Flow::Closed);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(match limit {
+            Some(n) if self.summary.total >= n => Flow::Limit,
+            _ => Flow::Open,
+        })
+    }
+
+    /// The closing totals, checked against the kernel's own count of matched drops.
+    pub fn finish(&mut self) -> summary::SummaryRecord {
+        let _ = io::stdout().flush();
+        let duration = self.started.elapsed().as_secs_f64();
+        let stats = match self.capture.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                let mut end = self.summary.record(0, 0, duration);
+                (end.lost, end.matched_in_kernel, end.error) = (None, None, Some(e));
+                return end;
+            }
+        };
+        // Packets the kernel matched but no line reported: flows evicted from the flow
+        // table before their last packets were read (more than MAX_FLOWS flows at once),
+        // or, after `--count` ended the capture, drops deliberately not reported.
+        let unreported = stats
+            .matched
+            .saturating_sub(self.summary.total + self.filtered_out);
+        let (lost, beyond) = if self.limited {
+            (0, unreported)
+        } else {
+            (unreported, 0)
+        };
+        let mut end = self.summary.record(lost, stats.matched, duration);
+        end.records_lost = stats.records_lost;
+        end.beyond_count = beyond;
+        end
+    }
+}
