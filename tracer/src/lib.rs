@@ -1,26 +1,33 @@
 //! droptrace: which packets the firewall drops, which rule dropped them, to where, from
 //! which process.
 //!
-//! Collection ([`capture`]) is separate from enrichment ([`record`]) and from display
-//! ([`output`], [`summary`]), so everything but the kernel attachment is tested with
-//! fabricated input.
+//! The folders follow the data, bottom to top; a module uses only the layers below its
+//! own, front-ends never use each other, and there are no import circles:
+//!
+//! - [`kernel`]: BTF, symbols, stacks, loading and attaching the eBPF programs, decoding
+//!   their records into [`kernel::drop::Drop`]s.
+//! - [`record`]: the [`record::DropRecord`] every output renders, with its rule fields.
+//! - [`enrich`]: a `Drop` becomes a `DropRecord` (process, socket owner, namespace, names).
+//! - [`attribution`]: the rule that dropped it, from the namespace's ruleset and counters.
+//! - [`session`]: one capture from start to summary — the one way front-ends get drops.
+//!   [`inventory`] (outbound flows before you block) and [`probe`] (traffic droptrace
+//!   sends) sit beside it.
+//! - [`sinks`]: text, JSON lines, pcapng.
+//! - [`commands`]: one module per front-end; [`cli`] parses the command line and its man
+//!   pages, and `main.rs` dispatches.
+//!
+//! [`escape`] and [`tools`] are leaf helpers anyone may use. CONTRIBUTING.md has the rule
+//! for where a change goes.
 
 pub mod attribution;
-pub mod audit;
 pub mod cli;
+pub mod commands;
 pub mod enrich;
 pub mod escape;
-pub mod explain;
-
 pub mod inventory;
 pub mod kernel;
-pub mod manual;
-pub mod output;
-pub mod pcapng;
 pub mod probe;
 pub mod record;
 pub mod session;
+pub mod sinks;
 pub mod tools;
-pub mod top;
-pub mod verify;
-pub mod watch;

@@ -27,15 +27,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watch(args) => droptrace::watch::run(args)
+            Command::Watch(args) => droptrace::commands::watch::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Verify(args) => droptrace::verify::run(args).await,
-            Command::Top(args) => droptrace::top::run(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Explain(args) => droptrace::explain::run_explain(args),
-            Command::Rules(args) => droptrace::explain::run_rules(args),
-            Command::Inventory(args) => droptrace::inventory::run(args).await,
-            Command::Audit(args) => droptrace::audit::run(args).await,
+            Command::Verify(args) => droptrace::commands::verify::run(args).await,
+            Command::Top(args) => droptrace::commands::top::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Explain(args) => droptrace::commands::explain::run_explain(args),
+            Command::Rules(args) => droptrace::commands::explain::run_rules(args),
+            Command::Inventory(args) => droptrace::commands::inventory::run(args).await,
+            Command::Audit(args) => droptrace::commands::audit::run(args).await,
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 // Into a buffer: clap_complete panics when its writer fails, and a closed
@@ -45,13 +47,13 @@ fn main() -> ExitCode {
                 print_ignoring_closed_pipe(&script)
             }
             Command::Man { page, dir } => match dir {
-                Some(dir) => droptrace::manual::write_all(&dir).map(|written| {
+                Some(dir) => droptrace::cli::manual::write_all(&dir).map(|written| {
                     for path in written {
                         println!("{}", path.display());
                     }
                     ExitCode::SUCCESS
                 }),
-                None => droptrace::manual::page(page.as_deref())
+                None => droptrace::cli::manual::page(page.as_deref())
                     .and_then(|roff| print_ignoring_closed_pipe(roff.as_bytes())),
             },
         }

@@ -103,6 +103,18 @@ impl DropRecord {
     }
 
     /// The rule that dropped it, in words, when attributed.
+    /// What dropped its packets, in words: the rule when known, else hook and engine.
+    pub fn dropped_by(&self) -> String {
+        if let Some(rule) = self.rule_label() {
+            return rule;
+        }
+        let hook = self.hook.map_or("?", |h| h.as_str());
+        match self.engine {
+            Some(e) => format!("{hook} ({})", e.as_str()),
+            None => hook.to_string(),
+        }
+    }
+
     pub fn rule_label(&self) -> Option<String> {
         self.rule.as_ref().and_then(|a| a.label())
     }

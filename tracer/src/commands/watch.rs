@@ -7,9 +7,9 @@ use std::{
 
 use crate::{
     enrich::netns::NetnsSelector,
-    output::{JsonSink, Sink, TextSink},
     session::Session,
     session::options::{CaptureArgs, FilterArgs},
+    sinks::lines::{JsonSink, Sink, TextSink},
 };
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     } else {
         Box::new(
             TextSink::new(stdout)
-                .with_color(crate::output::use_color(&io::stdout()))
+                .with_color(crate::sinks::lines::use_color(&io::stdout()))
                 .one_namespace(args.filters.netns_selector() != NetnsSelector::All),
         )
     };
@@ -42,7 +42,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut pcap = args
         .write
         .as_deref()
-        .map(crate::pcapng::PcapngFile::create)
+        .map(crate::sinks::pcapng::PcapngFile::create)
         .transpose()?;
     let info = session.start_info(&args.filters, &args.capture);
     if args.json {

@@ -1,7 +1,9 @@
 //! The command line: subcommands and their flags, designed as one piece.
 //!
-//! Every subcommand that watches drops takes the same filter flags ([`FilterArgs`]), so
+//! Every subcommand that watches drops takes the same filter flags ([`crate::session::options::FilterArgs`]), so
 //! what an engineer learns for `watch` works for the rest.
+
+pub mod manual;
 
 use clap::{Parser, Subcommand};
 
@@ -27,16 +29,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print each dropped packet as it happens, and a summary at the end.
-    Watch(crate::watch::WatchArgs),
+    Watch(crate::commands::watch::WatchArgs),
     /// Watch for a window and exit 0 if nothing was dropped (and every probe got
     /// through), 1 if something was, 2 on error.
-    Verify(crate::verify::VerifyArgs),
+    Verify(crate::commands::verify::VerifyArgs),
     /// Live full-screen view: drops grouped by rule and destination, refreshed every
     /// second (plain tables when stdout is not a terminal). `q` quits.
-    Top(crate::top::TopArgs),
+    Top(crate::commands::top::TopArgs),
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
     /// Exit 0 if it would pass, 1 if it would be dropped.
-    Explain(crate::explain::ExplainArgs),
+    Explain(crate::commands::explain::ExplainArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -54,13 +56,13 @@ pub enum Command {
     },
     /// Show the ruleset as droptrace understands it: counters, and matches it cannot
     /// evaluate marked `?`.
-    Rules(crate::explain::RulesArgs),
+    Rules(crate::commands::explain::RulesArgs),
     /// Before you block: list every outbound flow the host starts during a window
     /// (destination, process, first/last seen) and whether the current ruleset drops it.
-    Inventory(crate::inventory::InventoryArgs),
+    Inventory(crate::commands::inventory::InventoryArgs),
     /// Before you block: which flows (an inventory, or live traffic) a proposed ruleset
     /// would drop, by rule. Never applies it. Exit 0 if none, 1 if some, 2 on error.
-    Audit(crate::audit::AuditArgs),
+    Audit(crate::commands::audit::AuditArgs),
 }
 
 #[cfg(test)]

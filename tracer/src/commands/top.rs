@@ -22,11 +22,10 @@ use ratatui::{
 
 use crate::{
     escape::terminal,
-    output::process_text,
     record::DropRecord,
     session::Session,
     session::options::{CaptureArgs, FilterArgs},
-    verify::dropped_by,
+    sinks::lines::process_text,
 };
 
 #[derive(Debug, clap::Args)]
@@ -132,7 +131,7 @@ impl TopModel {
         self.total += r.count;
         let key = RowKey {
             dst_order: (r.dst, r.dport.unwrap_or(0)),
-            dropped_by: dropped_by(r),
+            dropped_by: r.dropped_by(),
             dst: r.destination(),
             proto: r.proto.clone(),
             process: program_text(r),
@@ -411,7 +410,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let end = session.finish();
     let m = model.borrow();
     let mut out = io::stdout().lock();
-    writeln!(out, "{}", crate::output::end_line(&end))?;
+    writeln!(out, "{}", crate::sinks::lines::end_line(&end))?;
     write!(out, "{}", plain_table(&m))?;
     Ok(())
 }

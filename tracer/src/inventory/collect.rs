@@ -1,36 +1,18 @@
-//! `droptrace inventory`: which external services does this host talk to, from which
-//! process — the list nobody had before the hardening rules went live.
-//!
-//! For a window (`--duration`, or until Ctrl-C) the kernel programs of [`kernel`] record
-//! every distinct outbound flow the host starts: TCP connection attempts and UDP / ICMP
-//! echo sends, seen before the firewall so flows it drops are listed too, each with its
-//! process, cgroup, namespace, first and last sighting and a count.
-//!
-//! Whether the *current* ruleset dropped a flow is not guessed by evaluating rules: the
-//! drop capture of `watch` ([`Session`]) runs side by side, and a flow is `dropped` when
-//! the kernel reported NETFILTER_DROP drops of its packets (a first packet in OUTPUT, or a
-//! reply dropped on the way in), named by rule as `watch` names them. That is what
-//! happened, not what a model predicts; predicting is `droptrace audit`'s job, for a
-//! ruleset that is not applied yet.
-//!
-//! `--write FILE` keeps the inventory as JSON for `droptrace audit --from FILE` and
-//! `droptrace verify --probe-file FILE` ([`probe_targets_from_file`]).
-
-pub mod kernel;
+//! Taking an inventory: the kernel programs of [`super::kernel`] record every distinct
+//! outbound flow (TCP connection attempts, UDP and ICMP echo sends, seen before the
+//! firewall), a [`Session`] runs beside them for the drops, and both are folded into an
+//! [`Inventory`]: flows grouped into services, each marked dropped when the kernel reported
+//! drops of its packets, with the rule that dropped them.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
-    io::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::ExitCode,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tracer_common::{AF_INET6, InventoryKey, InventoryState, inventory as k};
 
@@ -43,282 +25,15 @@ use crate::{
     kernel::filter::proto_name,
     kernel::program::c_string,
     kernel::stack::Hook,
-    probe::{ProbeProto, Target},
-    record::{DropRecord, endpoint},
+    record::DropRecord,
     session::Session,
     session::options::{CaptureArgs, FilterArgs},
 };
 
-/// Version of the `--write` file format.
-pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, clap::Args)]
-pub struct InventoryArgs {
-    #[command(flatten)]
-    pub filters: FilterArgs,
-    /// How long to watch (e.g. 10m, 1h); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = crate::session::options::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Print the inventory as one JSON document on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the inventory (JSON) to FILE, for `droptrace audit --from FILE` and
-    /// `droptrace verify --probe-file FILE`.
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
-    /// Do not watch drops alongside (the `dropped` column is then unknown).
-    #[arg(long)]
-    pub no_drops: bool,
-}
-
-/// An inventory: what `--json` prints and `--write` keeps.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Inventory {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub version: u32,
-    /// When the window started (RFC 3339, UTC).
-    pub started: String,
-    pub duration_s: f64,
-    /// The namespace(s) watched, as `--netns` named them.
-    pub netns: String,
-    #[serde(default)]
-    pub filters: String,
-    /// Kernel hooks that saw the flows.
-    #[serde(default)]
-    pub sources: Vec<String>,
-    /// What could not be seen, and why.
-    #[serde(default)]
-    pub blind_spots: Vec<String>,
-    /// How `dropped` was decided; null when drops were not watched.
-    #[serde(default)]
-    pub drops_from: Option<String>,
-    /// Flows whose first sighting the kernel could not hand over (their process details
-    /// may be missing; the flows themselves are listed).
-    #[serde(default)]
-    pub lost: u64,
-    pub services: Vec<Service>,
-}
-
-/// A destination service (protocol, address, port or ICMP type) and everyone who used it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Service {
-    pub proto: String,
-    pub dst: IpAddr,
-    #[serde(default)]
-    pub dport: Option<u16>,
-    #[serde(default)]
-    pub icmp_type: Option<u8>,
-    /// `comm[pid]` (with `@unit` or `@container`), one per process.
-    #[serde(default)]
-    pub processes: Vec<String>,
-    /// Connection attempts (TCP) or datagrams (UDP, ICMP), all flows together.
-    pub count: u64,
-    pub first_seen: String,
-    pub last_seen: String,
-    /// Whether the current ruleset dropped its packets; null when drops were not watched.
-    #[serde(default)]
-    pub dropped: Option<bool>,
-    /// Dropped packets (NETFILTER_DROP) of this service.
-    #[serde(default)]
-    pub drops: u64,
-    #[serde(default)]
-    pub dropped_by: Vec<String>,
-    pub flows: Vec<Flow>,
-}
-
-/// One flow: a service as one process, in one namespace, reached it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Flow {
-    pub netns: u32,
-    #[serde(default)]
-    pub netns_name: Option<String>,
-    pub proto: String,
-    pub dst: IpAddr,
-    #[serde(default)]
-    pub dport: Option<u16>,
-    #[serde(default)]
-    pub icmp_type: Option<u8>,
-    #[serde(default)]
-    pub icmp_code: Option<u8>,
-    /// Source address: the flow's own when the kernel had chosen it, else the route's.
-    #[serde(default)]
-    pub src: Option<IpAddr>,
-    /// Source port of the first attempt, when already chosen.
-    #[serde(default)]
-    pub sport: Option<u16>,
-    /// Output interface, from the namespace's routing table at the end of the window.
-    #[serde(default)]
-    pub oif: Option<String>,
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub comm: String,
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    #[serde(default)]
-    pub cgroup: Option<String>,
-    #[serde(default)]
-    pub container: Option<String>,
-    #[serde(default)]
-    pub uid: Option<u32>,
-    #[serde(default)]
-    pub mark: u32,
-    /// Connection attempts (TCP) or datagrams (UDP, ICMP); for a flow seen only through
-    /// its drops, the dropped packets.
-    pub count: u64,
-    pub first_seen: String,
-    pub last_seen: String,
-    /// `connect` (TCP SYN_SENT), `send` (a datagram), or `drop` (seen only being dropped:
-    /// it started before the window).
-    pub seen_by: String,
-    #[serde(default)]
-    pub dropped: Option<bool>,
-    #[serde(default)]
-    pub drops: u64,
-    #[serde(default)]
-    pub dropped_by: Vec<String>,
-}
-
-impl Flow {
-    fn service_key(&self) -> ServiceKey {
-        (self.proto.clone(), self.dst, self.dport, self.icmp_type)
-    }
-
-    /// `comm[pid]`, with the unit or container when it names one; escaped for terminals.
-    pub fn process(&self) -> String {
-        let Some(pid) = self.pid else {
-            return "unknown".to_string();
-        };
-        match self.container.as_deref() {
-            Some(c) if !c.ends_with(".scope") => {
-                format!("{}[{pid}]@{}", terminal(&self.comm), terminal(c))
-            }
-            _ => format!("{}[{pid}]", terminal(&self.comm)),
-        }
-    }
-}
-
-impl Service {
-    /// `203.0.113.10:8443`, `[2001:db8::10]:53`, or `203.0.113.10 echo` for ICMP.
-    pub fn destination(&self) -> String {
-        match (self.dport, self.icmp_type) {
-            (Some(p), _) => endpoint(self.dst, Some(p)),
-            (None, Some(8 | 128)) => format!("{} echo", self.dst),
-            (None, Some(t)) => format!("{} type {t}", self.dst),
-            (None, None) => self.dst.to_string(),
-        }
-    }
-}
-
-/// (proto, dst, dport, icmp type): what makes flows one service.
-type ServiceKey = (String, IpAddr, Option<u16>, Option<u8>);
-
-pub async fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.write {
-        // Before the window, not after it: a typo must not cost the capture.
-        writable(path)?;
-    }
-    let inv = collect(&args.filters, args.duration, !args.no_drops).await?;
-    if let Some(path) = &args.write {
-        write_file(path, &inv)?;
-        let flows: usize = inv.services.iter().map(|s| s.flows.len()).sum();
-        eprintln!(
-            "droptrace: wrote {} service(s), {flows} flow(s) to {} (for `droptrace audit --from` and `droptrace verify --probe-file`)",
-            inv.services.len(),
-            terminal(&path.display().to_string())
-        );
-    }
-    let mut out = io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &inv)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
-    } else {
-        write_table(&mut out, &inv)
-    };
-    match written {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        other => other?,
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Whether `path` can be written (the file, or the directory it would be created in).
-fn writable(path: &Path) -> anyhow::Result<()> {
-    let target = if path.exists() {
-        path.to_path_buf()
-    } else {
-        match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    };
-    nix::unistd::access(&target, nix::unistd::AccessFlags::W_OK)
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes `inv` as pretty JSON.
-pub fn write_file(path: &Path, inv: &Inventory) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(inv)?;
-    text.push('\n');
-    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Reads an inventory written by `--write`.
-pub fn parse(text: &str) -> Result<Inventory, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not a droptrace inventory: {e}"))?;
-    if v.get("type").and_then(|t| t.as_str()) != Some("inventory") {
-        return Err(
-            "not a droptrace inventory (no \"type\": \"inventory\"; write one with `droptrace inventory --write FILE`)"
-                .into(),
-        );
-    }
-    match v.get("version").and_then(|t| t.as_u64()) {
-        Some(n) if n == u64::from(FORMAT_VERSION) => {}
-        other => {
-            return Err(format!(
-                "inventory format version {} is not supported (this droptrace reads version {FORMAT_VERSION})",
-                other.map_or("missing".to_string(), |n| n.to_string())
-            ));
-        }
-    }
-    serde_json::from_value(v).map_err(|e| format!("malformed inventory: {e}"))
-}
-
-/// Probe targets for `verify --probe-file`: one per TCP or UDP service of an inventory.
-/// `None` when `text` is not an inventory (then it is a plain list of targets).
-pub fn probe_targets_from_file(text: &str) -> Option<Result<Vec<Target>, String>> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    if v.get("type").and_then(|t| t.as_str()) != Some("inventory") {
-        return None;
-    }
-    Some(parse(text).map(|inv| probe_targets(&inv)))
-}
-
-fn probe_targets(inv: &Inventory) -> Vec<Target> {
-    let mut seen = BTreeSet::new();
-    inv.services
-        .iter()
-        .filter_map(|s| {
-            let proto = match s.proto.as_str() {
-                "tcp" => ProbeProto::Tcp,
-                "udp" => ProbeProto::Udp,
-                _ => return None,
-            };
-            let port = s.dport.filter(|p| *p != 0)?;
-            seen.insert((s.proto.clone(), s.dst, port)).then(|| Target {
-                proto,
-                host: s.dst.to_string(),
-                port,
-            })
-        })
-        .collect()
-}
+use super::document::*;
 
 /// Wall-clock dates for the kernel's monotonic timestamps.
-struct Clock {
+pub(crate) struct Clock {
     offset_ns: i128,
 }
 
@@ -342,14 +57,14 @@ impl Clock {
 }
 
 /// A flow as the kernel reported it, with what /proc said about its process then.
-struct Seen {
+pub(crate) struct Seen {
     state: InventoryState,
     proc: Option<ProcInfo>,
 }
 
 /// Every flow seen so far.
 #[derive(Default)]
-struct Book {
+pub(crate) struct Book {
     flows: HashMap<InventoryKey, Seen>,
     procs: ProcCache,
 }
@@ -386,7 +101,7 @@ impl Book {
     }
 }
 
-fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
+pub(crate) fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
     if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(*a))
     } else {
@@ -395,7 +110,7 @@ fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
 }
 
 /// The flow the kernel saw, before routes and drops are added.
-fn flow_of(key: &InventoryKey, seen: &Seen, clock: &Clock) -> Flow {
+pub(crate) fn flow_of(key: &InventoryKey, seen: &Seen, clock: &Clock) -> Flow {
     let s = &seen.state;
     let icmp = matches!(key.proto, 1 | 58);
     let src = addr(key.family, &s.saddr);
@@ -435,7 +150,7 @@ fn flow_of(key: &InventoryKey, seen: &Seen, clock: &Clock) -> Flow {
 /// cgroup v2 paths by cgroup id (the directory's inode), for processes that exited
 /// before /proc could be read. Scans the cgroup2 mount once, lazily.
 #[derive(Default)]
-struct CgroupPaths {
+pub(crate) struct CgroupPaths {
     by_id: Option<HashMap<u64, String>>,
 }
 
@@ -451,7 +166,7 @@ impl CgroupPaths {
     }
 }
 
-fn scan_cgroups() -> HashMap<u64, String> {
+pub(crate) fn scan_cgroups() -> HashMap<u64, String> {
     let mut out = HashMap::new();
     let Some(root) = fs::read_to_string("/proc/self/mountinfo")
         .ok()
@@ -488,7 +203,7 @@ fn scan_cgroups() -> HashMap<u64, String> {
 }
 
 /// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
-fn cgroup2_mount(mountinfo: &str) -> Option<String> {
+pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<String> {
     mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         (right.split_whitespace().next()? == "cgroup2")
@@ -496,12 +211,8 @@ fn cgroup2_mount(mountinfo: &str) -> Option<String> {
     })
 }
 
-/// A service in one namespace, as sent to by one process, or (no known process: a
-/// retransmission or reply dropped in softirq) from one local port.
-type DropKey = (ServiceKey, u32, Sender);
-
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Sender {
+pub(crate) enum Sender {
     Process(u32),
     /// The flow's local port, which names the flow when no process does.
     Port(Option<u16>),
@@ -509,7 +220,7 @@ enum Sender {
 
 /// Drops of the window, indexed by the service they belong to.
 #[derive(Default)]
-struct DropIndex {
+pub(crate) struct DropIndex {
     /// Packets dropped, and what dropped them.
     by_service: BTreeMap<DropKey, (u64, BTreeSet<String>)>,
     /// First packets dropped on the way out, for flows that started before the window.
@@ -517,12 +228,12 @@ struct DropIndex {
 }
 
 /// What dropped a record, in words.
-fn drop_label(r: &DropRecord) -> String {
-    crate::verify::dropped_by(r)
+pub(crate) fn drop_label(r: &DropRecord) -> String {
+    r.dropped_by()
 }
 
 impl DropIndex {
-    fn new(records: &[DropRecord]) -> Self {
+    pub(crate) fn new(records: &[DropRecord]) -> Self {
         let mut idx = DropIndex::default();
         for r in records {
             let egress = matches!(r.hook, Some(Hook::Output | Hook::Postrouting));
@@ -573,7 +284,7 @@ impl DropIndex {
     /// no known process that match no flow's port go to one flow of the service (one of no
     /// known process if there is one), never to every flow, so no process is marked as
     /// dropped for another's packets.
-    fn mark(&self, flows: &mut [Flow]) {
+    pub(crate) fn mark(&self, flows: &mut [Flow]) {
         let mut taken: BTreeSet<&DropKey> = BTreeSet::new();
         for f in flows.iter_mut() {
             f.dropped = Some(false);
@@ -624,7 +335,7 @@ impl DropIndex {
 
     /// Flows known only from their dropped first packets (connections that started
     /// before the window and keep retrying).
-    fn unseen_flows(&self, flows: &[Flow]) -> Vec<Flow> {
+    pub(crate) fn unseen_flows(&self, flows: &[Flow]) -> Vec<Flow> {
         let mut out: Vec<Flow> = Vec::new();
         for r in &self.first_packets {
             let icmp = matches!(r.proto.as_str(), "icmp" | "icmpv6");
@@ -673,7 +384,7 @@ impl DropIndex {
 }
 
 /// Groups flows into services, sorted by destination.
-fn services(flows: Vec<Flow>) -> Vec<Service> {
+pub(crate) fn services(flows: Vec<Flow>) -> Vec<Service> {
     let mut groups: BTreeMap<(String, IpAddr, u16, u8), Vec<Flow>> = BTreeMap::new();
     for f in flows {
         groups
@@ -745,7 +456,7 @@ fn services(flows: Vec<Flow>) -> Vec<Service> {
 }
 
 /// The user's filters that the kernel cannot apply to flows: source, process.
-fn wanted(filters: &FilterArgs, f: &Flow) -> bool {
+pub(crate) fn wanted(filters: &FilterArgs, f: &Flow) -> bool {
     filters
         .src
         .is_none_or(|c| f.src.is_some_and(|s| c.contains(&s)))
@@ -773,7 +484,7 @@ pub async fn collect(
     let kernel_filters = filters.to_filters()?;
     let kernel = KernelBtf::load()?;
     // First: it may mount tracefs in a private mount namespace, which needs one thread.
-    let mut cap = kernel::InventoryCapture::start(&kernel, &kernel_filters)?;
+    let mut cap = super::kernel::InventoryCapture::start(&kernel, &kernel_filters)?;
     let mut blind_spots = cap.blind_spots.clone();
     let mut sources = cap.sources.clone();
     let capture_args = CaptureArgs {
@@ -937,89 +648,17 @@ pub async fn collect(
     })
 }
 
-/// `HH:MM:SS.mmm` of an RFC 3339 time (UTC), for the table.
-fn clock_time(rfc3339: &str) -> String {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .map(|t| t.strftime("%H:%M:%S%.3f").to_string())
-        .unwrap_or_else(|_| terminal(rfc3339).into_owned())
-}
-
-/// The readable table: one line per service, its processes, and what dropped it.
-pub fn write_table(out: &mut impl io::Write, inv: &Inventory) -> io::Result<()> {
-    writeln!(
-        out,
-        "{:<6} {:<28} {:>6}  {:<12}  {:<12}  {:<7}  PROCESSES",
-        "PROTO", "DESTINATION", "COUNT", "FIRST(UTC)", "LAST(UTC)", "DROPPED"
-    )?;
-    for s in &inv.services {
-        let dropped = match s.dropped {
-            Some(true) => "YES",
-            Some(false) => "no",
-            None => "?",
-        };
-        const SHOWN: usize = 4;
-        let mut procs = s
-            .processes
-            .iter()
-            .take(SHOWN)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if s.processes.len() > SHOWN {
-            procs.push_str(&format!(" +{} more", s.processes.len() - SHOWN));
-        }
-        writeln!(
-            out,
-            "{:<6} {:<28} {:>6}  {:<12}  {:<12}  {:<7}  {}",
-            s.proto,
-            s.destination(),
-            s.count,
-            clock_time(&s.first_seen),
-            clock_time(&s.last_seen),
-            dropped,
-            procs
-        )?;
-        for by in &s.dropped_by {
-            writeln!(out, "{:>8}dropped by {}", "", terminal(by))?;
-        }
-    }
-    let flows: usize = inv.services.iter().map(|s| s.flows.len()).sum();
-    let dropped = inv
-        .services
-        .iter()
-        .filter(|s| s.dropped == Some(true))
-        .count();
-    write!(
-        out,
-        "{} service(s), {flows} flow(s) in {:.1}s",
-        inv.services.len(),
-        inv.duration_s
-    )?;
-    if inv.drops_from.is_some() {
-        writeln!(out, "; {dropped} dropped by the current ruleset")?;
-    } else {
-        writeln!(out, "; drops not watched")?;
-    }
-    if inv.lost > 0 {
-        writeln!(
-            out,
-            "note: {} first sighting(s) arrived late; their process details may be missing",
-            inv.lost
-        )?;
-    }
-    for b in &inv.blind_spots {
-        writeln!(out, "note: {}", terminal(b))?;
-    }
-    Ok(())
-}
+/// A service in one namespace, as sent to by one process, or (no known process: a
+/// retransmission or reply dropped in softirq) from one local port.
+pub(crate) type DropKey = (ServiceKey, u32, Sender);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::kernel::stack::Hook;
     use crate::record::tests::sample;
 
-    fn flow(port: u16, pid: u32, comm: &str) -> Flow {
+    pub(crate) fn flow(port: u16, pid: u32, comm: &str) -> Flow {
         Flow {
             netns: 4026532300,
             netns_name: Some("client".into()),
@@ -1048,7 +687,7 @@ mod tests {
         }
     }
 
-    fn inventory(flows: Vec<Flow>) -> Inventory {
+    pub(crate) fn inventory(flows: Vec<Flow>) -> Inventory {
         Inventory {
             kind: "inventory".into(),
             version: FORMAT_VERSION,
@@ -1185,28 +824,6 @@ mod tests {
                 .unwrap()
                 .is_err()
         );
-    }
-
-    #[test]
-    fn the_table_escapes_what_processes_chose() {
-        let mut evil = flow(8443, 812, "\x1b[2Jjava");
-        evil.container = Some("pay\u{202e}ments.service".into());
-        evil.dropped = Some(true);
-        evil.dropped_by = vec!["filter/OUTPUT rule 4 `-A OUTPUT -j DROP \x1b]0;x\x07`".into()];
-        let mut buf = Vec::new();
-        write_table(&mut buf, &inventory(vec![evil])).unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        assert!(
-            !text.contains('\x1b') && !text.contains('\u{202e}'),
-            "{text}"
-        );
-        assert!(
-            text.contains("\\x1b[2Jjava[812]@pay\\u{202e}ments.service"),
-            "{text}"
-        );
-        assert!(text.contains("YES"), "{text}");
-        assert!(text.contains("10:30:00.000"), "{text}");
-        assert!(text.contains("1 service(s), 1 flow(s)"), "{text}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use pcap_file::{
 };
 use tracer_common::HEADER_BYTES;
 
-use crate::{output::process_text, record::DropRecord};
+use crate::{record::DropRecord, sinks::lines::process_text};
 
 pub struct PcapngFile {
     writer: PcapNgWriter<BufWriter<File>>,

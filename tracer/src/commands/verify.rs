@@ -17,11 +17,11 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    output::process_text,
     probe::{self, Attempt, Outcome, ProbeProto, Target},
     record::DropRecord,
     session::Session,
     session::options::{CaptureArgs, FilterArgs},
+    sinks::lines::process_text,
 };
 
 #[derive(Debug, clap::Args)]
@@ -103,24 +103,12 @@ pub struct VerifyReport {
     pub drops_from: String,
 }
 
-/// What dropped a record's packets, in words: the rule when known, else hook and engine.
-pub fn dropped_by(r: &DropRecord) -> String {
-    if let Some(rule) = r.rule_label() {
-        return rule;
-    }
-    let hook = r.hook.map_or("?", |h| h.as_str());
-    match r.engine {
-        Some(e) => format!("{hook} ({})", e.as_str()),
-        None => hook.to_string(),
-    }
-}
-
 pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
     let mut groups: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
     for r in records {
         *groups
             .entry((
-                dropped_by(r),
+                r.dropped_by(),
                 r.destination(),
                 r.proto.clone(),
                 process_text(r),
@@ -174,7 +162,7 @@ pub fn judge(attempts: &[Attempt], records: &[DropRecord]) -> Vec<ProbeReport> {
         .map(|a| {
             let mine: Vec<&DropRecord> = records.iter().filter(|d| is_probes(a, d)).collect();
             let drops: u64 = mine.iter().map(|d| d.count).sum();
-            let by = mine.first().map(|d| dropped_by(d));
+            let by = mine.first().map(|d| d.dropped_by());
             let (result, detail) = match (&a.outcome, drops) {
                 (_, n) if n > 0 => (
                     "dropped",
