@@ -1,0 +1,67 @@
+//! The dropped packet as the rule engine sees it: a [`DropRecord`] turned into a
+//! [`ruleset::Packet`], with what the record cannot tell marked unknown.
+
+use crate::{kernel::drop::CtState as DropCt, kernel::stack, record::DropRecord};
+
+/// The packet as the rule engine sees it.
+pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
+    let family = if r.src.is_ipv6() {
+        ruleset::Family::Ipv6
+    } else {
+        ruleset::Family::Ipv4
+    };
+    let name = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let (iif, oif) = match r.hook {
+        Some(stack::Hook::Prerouting | stack::Hook::Input) => (name(&r.in_ifname), None),
+        Some(stack::Hook::Forward) => (name(&r.in_ifname), name(&r.out_ifname)),
+        _ => (None, name(&r.out_ifname)),
+    };
+    // The record names the protocol as the CLI does; the same parser reads it back.
+    let proto = r
+        .proto
+        .parse::<crate::kernel::filter::Proto>()
+        .map_or(0, |p| p.0);
+    ruleset::Packet {
+        family,
+        proto,
+        src: r.src,
+        dst: r.dst,
+        sport: r.sport,
+        dport: r.dport,
+        tcp_flags: r.tcp_flags_raw,
+        icmp_type: r.icmp_type,
+        icmp_code: r.icmp_code,
+        iif,
+        oif,
+        mark: r.mark,
+        uid: r.uid,
+        gid: r.gid,
+        ct_state: Some(match r.ct_state {
+            DropCt::New => ruleset::CtState::New,
+            DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
+            DropCt::Related | DropCt::RelatedReply => ruleset::CtState::Related,
+            // No conntrack entry: what `--ctstate INVALID` / `ct state invalid` match.
+            DropCt::None => ruleset::CtState::Invalid,
+        }),
+        len: r.len,
+        // A packet with a socket whose owner could not be read: owner matches cannot be
+        // decided. Without a socket they are decided as the kernel does (no owner).
+        unknown: ruleset::Unknown {
+            iif: false,
+            oif: false,
+            uid: r.has_socket && r.uid.is_none(),
+            gid: r.has_socket && r.gid.is_none(),
+        },
+    }
+}
+
+pub(super) fn rule_hook(h: stack::Hook) -> Option<ruleset::Hook> {
+    Some(match h {
+        stack::Hook::Prerouting => ruleset::Hook::Prerouting,
+        stack::Hook::Input => ruleset::Hook::Input,
+        stack::Hook::Forward => ruleset::Hook::Forward,
+        stack::Hook::Output => ruleset::Hook::Output,
+        stack::Hook::Postrouting => ruleset::Hook::Postrouting,
+        stack::Hook::Ingress | stack::Hook::Egress => return None,
+    })
+}
