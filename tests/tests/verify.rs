@@ -202,6 +202,68 @@ fn udp_probes_say_what_came_back() {
     assert_eq!(results, ["reachable", "refused", "sent"], "{report}");
 }
 
+/// A service dropped one time in two (`-m statistic --mode nth`, deterministic) is
+/// INTERMITTENT with several attempts, and passes once the rule is gone; the kernel's counter
+/// of the rule agrees with the attempts reported dropped.
+#[test]
+fn intermittent_drops_are_caught_by_several_attempts() {
+    let t = Topology::new().unwrap();
+    let sock = t
+        .gateway
+        .run(|| std::net::UdpSocket::bind("203.0.113.10:5400"))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    t.client
+        .exec(&[
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "5400",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "2",
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let probe = ["--probe", "udp://203.0.113.10:5400", "--attempts", "4"];
+    let (code, report, stderr) = verify(&t, &probe);
+    assert_eq!(code, 1, "{report} {stderr}");
+    let p = &report["probes"][0];
+    assert_eq!(p["result"], "intermittent", "{report}");
+    assert_eq!(p["attempts"], 4);
+    assert_eq!(p["dropped_attempts"], 2, "{report}");
+    let counter = t
+        .client
+        .exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])
+        .unwrap();
+    let dropped: u64 = counter
+        .lines()
+        .find(|l| l.contains("dpt:5400"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("the rule's counter");
+    assert_eq!(dropped, 2, "{counter}");
+    // One attempt may be lucky: that is what --attempts is for.
+    t.client.exec(&["iptables", "-D", "OUTPUT", "1"]).unwrap();
+    let (code, report, stderr) = verify(&t, &probe);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["probes"][0]["result"], "reachable", "{report}");
+}
+
 #[test]
 fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
     let t = Topology::new().unwrap();

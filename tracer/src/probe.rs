@@ -121,12 +121,19 @@ pub struct Attempt {
     pub outcome: Outcome,
 }
 
-/// Runs every probe from the namespace at `netns` (None: our own), on one thread that
-/// enters it, in parallel.
+/// Pause between two attempts at one target: enough for a dropped SYN's flow to be told
+/// apart from the next attempt's, short beside any probe timeout.
+const BETWEEN_ATTEMPTS: Duration = Duration::from_millis(100);
+
+/// Runs every probe `attempts` times (each from a fresh socket, so a fresh source port and
+/// its own flow) from the namespace at `netns` (None: our own), targets in parallel, the
+/// attempts at one target one after the other. Attempts come back grouped by target, in the
+/// order given.
 pub fn run_all(
     targets: &[Target],
     netns: Option<&Path>,
     timeout: Duration,
+    attempts: u32,
 ) -> io::Result<Vec<Attempt>> {
     let ns = netns.map(File::open).transpose()?;
     let targets = targets.to_vec();
@@ -136,35 +143,51 @@ pub fn run_all(
         }
         // Sockets take the namespace of the thread that creates them: spawn the probes
         // from here so they inherit it.
+        let n = attempts.max(1);
         let handles: Vec<_> = targets
             .into_iter()
-            .map(|t| (t.clone(), std::thread::spawn(move || probe(t, timeout))))
+            .map(|t| {
+                let target = t.clone();
+                let handle = std::thread::spawn(move || {
+                    (0..n)
+                        .map(|i| {
+                            if i > 0 {
+                                std::thread::sleep(BETWEEN_ATTEMPTS);
+                            }
+                            probe(t.clone(), timeout)
+                        })
+                        .collect::<Vec<Attempt>>()
+                });
+                (target, handle)
+            })
             .collect();
-        // Every probe is reported: one whose thread died is a failed probe, never a
+        // Every attempt is reported: one whose thread died is a failed attempt, never a
         // missing one that lets the others pass.
         Ok(handles
             .into_iter()
-            .map(|(target, h)| joined(target, h.join()))
+            .flat_map(|(target, h)| joined(target, n, h.join()))
             .collect())
     })
     .join()
     .map_err(|_| io::Error::other("probe thread panicked"))?
 }
 
-/// A probe thread's result; a panic becomes a failed attempt.
-fn joined(target: Target, result: std::thread::Result<Attempt>) -> Attempt {
+/// A probe thread's attempts; a panic makes every attempt of its target a failed one.
+fn joined(target: Target, n: u32, result: std::thread::Result<Vec<Attempt>>) -> Vec<Attempt> {
     result.unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown cause".into());
-        Attempt {
-            target,
-            local: None,
-            remote: None,
-            outcome: Outcome::Failed(format!("the probe crashed: {why}")),
-        }
+        (0..n)
+            .map(|_| Attempt {
+                target: target.clone(),
+                local: None,
+                remote: None,
+                outcome: Outcome::Failed(format!("the probe crashed: {why}")),
+            })
+            .collect()
     })
 }
 
@@ -287,10 +310,13 @@ mod tests {
     #[test]
     fn a_probe_that_panics_is_a_failed_probe() {
         let t: Target = "tcp://203.0.113.10:8443".parse().unwrap();
-        let crashed = std::thread::spawn(|| -> Attempt { panic!("boom") }).join();
-        let a = joined(t.clone(), crashed);
-        assert_eq!(a.target, t);
-        assert_eq!(a.outcome, Outcome::Failed("the probe crashed: boom".into()));
+        let crashed = std::thread::spawn(|| -> Vec<Attempt> { panic!("boom") }).join();
+        let attempts = joined(t.clone(), 3, crashed);
+        assert_eq!(attempts.len(), 3, "every attempt is reported");
+        for a in attempts {
+            assert_eq!(a.target, t);
+            assert_eq!(a.outcome, Outcome::Failed("the probe crashed: boom".into()));
+        }
     }
 
     #[test]
@@ -344,9 +370,15 @@ mod tests {
             &[format!("tcp://127.0.0.1:{port}").parse().unwrap()],
             None,
             Duration::from_secs(2),
+            2,
         )
         .unwrap();
+        assert_eq!(a.len(), 2, "one attempt each time");
         assert_eq!(a[0].outcome, Outcome::Refused);
         assert!(a[0].local.is_some());
+        assert_ne!(
+            a[0].local, a[1].local,
+            "each attempt from its own source port"
+        );
     }
 }

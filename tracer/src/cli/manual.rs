@@ -128,7 +128,7 @@ fn extra(name: &str) -> Option<Extra> {
                 ("drops", "[{dropped_by, dst, proto, process, count}]"),
                 (
                     "probes",
-                    "[{target, result, detail, drops, dropped_by}]; result is reachable, sent, dropped, refused, timeout, blocked or error",
+                    "[{target, result, detail, drops, dropped_by, attempts, dropped_attempts}]; result is reachable, sent, dropped, intermittent, refused, timeout, blocked or error",
                 ),
                 (
                     "probes_from, drops_from",

@@ -39,6 +39,10 @@ pub struct VerifyArgs {
     /// inventory written by `droptrace inventory --write`.
     #[arg(long, value_name = "FILE")]
     pub probe_file: Option<PathBuf>,
+    /// Try each probe target this many times, each from a fresh source port: a drop that
+    /// happens one time in a few (an intermittent failure) is caught, not missed.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
     /// How long a TCP probe waits for its connection.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::session::options::parse_duration)]
     pub probe_timeout: Duration,
@@ -59,14 +63,19 @@ pub const FAIL: u8 = 1;
 pub struct ProbeReport {
     pub target: String,
     /// `reachable` (TCP connected, or a UDP reply came), `sent` (UDP: left the host, not
-    /// dropped locally, nothing came back), `dropped`, `refused` (TCP reset or ICMP port
-    /// unreachable), `timeout`, `blocked`, `error`.
+    /// dropped locally, nothing came back), `dropped` (every attempt), `intermittent` (some
+    /// attempts dropped, others not), `refused` (TCP reset or ICMP port unreachable),
+    /// `timeout`, `blocked`, `error`.
     pub result: &'static str,
     pub detail: String,
     /// Drops of the probe's own packets.
     pub drops: u64,
     /// Where they were dropped (rule when attributed, else hook and engine).
     pub dropped_by: Option<String>,
+    /// Attempts made (`--attempts`, each from a fresh source port), and how many had
+    /// packets dropped here.
+    pub attempts: u32,
+    pub dropped_attempts: u32,
 }
 
 impl ProbeReport {
@@ -155,52 +164,95 @@ fn is_probes(a: &Attempt, d: &DropRecord) -> bool {
     }
 }
 
-/// Matches each probe with the drops of its own flow.
-pub fn judge(attempts: &[Attempt], records: &[DropRecord]) -> Vec<ProbeReport> {
+/// One attempt, matched with the drops of its own flow: (result, detail, packets dropped,
+/// what dropped them).
+fn one_attempt(a: &Attempt, records: &[DropRecord]) -> (&'static str, String, u64, Option<String>) {
+    let mine: Vec<&DropRecord> = records.iter().filter(|d| is_probes(a, d)).collect();
+    let drops: u64 = mine.iter().map(|d| d.count).sum();
+    let by = mine.first().map(|d| d.dropped_by());
+    let (result, detail) = match (&a.outcome, drops) {
+        (_, n) if n > 0 => (
+            "dropped",
+            format!("{n} packet(s) dropped by this host's firewall"),
+        ),
+        (Outcome::Connected, _) => ("reachable", "connected".to_string()),
+        (Outcome::Replied, _) => ("reachable", "a reply came back".to_string()),
+        (Outcome::Sent, _) => (
+            "sent",
+            "datagram sent and not dropped here; no reply or ICMP error came back, so \
+             delivery is unknown"
+                .to_string(),
+        ),
+        (Outcome::Refused, _) if a.target.proto == ProbeProto::Udp => (
+            "refused",
+            "ICMP port unreachable came back: host reached, nothing listening".to_string(),
+        ),
+        (Outcome::Refused, _) => (
+            "refused",
+            "connection refused: host reached, port closed".to_string(),
+        ),
+        (Outcome::TimedOut, _) => (
+            "timeout",
+            "timed out without a local drop: dropped further away or host down".to_string(),
+        ),
+        (Outcome::NotPermitted, _) => (
+            "blocked",
+            "the kernel refused the send (EPERM) but reported no netfilter drop".to_string(),
+        ),
+        (Outcome::Failed(e), _) => ("error", e.clone()),
+    };
+    (result, detail, drops, by)
+}
+
+/// Judges each target from its `per_target` attempts (grouped by target, in order): dropped
+/// when every attempt was, intermittent when some were — the failure that one lucky probe
+/// hides —, else what the attempts saw (the first that did not get through, if any).
+pub fn judge(attempts: &[Attempt], per_target: usize, records: &[DropRecord]) -> Vec<ProbeReport> {
     attempts
-        .iter()
-        .map(|a| {
-            let mine: Vec<&DropRecord> = records.iter().filter(|d| is_probes(a, d)).collect();
-            let drops: u64 = mine.iter().map(|d| d.count).sum();
-            let by = mine.first().map(|d| d.dropped_by());
-            let (result, detail) = match (&a.outcome, drops) {
-                (_, n) if n > 0 => (
-                    "dropped",
-                    format!("{n} packet(s) dropped by this host's firewall"),
-                ),
-                (Outcome::Connected, _) => ("reachable", "connected".to_string()),
-                (Outcome::Replied, _) => ("reachable", "a reply came back".to_string()),
-                (Outcome::Sent, _) => (
-                    "sent",
-                    "datagram sent and not dropped here; no reply or ICMP error came back, so \
-                     delivery is unknown"
-                        .to_string(),
-                ),
-                (Outcome::Refused, _) if a.target.proto == ProbeProto::Udp => (
-                    "refused",
-                    "ICMP port unreachable came back: host reached, nothing listening".to_string(),
-                ),
-                (Outcome::Refused, _) => (
-                    "refused",
-                    "connection refused: host reached, port closed".to_string(),
-                ),
-                (Outcome::TimedOut, _) => (
-                    "timeout",
-                    "timed out without a local drop: dropped further away or host down".to_string(),
-                ),
-                (Outcome::NotPermitted, _) => (
-                    "blocked",
-                    "the kernel refused the send (EPERM) but reported no netfilter drop"
-                        .to_string(),
-                ),
-                (Outcome::Failed(e), _) => ("error", e.clone()),
+        .chunks(per_target.max(1))
+        .map(|tries| {
+            let judged: Vec<_> = tries.iter().map(|a| one_attempt(a, records)).collect();
+            let n = judged.len();
+            let dropped = judged.iter().filter(|j| j.2 > 0).count();
+            let drops: u64 = judged.iter().map(|j| j.2).sum();
+            let by = judged.iter().find_map(|j| j.3.clone());
+            let ok = |r: &str| matches!(r, "reachable" | "sent");
+            let (result, detail) = if dropped == 0 {
+                let shown = judged
+                    .iter()
+                    .find(|j| !ok(j.0))
+                    .unwrap_or(&judged[0]);
+                let same = judged.iter().filter(|j| j.0 == shown.0).count();
+                let detail = if n > 1 {
+                    format!("{same} of {n} attempts: {}", shown.1)
+                } else {
+                    shown.1.clone()
+                };
+                (shown.0, detail)
+            } else if dropped == n {
+                let detail = if n > 1 {
+                    format!("all {n} attempts dropped by this host's firewall ({drops} packet(s))")
+                } else {
+                    judged[0].1.clone()
+                };
+                ("dropped", detail)
+            } else {
+                let other = judged.iter().find(|j| j.2 == 0).map_or("", |j| j.0);
+                (
+                    "intermittent",
+                    format!(
+                        "{dropped} of {n} attempts dropped by this host's firewall; the others: {other}"
+                    ),
+                )
             };
             ProbeReport {
-                target: a.target.to_string(),
+                target: tries[0].target.to_string(),
                 result,
                 detail,
                 drops,
                 dropped_by: by,
+                attempts: n as u32,
+                dropped_attempts: dropped as u32,
             }
         })
         .collect()
@@ -230,7 +282,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let duration = if targets.is_empty() {
         args.duration
     } else {
-        let needed = args.probe_timeout + Duration::from_secs(1);
+        let needed = (args.probe_timeout + Duration::from_millis(100)) * args.attempts
+            + Duration::from_secs(1);
         if needed > args.duration {
             eprintln!(
                 "droptrace: watching for {} instead of {}: the window outlasts the probes (--probe-timeout {})",
@@ -263,7 +316,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let netns = args.filters.netns_selector().path();
     let timeout = args.probe_timeout;
-    let probes = std::thread::spawn(move || probe::run_all(&targets, netns.as_deref(), timeout));
+    let attempts = args.attempts;
+    let probes =
+        std::thread::spawn(move || probe::run_all(&targets, netns.as_deref(), timeout, attempts));
 
     let mut records = Vec::new();
     session
@@ -314,7 +369,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         end.total
     };
-    let probes = judge(&attempts, &records);
+    let probes = judge(&attempts, args.attempts as usize, &records);
     let failed = total > 0 || probes.iter().any(|p| !p.ok());
     let selector = args.filters.netns_selector();
     let report = VerifyReport {
@@ -429,6 +484,7 @@ mod tests {
                 attempt("tcp://203.0.113.10:22", 40003, Outcome::Refused),
                 attempt("udp://203.0.113.10:53", 40004, Outcome::Sent),
             ],
+            1,
             &records,
         );
         assert_eq!(reports[0].result, "dropped");
@@ -449,10 +505,39 @@ mod tests {
         assert!(reports[2].ok() && !reports[3].ok() && reports[4].ok());
         let udp_refused = judge(
             &[attempt("udp://203.0.113.10:53", 40005, Outcome::Refused)],
+            1,
             &records,
         );
         assert_eq!(udp_refused[0].result, "refused");
         assert!(udp_refused[0].detail.contains("ICMP port unreachable"));
+    }
+
+    /// Three attempts at one target, the second dropped: intermittent, not reachable.
+    #[test]
+    fn attempts_some_dropped_are_intermittent() {
+        let mut d = sample(); // tcp 198.51.100.2:40000 -> 203.0.113.10:8443
+        d.sport = Some(40001);
+        let records = vec![d];
+        let tries = [
+            attempt("tcp://203.0.113.10:8443", 40000, Outcome::Connected),
+            attempt("tcp://203.0.113.10:8443", 40001, Outcome::TimedOut),
+            attempt("tcp://203.0.113.10:8443", 40002, Outcome::Connected),
+        ];
+        let r = &judge(&tries, 3, &records)[0];
+        assert_eq!(r.result, "intermittent");
+        assert_eq!((r.attempts, r.dropped_attempts), (3, 1));
+        assert!(
+            r.detail.starts_with("1 of 3 attempts dropped"),
+            "{}",
+            r.detail
+        );
+        assert!(!r.ok());
+        let all = judge(&tries, 3, &[])[0].clone();
+        assert_eq!(
+            all.result, "timeout",
+            "the attempt that did not get through is shown"
+        );
+        assert!(all.detail.starts_with("1 of 3 attempts:"), "{}", all.detail);
     }
 
     #[test]
