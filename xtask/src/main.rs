@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 mod vmtest;
@@ -49,8 +50,12 @@ enum Task {
     },
     /// Replay the incident from the brief in network namespaces, with droptrace watching.
     Demo,
-    /// Run droptrace on other kernels (5.10, 6.1, 6.12, sid) under qemu and print a table.
+    /// Run the static droptrace (target/dist) on other kernels (5.10, 6.1, 6.12, sid) under
+    /// qemu and print a table.
     VmTest(vmtest::Args),
+    /// Write release artifacts to target/dist: a static droptrace, a tarball with man pages
+    /// and completions, SHA256SUMS.
+    Dist,
     /// Measure droptrace's cost under a drop flood, next to bpftrace (prints figures; not a test).
     Bench {
         /// 2 runs per round instead of 5.
@@ -66,7 +71,8 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
-        Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&build(true)?, &args)),
+        Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&dist::run()?, &args)),
+        Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
     match result {
@@ -156,8 +162,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run_checked(&mut cmd)?;
     // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
     fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
-    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu.
-    vmtest::run(&build(true)?, &vmtest::Args::default())
+    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu, with
+    // the static binary that ships (target/dist).
+    vmtest::run(&dist::run()?, &vmtest::Args::default())
 }
 
 /// clippy with warnings as errors, on every crate: the host ones, and the eBPF programs

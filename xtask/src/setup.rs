@@ -49,6 +49,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "the ufw front-end, run inside test namespaces (tests/tests/frontends.rs)",
     ),
     (
+        "musl-tools",
+        "musl-gcc and musl's libc, for the static binary (cargo xtask dist)",
+    ),
+    (
+        "libunwind-22-dev",
+        "LLVM's libunwind, which the static musl binary links (cargo xtask dist)",
+    ),
+    (
         "busybox-static",
         "ping for the ICMP inventory test; the qemu guests' userland",
     ),

@@ -649,6 +649,9 @@ fn ldd(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .output()
         .context("cannot run ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
     if !out.status.success() {
         if text.contains("not a dynamic executable")
             || String::from_utf8_lossy(&out.stderr).contains("not a dynamic")
