@@ -114,6 +114,16 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
+    // --version says which build: commit, target, and which eBPF objects are inside.
+    let (code, version, _) = droptrace_output(&["--version"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        version.starts_with("droptrace ")
+            && version.contains("(commit ")
+            && version.contains("-linux-")
+            && version.contains("eBPF objects sha256 "),
+        "{version}"
+    );
     let (code, _, err) = droptrace_output(&["man", "nope"]).unwrap();
     assert_eq!(code, 2);
     assert!(err.contains("droptrace-watch"), "{err}");

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "droptrace",
     version,
+    long_version = env!("DROPTRACE_LONG_VERSION"),
     about = "Show which packets the firewall drops, which rule dropped them, to where, from which process",
     long_about = "droptrace watches the kernel's netfilter drop path (kfree_skb with reason \
 NETFILTER_DROP) with an eBPF program and reports every dropped packet with its flow, hook, \
