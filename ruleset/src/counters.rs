@@ -145,11 +145,7 @@ mod tests {
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{}\nCOMMIT\n",
             rules.join("\n")
         );
-        Ruleset {
-            tables: crate::iptables_save::parse(&save, Backend::IptablesNft, Family::Ipv4).unwrap(),
-            ipsets: Default::default(),
-            local_routes: None,
-        }
+        crate::iptables_save::parse_ruleset(&save, Backend::IptablesNft, Family::Ipv4).unwrap()
     }
 
     fn position(by: &DecidedBy) -> u32 {

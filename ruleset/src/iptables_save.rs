@@ -26,6 +26,15 @@ use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};
 use crate::shell;
 
+/// [`parse`], as a whole [`Ruleset`](crate::Ruleset) of its own (no ipsets, no routes): a
+/// proposed ruleset, a test's.
+pub fn parse_ruleset(text: &str, backend: Backend, family: Family) -> Result<crate::Ruleset> {
+    Ok(crate::Ruleset {
+        tables: parse(text, backend, family)?,
+        ..Default::default()
+    })
+}
+
 /// Parses the tables in `text`. `backend` says which iptables printed it and
 /// `family` whether it was `iptables-save` (IPv4) or `ip6tables-save`.
 pub fn parse(text: &str, backend: Backend, family: Family) -> Result<Vec<Table>> {

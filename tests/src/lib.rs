@@ -100,6 +100,18 @@ impl Netns {
         Ok(())
     }
 
+    /// Starts a UDP echo service that answers every datagram until the test ends.
+    pub fn udp_echo(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let sock = self.run(move || UdpSocket::bind(addr))??;
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        Ok(())
+    }
+
     /// Tries a TCP connection from this namespace; `Ok(true)` when it connected.
     pub fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<bool> {
         self.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())

@@ -169,17 +169,7 @@ fn probe_drops_are_watched_whatever_the_filters() {
 fn udp_probes_say_what_came_back() {
     let t = Topology::new().unwrap();
     // An echo service on 5300; nothing on 5301, so the gateway answers port unreachable.
-    let sock = t
-        .gateway
-        .run(|| std::net::UdpSocket::bind("203.0.113.10:5300"))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
+    t.gateway.udp_echo(t.gateway_addr(5300)).unwrap();
     // 5302 is silently dropped by the gateway: nothing comes back.
     t.gateway
         .exec(&[
@@ -208,17 +198,7 @@ fn udp_probes_say_what_came_back() {
 #[test]
 fn intermittent_drops_are_caught_by_several_attempts() {
     let t = Topology::new().unwrap();
-    let sock = t
-        .gateway
-        .run(|| std::net::UdpSocket::bind("203.0.113.10:5400"))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
+    t.gateway.udp_echo(t.gateway_addr(5400)).unwrap();
     t.client
         .exec(&[
             "iptables",

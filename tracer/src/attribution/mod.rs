@@ -578,22 +578,22 @@ pub(crate) mod tests {
     }
 
     /// The incident ruleset as iptables-nft shows it, and the packet of the brief.
+    /// An iptables-save text as iptables-nft would load it (IPv4).
+    pub(super) fn ipt_nft_v4(save: &str) -> ruleset::Ruleset {
+        ruleset::iptables_save::parse_ruleset(
+            save,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap()
+    }
+
     fn incident() -> (ruleset::Ruleset, ruleset::Packet) {
         let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
             -A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p udp -m udp --dport 53 -j ACCEPT\n\
             -A OUTPUT -p tcp -m tcp --dport 443 -j ACCEPT\n\
             -A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP\nCOMMIT\n";
-        let tables = ruleset::iptables_save::parse(
-            save,
-            ruleset::Backend::IptablesNft,
-            ruleset::Family::Ipv4,
-        )
-        .unwrap();
-        let rs = ruleset::Ruleset {
-            tables,
-            ipsets: Default::default(),
-            local_routes: None,
-        };
+        let rs = ipt_nft_v4(save);
         let packet = packet_of(&crate::record::tests::sample());
         (rs, packet)
     }
@@ -694,17 +694,7 @@ mod candidate_tests {
             [0:0] -A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN\n\
             [0:0] -A ufw-not-local -m limit --limit 3/min --limit-burst 10 -j LOG\n\
             [0:0] -A ufw-not-local -j DROP\nCOMMIT\n";
-        let tables = ruleset::iptables_save::parse(
-            save,
-            ruleset::Backend::IptablesNft,
-            ruleset::Family::Ipv4,
-        )
-        .unwrap();
-        ruleset::Ruleset {
-            tables,
-            ipsets: Default::default(),
-            local_routes: None,
-        }
+        tests::ipt_nft_v4(save)
     }
 
     /// With the namespace's local routes read, ufw-not-local's RETURN is decided: one

@@ -499,17 +499,12 @@ mod tests {
 [0:0] -A OUTPUT -m limit --limit 5/min -j LOG\nCOMMIT\n";
 
     fn ruleset() -> ruleset::Ruleset {
-        let tables = ruleset::iptables_save::parse(
+        ruleset::iptables_save::parse_ruleset(
             INCIDENT,
             ruleset::Backend::IptablesNft,
             ruleset::Family::Ipv4,
         )
-        .unwrap();
-        ruleset::Ruleset {
-            tables,
-            ipsets: Default::default(),
-            local_routes: None,
-        }
+        .unwrap()
     }
 
     fn args(dport: u16) -> ExplainArgs {
@@ -557,16 +552,12 @@ mod tests {
         let text = format!(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{save}\nCOMMIT\n"
         );
-        ruleset::Ruleset {
-            tables: ruleset::iptables_save::parse(
-                &text,
-                ruleset::Backend::IptablesNft,
-                ruleset::Family::Ipv4,
-            )
-            .unwrap(),
-            ipsets: Default::default(),
-            local_routes: None,
-        }
+        ruleset::iptables_save::parse_ruleset(
+            &text,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap()
     }
 
     /// What was not given is unknown, not absent: `! -o lo -j DROP` without --oif, an

@@ -218,14 +218,13 @@ mod tests {
 -A OUTPUT -p tcp --dport 1024:65535 -j DROP\nCOMMIT\n";
 
     fn proposed(text: &str) -> Proposed {
-        let tables =
-            ruleset::iptables_save::parse(text, Backend::IptablesNft, Family::Ipv4).unwrap();
         Proposed {
-            ruleset: Ruleset {
-                tables,
-                ipsets: Default::default(),
-                local_routes: None,
-            },
+            ruleset: ruleset::iptables_save::parse_ruleset(
+                text,
+                Backend::IptablesNft,
+                Family::Ipv4,
+            )
+            .unwrap(),
             format: "iptables-save".into(),
         }
     }
