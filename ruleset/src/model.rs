@@ -165,7 +165,7 @@ pub struct Chain {
     pub policy_counters: Option<Counters>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct BaseChain {
     pub hook: Hook,
     /// Netfilter priority; lower runs first (raw -300 ... nat source 100).
@@ -174,7 +174,7 @@ pub struct BaseChain {
     pub kind: ChainKind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     Accept,
@@ -183,7 +183,7 @@ pub enum Policy {
 
 /// The type of a base chain. `Nat` chains only see the first packet of a
 /// connection, which the evaluator honours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChainKind {
     Filter,

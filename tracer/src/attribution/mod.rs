@@ -420,10 +420,7 @@ fn reconsider(
 /// hook outside the rules); said plainly, with what the kernel showed. When it did change,
 /// the rule may be gone: said so, and only then.
 fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool) {
-    let ct = serde_json::to_value(rec.ct_state)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let ct = rec.ct_state.as_str();
     let location = rec.location.clone();
     let Some(a) = rec.rule.as_mut() else {
         return;

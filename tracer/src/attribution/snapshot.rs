@@ -138,8 +138,7 @@ fn digest_of(tables: &[ruleset::Table]) -> u64 {
     for t in tables {
         (t.backend, t.family, &t.name).hash(&mut h);
         for c in &t.chains {
-            c.name.hash(&mut h);
-            format!("{:?}", c.base).hash(&mut h);
+            (&c.name, c.base).hash(&mut h);
             for r in &c.rules {
                 (&r.text, r.handle).hash(&mut h);
             }

@@ -25,7 +25,7 @@ use crate::{
     record::DropRecord,
     session::Session,
     session::options::{CaptureArgs, FilterArgs},
-    sinks::lines::process_text,
+    sinks::lines::process_label,
 };
 
 #[derive(Debug, clap::Args)]
@@ -91,7 +91,9 @@ pub struct RowKey {
     pub dropped_by: String,
     pub dst: String,
     pub proto: String,
-    pub process: String,
+    /// The program: its command and container or service (`unknown` without a sender).
+    pub comm: String,
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,12 @@ impl TopModel {
             dropped_by: r.dropped_by(),
             dst: r.destination(),
             proto: r.proto.clone(),
-            process: program_text(r),
+            comm: if r.pid.is_some() {
+                r.comm.clone()
+            } else {
+                "unknown".to_string()
+            },
+            container: r.container.clone().filter(|_| r.pid.is_some()),
         };
         let time = r.time.get(11..19).unwrap_or(&r.time).to_string();
         let row = self.rows.entry(key).or_insert_with(|| RowStats {
@@ -193,26 +200,13 @@ const HEADERS: [&str; 8] = [
     "DROPPED BY",
 ];
 
-/// `java`, `java@payments.service`: the program, without its pid.
-fn program_text(r: &DropRecord) -> String {
-    if r.pid.is_none() {
-        return process_text(r);
-    }
-    match r.container.as_deref() {
-        Some(c) if !c.ends_with(".scope") => format!("{}@{}", terminal(&r.comm), terminal(c)),
-        _ => terminal(&r.comm).into_owned(),
-    }
-}
-
 /// `java[812]`, or `curl (5 pids)` when short-lived processes come and go.
 fn process_cell(k: &RowKey, s: &RowStats) -> String {
+    let container = k.container.as_deref();
     match (s.pid_count, s.pids.first()) {
-        (1, Some(pid)) => match k.process.split_once('@') {
-            Some((comm, rest)) => format!("{comm}[{pid}]@{rest}"),
-            None => format!("{}[{pid}]", k.process),
-        },
-        (0, _) | (_, None) => k.process.clone(),
-        (n, Some(_)) => format!("{} ({n} pids)", k.process),
+        (1, Some(pid)) => process_label(&k.comm, Some(*pid), container),
+        (0, _) | (_, None) => process_label(&k.comm, None, container),
+        (n, Some(_)) => format!("{} ({n} pids)", process_label(&k.comm, None, container)),
     }
 }
 
@@ -343,10 +337,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     );
     let model = std::cell::RefCell::new(TopModel::new(args.sort));
     if !io::stdout().is_terminal() {
-        eprintln!(
-            "{}",
-            session.start_info(&args.filters, &args.capture).line()
-        );
+        eprintln!("{}", info.line());
         let mut out = io::stdout().lock();
         session
             .run_with_tick(

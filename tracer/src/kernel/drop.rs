@@ -23,6 +23,18 @@ pub enum CtState {
 }
 
 impl CtState {
+    /// The name JSON uses (`related_reply`), for text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtState::Established => "established",
+            CtState::Related => "related",
+            CtState::New => "new",
+            CtState::EstablishedReply => "established_reply",
+            CtState::RelatedReply => "related_reply",
+            CtState::None => "none",
+        }
+    }
+
     fn from_info(info: u8) -> Self {
         match info {
             0 => CtState::Established,
@@ -231,8 +243,12 @@ mod tests {
     #[test]
     fn ct_states_serialize_as_documented() {
         let names: Vec<String> = (0..=5)
-            .map(|info| serde_json::to_value(CtState::from_info(info)).unwrap())
-            .map(|v| v.as_str().unwrap().to_string())
+            .map(|info| {
+                let state = CtState::from_info(info);
+                let json = serde_json::to_value(state).unwrap();
+                assert_eq!(json, state.as_str(), "text and JSON name it alike");
+                json.as_str().unwrap().to_string()
+            })
             .collect();
         assert_eq!(
             names,

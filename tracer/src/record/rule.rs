@@ -85,11 +85,18 @@ impl Attribution {
     /// `filter/OUTPUT policy DROP`, or the chain alone.
     pub fn label(&self) -> Option<String> {
         let (table, chain) = (self.table.as_ref()?, self.chain.as_ref()?);
-        let table = match (self.backend.as_deref(), self.table_family.as_deref()) {
-            (Some("nftables"), Some(family)) | (_, Some(family @ "ip6")) => {
-                format!("{family} {table}")
-            }
-            _ => table.clone(),
+        // The fields hold names; the rule for naming a table is ruleset's.
+        let backend = match self.backend.as_deref() {
+            Some("nftables") => ruleset::Backend::Nftables,
+            _ => ruleset::Backend::IptablesNft,
+        };
+        let table = match self
+            .table_family
+            .as_deref()
+            .and_then(ruleset::TableFamily::from_nft)
+        {
+            Some(family) => ruleset::table_label(backend, family, table),
+            None => table.clone(),
         };
         let place = format!("{table}/{chain}");
         Some(

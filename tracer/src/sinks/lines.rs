@@ -142,17 +142,21 @@ pub fn process_text(r: &DropRecord) -> String {
     let Some(pid) = r.pid else {
         return "unknown".to_string();
     };
-    // Containers and services are worth the width; login sessions are not.
-    let process = match r.container.as_deref() {
-        Some(c) if !c.ends_with(".scope") => {
-            format!("{}[{pid}]@{}", terminal(&r.comm), terminal(c))
-        }
-        _ => format!("{}[{pid}]", terminal(&r.comm)),
-    };
+    let process = process_label(&r.comm, Some(pid), r.container.as_deref());
     if r.receiver {
         format!("{process} (receiver)")
     } else {
         process
+    }
+}
+
+/// `java[812]@payments.service`: the command, its pid when given, and the container or
+/// service it runs in. Containers and services are worth the width; login sessions are not.
+pub fn process_label(comm: &str, pid: Option<u32>, container: Option<&str>) -> String {
+    let pid = pid.map(|p| format!("[{p}]")).unwrap_or_default();
+    match container {
+        Some(c) if !c.ends_with(".scope") => format!("{}{pid}@{}", terminal(comm), terminal(c)),
+        _ => format!("{}{pid}", terminal(comm)),
     }
 }
 
