@@ -1,7 +1,7 @@
 //! `flood`: sends small UDP datagrams from one thread as fast as it can, for
 //! `cargo xtask bench`. Run it inside a network namespace whose OUTPUT chain drops them.
 //!
-//! Datagrams go out with `sendmmsg` in batches. A datagram dropped by netfilter fails with
+//! Datagrams go out with `sendmmsg` in batches (or one per `sendto` call, `--sendto`). A datagram dropped by netfilter fails with
 //! EPERM, and `sendmmsg` stops at the first failed message (returning -1 if it is the
 //! first), so under a DROP rule every call hands exactly one datagram to the kernel and
 //! batching saves nothing: flood counts attempts, never calls.
@@ -58,6 +58,10 @@ struct Args {
     /// Datagrams per sendmmsg call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     batch: u32,
+    /// Send one datagram per `sendto` call instead of `sendmmsg` batches (the way most
+    /// programs send).
+    #[arg(long)]
+    sendto: bool,
 }
 
 /// One source socket and the destinations it cycles through (none when connected).
@@ -135,6 +139,18 @@ struct Counts {
     first_error: Option<io::Error>,
 }
 
+impl Counts {
+    /// A send that failed: dropped by netfilter (EPERM) or something else.
+    fn failed(&mut self, e: io::Error) {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            self.dropped += 1;
+        } else {
+            self.other_errors += 1;
+            self.first_error.get_or_insert(e);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut senders = senders(&args)?;
@@ -166,6 +182,32 @@ fn main() -> anyhow::Result<()> {
         next = (next + 1) % count;
         sender.fill(&mut msgs);
         let fd = sender.socket.as_raw_fd();
+        if args.sendto {
+            for m in msgs.iter().take(batch) {
+                if c.attempts >= limit {
+                    break 'run;
+                }
+                // SAFETY: the name (when set) and the payload are live buffers that outlive
+                // the call.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        payload.as_ptr().cast(),
+                        payload.len(),
+                        0,
+                        m.msg_hdr.msg_name.cast(),
+                        m.msg_hdr.msg_namelen,
+                    )
+                };
+                c.attempts += 1;
+                if n >= 0 {
+                    c.sent += 1;
+                } else {
+                    c.failed(io::Error::last_os_error());
+                }
+            }
+            continue;
+        }
         let mut i = 0;
         while i < batch {
             let want = (batch - i).min((limit - c.attempts).try_into().unwrap_or(usize::MAX));
@@ -184,14 +226,10 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EPERM) => c.dropped += 1,
-                _ => {
-                    c.other_errors += 1;
-                    c.first_error.get_or_insert(e);
-                }
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
             }
+            c.failed(e);
             c.attempts += 1;
             i += 1;
         }

@@ -16,15 +16,15 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::generated,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, ANY_REASON, CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowKey, FlowState,
-    HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange, Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES,
-    STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
+    AF_INET, AF_INET6, ANY_REASON, CACHE_BATCH, CACHE_TIMED, CT_NONE, Config, DropEvent,
+    FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange,
+    Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -51,6 +51,10 @@ static SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
 /// whatever happens to the ring buffer.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// The flow each CPU dropped last, with the packets counted there (see [`FlowCache`]).
+#[map]
+static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters: drops matched and records lost (ring buffer full).
 #[map]
@@ -279,10 +283,6 @@ fn handle<C: EbpfContext, const BTF: bool>(
     if conf!(netns) != 0 && netns != conf!(netns) {
         return None;
     }
-    // The output device, for the record (after the namespace test: only watched drops
-    // pay for it).
-    let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
-    let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     let head: u64 = fields.get::<u64>(conf!(offsets.skb_head));
     let nh: u16 = fields.get::<u16>(conf!(offsets.skb_network_header));
@@ -290,8 +290,15 @@ fn handle<C: EbpfContext, const BTF: bool>(
         return None;
     }
     let l3 = head + nh as u64;
+    // SAFETY: index 0 of a one-entry per-CPU array; nothing else on this CPU uses it
+    // while this program runs (tracing programs do not nest on one CPU).
+    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    // The headers in one helper call, into the record's own buffer: the parser reads
+    // them from there, and pcapng gets them without a second copy. A failed read leaves
+    // zeros, which no IP version matches.
+    copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
     let mut ev = Parsed::default();
-    parse_l3(l3, &mut ev)?;
+    parse_l3(&e.headers, l3, &mut ev)?;
 
     if conf!(family) != 0 && conf!(family) != ev.family {
         return None;
@@ -336,23 +343,60 @@ fn handle<C: EbpfContext, const BTF: bool>(
     };
     bump(STAT_MATCHED);
     let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
-    let now = unsafe { bpf_ktime_get_ns() };
+
+    // The same flow as this CPU's last drop: counted in the cache, nothing else to do
+    // (see `FlowCache`). This is the path a flood takes.
+    // SAFETY: as SCRATCH above.
+    let cache = unsafe { &mut *FLOW_CACHE.get_ptr_mut(0)? };
+    let hit = cache.live != 0 && same_flow(&cache.key, &key);
+    let mut now = 0;
+    if hit {
+        cache.pending += 1;
+        cache.bytes += len as u64;
+        if cache.pending < CACHE_BATCH {
+            if cache.pending > CACHE_TIMED {
+                return Some(());
+            }
+            now = unsafe { bpf_ktime_get_ns() };
+            if now.wrapping_sub(cache.since_ns) < FLOW_UPDATE_NS {
+                return Some(());
+            }
+        }
+    }
+    // From here on: a batch to move into the flow table, a record due, or another flow.
+    if now == 0 {
+        now = unsafe { bpf_ktime_get_ns() };
+    }
+    cache.since_ns = now;
     let pid_tgid = bpf_get_current_pid_tgid();
     // Read unconditionally (zero when there is no socket), so the value is written on
     // every path: LLVM may load it where it is not needed, and verifiers before 6.x refuse
     // a read of a stack slot that one path left unwritten.
     let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
     let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
-    let count = count_drop(&key, len, now, pid_tgid, uid)?;
+    // `pending` is cleared before it is added to the table (see `FlowCache`).
+    let (packets, bytes) = (cache.pending, cache.bytes);
+    cache.pending = 0;
+    cache.bytes = 0;
+    let count = if hit {
+        count_drop(&key, packets, bytes, now, pid_tgid, uid)?
+    } else {
+        if cache.live != 0 && packets != 0 {
+            add_to_flow(&cache.key, packets, bytes);
+        }
+        cache.key = key;
+        cache.live = 1;
+        count_drop(&key, 1, len as u64, now, pid_tgid, uid)?
+    };
+
+    // The output device, for the record (only drops that write one pay for it).
+    let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
+    let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     // The record is built in a per-CPU scratch slot and copied into the ring buffer at
     // the end, rather than reserved first: verifiers before 6.x cannot prune paths that
     // hold a reservation, so every branch below would multiply their work past their
     // million-instruction limit (seen on Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
-    // SAFETY: index 0 of a one-entry per-CPU array; nothing else on this CPU uses it
-    // while this program runs (tracing programs do not nest on one CPU).
-    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-
     e.count = count;
     e.ts_ns = now;
     e.location = location;
@@ -420,30 +464,82 @@ fn handle<C: EbpfContext, const BTF: bool>(
     if !kernel_saw {
         e.kernel.engine = tracer_common::engine::NONE;
     }
-    e.headers_len = 0;
-    let capture = conf!(capture_headers) != 0;
-    if capture && unsafe { bpf_probe_read_kernel_buf(l3 as *const u8, &mut e.headers) }.is_ok() {
-        e.headers_len = HEADER_BYTES as u16;
-    }
+    e.headers_len = if conf!(capture_headers) != 0 {
+        HEADER_BYTES as u16
+    } else {
+        0
+    };
     if !crate::emit(ctx, e) {
         bump(STAT_LOST);
     }
     Some(())
 }
 
-/// Counts the drop in its flow. Returns the flow's cumulative count when a record should
-/// be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None` otherwise.
+/// Whether two flow keys are equal, compared as the seven words they are (a byte-wise
+/// comparison would be a loop or a `memcmp` call, neither of which BPF has).
 #[inline(always)]
-fn count_drop(key: &FlowKey, len: u32, now: u64, pid_tgid: u64, uid: Option<u32>) -> Option<u64> {
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    const WORDS: usize = size_of::<FlowKey>() / 8;
+    let (a, b) = (
+        (a as *const FlowKey).cast::<[u64; WORDS]>(),
+        (b as *const FlowKey).cast::<[u64; WORDS]>(),
+    );
+    // SAFETY: FlowKey is 56 bytes, 8-byte aligned (it holds a u64), with no padding.
+    let (a, b) = unsafe { (&*a, &*b) };
+    let mut diff = 0;
+    for i in 0..WORDS {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
+}
+
+/// Adds packets a CPU's cache held to their flow, without a record (the packet at hand
+/// belongs to another flow).
+#[inline(always)]
+fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64) {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
-        return bump_flow(state, len, now);
+        // SAFETY: a map value pointer from the kernel, valid for this program run.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, packets);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, bytes);
+        }
+        return;
+    }
+    // Evicted meanwhile (more flows than the table holds): counted again from here; the
+    // packets counted before are lost to per-flow detail, as with any eviction.
+    let state = FlowState {
+        count: packets,
+        bytes,
+        first_ns: 0,
+        last_emit_ns: 0,
+        pid: 0,
+        uid: u32::MAX,
+        comm: [0; 16],
+    };
+    let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
+}
+
+/// Counts `packets` drops in their flow. Returns the flow's cumulative count when a record
+/// should be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None`
+/// otherwise.
+#[inline(always)]
+fn count_drop(
+    key: &FlowKey,
+    packets: u64,
+    bytes: u64,
+    now: u64,
+    pid_tgid: u64,
+    uid: Option<u32>,
+) -> Option<u64> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        return bump_flow(state, packets, bytes, now);
     }
     let mut state = MaybeUninit::<FlowState>::uninit();
     let st = state.as_mut_ptr();
     // SAFETY: every field of the stack slot is written before the map copies it.
     unsafe {
-        (*st).count = 1;
-        (*st).bytes = len as u64;
+        (*st).count = packets;
+        (*st).bytes = bytes;
         (*st).first_ns = now;
         (*st).last_emit_ns = now;
         (*st).pid = (pid_tgid >> 32) as u32;
@@ -452,19 +548,19 @@ fn count_drop(key: &FlowKey, len: u32, now: u64, pid_tgid: u64, uid: Option<u32>
     }
     // SAFETY: initialised just above.
     match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {
-        Ok(()) => Some(1),
+        Ok(()) => Some(packets),
         // Another CPU created the flow in the meantime: count in its entry.
-        Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, len, now),
+        Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, packets, bytes, now),
     }
 }
 
 #[inline(always)]
-fn bump_flow(state: *mut FlowState, len: u32, now: u64) -> Option<u64> {
+fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Option<u64> {
     // SAFETY: a map value pointer from the kernel, valid for this program run; counters
     // are updated with atomic adds because other CPUs may count the same flow.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, len as u64);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, bytes);
         if now.wrapping_sub((*state).last_emit_ns) < FLOW_UPDATE_NS {
             return None;
         }
@@ -488,30 +584,33 @@ struct Parsed {
     icmp_code: u8,
 }
 
-/// Parses the IPv4 or IPv6 header at `l3`, then the L4 header.
+/// Parses the IPv4 or IPv6 header, then the L4 header, from `h`: the packet's first
+/// [`HEADER_BYTES`] bytes from its network header, copied from `l3`. Only headers beyond
+/// those (IPv4 options, IPv6 extension headers) are read from the kernel again.
 #[inline(always)]
-fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
-    let first: u8 = read(l3, 0);
-    let l4 = match first >> 4 {
+fn parse_l3(h: &[u8; HEADER_BYTES], l3: u64, p: &mut Parsed) -> Option<()> {
+    let first = h[0];
+    // Where the L4 header starts, and whether it lies at a fixed offset in `h` (the
+    // common cases: no IPv4 options, no IPv6 extension headers).
+    let l4_off: u64;
+    match first >> 4 {
         IP_VERSION_4 => {
             // struct iphdr: ihl:4 version:4, tos, tot_len, id, frag_off@6, ttl, protocol@9,
             // check, saddr@12, daddr@16.
             p.family = AF_INET;
-            p.proto = read(l3, 9);
-            let frag: u16 = u16::from_be(read(l3, 6));
+            p.proto = h[9];
+            let frag = u16::from_be_bytes([h[6], h[7]]);
             p.fragment = frag & 0x1fff != 0;
-            let s: [u8; 4] = read(l3, 12);
-            let d: [u8; 4] = read(l3, 16);
-            p.saddr[..4].copy_from_slice(&s);
-            p.daddr[..4].copy_from_slice(&d);
-            l3 + ((first & 0x0f) as u64) * 4
+            p.saddr[..4].copy_from_slice(&h[12..16]);
+            p.daddr[..4].copy_from_slice(&h[16..20]);
+            l4_off = ((first & 0x0f) as u64) * 4;
         }
         6 => {
             // struct ipv6hdr: nexthdr@6, saddr@8, daddr@24; 40 bytes.
             p.family = AF_INET6;
-            p.saddr = read(l3, 8);
-            p.daddr = read(l3, 24);
-            let mut next: u8 = read(l3, 6);
+            p.saddr.copy_from_slice(&h[8..24]);
+            p.daddr.copy_from_slice(&h[24..40]);
+            let mut next: u8 = h[6];
             let mut off: u64 = 40;
             // Walk extension headers (RFC 8200 section 4). Every unrolled iteration
             // multiplies the paths the verifier walks through the rest of the program, and
@@ -533,28 +632,33 @@ fn parse_l3(l3: u64, p: &mut Parsed) -> Option<()> {
                 next = hdr[0];
             }
             p.proto = next;
-            l3 + off
+            l4_off = off;
         }
         _ => return None,
     };
     if p.fragment {
         return Some(());
     }
+    // The first 14 bytes of the L4 header (ports and TCP flags), from `h` at the two
+    // usual offsets (constant indexes the verifier checks once), else from the kernel.
+    let l4: [u8; 14] = match l4_off {
+        20 => h[20..34].try_into().ok()?,
+        40 => h[40..54].try_into().ok()?,
+        _ => read(l3 + l4_off, 0),
+    };
     match p.proto {
         proto if tracer_common::has_ports(proto) => {
-            let ports: [u8; 4] = read(l4, 0);
-            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
             p.has_ports = true;
             if p.proto == IPPROTO_TCP {
                 // struct tcphdr: flags byte at offset 13 (CWR..FIN).
-                p.tcp_flags = read(l4, 13);
+                p.tcp_flags = l4[13];
             }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let tc: [u8; 2] = read(l4, 0);
-            p.icmp_type = tc[0];
-            p.icmp_code = tc[1];
+            p.icmp_type = l4[0];
+            p.icmp_code = l4[1];
         }
         _ => {}
     }

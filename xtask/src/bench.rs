@@ -35,7 +35,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{run_checked, setup, workspace_root};
+use crate::{floor::Floor, run_checked, setup, workspace_root};
 
 /// Seconds of flood per run.
 const FLOOD_SECONDS: f64 = 3.0;
@@ -50,8 +50,6 @@ const MANY_FLOWS: usize = 100_000;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a tracer may take to exit once asked to (it prints its summary first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The floor: a program that does nothing, on the same tracepoint.
-const EMPTY_PROG: &str = "tracepoint:skb:kfree_skb {}";
 /// Runs bpftrace in a private mount namespace with tracefs mounted (bpftrace reads the
 /// tracepoint's format there; tracefs is not mounted on our machines, and mounting it for
 /// the whole host would outlive the bench). `unshare` and `sh` exec, so the pid is bpftrace's.
@@ -81,19 +79,29 @@ enum Round {
     Baseline,
     Droptrace,
     DroptraceRules,
+    /// droptrace watching the host's namespace while the bench's drops: every drop is
+    /// rejected by its namespace test.
+    DroptraceOtherNetns,
     BpftracePrintf,
     BpftraceCount,
+    /// An empty tp_btf program on kfree_skb, loaded by the bench ([`Floor`]).
     EmptyProg,
+    /// The second sender: one datagram per `sendto` call.
+    BaselineSendto,
+    DroptraceRulesSendto,
 }
 
 impl Round {
-    const ALL: [Round; 6] = [
+    const ALL: [Round; 9] = [
         Round::Baseline,
         Round::Droptrace,
         Round::DroptraceRules,
+        Round::DroptraceOtherNetns,
         Round::BpftracePrintf,
         Round::BpftraceCount,
         Round::EmptyProg,
+        Round::BaselineSendto,
+        Round::DroptraceRulesSendto,
     ];
 
     fn label(self) -> &'static str {
@@ -101,12 +109,26 @@ impl Round {
             Round::Baseline => "baseline (no tracer)",
             Round::Droptrace => "droptrace watch --no-rules",
             Round::DroptraceRules => "droptrace watch (rules named)",
+            Round::DroptraceOtherNetns => "droptrace watching another netns",
             Round::BpftracePrintf => "bpftrace printf per drop",
             Round::BpftraceCount => "bpftrace count() in kernel",
-            Round::EmptyProg => "bpftrace empty prog (floor)",
+            Round::EmptyProg => "empty tp_btf prog (floor)",
+            Round::BaselineSendto => "sendto: baseline (no tracer)",
+            Round::DroptraceRulesSendto => "sendto: droptrace (rules named)",
+        }
+    }
+
+    /// The round its ratio is taken against: the baseline with the same sender.
+    fn baseline(self) -> Round {
+        match self {
+            Round::BaselineSendto | Round::DroptraceRulesSendto => Round::BaselineSendto,
+            _ => Round::Baseline,
         }
     }
 }
+
+/// flood's arguments for the second sender.
+const SENDTO: &[&str] = &["--sendto"];
 
 /// One run of the flood, with what the tracer of its round did.
 struct Sample {
@@ -251,7 +273,7 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
     };
     if let Some(stats) = bpf_stats()? {
         say("diagnostic runs with BPF run-time statistics on");
-        diag.empty = bench.bpftrace(EMPTY_PROG, RunOpts::diag(&[]))?.prog_ns();
+        diag.empty = bench.floor_ns()?;
         diag.netns_filtered = bench
             .droptrace(&no_rules, "/proc/self/ns/net", RunOpts::diag(&[]))?
             .prog_ns();
@@ -417,18 +439,16 @@ impl Bench {
         let opts = RunOpts::scored(flood_args);
         let ns = self.ns.name.as_str();
         match round {
-            Round::Baseline => {
-                let others = kfree_skb_progs()?.len();
-                let f = self.flood(flood_args)?;
-                Ok(Sample {
-                    drops_per_s: f.drops_per_s,
-                    flood_cpu: f.cpu_share,
-                    others,
-                    tracer: None,
-                })
-            }
+            Round::Baseline => self.untraced(flood_args, false),
+            Round::BaselineSendto => self.untraced(&[flood_args, SENDTO].concat(), false),
+            Round::EmptyProg => self.untraced(flood_args, true),
             Round::Droptrace => self.droptrace(&["--no-rules"], ns, opts),
             Round::DroptraceRules => self.droptrace(&[], ns, opts),
+            Round::DroptraceRulesSendto => {
+                let args = [flood_args, SENDTO].concat();
+                self.droptrace(&[], ns, RunOpts::scored(&args))
+            }
+            Round::DroptraceOtherNetns => self.droptrace(&[], "/proc/self/ns/net", opts),
             Round::BpftracePrintf => self.bpftrace(
                 &format!(
                     "tracepoint:skb:kfree_skb /args->reason == {r}/ \
@@ -440,8 +460,27 @@ impl Bench {
                 &format!("tracepoint:skb:kfree_skb /args->reason == {r}/ {{ @[args->protocol] = count(); }}"),
                 opts,
             ),
-            Round::EmptyProg => self.bpftrace(EMPTY_PROG, opts),
         }
+    }
+
+    /// ns per run of the empty program, from the BPF run-time statistics over a flood.
+    fn floor_ns(&self) -> anyhow::Result<Option<f64>> {
+        let before: HashSet<u64> = kfree_skb_progs()?.into_iter().map(|p| p.0).collect();
+        let _floor = Floor::attach()?;
+        Ok(timed_flood(self, &before, RunOpts::diag(&[]))?.1)
+    }
+
+    /// A run of the flood with no tracer, or with only the bench's empty program.
+    fn untraced(&self, flood_args: &[&str], floor: bool) -> anyhow::Result<Sample> {
+        let others = kfree_skb_progs()?.len();
+        let _floor = floor.then(Floor::attach).transpose()?;
+        let f = self.flood(flood_args)?;
+        Ok(Sample {
+            drops_per_s: f.drops_per_s,
+            flood_cpu: f.cpu_share,
+            others,
+            tracer: None,
+        })
     }
 
     /// Runs flood in the namespace for [`FLOOD_SECONDS`] (default target: 127.0.0.1:9).
@@ -976,7 +1015,7 @@ fn report(
             "{:<34} {:>10.0} {:>6.3} {:>9.2} {:>7} {:>8} {:>8}   {}",
             r.label(),
             rate(r),
-            rate(r) / base,
+            rate(r) / rate(r.baseline()),
             med(r, &|s| Some(s.flood_cpu)),
             opt(Some(cpu(r)), 3),
             rss(r).map_or("-".into(), |v| v.to_string()),
@@ -1008,7 +1047,11 @@ fn report(
         "lines"
     );
     let mut dt_runs: Vec<(String, &Check)> = Vec::new();
-    for r in [Round::Droptrace, Round::DroptraceRules] {
+    for r in [
+        Round::Droptrace,
+        Round::DroptraceRules,
+        Round::DroptraceRulesSendto,
+    ] {
         for (i, s) in of(r).enumerate() {
             if let Some(c) = s.tracer.as_ref().and_then(|t| t.check.as_ref()) {
                 dt_runs.push((format!("{} #{}", r.label(), i + 1), c));
@@ -1063,7 +1106,7 @@ fn report(
         ns_per(rate(Round::Droptrace)),
     );
     for (what, v) in [
-        ("bpftrace empty prog (classic tracepoint)", diag.empty),
+        ("empty tp_btf prog (the floor)", diag.empty),
         ("droptrace, drop of another netns", diag.netns_filtered),
         ("droptrace, filtered out by --dport 10", diag.port_filtered),
         ("droptrace, counted in its flow (1 flow)", diag.counted),
@@ -1111,8 +1154,26 @@ fn report(
         format!("{:.3}", rate(Round::BpftraceCount) / base),
     );
     line(
+        "droptrace_rules_sendto_ratio",
+        format!(
+            "{:.3}",
+            rate(Round::DroptraceRulesSendto) / rate(Round::BaselineSendto)
+        ),
+    );
+    line(
+        "droptrace_other_netns_ratio",
+        format!("{:.3}", rate(Round::DroptraceOtherNetns) / base),
+    );
+    line(
         "empty_prog_ratio",
         format!("{:.3}", rate(Round::EmptyProg) / base),
+    );
+    line(
+        "droptrace_rules_below_floor",
+        format!(
+            "{:.3}",
+            (rate(Round::EmptyProg) - rate(Round::DroptraceRules)) / base
+        ),
     );
     line(
         "droptrace_total_equals_counter",
@@ -1164,6 +1225,15 @@ fn report(
     );
     line("droptrace_prog_ns_many_flows", opt(diag.many_flows, 0));
     line("empty_prog_ns_per_run", opt(diag.empty, 0));
+    let over_floor = |v: Option<f64>| opt(v.zip(diag.empty).map(|(v, e)| v - e), 0);
+    line(
+        "droptrace_netns_filtered_over_floor_ns",
+        over_floor(diag.netns_filtered),
+    );
+    line(
+        "droptrace_port_filtered_over_floor_ns",
+        over_floor(diag.port_filtered),
+    );
     line(
         "runs_with_other_kfree_skb_progs",
         format!("{runs_with_others}/{}", samples.len()),

@@ -10,6 +10,7 @@
 mod bench;
 mod demo;
 mod dist;
+mod floor;
 mod fuzz;
 mod setup;
 mod vmtest;

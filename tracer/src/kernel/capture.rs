@@ -4,7 +4,7 @@
 //! droptrace exits, even by `kill -9`, the kernel closes the file descriptors and detaches
 //! it, so nothing outlives the tool.
 
-use std::io;
+use std::{collections::HashMap, io};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -12,8 +12,8 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
-    ANY_REASON, Config, DropEvent, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION, STAT_LOST,
-    STAT_MATCHED,
+    ANY_REASON, Config, DropEvent, FlowCache, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION,
+    STAT_LOST, STAT_MATCHED,
 };
 
 use crate::{
@@ -41,6 +41,7 @@ const CLASSIC_KIND: &str = "tracepoint (skb/kfree_skb)";
 const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
 const FLOWS: &str = "FLOWS";
+const FLOW_CACHE: &str = "FLOW_CACHE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -150,7 +151,11 @@ pub struct Capture {
     events: EventSource,
     stats: PerCpuArray<MapData, u64>,
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
+    cache: PerCpuArray<MapData, FlowCache>,
 }
+
+/// Packets and bytes the CPUs' flow caches hold, per flow, not yet in the flow table.
+pub type Pending = HashMap<FlowKey, (u64, u64)>;
 
 impl Capture {
     /// Loads the program with the offsets of this kernel and the user's filters, attaches
@@ -270,6 +275,8 @@ impl Capture {
             .map_err(|e| CaptureError::Map(STATS, e.to_string()))?;
         let flows = BpfHashMap::try_from(take(&mut ebpf, FLOWS)?)
             .map_err(|e| CaptureError::Map(FLOWS, e.to_string()))?;
+        let cache = PerCpuArray::try_from(take(&mut ebpf, FLOW_CACHE)?)
+            .map_err(|e| CaptureError::Map(FLOW_CACHE, e.to_string()))?;
         Ok(Capture {
             mode,
             verdicts,
@@ -277,6 +284,7 @@ impl Capture {
             events,
             stats,
             flows,
+            cache,
         })
     }
 
@@ -332,15 +340,67 @@ impl Capture {
         }
     }
 
-    /// The kernel's state of one flow.
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
-        self.flows.get(key, 0).ok()
+    /// What the CPUs' flow caches hold. Read it after the flow table entries it completes
+    /// (see [`FlowCache`]): a batch moving between the two is then missed, never counted
+    /// twice.
+    pub fn pending(&self) -> Pending {
+        let mut out = Pending::new();
+        let Ok(caches) = self.cache.get(&0, 0) else {
+            return out;
+        };
+        for c in caches.iter().filter(|c| c.live != 0 && c.pending != 0) {
+            let e = out.entry(c.key).or_default();
+            e.0 += c.pending;
+            e.1 += c.bytes;
+        }
+        out
     }
 
-    /// Every flow in the kernel's table (one map walk: for the end of a capture).
-    pub fn flows(&self) -> Vec<(FlowKey, FlowState)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+    /// The state of each of `keys` the kernel counted: the flow table's, counts completed
+    /// by what the caches hold.
+    pub fn flows_of(&self, keys: &[FlowKey]) -> Vec<(FlowKey, FlowState)> {
+        let states = keys
+            .iter()
+            .filter_map(|k| Some((*k, self.flows.get(k, 0).ok()?)))
+            .collect();
+        let mut pending = self.pending();
+        pending.retain(|k, _| keys.contains(k));
+        with_pending(states, pending)
     }
+
+    /// Every flow the kernel counted (one walk of the flow table: for the end of a
+    /// capture), counts completed by what the caches hold.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowState)> {
+        let states = self.flows.iter().filter_map(Result::ok).collect();
+        with_pending(states, self.pending())
+    }
+}
+
+/// Adds the caches' packets to their flows' states; a flow the table no longer holds (it
+/// was evicted while a cache counted it) gets a state of its own.
+fn with_pending(
+    mut states: Vec<(FlowKey, FlowState)>,
+    mut pending: Pending,
+) -> Vec<(FlowKey, FlowState)> {
+    for (key, state) in &mut states {
+        if let Some((packets, bytes)) = pending.remove(key) {
+            state.count += packets;
+            state.bytes += bytes;
+        }
+    }
+    states.extend(pending.into_iter().map(|(key, (count, bytes))| {
+        let state = FlowState {
+            count,
+            bytes,
+            first_ns: 0,
+            last_emit_ns: 0,
+            pid: 0,
+            uid: u32::MAX,
+            comm: [0; 16],
+        };
+        (key, state)
+    }));
+    states
 }
 
 fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {

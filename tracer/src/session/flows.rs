@@ -19,14 +19,15 @@ use crate::record::DropRecord;
 /// Flows remembered at most (as many as the kernel tracks).
 const MAX_TRACKED: usize = tracer_common::MAX_FLOWS as usize;
 
-/// Flows with a record this recent are re-read from the kernel on every tick.
+/// Flows that grew this recently are re-read from the kernel on every tick.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Seen {
     reported: u64,
     template: DropRecord,
-    last_record: Instant,
+    /// When a record or a re-read last found the flow grown.
+    last_growth: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -51,20 +52,20 @@ impl FlowBook {
             .entry(key)
             .and_modify(|s| {
                 s.reported = s.reported.max(cumulative);
-                s.last_record = now;
+                s.last_growth = now;
             })
             .or_insert_with(|| Seen {
                 reported: cumulative,
                 template: rec.clone(),
-                last_record: now,
+                last_growth: now,
             });
     }
 
-    /// Flows that had a record within `window`: worth re-reading from the kernel.
+    /// Flows that grew within `window`: worth re-reading from the kernel.
     pub fn active(&self, window: Duration) -> Vec<FlowKey> {
         self.seen
             .iter()
-            .filter(|(_, s)| s.last_record.elapsed() <= window)
+            .filter(|(_, s)| s.last_growth.elapsed() <= window)
             .map(|(k, _)| *k)
             .collect()
     }
@@ -74,6 +75,7 @@ impl FlowBook {
         let s = self.seen.get_mut(key)?;
         let delta = cumulative.checked_sub(s.reported).filter(|d| *d > 0)?;
         s.reported = cumulative;
+        s.last_growth = Instant::now();
         let mut rec = s.template.clone();
         rec.count = delta;
         rec.time = time;
@@ -88,10 +90,10 @@ impl FlowBook {
 
     fn forget_oldest(&mut self) {
         // Drop the older half: amortised, and flows that old are not active.
-        let mut ages: Vec<Instant> = self.seen.values().map(|s| s.last_record).collect();
+        let mut ages: Vec<Instant> = self.seen.values().map(|s| s.last_growth).collect();
         ages.sort_unstable();
         let cutoff = ages[ages.len() / 2];
-        self.seen.retain(|_, s| s.last_record > cutoff);
+        self.seen.retain(|_, s| s.last_growth > cutoff);
     }
 }
 

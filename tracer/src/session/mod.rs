@@ -312,13 +312,20 @@ impl Session {
         out.push(rec);
     }
 
-    /// Re-reads the kernel's counts of recently active flows.
+    /// Re-reads the kernel's counts of recently active flows, and of the flows the CPUs'
+    /// caches are counting (a flood of one flow writes no record for a long while).
     fn sweep_active(&mut self, out: &mut Vec<DropRecord>) {
         let now = self.enricher.now();
-        for key in self.book.active(ACTIVE_WINDOW) {
-            if let Some(state) = self.capture.flow(&key)
-                && let Some(rec) = self.book.catch_up(&key, state.count, now.clone())
-            {
+        let mut keys = self.book.active(ACTIVE_WINDOW);
+        let cached = self.capture.pending();
+        keys.extend(
+            cached
+                .keys()
+                .filter(|k| self.book.knows(k) && !keys.contains(k))
+                .collect::<Vec<_>>(),
+        );
+        for (key, state) in self.capture.flows_of(&keys) {
+            if let Some(rec) = self.book.catch_up(&key, state.count, now.clone()) {
                 out.push(rec);
             }
         }
