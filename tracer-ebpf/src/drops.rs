@@ -52,6 +52,10 @@ static SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Where a drop's flow key is assembled (see `handle`).
+#[map]
+static KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// The flow each CPU dropped last, with the packets counted there (see [`FlowCache`]).
 #[map]
 static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(1, 0);
@@ -290,29 +294,30 @@ fn handle<C: EbpfContext, const BTF: bool>(
         return None;
     }
     let l3 = head + nh as u64;
-    // SAFETY: index 0 of a one-entry per-CPU array; nothing else on this CPU uses it
+    // The record and the flow key are assembled in per-CPU map slots, not on the stack:
+    // old verifiers allow 512 bytes of stack for the whole call chain.
+    // SAFETY: index 0 of one-entry per-CPU arrays; nothing else on this CPU uses them
     // while this program runs (tracing programs do not nest on one CPU).
     let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let key = unsafe { &mut *KEY.get_ptr_mut(0)? };
     // The headers in one helper call, into the record's own buffer: the parser reads
     // them from there, and pcapng gets them without a second copy. A failed read leaves
     // zeros, which no IP version matches.
     copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
-    let mut ev = Parsed::default();
-    parse_l3(&e.headers, l3, &mut ev)?;
+    let l4_flags = parse_l3(e, l3)?;
 
-    if conf!(family) != 0 && conf!(family) != ev.family {
+    if conf!(family) != 0 && conf!(family) != e.family {
         return None;
     }
-    if conf!(proto) != 0 && conf!(proto) != ev.proto {
+    if conf!(proto) != 0 && conf!(proto) != e.proto {
         return None;
     }
-    if !port_in(conf!(sport), ev.sport, ev.has_ports)
-        || !port_in(conf!(dport), ev.dport, ev.has_ports)
-    {
+    let has_ports = l4_flags & HAS_PORTS != 0;
+    if !port_in(conf!(sport), e.sport, has_ports) || !port_in(conf!(dport), e.dport, has_ports) {
         return None;
     }
-    if !prefix_matches(&raw const CONFIG.src, ev.family, &ev.saddr)
-        || !prefix_matches(&raw const CONFIG.dst, ev.family, &ev.daddr)
+    if !prefix_matches(&raw const CONFIG.src, e.family, &e.saddr)
+        || !prefix_matches(&raw const CONFIG.dst, e.family, &e.daddr)
     {
         return None;
     }
@@ -323,32 +328,29 @@ fn handle<C: EbpfContext, const BTF: bool>(
     } else {
         CT_NONE
     };
-    let icmp = ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6;
-    let key = FlowKey {
-        saddr: ev.saddr,
-        daddr: ev.daddr,
-        location,
-        netns,
-        reason,
-        sport: if icmp {
-            (ev.icmp_type as u16) << 8 | ev.icmp_code as u16
-        } else {
-            ev.sport
-        },
-        dport: ev.dport,
-        family: ev.family,
-        proto: ev.proto,
-        tcp_flags: ev.tcp_flags,
-        ct_info,
+    let icmp = e.proto == IPPROTO_ICMP || e.proto == IPPROTO_ICMPV6;
+    key.saddr = e.saddr;
+    key.daddr = e.daddr;
+    key.location = location;
+    key.netns = netns;
+    key.reason = reason;
+    key.sport = if icmp {
+        (e.icmp_type as u16) << 8 | e.icmp_code as u16
+    } else {
+        e.sport
     };
+    key.dport = e.dport;
+    key.family = e.family;
+    key.proto = e.proto;
+    key.tcp_flags = e.tcp_flags;
+    key.ct_info = ct_info;
     bump(STAT_MATCHED);
     let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
 
     // The same flow as this CPU's last drop: counted in the cache, nothing else to do
     // (see `FlowCache`). This is the path a flood takes.
-    // SAFETY: as SCRATCH above.
     let cache = unsafe { &mut *FLOW_CACHE.get_ptr_mut(0)? };
-    let hit = cache.live != 0 && same_flow(&cache.key, &key);
+    let hit = cache.live != 0 && same_flow(&cache.key, key);
     let mut now = 0;
     if hit {
         cache.pending += 1;
@@ -364,39 +366,40 @@ fn handle<C: EbpfContext, const BTF: bool>(
         }
     }
     // From here on: a batch to move into the flow table, a record due, or another flow.
+    // One path for all three (each path multiplies the old verifiers' work): the cache's
+    // packets go to the cache's flow (this packet's, when `hit`), then the cache takes
+    // this packet's flow, and this packet is counted in the flow table unless the cache
+    // already counted it.
     if now == 0 {
         now = unsafe { bpf_ktime_get_ns() };
     }
+    let (packets, bytes) = (cache.pending, cache.bytes);
+    // Cleared before the table has them (see `FlowCache`).
+    cache.pending = 0;
+    cache.bytes = 0;
+    if packets != 0 {
+        add_to_flow(&cache.key, packets, bytes);
+    }
+    cache.key = *key;
+    cache.live = 1;
     cache.since_ns = now;
+    let this = u64::from(!hit);
     let pid_tgid = bpf_get_current_pid_tgid();
     // Read unconditionally (zero when there is no socket), so the value is written on
     // every path: LLVM may load it where it is not needed, and verifiers before 6.x refuse
     // a read of a stack slot that one path left unwritten.
     let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
     let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
-    // `pending` is cleared before it is added to the table (see `FlowCache`).
-    let (packets, bytes) = (cache.pending, cache.bytes);
-    cache.pending = 0;
-    cache.bytes = 0;
-    let count = if hit {
-        count_drop(&key, packets, bytes, now, pid_tgid, uid)?
-    } else {
-        if cache.live != 0 && packets != 0 {
-            add_to_flow(&cache.key, packets, bytes);
-        }
-        cache.key = key;
-        cache.live = 1;
-        count_drop(&key, 1, len as u64, now, pid_tgid, uid)?
-    };
+    let count = count_drop(key, this, this * len as u64, now, pid_tgid, uid)?;
 
     // The output device, for the record (only drops that write one pay for it).
     let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
     let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
-    // The record is built in a per-CPU scratch slot and copied into the ring buffer at
-    // the end, rather than reserved first: verifiers before 6.x cannot prune paths that
-    // hold a reservation, so every branch below would multiply their work past their
-    // million-instruction limit (seen on Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
+    // The record is copied into the ring buffer at the end, rather than reserved first:
+    // verifiers before 6.x cannot prune paths that hold a reservation, so every branch
+    // below would multiply their work past their million-instruction limit (seen on
+    // Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
     e.count = count;
     e.ts_ns = now;
     e.location = location;
@@ -420,25 +423,10 @@ fn handle<C: EbpfContext, const BTF: bool>(
             0,
         )
     } as i32;
-    e.saddr = ev.saddr;
-    e.daddr = ev.daddr;
-    e.sport = ev.sport;
-    e.dport = ev.dport;
-    e.family = ev.family;
-    e.proto = ev.proto;
-    e.tcp_flags = ev.tcp_flags;
-    e.icmp_type = ev.icmp_type;
-    e.icmp_code = ev.icmp_code;
     e.ct_info = ct_info;
-    let mut f = 0;
+    let mut f = l4_flags & (flags::HAS_L4 | flags::FRAGMENT);
     if sk != 0 {
         f |= flags::HAS_SOCKET;
-    }
-    if ev.has_ports || ev.proto == IPPROTO_ICMP || ev.proto == IPPROTO_ICMPV6 {
-        f |= flags::HAS_L4;
-    }
-    if ev.fragment {
-        f |= flags::FRAGMENT;
     }
     e.uid = match uid {
         Some(uid) => {
@@ -569,48 +557,50 @@ fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Optio
     }
 }
 
-#[derive(Default)]
-struct Parsed {
-    family: u8,
-    proto: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-    sport: u16,
-    dport: u16,
-    has_ports: bool,
-    fragment: bool,
-    tcp_flags: u8,
-    icmp_type: u8,
-    icmp_code: u8,
-}
+/// `parse_l3`'s result bit: the protocol has ports (beside `flags::HAS_L4` and
+/// `flags::FRAGMENT`, which go into the record as they are).
+const HAS_PORTS: u8 = 1 << 7;
 
-/// Parses the IPv4 or IPv6 header, then the L4 header, from `h`: the packet's first
-/// [`HEADER_BYTES`] bytes from its network header, copied from `l3`. Only headers beyond
-/// those (IPv4 options, IPv6 extension headers) are read from the kernel again.
+/// Parses the IPv4 or IPv6 header, then the L4 header, from `e.headers` (the packet's
+/// first [`HEADER_BYTES`] bytes from its network header, copied from `l3`) into the
+/// record's address, port, TCP and ICMP fields. Only headers beyond those bytes (IPv4
+/// options, IPv6 extension headers) are read from the kernel again. Returns
+/// `flags::HAS_L4`, `flags::FRAGMENT` and [`HAS_PORTS`] bits.
 #[inline(always)]
-fn parse_l3(h: &[u8; HEADER_BYTES], l3: u64, p: &mut Parsed) -> Option<()> {
-    let first = h[0];
-    // Where the L4 header starts, and whether it lies at a fixed offset in `h` (the
-    // common cases: no IPv4 options, no IPv6 extension headers).
+fn parse_l3(e: &mut DropEvent, l3: u64) -> Option<u8> {
+    let first = e.headers[0];
+    let mut bits = 0;
+    e.sport = 0;
+    e.dport = 0;
+    e.tcp_flags = 0;
+    e.icmp_type = 0;
+    e.icmp_code = 0;
+    // Where the L4 header starts.
     let l4_off: u64;
     match first >> 4 {
         IP_VERSION_4 => {
             // struct iphdr: ihl:4 version:4, tos, tot_len, id, frag_off@6, ttl, protocol@9,
             // check, saddr@12, daddr@16.
-            p.family = AF_INET;
-            p.proto = h[9];
-            let frag = u16::from_be_bytes([h[6], h[7]]);
-            p.fragment = frag & 0x1fff != 0;
-            p.saddr[..4].copy_from_slice(&h[12..16]);
-            p.daddr[..4].copy_from_slice(&h[16..20]);
+            let h = &e.headers;
+            e.family = AF_INET;
+            e.proto = h[9];
+            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                bits |= flags::FRAGMENT;
+            }
+            let (s, d): ([u8; 4], [u8; 4]) =
+                (h[12..16].try_into().ok()?, h[16..20].try_into().ok()?);
+            e.saddr = [0; 16];
+            e.daddr = [0; 16];
+            e.saddr[..4].copy_from_slice(&s);
+            e.daddr[..4].copy_from_slice(&d);
             l4_off = ((first & 0x0f) as u64) * 4;
         }
         6 => {
             // struct ipv6hdr: nexthdr@6, saddr@8, daddr@24; 40 bytes.
-            p.family = AF_INET6;
-            p.saddr.copy_from_slice(&h[8..24]);
-            p.daddr.copy_from_slice(&h[24..40]);
-            let mut next: u8 = h[6];
+            e.family = AF_INET6;
+            e.saddr = e.headers[8..24].try_into().ok()?;
+            e.daddr = e.headers[24..40].try_into().ok()?;
+            let mut next: u8 = e.headers[6];
             let mut off: u64 = 40;
             // Walk extension headers (RFC 8200 section 4). Every unrolled iteration
             // multiplies the paths the verifier walks through the rest of the program, and
@@ -626,43 +616,44 @@ fn parse_l3(h: &[u8; HEADER_BYTES], l3: u64, p: &mut Parsed) -> Option<()> {
                     44 => 8,
                     _ => (hdr[1] as u64 + 1) * 8,
                 };
-                if next == 44 {
-                    p.fragment = u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0;
+                if next == 44 && u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0 {
+                    bits |= flags::FRAGMENT;
                 }
                 next = hdr[0];
             }
-            p.proto = next;
+            e.proto = next;
             l4_off = off;
         }
         _ => return None,
     };
-    if p.fragment {
-        return Some(());
+    if bits & flags::FRAGMENT != 0 {
+        return Some(bits);
     }
-    // The first 14 bytes of the L4 header (ports and TCP flags), from `h` at the two
+    // The first 14 bytes of the L4 header (ports and TCP flags), from the copy at the two
     // usual offsets (constant indexes the verifier checks once), else from the kernel.
     let l4: [u8; 14] = match l4_off {
-        20 => h[20..34].try_into().ok()?,
-        40 => h[40..54].try_into().ok()?,
+        20 => e.headers[20..34].try_into().ok()?,
+        40 => e.headers[40..54].try_into().ok()?,
         _ => read(l3 + l4_off, 0),
     };
-    match p.proto {
+    match e.proto {
         proto if tracer_common::has_ports(proto) => {
-            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
-            p.has_ports = true;
-            if p.proto == IPPROTO_TCP {
+            e.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            e.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            bits |= HAS_PORTS | flags::HAS_L4;
+            if e.proto == IPPROTO_TCP {
                 // struct tcphdr: flags byte at offset 13 (CWR..FIN).
-                p.tcp_flags = l4[13];
+                e.tcp_flags = l4[13];
             }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            p.icmp_type = l4[0];
-            p.icmp_code = l4[1];
+            e.icmp_type = l4[0];
+            e.icmp_code = l4[1];
+            bits |= flags::HAS_L4;
         }
         _ => {}
     }
-    Some(())
+    Some(bits)
 }
 
 #[inline(always)]
