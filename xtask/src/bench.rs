@@ -35,7 +35,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{floor::Floor, run_checked, setup, workspace_root};
+use crate::{floor::Floor, netns::Netns, run_checked, setup, workspace_root};
 
 /// Seconds of flood per run.
 const FLOOD_SECONDS: f64 = 3.0;
@@ -227,7 +227,10 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
     }
 
     let runs = if quick { QUICK_RUNS } else { RUNS };
-    let ns = Netns::create()?;
+    let ns = Netns::create("droptrace-bench")?;
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP",
+    ])?;
     let bench = Bench {
         ns,
         flood,
@@ -379,6 +382,16 @@ fn kfree_skb_progs() -> anyhow::Result<Vec<(u64, u64, u64)>> {
         .collect())
 }
 
+/// Waits (up to 3 s) for the previous run's programs to be gone: the kernel frees a
+/// program some time after its last fd is closed, and a run should not start beside one.
+fn settle() -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(3);
+    while !kfree_skb_progs()?.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// The programs a tracer loaded (those not in `before`) and their summed statistics.
 struct ProgStats {
     ids: HashSet<u64>,
@@ -435,6 +448,7 @@ struct Bench {
 
 impl Bench {
     fn sample(&self, round: Round, flood_args: &[&str]) -> anyhow::Result<Sample> {
+        settle()?;
         let r = self.reason;
         let opts = RunOpts::scored(flood_args);
         let ns = self.ns.name.as_str();
@@ -834,55 +848,6 @@ impl Drop for Proc {
 }
 
 /// The bench's network namespace, deleted when dropped (also on error and Ctrl-C).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> anyhow::Result<Netns> {
-        let name = format!("droptrace-bench-{}", std::process::id());
-        run_checked(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        ns.exec(&[
-            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP",
-        ])?;
-        Ok(ns)
-    }
-
-    fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {args:?} in {}", self.name))?;
-        if !out.status.success() {
-            bail!(
-                "{args:?} in netns {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-        {
-            Ok(s) if s.success() => say(&format!("deleted netns {}", self.name)),
-            _ => say(&format!(
-                "could not delete netns {}: `ip netns del {}`",
-                self.name, self.name
-            )),
-        }
-    }
-}
-
 fn install_bpftrace() -> anyhow::Result<()> {
     setup::install_packages(
         &[(

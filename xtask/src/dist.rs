@@ -3,7 +3,12 @@
 //! - `droptrace`: one static binary (musl, no program interpreter) with both eBPF objects
 //!   embedded, so it runs on hosts whose glibc is older than ours — the kernels vm-test covers.
 //! - `droptrace-VERSION-x86_64-linux-musl.tar.gz`: the binary, a man page per subcommand,
-//!   bash/zsh/fish completions and the README, with `SHA256SUMS` beside it.
+//!   bash/zsh/fish completions, the README and the licences.
+//! - `droptrace_VERSION_amd64.deb`: the same files where Debian puts them (cargo-deb), with
+//!   the firewall tools attribution runs as Recommends.
+//! - `droptrace-VERSION-oci.tar`: an OCI image (archive) of Debian 12 with that package
+//!   installed, built without a daemon ([`crate::image`]).
+//! - `SHA256SUMS` of the four.
 //!
 //! The pinned nightly has no prebuilt musl standard library and none can be fetched on our
 //! machines, so std is built from its sources (`-Z build-std`, rust-src) and linked with
@@ -29,8 +34,8 @@ fn say(msg: &str) {
     eprintln!("xtask dist: {msg}");
 }
 
-/// Builds the static binary and the tarball; returns the binary's path.
-pub fn run() -> anyhow::Result<PathBuf> {
+/// Builds the static binary into target/dist; returns its path.
+pub fn static_binary() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let dist = root.join("target/dist");
     let binary = build_static(&root)?;
@@ -38,19 +43,32 @@ pub fn run() -> anyhow::Result<PathBuf> {
     fs::create_dir_all(&dist)?;
     let out = dist.join("droptrace");
     fs::copy(&binary, &out).with_context(|| format!("cannot copy to {}", out.display()))?;
+    Ok(out)
+}
+
+/// Builds every artifact; returns the binary's path.
+pub fn run() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let dist = root.join("target/dist");
+    let out = static_binary()?;
     let version = version_of(&out)?;
     let name = format!("droptrace-{version}-x86_64-linux-musl");
-    let pkg = dist.join(&name);
-    if pkg.exists() {
-        fs::remove_dir_all(&pkg)?;
+    // What the tarball and the Debian package hold, under a name that does not change with
+    // the version (the package's asset list in tracer/Cargo.toml points here).
+    let stage = dist.join("stage");
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
     }
-    fs::create_dir_all(pkg.join("completions"))?;
-    fs::copy(&out, pkg.join("droptrace"))?;
-    fs::copy(root.join("README.md"), pkg.join("README.md"))?;
+    fs::create_dir_all(stage.join("completions"))?;
+    fs::copy(&out, stage.join("droptrace"))?;
+    for file in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        fs::copy(root.join(file), stage.join(file))
+            .with_context(|| format!("cannot copy {file}"))?;
+    }
     run_checked(
         Command::new(&out)
             .args(["man", "--dir"])
-            .arg(pkg.join("man/man1")),
+            .arg(stage.join("man/man1")),
     )?;
     for (shell, file) in [
         ("bash", "droptrace.bash"),
@@ -61,32 +79,65 @@ pub fn run() -> anyhow::Result<PathBuf> {
         if !script.status.success() {
             bail!("droptrace completions {shell} failed");
         }
-        fs::write(pkg.join("completions").join(file), script.stdout)?;
+        fs::write(stage.join("completions").join(file), script.stdout)?;
     }
     let tarball = format!("{name}.tar.gz");
     run_checked(Command::new("tar").current_dir(&dist).args([
         "--owner=0",
         "--group=0",
+        "--transform",
+        &format!("s,^stage,{name},"),
         "-czf",
         &tarball,
-        &name,
+        "stage",
     ]))?;
+    let deb = format!("droptrace_{version}_amd64.deb");
+    build_deb(&root, &dist.join(&deb))?;
+    let image = crate::image::build(
+        &root.join("target/package-test"),
+        &dist,
+        &dist.join(&deb),
+        &version,
+    )?;
+    let image = image
+        .file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned();
     let sums = Command::new("sha256sum")
         .current_dir(&dist)
-        .args(["droptrace", &tarball])
+        .args(["droptrace", &tarball, &deb, &image])
         .output()
         .context("cannot run sha256sum")?;
     if !sums.status.success() {
         bail!("sha256sum failed");
     }
     fs::write(dist.join("SHA256SUMS"), &sums.stdout)?;
-    fs::remove_dir_all(&pkg)?;
     say(&format!(
-        "wrote {} (static), {tarball} and SHA256SUMS in {}",
+        "wrote {} (static), {tarball}, {deb}, {image} and SHA256SUMS in {}",
         out.display(),
         dist.display()
     ));
     Ok(out)
+}
+
+/// The Debian package, by cargo-deb from `[package.metadata.deb]` in tracer/Cargo.toml,
+/// around the binary already built (`--no-build`: cargo-deb would build for the host).
+fn build_deb(root: &Path, out: &Path) -> anyhow::Result<()> {
+    crate::setup::ensure_cargo_deb()?;
+    run_checked(
+        Command::new("cargo")
+            .current_dir(root)
+            .args([
+                "deb",
+                "--package",
+                "tracer",
+                "--no-build",
+                "--no-strip",
+                "--output",
+            ])
+            .arg(out),
+    )
 }
 
 fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
@@ -154,7 +205,7 @@ fn check_static(binary: &Path) -> anyhow::Result<()> {
 }
 
 /// `0.1.0` from `droptrace --version`.
-fn version_of(binary: &Path) -> anyhow::Result<String> {
+pub fn version_of(binary: &Path) -> anyhow::Result<String> {
     let out = Command::new(binary).arg("--version").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()

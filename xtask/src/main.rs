@@ -8,10 +8,14 @@
 //! with RUSTUP_AUTO_INSTALL=0 it would make every cargo command fail before xtask runs.
 
 mod bench;
+mod debian_root;
 mod demo;
 mod dist;
 mod floor;
 mod fuzz;
+mod image;
+mod netns;
+mod package_test;
 mod setup;
 mod vmtest;
 
@@ -55,8 +59,11 @@ enum Task {
     /// qemu and print a table.
     VmTest(vmtest::Args),
     /// Write release artifacts to target/dist: a static droptrace, a tarball with man pages
-    /// and completions, SHA256SUMS.
+    /// and completions, a Debian package, an OCI image archive, SHA256SUMS.
     Dist,
+    /// Install the Debian package and unpack the OCI image of `cargo xtask dist` into clean
+    /// Debian 12 roots, and watch a drop with each (run `cargo xtask dist` first).
+    PackageTest,
     /// Measure droptrace's cost under a drop flood, next to bpftrace (prints figures; not a test).
     Bench {
         /// 2 runs per round instead of 5.
@@ -72,7 +79,12 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
-        Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&dist::run()?, &args)),
+        Task::VmTest(args) => {
+            setup::run().and_then(|()| vmtest::run(&dist::static_binary()?, &args))
+        }
+        Task::PackageTest => {
+            setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
+        }
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
@@ -165,7 +177,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
     // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu, with
     // the static binary that ships (target/dist).
-    vmtest::run(&dist::run()?, &vmtest::Args::default())
+    let binary = dist::run()?;
+    vmtest::run(&binary, &vmtest::Args::default())?;
+    // The .deb and the OCI image, installed and run in a clean Debian 12 root.
+    package_test::run(binary.parent().expect("target/dist"))
 }
 
 /// clippy with warnings as errors, on every crate: the host ones, and the eBPF programs

@@ -67,6 +67,7 @@ pub fn run() -> anyhow::Result<()> {
     toolchain()?;
     bpf_linker()?;
     crate::fuzz::setup()?;
+    ensure_cargo_deb()?;
     Ok(())
 }
 
@@ -190,6 +191,40 @@ fn bpf_linker() -> anyhow::Result<()> {
         bail!("cargo install bpf-linker failed ({status})");
     }
     Ok(())
+}
+
+/// cargo-deb, which `cargo xtask dist` builds the Debian package with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Installs cargo-deb if it is missing or another version.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let version = Command::new("cargo")
+        .args(["deb", "--version"])
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if version.is_some_and(|v| v.ends_with(CARGO_DEB_VERSION)) {
+        say(&format!("cargo-deb {CARGO_DEB_VERSION} present"));
+        return Ok(());
+    }
+    say(&format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)"
+    ));
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+            ])
+            .env("PATH", path_with_cargo_bin())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR"),
+    )
 }
 
 /// PATH with ~/.cargo/bin (where rustup and cargo install put binaries) in front.

@@ -1,0 +1,195 @@
+//! `cargo xtask package-test` (also the last step of `cargo xtask test`): the Debian package
+//! and the OCI image of `cargo xtask dist`, installed and run as a user would, on a clean
+//! Debian 12 root rather than on this development machine.
+//!
+//! - The package: `apt-get install ./droptrace_*.deb` in a fresh root ([`debian_root`]; apt
+//!   brings the Recommends: iptables, nftables, ipset, iproute2), then the installed
+//!   `droptrace` runs `--version`, `man`, `completions bash` and a short `watch` of a dropped
+//!   connection.
+//! - The image (target/dist/droptrace-VERSION-oci.tar): unpacked from its archive
+//!   (`umoci unpack`) and its root filesystem entered with `unshare` and `chroot`, then the
+//!   same checks. Not with podman: podman 4.3 cannot start containers on our machines, which
+//!   are containers themselves (`crun: setrlimit RLIMIT_NOFILE: Operation not permitted`).
+//!
+//! Each `watch` runs in a private mount namespace (`unshare --mount`) with /proc, /sys, /dev
+//! and /run/netns of the host mounted into the root, the way the README's container command
+//! mounts them; the dropped connection is made in a network namespace of the test's, whose
+//! OUTPUT chain drops it. The rule must be named from the root's own iptables.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    debian_root::{self, in_root, root_command},
+    netns::Netns,
+    run_checked, setup, workspace_root,
+};
+
+fn say(msg: &str) {
+    eprintln!("xtask package-test: {msg}");
+}
+
+pub fn run(dist: &Path) -> anyhow::Result<()> {
+    setup::install_packages(&[("umoci", "unpacks the OCI image")], say)?;
+    let work = workspace_root().join("target/package-test");
+    fs::create_dir_all(&work)?;
+    let version = crate::dist::version_of(&dist.join("droptrace"))?;
+
+    // The package, installed with apt as a user would.
+    let deb = dist.join(format!("droptrace_{version}_amd64.deb"));
+    let root = work.join("deb-root");
+    debian_root::fresh(&work, &root)?;
+    debian_root::install_deb(&root, &deb)?;
+    check_installed(&root, &version)?;
+    watch_in_root(&root, "the .deb")?;
+    fs::remove_dir_all(&root)?;
+
+    // The image, unpacked from its archive as a runtime would.
+    let archive = dist.join(format!("droptrace-{version}-oci.tar"));
+    let layout = work.join("test-layout");
+    let bundle = work.join("test-bundle");
+    for dir in [&layout, &bundle] {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+    }
+    fs::create_dir_all(&layout)?;
+    run_checked(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout),
+    )?;
+    run_checked(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:droptrace", layout.display()))
+            .arg(&bundle),
+    )?;
+    let rootfs = bundle.join("rootfs");
+    check_installed(&rootfs, &version)?;
+    watch_in_root(&rootfs, "the OCI image")?;
+    fs::remove_dir_all(&bundle)?;
+    fs::remove_dir_all(&layout)?;
+    say(&format!(
+        "passed: {} and {}",
+        deb.display(),
+        archive.display()
+    ));
+    Ok(())
+}
+
+/// `--version`, `man` and `completions bash` of the installed droptrace, and its files
+/// where Debian's tools look for them.
+fn check_installed(root: &Path, version: &str) -> anyhow::Result<()> {
+    let v = in_root(root, &["droptrace", "--version"])?;
+    if !v.contains(version) {
+        bail!("droptrace --version in the root says {v:?}, not {version}");
+    }
+    let man = in_root(root, &["droptrace", "man", "watch"])?;
+    if !man.contains(".TH") {
+        bail!("droptrace man watch printed no man page");
+    }
+    let completions = in_root(root, &["droptrace", "completions", "bash"])?;
+    if !completions.contains("complete") {
+        bail!("droptrace completions bash printed no completion script");
+    }
+    for file in [
+        "usr/bin/droptrace",
+        "usr/share/man/man1/droptrace.1.gz",
+        "usr/share/man/man1/droptrace-watch.1.gz",
+        "usr/share/bash-completion/completions/droptrace",
+        "usr/share/zsh/vendor-completions/_droptrace",
+        "usr/share/fish/vendor_completions.d/droptrace.fish",
+        "usr/sbin/iptables-nft-save",
+        "usr/sbin/iptables-legacy-save",
+        "usr/sbin/nft",
+        "sbin/ipset",
+    ] {
+        let path = root.join(file);
+        if !path.exists() && !root.join("usr").join(file).exists() {
+            bail!("{file} is missing from the root");
+        }
+    }
+    say(&format!("{}: {}", root.display(), v.trim()));
+    Ok(())
+}
+
+/// `droptrace watch` from the root while a connection to a port dropped in OUTPUT is tried
+/// in a namespace: the drop must be reported with its rule.
+fn watch_in_root(root: &Path, what: &str) -> anyhow::Result<()> {
+    let ns = Netns::create("dt-pkg")?;
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
+    ])?;
+    let mut child = root_command(
+        root,
+        &[
+            "droptrace",
+            "watch",
+            "--netns",
+            &ns.name,
+            "--json",
+            "--duration",
+            "6s",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .context("cannot start droptrace in the root")?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    if !first.contains(r#""type":"start""#) {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!(
+            "droptrace from {what} did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // One SYN and its retransmission, dropped: bash gives up after 2 s.
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "timeout", "2", "bash", "-c"])
+        .arg("exec 3<>/dev/tcp/127.0.0.1/8443")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("droptrace from {what} exited with {status}");
+    }
+    let drops: Vec<serde_json::Value> = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "drop")
+        .collect();
+    let named = drops.iter().find(|d| {
+        d["dport"] == 8443
+            && d["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("--dport 8443") && r.contains("-j DROP"))
+    });
+    match named {
+        Some(d) => {
+            say(&format!(
+                "{what}: drop to 127.0.0.1:8443 reported, rule {} ({})",
+                d["rule"], d["attribution"]
+            ));
+            Ok(())
+        }
+        None => bail!(
+            "droptrace from {what} reported no drop to 8443 with its rule: {}",
+            rest.join("\n")
+        ),
+    }
+}
