@@ -128,6 +128,8 @@ pub struct CaptureOptions {
     pub netfilter_ranges: Vec<(u64, u64)>,
     pub verdicts: VerdictMode,
     pub buffer: BufferKind,
+    /// The kernel's BTF as aya reads it, when already parsed (else read from sysfs).
+    pub btf: Option<aya::Btf>,
 }
 
 /// Counters kept by the program in the kernel.
@@ -228,14 +230,20 @@ impl Capture {
         } else {
             PROGRAM
         };
-        let mut ebpf = EbpfLoader::new()
+        // Parsed once, for the loader (should it need it) and the tp_btf attachment.
+        let btf = opts.btf.clone().or_else(|| aya::Btf::from_sys_fs().ok());
+        let mut loader = EbpfLoader::new();
+        if let Some(btf) = &btf {
+            loader.btf(btf);
+        }
+        let mut ebpf = loader
             .override_global("CONFIG", &cfg, true)
             .load(object)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
         let attached = match opts.attach {
-            AttachMode::TpBtf => attach_tp_btf(&mut ebpf),
+            AttachMode::TpBtf => attach_tp_btf(&mut ebpf, btf.as_ref()),
             AttachMode::Tracepoint => attach_classic(&mut ebpf, record),
-            AttachMode::Auto => attach_tp_btf(&mut ebpf).or_else(|e| {
+            AttachMode::Auto => attach_tp_btf(&mut ebpf, btf.as_ref()).or_else(|e| {
                 log::info!("tp_btf unavailable ({e}); using the classic tracepoint");
                 attach_classic(&mut ebpf, record)
             }),
@@ -403,9 +411,13 @@ fn with_pending(
     states
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<&'static str, CaptureError> {
-    let btf =
-        aya::Btf::from_sys_fs().map_err(|e| CaptureError::Program(TP_BTF_KIND, e.to_string()))?;
+fn attach_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<&'static str, CaptureError> {
+    let btf = btf.ok_or_else(|| {
+        CaptureError::Program(
+            TP_BTF_KIND,
+            "no kernel BTF at /sys/kernel/btf/vmlinux".into(),
+        )
+    })?;
     let program: &mut BtfTracePoint = ebpf
         .program_mut(TRACEPOINT)
         .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?

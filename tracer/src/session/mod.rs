@@ -114,15 +114,25 @@ impl Session {
         capture_headers: bool,
     ) -> anyhow::Result<Self> {
         let f = filters.to_filters()?;
+        // Three reads of the kernel at start-up, side by side: the kernel's BTF for the
+        // program's offsets (here), the same BTF as aya reads it (load and attach), and
+        // /proc/kallsyms (naming the drop's functions). One after the other they took most
+        // of the time to attached.
+        let aya_btf = std::thread::spawn(|| aya::Btf::from_sys_fs().ok());
+        let symbols = std::thread::spawn(Kallsyms::load);
         let kernel = match &capture.btf {
             Some(file) => KernelBtf::from_file(file)?,
             None => KernelBtf::load()?,
         };
-        let kallsyms = Kallsyms::load().context("cannot read /proc/kallsyms")?;
+        let kallsyms = symbols
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))?
+            .context("cannot read /proc/kallsyms")?;
         let netfilter_ranges = ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
             .iter()
             .filter_map(|f| kallsyms.range(f))
             .collect();
+        let btf = aya_btf.join().ok().flatten();
         let opts = CaptureOptions {
             filters: f,
             all_reasons: capture.all_reasons,
@@ -132,6 +142,7 @@ impl Session {
             netfilter_ranges,
             verdicts: capture.kernel_verdicts,
             buffer: capture.buffer,
+            btf,
         };
         let cap = Capture::start(&kernel, &opts)?;
         // Only once attached: without privileges the missing capabilities are the news,
