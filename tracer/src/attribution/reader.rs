@@ -39,6 +39,8 @@ pub enum Source {
     Ip6tablesLegacy,
     NftJson,
     NftText,
+    /// `nft -j list tables`: names only, to list native tables one by one.
+    NftTables,
     Ipset,
     /// The `local` routing tables, for address type tests.
     LocalRoutes4,
@@ -54,6 +56,7 @@ impl Source {
             Source::Ip6tablesLegacy => &["ip6tables-legacy-save", "-c"],
             Source::NftJson => &["nft", "-j", "list", "ruleset"],
             Source::NftText => &["nft", "-a", "list", "ruleset"],
+            Source::NftTables => &["nft", "-j", "list", "tables"],
             Source::Ipset => &["ipset", "save"],
             Source::LocalRoutes4 => &["ip", "-j", "-4", "route", "show", "table", "local"],
             Source::LocalRoutes6 => &["ip", "-j", "-6", "route", "show", "table", "local"],
@@ -64,9 +67,40 @@ impl Source {
 /// Runs `source`'s tool inside the namespace at `netns` (None: our own namespace).
 pub fn dump(source: Source, netns: Option<&Path>) -> Dump {
     let argv = source.argv();
-    match InNetns::new(argv[0], &argv[1..], netns) {
-        Ok(t) => run(t.command, argv[0]),
-        Err(ToolError::Missing(_)) => Dump::Missing(argv[0]),
+    dump_argv(argv[0], &argv[1..], netns)
+}
+
+/// One nftables table, as JSON (`nft -j list table FAMILY NAME`) or as text with handles
+/// (`nft -a list table ...`). `None` when `name` is not a plain identifier: nft joins its
+/// arguments into one command line and parses it, so a name from the kernel (anything a
+/// netlink client chose) must never reach it unchecked.
+pub fn dump_nft_table(json: bool, family: &str, name: &str, netns: Option<&Path>) -> Option<Dump> {
+    if !plain_identifier(name) {
+        return None;
+    }
+    let mode = if json { "-j" } else { "-a" };
+    Some(dump_argv(
+        "nft",
+        &[mode, "list", "table", family, name],
+        netns,
+    ))
+}
+
+/// What nft's scanner takes as an unquoted identifier: a letter or `_`, then letters,
+/// digits and `_ - . /` (what firewalld, Docker and kube-proxy name their tables).
+fn plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && name.len() <= 256
+}
+
+fn dump_argv(program: &'static str, args: &[&str], netns: Option<&Path>) -> Dump {
+    match InNetns::new(program, args, netns) {
+        Ok(t) => run(t.command, program),
+        Err(ToolError::Missing(_)) => Dump::Missing(program),
         Err(e) => Dump::Failed(e.to_string()),
     }
 }
@@ -90,6 +124,25 @@ fn run(mut cmd: Command, name: &str) -> Dump {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_table_names_reach_nft() {
+        for ok in ["filter", "firewalld", "kube-proxy", "_x1", "a.b/c"] {
+            assert!(plain_identifier(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "x; flush ruleset",
+            "1abc",
+            "-j",
+            "a b",
+            "x\"y",
+            "t\nflush",
+        ] {
+            assert!(!plain_identifier(bad), "{bad:?}");
+            assert!(dump_nft_table(true, "ip", bad, None).is_none());
+        }
+    }
 
     /// nft is installed by `cargo xtask setup`: the namespace, not the tool, is what fails.
     #[test]
