@@ -154,6 +154,11 @@ impl LocalTable {
             .max_by_key(|r| r.dst.prefix_len())
     }
 
+    /// Whether the table says `addr` is one of the namespace's own addresses.
+    pub fn is_local(&self, addr: IpAddr) -> bool {
+        self.possible_types(addr, None, Matcher::Fib) == LOCAL
+    }
+
     /// The types `addr` may have as seen through `dev` (None: any device). One bit when the
     /// table decides it; several when only a route lookup beyond the table could tell.
     pub fn possible_types(&self, addr: IpAddr, dev: Option<&str>, matcher: Matcher) -> u16 {

@@ -36,6 +36,8 @@ struct Pending {
     candidates: Vec<Candidate>,
     /// What was evaluated, to evaluate again against a newer ruleset.
     query: Option<(ruleset::Engine, ruleset::Hook, ruleset::Packet)>,
+    /// The hook was inferred (see [`infer_hook`]): the counters cannot make it `exact`.
+    hook_inferred: bool,
 }
 
 #[derive(Default)]
@@ -86,6 +88,67 @@ impl Attributor {
     }
 }
 
+fn rule_engine(e: stack::Engine) -> ruleset::Engine {
+    match e {
+        stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
+        stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
+    }
+}
+
+/// An `exact` answer that rests on an inferred hook is `inferred`, saying why.
+fn cap_inferred(a: &mut Attribution, note: &str) {
+    if a.attribution == Level::Exact {
+        a.attribution = Level::Inferred;
+    }
+    if !a.why.contains(note) {
+        a.why = format!("{note}; {}", a.why);
+    }
+}
+
+/// The hook of a drop whose stack is unknown (its records were lost, and its line comes
+/// from the kernel's flow table), when the ruleset leaves one: of the hooks the packet can
+/// pass — from its addresses, by the namespace's `local` routing table: a packet from a
+/// local address to another host leaves through OUTPUT and POSTROUTING, one to a local
+/// address arrives through PREROUTING and INPUT, one between two other hosts is forwarded
+/// — exactly one must have chains that drop it. Never a guess between two.
+fn infer_hook(
+    rs: &ruleset::Ruleset,
+    engine: ruleset::Engine,
+    rec: &DropRecord,
+) -> Option<(ruleset::Hook, String)> {
+    use ruleset::Hook::*;
+    let local = rs.local_routes.as_ref()?;
+    let hooks: &[ruleset::Hook] = match (local.is_local(rec.src), local.is_local(rec.dst)) {
+        (true, true) => &[Output, Postrouting, Prerouting, Input],
+        (true, false) => &[Output, Postrouting],
+        (false, true) => &[Prerouting, Input],
+        (false, false) => &[Prerouting, Forward, Postrouting],
+    };
+    let packet = packet_of(rec);
+    let mut dropping = hooks.iter().filter(|h| {
+        !evaluate_candidates(rs, engine, **h, &packet)
+            .candidates
+            .is_empty()
+    });
+    let hook = *dropping.next()?;
+    if dropping.next().is_some() {
+        return None;
+    }
+    let names: Vec<String> = hooks
+        .iter()
+        .map(|h| format!("{h:?}").to_uppercase())
+        .collect();
+    Some((
+        hook,
+        format!(
+            "hook inferred: this flow's records were lost, and of the hooks it can pass ({}) \
+             only {} drops it",
+            names.join(", "),
+            format!("{hook:?}").to_uppercase()
+        ),
+    ))
+}
+
 /// The engine a drop without an engine frame in its stack went through, when the
 /// namespace's tables leave one: nf_tables tables only (nft, iptables-nft) or legacy
 /// xtables tables only. With both or neither, the guess from the location stays.
@@ -124,6 +187,16 @@ impl Attributor {
             rec.engine_guessed = false;
         }
         let mut query = None;
+        // A line read from the flow table after its flow's records were lost has no stack,
+        // so no hook: the ruleset may still tell it (see `infer_hook`).
+        let mut hook_note = None;
+        if rec.hook.is_none()
+            && let (Some(snap), Some(engine)) = (&ns.current, rec.engine)
+            && let Some((hook, note)) = infer_hook(&snap.ruleset, rule_engine(engine), &rec)
+        {
+            rec.hook = Some(stack_hook(hook));
+            hook_note = Some(note);
+        }
         let (attr, candidates) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
             (None, ..) => (
                 Attribution::none("the namespace is gone or cannot be entered"),
@@ -138,10 +211,7 @@ impl Attributor {
                 Vec::new(),
             ),
             (Some(snap), Some(hook), Some(engine)) => {
-                let engine = match engine {
-                    stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
-                    stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
-                };
+                let engine = rule_engine(engine);
                 let packet = packet_of(&rec);
                 let mut e = evaluate_candidates(&snap.ruleset, engine, hook, &packet);
                 let mut engine = engine;
@@ -176,12 +246,17 @@ impl Attributor {
                 (a, e.candidates)
             }
         };
+        let mut attr = attr;
+        if let Some(note) = &hook_note {
+            cap_inferred(&mut attr, note);
+        }
         rec.rule = Some(attr);
         ns.last_drop = Some(std::time::Instant::now());
         ns.pending.push(Pending {
             record: rec,
             candidates,
             query,
+            hook_inferred: hook_note.is_some(),
         });
     }
 
@@ -303,6 +378,9 @@ impl Attributor {
                             })
                             .collect();
                     let chosen = confirm(a, &p.candidates, &evidence);
+                    if p.hook_inferred {
+                        cap_inferred(a, "the hook was inferred");
+                    }
                     // Renumbered by a rule inserted or deleted above it: give the number
                     // `iptables -L --line-numbers` shows now.
                     if let (DecidedBy::Rule(then), Some(DecidedBy::Rule(moved))) =
@@ -714,6 +792,50 @@ mod candidate_tests {
         assert_eq!(e.candidates.len(), 1);
         assert_eq!(e.attribution.label().unwrap(), "filter/INPUT policy DROP");
         assert!(e.attribution.alternatives.is_empty());
+    }
+
+    /// A flow read from the flow table without a stack: its hook comes from the only
+    /// plausible hook whose chains drop it, and never from a choice between two.
+    #[test]
+    fn a_lost_flows_hook_is_inferred_only_when_one_hook_drops_it() {
+        let local = ruleset::addrtype::LocalTable::from_ip_json(
+            r#"[{"type":"local","dst":"198.51.100.2","dev":"veth-c"}]"#,
+        )
+        .unwrap();
+        let mut rec = crate::record::tests::sample();
+        rec.hook = None;
+        // From the local 198.51.100.2 to another host: OUTPUT or POSTROUTING.
+        rec.src = "198.51.100.2".parse().unwrap();
+        rec.dst = "203.0.113.10".parse().unwrap();
+        let ruleset = |save: &str| {
+            let mut rs = tests::ipt_nft_v4(save);
+            rs.local_routes = Some(local.clone());
+            rs
+        };
+        let output_only = ruleset(
+            "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             [0:0] -A OUTPUT -p tcp --dport 8443 -j DROP\nCOMMIT\n",
+        );
+        let (hook, why) = infer_hook(&output_only, ruleset::Engine::NfTables, &rec).unwrap();
+        assert_eq!(hook, ruleset::Hook::Output);
+        assert!(why.contains("only OUTPUT drops it"), "{why}");
+        // INPUT's policy would drop it too, but it cannot pass INPUT.
+        let both = ruleset(
+            "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+             :OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+             [0:0] -A POSTROUTING -p tcp -j DROP\nCOMMIT\n\
+             *filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             [0:0] -A OUTPUT -p tcp -j DROP\nCOMMIT\n",
+        );
+        assert_eq!(
+            infer_hook(&both, ruleset::Engine::NfTables, &rec),
+            None,
+            "OUTPUT and POSTROUTING both drop it: no hook named"
+        );
+        // Without the local routes, nothing is inferred.
+        let mut unknown = output_only.clone();
+        unknown.local_routes = None;
+        assert_eq!(infer_hook(&unknown, ruleset::Engine::NfTables, &rec), None);
     }
 
     fn packet() -> ruleset::Packet {

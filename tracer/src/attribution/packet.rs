@@ -55,6 +55,17 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
     }
 }
 
+/// The stack's name of a hook the rule engine evaluates (inverse of [`rule_hook`]).
+pub(super) fn stack_hook(h: ruleset::Hook) -> stack::Hook {
+    match h {
+        ruleset::Hook::Prerouting => stack::Hook::Prerouting,
+        ruleset::Hook::Input => stack::Hook::Input,
+        ruleset::Hook::Forward => stack::Hook::Forward,
+        ruleset::Hook::Output => stack::Hook::Output,
+        ruleset::Hook::Postrouting => stack::Hook::Postrouting,
+    }
+}
+
 pub(super) fn rule_hook(h: stack::Hook) -> Option<ruleset::Hook> {
     Some(match h {
         stack::Hook::Prerouting => ruleset::Hook::Prerouting,
