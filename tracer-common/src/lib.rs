@@ -377,6 +377,22 @@ pub struct FlowState {
     pub comm: [u8; NAME_LEN],
 }
 
+impl FlowState {
+    /// The state of a flow known only by its counts: no first packet's task, socket owner
+    /// or time (a flow counted again after the table evicted it, or still in a CPU's cache).
+    pub const fn counted_only(count: u64, bytes: u64) -> FlowState {
+        FlowState {
+            count,
+            bytes,
+            first_ns: 0,
+            last_emit_ns: 0,
+            pid: 0,
+            uid: u32::MAX,
+            comm: [0; NAME_LEN],
+        }
+    }
+}
+
 /// Packets of one flow a CPU counts in its [`FlowCache`] before adding them to the flow
 /// table (one hash lookup and two atomic adds per batch instead of per packet).
 pub const CACHE_BATCH: u64 = 1024;

@@ -522,15 +522,7 @@ fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64) {
     }
     // Evicted meanwhile (more flows than the table holds): counted again from here; the
     // packets counted before are lost to per-flow detail, as with any eviction.
-    let state = FlowState {
-        count: packets,
-        bytes,
-        first_ns: 0,
-        last_emit_ns: 0,
-        pid: 0,
-        uid: u32::MAX,
-        comm: [0; 16],
-    };
+    let state = FlowState::counted_only(packets, bytes);
     let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
 }
 

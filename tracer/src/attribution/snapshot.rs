@@ -30,17 +30,7 @@ impl Snapshot {
     pub fn read(netns: Option<&Path>) -> Snapshot {
         let taken = Instant::now();
         let mut problems = Vec::new();
-        let mut text = |source: Source| match dump(source, netns) {
-            Dump::Text(t) => Some(t),
-            Dump::Missing(tool) => {
-                problems.push(format!("{tool} not installed"));
-                None
-            }
-            Dump::Failed(e) => {
-                problems.push(e);
-                None
-            }
-        };
+        let mut text = |source: Source| text_or_problem(dump(source, netns), &mut problems);
         let iptables = [
             (Source::IptablesNft, Backend::IptablesNft, Family::Ipv4),
             (Source::Ip6tablesNft, Backend::IptablesNft, Family::Ipv6),
@@ -114,6 +104,21 @@ impl Snapshot {
     }
 }
 
+/// A dump's text, or `None` with what went wrong noted in `problems`.
+fn text_or_problem(d: Dump, problems: &mut Vec<String>) -> Option<String> {
+    match d {
+        Dump::Text(t) => Some(t),
+        Dump::Missing(tool) => {
+            problems.push(format!("{tool} not installed"));
+            None
+        }
+        Dump::Failed(e) => {
+            problems.push(e);
+            None
+        }
+    }
+}
+
 /// The native nftables tables (those iptables-nft does not manage), with their handles.
 ///
 /// Listed table by table: `nft -j list ruleset` would also render every iptables-nft
@@ -125,20 +130,13 @@ fn native_nft_tables(
     managed: &HashSet<(TableFamily, String)>,
     problems: &mut Vec<String>,
 ) -> Vec<ruleset::Table> {
-    let names = match dump(Source::NftTables, netns) {
-        Dump::Text(t) => match ruleset::nft_json::parse(&t) {
-            Ok(all) => all,
-            Err(e) => {
-                problems.push(format!("nft tables: {e}"));
-                return Vec::new();
-            }
-        },
-        Dump::Missing(tool) => {
-            problems.push(format!("{tool} not installed"));
-            return Vec::new();
-        }
-        Dump::Failed(e) => {
-            problems.push(e);
+    let Some(listing) = text_or_problem(dump(Source::NftTables, netns), problems) else {
+        return Vec::new();
+    };
+    let names = match ruleset::nft_json::parse(&listing) {
+        Ok(all) => all,
+        Err(e) => {
+            problems.push(format!("nft tables: {e}"));
             return Vec::new();
         }
     };
@@ -185,16 +183,8 @@ fn parse_native(
     managed: &HashSet<(TableFamily, String)>,
     problems: &mut Vec<String>,
 ) -> Vec<ruleset::Table> {
-    let json = match json {
-        Dump::Text(t) => t,
-        Dump::Missing(tool) => {
-            problems.push(format!("{tool} not installed"));
-            return Vec::new();
-        }
-        Dump::Failed(e) => {
-            problems.push(e);
-            return Vec::new();
-        }
+    let Some(json) = text_or_problem(json, problems) else {
+        return Vec::new();
     };
     match ruleset::nft_json::parse(&json) {
         Ok(mut native) => {

@@ -396,18 +396,11 @@ fn with_pending(
             state.bytes += bytes;
         }
     }
-    states.extend(pending.into_iter().map(|(key, (count, bytes))| {
-        let state = FlowState {
-            count,
-            bytes,
-            first_ns: 0,
-            last_emit_ns: 0,
-            pid: 0,
-            uid: u32::MAX,
-            comm: [0; 16],
-        };
-        (key, state)
-    }));
+    states.extend(
+        pending
+            .into_iter()
+            .map(|(key, (count, bytes))| (key, FlowState::counted_only(count, bytes))),
+    );
     states
 }
 
@@ -424,7 +417,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<&'static str
         .try_into()
         .map_err(|e: ProgramError| CaptureError::Program(TP_BTF_KIND, e.to_string()))?;
     program
-        .load(TRACEPOINT, &btf)
+        .load(TRACEPOINT, btf)
         .map_err(|e| CaptureError::Program(TP_BTF_KIND, program_error(&e)))?;
     log_verifier_work(program.info());
     program
