@@ -24,6 +24,9 @@ pub fn build(work: &Path, dist: &Path, deb: &Path, version: &str) -> anyhow::Res
     debian_root::in_root(&root, &["apt-get", "clean"])?;
     fs::remove_dir_all(root.join("var/lib/apt/lists"))?;
     fs::create_dir_all(root.join("var/lib/apt/lists/partial"))?;
+    // The build host's DNS settings (debootstrap and apt needed them) are not the image's:
+    // container runtimes mount their own.
+    fs::write(root.join("etc/resolv.conf"), "")?;
     let archive = dist.join(format!("droptrace-{version}-oci.tar"));
     pack(work, &root, &archive, version)?;
     fs::remove_dir_all(&root)?;
