@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             Command::Watch(args) => droptrace::commands::watch::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => droptrace::commands::serve::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => droptrace::commands::verify::run(args).await,
             Command::Top(args) => droptrace::commands::top::run(args)
                 .await

@@ -88,6 +88,15 @@ impl Attributor {
     }
 }
 
+impl Attributor {
+    /// Forgets the namespaces not in `live` (gone: deleted, their last process exited)
+    /// that have nothing pending: a long capture keeps no ruleset of namespaces long gone.
+    pub fn forget_gone(&mut self, live: &std::collections::HashSet<u32>) {
+        self.namespaces
+            .retain(|netns, ns| live.contains(netns) || !ns.pending.is_empty());
+    }
+}
+
 fn rule_engine(e: stack::Engine) -> ruleset::Engine {
     match e {
         stack::Engine::Nftables(_) => ruleset::Engine::NfTables,

@@ -5,7 +5,12 @@
 //! taken from `iptables-nft-save` (which renders their rules in iptables syntax, with
 //! counters) and left out of the native nftables set.
 
-use std::{collections::HashSet, path::Path, time::Instant};
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use ruleset::{Backend, Family, Ruleset, TableFamily};
 
@@ -25,9 +30,23 @@ pub struct Snapshot {
     pub digest: u64,
 }
 
+/// Ruleset reads since start, and those that left a source unread or unparsed: the
+/// capture's health for `serve`'s metrics. Process-wide, as the reads are.
+pub static READS: AtomicU64 = AtomicU64::new(0);
+pub static READS_WITH_PROBLEMS: AtomicU64 = AtomicU64::new(0);
+
 impl Snapshot {
     /// Reads the ruleset of the namespace at `netns` (None: our own).
     pub fn read(netns: Option<&Path>) -> Snapshot {
+        let snap = Snapshot::read_uncounted(netns);
+        READS.fetch_add(1, Ordering::Relaxed);
+        if !snap.problems.is_empty() {
+            READS_WITH_PROBLEMS.fetch_add(1, Ordering::Relaxed);
+        }
+        snap
+    }
+
+    fn read_uncounted(netns: Option<&Path>) -> Snapshot {
         let taken = Instant::now();
         let mut problems = Vec::new();
         let mut text = |source: Source| text_or_problem(dump(source, netns), &mut problems);

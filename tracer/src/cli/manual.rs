@@ -214,6 +214,46 @@ fn extra(name: &str) -> Option<Extra> {
                 ),
             ],
         },
+        "serve" => Extra {
+            exit: &[
+                ("0", "SIGTERM or SIGINT ended it (or --duration, --count)"),
+                (
+                    "2",
+                    "bad input, a taken port, missing privileges, or the capture failed; one line on stderr",
+                ),
+            ],
+            examples: &[
+                (
+                    "droptrace serve",
+                    "metrics on http://127.0.0.1:9849/metrics for a local Prometheus or agent",
+                ),
+                (
+                    "droptrace serve --listen 0.0.0.0:9849 --labels process,container",
+                    "on every address, with the dropping process and container as labels",
+                ),
+                (
+                    "curl -s 'http://127.0.0.1:9849/drops?since=5m'",
+                    "the distinct drops of the last five minutes, as JSON",
+                ),
+            ],
+            json: &[
+                (
+                    "GET /metrics",
+                    "droptrace_drops_total{backend, family, table, chain, rule, verdict, \
+                     rule_text, owner, owner_object, hook, netns}, \
+                     droptrace_destination_drops_total{netns, proto, dst, port}, capture health",
+                ),
+                (
+                    "GET /drops?since=DURATION",
+                    "{since_s, drops: [watch --json's drop fields, count since first seen, \
+                     last_time, first_seen_s_ago, last_seen_s_ago]}",
+                ),
+                (
+                    "GET /healthz",
+                    "{status: ok|failing, uptime_s, ...}; 503 when failing",
+                ),
+            ],
+        },
         "completions" | "man" => Extra {
             exit: &[("0", "printed"), ERROR],
             examples: &[],

@@ -37,6 +37,9 @@ pub enum Command {
     /// Live full-screen view: drops grouped by rule and destination, refreshed every
     /// second (plain tables when stdout is not a terminal). `q` quits.
     Top(crate::commands::top::TopArgs),
+    /// Run for weeks: drops as Prometheus metrics by rule (/metrics), the recent drops as
+    /// JSON (/drops), health (/healthz); for systemd and Kubernetes.
+    Serve(crate::commands::serve::ServeArgs),
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
     /// Exit 0 if it would pass, 1 if it would be dropped.
     Explain(crate::commands::explain::ExplainArgs),
@@ -84,6 +87,9 @@ mod tests {
             vec!["droptrace", "watch", "--dst", "not-an-ip"],
             vec!["droptrace", "watch", "--duration", "0s"],
             vec!["droptrace", "watch", "--duration", "soon"],
+            vec!["droptrace", "serve", "--listen", "localhost"],
+            vec!["droptrace", "serve", "--listen", "1.2.3.4:99999"],
+            vec!["droptrace", "serve", "--labels", "process,pod"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
         }

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod explain;
 pub mod inventory;
+pub mod serve;
 pub mod top;
 pub mod verify;
 pub mod watch;

@@ -346,7 +346,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     model.borrow_mut().add(r);
                     Ok(())
                 },
-                || {
+                |_| {
                     let mut m = model.borrow_mut();
                     m.tick();
                     writeln!(out, "{}", plain_table(&m))?;
@@ -375,7 +375,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     model.borrow_mut().add(r);
                     Ok(())
                 },
-                || {
+                |_| {
                     let mut m = model.borrow_mut();
                     while let Ok(code) = keys.try_recv() {
                         use ratatui::crossterm::event::KeyCode;

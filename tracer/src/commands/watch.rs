@@ -70,7 +70,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 }
                 sink.drop_record(r)
             },
-            || {
+            |_| {
                 if let Some(d) = countdown {
                     let left = d.saturating_sub(started.elapsed()).as_secs();
                     let n = seen.get();

@@ -6,7 +6,7 @@
 //! or device. Namespaces without a name are shown by inode.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -101,27 +101,45 @@ pub fn path_of(inode: u32) -> Option<Option<PathBuf>> {
     if own_inode() == Some(inode) {
         return Some(None);
     }
-    let ino = |p: &Path| fs::metadata(p).ok().map(|m| m.ino());
-    if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
-        for e in dir.flatten() {
-            if ino(&e.path()) == Some(u64::from(inode)) {
-                return Some(Some(e.path()));
-            }
-        }
-    }
-    let procs = fs::read_dir("/proc").ok()?;
-    for e in procs.flatten() {
-        if e.file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            let p = e.path().join("ns/net");
-            if ino(&p) == Some(u64::from(inode)) {
-                return Some(Some(p));
-            }
-        }
-    }
-    None
+    holders()
+        .find(|(_, ino)| *ino == inode)
+        .map(|(path, _)| Some(path))
+}
+
+/// Every namespace something still holds (a name in /run/netns or a process): the ones
+/// that exist. A namespace missing here is gone, its state safe to forget.
+pub fn live_inodes() -> HashSet<u32> {
+    let mut live: HashSet<u32> = holders().map(|(_, ino)| ino).collect();
+    live.extend(own_inode());
+    live
+}
+
+/// The files that hold namespaces open, with their inodes: /run/netns first (names are
+/// better paths than processes, which come and go), then /proc/PID/ns/net.
+fn holders() -> impl Iterator<Item = (PathBuf, u32)> {
+    let ino = |p: &Path| {
+        fs::metadata(p)
+            .ok()
+            .and_then(|m| u32::try_from(m.ino()).ok())
+    };
+    let named = fs::read_dir(NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"));
+    named
+        .chain(procs)
+        .filter_map(move |p| ino(&p).map(|i| (p, i)))
 }
 
 /// Names of namespaces by inode, from /run/netns, refreshed when an unknown inode shows up

@@ -72,6 +72,27 @@ impl StartInfo {
     }
 }
 
+/// How often a long capture looks for namespaces that are gone.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The capture's health (see [`Session::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Drops that matched the filters, as the kernel counted them; `None` when unreadable.
+    pub matched_in_kernel: Option<u64>,
+    /// Records the kernel could not hand over (their packets are still counted).
+    pub records_lost: Option<u64>,
+    /// Why the kernel's counters could not be read.
+    pub error: Option<String>,
+    /// Drops reported on lines so far.
+    pub reported: u64,
+    /// Drops left out by the process filters.
+    pub filtered_out: u64,
+    pub ruleset_reads: u64,
+    /// Reads that left a source unread or unparsed.
+    pub ruleset_reads_with_problems: u64,
+}
+
 /// Whether output continues after a batch of lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -98,6 +119,7 @@ pub struct Session {
     /// Names rules; `None` with `--no-rules`.
     attributor: Option<Attributor>,
     started: Instant,
+    last_prune: Instant,
     // Registered before the start line is printed, so a Ctrl-C right after it is caught.
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
@@ -187,6 +209,7 @@ impl Session {
             filtered_out: 0,
             limited: false,
             started: Instant::now(),
+            last_prune: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
             netns_label,
@@ -224,15 +247,16 @@ impl Session {
         c: &CaptureArgs,
         emit: impl FnMut(&DropRecord) -> io::Result<()>,
     ) -> anyhow::Result<()> {
-        self.run_with_tick(c, emit, || Ok(())).await
+        self.run_with_tick(c, emit, |_| Ok(())).await
     }
 
-    /// Like [`Session::run`], calling `tick` once a second (for live views).
+    /// Like [`Session::run`], calling `tick` once a second (for live views and metrics),
+    /// with the session to read its [`Session::health`].
     pub async fn run_with_tick(
         &mut self,
         c: &CaptureArgs,
         mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
-        mut tick_fn: impl FnMut() -> io::Result<()>,
+        mut tick_fn: impl FnMut(&Session) -> io::Result<()>,
     ) -> anyhow::Result<()> {
         let deadline = c
             .duration
@@ -263,6 +287,7 @@ impl Session {
             }
             if sweep {
                 self.sweep_active(&mut staged);
+                self.forget_gone_namespaces();
             }
             if stop {
                 // The flow table has the packets no record carried yet.
@@ -270,7 +295,7 @@ impl Session {
             }
             self.attribute(&mut staged, &mut out, sweep || stop);
             let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
-            if sweep && let Err(e) = tick_fn() {
+            if sweep && let Err(e) = tick_fn(self) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return Ok(());
                 }
@@ -288,6 +313,35 @@ impl Session {
             if stop {
                 return Ok(());
             }
+        }
+    }
+
+    /// Once a minute, forgets the rulesets of namespaces that are gone: a capture of weeks
+    /// across containers coming and going keeps only the living ones.
+    fn forget_gone_namespaces(&mut self) {
+        if self.last_prune.elapsed() < PRUNE_EVERY {
+            return;
+        }
+        self.last_prune = Instant::now();
+        if let Some(a) = &mut self.attributor {
+            a.forget_gone(&crate::enrich::netns::live_inodes());
+        }
+    }
+
+    /// The capture's own health so far: what the kernel counted, what could not be
+    /// carried, how the ruleset reads went.
+    pub fn health(&self) -> Health {
+        use std::sync::atomic::Ordering::Relaxed;
+        let kernel = self.capture.stats();
+        Health {
+            matched_in_kernel: kernel.as_ref().ok().map(|k| k.matched),
+            records_lost: kernel.as_ref().ok().map(|k| k.records_lost),
+            error: kernel.err(),
+            reported: self.summary.total,
+            filtered_out: self.filtered_out,
+            ruleset_reads: crate::attribution::snapshot::READS.load(Relaxed),
+            ruleset_reads_with_problems: crate::attribution::snapshot::READS_WITH_PROBLEMS
+                .load(Relaxed),
         }
     }
 

@@ -13,6 +13,13 @@ pub struct DestinationKey {
     pub proto: String,
 }
 
+/// Destinations counted one by one; a port scan's further ones share one `other` entry,
+/// so a capture of weeks (`serve`) or of a scan keeps its summary bounded.
+pub const MAX_DESTINATIONS: usize = 10_000;
+
+/// The entry that counts the destinations beyond [`MAX_DESTINATIONS`].
+pub const OTHER: &str = "other";
+
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub total: u64,
@@ -76,10 +83,17 @@ pub struct SummaryRecord {
 impl Summary {
     pub fn add(&mut self, r: &DropRecord) {
         self.total += r.count;
-        let key = DestinationKey {
+        let mut key = DestinationKey {
             dst: r.destination(),
             proto: r.proto.clone(),
         };
+        if self.by_destination.len() >= MAX_DESTINATIONS && !self.by_destination.contains_key(&key)
+        {
+            key = DestinationKey {
+                dst: OTHER.into(),
+                proto: OTHER.into(),
+            };
+        }
         *self.by_destination.entry(key).or_default() += r.count;
         let hook = r.hook.map_or("unknown", Hook::as_str).to_string();
         *self.by_hook.entry(hook).or_default() += r.count;
@@ -182,6 +196,22 @@ mod tests {
         assert_eq!(s.hooks().get("OUTPUT"), Some(&5));
         let r = s.record(0, 5, 1.0);
         assert_eq!(serde_json::to_value(&r).unwrap()["type"], "summary");
+    }
+
+    #[test]
+    fn destinations_beyond_the_cap_share_one_entry() {
+        let mut s = Summary::default();
+        let mut r = sample();
+        for port in 0..(MAX_DESTINATIONS + 10) {
+            r.dport = Some(u16::try_from(port).unwrap());
+            s.add(&r);
+        }
+        let d = s.destinations();
+        // The cap's worth of destinations plus the `other` entry.
+        assert_eq!(d.len(), MAX_DESTINATIONS + 1);
+        let other = d.iter().find(|d| d.dst == OTHER).unwrap();
+        assert_eq!(other.count, 10);
+        assert_eq!(s.total, (MAX_DESTINATIONS + 10) as u64);
     }
 
     /// An iptables rule and the ip6tables rule with the same text at the same place are
