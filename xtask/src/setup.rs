@@ -57,6 +57,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "LLVM's libunwind, which the static musl binary links (cargo xtask dist)",
     ),
     (
+        "prometheus",
+        "a real Prometheus scrapes droptrace serve in the tests (tests/tests/serve.rs)",
+    ),
+    (
         "busybox-static",
         "ping for the ICMP inventory test; the qemu guests' userland",
     ),

@@ -75,6 +75,36 @@ impl StartInfo {
 /// How often a long capture looks for namespaces that are gone.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// Buffers bigger than this after a burst (a scan: 100,000 lines in one sweep) are freed
+/// rather than kept for the next one.
+const KEEP_CAPACITY: usize = 4096;
+
+/// Frees the buffers a burst grew, and hands the freed memory back to the system, so a
+/// scan does not leave a long capture (`serve`) holding hundreds of MB it no longer uses.
+fn release_burst_memory(lines: &mut [&mut Vec<DropRecord>], batch: &mut Vec<Drop>) {
+    let mut released = false;
+    for v in lines.iter_mut() {
+        if v.is_empty() && v.capacity() > KEEP_CAPACITY {
+            **v = Vec::new();
+            released = true;
+        }
+    }
+    if batch.is_empty() && batch.capacity() > KEEP_CAPACITY {
+        *batch = Vec::new();
+        released = true;
+    }
+    // glibc keeps freed memory in its arenas; musl (the release binary) returns it.
+    #[cfg(target_env = "gnu")]
+    if released {
+        // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+        unsafe { libc::malloc_trim(0) };
+    }
+    let _ = released;
+}
+
+/// How often, at most, the whole flow table is read while records are being lost.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(3);
+
 /// The capture's health (see [`Session::health`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -120,6 +150,9 @@ pub struct Session {
     attributor: Option<Attributor>,
     started: Instant,
     last_prune: Instant,
+    /// Records lost when the flow table was last read whole, and when.
+    lost_swept: u64,
+    last_full_sweep: Instant,
     // Registered before the start line is printed, so a Ctrl-C right after it is caught.
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
@@ -210,6 +243,8 @@ impl Session {
             limited: false,
             started: Instant::now(),
             last_prune: Instant::now(),
+            lost_swept: 0,
+            last_full_sweep: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
             netns_label,
@@ -287,6 +322,7 @@ impl Session {
             }
             if sweep {
                 self.sweep_active(&mut staged);
+                self.sweep_after_lost_records(&mut staged);
                 self.forget_gone_namespaces();
             }
             if stop {
@@ -295,6 +331,7 @@ impl Session {
             }
             self.attribute(&mut staged, &mut out, sweep || stop);
             let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
+            release_burst_memory(&mut [&mut staged, &mut out], &mut batch);
             if sweep && let Err(e) = tick_fn(self) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return Ok(());
@@ -393,6 +430,21 @@ impl Session {
             if let Some(rec) = self.book.catch_up(&key, state.count, now.clone()) {
                 out.push(rec);
             }
+        }
+    }
+
+    /// After the kernel lost records (ring buffer full: a scan, a stalled reader), reads
+    /// the whole flow table, at most every few seconds: the flows whose only record was
+    /// lost are reported now, not at the end of the capture — which for `serve` never
+    /// comes.
+    fn sweep_after_lost_records(&mut self, out: &mut Vec<DropRecord>) {
+        let Ok(lost) = self.capture.stats().map(|s| s.records_lost) else {
+            return;
+        };
+        if lost > self.lost_swept && self.last_full_sweep.elapsed() >= FULL_SWEEP_EVERY {
+            self.lost_swept = lost;
+            self.last_full_sweep = Instant::now();
+            self.sweep_all(out);
         }
     }
 

@@ -1,0 +1,437 @@
+//! `droptrace serve`: a real Prometheus scrapes it while drops happen in namespaces, and
+//! its per-rule counts must equal the kernel's rule counters; series follow rulesets and
+//! namespaces; bad input is one line and exit 2.
+//!
+//! Each test runs its own `serve` on a port the kernel picks (`--listen 127.0.0.1:0`) and
+//! looks only at its own namespace's series, so tests run in parallel.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use droptrace_tests::{Netns, droptrace_bin, droptrace_output};
+use serde_json::Value;
+
+/// A running `droptrace serve`, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(droptrace_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start droptrace serve")?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let (out_tx, out_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let line = rx.recv_timeout(left).context("serve did not start")?;
+            if let Some(rest) = line.strip_prefix("droptrace: serving http://") {
+                let addr = rest.split('/').next().unwrap_or_default().parse()?;
+                return Ok(Server {
+                    child,
+                    addr,
+                    stdout: out_rx,
+                });
+            }
+        }
+        bail!("serve did not start")
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(&format!("http://{}{path}", self.addr))
+    }
+
+    /// The samples of `metric` whose labels include `netns="NAME"`.
+    fn samples(&self, metric: &str, netns: &str) -> anyhow::Result<Vec<String>> {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        let label = format!("netns=\"{netns}\"");
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}
+
+/// The value of a sample line (`name{labels} value`).
+fn value(sample: &str) -> f64 {
+    sample
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Packet counters of the filter/OUTPUT rules, in order.
+fn output_counters(ns: &Netns) -> anyhow::Result<Vec<u64>> {
+    let out = ns.exec(&["iptables", "-L", "OUTPUT", "-v", "-n", "-x"])?;
+    Ok(out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> anyhow::Result<bool>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(true) => return,
+            Ok(false) | Err(_) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(250))
+            }
+            Ok(false) => panic!("timed out waiting for {what}"),
+            Err(e) => panic!("timed out waiting for {what}: {e:#}"),
+        }
+    }
+}
+
+/// A Prometheus server (Debian's package) on a free local port, scraping `target` every
+/// second; stopped and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> anyhow::Result<Prometheus> {
+        let dir = std::env::temp_dir().join(format!(
+            "droptrace-prometheus-{}-{}",
+            std::process::id(),
+            target.port()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: droptrace\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )?;
+        // A free port: bound, then released for Prometheus.
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start prometheus (cargo xtask setup installs it)")?;
+        let p = Prometheus { child, addr, dir };
+        wait_for("prometheus to be ready", Duration::from_secs(60), || {
+            Ok(http_get(&format!("http://{}/-/ready", p.addr))?.0 == 200)
+        });
+        Ok(p)
+    }
+
+    /// An instant PromQL query's result vector.
+    fn query(&self, promql: &str) -> anyhow::Result<Vec<Value>> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let body = agent
+            .get(&format!("http://{}/api/v1/query", self.addr))
+            .query("query", promql)
+            .call()?
+            .body_mut()
+            .read_to_string()?;
+        let v: Value = serde_json::from_str(&body)?;
+        if v["status"] != "success" {
+            bail!("query {promql} failed: {body}");
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_sees_each_rules_drops_as_its_counters_count_them() -> anyhow::Result<()> {
+    let ns = Netns::new("prom")?;
+    // The incident's rules (shared/incident-iptables-egress.txt), two of them dropping.
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+    ])?;
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "1024:65535",
+        "-j",
+        "DROP",
+    ])?;
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+    ])?;
+    let before = output_counters(&ns)?;
+    let server = Server::start(&["--netns", &ns.name, "--log-drops"])?;
+    let prom = Prometheus::start(server.addr)?;
+
+    for _ in 0..3 {
+        ns.tcp_connect("127.0.0.1:8443".parse()?, Duration::from_millis(300))?;
+    }
+    ns.udp_send("127.0.0.1:5044".parse()?, 25)?;
+
+    let after = output_counters(&ns)?;
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(delta[1] >= 3 && delta[2] == 25, "rule counters: {delta:?}");
+    let query = format!(
+        "sum by (rule, rule_text) (droptrace_drops_total{{netns=\"{}\",chain=\"OUTPUT\"}})",
+        ns.name
+    );
+    // Every counted drop must reach Prometheus: serve's counters start at zero with the
+    // capture, so their value is the increase since then, like the rule counters' delta.
+    let mut seen = Vec::new();
+    wait_for(
+        "Prometheus to have every drop",
+        Duration::from_secs(30),
+        || {
+            seen = prom.query(&query)?;
+            let by_rule = |n: &str| {
+                seen.iter()
+                    .find(|s| s["metric"]["rule"] == n)
+                    .and_then(|s| s["value"][1].as_str()?.parse::<u64>().ok())
+            };
+            Ok(by_rule("2") == Some(delta[1]) && by_rule("3") == Some(delta[2]))
+        },
+    );
+    assert_eq!(seen.len(), 2, "no other rule dropped anything: {seen:?}");
+    let tcp = seen.iter().find(|s| s["metric"]["rule"] == "2").unwrap();
+    assert_eq!(
+        tcp["metric"]["rule_text"],
+        "-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP"
+    );
+    // Prometheus sees the capture's health too.
+    let lost = prom.query("droptrace_records_lost_total")?;
+    assert_eq!(lost[0]["value"][1], "0");
+    let build = prom.query("droptrace_build_info")?;
+    assert_eq!(build.len(), 1, "{build:?}");
+
+    // The recent drops, with watch --json's fields.
+    let (status, body) = server.get("/drops?since=5m")?;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body)?;
+    let drops = v["drops"].as_array().unwrap();
+    let udp: u64 = drops
+        .iter()
+        .filter(|d| d["dport"] == 5044)
+        .map(|d| d["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(udp, 25, "{body}");
+    assert!(
+        drops
+            .iter()
+            .all(|d| d["type"] == "drop" && d["attribution"].is_string())
+    );
+    let (status, body) = server.get("/drops?since=soon")?;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.get("/healthz")?;
+    assert_eq!(status, 200, "{body}");
+
+    // --log-drops: the same drops as JSON lines on stdout.
+    let mut logged = 0;
+    while let Ok(line) = server.stdout.recv_timeout(Duration::from_millis(500)) {
+        let d: Value = serde_json::from_str(&line)?;
+        logged += d["count"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(logged, delta[1] + delta[2]);
+    Ok(())
+}
+
+#[test]
+fn a_ruleset_change_starts_a_new_series_and_stops_the_old() -> anyhow::Result<()> {
+    let ns = Netns::new("change")?;
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+    ])?;
+    let server = Server::start(&["--netns", &ns.name])?;
+    let text = "-A OUTPUT -p udp -m udp --dport 5044 -j DROP";
+    let series = |rule: &str| -> anyhow::Result<Option<f64>> {
+        Ok(server
+            .samples("droptrace_drops_total", &ns.name)?
+            .iter()
+            .find(|s| s.contains(&format!("rule=\"{rule}\"")) && s.contains(text))
+            .map(|s| value(s)))
+    };
+    ns.udp_send("127.0.0.1:5044".parse()?, 5)?;
+    wait_for("rule 1's series", Duration::from_secs(15), || {
+        Ok(series("1")? == Some(5.0))
+    });
+    // A rule inserted above: the same rule is now number 2.
+    ns.exec(&[
+        "iptables", "-I", "OUTPUT", "1", "-p", "udp", "--dport", "9999", "-j", "DROP",
+    ])?;
+    thread::sleep(Duration::from_millis(1500));
+    ns.udp_send("127.0.0.1:5044".parse()?, 7)?;
+    wait_for("rule 2's series", Duration::from_secs(15), || {
+        Ok(series("2")? == Some(7.0))
+    });
+    assert_eq!(
+        series("1")?,
+        Some(5.0),
+        "the old series stopped where it was"
+    );
+    assert_eq!(
+        output_counters(&ns)?[1],
+        12,
+        "the rule's own counter has both"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_series_of_a_deleted_namespace_go_after_the_ttl() -> anyhow::Result<()> {
+    let ns = Netns::new("ttl")?;
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+    ])?;
+    // All namespaces: a namespace that is gone can no longer be named on the command line.
+    let server = Server::start(&["--series-ttl", "2s"])?;
+    let name = ns.name.clone();
+    ns.udp_send("127.0.0.1:5044".parse()?, 3)?;
+    wait_for("the namespace's series", Duration::from_secs(15), || {
+        Ok(!server.samples("droptrace_drops_total", &name)?.is_empty())
+    });
+    assert!(
+        !server
+            .samples("droptrace_destination_drops_total", &name)?
+            .is_empty()
+    );
+    drop(ns);
+    wait_for("the series to go", Duration::from_secs(20), || {
+        Ok(server.samples("droptrace_drops_total", &name)?.is_empty()
+            && server
+                .samples("droptrace_destination_drops_total", &name)?
+                .is_empty())
+    });
+    Ok(())
+}
+
+#[test]
+fn a_hundred_thousand_flows_keep_the_destination_series_at_the_cap() -> anyhow::Result<()> {
+    let ns = Netns::new("scan")?;
+    ns.exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])?;
+    let server = Server::start(&["--netns", &ns.name, "--max-destinations", "50"])?;
+    let mut sent = 0;
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        sent += ns.udp_spray(ip.parse()?, 1..=50_000)?;
+    }
+    assert_eq!(sent, 0, "every datagram is dropped in OUTPUT (EPERM)");
+    let counters = output_counters(&ns)?;
+    assert_eq!(counters[0], 100_000);
+    let mut dests = Vec::new();
+    wait_for("every drop in the metrics", Duration::from_secs(60), || {
+        dests = server.samples("droptrace_destination_drops_total", &ns.name)?;
+        let rules = server.samples("droptrace_drops_total", &ns.name)?;
+        Ok(rules.iter().map(|s| value(s)).sum::<f64>() == 100_000.0)
+    });
+    assert_eq!(dests.len(), 50, "the cap: {} series", dests.len());
+    let (_, body) = server.get("/metrics")?;
+    let other: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("droptrace_destination_drops_total{") && l.contains("dst=\"other\"")
+        })
+        .map(value)
+        .sum();
+    let listed: f64 = dests.iter().map(|s| value(s)).sum();
+    assert_eq!(listed + other, 100_000.0);
+    // Bounded memory: the flow table's worth of flows, whatever the series.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    eprintln!("serve RSS after 100,000 flows: {} MB", rss_kb / 1024);
+    assert!(rss_kb < 512 * 1024, "RSS {} MB", rss_kb / 1024);
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() -> anyhow::Result<()> {
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    for (args, expect) in [
+        (vec!["serve", "--listen", addr.as_str()], "cannot listen on"),
+        (vec!["serve", "--listen", "localhost"], "--listen"),
+        (vec!["serve", "--labels", "process,pod"], "pod"),
+        (
+            vec!["serve", "--max-destinations", "many"],
+            "--max-destinations",
+        ),
+    ] {
+        let (code, _, stderr) = droptrace_output(&args)?;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    Ok(())
+}
