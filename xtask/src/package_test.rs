@@ -11,6 +11,10 @@
 //!   same checks. Not with podman: podman 4.3 cannot start containers on our machines, which
 //!   are containers themselves (`crun: setrlimit RLIMIT_NOFILE: Operation not permitted`).
 //!
+//! - The package's systemd unit: `systemd-analyze verify` accepts it without a warning, and
+//!   its `ExecStart` command, run from the root, serves /healthz and ends cleanly on SIGTERM
+//!   (our machines do not run systemd, so the unit's sandboxing itself is not exercised).
+//!
 //! Each `watch` runs in a private mount namespace (`unshare --mount`) with /proc, /sys, /dev
 //! and /run/netns of the host mounted into the root, the way the README's container command
 //! mounts them; the dropped connection is made in a network namespace of the test's, whose
@@ -36,7 +40,13 @@ fn say(msg: &str) {
 }
 
 pub fn run(dist: &Path) -> anyhow::Result<()> {
-    setup::install_packages(&[("umoci", "unpacks the OCI image")], say)?;
+    setup::install_packages(
+        &[
+            ("umoci", "unpacks the OCI image"),
+            ("systemd", "systemd-analyze checks the package's unit"),
+        ],
+        say,
+    )?;
     let work = workspace_root().join("target/package-test");
     fs::create_dir_all(&work)?;
     let version = crate::dist::version_of(&dist.join("droptrace"))?;
@@ -48,6 +58,7 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     debian_root::install_deb(&root, &deb)?;
     check_installed(&root, &version)?;
     watch_in_root(&root, "the .deb")?;
+    service_in_root(&root, &work)?;
     fs::remove_dir_all(&root)?;
 
     // The image, unpacked from its archive as a runtime would.
@@ -120,6 +131,107 @@ fn check_installed(root: &Path, version: &str) -> anyhow::Result<()> {
     }
     say(&format!("{}: {}", root.display(), v.trim()));
     Ok(())
+}
+
+/// Where the unit listens (its ExecStart's --listen).
+const SERVICE_ADDR: &str = "127.0.0.1:9849";
+
+/// The installed systemd unit: verified by systemd, then its command started.
+fn service_in_root(root: &Path, work: &Path) -> anyhow::Result<()> {
+    let unit_path = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .map(|d| root.join(d).join("droptrace.service"))
+        .find(|p| p.exists())
+        .context("the package installs no droptrace.service")?;
+    let unit = fs::read_to_string(&unit_path)?;
+    // systemd-analyze checks that ExecStart's binary exists on this host: point it at the
+    // root's copy (static, it runs anywhere).
+    let check_dir = work.join("unit-check");
+    fs::create_dir_all(&check_dir)?;
+    let binary = root.join("usr/bin/droptrace");
+    let copy = check_dir.join("droptrace.service");
+    fs::write(
+        &copy,
+        unit.replace("/usr/bin/droptrace", &binary.display().to_string()),
+    )?;
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .context("cannot run systemd-analyze")?;
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !complaints.trim().is_empty() {
+        bail!(
+            "systemd-analyze verify droptrace.service: {}",
+            complaints.trim()
+        );
+    }
+    fs::remove_dir_all(&check_dir)?;
+
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .context("droptrace.service has no ExecStart")?;
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    if !exec.contains(SERVICE_ADDR) {
+        bail!("droptrace.service does not listen on {SERVICE_ADDR}: {exec}");
+    }
+    let mut child = root_command(root, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start the unit's command")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let healthy = loop {
+        if let Ok(body) = http_get(SERVICE_ADDR, "/healthz")
+            && body.starts_with("HTTP/1.1 200")
+            && body.contains(r#""status":"ok""#)
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !healthy {
+        bail!(
+            "the unit's command never answered /healthz: {}",
+            stderr.trim()
+        );
+    }
+    if !out.status.success() {
+        bail!(
+            "the unit's command exited with {} on SIGTERM: {}",
+            out.status,
+            stderr.trim()
+        );
+    }
+    say(&format!(
+        "the .deb's droptrace.service: verified, `{exec}` served /healthz, SIGTERM ended it"
+    ));
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET (no client library for one request).
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 /// `droptrace watch` from the root while a connection to a port dropped in OUTPUT is tried
