@@ -14,6 +14,7 @@ mod dist;
 mod floor;
 mod fuzz;
 mod image;
+mod manifests;
 mod netns;
 mod package_test;
 mod setup;
@@ -64,6 +65,9 @@ enum Task {
     /// Install the Debian package and unpack the OCI image of `cargo xtask dist` into clean
     /// Debian 12 roots, and watch a drop with each (run `cargo xtask dist` first).
     PackageTest,
+    /// Check the deployment files under deploy/ offline: Kubernetes manifests against the
+    /// API schemas, alert rules and dashboard queries with promtool.
+    Manifests,
     /// Measure droptrace's cost under a drop flood, next to bpftrace (prints figures; not a test).
     Bench {
         /// 2 runs per round instead of 5.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Task::PackageTest => {
             setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
         }
+        Task::Manifests => setup::run().and_then(|()| manifests::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
@@ -161,6 +166,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bin.display()
     );
     lint()?;
+    manifests::run()?;
     let mut cmd = pinned_cargo();
     cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
     cmd.env("DROPTRACE_BIN", &bin);
