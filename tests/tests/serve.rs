@@ -136,6 +136,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> anyhow::Result
     }
 }
 
+/// The alert rules the README documents (deploy/prometheus/droptrace-alerts.yml).
+fn alert_rules() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/droptrace-alerts.yml")
+}
+
 /// A Prometheus server (Debian's package) on a free local port, scraping `target` every
 /// second; stopped and its data removed on drop.
 struct Prometheus {
@@ -156,9 +161,12 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  \
+                 evaluation_interval: 1s\n\
+                 rule_files: ['{}']\n\
                  scrape_configs:\n  - job_name: droptrace\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
+                 - targets: ['{target}']\n",
+                alert_rules().display()
             ),
         )?;
         // A free port: bound, then released for Prometheus.
@@ -179,6 +187,19 @@ impl Prometheus {
             Ok(http_get(&format!("http://{}/-/ready", p.addr))?.0 == 200)
         });
         Ok(p)
+    }
+
+    /// The alerts firing now.
+    fn firing(&self) -> anyhow::Result<Vec<Value>> {
+        let (_, body) = http_get(&format!("http://{}/api/v1/alerts", self.addr))?;
+        let v: Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect())
     }
 
     /// An instant PromQL query's result vector.
@@ -267,6 +288,24 @@ fn prometheus_sees_each_rules_drops_as_its_counters_count_them() -> anyhow::Resu
     assert_eq!(
         tcp["metric"]["rule_text"],
         "-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP"
+    );
+    // The README's alert fires for the rule that started dropping, naming it.
+    let mut alert = None;
+    wait_for("the alert to fire", Duration::from_secs(30), || {
+        alert = prom.firing()?.into_iter().find(|a| {
+            a["labels"]["alertname"] == "FirewallRuleStartedDropping"
+                && a["labels"]["netns"] == ns.name.as_str()
+                && a["labels"]["rule"] == "2"
+        });
+        Ok(alert.is_some())
+    });
+    let summary = alert.unwrap()["annotations"]["summary"].clone();
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .contains("filter/OUTPUT rule 2 started dropping"),
+        "{summary}"
     );
     // Prometheus sees the capture's health too.
     let lost = prom.query("droptrace_records_lost_total")?;
