@@ -12,7 +12,7 @@
 //! - [`session`]: one capture from start to summary — the one way front-ends get drops.
 //!   [`inventory`] (outbound flows before you block) and [`probe`] (traffic droptrace
 //!   sends) sit beside it.
-//! - [`sinks`]: text, JSON lines, pcapng.
+//! - [`sinks`]: text, JSON lines, pcapng, Prometheus metrics and the recent-drops list.
 //! - [`commands`]: one module per front-end; [`cli`] parses the command line and its man
 //!   pages, and `main.rs` dispatches.
 //!

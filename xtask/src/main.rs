@@ -13,11 +13,13 @@ mod demo;
 mod dist;
 mod floor;
 mod fuzz;
+mod http;
 mod image;
 mod manifests;
 mod netns;
 mod package_test;
 mod setup;
+mod soak;
 mod vmtest;
 
 use std::{
@@ -74,6 +76,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run `droptrace serve` through namespace, rule and flow churn at a steady drop rate;
+    /// print its RSS, CPU and series at the start and the end (not a test).
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         }
         Task::Manifests => setup::run().and_then(|()| manifests::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
+        Task::Soak(args) => setup::run().and_then(|()| soak::run(&build(true)?, &args)),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
     match result {

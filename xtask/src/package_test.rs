@@ -184,7 +184,7 @@ fn service_in_root(root: &Path, work: &Path) -> anyhow::Result<()> {
         .context("cannot start the unit's command")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let healthy = loop {
-        if let Ok(body) = http_get(SERVICE_ADDR, "/healthz")
+        if let Ok(body) = crate::http::get(SERVICE_ADDR, "/healthz")
             && body.starts_with("HTTP/1.1 200")
             && body.contains(r#""status":"ok""#)
         {
@@ -218,20 +218,6 @@ fn service_in_root(root: &Path, work: &Path) -> anyhow::Result<()> {
         "the .deb's droptrace.service: verified, `{exec}` served /healthz, SIGTERM ended it"
     ));
     Ok(())
-}
-
-/// A plain HTTP/1.1 GET (no client library for one request).
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut conn = std::net::TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 /// `droptrace watch` from the root while a connection to a port dropped in OUTPUT is tried

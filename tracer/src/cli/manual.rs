@@ -240,7 +240,7 @@ fn extra(name: &str) -> Option<Extra> {
                 (
                     "GET /metrics",
                     "droptrace_drops_total{backend, family, table, chain, rule, verdict, \
-                     rule_text, owner, owner_object, hook, netns}, \
+                     rule_text, attribution, owner, owner_object, hook, netns}, \
                      droptrace_destination_drops_total{netns, proto, dst, port}, capture health",
                 ),
                 (

@@ -1,6 +1,7 @@
 //! Drops as Prometheus metrics, for `droptrace serve`.
 //!
-//! Counters by rule, labelled with the rule's identity: their number follows the rulesets,
+//! Counters by rule, labelled with the rule's identity and how sure droptrace is of it
+//! (`attribution`, as in `watch`): their number follows the rulesets,
 //! not the traffic, so a port scan adds no series. Destinations, which do follow the
 //! traffic, are a family of their own capped at `max_destinations` series, the rest
 //! counted in one `other` series. Series of namespaces that are gone are removed after a
@@ -199,6 +200,12 @@ impl DropMetrics {
             ("rule", rule),
             ("verdict", field(|a| a.verdict.clone())),
             ("rule_text", field(|a| a.rule.clone())),
+            // How sure: a rule named on `inferred` grounds says so here too.
+            (
+                "attribution",
+                a.map(|a| a.attribution.as_str().to_string())
+                    .unwrap_or_default(),
+            ),
             (
                 "owner",
                 owner.map(|o| o.tool.to_string()).unwrap_or_default(),
@@ -384,6 +391,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#"hook="OUTPUT""#), "{line}");
+        assert!(line.contains(r#"attribution="none""#), "{line}");
         assert!(line.contains(r#"netns="client""#), "{line}");
         assert!(
             !line.contains("process="),

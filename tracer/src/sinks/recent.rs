@@ -112,7 +112,7 @@ impl RecentDrops {
                 )
             })
             .collect();
-        v.sort_by(|a, b| b.0.last_seen.cmp(&a.0.last_seen));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0.last_seen));
         v.into_iter().map(|(_, d)| d).collect()
     }
 

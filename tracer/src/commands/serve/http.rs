@@ -137,3 +137,112 @@ async fn healthz(State(shared): State<SharedState>) -> Response {
 fn error(status: StatusCode, msg: &str) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{
+        commands::serve::Shared,
+        record::tests::sample,
+        sinks::{
+            metrics::{DropMetrics, MetricsConfig},
+            recent::RecentDrops,
+        },
+    };
+
+    fn shared() -> SharedState {
+        let mut metrics = DropMetrics::new(MetricsConfig {
+            max_destinations: 10,
+            ttl: Duration::from_secs(60),
+            extra: vec![],
+            version: "0.1.0".into(),
+            capture_mode: "tp_btf/kfree_skb".into(),
+        });
+        let mut recent = RecentDrops::new(100, Duration::from_secs(3600));
+        let now = Instant::now();
+        metrics.observe(&sample(), now);
+        recent.observe(&sample(), now);
+        Arc::new(Mutex::new(Shared {
+            metrics,
+            recent,
+            health: None,
+            keep_drops: Duration::from_secs(3600),
+            started: now,
+        }))
+    }
+
+    async fn get(uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = Request::builder().uri(uri);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let resp = router(shared())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn metrics_in_the_format_asked_for() {
+        let (status, ctype, body) = get("/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ctype, PROMETHEUS_TEXT);
+        assert!(!body.contains("# EOF"), "{body}");
+        let (_, ctype, body) = get(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+        )
+        .await;
+        assert_eq!(ctype, OPENMETRICS_TEXT);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn drops_take_a_duration_and_refuse_anything_else() {
+        let (status, _, body) = get("/drops?since=5m", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["since_s"], 300.0);
+        assert_eq!(v["drops"][0]["dport"], 8443);
+        let (status, _, body) = get("/drops?since=forever", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // Longer than kept: what is kept.
+        let (_, _, body) = get("/drops?since=30d", None).await;
+        assert!(body.contains(r#""since_s":3600.0"#), "{body}");
+    }
+
+    #[tokio::test]
+    async fn only_the_three_endpoints_answer() {
+        assert_eq!(get("/healthz", None).await.0, StatusCode::OK);
+        assert_eq!(get("/", None).await.0, StatusCode::NOT_FOUND);
+        let resp = router(shared())
+            .oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/metrics")
+                    .body(Body::from("x"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
