@@ -284,26 +284,10 @@ impl DropMetrics {
         let expired = |age: &SeriesAge| {
             gone_long(age.netns) || (idle_expires && now.duration_since(age.last_growth) >= ttl)
         };
-        let old: Vec<Labels> = self
-            .series
-            .iter()
-            .filter(|(_, a)| expired(a))
-            .map(|(l, _)| l.clone())
-            .collect();
-        for l in old {
-            self.drops.remove(&l);
-            self.series.remove(&l);
-        }
-        let old: Vec<Labels> = self
-            .destination_series
-            .iter()
-            .filter(|(_, a)| gone_long(a.netns))
-            .map(|(l, _)| l.clone())
-            .collect();
-        for l in old {
-            self.destinations.remove(&l);
-            self.destination_series.remove(&l);
-        }
+        remove_where(&self.drops, &mut self.series, expired);
+        remove_where(&self.destinations, &mut self.destination_series, |a| {
+            gone_long(a.netns)
+        });
         let referenced: HashSet<u32> = self
             .series
             .values()
@@ -330,6 +314,21 @@ impl DropMetrics {
     }
 }
 
+/// Removes from `family` (and from `ages`) the series whose age says so.
+fn remove_where(
+    family: &Family<Labels, Counter>,
+    ages: &mut HashMap<Labels, SeriesAge>,
+    expired: impl Fn(&SeriesAge) -> bool,
+) {
+    ages.retain(|labels, age| {
+        let keep = !expired(age);
+        if !keep {
+            family.remove(labels);
+        }
+        keep
+    });
+}
+
 fn touch(map: &mut HashMap<Labels, SeriesAge>, labels: Labels, netns: u32, now: Instant) {
     map.entry(labels)
         .and_modify(|a| a.last_growth = now)
@@ -347,7 +346,7 @@ fn netns_label(r: &DropRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{rule::Attribution, tests::sample};
+    use crate::record::tests::sample;
 
     fn config(max_destinations: usize) -> MetricsConfig {
         MetricsConfig {
@@ -359,18 +358,10 @@ mod tests {
         }
     }
 
+    /// The incident's drop, named: filter/OUTPUT rule 4, exact, 37 packets.
     fn attributed() -> DropRecord {
         let mut r = sample();
-        r.rule = Some(Attribution {
-            backend: Some("iptables-nft".into()),
-            table_family: Some("ip".into()),
-            table: Some("filter".into()),
-            chain: Some("OUTPUT".into()),
-            rule: Some("-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP".into()),
-            rule_num: Some(4),
-            verdict: Some("DROP".into()),
-            ..Attribution::none("")
-        });
+        r.rule = Some(crate::attribution::tests::brief_rule());
         r.count = 37;
         r
     }
@@ -391,7 +382,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#"hook="OUTPUT""#), "{line}");
-        assert!(line.contains(r#"attribution="none""#), "{line}");
+        assert!(line.contains(r#"attribution="exact""#), "{line}");
         assert!(line.contains(r#"netns="client""#), "{line}");
         assert!(
             !line.contains("process="),
