@@ -6,6 +6,13 @@
 //! the packets since the last line of its flow (`count`), and at the end — and every second
 //! for recently active flows — the flow table itself is read to report what no record
 //! carried. The sum of `count` over all lines then equals what the kernel counted.
+//!
+//! Every flow's count is remembered (as many as the kernel tracks), but its full record,
+//! the template of its next lines (~1.5 KB with its strings), only for the most recent
+//! [`MAX_TEMPLATES`] flows: a scan of 100,000 flows would otherwise keep 150 MB of records
+//! of flows long silent. An older flow that grows again keeps what its rule needs (hook,
+//! engine, devices, socket) in a [`Sketch`], and its line is rebuilt from the kernel's flow
+//! entry and that sketch.
 
 use std::{
     collections::HashMap,
@@ -14,10 +21,16 @@ use std::{
 
 use tracer_common::FlowKey;
 
-use crate::record::DropRecord;
+use crate::{
+    kernel::stack::{Engine, Hook},
+    record::DropRecord,
+};
 
 /// Flows remembered at most (as many as the kernel tracks).
 const MAX_TRACKED: usize = tracer_common::MAX_FLOWS as usize;
+
+/// Flows whose full record is kept, at most (the most recently grown).
+const MAX_TEMPLATES: usize = 16_384;
 
 /// Flows that grew this recently are re-read from the kernel on every tick.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
@@ -25,16 +38,71 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Seen {
     reported: u64,
+    /// The flow's last line, for the next; `None` once the flow is among the older ones.
     /// Boxed: a record is ~850 bytes, and the table's empty buckets would hold as much
     /// each (at 131,072 flows, 262,144 buckets: over 200 MB instead of a few MB).
-    template: Box<DropRecord>,
+    template: Option<Box<DropRecord>>,
+    sketch: Sketch,
     /// When a record or a re-read last found the flow grown.
     last_growth: Instant,
+}
+
+/// What a line rebuilt from the kernel's flow entry lacks and its rule may need: the hook
+/// and engine (from the stack of its first record), the devices, whether it had a socket.
+#[derive(Debug, Clone)]
+pub struct Sketch {
+    hook: Option<Hook>,
+    engine: Option<Engine>,
+    engine_guessed: bool,
+    has_socket: bool,
+    receiver: bool,
+    devices: Box<(String, String, String)>,
+}
+
+impl Sketch {
+    fn of(r: &DropRecord) -> Sketch {
+        Sketch {
+            hook: r.hook,
+            engine: r.engine,
+            engine_guessed: r.engine_guessed,
+            has_socket: r.has_socket,
+            receiver: r.receiver,
+            devices: Box::new((r.ifname.clone(), r.in_ifname.clone(), r.out_ifname.clone())),
+        }
+    }
+
+    /// Gives a line rebuilt from the flow table what the flow's first record knew.
+    pub fn apply(&self, r: &mut DropRecord) {
+        r.hook = r.hook.or(self.hook);
+        if self.engine.is_some() {
+            r.engine = self.engine;
+            r.engine_guessed = self.engine_guessed;
+        }
+        r.has_socket |= self.has_socket;
+        r.receiver |= self.receiver;
+        let (ifname, in_ifname, out_ifname) = &*self.devices;
+        r.ifname.clone_from(ifname);
+        r.in_ifname.clone_from(in_ifname);
+        r.out_ifname.clone_from(out_ifname);
+    }
+}
+
+/// What a re-read of a known flow gives.
+#[derive(Debug)]
+pub enum CatchUp {
+    /// Nothing new.
+    Nothing,
+    /// The line for the packets since the last.
+    Line(Box<DropRecord>),
+    /// New packets of a flow whose record was let go: rebuild its line from the flow
+    /// table entry, [`Sketch::apply`] this, and report it with [`FlowBook::reported`].
+    Rebuild(Sketch),
 }
 
 #[derive(Debug, Default)]
 pub struct FlowBook {
     seen: HashMap<FlowKey, Seen>,
+    templates: usize,
 }
 
 impl FlowBook {
@@ -44,23 +112,38 @@ impl FlowBook {
     }
 
     /// Records that `rec` (whose `count` is already the delta) reports the flow up to
-    /// `cumulative`.
+    /// `cumulative`, and keeps it as the flow's template.
     pub fn reported(&mut self, key: FlowKey, cumulative: u64, rec: &DropRecord) {
         if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
             self.forget_oldest();
         }
         let now = Instant::now();
-        self.seen
-            .entry(key)
-            .and_modify(|s| {
+        let template = Some(Box::new(rec.clone()));
+        match self.seen.get_mut(&key) {
+            Some(s) => {
                 s.reported = s.reported.max(cumulative);
                 s.last_growth = now;
-            })
-            .or_insert_with(|| Seen {
-                reported: cumulative,
-                template: Box::new(rec.clone()),
-                last_growth: now,
-            });
+                if s.template.is_none() {
+                    self.templates += 1;
+                }
+                s.template = template;
+            }
+            None => {
+                self.templates += 1;
+                self.seen.insert(
+                    key,
+                    Seen {
+                        reported: cumulative,
+                        template,
+                        sketch: Sketch::of(rec),
+                        last_growth: now,
+                    },
+                );
+            }
+        }
+        if self.templates > MAX_TEMPLATES {
+            self.let_old_templates_go();
+        }
     }
 
     /// Flows that grew within `window`: worth re-reading from the kernel.
@@ -72,18 +155,25 @@ impl FlowBook {
             .collect()
     }
 
-    /// A line for `delta` more packets of a known flow, dated `time`.
-    pub fn catch_up(&mut self, key: &FlowKey, cumulative: u64, time: String) -> Option<DropRecord> {
-        let s = self.seen.get_mut(key)?;
-        let delta = cumulative.checked_sub(s.reported).filter(|d| *d > 0)?;
+    /// The line for the packets of a known flow up to `cumulative`, dated `time`.
+    pub fn catch_up(&mut self, key: &FlowKey, cumulative: u64, time: String) -> CatchUp {
+        let Some(s) = self.seen.get_mut(key) else {
+            return CatchUp::Nothing;
+        };
+        let Some(delta) = cumulative.checked_sub(s.reported).filter(|d| *d > 0) else {
+            return CatchUp::Nothing;
+        };
+        let Some(template) = &s.template else {
+            return CatchUp::Rebuild(s.sketch.clone());
+        };
         s.reported = cumulative;
         s.last_growth = Instant::now();
-        let mut rec = (*s.template).clone();
+        let mut rec = template.clone();
         rec.count = delta;
         rec.time = time;
         // No packet of this line reached userspace: nothing to capture.
         rec.headers.clear();
-        Some(rec)
+        CatchUp::Line(rec)
     }
 
     pub fn knows(&self, key: &FlowKey) -> bool {
@@ -96,6 +186,25 @@ impl FlowBook {
         ages.sort_unstable();
         let cutoff = ages[ages.len() / 2];
         self.seen.retain(|_, s| s.last_growth > cutoff);
+        self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
+    }
+
+    /// Lets the older half of the templates go (their flows keep their counts and sketch).
+    fn let_old_templates_go(&mut self) {
+        let mut ages: Vec<Instant> = self
+            .seen
+            .values()
+            .filter(|s| s.template.is_some())
+            .map(|s| s.last_growth)
+            .collect();
+        ages.sort_unstable();
+        let cutoff = ages[ages.len() / 2];
+        for s in self.seen.values_mut() {
+            if s.last_growth <= cutoff {
+                s.template = None;
+            }
+        }
+        self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
     }
 }
 
@@ -133,11 +242,12 @@ mod tests {
         // A stale record (reordered across CPUs) adds nothing.
         assert_eq!(book.unreported(&k, 30), 0);
         // The final sweep finds 100 in the kernel.
-        let rec = book.catch_up(&k, 100, "t".into()).unwrap();
+        let CatchUp::Line(rec) = book.catch_up(&k, 100, "t".into()) else {
+            panic!("no line")
+        };
         assert_eq!(rec.count, 60);
-        assert_eq!(
-            book.catch_up(&k, 100, "t".into()),
-            None,
+        assert!(
+            matches!(book.catch_up(&k, 100, "t".into()), CatchUp::Nothing),
             "nothing left to report"
         );
         assert_eq!(1 + 39 + 60, 100);
@@ -146,8 +256,41 @@ mod tests {
     #[test]
     fn unknown_flows_are_not_caught_up() {
         let mut book = FlowBook::default();
-        assert_eq!(book.catch_up(&key(1), 5, "t".into()), None);
+        assert!(matches!(
+            book.catch_up(&key(1), 5, "t".into()),
+            CatchUp::Nothing
+        ));
         assert!(!book.knows(&key(1)));
+    }
+
+    #[test]
+    fn old_flows_keep_their_counts_and_sketch_but_not_their_record() {
+        let mut book = FlowBook::default();
+        let first = key(1);
+        let mut r = sample();
+        r.out_ifname = "eth9".into();
+        book.reported(first, 3, &r);
+        for port in 2..=(MAX_TEMPLATES as u16 + 1) {
+            book.reported(key(port), 1, &sample());
+        }
+        assert!(book.templates <= MAX_TEMPLATES, "{}", book.templates);
+        // The first flow's record went; a re-read with new packets asks for a rebuild
+        // carrying its hook and devices, and nothing is reported twice.
+        let CatchUp::Rebuild(sketch) = book.catch_up(&first, 5, "t".into()) else {
+            panic!("the oldest flow's template should be gone")
+        };
+        let mut rebuilt = sample();
+        rebuilt.hook = None;
+        rebuilt.out_ifname.clear();
+        sketch.apply(&mut rebuilt);
+        assert_eq!(rebuilt.hook, r.hook);
+        assert_eq!(rebuilt.out_ifname, "eth9");
+        assert_eq!(book.unreported(&first, 5), 2);
+        book.reported(first, 5, &rebuilt);
+        assert!(matches!(
+            book.catch_up(&first, 5, "t".into()),
+            CatchUp::Nothing
+        ));
     }
 
     #[test]

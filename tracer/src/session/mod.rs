@@ -30,7 +30,7 @@ use crate::{
     kernel::kallsyms::Kallsyms,
     record::DropRecord,
 };
-use flows::{ACTIVE_WINDOW, FlowBook};
+use flows::{ACTIVE_WINDOW, CatchUp, FlowBook};
 use options::{CaptureArgs, FilterArgs};
 use summary::Summary;
 
@@ -427,9 +427,7 @@ impl Session {
                 .collect::<Vec<_>>(),
         );
         for (key, state) in self.capture.flows_of(&keys) {
-            if let Some(rec) = self.book.catch_up(&key, state.count, now.clone()) {
-                out.push(rec);
-            }
+            self.catch_up(&key, &state, &now, out);
         }
     }
 
@@ -448,12 +446,35 @@ impl Session {
         }
     }
 
+    /// The line for a known flow's packets since its last, from its template, or rebuilt
+    /// from the flow table entry when the template was let go (see [`flows`]).
+    fn catch_up(
+        &mut self,
+        key: &tracer_common::FlowKey,
+        state: &tracer_common::FlowState,
+        now: &str,
+        out: &mut Vec<DropRecord>,
+    ) {
+        match self.book.catch_up(key, state.count, now.to_string()) {
+            CatchUp::Nothing => {}
+            CatchUp::Line(rec) => out.push(*rec),
+            CatchUp::Rebuild(sketch) => {
+                let mut rec = self.enricher.record(Drop::from_flow(key, state));
+                sketch.apply(&mut rec);
+                rec.time = now.to_string();
+                rec.count = self.book.unreported(key, state.count);
+                self.book.reported(*key, state.count, &rec);
+                out.push(rec);
+            }
+        }
+    }
+
     /// Reads the whole flow table: every packet the kernel counted gets reported.
     fn sweep_all(&mut self, out: &mut Vec<DropRecord>) {
         let now = self.enricher.now();
         for (key, state) in self.capture.flows() {
             if self.book.knows(&key) {
-                out.extend(self.book.catch_up(&key, state.count, now.clone()));
+                self.catch_up(&key, &state, &now, out);
             } else {
                 self.take_record(Drop::from_flow(&key, &state), out);
             }
