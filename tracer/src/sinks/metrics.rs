@@ -166,13 +166,13 @@ impl DropMetrics {
             ("dst", r.dst.to_string()),
             ("port", r.dport.map(|p| p.to_string()).unwrap_or_default()),
         ];
-        if !self.destination_series.contains_key(&dest)
-            && self.destination_series.len() >= self.config.max_destinations
-        {
+        let beyond_cap = !self.destination_series.contains_key(&dest)
+            && self.destination_series.len() >= self.config.max_destinations;
+        if beyond_cap {
             dest = other_destination();
         }
         self.destinations.get_or_create(&dest).inc_by(r.count);
-        if dest != other_destination() {
+        if !beyond_cap {
             touch(&mut self.destination_series, dest, r.netns, now);
         }
     }
