@@ -51,6 +51,46 @@ struct Namespace {
     pending: Vec<Pending>,
     /// When this namespace last had drops to attribute.
     last_drop: Option<std::time::Instant>,
+    /// When `path` was last checked (see [`Namespace::relocate`]).
+    located: Option<std::time::Instant>,
+}
+
+/// How often the way into a namespace is checked: it is one `stat`, paid on the records'
+/// path.
+const RELOCATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Namespace {
+    /// Checks, at most once a second, that `path` still enters the namespace `inode`, and
+    /// looks for another way in when not. A name deleted or a process gone, and the kernel
+    /// gives the inode to the next namespace made (see [`crate::enrich::netns::NsIdentity`]):
+    /// an old path then leads nowhere, or elsewhere. `true` when the way in changed, so
+    /// the snapshots read through the old one may be another namespace's.
+    fn relocate(&mut self, inode: u32) -> bool {
+        if self.located.is_some_and(|t| t.elapsed() < RELOCATE_EVERY) {
+            return false;
+        }
+        self.located = Some(std::time::Instant::now());
+        let leads_there = match &self.path {
+            // Our own namespace, entered as is: it cannot go while we run.
+            Some(None) => true,
+            Some(Some(p)) => crate::enrich::netns::inode_of(p) == Some(inode),
+            None => false,
+        };
+        if leads_there {
+            return false;
+        }
+        let found = crate::enrich::netns::path_of(inode);
+        let changed = found != self.path;
+        self.path = found;
+        changed
+    }
+
+    /// Reads the ruleset afresh, forgetting the snapshots read before (through another
+    /// way in, maybe of another namespace).
+    fn read_afresh(&mut self) {
+        self.previous = None;
+        self.current = self.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
+    }
 }
 
 /// How long after its last drop a namespace's ruleset keeps being re-read every second.
@@ -79,21 +119,17 @@ impl Attributor {
     /// Reads a namespace's ruleset ahead of its first drop, so that drop can be confirmed.
     pub fn prime(&mut self, netns: u32) {
         let ns = self.namespaces.entry(netns).or_default();
-        if ns.path.is_none() {
-            ns.path = crate::enrich::netns::path_of(netns);
-        }
-        if let Some(path) = &ns.path {
-            ns.current = Some(Snapshot::read(path.as_deref()));
-        }
+        ns.relocate(netns);
+        ns.read_afresh();
     }
 }
 
 impl Attributor {
     /// Forgets the namespaces not in `live` (gone: deleted, their last process exited)
     /// that have nothing pending: a long capture keeps no ruleset of namespaces long gone.
-    pub fn forget_gone(&mut self, live: &std::collections::HashSet<u32>) {
+    pub fn forget_gone(&mut self, live: &crate::enrich::netns::LiveNamespaces) {
         self.namespaces
-            .retain(|netns, ns| live.contains(netns) || !ns.pending.is_empty());
+            .retain(|netns, ns| live.has_inode(*netns) || !ns.pending.is_empty());
     }
 }
 
@@ -184,10 +220,11 @@ fn engine_of_tables(rs: &ruleset::Ruleset, rec: &DropRecord) -> Option<stack::En
 impl Attributor {
     /// Attributes `rec` (to be confirmed at the next flush).
     pub fn submit(&mut self, mut rec: DropRecord) {
-        if !self.namespaces.contains_key(&rec.netns) {
-            self.prime(rec.netns);
-        }
         let ns = self.namespaces.entry(rec.netns).or_default();
+        // A namespace seen for the first time, or whose inode went to another namespace.
+        if ns.relocate(rec.netns) {
+            ns.read_afresh();
+        }
         if rec.engine_guessed
             && let Some(snap) = &ns.current
             && let Some(engine) = engine_of_tables(&snap.ruleset, &rec)
@@ -278,12 +315,14 @@ impl Attributor {
     /// next drop, and the counter window of that drop holds no earlier, already attributed
     /// packets.
     pub fn refresh_idle(&mut self) {
-        for ns in self.namespaces.values_mut() {
+        for (inode, ns) in &mut self.namespaces {
             let recent = ns.last_drop.is_some_and(|t| t.elapsed() < IDLE_REFRESH);
-            if ns.pending.is_empty()
-                && recent
-                && let Some(path) = &ns.path
-            {
+            if !ns.pending.is_empty() || !recent {
+                continue;
+            }
+            if ns.relocate(*inode) {
+                ns.read_afresh();
+            } else if let Some(path) = &ns.path {
                 let now = Snapshot::read(path.as_deref());
                 ns.previous = ns.current.replace(now);
             }
@@ -294,11 +333,17 @@ impl Attributor {
     /// the counters, and returns the records in time order.
     pub fn flush(&mut self) -> Vec<DropRecord> {
         let mut out = Vec::new();
-        for ns in self
+        for (inode, ns) in self
             .namespaces
-            .values_mut()
-            .filter(|n| !n.pending.is_empty())
+            .iter_mut()
+            .filter(|(_, n)| !n.pending.is_empty())
         {
+            if ns.relocate(*inode) {
+                // The pending records were judged against a ruleset read through the old
+                // way in: no counter can confirm them.
+                ns.current = None;
+                ns.previous = None;
+            }
             let after = ns.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
             let deltas_since = |baseline: Option<&Snapshot>| match (baseline, &after) {
                 (Some(before), Some(after)) => Some(ruleset::counters::counter_deltas(

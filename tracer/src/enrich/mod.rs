@@ -13,7 +13,7 @@ pub mod resolve;
 pub mod routes;
 pub mod sockets;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use crate::{
     kernel::btf::KernelBtf,
@@ -42,12 +42,16 @@ pub struct Enricher {
     unowned: std::collections::HashSet<u64>,
     sockets: sockets::SocketOwners,
     procs: procinfo::ProcCache,
-    /// Unnamed namespaces: a pid inside each (None when none was found).
-    netns_pids: HashMap<u32, Option<u32>>,
+    /// Unnamed namespaces: a pid inside each (None when none was found), and when it
+    /// was looked for.
+    netns_pids: HashMap<u32, (Option<u32>, std::time::Instant)>,
     resolver: Option<resolve::Resolver>,
     /// Wall clock minus monotonic clock, to date the kernel's monotonic timestamps.
     realtime_offset_ns: i128,
 }
+
+/// How long "no process in this namespace" is believed.
+const NETNS_PID_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sockets remembered at most; old entries are forgotten wholesale when full.
 const MAX_OWNERS: usize = 65_536;
@@ -73,21 +77,33 @@ impl Enricher {
         self.resolver = Some(resolve::Resolver::start());
     }
 
-    /// A process inside an unnamed namespace, found once by scanning /proc.
+    /// A process inside an unnamed namespace, found by scanning /proc, and found again when
+    /// it left the namespace (the inode may now be another namespace's) or, when none was
+    /// found, ten seconds later.
     fn netns_pid(&mut self, inode: u32) -> Option<u32> {
         if self.netns.name(inode).is_some() {
             return None;
         }
-        *self.netns_pids.entry(inode).or_insert_with(|| {
-            netns::path_of(inode).flatten().and_then(|p| {
+        let still = match self.netns_pids.get(&inode) {
+            Some((Some(pid), _)) => {
+                netns::inode_of(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(inode)
+            }
+            Some((None, looked)) => looked.elapsed() < NETNS_PID_RETRY,
+            None => false,
+        };
+        if !still {
+            let pid = netns::path_of(inode).flatten().and_then(|p| {
                 p.to_str()?
                     .strip_prefix("/proc/")?
                     .split('/')
                     .next()?
                     .parse()
                     .ok()
-            })
-        })
+            });
+            self.netns_pids
+                .insert(inode, (pid, std::time::Instant::now()));
+        }
+        self.netns_pids.get(&inode).and_then(|(pid, _)| *pid)
     }
 
     pub fn netns_name(&mut self, inode: u32) -> Option<String> {

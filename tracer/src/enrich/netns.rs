@@ -3,7 +3,8 @@
 //!
 //! `ip netns add NAME` bind-mounts the namespace on /run/netns/NAME; the inode of that
 //! file is the namespace's `ns.inum`, which the program reads from the packet's socket
-//! or device. Namespaces without a name are shown by inode.
+//! or device. Namespaces without a name are shown by inode. Inodes are reused: see
+//! [`NsIdentity`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -106,22 +107,92 @@ pub fn path_of(inode: u32) -> Option<Option<PathBuf>> {
         .map(|(path, _)| Some(path))
 }
 
-/// Every namespace something still holds (a name in /run/netns or a process): the ones
-/// that exist. A namespace missing here is gone, its state safe to forget.
-pub fn live_inodes() -> HashSet<u32> {
-    let mut live: HashSet<u32> = holders().map(|(_, ino)| ino).collect();
-    live.extend(own_inode());
-    live
+/// A namespace as droptrace can tell it apart: its inode and its name. The inode alone is
+/// not enough over a long capture: a deleted namespace's inode goes to the next one made
+/// (the lowest free number, `ida_alloc` in fs/proc/generic.c `proc_alloc_inum`), often
+/// within a second, so "inode 4026532177" may be two namespaces an hour apart. Two
+/// unnamed namespaces that share an inode one after the other stay indistinguishable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NsIdentity {
+    pub inode: u32,
+    /// Its /run/netns name, or "host"; `None` for a namespace without a name.
+    pub name: Option<String>,
+}
+
+/// The namespaces that exist now: held by a name in /run/netns or by a process. A
+/// namespace missing here is gone, its state safe to forget.
+#[derive(Debug, Default, Clone)]
+pub struct LiveNamespaces {
+    /// The names of each live inode (empty: alive, without a name).
+    names: HashMap<u32, Vec<String>>,
+}
+
+impl LiveNamespaces {
+    /// Looks at /run/netns and every process's namespace.
+    pub fn scan() -> Self {
+        let mut live = LiveNamespaces::default();
+        if let Some(host) = host_inode() {
+            live.add(host, Some("host".to_string()));
+        }
+        if let Some(own) = own_inode() {
+            live.add(own, None);
+        }
+        for (path, inode) in holders() {
+            let name = path
+                .strip_prefix(NETNS_RUN_DIR)
+                .ok()
+                .and_then(|n| n.to_str())
+                .map(str::to_string);
+            live.add(inode, name);
+        }
+        live
+    }
+
+    fn add(&mut self, inode: u32, name: Option<String>) {
+        let names = self.names.entry(inode).or_default();
+        if let Some(n) = name
+            && !names.contains(&n)
+        {
+            names.push(n);
+        }
+    }
+
+    /// Whether some namespace has this inode.
+    pub fn has_inode(&self, inode: u32) -> bool {
+        self.names.contains_key(&inode)
+    }
+
+    /// Whether the namespace `id` still exists: its inode is live and, when it had a name,
+    /// still under that name; when it had none, the inode has no name now either (a name
+    /// appearing means the inode went to a new, named namespace).
+    pub fn holds(&self, id: &NsIdentity) -> bool {
+        match (self.names.get(&id.inode), &id.name) {
+            (None, _) => false,
+            (Some(names), Some(name)) => names.contains(name),
+            (Some(names), None) => names.is_empty(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn from_names(names: &[(u32, Option<&str>)]) -> Self {
+        let mut live = LiveNamespaces::default();
+        for (inode, name) in names {
+            live.add(*inode, name.map(str::to_string));
+        }
+        live
+    }
+}
+
+/// The inode of the namespace file at `path`, if it is one.
+pub fn inode_of(path: &Path) -> Option<u32> {
+    fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
 /// The files that hold namespaces open, with their inodes: /run/netns first (names are
 /// better paths than processes, which come and go), then /proc/PID/ns/net.
 fn holders() -> impl Iterator<Item = (PathBuf, u32)> {
-    let ino = |p: &Path| {
-        fs::metadata(p)
-            .ok()
-            .and_then(|m| u32::try_from(m.ino()).ok())
-    };
     let named = fs::read_dir(NETNS_RUN_DIR)
         .into_iter()
         .flatten()
@@ -139,16 +210,23 @@ fn holders() -> impl Iterator<Item = (PathBuf, u32)> {
         .map(|e| e.path().join("ns/net"));
     named
         .chain(procs)
-        .filter_map(move |p| ino(&p).map(|i| (p, i)))
+        .filter_map(|p| inode_of(&p).map(|i| (p, i)))
 }
 
-/// Names of namespaces by inode, from /run/netns, refreshed when an unknown inode shows up
-/// (at most once a second: a namespace without a name would otherwise cost a scan per drop).
+/// Names of namespaces by inode, from /run/netns, scanned again when a new inode shows up,
+/// when a name remembered no longer leads to its inode, and at most once a second for an
+/// inode known to have no name (a namespace without a name would otherwise cost a scan
+/// per drop).
 #[derive(Debug, Default)]
 pub struct NetnsNames {
     names: HashMap<u32, String>,
+    /// Inodes without a name at the last scan.
+    unnamed: HashSet<u32>,
     last_scan: Option<Instant>,
 }
+
+/// Unnamed inodes remembered at most (a host with as many containers is rare).
+const MAX_UNNAMED: usize = 65_536;
 
 impl NetnsNames {
     pub fn new() -> Self {
@@ -163,28 +241,47 @@ impl NetnsNames {
         if let Some(host) = host_inode() {
             self.names.insert(host, "host".to_string());
         }
-        let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) else {
-            return;
-        };
-        for entry in dir.flatten() {
+        for entry in fs::read_dir(NETNS_RUN_DIR).into_iter().flatten().flatten() {
             if let (Ok(meta), Some(name)) = (fs::metadata(entry.path()), entry.file_name().to_str())
                 && let Ok(ino) = u32::try_from(meta.ino())
             {
                 self.names.insert(ino, name.to_string());
             }
         }
+        // Kept across scans, or two unnamed namespaces would make every lookup a scan.
+        if self.unnamed.len() > MAX_UNNAMED {
+            self.unnamed.clear();
+        }
+        self.unnamed.retain(|ino| !self.names.contains_key(ino));
     }
 
-    /// The namespace's name, if it has one.
+    /// The namespace's name, if it has one. A name remembered is checked against
+    /// /run/netns first (one `stat`): its namespace may be gone and the inode reused.
     pub fn name(&mut self, inode: u32) -> Option<String> {
-        if !self.names.contains_key(&inode)
-            && self
+        let stale = match self.names.get(&inode) {
+            Some(name) if name == "host" => false,
+            Some(name) => inode_of(&Path::new(NETNS_RUN_DIR).join(name)) != Some(inode),
+            None if !self.unnamed.contains(&inode) => true,
+            None => self
                 .last_scan
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-        {
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1)),
+        };
+        if stale {
             self.rescan();
         }
-        self.names.get(&inode).cloned()
+        let name = self.names.get(&inode).cloned();
+        if name.is_none() {
+            self.unnamed.insert(inode);
+        }
+        name
+    }
+
+    /// The namespace `inode` as droptrace tells it apart.
+    pub fn identity(&mut self, inode: u32) -> NsIdentity {
+        NsIdentity {
+            inode,
+            name: self.name(inode),
+        }
     }
 }
 
@@ -236,5 +333,26 @@ mod tests {
         assert_eq!(own, own_inode());
         let host = host_inode().unwrap();
         assert_eq!(NetnsNames::new().name(host).as_deref(), Some("host"));
+        assert!(LiveNamespaces::scan().holds(&NsIdentity {
+            inode: host,
+            name: Some("host".into())
+        }));
+    }
+
+    #[test]
+    fn a_reused_inode_is_another_namespace() {
+        let id = |inode, name: Option<&str>| NsIdentity {
+            inode,
+            name: name.map(str::to_string),
+        };
+        // "a" was deleted; its inode now belongs to "b".
+        let live = LiveNamespaces::from_names(&[(7, Some("b")), (8, None)]);
+        assert!(!live.holds(&id(7, Some("a"))));
+        assert!(live.holds(&id(7, Some("b"))));
+        assert!(live.has_inode(7));
+        // An unnamed namespace whose inode went to a named one is gone too.
+        assert!(!live.holds(&id(7, None)));
+        assert!(live.holds(&id(8, None)));
+        assert!(!live.holds(&id(9, None)));
     }
 }

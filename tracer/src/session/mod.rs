@@ -361,7 +361,7 @@ impl Session {
         }
         self.last_prune = Instant::now();
         if let Some(a) = &mut self.attributor {
-            a.forget_gone(&crate::enrich::netns::live_inodes());
+            a.forget_gone(&crate::enrich::netns::LiveNamespaces::scan());
         }
     }
 
