@@ -385,32 +385,84 @@ fn a_ruleset_change_starts_a_new_series_and_stops_the_old() -> anyhow::Result<()
     Ok(())
 }
 
+/// The inode of a namespace file.
+fn inode(ns: &Netns) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(ns.path())?.ino())
+}
+
+/// A new namespace with the inode `wanted`, which a deleted namespace had: the kernel gives
+/// the lowest free number to the next namespace made (once the old one is cleaned up, in
+/// a work queue), so namespaces are made, and held, until one has it. `None` when another
+/// process took it first.
+fn namespace_reusing(wanted: u64) -> anyhow::Result<Option<Netns>> {
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let ns = Netns::new("reuse")?;
+        let got = inode(&ns)?;
+        if got == wanted {
+            return Ok(Some(ns));
+        }
+        if got > wanted {
+            // Held, so the next one is given a lower free number.
+            held.push(ns);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(None)
+}
+
 #[test]
 fn the_series_of_a_deleted_namespace_go_after_the_ttl() -> anyhow::Result<()> {
-    let ns = Netns::new("ttl")?;
-    ns.exec(&[
-        "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
-    ])?;
     // All namespaces: a namespace that is gone can no longer be named on the command line.
     let server = Server::start(&["--series-ttl", "2s"])?;
-    let name = ns.name.clone();
-    ns.udp_send("127.0.0.1:5044".parse()?, 3)?;
-    wait_for("the namespace's series", Duration::from_secs(15), || {
-        Ok(!server.samples("droptrace_drops_total", &name)?.is_empty())
-    });
-    assert!(
-        !server
-            .samples("droptrace_destination_drops_total", &name)?
-            .is_empty()
-    );
-    drop(ns);
-    wait_for("the series to go", Duration::from_secs(20), || {
-        Ok(server.samples("droptrace_drops_total", &name)?.is_empty()
-            && server
+    // Namespaces come and go, and the kernel hands a deleted namespace's inode to the next
+    // one: the old series must still go, and the new namespace's drops be its own.
+    for attempt in 1..=3 {
+        let ns = Netns::new("ttl")?;
+        ns.exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])?;
+        let name = ns.name.clone();
+        ns.udp_send("127.0.0.1:5044".parse()?, 3)?;
+        wait_for("the namespace's series", Duration::from_secs(15), || {
+            Ok(!server.samples("droptrace_drops_total", &name)?.is_empty())
+        });
+        assert!(
+            !server
                 .samples("droptrace_destination_drops_total", &name)?
-                .is_empty())
-    });
-    Ok(())
+                .is_empty()
+        );
+        let old_inode = inode(&ns)?;
+        drop(ns);
+        let Some(next) = namespace_reusing(old_inode)? else {
+            eprintln!("attempt {attempt}: another process took inode {old_inode}");
+            continue;
+        };
+        next.exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5045", "-j", "DROP",
+        ])?;
+        next.udp_send("127.0.0.1:5045".parse()?, 2)?;
+        wait_for(
+            "the old series to go and the new namespace's to come",
+            Duration::from_secs(20),
+            || {
+                let new = server.samples("droptrace_drops_total", &next.name)?;
+                Ok(server.samples("droptrace_drops_total", &name)?.is_empty()
+                    && server
+                        .samples("droptrace_destination_drops_total", &name)?
+                        .is_empty()
+                    && new
+                        .iter()
+                        .any(|s| s.contains("--dport 5045") && value(s) == 2.0))
+            },
+        );
+        // The new namespace's series is its own, never the old rule's.
+        let new = server.samples("droptrace_drops_total", &next.name)?;
+        assert!(new.iter().all(|s| !s.contains("5044")), "{new:?}");
+        return Ok(());
+    }
+    bail!("no namespace got a deleted namespace's inode in 3 attempts")
 }
 
 #[test]

@@ -20,7 +20,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{record::DropRecord, session::Health};
+use crate::{
+    enrich::netns::{LiveNamespaces, NsIdentity},
+    record::DropRecord,
+    session::Health,
+};
 
 /// A series' labels, in order; only the labels asked for are present.
 type Labels = Vec<(&'static str, String)>;
@@ -46,10 +50,11 @@ pub struct MetricsConfig {
     pub capture_mode: String,
 }
 
-/// When a series last grew and which namespace it belongs to.
+/// When a series last grew and which namespace it belongs to (the last one: a name
+/// deleted and made again is one series).
 #[derive(Debug)]
 struct SeriesAge {
-    netns: u32,
+    netns: NsIdentity,
     last_growth: Instant,
 }
 
@@ -65,7 +70,7 @@ pub struct DropMetrics {
     series: HashMap<Labels, SeriesAge>,
     destination_series: HashMap<Labels, SeriesAge>,
     /// Namespaces found gone, and since when.
-    gone_since: HashMap<u32, Instant>,
+    gone_since: HashMap<NsIdentity, Instant>,
     config: MetricsConfig,
     last_health: Option<Health>,
 }
@@ -158,7 +163,7 @@ impl DropMetrics {
     pub fn observe(&mut self, r: &DropRecord, now: Instant) {
         let labels = self.rule_labels(r);
         self.drops.get_or_create(&labels).inc_by(r.count);
-        touch(&mut self.series, labels, r.netns, now);
+        touch(&mut self.series, labels, identity(r), now);
 
         let mut dest: Labels = vec![
             ("netns", netns_label(r)),
@@ -173,7 +178,7 @@ impl DropMetrics {
         }
         self.destinations.get_or_create(&dest).inc_by(r.count);
         if !beyond_cap {
-            touch(&mut self.destination_series, dest, r.netns, now);
+            touch(&mut self.destination_series, dest, identity(r), now);
         }
     }
 
@@ -266,33 +271,34 @@ impl DropMetrics {
     }
 
     /// Removes the series of namespaces gone for a TTL (and, with process labels, series
-    /// idle for a TTL). `live` holds the namespaces that exist now.
-    pub fn expire(&mut self, live: &HashSet<u32>, now: Instant) {
+    /// idle for a TTL). `live` holds the namespaces that exist now; a namespace whose inode
+    /// went to a new namespace is gone (see [`NsIdentity`]).
+    pub fn expire(&mut self, live: &LiveNamespaces, now: Instant) {
         let ttl = self.config.ttl;
-        self.gone_since.retain(|ns, _| !live.contains(ns));
+        self.gone_since.retain(|ns, _| !live.holds(ns));
         for age in self.series.values().chain(self.destination_series.values()) {
-            if !live.contains(&age.netns) {
-                self.gone_since.entry(age.netns).or_insert(now);
+            if !live.holds(&age.netns) {
+                self.gone_since.entry(age.netns.clone()).or_insert(now);
             }
         }
-        let gone_long = |netns: u32| {
+        let gone_long = |netns: &NsIdentity| {
             self.gone_since
-                .get(&netns)
+                .get(netns)
                 .is_some_and(|t| now.duration_since(*t) >= ttl)
         };
         let idle_expires = !self.config.extra.is_empty();
         let expired = |age: &SeriesAge| {
-            gone_long(age.netns) || (idle_expires && now.duration_since(age.last_growth) >= ttl)
+            gone_long(&age.netns) || (idle_expires && now.duration_since(age.last_growth) >= ttl)
         };
         remove_where(&self.drops, &mut self.series, expired);
         remove_where(&self.destinations, &mut self.destination_series, |a| {
-            gone_long(a.netns)
+            gone_long(&a.netns)
         });
-        let referenced: HashSet<u32> = self
+        let referenced: HashSet<&NsIdentity> = self
             .series
             .values()
             .chain(self.destination_series.values())
-            .map(|a| a.netns)
+            .map(|a| &a.netns)
             .collect();
         self.gone_since.retain(|ns, _| referenced.contains(ns));
     }
@@ -329,13 +335,29 @@ fn remove_where(
     });
 }
 
-fn touch(map: &mut HashMap<Labels, SeriesAge>, labels: Labels, netns: u32, now: Instant) {
-    map.entry(labels)
-        .and_modify(|a| a.last_growth = now)
-        .or_insert(SeriesAge {
-            netns,
-            last_growth: now,
-        });
+fn touch(map: &mut HashMap<Labels, SeriesAge>, labels: Labels, netns: NsIdentity, now: Instant) {
+    match map.get_mut(&labels) {
+        Some(age) => {
+            age.last_growth = now;
+            age.netns = netns;
+        }
+        None => {
+            map.insert(
+                labels,
+                SeriesAge {
+                    netns,
+                    last_growth: now,
+                },
+            );
+        }
+    }
+}
+
+fn identity(r: &DropRecord) -> NsIdentity {
+    NsIdentity {
+        inode: r.netns,
+        name: r.netns_name.clone(),
+    }
 }
 
 /// The namespace's name, or its inode when it has none.
@@ -448,18 +470,32 @@ mod tests {
     fn series_of_gone_namespaces_expire_after_the_ttl() {
         let mut m = DropMetrics::new(config(3));
         let t0 = Instant::now();
-        m.observe(&attributed(), t0);
-        let live: HashSet<u32> = HashSet::new();
-        m.expire(&live, t0);
+        let r = attributed();
+        m.observe(&r, t0);
+        let none = LiveNamespaces::default();
+        m.expire(&none, t0);
         assert_eq!(m.series_count(), (1, 1), "gone, but not for a TTL yet");
-        m.expire(&live, t0 + Duration::from_secs(61));
+        m.expire(&none, t0 + Duration::from_secs(61));
         assert_eq!(m.series_count(), (0, 0));
         assert!(!m.encode(false).unwrap().contains("droptrace_drops_total{"));
         // A namespace that lives keeps its series however idle.
-        m.observe(&attributed(), t0);
-        let live: HashSet<u32> = [attributed().netns].into();
+        m.observe(&r, t0);
+        let live = LiveNamespaces::from_names(&[(r.netns, r.netns_name.as_deref())]);
         m.expire(&live, t0 + Duration::from_secs(3600));
         assert_eq!(m.series_count(), (1, 1));
+    }
+
+    #[test]
+    fn series_of_a_namespace_whose_inode_was_reused_expire() {
+        let mut m = DropMetrics::new(config(3));
+        let t0 = Instant::now();
+        let r = attributed();
+        m.observe(&r, t0);
+        // The namespace was deleted and the kernel gave its inode to "next".
+        let live = LiveNamespaces::from_names(&[(r.netns, Some("next"))]);
+        m.expire(&live, t0);
+        m.expire(&live, t0 + Duration::from_secs(61));
+        assert_eq!(m.series_count(), (0, 0));
     }
 
     #[test]

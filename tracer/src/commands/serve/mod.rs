@@ -133,7 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 let now = Instant::now();
                 let live = (now.duration_since(last_expiry) >= expire_every)
-                    .then(crate::enrich::netns::live_inodes);
+                    .then(crate::enrich::netns::LiveNamespaces::scan);
                 let mut s = lock(&shared);
                 s.metrics.set_health(&health);
                 s.health = Some(health);
