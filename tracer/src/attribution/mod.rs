@@ -53,6 +53,8 @@ struct Namespace {
     last_drop: Option<std::time::Instant>,
     /// When `path` was last checked (see [`Namespace::relocate`]).
     located: Option<std::time::Instant>,
+    /// The name its records carried last: another name means another namespace.
+    name: Option<String>,
 }
 
 /// How often the way into a namespace is checked: it is one `stat`, paid on the records'
@@ -221,6 +223,12 @@ impl Attributor {
     /// Attributes `rec` (to be confirmed at the next flush).
     pub fn submit(&mut self, mut rec: DropRecord) {
         let ns = self.namespaces.entry(rec.netns).or_default();
+        // The record's name was checked against /run/netns as it was made: a new name is a
+        // new namespace on a reused inode, to be looked at now rather than within a second.
+        if ns.name != rec.netns_name {
+            ns.name.clone_from(&rec.netns_name);
+            ns.located = None;
+        }
         // A namespace seen for the first time, or whose inode went to another namespace.
         if ns.relocate(rec.netns) {
             ns.read_afresh();
