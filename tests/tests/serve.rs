@@ -112,13 +112,16 @@ fn value(sample: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Packet counters of the filter/OUTPUT rules, in order.
-fn output_counters(ns: &Netns) -> anyhow::Result<Vec<u64>> {
+/// Packet and byte counters of the filter/OUTPUT rules, in order.
+fn output_counters(ns: &Netns) -> anyhow::Result<Vec<(u64, u64)>> {
     let out = ns.exec(&["iptables", "-L", "OUTPUT", "-v", "-n", "-x"])?;
     Ok(out
         .lines()
         .skip(2)
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
+        })
         .collect())
 }
 
@@ -261,12 +264,16 @@ fn prometheus_sees_each_rules_drops_as_its_counters_count_them() -> anyhow::Resu
     ns.udp_send("127.0.0.1:5044".parse()?, 25)?;
 
     let after = output_counters(&ns)?;
-    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).collect();
+    let delta_bytes: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).collect();
     assert!(delta[1] >= 3 && delta[2] == 25, "rule counters: {delta:?}");
-    let query = format!(
-        "sum by (rule, rule_text) (droptrace_drops_total{{netns=\"{}\",chain=\"OUTPUT\"}})",
-        ns.name
-    );
+    let sum_by_rule = |metric: &str| {
+        format!(
+            "sum by (rule, rule_text) ({metric}{{netns=\"{}\",chain=\"OUTPUT\"}})",
+            ns.name
+        )
+    };
+    let query = sum_by_rule("droptrace_drops_total");
     // Every counted drop must reach Prometheus: serve's counters start at zero with the
     // capture, so their value is the increase since then, like the rule counters' delta.
     let mut seen = Vec::new();
@@ -284,6 +291,19 @@ fn prometheus_sees_each_rules_drops_as_its_counters_count_them() -> anyhow::Resu
         },
     );
     assert_eq!(seen.len(), 2, "no other rule dropped anything: {seen:?}");
+    // Bytes as the rules' byte counters count them.
+    let bytes = prom.query(&sum_by_rule("droptrace_dropped_bytes_total"))?;
+    let bytes_of = |n: &str| {
+        bytes
+            .iter()
+            .find(|s| s["metric"]["rule"] == n)
+            .and_then(|s| s["value"][1].as_str()?.parse::<u64>().ok())
+    };
+    assert_eq!(
+        (bytes_of("2"), bytes_of("3")),
+        (Some(delta_bytes[1]), Some(delta_bytes[2])),
+        "{bytes:?}"
+    );
     let tcp = seen.iter().find(|s| s["metric"]["rule"] == "2").unwrap();
     assert_eq!(
         tcp["metric"]["rule_text"],
@@ -378,7 +398,7 @@ fn a_ruleset_change_starts_a_new_series_and_stops_the_old() -> anyhow::Result<()
         "the old series stopped where it was"
     );
     assert_eq!(
-        output_counters(&ns)?[1],
+        output_counters(&ns)?[1].0,
         12,
         "the rule's own counter has both"
     );
@@ -476,7 +496,7 @@ fn a_hundred_thousand_flows_keep_the_destination_series_at_the_cap() -> anyhow::
     }
     assert_eq!(sent, 0, "every datagram is dropped in OUTPUT (EPERM)");
     let counters = output_counters(&ns)?;
-    assert_eq!(counters[0], 100_000);
+    assert_eq!(counters[0].0, 100_000);
     let mut dests = Vec::new();
     wait_for("every drop in the metrics", Duration::from_secs(60), || {
         dests = server.samples("droptrace_destination_drops_total", &ns.name)?;

@@ -431,6 +431,9 @@ pub struct FlowCache {
 pub struct DropEvent {
     /// Cumulative packets of this flow, this one included.
     pub count: u64,
+    /// Cumulative bytes (`skb->len`) of this flow, this one included, as far as the flow
+    /// table has them (a CPU's cache may hold more; see [`FlowCache`]).
+    pub bytes: u64,
     /// `bpf_ktime_get_ns()` at the drop (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Return address inside the function that freed the skb.

@@ -372,7 +372,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
     // a read of a stack slot that one path left unwritten.
     let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
     let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
-    let count = count_drop(key, this, this * len as u64, now, pid_tgid, uid)?;
+    let (count, bytes) = count_drop(key, this, this * len as u64, now, pid_tgid, uid)?;
 
     // The output device, for the record (only drops that write one pay for it).
     let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
@@ -383,6 +383,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
     // below would multiply their work past their million-instruction limit (seen on
     // Debian's 6.1 and 5.10 under `cargo xtask vm-test`).
     e.count = count;
+    e.bytes = bytes;
     e.ts_ns = now;
     e.location = location;
     e.sk = sk;
@@ -526,7 +527,7 @@ fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64) {
     let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
 }
 
-/// Counts `packets` drops in their flow. Returns the flow's cumulative count when a record
+/// Counts `packets` drops in their flow. Returns the flow's cumulative packets and bytes when a record
 /// should be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None`
 /// otherwise.
 #[inline(always)]
@@ -537,7 +538,7 @@ fn count_drop(
     now: u64,
     pid_tgid: u64,
     uid: Option<u32>,
-) -> Option<u64> {
+) -> Option<(u64, u64)> {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         return bump_flow(state, packets, bytes, now);
     }
@@ -555,14 +556,14 @@ fn count_drop(
     }
     // SAFETY: initialised just above.
     match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {
-        Ok(()) => Some(packets),
+        Ok(()) => Some((packets, bytes)),
         // Another CPU created the flow in the meantime: count in its entry.
         Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, packets, bytes, now),
     }
 }
 
 #[inline(always)]
-fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Option<u64> {
+fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Option<(u64, u64)> {
     // SAFETY: a map value pointer from the kernel, valid for this program run; counters
     // are updated with atomic adds because other CPUs may count the same flow.
     unsafe {
@@ -575,7 +576,7 @@ fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Optio
         if !update_allowed(now) {
             return None;
         }
-        Some((*state).count)
+        Some(((*state).count, (*state).bytes))
     }
 }
 

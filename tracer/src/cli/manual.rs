@@ -53,6 +53,10 @@ const DROP_FIELDS: &[(&str, &str)] = &[
     ),
     ("count", "packets this line stands for"),
     (
+        "bytes",
+        "their bytes, from the network header on (as a rule's byte counter counts them)",
+    ),
+    (
         "backend, table_family, table, chain",
         "where the rule lives",
     ),

@@ -189,6 +189,7 @@ impl Enricher {
             uid: drop.uid,
             gid: drop.socket.and(info.fsgid),
             count: 1,
+            bytes: u64::from(drop.len),
             rule: None,
             headers: drop.headers,
             in_ifname: drop.ifname.clone(),

@@ -47,12 +47,37 @@ impl CtState {
     }
 }
 
+/// A flow's counts as the kernel keeps them: packets and bytes (`skb->len`, from the
+/// network header on, as the rules' own byte counters count them), cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub fn of(state: &FlowState) -> Tally {
+        Tally {
+            packets: state.count,
+            bytes: state.bytes,
+        }
+    }
+
+    /// What `self` has beyond `earlier` (nothing when it has not grown).
+    pub fn since(self, earlier: Tally) -> Tally {
+        Tally {
+            packets: self.packets.saturating_sub(earlier.packets),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drop {
     /// The kernel's per-flow key of this packet.
     pub key: FlowKey,
-    /// The flow's cumulative packet count when this record was written.
-    pub cumulative: u64,
+    /// The flow's cumulative counts when this record was written.
+    pub cumulative: Tally,
     pub ts_ns: u64,
     pub location: u64,
     pub netns: u32,
@@ -121,7 +146,10 @@ impl From<&DropEvent> for Drop {
         };
         Drop {
             key,
-            cumulative: e.count,
+            cumulative: Tally {
+                packets: e.count,
+                bytes: e.bytes,
+            },
             ts_ns: e.ts_ns,
             location: e.location,
             netns: e.netns,
@@ -166,6 +194,7 @@ impl Drop {
     pub fn from_flow(key: &FlowKey, state: &FlowState) -> Self {
         let mut e = DropEvent {
             count: state.count,
+            bytes: state.bytes,
             ts_ns: state.first_ns,
             location: key.location,
             sk: 0,
@@ -266,6 +295,7 @@ mod tests {
     fn raw() -> DropEvent {
         DropEvent {
             count: 1,
+            bytes: 60,
             ts_ns: 1,
             location: 0xffff_ffff_8100_0000,
             sk: 0xffff_8880_1234_0000,
@@ -325,7 +355,7 @@ mod tests {
         assert_eq!(d.ct_state, CtState::New);
         assert!(d.socket.is_some());
         assert_eq!(d.key.dport, 8443);
-        assert_eq!(d.cumulative, 1);
+        assert_eq!(d.cumulative.packets, 1);
     }
 
     #[test]
@@ -344,7 +374,7 @@ mod tests {
         assert_eq!(f.key, d.key);
         assert_eq!(f.dport, Some(8443));
         assert_eq!(f.comm, "java");
-        assert_eq!(f.cumulative, 9);
+        assert_eq!(f.cumulative.packets, 9);
     }
 
     #[test]

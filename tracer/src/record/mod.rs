@@ -69,6 +69,9 @@ pub struct DropRecord {
     pub gid: Option<u32>,
     /// Packets this line stands for (>= 1).
     pub count: u64,
+    /// Their bytes (`skb->len`, from the network header on, as a rule's byte counter
+    /// counts them).
+    pub bytes: u64,
     /// Which rule dropped it (absent when attribution is off).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub rule: Option<rule::Attribution>,
@@ -169,6 +172,7 @@ pub(crate) mod tests {
             uid: Some(0),
             gid: Some(0),
             count: 1,
+            bytes: 60,
             rule: None,
             headers: vec![],
             in_ifname: String::new(),

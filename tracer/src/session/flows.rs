@@ -22,7 +22,10 @@ use std::{
 use tracer_common::FlowKey;
 
 use crate::{
-    kernel::stack::{Engine, Hook},
+    kernel::{
+        drop::Tally,
+        stack::{Engine, Hook},
+    },
     record::DropRecord,
 };
 
@@ -37,7 +40,7 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Seen {
-    reported: u64,
+    reported: Tally,
     /// The flow's last line, for the next; `None` once the flow is among the older ones.
     /// Boxed: a record is ~850 bytes, and the table's empty buckets would hold as much
     /// each (at 131,072 flows, 262,144 buckets: over 200 MB instead of a few MB).
@@ -106,14 +109,18 @@ pub struct FlowBook {
 }
 
 impl FlowBook {
-    /// Packets of `key` not yet reported, given the kernel's cumulative count.
-    pub fn unreported(&self, key: &FlowKey, cumulative: u64) -> u64 {
-        cumulative.saturating_sub(self.seen.get(key).map_or(0, |s| s.reported))
+    /// Packets and bytes of `key` not yet reported, given the kernel's cumulative counts.
+    pub fn unreported(&self, key: &FlowKey, cumulative: Tally) -> Tally {
+        cumulative.since(
+            self.seen
+                .get(key)
+                .map_or_else(Tally::default, |s| s.reported),
+        )
     }
 
-    /// Records that `rec` (whose `count` is already the delta) reports the flow up to
-    /// `cumulative`, and keeps it as the flow's template.
-    pub fn reported(&mut self, key: FlowKey, cumulative: u64, rec: &DropRecord) {
+    /// Records that `rec` (whose `count` and `bytes` are already the delta) reports the
+    /// flow up to `cumulative`, and keeps it as the flow's template.
+    pub fn reported(&mut self, key: FlowKey, cumulative: Tally, rec: &DropRecord) {
         if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
             self.forget_oldest();
         }
@@ -121,7 +128,10 @@ impl FlowBook {
         let template = Some(Box::new(rec.clone()));
         match self.seen.get_mut(&key) {
             Some(s) => {
-                s.reported = s.reported.max(cumulative);
+                // A late record carries older counts than a re-read already reported.
+                if cumulative.packets > s.reported.packets {
+                    s.reported = cumulative;
+                }
                 s.last_growth = now;
                 if s.template.is_none() {
                     self.templates += 1;
@@ -156,20 +166,22 @@ impl FlowBook {
     }
 
     /// The line for the packets of a known flow up to `cumulative`, dated `time`.
-    pub fn catch_up(&mut self, key: &FlowKey, cumulative: u64, time: String) -> CatchUp {
+    pub fn catch_up(&mut self, key: &FlowKey, cumulative: Tally, time: String) -> CatchUp {
         let Some(s) = self.seen.get_mut(key) else {
             return CatchUp::Nothing;
         };
-        let Some(delta) = cumulative.checked_sub(s.reported).filter(|d| *d > 0) else {
+        if cumulative.packets <= s.reported.packets {
             return CatchUp::Nothing;
-        };
+        }
+        let delta = cumulative.since(s.reported);
         let Some(template) = &s.template else {
             return CatchUp::Rebuild(s.sketch.clone());
         };
         s.reported = cumulative;
         s.last_growth = Instant::now();
         let mut rec = template.clone();
-        rec.count = delta;
+        rec.count = delta.packets;
+        rec.bytes = delta.bytes;
         rec.time = time;
         // No packet of this line reached userspace: nothing to capture.
         rec.headers.clear();
@@ -213,6 +225,14 @@ mod tests {
     use super::*;
     use crate::record::tests::sample;
 
+    /// Cumulative counts of `packets` packets of 100 bytes.
+    fn t(packets: u64) -> Tally {
+        Tally {
+            packets,
+            bytes: packets * 100,
+        }
+    }
+
     fn key(dport: u16) -> FlowKey {
         FlowKey {
             saddr: [0; 16],
@@ -234,20 +254,20 @@ mod tests {
         let mut book = FlowBook::default();
         let k = key(5044);
         // First record: cumulative 1.
-        assert_eq!(book.unreported(&k, 1), 1);
-        book.reported(k, 1, &sample());
+        assert_eq!(book.unreported(&k, t(1)), t(1));
+        book.reported(k, t(1), &sample());
         // The next record arrives at cumulative 40: 39 new packets.
-        assert_eq!(book.unreported(&k, 40), 39);
-        book.reported(k, 40, &sample());
+        assert_eq!(book.unreported(&k, t(40)), t(39));
+        book.reported(k, t(40), &sample());
         // A stale record (reordered across CPUs) adds nothing.
-        assert_eq!(book.unreported(&k, 30), 0);
+        assert_eq!(book.unreported(&k, t(30)), t(0));
         // The final sweep finds 100 in the kernel.
-        let CatchUp::Line(rec) = book.catch_up(&k, 100, "t".into()) else {
+        let CatchUp::Line(rec) = book.catch_up(&k, t(100), "t".into()) else {
             panic!("no line")
         };
-        assert_eq!(rec.count, 60);
+        assert_eq!((rec.count, rec.bytes), (60, 6000));
         assert!(
-            matches!(book.catch_up(&k, 100, "t".into()), CatchUp::Nothing),
+            matches!(book.catch_up(&k, t(100), "t".into()), CatchUp::Nothing),
             "nothing left to report"
         );
         assert_eq!(1 + 39 + 60, 100);
@@ -257,7 +277,7 @@ mod tests {
     fn unknown_flows_are_not_caught_up() {
         let mut book = FlowBook::default();
         assert!(matches!(
-            book.catch_up(&key(1), 5, "t".into()),
+            book.catch_up(&key(1), t(5), "t".into()),
             CatchUp::Nothing
         ));
         assert!(!book.knows(&key(1)));
@@ -269,14 +289,14 @@ mod tests {
         let first = key(1);
         let mut r = sample();
         r.out_ifname = "eth9".into();
-        book.reported(first, 3, &r);
+        book.reported(first, t(3), &r);
         for port in 2..=(MAX_TEMPLATES as u16 + 1) {
-            book.reported(key(port), 1, &sample());
+            book.reported(key(port), t(1), &sample());
         }
         assert!(book.templates <= MAX_TEMPLATES, "{}", book.templates);
         // The first flow's record went; a re-read with new packets asks for a rebuild
         // carrying its hook and devices, and nothing is reported twice.
-        let CatchUp::Rebuild(sketch) = book.catch_up(&first, 5, "t".into()) else {
+        let CatchUp::Rebuild(sketch) = book.catch_up(&first, t(5), "t".into()) else {
             panic!("the oldest flow's template should be gone")
         };
         let mut rebuilt = sample();
@@ -285,10 +305,10 @@ mod tests {
         sketch.apply(&mut rebuilt);
         assert_eq!(rebuilt.hook, r.hook);
         assert_eq!(rebuilt.out_ifname, "eth9");
-        assert_eq!(book.unreported(&first, 5), 2);
-        book.reported(first, 5, &rebuilt);
+        assert_eq!(book.unreported(&first, t(5)), t(2));
+        book.reported(first, t(5), &rebuilt);
         assert!(matches!(
-            book.catch_up(&first, 5, "t".into()),
+            book.catch_up(&first, t(5), "t".into()),
             CatchUp::Nothing
         ));
     }
@@ -296,7 +316,7 @@ mod tests {
     #[test]
     fn active_flows_are_the_recent_ones() {
         let mut book = FlowBook::default();
-        book.reported(key(1), 1, &sample());
+        book.reported(key(1), t(1), &sample());
         assert_eq!(book.active(Duration::from_secs(10)), vec![key(1)]);
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     escape::terminal,
     kernel::btf::KernelBtf,
     kernel::capture::{Capture, CaptureOptions},
-    kernel::drop::Drop,
+    kernel::drop::{Drop, Tally},
     kernel::kallsyms::Kallsyms,
     record::DropRecord,
 };
@@ -404,12 +404,13 @@ impl Session {
     /// last line.
     fn take_record(&mut self, d: Drop, out: &mut Vec<DropRecord>) {
         let delta = self.book.unreported(&d.key, d.cumulative);
-        if delta == 0 {
+        if delta.packets == 0 {
             return;
         }
         let (key, cumulative) = (d.key, d.cumulative);
         let mut rec = self.enricher.record(d);
-        rec.count = delta;
+        rec.count = delta.packets;
+        rec.bytes = delta.bytes;
         self.book.reported(key, cumulative, &rec);
         out.push(rec);
     }
@@ -455,15 +456,17 @@ impl Session {
         now: &str,
         out: &mut Vec<DropRecord>,
     ) {
-        match self.book.catch_up(key, state.count, now.to_string()) {
+        let cumulative = Tally::of(state);
+        match self.book.catch_up(key, cumulative, now.to_string()) {
             CatchUp::Nothing => {}
             CatchUp::Line(rec) => out.push(*rec),
             CatchUp::Rebuild(sketch) => {
                 let mut rec = self.enricher.record(Drop::from_flow(key, state));
                 sketch.apply(&mut rec);
                 rec.time = now.to_string();
-                rec.count = self.book.unreported(key, state.count);
-                self.book.reported(*key, state.count, &rec);
+                let delta = self.book.unreported(key, cumulative);
+                (rec.count, rec.bytes) = (delta.packets, delta.bytes);
+                self.book.reported(*key, cumulative, &rec);
                 out.push(rec);
             }
         }
@@ -499,7 +502,11 @@ impl Session {
                 if left == 0 {
                     return Ok(Flow::Limit);
                 }
-                rec.count = rec.count.min(left);
+                if left < rec.count {
+                    // The packets of a line are not told apart: its bytes are cut pro rata.
+                    rec.bytes = rec.bytes / rec.count * left;
+                    rec.count = left;
+                }
             }
             self.summary.add(&rec);
             if let Err(e) = emit(&rec) {

@@ -61,6 +61,8 @@ struct SeriesAge {
 pub struct DropMetrics {
     registry: Registry,
     drops: Family<Labels, Counter>,
+    /// Same labels as `drops`.
+    dropped_bytes: Family<Labels, Counter>,
     destinations: Family<Labels, Counter>,
     matched: Counter,
     records_lost: Counter,
@@ -91,6 +93,13 @@ impl DropMetrics {
             "droptrace_drops",
             "Packets dropped by the firewall, by the rule that dropped them",
             drops.clone(),
+        );
+        let dropped_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "droptrace_dropped_bytes",
+            "Bytes of the packets in droptrace_drops (from the network header on, as a rule's \
+             byte counter counts them)",
+            dropped_bytes.clone(),
         );
         let destinations = Family::<Labels, Counter>::default();
         registry.register(
@@ -145,6 +154,7 @@ impl DropMetrics {
         DropMetrics {
             registry,
             drops,
+            dropped_bytes,
             destinations,
             matched,
             records_lost,
@@ -163,6 +173,7 @@ impl DropMetrics {
     pub fn observe(&mut self, r: &DropRecord, now: Instant) {
         let labels = self.rule_labels(r);
         self.drops.get_or_create(&labels).inc_by(r.count);
+        self.dropped_bytes.get_or_create(&labels).inc_by(r.bytes);
         touch(&mut self.series, labels, identity(r), now);
 
         let mut dest: Labels = vec![
@@ -290,8 +301,12 @@ impl DropMetrics {
         let expired = |age: &SeriesAge| {
             gone_long(&age.netns) || (idle_expires && now.duration_since(age.last_growth) >= ttl)
         };
-        remove_where(&self.drops, &mut self.series, expired);
-        remove_where(&self.destinations, &mut self.destination_series, |a| {
+        remove_where(
+            &[&self.drops, &self.dropped_bytes],
+            &mut self.series,
+            expired,
+        );
+        remove_where(&[&self.destinations], &mut self.destination_series, |a| {
             gone_long(&a.netns)
         });
         let referenced: HashSet<&NsIdentity> = self
@@ -320,16 +335,18 @@ impl DropMetrics {
     }
 }
 
-/// Removes from `family` (and from `ages`) the series whose age says so.
+/// Removes from `families` (and from `ages`) the series whose age says so.
 fn remove_where(
-    family: &Family<Labels, Counter>,
+    families: &[&Family<Labels, Counter>],
     ages: &mut HashMap<Labels, SeriesAge>,
     expired: impl Fn(&SeriesAge) -> bool,
 ) {
     ages.retain(|labels, age| {
         let keep = !expired(age);
         if !keep {
-            family.remove(labels);
+            for family in families {
+                family.remove(labels);
+            }
         }
         keep
     });
@@ -385,6 +402,7 @@ mod tests {
         let mut r = sample();
         r.rule = Some(crate::attribution::tests::brief_rule());
         r.count = 37;
+        r.bytes = 37 * 60;
         r
     }
 
@@ -417,6 +435,20 @@ mod tests {
         );
         assert!(text.contains(r#"droptrace_destination_drops_total{netns="client",proto="tcp",dst="203.0.113.10",port="8443"} 37"#), "{text}");
         assert!(text.contains("droptrace_build_info{"), "{text}");
+        let bytes = text
+            .lines()
+            .find(|l| l.starts_with("droptrace_dropped_bytes_total{"))
+            .unwrap();
+        assert_eq!(
+            bytes
+                .rsplit_once(' ')
+                .unwrap()
+                .0
+                .replace("dropped_bytes", "drops"),
+            line.rsplit_once(' ').unwrap().0,
+            "the bytes carry the drops' labels"
+        );
+        assert!(bytes.ends_with(" 2220"), "{bytes}");
         let om = m.encode(true).unwrap();
         assert!(om.ends_with("# EOF\n"), "{om}");
     }

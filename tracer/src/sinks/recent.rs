@@ -28,7 +28,7 @@ struct Key {
 
 #[derive(Debug)]
 struct Entry {
-    /// The first line of the drop, its count the total so far.
+    /// The first line of the drop, its count and bytes the totals so far.
     record: DropRecord,
     first_seen: Instant,
     last_seen: Instant,
@@ -73,6 +73,7 @@ impl RecentDrops {
         };
         if let Some(e) = self.entries.get_mut(&key) {
             e.record.count += r.count;
+            e.record.bytes += r.bytes;
             e.last_seen = now;
             e.last_time.clone_from(&r.time);
             return;
@@ -150,9 +151,9 @@ mod tests {
         let mut list = RecentDrops::new(100, Duration::from_secs(3600));
         let t0 = Instant::now();
         let mut r = sample();
-        r.count = 2;
+        (r.count, r.bytes) = (2, 120);
         list.observe(&r, t0);
-        r.count = 3;
+        (r.count, r.bytes) = (3, 180);
         r.time = "later".into();
         list.observe(&r, t0 + Duration::from_secs(5));
         r.dport = Some(9090);
@@ -161,12 +162,12 @@ mod tests {
         let all = list.since(Duration::from_secs(60), now);
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].record.dport, Some(9090), "most recent first");
-        assert_eq!(all[1].record.count, 5);
+        assert_eq!((all[1].record.count, all[1].record.bytes), (5, 300));
         assert_eq!(all[1].last_time, "later");
         assert_eq!(all[1].first_seen_s_ago, 10.0);
         let v = serde_json::to_value(&all[1]).unwrap();
         for k in [
-            "type", "time", "dst", "dport", "comm", "pid", "count", "hook",
+            "type", "time", "dst", "dport", "comm", "pid", "count", "bytes", "hook",
         ] {
             assert!(v.get(k).is_some(), "watch --json field {k} missing: {v}");
         }
