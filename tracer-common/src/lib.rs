@@ -502,6 +502,8 @@ pub mod inventory {
     pub const MAX_PENDING: u32 = 16_384;
     /// Bytes of the first-sighting ring buffer.
     pub const RING_BYTES: u32 = 1 << 20;
+    /// First packets that left, remembered at once (LRU; see [`super::PassedKey`]).
+    pub const MAX_PASSED: u32 = 16_384;
 
     /// Indexes into the per-CPU `INV_STATS` array.
     pub const STAT_LOST: u32 = 0;
@@ -571,6 +573,34 @@ pub struct InventoryEvent {
     pub key: InventoryKey,
     pub _pad: u32,
     pub state: InventoryState,
+}
+
+/// The first packet of an attempt that got through the firewall (every hook accepted it):
+/// a TCP SYN, a UDP datagram or an ICMP echo request leaving a local socket, seen at the
+/// device queue, with the conntrack state the firewall saw it in. Counted per key, so
+/// userspace can tell which rule let it through (`--attempts`).
+///
+/// `ct_info` is `enum ip_conntrack_info` (original direction only: 0 established,
+/// 1 related, 2 new) or [`CT_NONE`] (untracked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PassedKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    /// Socket owner uid (`sk->sk_uid`), as `-m owner` / `meta skuid` see it.
+    pub uid: u32,
+    /// `skb->mark` (`-m mark`, `meta mark`).
+    pub mark: u32,
+    pub sport: u16,
+    /// For ICMP, `type << 8 | code`.
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub ct_info: u8,
+    pub _pad: u8,
+    /// The output device's name (`-o`, `oifname`).
+    pub oif: [u8; NAME_LEN],
 }
 
 /// A route lookup for an outgoing datagram, waiting (by thread, protocol and source port)
@@ -693,6 +723,7 @@ mod user {
     unsafe impl aya::Pod for super::InventoryKey {}
     unsafe impl aya::Pod for super::InventoryState {}
     unsafe impl aya::Pod for super::InventoryEvent {}
+    unsafe impl aya::Pod for super::PassedKey {}
 }
 
 // The inventory records cross the kernel boundary as raw bytes: no implicit padding.
@@ -701,6 +732,7 @@ const _: () = assert!(size_of::<InventoryState>() == 80);
 const _: () = assert!(size_of::<InventoryEvent>() == 112);
 const _: () = assert!(size_of::<InventoryPending>() == 56);
 const _: () = assert!(size_of::<InventoryConfig>() == 38 * 4);
+const _: () = assert!(size_of::<PassedKey>() == 68);
 
 // The layouts both sides rely on, with every padding byte explicit.
 const _: () = assert!(size_of::<Prefix>() == 40);

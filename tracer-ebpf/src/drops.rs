@@ -23,8 +23,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, ANY_REASON, CACHE_BATCH, CACHE_TIMED, CT_NONE, Config, DropEvent,
-    FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PortRange,
-    Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED, flags,
+    FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PassedKey,
+    PortRange, Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED,
+    flags,
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -74,6 +75,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
 const IP_VERSION_4: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 /// `NFCT_INFOMASK` in include/linux/skbuff.h: low bits of `skb->_nfct` hold ctinfo.
@@ -313,19 +315,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
     copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
     let l4_flags = parse_l3(e, l3)?;
 
-    if conf!(family) != 0 && conf!(family) != e.family {
-        return None;
-    }
-    if conf!(proto) != 0 && conf!(proto) != e.proto {
-        return None;
-    }
-    let has_ports = l4_flags & HAS_PORTS != 0;
-    if !port_in(conf!(sport), e.sport, has_ports) || !port_in(conf!(dport), e.dport, has_ports) {
-        return None;
-    }
-    if !prefix_matches(&raw const CONFIG.src, e.family, &e.saddr)
-        || !prefix_matches(&raw const CONFIG.dst, e.family, &e.daddr)
-    {
+    if !watched(e, l4_flags) {
         return None;
     }
 
@@ -444,6 +434,99 @@ fn handle<C: EbpfContext, const BTF: bool>(
         bump(STAT_LOST);
     }
     Some(())
+}
+
+/// Whether the user's filters (family, protocol, ports, addresses) take the packet parsed
+/// into `e`; `l4_flags` as [`parse_l3`] returns them.
+#[inline(always)]
+fn watched(e: &DropEvent, l4_flags: u8) -> bool {
+    if conf!(family) != 0 && conf!(family) != e.family {
+        return false;
+    }
+    if conf!(proto) != 0 && conf!(proto) != e.proto {
+        return false;
+    }
+    let has_ports = l4_flags & HAS_PORTS != 0;
+    if !port_in(conf!(sport), e.sport, has_ports) || !port_in(conf!(dport), e.dport, has_ports) {
+        return false;
+    }
+    prefix_matches(&raw const CONFIG.src, e.family, &e.saddr)
+        && prefix_matches(&raw const CONFIG.dst, e.family, &e.daddr)
+}
+
+/// The key of `skb` (a typed `struct sk_buff *`) when it is the first packet of an
+/// attempt from a local socket, in a namespace and flow the filters watch: a TCP SYN
+/// without ACK, a UDP datagram, an ICMP echo request — in the original direction of its
+/// conntrack entry (a reply is no attempt). For [`crate::passed`].
+#[inline(always)]
+// Unused in perf.rs, which builds no attempts program.
+#[allow(dead_code)]
+pub(crate) fn attempt_key(skb: u64) -> Option<PassedKey> {
+    let fields = SkbFields::<true>::copy(skb)?;
+    let sk: u64 = fields.get::<u64>(conf!(offsets.skb_sk));
+    if sk == 0 {
+        return None;
+    }
+    let sk_net: u64 = load::<_, true>(sk, conf!(offsets.sk_net));
+    let netns: u32 = load::<_, true>(sk_net, conf!(offsets.net_ns_inum));
+    if conf!(netns) != 0 && netns != conf!(netns) {
+        return None;
+    }
+    let nfct: u64 = fields.get::<u64>(conf!(offsets.skb_nfct));
+    let ct_info = if nfct & !NFCT_INFOMASK != 0 {
+        (nfct & NFCT_INFOMASK) as u8
+    } else {
+        CT_NONE
+    };
+    // IP_CT_IS_REPLY (3) and above: the reply direction.
+    if ct_info != CT_NONE && ct_info >= 3 {
+        return None;
+    }
+    let head: u64 = fields.get::<u64>(conf!(offsets.skb_head));
+    let nh: u16 = fields.get::<u16>(conf!(offsets.skb_network_header));
+    if nh == HEADER_UNSET {
+        return None;
+    }
+    let l3 = head + nh as u64;
+    // SAFETY: as in `handle`; the object loaded for attempts runs no drop program.
+    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
+    let l4_flags = parse_l3(e, l3)?;
+    let first = l4_flags & flags::FRAGMENT == 0
+        && match e.proto {
+            // SYN without ACK (struct tcphdr's flags byte: ACK 0x10, SYN 0x02).
+            IPPROTO_TCP => e.tcp_flags & 0x12 == 0x02,
+            IPPROTO_UDP => true,
+            // Echo requests (RFC 792, RFC 4443).
+            IPPROTO_ICMP => e.icmp_type == 8,
+            IPPROTO_ICMPV6 => e.icmp_type == 128,
+            _ => false,
+        };
+    if !first || !watched(e, l4_flags) {
+        return None;
+    }
+    let icmp = e.proto == IPPROTO_ICMP || e.proto == IPPROTO_ICMPV6;
+    let dev: u64 = fields.get::<u64>(conf!(offsets.skb_dev));
+    let mut oif = [0u8; 16];
+    copy_kernel(oif.as_mut_ptr(), 16, dev, conf!(offsets.dev_name));
+    Some(PassedKey {
+        saddr: e.saddr,
+        daddr: e.daddr,
+        netns,
+        uid: read(sk, conf!(offsets.sk_uid)),
+        mark: fields.get::<u32>(conf!(offsets.skb_mark)),
+        sport: if icmp { 0 } else { e.sport },
+        dport: if icmp {
+            (e.icmp_type as u16) << 8 | e.icmp_code as u16
+        } else {
+            e.dport
+        },
+        family: e.family,
+        proto: e.proto,
+        ct_info,
+        _pad: 0,
+        oif,
+    })
 }
 
 /// Counts the drop in this CPU's flow cache when it is the cache's flow (see `FlowCache`):

@@ -18,6 +18,8 @@ use tracer_common::DropEvent;
 mod drops;
 /// `droptrace inventory`'s programs: outbound flows as they start (not drops).
 mod inventory;
+/// `--attempts`: first packets that got through, with their conntrack state.
+mod passed;
 /// The rule engines' verdicts, where kprobes exist.
 mod verdict;
 
