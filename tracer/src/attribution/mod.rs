@@ -7,6 +7,7 @@
 //! ([`crate::kernel::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
 //! not gives way to it.
 
+mod accepted;
 mod candidates;
 mod evidence;
 pub mod owner;
@@ -55,6 +56,9 @@ struct Namespace {
     located: Option<std::time::Instant>,
     /// The name its records carried last: another name means another namespace.
     name: Option<String>,
+    /// The first read, kept when attempts are counted: the accepting rules' counters grow
+    /// from it (see [`accepted`]).
+    baseline: Option<Snapshot>,
 }
 
 /// How often the way into a namespace is checked: it is one `stat`, paid on the records'
@@ -91,6 +95,7 @@ impl Namespace {
     /// way in, maybe of another namespace).
     fn read_afresh(&mut self) {
         self.previous = None;
+        self.baseline = None;
         self.current = self.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
     }
 }
@@ -115,14 +120,25 @@ const IDLE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Default)]
 pub struct Attributor {
     namespaces: HashMap<u32, Namespace>,
+    /// Keep each namespace's first read (see [`Namespace::baseline`]).
+    keep_baselines: bool,
 }
 
 impl Attributor {
     /// Reads a namespace's ruleset ahead of its first drop, so that drop can be confirmed.
     pub fn prime(&mut self, netns: u32) {
+        let keep = self.keep_baselines;
         let ns = self.namespaces.entry(netns).or_default();
         ns.relocate(netns);
         ns.read_afresh();
+        if keep {
+            ns.baseline.clone_from(&ns.current);
+        }
+    }
+
+    /// Keeps each namespace's first read from now on, for [`Attributor::accepted`].
+    pub fn keep_baselines(&mut self) {
+        self.keep_baselines = true;
     }
 }
 
@@ -232,6 +248,9 @@ impl Attributor {
         // A namespace seen for the first time, or whose inode went to another namespace.
         if ns.relocate(rec.netns) {
             ns.read_afresh();
+            if self.keep_baselines {
+                ns.baseline.clone_from(&ns.current);
+            }
         }
         if rec.engine_guessed
             && let Some(snap) = &ns.current

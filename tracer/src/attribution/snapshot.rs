@@ -16,7 +16,7 @@ use ruleset::{Backend, Family, Ruleset, TableFamily};
 
 use super::reader::{self, Dump, Source, dump};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub ruleset: Ruleset,
     pub taken: Instant,

@@ -484,7 +484,7 @@ pub async fn collect(
     let kernel_filters = filters.to_filters()?;
     let kernel = KernelBtf::load()?;
     // First: it may mount tracefs in a private mount namespace, which needs one thread.
-    let mut cap = super::kernel::InventoryCapture::start(&kernel, &kernel_filters)?;
+    let mut cap = super::kernel::InventoryCapture::start(&kernel, &kernel_filters, false)?;
     let mut blind_spots = cap.blind_spots.clone();
     let mut sources = cap.sources.clone();
     let capture_args = CaptureArgs {

@@ -17,7 +17,8 @@ use aya::{
 use btf_rs::Btf;
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    Config, InventoryConfig, InventoryEvent, InventoryKey, InventoryState, NO_OFFSET, inventory,
+    Config, InventoryConfig, InventoryEvent, InventoryKey, InventoryState, NO_OFFSET, PassedKey,
+    inventory,
 };
 
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
 };
 
 const TCP_PROGRAM: &str = "inventory_tcp";
+const PASSED_PROGRAM: &str = "attempt_passed";
 /// (program, BTF tracepoint, what it contributes).
 const DATAGRAM_PROGRAMS: &[(&str, &str)] = &[
     ("inventory_route4", "fib_table_lookup"),
@@ -43,12 +45,16 @@ pub struct InventoryCapture {
     ring: AsyncFd<RingBuf<MapData>>,
     flows: BpfHashMap<MapData, InventoryKey, InventoryState>,
     stats: PerCpuArray<MapData, u64>,
+    /// First packets that got through (`start`'s `passed`), by key and conntrack state.
+    passed: Option<BpfHashMap<MapData, PassedKey, u64>>,
 }
 
 impl InventoryCapture {
-    /// Loads and attaches the programs with `filters` applied in the kernel. Mounts tracefs
-    /// in a private mount namespace if needed, so it must run before any thread is spawned.
-    pub fn start(kernel: &KernelBtf, filters: &Filters) -> anyhow::Result<Self> {
+    /// Loads and attaches the programs with `filters` applied in the kernel; with `passed`,
+    /// also the one that counts the first packets that got through the firewall
+    /// (tracer-ebpf/src/passed.rs). Mounts tracefs in a private mount namespace if needed,
+    /// so it must run before any thread is spawned.
+    pub fn start(kernel: &KernelBtf, filters: &Filters, passed: bool) -> anyhow::Result<Self> {
         if let Some(missing) = crate::kernel::privileges::missing_for_load() {
             anyhow::bail!("missing capabilities: {missing}; run as root");
         }
@@ -77,6 +83,7 @@ impl InventoryCapture {
             .map_max_entries("INV_FLOWS", inventory::MAX_FLOWS)
             .map_max_entries("INV_PENDING", inventory::MAX_PENDING)
             .map_max_entries("INV_EVENTS", inventory::RING_BYTES)
+            .map_max_entries("PASSED", if passed { inventory::MAX_PASSED } else { 1 })
             // The drop program's maps are not used here.
             .map_max_entries("FLOWS", 1)
             .map_max_entries("EVENTS", 4096)
@@ -129,6 +136,19 @@ impl InventoryCapture {
             sources.push(format!("{} (udp, icmp echo)", datagrams.join(" + ")));
         }
 
+        if passed {
+            let btf = aya_btf
+                .as_ref()
+                .context("attempts need the kernel's BTF (tp_btf)")?;
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(PASSED_PROGRAM)
+                .context("program attempt_passed missing from the object")?
+                .try_into()?;
+            p.load("net_dev_queue", btf)
+                .map_err(|e| program_error(PASSED_PROGRAM, &e))?;
+            p.attach().map_err(|e| program_error(PASSED_PROGRAM, &e))?;
+            sources.push("tp_btf/net_dev_queue (first packets that got through)".into());
+        }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
@@ -136,6 +156,11 @@ impl InventoryCapture {
         let ring = RingBuf::try_from(take(&mut ebpf, "INV_EVENTS")?)?;
         let flows = BpfHashMap::try_from(take(&mut ebpf, "INV_FLOWS")?)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "INV_STATS")?)?;
+        let passed = if passed {
+            Some(BpfHashMap::try_from(take(&mut ebpf, "PASSED")?)?)
+        } else {
+            None
+        };
         // SAFETY: the RingBuf owns its map fd, which stays open until the AsyncFd drops it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| {
@@ -151,6 +176,7 @@ impl InventoryCapture {
             ring,
             flows,
             stats,
+            passed,
         })
     }
 
@@ -178,6 +204,15 @@ impl InventoryCapture {
     /// Every flow in the kernel's table, with its current counters.
     pub fn flows(&self) -> Vec<(InventoryKey, InventoryState)> {
         self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// First packets that got through, with their packet counts (empty unless `start` was
+    /// asked for them).
+    pub fn passed(&self) -> Vec<(PassedKey, u64)> {
+        self.passed
+            .as_ref()
+            .map(|m| m.iter().filter_map(Result::ok).collect())
+            .unwrap_or_default()
     }
 
     /// First sightings the ring buffer could not take (those flows are still in the table,

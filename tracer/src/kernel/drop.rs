@@ -112,17 +112,18 @@ pub struct Drop {
     pub kernel: Option<crate::kernel::verdicts::KernelSaw>,
 }
 
+/// An address as the kernel programs write it: IPv4 in the first four bytes.
+pub fn ip_addr(family: u8, a: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
+}
+
 impl From<&DropEvent> for Drop {
     fn from(e: &DropEvent) -> Self {
-        let (src, dst) = if e.family == AF_INET6 {
-            (
-                IpAddr::V6(Ipv6Addr::from(e.saddr)),
-                IpAddr::V6(Ipv6Addr::from(e.daddr)),
-            )
-        } else {
-            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            (v4(&e.saddr), v4(&e.daddr))
-        };
+        let (src, dst) = (ip_addr(e.family, &e.saddr), ip_addr(e.family, &e.daddr));
         let has_l4 = e.flags & flags::HAS_L4 != 0;
         let ports = has_l4 && tracer_common::has_ports(e.proto);
         let headers_len = usize::from(e.headers_len).min(e.headers.len());

@@ -1,0 +1,114 @@
+//! Naming the rule that let an attempt through: the other half of an intermittent failure.
+//!
+//! The kernel reports the first packet of each attempt that got through with the conntrack
+//! state the firewall saw it in (tracer-ebpf/src/passed.rs). Walking the namespace's
+//! ruleset with that packet and that state gives the rule that accepted it; the rule's
+//! packet counter, grown since the capture began by at least the attempts it is given,
+//! confirms it (`exact`), as for drops.
+
+use ruleset::{Backend, DecidedBy, Hook, eval::Verdict};
+
+use super::{Attribution, Attributor, Level, candidates::named, snapshot::Snapshot};
+
+/// Every backend: an accepted packet went through the base chains of every engine on the
+/// hook, and the walk follows them in priority order.
+const ALL_BACKENDS: &[Backend] = &[
+    Backend::IptablesNft,
+    Backend::IptablesLegacy,
+    Backend::Nftables,
+];
+
+impl Attributor {
+    /// The rule that let each of `packets` (leaving namespace `netns` through OUTPUT, with
+    /// how many attempts each stands for) through, read now and checked against the counters
+    /// since the namespace's first read.
+    pub fn accepted(&mut self, netns: u32, packets: &[(ruleset::Packet, u64)]) -> Vec<Attribution> {
+        let ns = self.namespaces.entry(netns).or_default();
+        if ns.relocate(netns) {
+            ns.read_afresh();
+        }
+        let Some(path) = &ns.path else {
+            let none = Attribution::none("the namespace is gone or cannot be entered");
+            return vec![none; packets.len()];
+        };
+        let now = Snapshot::read(path.as_deref());
+        let grown = ns
+            .baseline
+            .as_ref()
+            .map(|b| ruleset::counters::counter_deltas(&b.ruleset, &now.ruleset));
+        let mut named_rules: Vec<(DecidedBy, u64)> = Vec::new();
+        let mut out: Vec<(Attribution, Option<DecidedBy>)> = packets
+            .iter()
+            .map(|(p, n)| {
+                let (a, by) = accepting(&now, p);
+                if let Some(by) = &by {
+                    match named_rules.iter_mut().find(|(d, _)| d.is_same(by)) {
+                        Some((_, total)) => *total += n,
+                        None => named_rules.push((by.clone(), *n)),
+                    }
+                }
+                (a, by)
+            })
+            .collect();
+        for (a, by) in &mut out {
+            let (Some(by), Some(grown)) = (by.as_ref(), grown.as_ref()) else {
+                continue;
+            };
+            let given = named_rules
+                .iter()
+                .find(|(d, _)| d.is_same(by))
+                .map_or(0, |(_, n)| *n);
+            let growth = grown
+                .iter()
+                .find(|(d, _)| d.is_same(by))
+                .map_or(0, |(_, n)| *n);
+            if growth >= given {
+                a.attribution = Level::Exact;
+                a.why = format!(
+                    "evaluated with the state the kernel saw; its counter grew by {growth} \
+                     (>= {given} attempts)"
+                );
+            } else {
+                a.why = format!(
+                    "evaluated with the state the kernel saw, but its counter grew by {growth} \
+                     only, for {given} attempts"
+                );
+            }
+        }
+        out.into_iter().map(|(a, _)| a).collect()
+    }
+}
+
+/// The rule or policy that accepts `packet` on OUTPUT in `snap`, when every way the
+/// undecided rules can go agrees.
+fn accepting(snap: &Snapshot, packet: &ruleset::Packet) -> (Attribution, Option<DecidedBy>) {
+    let ev = ruleset::eval::evaluate(
+        &snap.ruleset,
+        ALL_BACKENDS,
+        packet.family,
+        Hook::Output,
+        packet,
+    );
+    let outcomes: Vec<_> = ev.outcomes().collect();
+    if outcomes.iter().any(|o| o.verdict != Verdict::Accept) {
+        let why = if ev.verdict == Verdict::Accept {
+            "unsure: rules the packet's fields cannot decide may drop it"
+        } else {
+            "the ruleset as read now drops it (it changed since?)"
+        };
+        return (Attribution::none(why), None);
+    }
+    if outcomes.iter().any(|o| !o.by.is_same(&ev.by)) {
+        return (
+            Attribution::none("unsure: rules the packet's fields cannot decide may accept it"),
+            None,
+        );
+    }
+    match named(&ev.by, "ACCEPT") {
+        Some(mut a) => {
+            a.why = "evaluated with the state the kernel saw; counters not checked".into();
+            (a, Some(ev.by))
+        }
+        None => (Attribution::none("no rule accepts it"), None),
+    }
+}
