@@ -117,6 +117,24 @@ impl Netns {
         self.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
     }
 
+    /// Tries a TCP connection from this namespace's `from` address and port, as a client
+    /// that reuses its source port does; `Ok(true)` when it connected.
+    pub fn tcp_connect_from(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        use socket2::{Domain, Socket, Type};
+        self.run(move || -> std::io::Result<bool> {
+            let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&from.into())?;
+            Ok(s.connect_timeout(&to.into(), timeout).is_ok())
+        })?
+        .map_err(Into::into)
+    }
+
     /// Sends one datagram to each port of `ports` (one flow each); returns how many the
     /// kernel accepted.
     pub fn udp_spray(

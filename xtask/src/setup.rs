@@ -41,6 +41,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("tshark", "tests read droptrace's pcapng files back"),
     (
+        "conntrack",
+        "live conntrack entries for the intermittent service (tests, demo)",
+    ),
+    (
         "ipset",
         "-m set rules and their members (attribution, tests)",
     ),

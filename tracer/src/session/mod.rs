@@ -6,6 +6,7 @@
 //! [`options`] and a callback per record; it hands back its [`StartInfo`] and, at the end,
 //! a [`summary::SummaryRecord`].
 
+pub mod attempts;
 pub mod flows;
 pub mod options;
 pub mod summary;
@@ -148,6 +149,8 @@ pub struct Session {
     limited: bool,
     /// Names rules; `None` with `--no-rules`.
     attributor: Option<Attributor>,
+    /// Attempts beside drops (`--attempts`).
+    attempts: Option<attempts::AttemptsBook>,
     started: Instant,
     last_prune: Instant,
     /// Records lost when the flow table was last read whole, and when.
@@ -200,6 +203,15 @@ impl Session {
             btf,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        // Before privileges are dropped below: it loads programs too.
+        let attempts = if capture.attempts {
+            Some(
+                attempts::AttemptsBook::start(&kernel, &filters.to_filters()?)
+                    .context("cannot count attempts (--attempts)")?,
+            )
+        } else {
+            None
+        };
         // Only once attached: without privileges the missing capabilities are the news,
         // and hidden kernel addresses follow from them.
         if kallsyms.is_empty() {
@@ -210,6 +222,9 @@ impl Session {
         // by their rule's counter.
         let attributor = (!capture.no_rules).then(|| {
             let mut a = Attributor::default();
+            if capture.attempts {
+                a.keep_baselines();
+            }
             a.prime(
                 opts.filters
                     .netns
@@ -238,6 +253,7 @@ impl Session {
             summary: Summary::default(),
             book: FlowBook::default(),
             attributor,
+            attempts,
             process_filter: filters.clone(),
             filtered_out: 0,
             limited: false,
@@ -509,6 +525,9 @@ impl Session {
                 }
             }
             self.summary.add(&rec);
+            if let Some(a) = &mut self.attempts {
+                a.observe(&rec);
+            }
             if let Err(e) = emit(&rec) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return Ok(Flow::Closed);
@@ -548,6 +567,9 @@ impl Session {
         let mut end = self.summary.record(lost, stats.matched, duration);
         end.records_lost = stats.records_lost;
         end.beyond_count = beyond;
+        if let Some(a) = &mut self.attempts {
+            end.services = Some(a.report(self.attributor.as_mut()));
+        }
         end
     }
 }

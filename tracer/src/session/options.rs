@@ -29,6 +29,12 @@ pub struct CaptureArgs {
     /// the name once it is known).
     #[arg(long)]
     pub resolve: bool,
+    /// Also count the attempts to each destination service (TCP connects, UDP and ICMP
+    /// echo first packets) and name the rule that let through those not dropped, with
+    /// their conntrack state: a service both dropped and let through is intermittent.
+    /// Costs a little on every packet the host sends.
+    #[arg(long)]
+    pub attempts: bool,
     /// Do not name rules (no ruleset reads; lines are printed without the ~1 s wait for
     /// counter confirmation).
     #[arg(long)]

@@ -78,6 +78,9 @@ pub struct SummaryRecord {
     pub destinations: Vec<DestinationCount>,
     pub hooks: BTreeMap<String, u64>,
     pub rules: Vec<RuleCount>,
+    /// With `--attempts`: attempts beside drops, per destination service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<crate::session::attempts::ServiceAttempts>>,
 }
 
 impl Summary {
@@ -163,6 +166,7 @@ impl Summary {
             destinations: self.destinations(),
             hooks: self.by_hook.clone(),
             rules: self.rules(),
+            services: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::{
     escape::terminal,
     record::DropRecord,
     session::StartInfo,
+    session::attempts::ServiceAttempts,
     session::summary::{Summary, SummaryRecord},
 };
 
@@ -281,7 +282,61 @@ impl<W: Write> Sink for TextSink<W> {
                 }
             }
         }
+        if let Some(services) = &end.services {
+            self.services(services)?;
+        }
         self.out.flush()
+    }
+}
+
+impl<W: Write> TextSink<W> {
+    /// `--attempts`: per service, attempts beside drops, and who let the others through.
+    fn services(&mut self, services: &[ServiceAttempts]) -> io::Result<()> {
+        writeln!(self.out, "attempts by service:")?;
+        if services.is_empty() {
+            writeln!(self.out, "  none seen")?;
+        }
+        for s in services {
+            let mark = if s.intermittent {
+                self.paint(anstyle::Style::new().bold(), "  INTERMITTENT")
+            } else {
+                String::new()
+            };
+            writeln!(
+                self.out,
+                "  {:<5} {:<28} {:>6} attempts {:>6} dropped {:>6} through{mark}",
+                s.proto,
+                terminal(&s.dst),
+                s.attempts,
+                s.dropped,
+                s.passed,
+            )?;
+            if !s.processes.is_empty() {
+                writeln!(
+                    self.out,
+                    "        from {}",
+                    terminal(&s.processes.join(", "))
+                )?;
+            }
+            for a in &s.accepted_by {
+                // The rule on a line of its own: rules are long, lines read at 100 columns.
+                let who = match &a.label {
+                    Some(label) => format!(
+                        "accepted (state {}, {}) by\n          {}",
+                        a.ct_state,
+                        a.rule.attribution.as_str(),
+                        terminal(label),
+                    ),
+                    None => format!(
+                        "got through (state {}): {}",
+                        a.ct_state,
+                        terminal(&a.rule.why)
+                    ),
+                };
+                writeln!(self.out, "        {} {who}", a.count)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -410,5 +465,49 @@ mod tests {
         r.pid = None;
         r.comm = "unknown".into();
         assert_eq!(process_text(&r), "unknown");
+    }
+
+    #[test]
+    fn an_intermittent_service_says_who_let_the_others_through() {
+        use crate::session::attempts::AcceptedBy;
+        let mut rule = crate::attribution::tests::brief_rule();
+        rule.rule = Some("-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
+        rule.rule_num = Some(2);
+        rule.verdict = Some("ACCEPT".into());
+        let mut end = Summary::default().record(0, 0, 1.0);
+        end.services = Some(vec![ServiceAttempts {
+            netns: 1,
+            dst: "203.0.113.10:8443".into(),
+            proto: "tcp".into(),
+            attempts: 10,
+            dropped: 7,
+            passed: 3,
+            intermittent: true,
+            processes: vec!["java".into()],
+            accepted_by: vec![AcceptedBy {
+                count: 3,
+                ct_state: "established",
+                label: rule.label(),
+                rule,
+            }],
+        }]);
+        let mut buf = Vec::new();
+        TextSink::new(&mut buf)
+            .summary(&Summary::default(), &end)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains("tcp   203.0.113.10:8443                10 attempts      7 dropped      3 through  INTERMITTENT"),
+            "{text}"
+        );
+        assert!(text.contains("        from java"), "{text}");
+        assert!(
+            text.contains(
+                "        3 accepted (state established, exact) by\n          filter/OUTPUT rule 2 \
+                 `-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`\n"
+            ),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
     }
 }

@@ -1,0 +1,139 @@
+//! Intermittent failures (`--attempts`): a service whose connections are sometimes
+//! accepted by a conntrack rule and sometimes dropped, as in
+//! shared/incident-iptables-egress.txt. Arranged deterministically: the client reconnects
+//! from source ports that still have a live conntrack entry (`conntrack -I`, as a pooled
+//! connection opened before the hardening rules would leave), so those SYNs are
+//! ESTABLISHED and pass rule 1, while the others are NEW and hit rule 2. The kernel's
+//! counters of both rules are the oracle.
+
+use std::{net::SocketAddr, time::Duration};
+
+use droptrace_tests::{CLIENT_V4, GATEWAY_V4, Topology, Watcher, drops, packets, summary};
+use serde_json::Value;
+
+/// Packet counters of the client's filter/OUTPUT rules, in order.
+fn output_counters(t: &Topology) -> Vec<u64> {
+    t.client
+        .exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// A live conntrack entry for a connection from `sport` to the gateway's 8443.
+fn live_entry(t: &Topology, sport: u16) {
+    t.client
+        .exec(&[
+            "conntrack",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            CLIENT_V4,
+            "-d",
+            GATEWAY_V4,
+            "--sport",
+            &sport.to_string(),
+            "--dport",
+            "8443",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "600",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+        ])
+        .unwrap();
+}
+
+#[test]
+fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    for rule in [
+        &[
+            "-A",
+            "OUTPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ][..],
+        &["-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP"][..],
+    ] {
+        t.client.exec(&[&["iptables"][..], rule].concat()).unwrap();
+    }
+    let live = [41001, 41004, 41007];
+    for sport in live {
+        live_entry(&t, sport);
+    }
+    let before = output_counters(&t);
+    let w = Watcher::start(&["watch", "--netns", &t.client.name, "--attempts"]).unwrap();
+    let mut connected = 0;
+    for sport in 41001..=41010 {
+        let from = SocketAddr::new(CLIENT_V4.parse().unwrap(), sport);
+        if t.client
+            .tcp_connect_from(from, t.gateway_addr(8443), Duration::from_millis(300))
+            .unwrap()
+        {
+            connected += 1;
+        }
+    }
+    assert_eq!(
+        connected,
+        live.len(),
+        "only the source ports with a live entry connect"
+    );
+    let lines = w.stop().unwrap();
+    let after = output_counters(&t);
+    let grown: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+
+    let end = summary(&lines);
+    let services = end["services"]
+        .as_array()
+        .expect("services with --attempts");
+    let s: &Value = services
+        .iter()
+        .find(|s| s["dst"] == "203.0.113.10:8443")
+        .unwrap_or_else(|| panic!("{end}"));
+    assert_eq!(s["proto"], "tcp");
+    // Attempts counted equal the connections made; each dropped attempt is one flow.
+    assert_eq!(s["attempts"], 10, "{s}");
+    assert_eq!(s["dropped"], 7, "{s}");
+    assert_eq!(s["passed"], 3, "{s}");
+    assert_eq!(s["intermittent"], true, "{s}");
+    let by = &s["accepted_by"][0];
+    assert_eq!(s["accepted_by"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(by["count"], 3);
+    assert_eq!(by["ct_state"], "established", "{s}");
+    assert_eq!(by["chain"], "OUTPUT");
+    assert_eq!(by["rule_num"], 1, "{s}");
+    assert_eq!(by["attribution"], "exact", "{s}");
+    // The kernel's counters: the accepting rule passed at least those SYNs (and the rest of
+    // those connections), the dropping rule dropped exactly what the drop lines report.
+    assert!(grown[0] >= 3, "{grown:?}");
+    let d = drops(&lines);
+    assert_eq!(packets(&d), grown[1], "{grown:?}");
+    assert!(
+        d.iter()
+            .all(|l| l["rule_num"] == 2 && l["attribution"] == "exact")
+    );
+}
+
+#[test]
+fn without_the_flag_no_attempts_are_counted() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
+        ])
+        .unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    t.client.udp_send(t.gateway_addr(5044), 2).unwrap();
+    let lines = w.stop().unwrap();
+    assert!(summary(&lines).get("services").is_none());
+}

@@ -1,0 +1,296 @@
+//! Attempts beside drops (`--attempts`): for each destination service, the connection
+//! attempts (TCP) or first packets (UDP, ICMP echo) the host's processes made, how many
+//! were dropped, and which rule let the others through, in the conntrack state the kernel
+//! saw them in. A service with both is intermittent: "sometimes it works" explained.
+//!
+//! Attempts come from the inventory's programs (tracer-ebpf/src/inventory.rs: counted
+//! before the firewall); the first packets that got through from `attempt_passed`
+//! (tracer-ebpf/src/passed.rs), loaded with them; drops from the capture's own lines.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+use tracer_common::{CT_NONE, PassedKey};
+
+use crate::{
+    attribution::{Attribution, Attributor},
+    inventory::kernel::InventoryCapture,
+    kernel::{
+        btf::KernelBtf,
+        drop::ip_addr,
+        filter::{Filters, proto_name},
+        stack::Hook,
+    },
+    record::{DropRecord, endpoint},
+};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Services and dropped TCP attempts remembered at most: a scan's further ones are left
+/// out of the per-service view (the drops themselves stay counted in the summary).
+const MAX_SERVICES: usize = 4096;
+const MAX_DROPPED_FLOWS: usize = 65_536;
+
+/// Where attempts go: namespace, destination, protocol and port (ICMP: `type << 8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Service {
+    netns: u32,
+    dst: IpAddr,
+    proto: u8,
+    port: u16,
+}
+
+#[derive(Debug, Default)]
+struct Dropped {
+    /// TCP: the attempts (source address and port) whose SYN was dropped.
+    flows: HashSet<(IpAddr, u16)>,
+    /// UDP and ICMP: first packets dropped.
+    packets: u64,
+}
+
+/// One service's attempts, for the summary.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ServiceAttempts {
+    pub netns: u32,
+    pub dst: String,
+    pub proto: String,
+    /// Connection attempts (`connect()`), or datagrams and echo requests sent.
+    pub attempts: u64,
+    /// Attempts whose first packet was dropped.
+    pub dropped: u64,
+    /// Attempts whose first packet got through every hook.
+    pub passed: u64,
+    /// Both dropped and passed in this capture.
+    pub intermittent: bool,
+    /// The processes that made the attempts.
+    pub processes: Vec<String>,
+    /// Who let the passed ones through, by conntrack state.
+    pub accepted_by: Vec<AcceptedBy>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AcceptedBy {
+    pub count: u64,
+    /// The conntrack state the firewall saw: `new`, `established`, `related`, `untracked`.
+    pub ct_state: &'static str,
+    /// `filter/OUTPUT rule 1 `...``, or null when no rule could be named.
+    pub label: Option<String>,
+    #[serde(flatten)]
+    pub rule: Attribution,
+}
+
+pub struct AttemptsBook {
+    kernel: InventoryCapture,
+    dropped: HashMap<Service, Dropped>,
+}
+
+impl AttemptsBook {
+    /// Loads the attempt programs with the capture's filters.
+    pub fn start(kernel: &KernelBtf, filters: &Filters) -> anyhow::Result<Self> {
+        Ok(AttemptsBook {
+            kernel: InventoryCapture::start(kernel, filters, true)?,
+            dropped: HashMap::new(),
+        })
+    }
+
+    /// Counts a drop line whose packets are first packets of attempts the host made.
+    pub fn observe(&mut self, r: &DropRecord) {
+        if !matches!(r.hook, Some(Hook::Output | Hook::Postrouting)) {
+            return;
+        }
+        let proto = r
+            .proto
+            .parse::<crate::kernel::filter::Proto>()
+            .map_or(0, |p| p.0);
+        let port = match (proto, r.icmp_type) {
+            (TCP, _) if r.tcp_flags_raw.is_some_and(|f| f & 0x12 == 0x02) => r.dport,
+            (UDP, _) => r.dport,
+            (1, Some(8)) | (58, Some(128)) => r.icmp_type.map(|t| u16::from(t) << 8),
+            _ => None,
+        };
+        let Some(port) = port else { return };
+        let service = Service {
+            netns: r.netns,
+            dst: r.dst,
+            proto,
+            port,
+        };
+        if self.dropped.len() >= MAX_SERVICES && !self.dropped.contains_key(&service) {
+            return;
+        }
+        let d = self.dropped.entry(service).or_default();
+        if proto == TCP {
+            if d.flows.len() < MAX_DROPPED_FLOWS {
+                d.flows.insert((r.src, r.sport.unwrap_or(0)));
+            }
+        } else {
+            d.packets += r.count;
+        }
+    }
+
+    /// Every service seen, most attempts first, with the rules that let attempts through
+    /// named by `attributor` (none without it: `--no-rules`).
+    pub fn report(&mut self, mut attributor: Option<&mut Attributor>) -> Vec<ServiceAttempts> {
+        let mut attempts: HashMap<Service, (u64, Vec<String>)> = HashMap::new();
+        for (k, st) in self.kernel.flows() {
+            let service = Service {
+                netns: k.netns,
+                dst: ip_addr(k.family, &k.daddr),
+                proto: k.proto,
+                port: k.dport,
+            };
+            let e = attempts.entry(service).or_default();
+            e.0 += st.count;
+            let comm = crate::kernel::program::c_string(&st.comm);
+            if !e.1.contains(&comm) {
+                e.1.push(comm);
+            }
+        }
+        // Passed attempts by service and state, with one packet of each to evaluate.
+        let mut passed: BTreeMap<(Service, u8), (u64, PassedKey)> = BTreeMap::new();
+        for (k, packets) in self.kernel.passed() {
+            let service = Service {
+                netns: k.netns,
+                dst: ip_addr(k.family, &k.daddr),
+                proto: k.proto,
+                port: k.dport,
+            };
+            let e = passed.entry((service, k.ct_info)).or_insert((0, k));
+            // A TCP attempt is its SYN's flow, retransmissions included.
+            e.0 += if k.proto == TCP { 1 } else { packets };
+        }
+        let services: HashSet<Service> = attempts
+            .keys()
+            .chain(self.dropped.keys())
+            .chain(passed.keys().map(|(s, _)| s))
+            .copied()
+            .collect();
+        let mut out: Vec<ServiceAttempts> = services
+            .into_iter()
+            .map(|s| {
+                let groups: Vec<(u8, u64, PassedKey)> = passed
+                    .range((s, 0)..=(s, u8::MAX))
+                    .map(|((_, ct), (n, k))| (*ct, *n, *k))
+                    .collect();
+                let judged = match attributor.as_deref_mut() {
+                    Some(a) if !groups.is_empty() => {
+                        let packets: Vec<(ruleset::Packet, u64)> =
+                            groups.iter().map(|(_, n, k)| (packet_of(k), *n)).collect();
+                        a.accepted(s.netns, &packets)
+                    }
+                    _ => groups
+                        .iter()
+                        .map(|_| Attribution::none("rules not read (--no-rules)"))
+                        .collect(),
+                };
+                let accepted_by: Vec<AcceptedBy> = groups
+                    .iter()
+                    .zip(judged)
+                    .map(|((ct, n, _), rule)| AcceptedBy {
+                        count: *n,
+                        ct_state: state_name(*ct),
+                        label: rule.label(),
+                        rule,
+                    })
+                    .collect();
+                let d = self.dropped.get(&s);
+                let dropped = d.map_or(0, |d| d.flows.len() as u64 + d.packets);
+                let passed_n: u64 = accepted_by.iter().map(|a| a.count).sum();
+                let (n, processes) = attempts.remove(&s).unwrap_or_default();
+                ServiceAttempts {
+                    netns: s.netns,
+                    dst: destination(&s),
+                    proto: proto_name(s.proto),
+                    attempts: n,
+                    dropped,
+                    passed: passed_n,
+                    intermittent: dropped > 0 && passed_n > 0,
+                    processes,
+                    accepted_by,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.intermittent, b.dropped, b.attempts)
+                .cmp(&(a.intermittent, a.dropped, a.attempts))
+                .then_with(|| a.dst.cmp(&b.dst))
+        });
+        out
+    }
+}
+
+fn destination(s: &Service) -> String {
+    match s.proto {
+        1 | 58 => format!("{} (echo)", s.dst),
+        _ => endpoint(s.dst, Some(s.port)),
+    }
+}
+
+/// `enum ip_conntrack_info` of the original direction.
+fn state_name(ct_info: u8) -> &'static str {
+    match ct_info {
+        0 => "established",
+        1 => "related",
+        2 => "new",
+        CT_NONE => "untracked",
+        _ => "invalid",
+    }
+}
+
+/// The first packet as the rule engine sees it.
+fn packet_of(k: &PassedKey) -> ruleset::Packet {
+    let icmp = matches!(k.proto, 1 | 58);
+    let ports = !icmp;
+    let oif = crate::kernel::program::c_string(&k.oif);
+    ruleset::Packet {
+        family: if k.family == tracer_common::AF_INET6 {
+            ruleset::Family::Ipv6
+        } else {
+            ruleset::Family::Ipv4
+        },
+        proto: k.proto,
+        src: ip_addr(k.family, &k.saddr),
+        dst: ip_addr(k.family, &k.daddr),
+        sport: ports.then_some(k.sport),
+        dport: ports.then_some(k.dport),
+        tcp_flags: (k.proto == TCP).then_some(0x02),
+        icmp_type: icmp.then_some((k.dport >> 8) as u8),
+        icmp_code: icmp.then_some(k.dport as u8),
+        iif: None,
+        oif: (!oif.is_empty()).then_some(oif),
+        mark: k.mark,
+        uid: (k.uid != u32::MAX).then_some(k.uid),
+        gid: None,
+        ct_state: Some(match k.ct_info {
+            0 => ruleset::CtState::Established,
+            1 => ruleset::CtState::Related,
+            2 => ruleset::CtState::New,
+            CT_NONE => ruleset::CtState::Untracked,
+            _ => ruleset::CtState::Invalid,
+        }),
+        len: 0,
+        unknown: ruleset::Unknown {
+            iif: false,
+            oif: false,
+            uid: false,
+            // Not read by the kernel program: `-m owner --gid-owner` stays undecided.
+            gid: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_named_as_the_rules_name_them() {
+        assert_eq!(state_name(0), "established");
+        assert_eq!(state_name(2), "new");
+        assert_eq!(state_name(CT_NONE), "untracked");
+    }
+}
