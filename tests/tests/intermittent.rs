@@ -137,3 +137,70 @@ fn without_the_flag_no_attempts_are_counted() {
     let lines = w.stop().unwrap();
     assert!(summary(&lines).get("services").is_none());
 }
+
+/// `verify` on a TCP service whose SYNs are dropped every other time (`-m statistic --mode
+/// nth`, the other deterministic arrangement): five attempts, each from a fresh source
+/// port and waiting less than the SYN retransmission (1 s), so every attempt is decided by
+/// its first SYN. INTERMITTENT and exit 1; after the fix, exit 0.
+#[test]
+fn verify_catches_the_intermittent_service_and_passes_after_the_fix() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    let nth_drop = [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8443",
+        "--syn",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        "2",
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ];
+    t.client
+        .exec(&[&["iptables", "-A"][..], &nth_drop[..]].concat())
+        .unwrap();
+    let verify = |t: &Topology| {
+        let (code, stdout, stderr) = droptrace_tests::droptrace_output(&[
+            "verify",
+            "--netns",
+            &t.client.name,
+            "--probe",
+            "tcp://203.0.113.10:8443",
+            "--attempts",
+            "5",
+            "--probe-timeout",
+            "500ms",
+            "--duration",
+            "2s",
+            "--json",
+        ])
+        .unwrap();
+        let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (code, report, stderr)
+    };
+    let before = output_counters(&t);
+    let (code, report, stderr) = verify(&t);
+    let dropped = output_counters(&t)[0] - before[0];
+    assert_eq!(code, 1, "{report} {stderr}");
+    let p = &report["probes"][0];
+    assert_eq!(p["result"], "intermittent", "{report}");
+    assert_eq!(p["attempts"], 5);
+    assert_eq!(p["dropped_attempts"], 3, "{report}");
+    assert_eq!(dropped, 3, "the rule's counter");
+
+    // The fix: the DROP rule goes.
+    t.client
+        .exec(&[&["iptables", "-D"][..], &nth_drop[..]].concat())
+        .unwrap();
+    let (code, report, stderr) = verify(&t);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["probes"][0]["result"], "reachable", "{report}");
+}

@@ -5,6 +5,11 @@
 //! in "app", each service client runs as its own process with a recognisable name, and
 //! droptrace shows which connections the firewall drops. Everything is removed at the end,
 //! also when the demo fails: the namespaces take their rules and interfaces with them.
+//!
+//! The payment gateway fails intermittently, as in the incident: its client ("java")
+//! reconnects from the source ports of its pool, and the pool's connections opened before
+//! the change are still in conntrack, so those attempts pass the ESTABLISHED,RELATED rule
+//! while the new ones hit the DROP (`watch --attempts` shows both halves).
 
 use std::{
     fs::{self, File},
@@ -32,7 +37,6 @@ const EXT_ADDR: &str = "203.0.113.10";
 /// (service, client process name, port) — the audit of the incident, plus the ports the
 /// hardening script allowed.
 const SERVICES: &[(&str, &str, u16)] = &[
-    ("payment gateway", "java", 8443),
     ("metrics collector", "prometheus", 9090),
     ("log aggregator", "filebeat", 5044),
     ("webhook endpoint", "webhook-worker", 8080),
@@ -42,6 +46,12 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("bastion", "ssh", 22),
     ("database", "mysqld", 3306),
 ];
+
+/// The payment gateway's client: five attempts from its pool's source ports, two of which
+/// still have a conntrack entry from before the change.
+const PAYMENT_PORT: u16 = 8443;
+const POOL_PORTS: &[u16] = &[40001, 40002, 40003, 40004, 40005];
+const POOL_LIVE: &[u16] = &[40002, 40004];
 
 /// The hardening script's rules (iptables-nft), as in the incident report.
 const HARDENING: &[&[&str]] = &[
@@ -133,7 +143,33 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
             &["ip", "route", "add", &format!("{peer}/32"), "dev", dev],
         )?;
     }
-    listen(SERVICES.iter().map(|s| s.2))?;
+    listen(SERVICES.iter().map(|s| s.2).chain([PAYMENT_PORT]))?;
+    for sport in POOL_LIVE {
+        // What the pool's connections opened before the change leave in conntrack.
+        in_ns(
+            APP,
+            &[
+                "conntrack",
+                "-I",
+                "-p",
+                "tcp",
+                "-s",
+                APP_ADDR,
+                "-d",
+                EXT_ADDR,
+                "--sport",
+                &sport.to_string(),
+                "--dport",
+                &PAYMENT_PORT.to_string(),
+                "--state",
+                "ESTABLISHED",
+                "-t",
+                "600",
+                "-u",
+                "SEEN_REPLY,ASSURED",
+            ],
+        )?;
+    }
 
     eprintln!("demo: applying the weekend's hardening rules in {APP}:");
     for rule in HARDENING {
@@ -149,10 +185,12 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
         let _ = fs::remove_file(&link);
         symlink("/bin/bash", &link)?;
     }
+    // "java" is this program, connecting from chosen source ports (see `client`).
+    symlink(std::env::current_exe()?, bin_dir().join("java"))?;
 
     eprintln!("demo: starting droptrace watch --netns {APP}");
     let mut watch = Command::new(droptrace)
-        .args(["watch", "--netns", APP, "--duration", "20s"])
+        .args(["watch", "--netns", APP, "--attempts", "--duration", "20s"])
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start droptrace")?;
@@ -180,7 +218,23 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
             (service, name, port, child)
         })
         .collect();
+    let ports: Vec<String> = POOL_PORTS.iter().map(u16::to_string).collect();
+    let java = Command::new("ip")
+        .args(["netns", "exec", APP])
+        .arg(bin_dir().join("java"))
+        .args(["demo-client", "--to", &format!("{EXT_ADDR}:{PAYMENT_PORT}")])
+        .args(["--from-ports", &ports.join(",")])
+        .stdout(Stdio::piped())
+        .output();
     let mut results = Vec::new();
+    let java = java?;
+    results.push(format!(
+        "demo:   {:<18} {:<15} {EXT_ADDR}:{:<5} {}",
+        "payment gateway",
+        "java",
+        PAYMENT_PORT,
+        String::from_utf8_lossy(&java.stdout).trim()
+    ));
     for (service, name, port, child) in clients {
         let ok = child?.wait()?.success();
         results.push(format!(
@@ -232,6 +286,42 @@ fn listen(ports: impl Iterator<Item = u16> + Send + 'static) -> anyhow::Result<(
         }
     });
     rx.recv()?
+}
+
+/// `java`'s side of the demo (`cargo xtask demo-client`, run through a symlink named java
+/// so the kernel knows it by that name): one connection attempt from each source port, all
+/// at once, 3 s each; prints how many connected.
+pub fn client(to: std::net::SocketAddr, from_ports: &[u16]) -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let attempts: Vec<_> = from_ports
+        .iter()
+        .map(|&port| {
+            thread::spawn(move || -> std::io::Result<bool> {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                s.bind(
+                    &std::net::SocketAddr::new(APP_ADDR.parse().expect("address"), port).into(),
+                )?;
+                Ok(s.connect_timeout(&to.into(), Duration::from_secs(3))
+                    .is_ok())
+            })
+        })
+        .collect();
+    let mut connected = 0;
+    for a in attempts {
+        if a.join()
+            .map_err(|_| anyhow::anyhow!("attempt panicked"))??
+        {
+            connected += 1;
+        }
+    }
+    let n = from_ports.len();
+    if connected == n {
+        println!("connected");
+    } else {
+        println!("{connected} of {n} attempts connected: INTERMITTENT");
+    }
+    Ok(())
 }
 
 /// Ctrl-C for droptrace: it drains what it has and prints the summary.

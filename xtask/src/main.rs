@@ -58,6 +58,14 @@ enum Task {
     },
     /// Replay the incident from the brief in network namespaces, with droptrace watching.
     Demo,
+    /// The demo's payment client (run by the demo as "java").
+    #[command(hide = true)]
+    DemoClient {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        from_ports: Vec<u16>,
+    },
     /// Run the static droptrace (target/dist) on other kernels (5.10, 6.1, 6.12, sid) under
     /// qemu and print a table.
     VmTest(vmtest::Args),
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
+        Task::DemoClient { to, from_ports } => demo::client(to, &from_ports),
         Task::VmTest(args) => {
             setup::run().and_then(|()| vmtest::run(&dist::static_binary()?, &args))
         }

@@ -106,9 +106,115 @@ fn accepting(snap: &Snapshot, packet: &ruleset::Packet) -> (Attribution, Option<
     }
     match named(&ev.by, "ACCEPT") {
         Some(mut a) => {
+            if matches!(ev.by, DecidedBy::Policy(_)) {
+                a.verdict = Some(crate::record::rule::POLICY_ACCEPT.into());
+            }
             a.why = "evaluated with the state the kernel saw; counters not checked".into();
             (a, Some(ev.by))
         }
         None => (Attribution::none("no rule accepts it"), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The incident's rules (shared/incident-iptables-egress.txt), as iptables-save prints
+    /// them.
+    const HARDENED: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A OUTPUT -p tcp -m multiport --dports 80,443,22,3306 -j ACCEPT
+-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP
+COMMIT
+";
+
+    fn snapshot(text: &str) -> Snapshot {
+        Snapshot {
+            ruleset: ruleset::iptables_save::parse_ruleset(
+                text,
+                Backend::IptablesNft,
+                ruleset::Family::Ipv4,
+            )
+            .unwrap(),
+            taken: std::time::Instant::now(),
+            done_ns: 0,
+            problems: Vec::new(),
+            digest: 0,
+        }
+    }
+
+    fn syn(dport: u16, ct_state: ruleset::CtState) -> ruleset::Packet {
+        ruleset::Packet {
+            family: ruleset::Family::Ipv4,
+            proto: 6,
+            src: "198.51.100.2".parse().unwrap(),
+            dst: "203.0.113.10".parse().unwrap(),
+            sport: Some(40002),
+            dport: Some(dport),
+            tcp_flags: Some(0x02),
+            icmp_type: None,
+            icmp_code: None,
+            iif: None,
+            oif: Some("eth0".into()),
+            mark: 0,
+            uid: Some(0),
+            gid: None,
+            ct_state: Some(ct_state),
+            len: 0,
+            unknown: ruleset::Unknown {
+                iif: false,
+                oif: false,
+                uid: false,
+                gid: true,
+            },
+        }
+    }
+
+    #[test]
+    fn an_established_syn_is_let_through_by_the_conntrack_rule() {
+        let (a, by) = accepting(
+            &snapshot(HARDENED),
+            &syn(8443, ruleset::CtState::Established),
+        );
+        assert!(by.is_some());
+        assert_eq!(
+            a.label().unwrap(),
+            "filter/OUTPUT rule 2 `-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`"
+        );
+        assert_eq!(
+            a.attribution,
+            Level::Inferred,
+            "not exact before the counters"
+        );
+    }
+
+    #[test]
+    fn a_new_syn_to_a_low_port_is_let_through_by_the_policy() {
+        let (a, _) = accepting(&snapshot(HARDENED), &syn(587, ruleset::CtState::New));
+        assert_eq!(a.label().unwrap(), "filter/OUTPUT policy ACCEPT");
+    }
+
+    #[test]
+    fn a_packet_the_ruleset_drops_names_no_accepting_rule() {
+        let (a, by) = accepting(&snapshot(HARDENED), &syn(8443, ruleset::CtState::New));
+        assert!(by.is_none());
+        assert_eq!(a.label(), None);
+        assert!(a.why.contains("drops it"), "{}", a.why);
+    }
+
+    #[test]
+    fn an_undecidable_rule_that_may_drop_leaves_it_unsure() {
+        let text = HARDENED.replace(
+            "-A OUTPUT -o lo -j ACCEPT\n",
+            "-A OUTPUT -m owner --gid-owner 5 -j DROP\n",
+        );
+        let (a, by) = accepting(&snapshot(&text), &syn(587, ruleset::CtState::New));
+        assert!(by.is_none(), "{a:?}");
+        assert!(a.why.starts_with("unsure"), "{}", a.why);
     }
 }

@@ -25,9 +25,12 @@ pub struct WatchArgs {
     /// each with a comment naming the rule and the process.
     #[arg(long, value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
+    #[arg(long, help = crate::session::options::ATTEMPTS_HELP)]
+    pub attempts: bool,
 }
 
-pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: WatchArgs) -> anyhow::Result<()> {
+    args.capture.attempts = args.attempts;
     let stdout = io::stdout().lock();
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(stdout))

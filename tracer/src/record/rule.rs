@@ -82,7 +82,8 @@ impl Attribution {
     }
 
     /// `filter/OUTPUT rule 4 `-A OUTPUT ...``, `inet filter/input handle 7 `...``,
-    /// `filter/OUTPUT policy DROP`, or the chain alone.
+    /// `filter/OUTPUT policy DROP` (`policy ACCEPT` for what let an attempt through), or the
+    /// chain alone.
     pub fn label(&self) -> Option<String> {
         let (table, chain) = (self.table.as_ref()?, self.chain.as_ref()?);
         // The fields hold names; the rule for naming a table is ruleset's.
@@ -107,6 +108,7 @@ impl Attribution {
                 self.verdict.as_deref(),
             ) {
                 (_, _, _, Some("policy")) => format!("{place} policy DROP"),
+                (_, _, _, Some(POLICY_ACCEPT)) => format!("{place} policy ACCEPT"),
                 (Some(rule), Some(n), _, _) => format!("{place} rule {n} `{rule}`"),
                 (Some(rule), None, Some(h), _) => format!("{place} handle {h} `{rule}`"),
                 (Some(rule), _, _, _) => format!("{place} `{rule}`"),
@@ -115,6 +117,10 @@ impl Attribution {
         )
     }
 }
+
+/// `verdict` of a chain's policy that accepted a packet (an attempt that got through);
+/// a dropping policy's is `policy`.
+pub const POLICY_ACCEPT: &str = "policy accept";
 
 /// The front-end behind a rule, and the object it stands for when the rule says so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -13,6 +13,12 @@ use crate::{
     kernel::filter::{Cidr, Filters, Ports, Proto},
 };
 
+/// The `--attempts` flag of the commands that show attempts beside drops.
+pub const ATTEMPTS_HELP: &str = "Also count the attempts to each destination service (TCP \
+    connects, UDP and ICMP echo first packets) and name the rule that let through those not \
+    dropped, with their conntrack state: a service both dropped and let through is \
+    intermittent. Costs a little on every packet the host sends.";
+
 /// How long a capture runs and what it keeps.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CaptureArgs {
@@ -29,11 +35,9 @@ pub struct CaptureArgs {
     /// the name once it is known).
     #[arg(long)]
     pub resolve: bool,
-    /// Also count the attempts to each destination service (TCP connects, UDP and ICMP
-    /// echo first packets) and name the rule that let through those not dropped, with
-    /// their conntrack state: a service both dropped and let through is intermittent.
-    /// Costs a little on every packet the host sends.
-    #[arg(long)]
+    /// Count attempts beside drops (see [`ATTEMPTS_HELP`]); set by the commands that
+    /// show them, from their own `--attempts` flag.
+    #[arg(skip)]
     pub attempts: bool,
     /// Do not name rules (no ruleset reads; lines are printed without the ~1 s wait for
     /// counter confirmation).

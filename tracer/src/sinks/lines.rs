@@ -302,9 +302,10 @@ impl<W: Write> TextSink<W> {
             } else {
                 String::new()
             };
+            let attempts = if s.attempts == 1 { "attempt " } else { "attempts" };
             writeln!(
                 self.out,
-                "  {:<5} {:<28} {:>6} attempts {:>6} dropped {:>6} through{mark}",
+                "  {:<5} {:<28} {:>6} {attempts} {:>6} dropped {:>6} through{mark}",
                 s.proto,
                 terminal(&s.dst),
                 s.attempts,
