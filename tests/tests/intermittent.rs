@@ -48,8 +48,12 @@ fn live_entry(t: &Topology, sport: u16) {
         .unwrap();
 }
 
-#[test]
-fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
+/// Source ports of the client's pooled connections still in conntrack.
+const LIVE: [u16; 3] = [41001, 41004, 41007];
+
+/// The incident's half-broken payment gateway: rule 1 accepts ESTABLISHED,RELATED, rule 2
+/// drops new connections to 8443, and three source ports have a live entry.
+fn intermittent_service() -> Topology {
     let t = Topology::new().unwrap();
     t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
     for rule in [
@@ -67,25 +71,33 @@ fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
     ] {
         t.client.exec(&[&["iptables"][..], rule].concat()).unwrap();
     }
-    let live = [41001, 41004, 41007];
-    for sport in live {
+    for sport in LIVE {
         live_entry(&t, sport);
     }
+    t
+}
+
+/// Ten connection attempts, from source ports 41001 to 41010; how many connected.
+fn connect_ten_times(t: &Topology) -> usize {
+    (41001..=41010)
+        .filter(|&sport| {
+            let from = SocketAddr::new(CLIENT_V4.parse().unwrap(), sport);
+            t.client
+                .tcp_connect_from(from, t.gateway_addr(8443), Duration::from_millis(300))
+                .unwrap()
+        })
+        .count()
+}
+
+#[test]
+fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
+    let t = intermittent_service();
     let before = output_counters(&t);
     let w = Watcher::start(&["watch", "--netns", &t.client.name, "--attempts"]).unwrap();
-    let mut connected = 0;
-    for sport in 41001..=41010 {
-        let from = SocketAddr::new(CLIENT_V4.parse().unwrap(), sport);
-        if t.client
-            .tcp_connect_from(from, t.gateway_addr(8443), Duration::from_millis(300))
-            .unwrap()
-        {
-            connected += 1;
-        }
-    }
+    let connected = connect_ten_times(&t);
     assert_eq!(
         connected,
-        live.len(),
+        LIVE.len(),
         "only the source ports with a live entry connect"
     );
     let lines = w.stop().unwrap();
@@ -122,6 +134,38 @@ fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
         d.iter()
             .all(|l| l["rule_num"] == 2 && l["attribution"] == "exact")
     );
+}
+
+#[test]
+fn top_shows_attempts_beside_drops() {
+    let t = intermittent_service();
+    let top = std::process::Command::new(droptrace_tests::droptrace_bin())
+        .args([
+            "top",
+            "--netns",
+            &t.client.name,
+            "--attempts",
+            "--duration",
+            "5s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached once the first table (every second) is out; 2 s leaves room for a slow start.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(connect_ten_times(&t), LIVE.len());
+    let out = top.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The last table, after the end line, and the services.
+    let last = stdout.rsplit(" drops in ").next().unwrap();
+    let row = last
+        .lines()
+        .find(|l| l.contains("203.0.113.10:8443"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("10 (3 passed)!"), "{row}");
+    assert!(last.contains("INTERMITTENT"), "{last}");
 }
 
 #[test]

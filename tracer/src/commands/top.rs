@@ -37,6 +37,8 @@ pub struct TopArgs {
     /// Initial sort order (`s` cycles through them).
     #[arg(long, value_enum, default_value_t = SortBy::Rate)]
     pub sort: SortBy,
+    #[arg(long, help = crate::session::options::ATTEMPTS_HELP)]
+    pub attempts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,6 +118,8 @@ pub struct TopModel {
     pub sort: SortBy,
     pub total: u64,
     seq: u64,
+    /// With `--attempts`: attempts and attempts that got through, by destination.
+    pub attempts: Option<HashMap<String, (u64, u64)>>,
 }
 
 impl TopModel {
@@ -125,6 +129,7 @@ impl TopModel {
             sort,
             total: 0,
             seq: 0,
+            attempts: None,
         }
     }
 
@@ -189,7 +194,9 @@ impl TopModel {
     }
 }
 
-const HEADERS: [&str; 8] = [
+const COLUMNS: usize = 9;
+
+const HEADERS: [&str; COLUMNS] = [
     "DROPS/S",
     "TOTAL",
     "PROTO",
@@ -198,7 +205,12 @@ const HEADERS: [&str; 8] = [
     "FIRST",
     "LAST",
     "DROPPED BY",
+    "ATTEMPTS",
 ];
+
+/// The rule column, which takes what the others leave.
+const RULE: usize = 7;
+const ATTEMPTS: usize = 8;
 
 /// `java[812]`, or `curl (5 pids)` when short-lived processes come and go.
 fn process_cell(k: &RowKey, s: &RowStats) -> String {
@@ -210,7 +222,21 @@ fn process_cell(k: &RowKey, s: &RowStats) -> String {
     }
 }
 
-fn cells(k: &RowKey, s: &RowStats) -> [String; 8] {
+/// Attempts to the row's destination: `10 (3 passed)`, marked `!` when some got through
+/// while others were dropped (intermittent).
+fn attempts_cell(k: &RowKey, attempts: Option<&HashMap<String, (u64, u64)>>) -> String {
+    match attempts.and_then(|a| a.get(&k.dst)) {
+        Some((n, 0)) => n.to_string(),
+        Some((n, passed)) => format!("{n} ({passed} passed)!"),
+        None => String::new(),
+    }
+}
+
+fn cells(
+    k: &RowKey,
+    s: &RowStats,
+    attempts: Option<&HashMap<String, (u64, u64)>>,
+) -> [String; COLUMNS] {
     [
         s.rate.to_string(),
         s.total.to_string(),
@@ -220,15 +246,16 @@ fn cells(k: &RowKey, s: &RowStats) -> [String; 8] {
         s.first.clone(),
         s.last.clone(),
         terminal(&k.dropped_by).into_owned(),
+        attempts_cell(k, attempts),
     ]
 }
 
 /// Columns in the order they give way on a narrow screen: the last listed goes first.
-/// Destination (with its port) and the rule stay.
-const PRIORITY: [usize; 8] = [3, 7, 0, 1, 4, 2, 6, 5];
+/// Destination (with its port) and the rule stay; attempts come next when asked for.
+const PRIORITY: [usize; COLUMNS] = [3, 7, 8, 0, 1, 4, 2, 6, 5];
 
 /// The header, with the sort column marked.
-fn headers(sort: SortBy) -> [String; 8] {
+fn headers(sort: SortBy) -> [String; COLUMNS] {
     std::array::from_fn(|i| {
         if i == sort.column() {
             format!("{}▼", HEADERS[i])
@@ -257,10 +284,11 @@ pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
         head,
     );
     let sorted = model.sorted();
-    let all: Vec<[String; 8]> = sorted.iter().map(|(k, s)| cells(k, s)).collect();
+    let attempts = model.attempts.as_ref();
+    let all: Vec<[String; COLUMNS]> = sorted.iter().map(|(k, s)| cells(k, s, attempts)).collect();
     let header = headers(model.sort);
     // Each column as wide as its widest cell; the rule takes what is left.
-    let natural: [u16; 8] = std::array::from_fn(|i| {
+    let natural: [u16; COLUMNS] = std::array::from_fn(|i| {
         all.iter()
             .map(|c| c[i].chars().count())
             .chain(std::iter::once(header[i].chars().count()))
@@ -271,8 +299,11 @@ pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
     let available = body.width.saturating_sub(2);
     let mut shown: Vec<usize> = Vec::new();
     let mut used = 0u16;
-    for &i in &PRIORITY {
-        let need = if i == 7 { 20 } else { natural[i] + 1 };
+    for &i in PRIORITY
+        .iter()
+        .filter(|&&i| i != ATTEMPTS || attempts.is_some())
+    {
+        let need = if i == RULE { 20 } else { natural[i] + 1 };
         if used + need <= available || shown.len() < 2 {
             shown.push(i);
             used += need;
@@ -282,7 +313,7 @@ pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
     let widths: Vec<Constraint> = shown
         .iter()
         .map(|&i| {
-            if i == 7 {
+            if i == RULE {
                 Constraint::Min(20)
             } else {
                 Constraint::Length(natural[i])
@@ -308,21 +339,27 @@ pub fn render(frame: &mut Frame, model: &TopModel, title: &str) {
 /// The same table as plain text, for a stdout that is not a terminal.
 pub fn plain_table(model: &TopModel) -> String {
     let h = headers(model.sort);
-    let mut out = format!(
-        "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {}\n",
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
-    );
-    for (k, s) in model.sorted() {
-        let c = cells(k, s);
-        out.push_str(&format!(
+    let attempts = model.attempts.as_ref();
+    // With attempts, their column goes before the rule, which may be long.
+    let line = |c: &[String; COLUMNS]| match attempts {
+        Some(_) => format!(
+            "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {:<16} {}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[ATTEMPTS], c[RULE]
+        ),
+        None => format!(
             "{:>8} {:>9} {:<6} {:<24} {:<22} {:<9} {:<9} {}\n",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-        ));
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[RULE]
+        ),
+    };
+    let mut out = line(&h);
+    for (k, s) in model.sorted() {
+        out.push_str(&line(&cells(k, s, attempts)));
     }
     out
 }
 
-pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: TopArgs) -> anyhow::Result<()> {
+    args.capture.attempts = args.attempts;
     let mut session = Session::start(&args.filters, &args.capture, false)?;
     let info = session.start_info(&args.filters, &args.capture);
     let title = format!(
@@ -346,9 +383,10 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     model.borrow_mut().add(r);
                     Ok(())
                 },
-                |_| {
+                |session| {
                     let mut m = model.borrow_mut();
                     m.tick();
+                    m.attempts = session.attempt_counts();
                     writeln!(out, "{}", plain_table(&m))?;
                     out.flush()
                 },
@@ -375,7 +413,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     model.borrow_mut().add(r);
                     Ok(())
                 },
-                |_| {
+                |session| {
                     let mut m = model.borrow_mut();
                     while let Ok(code) = keys.try_recv() {
                         use ratatui::crossterm::event::KeyCode;
@@ -389,6 +427,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     }
                     if last_draw.elapsed() >= Duration::from_millis(900) {
                         m.tick();
+                        m.attempts = session.attempt_counts();
                         last_draw = Instant::now();
                     }
                     terminal.draw(|f| render(f, &m, &title)).map(|_| ())
@@ -399,10 +438,16 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         result?;
     }
     let end = session.finish();
-    let m = model.borrow();
+    let mut m = model.borrow_mut();
+    if m.attempts.is_some() {
+        m.attempts = session.attempt_counts();
+    }
     let mut out = io::stdout().lock();
     writeln!(out, "{}", crate::sinks::lines::end_line(&end))?;
     write!(out, "{}", plain_table(&m))?;
+    if let Some(services) = &end.services {
+        crate::sinks::lines::TextSink::new(&mut out).services(services)?;
+    }
     Ok(())
 }
 
@@ -482,6 +527,29 @@ mod tests {
         ] {
             assert!(screen.contains(s), "{s} not on screen");
         }
+    }
+
+    #[test]
+    fn attempts_show_beside_drops_only_when_asked_for() {
+        let mut m = model();
+        m.tick();
+        assert!(!screen(&m, 160, 10).contains("ATTEMPTS"));
+        assert!(!plain_table(&m).contains("ATTEMPTS"));
+        m.attempts = Some(
+            [
+                ("203.0.113.10:8443".to_string(), (10, 3)),
+                ("203.0.113.10:5044".to_string(), (12, 0)),
+            ]
+            .into(),
+        );
+        let screen = screen(&m, 160, 10);
+        assert!(screen.contains("ATTEMPTS"), "{screen}");
+        assert!(screen.contains("10 (3 passed)!"), "{screen}");
+        let table = plain_table(&m);
+        let java = table.lines().find(|l| l.contains(":8443")).unwrap();
+        assert!(java.contains("10 (3 passed)!"), "{table}");
+        let filebeat = table.lines().find(|l| l.contains(":5044")).unwrap();
+        assert!(filebeat.contains(" 12 "), "{table}");
     }
 
     #[test]

@@ -132,6 +132,32 @@ impl AttemptsBook {
         }
     }
 
+    /// Attempts and attempts that got through so far, by destination (`203.0.113.10:8443`,
+    /// all namespaces together): `top`'s live columns. Reads the kernel's tables; names no
+    /// rule (that takes ruleset reads: the end's [`AttemptsBook::report`] does it).
+    pub fn counts(&self) -> HashMap<String, (u64, u64)> {
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for (k, st) in self.kernel.flows() {
+            let s = Service {
+                netns: k.netns,
+                dst: ip_addr(k.family, &k.daddr),
+                proto: k.proto,
+                port: k.dport,
+            };
+            out.entry(destination(&s)).or_default().0 += st.count;
+        }
+        for (k, packets) in self.kernel.passed() {
+            let s = Service {
+                netns: k.netns,
+                dst: ip_addr(k.family, &k.daddr),
+                proto: k.proto,
+                port: k.dport,
+            };
+            out.entry(destination(&s)).or_default().1 += if k.proto == TCP { 1 } else { packets };
+        }
+        out
+    }
+
     /// Every service seen, most attempts first, with the rules that let attempts through
     /// named by `attributor` (none without it: `--no-rules`).
     pub fn report(&mut self, mut attributor: Option<&mut Attributor>) -> Vec<ServiceAttempts> {

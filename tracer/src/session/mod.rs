@@ -381,6 +381,12 @@ impl Session {
         }
     }
 
+    /// With `--attempts`: attempts and attempts that got through so far, by destination
+    /// (see [`attempts::AttemptsBook::counts`]).
+    pub fn attempt_counts(&self) -> Option<std::collections::HashMap<String, (u64, u64)>> {
+        self.attempts.as_ref().map(attempts::AttemptsBook::counts)
+    }
+
     /// The capture's own health so far: what the kernel counted, what could not be
     /// carried, how the ruleset reads went.
     pub fn health(&self) -> Health {

@@ -291,7 +291,7 @@ impl<W: Write> Sink for TextSink<W> {
 
 impl<W: Write> TextSink<W> {
     /// `--attempts`: per service, attempts beside drops, and who let the others through.
-    fn services(&mut self, services: &[ServiceAttempts]) -> io::Result<()> {
+    pub fn services(&mut self, services: &[ServiceAttempts]) -> io::Result<()> {
         writeln!(self.out, "attempts by service:")?;
         if services.is_empty() {
             writeln!(self.out, "  none seen")?;
@@ -302,7 +302,11 @@ impl<W: Write> TextSink<W> {
             } else {
                 String::new()
             };
-            let attempts = if s.attempts == 1 { "attempt " } else { "attempts" };
+            let attempts = if s.attempts == 1 {
+                "attempt "
+            } else {
+                "attempts"
+            };
             writeln!(
                 self.out,
                 "  {:<5} {:<28} {:>6} {attempts} {:>6} dropped {:>6} through{mark}",
