@@ -144,33 +144,33 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
         )?;
     }
     listen(SERVICES.iter().map(|s| s.2).chain([PAYMENT_PORT]))?;
+    eprintln!(
+        "demo: java's connection pool, opened before the change, left conntrack entries for \
+         source ports {POOL_LIVE:?}"
+    );
     for sport in POOL_LIVE {
-        // What the pool's connections opened before the change leave in conntrack.
-        in_ns(
-            APP,
-            &[
-                "conntrack",
-                "-I",
-                "-p",
-                "tcp",
-                "-s",
-                APP_ADDR,
-                "-d",
-                EXT_ADDR,
-                "--sport",
-                &sport.to_string(),
-                "--dport",
-                &PAYMENT_PORT.to_string(),
-                "--state",
-                "ESTABLISHED",
-                "-t",
-                "600",
-                "-u",
-                "SEEN_REPLY,ASSURED",
-            ],
+        crate::run_checked(
+            Command::new("ip")
+                .args(["netns", "exec", APP, "conntrack", "-I", "-p", "tcp"])
+                .args([
+                    "-s",
+                    APP_ADDR,
+                    "-d",
+                    EXT_ADDR,
+                    "--sport",
+                    &sport.to_string(),
+                ])
+                .args([
+                    "--dport",
+                    &PAYMENT_PORT.to_string(),
+                    "--state",
+                    "ESTABLISHED",
+                ])
+                .args(["-t", "600", "-u", "SEEN_REPLY,ASSURED"])
+                // It says "1 flow entries have been created" on stderr.
+                .stderr(Stdio::null()),
         )?;
     }
-
     eprintln!("demo: applying the weekend's hardening rules in {APP}:");
     for rule in HARDENING {
         eprintln!("        iptables {}", rule.join(" "));
@@ -188,7 +188,7 @@ pub fn run(droptrace: &Path) -> anyhow::Result<()> {
     // "java" is this program, connecting from chosen source ports (see `client`).
     symlink(std::env::current_exe()?, bin_dir().join("java"))?;
 
-    eprintln!("demo: starting droptrace watch --netns {APP}");
+    eprintln!("demo: starting droptrace watch --netns {APP} --attempts");
     let mut watch = Command::new(droptrace)
         .args(["watch", "--netns", APP, "--attempts", "--duration", "20s"])
         .stderr(Stdio::piped())

@@ -76,6 +76,11 @@ const DROP_FIELDS: &[(&str, &str)] = &[
         "owner",
         "the front-end that manages the rule ({tool, object}) or null",
     ),
+    (
+        "services (summary, with --attempts)",
+        "per destination service: attempts, dropped, passed, intermittent, processes, and \
+         accepted_by [{count, ct_state, label, rule fields}]: the rule that let the others through",
+    ),
 ];
 
 fn extra(name: &str) -> Option<Extra> {

@@ -1,7 +1,7 @@
 //! `droptrace inventory`: which external services does this host talk to, from which
 //! process — the list nobody had before the hardening rules went live.
 //!
-//! For a window (`--duration`, or until Ctrl-C) the kernel programs of [`crate::inventory::kernel`] record
+//! For a window (`--duration`, or until Ctrl-C) the kernel programs of [`crate::kernel::inventory`] record
 //! every distinct outbound flow the host starts: TCP connection attempts and UDP / ICMP
 //! echo sends, seen before the firewall so flows it drops are listed too, each with its
 //! process, cgroup, namespace, first and last sighting and a count.

@@ -1,4 +1,4 @@
-//! Taking an inventory: the kernel programs of [`super::kernel`] record every distinct
+//! Taking an inventory: the kernel programs of [`crate::kernel::inventory`] record every distinct
 //! outbound flow (TCP connection attempts, UDP and ICMP echo sends, seen before the
 //! firewall), a [`Session`] runs beside them for the drops, and both are folded into an
 //! [`Inventory`]: flows grouped into services, each marked dropped when the kernel reported
@@ -484,7 +484,8 @@ pub async fn collect(
     let kernel_filters = filters.to_filters()?;
     let kernel = KernelBtf::load()?;
     // First: it may mount tracefs in a private mount namespace, which needs one thread.
-    let mut cap = super::kernel::InventoryCapture::start(&kernel, &kernel_filters, false)?;
+    let mut cap =
+        crate::kernel::inventory::InventoryCapture::start(&kernel, &kernel_filters, false)?;
     let mut blind_spots = cap.blind_spots.clone();
     let mut sources = cap.sources.clone();
     let capture_args = CaptureArgs {

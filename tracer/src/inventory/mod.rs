@@ -2,12 +2,11 @@
 //! it writes, which `audit` and `verify` read. A library layer beside the session: the
 //! commands use it, it uses no command.
 //!
-//! [`kernel`] loads the flow-recording programs, [`collect`] runs them beside a drop
+//! [`crate::kernel::inventory`] loads the flow-recording programs, [`collect`] runs them beside a drop
 //! [`crate::session::Session`] for a window, [`document`] is the result and its file format.
 
 pub mod collect;
 pub mod document;
-pub mod kernel;
 
 pub use collect::collect;
 pub use document::{

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod drop;
 pub mod event_source;
 pub mod filter;
+pub mod inventory;
 pub mod kallsyms;
 pub mod privileges;
 pub mod program;

@@ -17,11 +17,11 @@ use tracer_common::{CT_NONE, PassedKey};
 
 use crate::{
     attribution::{Attribution, Attributor},
-    inventory::kernel::InventoryCapture,
     kernel::{
         btf::KernelBtf,
         drop::ip_addr,
         filter::{Filters, proto_name},
+        inventory::InventoryCapture,
         stack::Hook,
     },
     record::{DropRecord, endpoint},

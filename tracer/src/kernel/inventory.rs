@@ -1,5 +1,6 @@
-//! Loading the inventory's programs (tracer-ebpf/src/inventory.rs) and reading what they
-//! saw: first sightings from a ring buffer, counters from the flow table.
+//! Loading the inventory's programs (tracer-ebpf/src/inventory.rs, and passed.rs for
+//! `--attempts`) and reading what they saw: first sightings from a ring buffer, counters
+//! from the flow table.
 //!
 //! The object is the one `watch` loads, so the drop side's maps are shrunk to nothing here
 //! and the inventory's (declared tiny, for `watch`'s sake) are sized for real. Offsets come
