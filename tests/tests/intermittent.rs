@@ -168,18 +168,75 @@ fn top_shows_attempts_beside_drops() {
     assert!(last.contains("INTERMITTENT"), "{last}");
 }
 
+/// The names of the BPF programs process `pid` holds, directly or through links.
+fn programs_of(pid: u32) -> Vec<String> {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines() {
+            let mut kv = line.split_whitespace();
+            match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
+                (Some("prog_id:"), Some(id)) => progs.push(id),
+                (Some("link_id:"), Some(id)) => links.push(id),
+                _ => {}
+            }
+        }
+    }
+    let bpftool = |what: &str| -> Vec<Value> {
+        let out = std::process::Command::new("bpftool")
+            .args([what, "show", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    progs.extend(
+        bpftool("link")
+            .iter()
+            .filter(|l| l["id"].as_u64().is_some_and(|id| links.contains(&id)))
+            .filter_map(|l| l["prog_id"].as_u64()),
+    );
+    bpftool("prog")
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| progs.contains(&id)))
+        .filter_map(|p| Some(p["name"].as_str()?.to_string()))
+        .collect()
+}
+
+/// Attempts cost something on every packet the host sends: without the flag, nothing of
+/// them is loaded, and the summary has no services.
 #[test]
-fn without_the_flag_no_attempts_are_counted() {
+fn without_the_flag_no_attempt_program_runs() {
     let t = Topology::new().unwrap();
     t.client
         .exec(&[
             "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5044", "-j", "DROP",
         ])
         .unwrap();
-    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    let with = Watcher::start(&["watch", "--netns", &t.client.name, "--attempts"]).unwrap();
+    let without = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    let loaded = programs_of(with.pid());
+    assert!(
+        loaded.iter().any(|n| n == "attempt_passed"),
+        "the check sees the program when it runs: {loaded:?}"
+    );
+    let loaded = programs_of(without.pid());
+    assert!(
+        loaded.iter().any(|n| n.starts_with("kfree_skb")),
+        "{loaded:?}"
+    );
+    assert!(
+        !loaded
+            .iter()
+            .any(|n| n == "attempt_passed" || n.starts_with("inventory_")),
+        "{loaded:?}"
+    );
     t.client.udp_send(t.gateway_addr(5044), 2).unwrap();
-    let lines = w.stop().unwrap();
+    let lines = without.stop().unwrap();
     assert!(summary(&lines).get("services").is_none());
+    assert!(summary(&with.stop().unwrap()).get("services").is_some());
 }
 
 /// `verify` on a TCP service whose SYNs are dropped every other time (`-m statistic --mode

@@ -45,8 +45,9 @@ fn bpftool_json(args: &[&str]) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
-/// droptrace's programs (`kfree_skb`, `kfree_skb_tp`) that no process holds, directly or
-/// through a link: these would have outlived their droptrace.
+/// droptrace's programs (`kfree_skb`, `kfree_skb_tp`, and with `--attempts` `attempt_passed`
+/// and the `inventory_*` ones; the kernel shows names cut at 15 bytes) that no process holds,
+/// directly or through a link: these would have outlived their droptrace.
 fn orphaned_programs() -> Vec<Value> {
     let (held_progs, held_links) = held_ids();
     let linked: Vec<u64> = bpftool_json(&["link", "show"])
@@ -58,10 +59,10 @@ fn orphaned_programs() -> Vec<Value> {
         .into_iter()
         .filter(|p| {
             let id = p["id"].as_u64().unwrap_or_default();
-            p["name"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("kfree_skb")
+            let name = p["name"].as_str().unwrap_or_default();
+            ["kfree_skb", "attempt_passed", "inventory_"]
+                .iter()
+                .any(|ours| name.starts_with(ours))
                 && !held_progs.contains(&id)
                 && !linked.contains(&id)
         })
@@ -70,10 +71,14 @@ fn orphaned_programs() -> Vec<Value> {
 
 #[test]
 fn kill_9_at_any_moment_leaves_no_program_behind() {
-    // From "still loading" to "capturing".
-    for delay_ms in [0, 5, 20, 60, 150, 400, 1000] {
+    // From "still loading" to "capturing", with and without the attempt programs.
+    for (delay_ms, attempts) in [0, 5, 20, 60, 150, 400, 1000]
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
         let mut child = Command::new(droptrace_bin())
             .args(["watch", "--json", "--dport", "1"])
+            .args(attempts.then_some("--attempts"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -319,12 +319,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
         return None;
     }
 
-    let nfct: u64 = fields.get::<u64>(conf!(offsets.skb_nfct));
-    let ct_info = if nfct & !NFCT_INFOMASK != 0 {
-        (nfct & NFCT_INFOMASK) as u8
-    } else {
-        CT_NONE
-    };
+    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
     let icmp = e.proto == IPPROTO_ICMP || e.proto == IPPROTO_ICMPV6;
     // On the stack: built in a map slot instead, it cost some 40 ns per drop more.
     let key = &FlowKey {
@@ -436,6 +431,17 @@ fn handle<C: EbpfContext, const BTF: bool>(
     Some(())
 }
 
+/// `enum ip_conntrack_info` from `skb->_nfct` (a pointer with ctinfo in its low bits,
+/// include/linux/skbuff.h), or [`CT_NONE`] when no entry is attached.
+#[inline(always)]
+fn ct_info(nfct: u64) -> u8 {
+    if nfct & !NFCT_INFOMASK != 0 {
+        (nfct & NFCT_INFOMASK) as u8
+    } else {
+        CT_NONE
+    }
+}
+
 /// Whether the user's filters (family, protocol, ports, addresses) take the packet parsed
 /// into `e`; `l4_flags` as [`parse_l3`] returns them.
 #[inline(always)]
@@ -472,12 +478,7 @@ pub(crate) fn attempt_key(skb: u64) -> Option<PassedKey> {
     if conf!(netns) != 0 && netns != conf!(netns) {
         return None;
     }
-    let nfct: u64 = fields.get::<u64>(conf!(offsets.skb_nfct));
-    let ct_info = if nfct & !NFCT_INFOMASK != 0 {
-        (nfct & NFCT_INFOMASK) as u8
-    } else {
-        CT_NONE
-    };
+    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
     // IP_CT_IS_REPLY (3) and above: the reply direction.
     if ct_info != CT_NONE && ct_info >= 3 {
         return None;

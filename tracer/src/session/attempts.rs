@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::{CT_NONE, PassedKey};
+use tracer_common::{CT_NONE, InventoryKey, PassedKey};
 
 use crate::{
     attribution::{Attribution, Attributor},
@@ -42,6 +42,27 @@ struct Service {
     dst: IpAddr,
     proto: u8,
     port: u16,
+}
+
+impl Service {
+    fn of(netns: u32, family: u8, daddr: &[u8; 16], proto: u8, port: u16) -> Service {
+        Service {
+            netns,
+            dst: ip_addr(family, daddr),
+            proto,
+            port,
+        }
+    }
+
+    /// The service of an inventory flow (attempts, before the firewall).
+    fn of_attempt(k: &InventoryKey) -> Service {
+        Service::of(k.netns, k.family, &k.daddr, k.proto, k.dport)
+    }
+
+    /// The service of a first packet that got through.
+    fn of_passed(k: &PassedKey) -> Service {
+        Service::of(k.netns, k.family, &k.daddr, k.proto, k.dport)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -138,21 +159,11 @@ impl AttemptsBook {
     pub fn counts(&self) -> HashMap<String, (u64, u64)> {
         let mut out: HashMap<String, (u64, u64)> = HashMap::new();
         for (k, st) in self.kernel.flows() {
-            let s = Service {
-                netns: k.netns,
-                dst: ip_addr(k.family, &k.daddr),
-                proto: k.proto,
-                port: k.dport,
-            };
+            let s = Service::of_attempt(&k);
             out.entry(destination(&s)).or_default().0 += st.count;
         }
         for (k, packets) in self.kernel.passed() {
-            let s = Service {
-                netns: k.netns,
-                dst: ip_addr(k.family, &k.daddr),
-                proto: k.proto,
-                port: k.dport,
-            };
+            let s = Service::of_passed(&k);
             out.entry(destination(&s)).or_default().1 += if k.proto == TCP { 1 } else { packets };
         }
         out
@@ -163,13 +174,7 @@ impl AttemptsBook {
     pub fn report(&mut self, mut attributor: Option<&mut Attributor>) -> Vec<ServiceAttempts> {
         let mut attempts: HashMap<Service, (u64, Vec<String>)> = HashMap::new();
         for (k, st) in self.kernel.flows() {
-            let service = Service {
-                netns: k.netns,
-                dst: ip_addr(k.family, &k.daddr),
-                proto: k.proto,
-                port: k.dport,
-            };
-            let e = attempts.entry(service).or_default();
+            let e = attempts.entry(Service::of_attempt(&k)).or_default();
             e.0 += st.count;
             let comm = crate::kernel::program::c_string(&st.comm);
             if !e.1.contains(&comm) {
@@ -179,13 +184,9 @@ impl AttemptsBook {
         // Passed attempts by service and state, with one packet of each to evaluate.
         let mut passed: BTreeMap<(Service, u8), (u64, PassedKey)> = BTreeMap::new();
         for (k, packets) in self.kernel.passed() {
-            let service = Service {
-                netns: k.netns,
-                dst: ip_addr(k.family, &k.daddr),
-                proto: k.proto,
-                port: k.dport,
-            };
-            let e = passed.entry((service, k.ct_info)).or_insert((0, k));
+            let e = passed
+                .entry((Service::of_passed(&k), k.ct_info))
+                .or_insert((0, k));
             // A TCP attempt is its SYN's flow, retransmissions included.
             e.0 += if k.proto == TCP { 1 } else { packets };
         }
