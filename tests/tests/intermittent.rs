@@ -118,6 +118,7 @@ fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
     assert_eq!(s["dropped"], 7, "{s}");
     assert_eq!(s["passed"], 3, "{s}");
     assert_eq!(s["intermittent"], true, "{s}");
+    assert_eq!(s["complete"], true, "{s}");
     let by = &s["accepted_by"][0];
     assert_eq!(s["accepted_by"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(by["count"], 3);

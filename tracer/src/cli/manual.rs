@@ -78,7 +78,7 @@ const DROP_FIELDS: &[(&str, &str)] = &[
     ),
     (
         "services (summary, with --attempts)",
-        "per destination service: attempts, dropped, passed, intermittent, processes, and \
+        "per destination service: attempts, dropped, passed, intermittent, complete, processes, and \
          accepted_by [{count, ct_state, label, rule fields}]: the rule that let the others through",
     ),
 ];

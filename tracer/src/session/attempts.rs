@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::{CT_NONE, InventoryKey, PassedKey};
+use tracer_common::{CT_NONE, InventoryKey, PassedKey, inventory};
 
 use crate::{
     attribution::{Attribution, Attributor},
@@ -87,6 +87,10 @@ pub struct ServiceAttempts {
     pub passed: u64,
     /// Both dropped and passed in this capture.
     pub intermittent: bool,
+    /// False when the kernel's tables (attempts, first packets that got through) or the
+    /// per-service list of dropped attempts filled up during the capture: LRU tables
+    /// forget their oldest entries, so the counts above may be short.
+    pub complete: bool,
     /// The processes that made the attempts.
     pub processes: Vec<String>,
     /// Who let the passed ones through, by conntrack state.
@@ -172,8 +176,14 @@ impl AttemptsBook {
     /// Every service seen, most attempts first, with the rules that let attempts through
     /// named by `attributor` (none without it: `--no-rules`).
     pub fn report(&mut self, mut attributor: Option<&mut Attributor>) -> Vec<ServiceAttempts> {
+        let flows = self.kernel.flows();
+        let passed_keys = self.kernel.passed();
+        // A table at its size has been evicting (LRU): what it forgot is not counted.
+        let tables_full = flows.len() >= inventory::MAX_FLOWS as usize
+            || passed_keys.len() >= inventory::MAX_PASSED as usize
+            || self.dropped.len() >= MAX_SERVICES;
         let mut attempts: HashMap<Service, (u64, Vec<String>)> = HashMap::new();
-        for (k, st) in self.kernel.flows() {
+        for (k, st) in flows {
             let e = attempts.entry(Service::of_attempt(&k)).or_default();
             e.0 += st.count;
             let comm = crate::kernel::program::c_string(&st.comm);
@@ -183,7 +193,7 @@ impl AttemptsBook {
         }
         // Passed attempts by service and state, with one packet of each to evaluate.
         let mut passed: BTreeMap<(Service, u8), (u64, PassedKey)> = BTreeMap::new();
-        for (k, packets) in self.kernel.passed() {
+        for (k, packets) in passed_keys {
             let e = passed
                 .entry((Service::of_passed(&k), k.ct_info))
                 .or_insert((0, k));
@@ -236,6 +246,7 @@ impl AttemptsBook {
                     dropped,
                     passed: passed_n,
                     intermittent: dropped > 0 && passed_n > 0,
+                    complete: !tables_full && d.is_none_or(|d| d.flows.len() < MAX_DROPPED_FLOWS),
                     processes,
                     accepted_by,
                 }

@@ -488,6 +488,7 @@ mod tests {
             dropped: 7,
             passed: 3,
             intermittent: true,
+            complete: true,
             processes: vec!["java".into()],
             accepted_by: vec![AcceptedBy {
                 count: 3,
