@@ -859,7 +859,7 @@ fn install_bpftrace() -> anyhow::Result<()> {
 }
 
 /// Builds flood with the machine's default (stable) toolchain.
-fn build_flood() -> anyhow::Result<PathBuf> {
+pub fn build_flood() -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.args([
         "build",

@@ -18,6 +18,8 @@ mod image;
 mod manifests;
 mod netns;
 mod package_test;
+mod procstat;
+mod scan;
 mod setup;
 mod soak;
 mod vmtest;
@@ -84,6 +86,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Port-scan bursts beyond the kernel's flow table while `droptrace watch` runs: prints
+    /// exactness, lost, "(rule unknown)", peak and final RSS and CPU (not a test).
+    Scan(scan::Args),
     /// Run `droptrace serve` through namespace, rule and flow churn at a steady drop rate;
     /// print its RSS, CPU and series at the start and the end (not a test).
     Soak(soak::Args),
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         }
         Task::Manifests => setup::run().and_then(|()| manifests::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
+        Task::Scan(args) => setup::run().and_then(|()| scan::run(&build(true)?, &args)),
         Task::Soak(args) => setup::run().and_then(|()| soak::run(&build(true)?, &args)),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };

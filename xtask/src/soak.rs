@@ -172,28 +172,15 @@ impl Serve {
     }
 
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("no VmRSS")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name's closing parenthesis: utime and stime are the
-        // 12th and 13th (proc(5) fields 14 and 15), in clock ticks.
-        let after = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        let (rss_mb, cpu_s) = crate::procstat::usage(self.child.id())?;
         let series = crate::http::get(&self.addr, "/metrics")?
             .lines()
             .filter(|l| l.starts_with("droptrace_") && !l.starts_with('#'))
             .count();
         Ok(Snapshot {
             at: Instant::now(),
-            rss_mb: rss_kb / 1024.0,
-            cpu_s: ticks / hz,
+            rss_mb,
+            cpu_s,
             series,
         })
     }
