@@ -47,6 +47,50 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Ids of the BPF programs and links that process `pid` (every process with `None`) holds
+/// a file descriptor to, from /proc/PID/fdinfo (bpftool's own pid column misses some
+/// holders).
+pub fn held_bpf_ids(pid: Option<u32>) -> (Vec<u64>, Vec<u64>) {
+    let procs: Vec<PathBuf> = match pid {
+        Some(pid) => vec![PathBuf::from(format!("/proc/{pid}"))],
+        None => std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect(),
+    };
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    for proc_dir in procs {
+        let Ok(fds) = std::fs::read_dir(proc_dir.join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            for line in info.lines() {
+                let mut kv = line.split_whitespace();
+                match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
+                    (Some("prog_id:"), Some(id)) => progs.push(id),
+                    (Some("link_id:"), Some(id)) => links.push(id),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (progs, links)
+}
+
+/// `bpftool ARGS --json`, parsed.
+pub fn bpftool_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("bpftool");
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
 /// A named network namespace (/run/netns/NAME), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

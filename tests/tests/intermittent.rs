@@ -8,7 +8,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use droptrace_tests::{CLIENT_V4, GATEWAY_V4, Topology, Watcher, drops, packets, summary};
+use droptrace_tests::{
+    CLIENT_V4, GATEWAY_V4, Topology, Watcher, bpftool_json, drops, held_bpf_ids, packets, summary,
+};
 use serde_json::Value;
 
 /// Packet counters of the client's filter/OUTPUT rules, in order.
@@ -171,35 +173,14 @@ fn top_shows_attempts_beside_drops() {
 
 /// The names of the BPF programs process `pid` holds, directly or through links.
 fn programs_of(pid: u32) -> Vec<String> {
-    let (mut progs, mut links) = (Vec::new(), Vec::new());
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        for line in info.lines() {
-            let mut kv = line.split_whitespace();
-            match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
-                (Some("prog_id:"), Some(id)) => progs.push(id),
-                (Some("link_id:"), Some(id)) => links.push(id),
-                _ => {}
-            }
-        }
-    }
-    let bpftool = |what: &str| -> Vec<Value> {
-        let out = std::process::Command::new("bpftool")
-            .args([what, "show", "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let (mut progs, links) = held_bpf_ids(Some(pid));
     progs.extend(
-        bpftool("link")
+        bpftool_json(&["link", "show"])
             .iter()
             .filter(|l| l["id"].as_u64().is_some_and(|id| links.contains(&id)))
             .filter_map(|l| l["prog_id"].as_u64()),
     );
-    bpftool("prog")
+    bpftool_json(&["prog", "show"])
         .iter()
         .filter(|p| p["id"].as_u64().is_some_and(|id| progs.contains(&id)))
         .filter_map(|p| Some(p["name"].as_str()?.to_string()))

@@ -8,48 +8,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use droptrace_tests::{Netns, Topology, Watcher, drops, droptrace_bin, packets, summary};
+use droptrace_tests::{
+    Netns, Topology, Watcher, bpftool_json, drops, droptrace_bin, held_bpf_ids, packets, summary,
+};
 use serde_json::Value;
-
-/// Ids of BPF programs and links that some process holds a file descriptor to, from
-/// /proc/*/fdinfo (bpftool's own pid column misses some holders).
-fn held_ids() -> (Vec<u64>, Vec<u64>) {
-    let (mut progs, mut links) = (Vec::new(), Vec::new());
-    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fdinfo")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(info) = std::fs::read_to_string(fd.path()) else {
-                continue;
-            };
-            for line in info.lines() {
-                let mut kv = line.split_whitespace();
-                match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
-                    (Some("prog_id:"), Some(id)) => progs.push(id),
-                    (Some("link_id:"), Some(id)) => links.push(id),
-                    _ => {}
-                }
-            }
-        }
-    }
-    (progs, links)
-}
-
-fn bpftool_json(args: &[&str]) -> Vec<Value> {
-    let out = Command::new("bpftool")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("bpftool");
-    serde_json::from_slice(&out.stdout).expect("bpftool json")
-}
 
 /// droptrace's programs (`kfree_skb`, `kfree_skb_tp`, and with `--attempts` `attempt_passed`
 /// and the `inventory_*` ones; the kernel shows names cut at 15 bytes) that no process holds,
 /// directly or through a link: these would have outlived their droptrace.
 fn orphaned_programs() -> Vec<Value> {
-    let (held_progs, held_links) = held_ids();
+    let (held_progs, held_links) = held_bpf_ids(None);
     let linked: Vec<u64> = bpftool_json(&["link", "show"])
         .iter()
         .filter(|l| l["id"].as_u64().is_some_and(|id| held_links.contains(&id)))
