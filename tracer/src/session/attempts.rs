@@ -65,6 +65,10 @@ impl Service {
     }
 }
 
+/// First packets that got through, by service and conntrack state: one packet to judge
+/// and the attempts it stands for.
+type Group = ((Service, u8), ruleset::Packet, u64);
+
 #[derive(Debug, Default)]
 struct Dropped {
     /// TCP: the attempts (source address and port) whose SYN was dropped.
@@ -200,6 +204,27 @@ impl AttemptsBook {
             // A TCP attempt is its SYN's flow, retransmissions included.
             e.0 += if k.proto == TCP { 1 } else { packets };
         }
+        // Judged a namespace at a time: one ruleset read each, and a rule that let several
+        // services' attempts through is checked against their sum.
+        let mut by_netns: BTreeMap<u32, Vec<Group>> = BTreeMap::new();
+        for ((s, ct), (n, k)) in &passed {
+            by_netns
+                .entry(s.netns)
+                .or_default()
+                .push(((*s, *ct), packet_of(k), *n));
+        }
+        let mut judged: HashMap<(Service, u8), Attribution> = HashMap::new();
+        for (netns, groups) in by_netns {
+            let rules = match attributor.as_deref_mut() {
+                Some(a) => {
+                    let packets: Vec<(ruleset::Packet, u64)> =
+                        groups.iter().map(|(_, p, n)| (p.clone(), *n)).collect();
+                    a.accepted(netns, &packets)
+                }
+                None => vec![Attribution::none("rules not read (--no-rules)"); groups.len()],
+            };
+            judged.extend(groups.into_iter().map(|(key, ..)| key).zip(rules));
+        }
         let services: HashSet<Service> = attempts
             .keys()
             .chain(self.dropped.keys())
@@ -209,29 +234,18 @@ impl AttemptsBook {
         let mut out: Vec<ServiceAttempts> = services
             .into_iter()
             .map(|s| {
-                let groups: Vec<(u8, u64, PassedKey)> = passed
+                let accepted_by: Vec<AcceptedBy> = passed
                     .range((s, 0)..=(s, u8::MAX))
-                    .map(|((_, ct), (n, k))| (*ct, *n, *k))
-                    .collect();
-                let judged = match attributor.as_deref_mut() {
-                    Some(a) if !groups.is_empty() => {
-                        let packets: Vec<(ruleset::Packet, u64)> =
-                            groups.iter().map(|(_, n, k)| (packet_of(k), *n)).collect();
-                        a.accepted(s.netns, &packets)
-                    }
-                    _ => groups
-                        .iter()
-                        .map(|_| Attribution::none("rules not read (--no-rules)"))
-                        .collect(),
-                };
-                let accepted_by: Vec<AcceptedBy> = groups
-                    .iter()
-                    .zip(judged)
-                    .map(|((ct, n, _), rule)| AcceptedBy {
-                        count: *n,
-                        ct_state: state_name(*ct),
-                        label: rule.label(),
-                        rule,
+                    .map(|((_, ct), (n, _))| {
+                        let rule = judged
+                            .remove(&(s, *ct))
+                            .unwrap_or_else(|| Attribution::none("not judged"));
+                        AcceptedBy {
+                            count: *n,
+                            ct_state: state_name(*ct),
+                            label: rule.label(),
+                            rule,
+                        }
                     })
                     .collect();
                 let d = self.dropped.get(&s);
