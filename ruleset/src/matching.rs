@@ -68,6 +68,11 @@ pub(crate) fn match_outcome(one: &Match, packet: &Packet, ruleset: &Ruleset) -> 
     }
 }
 
+/// Why a rule on addresses, mark or length cannot decide a packet that stands for drops
+/// counted together ([`crate::packet::Unknown::per_flow`]).
+const PER_FLOW: &str =
+    "addresses, mark and length are not kept for drops counted beyond the flow table";
+
 enum FieldValue {
     Known(u32),
     Absent,
@@ -95,6 +100,9 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
         } => {
             if family.is_some_and(|family| family != packet.family) {
                 return Truth::Absent;
+            }
+            if packet.unknown.per_flow {
+                return Truth::Unknown(PER_FLOW.to_string());
             }
             let addr = match direction {
                 Direction::Source => packet.src,
@@ -164,6 +172,7 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
                 None => Truth::NoSocket,
             }
         }
+        Condition::IpSet { .. } if packet.unknown.per_flow => Truth::Unknown(PER_FLOW.to_string()),
         Condition::IpSet { name, directions } => match ruleset.ipsets.get(name) {
             Some(set) => match set.contains(packet, directions) {
                 Ok(member) => member.into(),
@@ -171,6 +180,9 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
             },
             None => Truth::Unknown(format!("contents of ipset {name} were not provided")),
         },
+        Condition::AddrType { .. } if packet.unknown.per_flow => {
+            Truth::Unknown(PER_FLOW.to_string())
+        }
         Condition::AddrType {
             direction,
             types,
@@ -276,6 +288,9 @@ fn field_value(field: Field, packet: &Packet) -> FieldValue {
             } else {
                 known_or(packet.icmp_code.map(u32::from), "ICMP code not reported")
             }
+        }
+        Field::Mark | Field::Length if packet.unknown.per_flow => {
+            FieldValue::Unknown(PER_FLOW.to_string())
         }
         Field::Mark => FieldValue::Known(packet.mark),
         Field::SocketUid => match packet.uid {

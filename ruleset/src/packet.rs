@@ -166,6 +166,7 @@ impl Packet {
                 oif: has_oif,
                 uid: has_socket,
                 gid: has_socket,
+                per_flow: false,
             },
         })
     }
@@ -191,6 +192,10 @@ pub struct Unknown {
     pub oif: bool,
     pub uid: bool,
     pub gid: bool,
+    /// The packet stands for drops counted together (droptrace's aggregates, beyond its
+    /// flow table): its addresses, source port, mark and length are not known, only its
+    /// protocol, destination port, TCP flags and conntrack state.
+    pub per_flow: bool,
 }
 
 /// An inclusive range of numbers; a single value has `first == last`.

@@ -51,7 +51,102 @@ pub const MAX_FLOWS: u32 = 131_072;
 /// Indexes into the per-CPU `STATS` array.
 pub const STAT_MATCHED: u32 = 0;
 pub const STAT_LOST: u32 = 1;
-pub const STAT_COUNT: u32 = 2;
+/// Drops counted in no aggregate: [`MAX_AGGREGATES`] and its reserve both full (never
+/// expected; userspace then says the aggregate totals fall short by this much).
+pub const STAT_UNAGGREGATED: u32 = 2;
+pub const STAT_COUNT: u32 = 3;
+
+/// Aggregate keys (see [`AggKey`]) the kernel keeps. Keys are never evicted: once
+/// [`MAX_AGGREGATES`] minus [`AGG_RESERVE`] are in use, a new key's drops go to its
+/// coarse `other` key (no port, flags or state), for which the reserve is kept.
+pub const MAX_AGGREGATES: u32 = 65_536;
+pub const AGG_RESERVE: u32 = 4_096;
+
+/// Top stack frames that identify a drop's site (see [`site_of`]): deep enough to reach
+/// the caller of `nf_hook_slow`, which names the hook, past the BPF program's own frame,
+/// the tracepoint's, and `kfree_skb_reason`'s.
+pub const SITE_FRAMES: usize = 10;
+
+/// A drop site: a digest of the top [`SITE_FRAMES`] frames of its kernel stack. The
+/// kernel keys aggregates by it (the hook is known only from the stack, and a stack is too
+/// big for a key); userspace computes the same digest from records' stacks to learn which
+/// hook a site is. Never 0, which means "not known".
+#[inline(always)]
+pub fn site_of(stack: &[u64; STACK_FRAMES]) -> u32 {
+    // FNV-1a over whole words: cheap in BPF (no loop over bytes), good enough to tell a
+    // few hundred call paths apart; a collision merges two sites, which userspace sees as
+    // one site with two hooks and reports as unknown.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < SITE_FRAMES {
+        h = (h ^ stack[i]).wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    ((h >> 32) as u32 ^ h as u32) | 1
+}
+
+/// What the kernel counts drops by, beside flows: where they were dropped (namespace,
+/// reason, location, [`site_of`] the stack) and the fields rules decide on that are not
+/// per flow (protocol, destination port, TCP flags, conntrack state). A port scan fills
+/// the flow table; it does not fill this, so totals by rule, hook and port stay exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggKey {
+    pub netns: u32,
+    pub reason: u32,
+    pub location: u64,
+    pub site: u32,
+    /// Destination port; ICMP: type << 8 | code (as `FlowKey::sport`).
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ct_info: u8,
+    /// 1: the coarse key of drops whose own key did not fit (port, flags, state zeroed).
+    pub other: u8,
+    pub _pad: [u8; 5],
+}
+
+impl AggKey {
+    /// The aggregate a flow's drops are counted in, dropped at `site`.
+    #[inline(always)]
+    pub fn of(key: &FlowKey, site: u32) -> AggKey {
+        let icmp = key.proto == 1 || key.proto == 58;
+        AggKey {
+            netns: key.netns,
+            reason: key.reason,
+            location: key.location,
+            site,
+            dport: if icmp { key.sport } else { key.dport },
+            family: key.family,
+            proto: key.proto,
+            tcp_flags: key.tcp_flags,
+            ct_info: key.ct_info,
+            other: 0,
+            _pad: [0; 5],
+        }
+    }
+
+    /// The coarse key this key's drops go to when the table has no room for it.
+    #[inline(always)]
+    pub fn coarse(&self) -> AggKey {
+        AggKey {
+            dport: 0,
+            tcp_flags: 0,
+            ct_info: 0,
+            other: 1,
+            ..*self
+        }
+    }
+}
+
+/// Packets and bytes of one [`AggKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
 
 /// `DropEvent::flags` bits.
 pub mod flags {
@@ -375,12 +470,16 @@ pub struct FlowState {
     pub pid: u32,
     pub uid: u32,
     pub comm: [u8; NAME_LEN],
+    /// The flow's drop site ([`site_of`] its first drop's stack): its drops are counted
+    /// in the aggregate `AggKey::of(key, site)`. 0 when not known.
+    pub site: u32,
+    pub _pad: u32,
 }
 
 impl FlowState {
     /// The state of a flow known only by its counts: no first packet's task, socket owner
     /// or time (a flow counted again after the table evicted it, or still in a CPU's cache).
-    pub const fn counted_only(count: u64, bytes: u64) -> FlowState {
+    pub const fn counted_only(count: u64, bytes: u64, site: u32) -> FlowState {
         FlowState {
             count,
             bytes,
@@ -389,6 +488,8 @@ impl FlowState {
             pid: 0,
             uid: u32::MAX,
             comm: [0; NAME_LEN],
+            site,
+            _pad: 0,
         }
     }
 }
@@ -419,6 +520,9 @@ pub struct FlowCache {
     pub live: u64,
     /// When the cache took the flow, or last wrote a record of it.
     pub since_ns: u64,
+    /// The flow's drop site (`FlowState::site`), for its aggregate.
+    pub site: u32,
+    pub _pad: u32,
 }
 
 /// One dropped packet, as the program writes it into the ring buffer.
@@ -480,6 +584,10 @@ pub struct DropEvent {
     /// Bytes valid in `headers` (0 unless capture was asked for).
     pub headers_len: u16,
     pub _pad2: u16,
+    /// The flow's drop site (`FlowState::site`): its drops are counted in the aggregate
+    /// `AggKey::of(key, site)`.
+    pub site: u32,
+    pub _pad3: u32,
     pub comm: [u8; NAME_LEN],
     pub ifname: [u8; NAME_LEN],
     pub out_ifname: [u8; NAME_LEN],
@@ -719,6 +827,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FlowCache {}
+    unsafe impl aya::Pod for super::AggKey {}
+    unsafe impl aya::Pod for super::AggCount {}
     unsafe impl aya::Pod for super::InventoryConfig {}
     unsafe impl aya::Pod for super::InventoryKey {}
     unsafe impl aya::Pod for super::InventoryState {}
@@ -740,4 +850,8 @@ const _: () = assert!(size_of::<VerdictConfig>() == 48);
 const _: () = assert!(size_of::<KernelVerdict>() == 80);
 const _: () = assert!(size_of::<Config>() == 288);
 const _: () = assert!(size_of::<FlowKey>() == 56);
-const _: () = assert!(size_of::<FlowCache>() == 88);
+const _: () = assert!(size_of::<FlowCache>() == 96);
+const _: () = assert!(size_of::<FlowState>() == 64);
+const _: () = assert!(size_of::<AggKey>() == 32);
+const _: () = assert!(size_of::<AggCount>() == 16);
+const _: () = assert!(size_of::<DropEvent>() == 776);

@@ -18,14 +18,14 @@ use aya_ebpf::{
     helpers::generated,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, ANY_REASON, CACHE_BATCH, CACHE_TIMED, CT_NONE, Config, DropEvent,
-    FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES, MAX_FLOWS, NO_OFFSET, PassedKey,
-    PortRange, Prefix, REASON_BY_LOCATION, SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED,
-    flags,
+    AF_INET, AF_INET6, AGG_RESERVE, ANY_REASON, AggCount, AggKey, CACHE_BATCH, CACHE_TIMED,
+    CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES,
+    MAX_AGGREGATES, MAX_FLOWS, NO_OFFSET, PassedKey, PortRange, Prefix, REASON_BY_LOCATION,
+    SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED, STAT_UNAGGREGATED, flags,
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -52,6 +52,18 @@ static SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
 /// whatever happens to the ring buffer.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Drops per [`AggKey`]: counted wherever the flow table is, so totals by rule location,
+/// hook and destination port stay exact when flows outnumber the flow table (a port scan),
+/// whose LRU then evicts flows with counts no record carried. Never evicted (see
+/// [`aggregate`]).
+#[map]
+static AGGREGATES: HashMap<AggKey, AggCount> = HashMap::with_max_entries(MAX_AGGREGATES, 0);
+
+/// Keys [`aggregate`] tried to add to [`AGGREGATES`] (a few more than it holds, when CPUs
+/// race): past `MAX_AGGREGATES - AGG_RESERVE`, new keys go to their coarse key.
+#[map]
+static AGG_USED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Update records a CPU may write per second (see `update_allowed`).
 const UPDATES_PER_CPU_SECOND: u64 = 2048;
@@ -357,7 +369,17 @@ fn handle<C: EbpfContext, const BTF: bool>(
     // a read of a stack slot that one path left unwritten.
     let uid_raw: u32 = read(sk, conf!(offsets.sk_uid));
     let uid = (sk != 0 && conf!(offsets.sk_uid) != NO_OFFSET).then_some(uid_raw);
-    let (count, bytes) = count_drop(key, this, this * len as u64, now, pid_tgid, uid)?;
+    // Not taken yet: `count_drop` takes it for a new flow (its site comes from it).
+    e.stack_bytes = STACK_NOT_TAKEN;
+    let due = count_drop(ctx, e, key, this, this * len as u64, now, pid_tgid, uid);
+    if BTF && !hit {
+        // The cache took this flow in `through_cache`; its site is known now.
+        // SAFETY: index 0 of a one-entry per-CPU array, as above.
+        if let Some(cache) = FLOW_CACHE.get_ptr_mut(0) {
+            unsafe { (*cache).site = e.site };
+        }
+    }
+    let (count, bytes) = due?;
 
     // The output device, for the record (only drops that write one pay for it).
     let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
@@ -380,17 +402,9 @@ fn handle<C: EbpfContext, const BTF: bool>(
     e.reason = reason;
     e.mark = fields.get::<u32>(conf!(offsets.skb_mark));
     e.len = len;
-    // The stack itself, not an id in a stack map: a map's hash buckets collide, and a
-    // colliding stack is refused for good (-EEXIST), losing the hook of its drops.
-    // SAFETY: the helper writes at most `size_of_val(&e.stack)` bytes into the record.
-    e.stack_bytes = unsafe {
-        generated::bpf_get_stack(
-            ctx.as_ptr(),
-            e.stack.as_mut_ptr().cast(),
-            size_of_val(&e.stack) as u32,
-            0,
-        )
-    } as i32;
+    if e.stack_bytes == STACK_NOT_TAKEN {
+        take_stack(ctx, e);
+    }
     e.ct_info = ct_info;
     let mut f = l4_flags & (flags::HAS_L4 | flags::FRAGMENT);
     if sk != 0 {
@@ -429,6 +443,29 @@ fn handle<C: EbpfContext, const BTF: bool>(
         bump(STAT_LOST);
     }
     Some(())
+}
+
+/// `DropEvent::stack_bytes` before the stack is taken (the helper returns at most the
+/// buffer's size, or a negative errno well above this).
+const STACK_NOT_TAKEN: i32 = i32::MIN;
+
+/// The drop's kernel stack, into the record. The stack itself, not an id in a stack map:
+/// a map's hash buckets collide, and a colliding stack is refused for good (-EEXIST),
+/// losing the hook of its drops. Returns its site ([`tracer_common::site_of`]).
+#[inline(always)]
+fn take_stack<C: EbpfContext>(ctx: &C, e: &mut DropEvent) -> u32 {
+    // SAFETY: the helper writes at most `size_of_val(&e.stack)` bytes into the record, and
+    // zero-fills what it does not write (kernel/bpf/stackmap.c), so the site's frames are
+    // the same for the same path.
+    e.stack_bytes = unsafe {
+        generated::bpf_get_stack(
+            ctx.as_ptr(),
+            e.stack.as_mut_ptr().cast(),
+            size_of_val(&e.stack) as u32,
+            0,
+        )
+    } as i32;
+    tracer_common::site_of(&e.stack)
 }
 
 /// `enum ip_conntrack_info` from `skb->_nfct` (a pointer with ctinfo in its low bits,
@@ -563,7 +600,7 @@ fn through_cache(key: &FlowKey, len: u32) -> Option<(bool, u64)> {
     cache.pending = 0;
     cache.bytes = 0;
     if packets != 0 {
-        add_to_flow(&cache.key, packets, bytes);
+        add_to_flow(&cache.key, packets, bytes, cache.site);
     }
     cache.key = *key;
     cache.live = 1;
@@ -596,7 +633,8 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
 /// race) all return to one state in the caller, where the verifier prunes them, instead of
 /// walking the rest of the program three times (Debian 5.10's verifier took minutes).
 #[inline(never)]
-fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64) {
+fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64, site: u32) {
+    aggregate(&AggKey::of(key, site), packets, bytes);
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer from the kernel, valid for this program run.
         unsafe {
@@ -606,16 +644,73 @@ fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64) {
         return;
     }
     // Evicted meanwhile (more flows than the table holds): counted again from here; the
-    // packets counted before are lost to per-flow detail, as with any eviction.
-    let state = FlowState::counted_only(packets, bytes);
+    // packets counted before are lost to per-flow detail, as with any eviction (not to
+    // the aggregates).
+    let state = FlowState::counted_only(packets, bytes, site);
     let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
+}
+
+/// Adds drops to their aggregate. A key is added while the table has room short of its
+/// reserve; then a new key's drops go to its coarse key (`AggKey::coarse`), which the
+/// reserve holds: a handful per namespace, site and protocol. A BPF function of its own
+/// for the verifier, as `add_to_flow`.
+#[inline(never)]
+fn aggregate(key: &AggKey, packets: u64, bytes: u64) {
+    if add_to_aggregate(key, packets, bytes) {
+        return;
+    }
+    let Some(used) = AGG_USED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a map value pointer from the kernel, valid for this program run. The add's
+    // result is read with a plain load: fetching it needs BPF_FETCH (5.12+, not 5.10), and
+    // racing CPUs only make the count run a little ahead (the reserve covers that).
+    let tried = unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(used, 1);
+        core::ptr::read_volatile(used)
+    };
+    let room = tried < (MAX_AGGREGATES - AGG_RESERVE) as u64;
+    let coarse = key.coarse();
+    let key = if room { key } else { &coarse };
+    if !room && add_to_aggregate(key, packets, bytes) {
+        return;
+    }
+    let count = AggCount { packets, bytes };
+    // BPF_NOEXIST: another CPU may have added the key meanwhile; then count in its entry.
+    if AGGREGATES.insert(key, &count, BPF_NOEXIST as u64).is_ok()
+        || add_to_aggregate(key, packets, bytes)
+    {
+        return;
+    }
+    bump(STAT_UNAGGREGATED);
+}
+
+#[inline(always)]
+fn add_to_aggregate(key: &AggKey, packets: u64, bytes: u64) -> bool {
+    let Some(count) = AGGREGATES.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer from the kernel, valid for this program run; other CPUs
+    // count in the same entry.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*count).packets, packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*count).bytes, bytes);
+    }
+    true
 }
 
 /// Counts `packets` drops in their flow. Returns the flow's cumulative packets and bytes when a record
 /// should be written (a new flow, or [`FLOW_UPDATE_NS`] since the last record), `None`
 /// otherwise.
+///
+/// Also counts them in their aggregate, and writes the flow's site into `e.site`: the
+/// state's, or for a new flow the site of its stack, taken into `e` now (the new flow's
+/// record needs it anyway).
 #[inline(always)]
-fn count_drop(
+#[allow(clippy::too_many_arguments)]
+fn count_drop<C: EbpfContext>(
+    ctx: &C,
+    e: &mut DropEvent,
     key: &FlowKey,
     packets: u64,
     bytes: u64,
@@ -624,7 +719,16 @@ fn count_drop(
     uid: Option<u32>,
 ) -> Option<(u64, u64)> {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer from the kernel, valid for this program run.
+        e.site = unsafe { (*state).site };
+        if packets != 0 {
+            aggregate(&AggKey::of(key, e.site), packets, bytes);
+        }
         return bump_flow(state, packets, bytes, now);
+    }
+    e.site = take_stack(ctx, e);
+    if packets != 0 {
+        aggregate(&AggKey::of(key, e.site), packets, bytes);
     }
     let mut state = MaybeUninit::<FlowState>::uninit();
     let st = state.as_mut_ptr();
@@ -637,6 +741,8 @@ fn count_drop(
         (*st).pid = (pid_tgid >> 32) as u32;
         (*st).uid = uid.unwrap_or(u32::MAX);
         current_comm(&mut (*st).comm);
+        (*st).site = e.site;
+        (*st)._pad = 0;
     }
     // SAFETY: initialised just above.
     match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {

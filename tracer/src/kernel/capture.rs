@@ -12,8 +12,8 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
-    ANY_REASON, Config, DropEvent, FlowCache, FlowKey, FlowState, NO_OFFSET, REASON_BY_LOCATION,
-    STAT_LOST, STAT_MATCHED,
+    ANY_REASON, AggCount, AggKey, Config, DropEvent, FlowCache, FlowKey, FlowState, NO_OFFSET,
+    REASON_BY_LOCATION, STAT_LOST, STAT_MATCHED, STAT_UNAGGREGATED,
 };
 
 use crate::{
@@ -42,6 +42,7 @@ const RING: &str = "EVENTS";
 const STATS: &str = "STATS";
 const FLOWS: &str = "FLOWS";
 const FLOW_CACHE: &str = "FLOW_CACHE";
+const AGGREGATES: &str = "AGGREGATES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -130,6 +131,9 @@ pub struct CaptureOptions {
     pub buffer: BufferKind,
     /// The kernel's BTF as aya reads it, when already parsed (else read from sysfs).
     pub btf: Option<aya::Btf>,
+    /// Flows the kernel's flow table holds (`tracer_common::MAX_FLOWS` when `None`): small
+    /// in tests, to see what happens beyond it without sending 131,072 flows.
+    pub flow_table: Option<u32>,
 }
 
 /// Counters kept by the program in the kernel.
@@ -140,6 +144,8 @@ pub struct KernelStats {
     /// Records that could not be written because the ring buffer was full (their packets
     /// are still counted in the flow table).
     pub records_lost: u64,
+    /// Drops counted in no aggregate (its table and reserve full).
+    pub unaggregated: u64,
 }
 
 pub struct Capture {
@@ -154,10 +160,20 @@ pub struct Capture {
     stats: PerCpuArray<MapData, u64>,
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
     cache: PerCpuArray<MapData, FlowCache>,
+    aggregates: BpfHashMap<MapData, AggKey, AggCount>,
 }
 
-/// Packets and bytes the CPUs' flow caches hold, per flow, not yet in the flow table.
-pub type Pending = HashMap<FlowKey, (u64, u64)>;
+/// What the CPUs' flow caches hold of one flow, not yet in the flow table nor in its
+/// aggregate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cached {
+    pub packets: u64,
+    pub bytes: u64,
+    pub site: u32,
+}
+
+/// What the CPUs' flow caches hold, per flow.
+pub type Pending = HashMap<FlowKey, Cached>;
 
 impl Capture {
     /// Loads the program with the offsets of this kernel and the user's filters, attaches
@@ -236,6 +252,9 @@ impl Capture {
         if let Some(btf) = &btf {
             loader.btf(btf);
         }
+        if let Some(n) = opts.flow_table {
+            loader.map_max_entries(FLOWS, n);
+        }
         let mut ebpf = loader
             .override_global("CONFIG", &cfg, true)
             .load(object)
@@ -285,6 +304,8 @@ impl Capture {
             .map_err(|e| CaptureError::Map(FLOWS, e.to_string()))?;
         let cache = PerCpuArray::try_from(take(&mut ebpf, FLOW_CACHE)?)
             .map_err(|e| CaptureError::Map(FLOW_CACHE, e.to_string()))?;
+        let aggregates = BpfHashMap::try_from(take(&mut ebpf, AGGREGATES)?)
+            .map_err(|e| CaptureError::Map(AGGREGATES, e.to_string()))?;
         Ok(Capture {
             mode,
             verdicts,
@@ -293,6 +314,7 @@ impl Capture {
             stats,
             flows,
             cache,
+            aggregates,
         })
     }
 
@@ -329,6 +351,7 @@ impl Capture {
         Ok(KernelStats {
             matched: sum(STAT_MATCHED)?,
             records_lost: sum(STAT_LOST)?,
+            unaggregated: sum(STAT_UNAGGREGATED)?,
         })
     }
 
@@ -358,10 +381,36 @@ impl Capture {
         };
         for c in caches.iter().filter(|c| c.live != 0 && c.pending != 0) {
             let e = out.entry(c.key).or_default();
-            e.0 += c.pending;
-            e.1 += c.bytes;
+            e.packets += c.pending;
+            e.bytes += c.bytes;
+            e.site = c.site;
         }
         out
+    }
+
+    /// Every aggregate the kernel counted, completed by what the caches hold (read after
+    /// the aggregates, as [`Capture::pending`] after the flows). A cached flow's packets
+    /// go where the kernel will put them: its own key if the table has it, else its coarse
+    /// key if that exists.
+    pub fn aggregates(&self) -> Result<HashMap<AggKey, AggCount>, String> {
+        let mut out = HashMap::new();
+        for item in self.aggregates.iter() {
+            let (k, v) = item
+                .map_err(|e| format!("cannot read the kernel's aggregates ({AGGREGATES}): {e}"))?;
+            out.insert(k, v);
+        }
+        for (key, c) in self.pending() {
+            let fine = AggKey::of(&key, c.site);
+            let at = if !out.contains_key(&fine) && out.contains_key(&fine.coarse()) {
+                fine.coarse()
+            } else {
+                fine
+            };
+            let sum: &mut AggCount = out.entry(at).or_default();
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        Ok(out)
     }
 
     /// The state of each of `keys` the kernel counted: the flow table's, counts completed
@@ -391,15 +440,15 @@ fn with_pending(
     mut pending: Pending,
 ) -> Vec<(FlowKey, FlowState)> {
     for (key, state) in &mut states {
-        if let Some((packets, bytes)) = pending.remove(key) {
-            state.count += packets;
-            state.bytes += bytes;
+        if let Some(c) = pending.remove(key) {
+            state.count += c.packets;
+            state.bytes += c.bytes;
         }
     }
     states.extend(
         pending
             .into_iter()
-            .map(|(key, (count, bytes))| (key, FlowState::counted_only(count, bytes))),
+            .map(|(key, c)| (key, FlowState::counted_only(c.packets, c.bytes, c.site))),
     );
     states
 }

@@ -110,6 +110,11 @@ pub struct Drop {
     /// The table (and nftables chain) whose engine returned the drop, when the verdict
     /// programs saw it.
     pub kernel: Option<crate::kernel::verdicts::KernelSaw>,
+    /// The aggregate the kernel counts this flow's drops in.
+    pub aggregate: tracer_common::AggKey,
+    /// Whether `stack` is the one the flow's site was taken from (the flow's first
+    /// record): then the site's hook can be learnt from it.
+    pub stack_is_sites: bool,
 }
 
 /// An address as the kernel programs write it: IPv4 in the first four bytes.
@@ -185,6 +190,8 @@ impl From<&DropEvent> for Drop {
             fragment: e.flags & flags::FRAGMENT != 0,
             headers: e.headers[..headers_len].to_vec(),
             kernel: crate::kernel::verdicts::KernelSaw::from_record(&e.kernel),
+            aggregate: tracer_common::AggKey::of(&key, e.site),
+            stack_is_sites: e.stack_bytes > 0 && tracer_common::site_of(&e.stack) == e.site,
         }
     }
 }
@@ -228,6 +235,8 @@ impl Drop {
             _pad: 0,
             headers_len: 0,
             _pad2: 0,
+            site: state.site,
+            _pad3: 0,
             comm: state.comm,
             ifname: [0; 16],
             out_ifname: [0; 16],
@@ -324,6 +333,8 @@ mod tests {
             _pad: 0,
             headers_len: 0,
             _pad2: 0,
+            site: 0,
+            _pad3: 0,
             comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
             ifname: [0; 16],
             out_ifname: *b"veth0\0\0\0\0\0\0\0\0\0\0\0",
@@ -370,6 +381,8 @@ mod tests {
             pid: 812,
             uid: 0,
             comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+            site: 7,
+            _pad: 0,
         };
         let f = Drop::from_flow(&d.key, &state);
         assert_eq!(f.key, d.key);
