@@ -316,7 +316,9 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
         (&load_before, &load_after),
         began.elapsed(),
     );
-    Ok(())
+    check_interrupted()?;
+    // Port-scan bursts beyond the flow table (the issue "Port scans and long captures").
+    crate::scan::run(droptrace, &crate::scan::Args::bench_round(quick))
 }
 
 impl Sample {

@@ -34,6 +34,17 @@ pub struct Args {
     flows: usize,
 }
 
+impl Args {
+    /// The round `cargo xtask bench` runs: fewer, closer bursts than the ten.
+    pub fn bench_round(quick: bool) -> Args {
+        Args {
+            bursts: if quick { 2 } else { 4 },
+            gap: if quick { 10 } else { 20 },
+            flows: 200_000,
+        }
+    }
+}
+
 fn say(msg: &str) {
     eprintln!("xtask scan: {msg}");
 }
@@ -168,7 +179,16 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     println!("bench: scan_total_exact={}", num("total") == counted);
     println!("bench: scan_lost={}", num("lost"));
     println!("bench: scan_records_lost={}", num("records_lost"));
+    println!("bench: scan_beyond_flow_table={}", num("beyond_flow_table"));
+    let by_port: u64 = summary["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["count"].as_u64())
+        .sum();
+    println!("bench: scan_by_port_sum_exact={}", by_port == counted);
     println!("bench: scan_by_rule_1={by_rule}");
+    println!("bench: scan_by_rule_exact={}", by_rule == counted);
     println!("bench: scan_rule_unknown={unknown}");
     println!(
         "bench: scan_rss_after_first_burst_mb={:.0}",

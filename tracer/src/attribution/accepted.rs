@@ -171,6 +171,7 @@ COMMIT
                 oif: false,
                 uid: false,
                 gid: true,
+                per_flow: false,
             },
         }
     }

@@ -8,6 +8,7 @@
 //! not gives way to it.
 
 mod accepted;
+pub mod beyond;
 mod candidates;
 mod evidence;
 pub mod owner;

@@ -51,6 +51,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
             oif: false,
             uid: r.has_socket && r.uid.is_none(),
             gid: r.has_socket && r.gid.is_none(),
+            per_flow: false,
         },
     }
 }

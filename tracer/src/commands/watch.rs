@@ -42,6 +42,7 @@ pub async fn run(mut args: WatchArgs) -> anyhow::Result<()> {
         )
     };
     let mut session = Session::start(&args.filters, &args.capture, args.write.is_some())?;
+    session.count_beyond_flow_table(&args.capture);
     let mut pcap = args
         .write
         .as_deref()

@@ -158,6 +158,7 @@ impl Enricher {
             kind: "drop",
             time: self.wall_clock(drop.ts_ns),
             ts_ns: drop.ts_ns,
+            aggregate: Some(drop.aggregate),
             netns: drop.netns,
             netns_name: self.netns.name(drop.netns),
             netns_pid: self.netns_pid(drop.netns),

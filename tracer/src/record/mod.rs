@@ -23,6 +23,9 @@ pub struct DropRecord {
     pub time: String,
     #[serde(skip)]
     pub ts_ns: u64,
+    /// The aggregate the kernel counted this line's drops in (see `session::beyond`).
+    #[serde(skip)]
+    pub aggregate: Option<tracer_common::AggKey>,
     pub netns: u32,
     pub netns_name: Option<String>,
     /// For a namespace without a name: a process inside it (its /proc/PID/ns/net).
@@ -141,6 +144,7 @@ pub(crate) mod tests {
             kind: "drop",
             time: "2026-11-24T10:30:00.123456789Z".into(),
             ts_ns: 1,
+            aggregate: None,
             netns: 4026532300,
             netns_name: Some("client".into()),
             netns_pid: None,

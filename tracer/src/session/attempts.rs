@@ -331,6 +331,7 @@ fn packet_of(k: &PassedKey) -> ruleset::Packet {
             uid: false,
             // Not read by the kernel program: `-m owner --gid-owner` stays undecided.
             gid: true,
+            per_flow: false,
         },
     }
 }

@@ -7,6 +7,7 @@
 //! a [`summary::SummaryRecord`].
 
 pub mod attempts;
+pub mod beyond;
 pub mod flows;
 pub mod options;
 pub mod summary;
@@ -151,6 +152,12 @@ pub struct Session {
     attributor: Option<Attributor>,
     /// Attempts beside drops (`--attempts`).
     attempts: Option<attempts::AttemptsBook>,
+    /// What each drop site is, and the drops lines reported per aggregate (see [`beyond`]).
+    sites: beyond::SiteBook,
+    lines_by_aggregate: beyond::LineBook,
+    /// Lines still to be made this second, when the capture counts beyond the flow table
+    /// ([`Session::count_beyond_flow_table`]); `None`: every line is made.
+    line_budget: Option<usize>,
     started: Instant,
     last_prune: Instant,
     /// Records lost when the flow table was last read whole, and when.
@@ -201,6 +208,7 @@ impl Session {
             verdicts: capture.kernel_verdicts,
             buffer: capture.buffer,
             btf,
+            flow_table: capture.flow_table_size,
         };
         let cap = Capture::start(&kernel, &opts)?;
         // Before privileges are dropped below: it loads programs too.
@@ -254,6 +262,9 @@ impl Session {
             book: FlowBook::default(),
             attributor,
             attempts,
+            sites: beyond::SiteBook::default(),
+            lines_by_aggregate: beyond::LineBook::default(),
+            line_budget: None,
             process_filter: filters.clone(),
             filtered_out: 0,
             limited: false,
@@ -268,6 +279,31 @@ impl Session {
             verdicts,
             all_reasons: capture.all_reasons,
         })
+    }
+
+    /// Reports drops beyond the flow table at the end from the kernel's aggregates (see
+    /// [`beyond`]), and makes at most [`beyond::LINES_PER_TICK`] lines a second, leaving
+    /// the rest of a burst to them. Not with process filters or `--count`: the aggregates
+    /// know neither processes nor order.
+    pub fn count_beyond_flow_table(&mut self, c: &CaptureArgs) {
+        let process_filters = self.process_filter.pid.is_some()
+            || self.process_filter.comm.is_some()
+            || self.process_filter.cgroup.is_some();
+        if !process_filters && c.count.is_none() {
+            self.line_budget = Some(beyond::LINES_PER_TICK);
+        }
+    }
+
+    /// Whether another line may be made now (see [`Session::count_beyond_flow_table`]).
+    fn line_allowed(&mut self) -> bool {
+        match &mut self.line_budget {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+        }
     }
 
     pub fn start_info(&self, filters: &FilterArgs, c: &CaptureArgs) -> StartInfo {
@@ -330,6 +366,13 @@ impl Session {
             if stop {
                 // Nothing counted from here on: the end's counters and flows are final.
                 self.capture.stop_counting();
+            }
+            if let Some(budget) = &mut self.line_budget {
+                if stop {
+                    *budget = beyond::LINES_AT_END;
+                } else if sweep {
+                    *budget = beyond::LINES_PER_TICK;
+                }
             }
             // Drain also after a stop: records already in the ring buffer count.
             self.capture.drain(&mut batch);
@@ -429,8 +472,19 @@ impl Session {
         if delta.packets == 0 {
             return;
         }
-        let (key, cumulative) = (d.key, d.cumulative);
+        // Its drops stay counted in the kernel: a later line or the aggregates report them.
+        if !self.line_allowed() {
+            return;
+        }
+        let (key, cumulative, site) = (
+            d.key,
+            d.cumulative,
+            d.stack_is_sites.then_some(d.aggregate.site),
+        );
         let mut rec = self.enricher.record(d);
+        if let Some(site) = site {
+            self.sites.learn(site, rec.hook, rec.engine);
+        }
         rec.count = delta.packets;
         rec.bytes = delta.bytes;
         self.book.reported(key, cumulative, &rec);
@@ -479,6 +533,9 @@ impl Session {
         out: &mut Vec<DropRecord>,
     ) {
         let cumulative = Tally::of(state);
+        if self.book.unreported(key, cumulative).packets == 0 || !self.line_allowed() {
+            return;
+        }
         match self.book.catch_up(key, cumulative, now.to_string()) {
             CatchUp::Nothing => {}
             CatchUp::Line(rec) => out.push(*rec),
@@ -531,6 +588,7 @@ impl Session {
                 }
             }
             self.summary.add(&rec);
+            self.lines_by_aggregate.credit(&rec);
             if let Some(a) = &mut self.attempts {
                 a.observe(&rec);
             }
@@ -547,6 +605,41 @@ impl Session {
         })
     }
 
+    /// Adds to the summary what the kernel's aggregates counted beyond the lines, each
+    /// aggregate's drops attributed from its fields (see [`beyond`]).
+    fn report_beyond(
+        &mut self,
+        aggregates: &std::collections::HashMap<tracer_common::AggKey, tracer_common::AggCount>,
+    ) {
+        let beyond = self.lines_by_aggregate.beyond(aggregates);
+        let mut by_netns: std::collections::BTreeMap<u32, Vec<(tracer_common::AggKey, u64)>> =
+            std::collections::BTreeMap::new();
+        for (k, n) in beyond {
+            by_netns.entry(k.netns).or_default().push((k, n));
+        }
+        for (netns, items) in by_netns {
+            let counted: Vec<_> = items
+                .iter()
+                .map(|(k, _)| beyond::counted(k, &self.sites))
+                .collect();
+            let rules = match &mut self.attributor {
+                Some(a) => a.beyond(netns, &counted),
+                None => vec![crate::record::rule::Attribution::none("--no-rules"); counted.len()],
+            };
+            for (((k, n), c), rule) in items.iter().zip(&counted).zip(&rules) {
+                let (dst, proto) = beyond::destination(k);
+                self.summary.add_beyond(summary::Beyond {
+                    count: *n,
+                    hook: c.hook,
+                    rule,
+                    dst,
+                    proto: &proto,
+                    port: c.dport,
+                });
+            }
+        }
+    }
+
     /// The closing totals, checked against the kernel's own count of matched drops.
     pub fn finish(&mut self) -> summary::SummaryRecord {
         let _ = io::stdout().flush();
@@ -559,6 +652,16 @@ impl Session {
                 return end;
             }
         };
+        let mut shortfall = None;
+        if self.line_budget.is_some() {
+            match self.capture.aggregates() {
+                Ok(aggregates) => {
+                    self.report_beyond(&aggregates);
+                    shortfall = Some(stats.unaggregated);
+                }
+                Err(e) => log::warn!("{e}: drops beyond the flow table are reported as lost"),
+            }
+        }
         // Packets the kernel matched but no line reported: flows evicted from the flow
         // table before their last packets were read (more than MAX_FLOWS flows at once),
         // or, after `--count` ended the capture, drops deliberately not reported.
@@ -571,6 +674,9 @@ impl Session {
             (unreported, 0)
         };
         let mut end = self.summary.record(lost, stats.matched, duration);
+        if let Some(n) = shortfall.filter(|n| *n > 0) {
+            log::warn!("{n} drops found no room in the kernel's aggregates either");
+        }
         end.records_lost = stats.records_lost;
         end.beyond_count = beyond;
         if let Some(a) = &mut self.attempts {

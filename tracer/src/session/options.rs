@@ -64,6 +64,11 @@ pub struct CaptureArgs {
     /// It must match the running kernel's release.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<std::path::PathBuf>,
+    /// Flows the kernel's flow table holds (default 131072): for tests of what happens
+    /// beyond it, without sending as many flows.
+    #[arg(long, hide = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(16..=i64::from(tracer_common::MAX_FLOWS)))]
+    pub flow_table_size: Option<u32>,
 }
 
 /// Which drops to report. All filters are applied in the kernel.

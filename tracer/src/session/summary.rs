@@ -27,6 +27,29 @@ pub struct Summary {
     by_hook: BTreeMap<String, u64>,
     /// Label → (the rule as first seen, drops).
     by_rule: HashMap<String, (Option<crate::record::rule::Attribution>, u64)>,
+    /// (protocol, destination port) → drops; `None`: no port, or beyond the cap.
+    by_port: HashMap<(String, Option<u16>), u64>,
+    /// Drops counted only in the kernel's aggregates (see `session::beyond`).
+    beyond_flow_table: u64,
+}
+
+/// Drops per protocol and destination port (`port` null: a protocol without ports, or
+/// the ports beyond [`MAX_DESTINATIONS`], or drops counted without their port).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PortCount {
+    pub proto: String,
+    pub port: Option<u16>,
+    pub count: u64,
+}
+
+/// Drops counted only in aggregate, for [`Summary::add_beyond`].
+pub struct Beyond<'a> {
+    pub count: u64,
+    pub hook: Option<Hook>,
+    pub rule: &'a crate::record::rule::Attribution,
+    pub dst: String,
+    pub proto: &'a str,
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -78,6 +101,11 @@ pub struct SummaryRecord {
     pub destinations: Vec<DestinationCount>,
     pub hooks: BTreeMap<String, u64>,
     pub rules: Vec<RuleCount>,
+    pub ports: Vec<PortCount>,
+    /// Drops of flows beyond the kernel's flow table, or beyond the lines a capture makes
+    /// per second: counted in `total` and by rule, hook and port from the kernel's
+    /// aggregates, but reported on no line (no addresses, no process).
+    pub beyond_flow_table: u64,
     /// With `--attempts`: attempts beside drops, per destination service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<crate::session::attempts::ServiceAttempts>>,
@@ -86,10 +114,21 @@ pub struct SummaryRecord {
 impl Summary {
     pub fn add(&mut self, r: &DropRecord) {
         self.total += r.count;
-        let mut key = DestinationKey {
-            dst: r.destination(),
-            proto: r.proto.clone(),
-        };
+        self.count_destination(r.destination(), r.proto.clone(), r.count);
+        self.count_by_hook_rule_port(r.hook, r.rule.as_ref(), &r.proto, r.dport, r.count);
+    }
+
+    /// Adds drops counted only in aggregate: `dst` is what the aggregate knows of their
+    /// destination (`*:5353`), `port` their port when it has one.
+    pub fn add_beyond(&mut self, b: Beyond<'_>) {
+        self.total += b.count;
+        self.beyond_flow_table += b.count;
+        self.count_destination(b.dst, b.proto.to_string(), b.count);
+        self.count_by_hook_rule_port(b.hook, Some(b.rule), b.proto, b.port, b.count);
+    }
+
+    fn count_destination(&mut self, dst: String, proto: String, count: u64) {
+        let mut key = DestinationKey { dst, proto };
         if self.by_destination.len() >= MAX_DESTINATIONS && !self.by_destination.contains_key(&key)
         {
             key = DestinationKey {
@@ -97,14 +136,48 @@ impl Summary {
                 proto: OTHER.into(),
             };
         }
-        *self.by_destination.entry(key).or_default() += r.count;
-        let hook = r.hook.map_or("unknown", Hook::as_str).to_string();
-        *self.by_hook.entry(hook).or_default() += r.count;
-        let rule = r
-            .rule_label()
+        *self.by_destination.entry(key).or_default() += count;
+    }
+
+    fn count_by_hook_rule_port(
+        &mut self,
+        hook: Option<Hook>,
+        rule: Option<&crate::record::rule::Attribution>,
+        proto: &str,
+        port: Option<u16>,
+        count: u64,
+    ) {
+        let hook = hook.map_or("unknown", Hook::as_str).to_string();
+        *self.by_hook.entry(hook).or_default() += count;
+        let label = rule
+            .and_then(|a| a.label())
             .unwrap_or_else(|| "(rule unknown)".to_string());
-        let first = r.rule.as_ref().filter(|a| a.label().is_some()).cloned();
-        self.by_rule.entry(rule).or_insert((first, 0)).1 += r.count;
+        let first = rule.filter(|a| a.label().is_some()).cloned();
+        self.by_rule.entry(label).or_insert((first, 0)).1 += count;
+        let mut key = (proto.to_string(), port);
+        if self.by_port.len() >= MAX_DESTINATIONS && !self.by_port.contains_key(&key) {
+            key.1 = None;
+        }
+        *self.by_port.entry(key).or_default() += count;
+    }
+
+    /// Ports, most drops first (ties by protocol and port).
+    pub fn ports(&self) -> Vec<PortCount> {
+        let mut v: Vec<PortCount> = self
+            .by_port
+            .iter()
+            .map(|((proto, port), count)| PortCount {
+                proto: proto.clone(),
+                port: *port,
+                count: *count,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| (&a.proto, a.port).cmp(&(&b.proto, b.port)))
+        });
+        v
     }
 
     /// Rules, most drops first.
@@ -166,6 +239,8 @@ impl Summary {
             destinations: self.destinations(),
             hooks: self.by_hook.clone(),
             rules: self.rules(),
+            ports: self.ports(),
+            beyond_flow_table: self.beyond_flow_table,
             services: None,
         }
     }

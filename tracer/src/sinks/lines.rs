@@ -104,6 +104,13 @@ pub fn end_line(end: &SummaryRecord) -> String {
             "{n} lost (flows evicted from the kernel's full flow table: counts above are incomplete)"
         )),
     }
+    if end.beyond_flow_table > 0 {
+        line.push_str(&format!(
+            "; {} of them beyond per-flow detail (too many flows at once: counted by rule, hook \
+             and port, without addresses or processes)",
+            end.beyond_flow_table
+        ));
+    }
     if end.beyond_count > 0 {
         line.push_str(&format!(
             "; {} more counted after --count was reached (not printed)",
@@ -173,6 +180,8 @@ pub fn netns_text(r: &DropRecord) -> String {
 /// least useful; the rule goes on a second, indented line. The brief's drop reads at 100
 /// columns: rules alone are often longer than a line can share.
 const TIME_W: usize = 12;
+/// Ports the text summary lists; a scan has thousands.
+const PORTS_SHOWN: usize = 20;
 const PROTO_W: usize = 5;
 const ADDR_W: usize = 21;
 const FLAGS_W: usize = 3;
@@ -267,6 +276,23 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(self.out, "by hook:")?;
             for (hook, n) in s.hooks() {
                 writeln!(self.out, "  {n:>8}  {hook}")?;
+            }
+            if end.beyond_flow_table > 0 {
+                // Addresses were not kept for all drops: ports are the table that adds up.
+                writeln!(self.out, "by port:")?;
+                let ports = s.ports();
+                for p in ports.iter().take(PORTS_SHOWN) {
+                    let port = p.port.map_or_else(|| "*".to_string(), |p| p.to_string());
+                    writeln!(self.out, "  {:>8}  {:<5} {port}", p.count, p.proto)?;
+                }
+                if ports.len() > PORTS_SHOWN {
+                    let rest: u64 = ports[PORTS_SHOWN..].iter().map(|p| p.count).sum();
+                    writeln!(
+                        self.out,
+                        "  {rest:>8}  in {} more ports (all in --json)",
+                        ports.len() - PORTS_SHOWN
+                    )?;
+                }
             }
             writeln!(self.out, "by rule:")?;
             for r in s.rules() {
