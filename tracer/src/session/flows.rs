@@ -188,6 +188,15 @@ impl FlowBook {
         CatchUp::Line(rec)
     }
 
+    /// Forgets the flows the kernel's table no longer holds (`live`: every flow it holds,
+    /// read whole). Their counts were reported as far as anyone can: should such a flow
+    /// drop again, the kernel counts it from zero in a new entry, which a remembered
+    /// count would hide. A scan would otherwise leave 100,000 silent flows here.
+    pub fn forget_absent(&mut self, live: &std::collections::HashSet<&FlowKey>) {
+        self.seen.retain(|k, _| live.contains(k));
+        self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
+    }
+
     pub fn knows(&self, key: &FlowKey) -> bool {
         self.seen.contains_key(key)
     }
@@ -311,6 +320,18 @@ mod tests {
             book.catch_up(&first, t(5), "t".into()),
             CatchUp::Nothing
         ));
+    }
+
+    #[test]
+    fn flows_gone_from_the_kernel_are_forgotten_and_count_from_zero_again() {
+        let mut book = FlowBook::default();
+        book.reported(key(1), t(40), &sample());
+        book.reported(key(2), t(5), &sample());
+        let live = key(2);
+        book.forget_absent(&std::collections::HashSet::from([&live]));
+        assert!(!book.knows(&key(1)) && book.knows(&key(2)));
+        // Evicted, then dropped again: the kernel's new entry starts from zero.
+        assert_eq!(book.unreported(&key(1), t(3)), t(3));
     }
 
     #[test]

@@ -554,7 +554,10 @@ impl Session {
     /// Reads the whole flow table: every packet the kernel counted gets reported.
     fn sweep_all(&mut self, out: &mut Vec<DropRecord>) {
         let now = self.enricher.now();
-        for (key, state) in self.capture.flows() {
+        let flows = self.capture.flows();
+        self.book
+            .forget_absent(&flows.iter().map(|(k, _)| k).collect());
+        for (key, state) in flows {
             if self.book.knows(&key) {
                 self.catch_up(&key, &state, &now, out);
             } else {
