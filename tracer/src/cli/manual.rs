@@ -77,6 +77,11 @@ const DROP_FIELDS: &[(&str, &str)] = &[
         "the front-end that manages the rule ({tool, object}) or null",
     ),
     (
+        "ports, beyond_flow_table (summary)",
+        "drops per protocol and destination port; drops on no line (flows beyond the kernel's \
+         flow table, counted by rule, hook and port from its aggregates)",
+    ),
+    (
         "services (summary, with --attempts)",
         "per destination service: attempts, dropped, passed, intermittent, complete, processes, and \
          accepted_by [{count, ct_state, label, rule fields}]: the rule that let the others through",
