@@ -600,6 +600,10 @@ fn through_cache(key: &FlowKey, len: u32) -> Option<(bool, u64)> {
     cache.pending = 0;
     cache.bytes = 0;
     if packets != 0 {
+        // Two calls from here rather than one inside the other: old verifiers allow 512
+        // bytes of stack for the whole chain of BPF functions (6.12: 344 + 128 + 56 was
+        // refused).
+        aggregate(&cache.key, cache.site, packets, bytes);
         add_to_flow(&cache.key, packets, bytes, cache.site);
     }
     cache.key = *key;
@@ -634,7 +638,6 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
 /// walking the rest of the program three times (Debian 5.10's verifier took minutes).
 #[inline(never)]
 fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64, site: u32) {
-    aggregate(&AggKey::of(key, site), packets, bytes);
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer from the kernel, valid for this program run.
         unsafe {
@@ -645,17 +648,19 @@ fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64, site: u32) {
     }
     // Evicted meanwhile (more flows than the table holds): counted again from here; the
     // packets counted before are lost to per-flow detail, as with any eviction (not to
-    // the aggregates).
+    // the aggregates, which the caller counted them in).
     let state = FlowState::counted_only(packets, bytes, site);
     let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
 }
 
-/// Adds drops to their aggregate. A key is added while the table has room short of its
-/// reserve; then a new key's drops go to its coarse key (`AggKey::coarse`), which the
-/// reserve holds: a handful per namespace, site and protocol. A BPF function of its own
-/// for the verifier, as `add_to_flow`.
+/// Adds drops of the flow `flow`, dropped at `site`, to their aggregate. A key is added
+/// while the table has room short of its reserve; then a new key's drops go to its coarse
+/// key (`AggKey::coarse`), which the reserve holds: a handful per namespace, site and
+/// protocol. A BPF function of its own for the verifier, as `add_to_flow`, and the key is
+/// built here, in its frame, not in the caller's.
 #[inline(never)]
-fn aggregate(key: &AggKey, packets: u64, bytes: u64) {
+fn aggregate(flow: &FlowKey, site: u32, packets: u64, bytes: u64) {
+    let key = &AggKey::of(flow, site);
     if add_to_aggregate(key, packets, bytes) {
         return;
     }
@@ -722,13 +727,13 @@ fn count_drop<C: EbpfContext>(
         // SAFETY: a map value pointer from the kernel, valid for this program run.
         e.site = unsafe { (*state).site };
         if packets != 0 {
-            aggregate(&AggKey::of(key, e.site), packets, bytes);
+            aggregate(key, e.site, packets, bytes);
         }
         return bump_flow(state, packets, bytes, now);
     }
     e.site = take_stack(ctx, e);
     if packets != 0 {
-        aggregate(&AggKey::of(key, e.site), packets, bytes);
+        aggregate(key, e.site, packets, bytes);
     }
     let mut state = MaybeUninit::<FlowState>::uninit();
     let st = state.as_mut_ptr();
@@ -757,8 +762,13 @@ fn bump_flow(state: *mut FlowState, packets: u64, bytes: u64, now: u64) -> Optio
     // SAFETY: a map value pointer from the kernel, valid for this program run; counters
     // are updated with atomic adds because other CPUs may count the same flow.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, packets);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, bytes);
+        // Not for nothing (a cache hit asking only whether a record is due): LLVM turns an
+        // atomic add of a known 0 into an atomic OR, which kernels before 5.12 refuse
+        // ("BPF_STX uses reserved fields").
+        if packets != 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).count, packets);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, bytes);
+        }
         if now.wrapping_sub((*state).last_emit_ns) < FLOW_UPDATE_NS {
             return None;
         }
