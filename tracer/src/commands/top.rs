@@ -361,6 +361,7 @@ pub fn plain_table(model: &TopModel) -> String {
 pub async fn run(mut args: TopArgs) -> anyhow::Result<()> {
     args.capture.attempts = args.attempts;
     let mut session = Session::start(&args.filters, &args.capture, false)?;
+    session.count_beyond_flow_table(&args.capture);
     let info = session.start_info(&args.filters, &args.capture);
     let title = format!(
         "droptrace top: {} drops in netns {}{}",

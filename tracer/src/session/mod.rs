@@ -158,6 +158,8 @@ pub struct Session {
     /// Lines still to be made this second, when the capture counts beyond the flow table
     /// ([`Session::count_beyond_flow_table`]); `None`: every line is made.
     line_budget: Option<usize>,
+    /// A line was left to a later second since the flow table was last read whole.
+    lines_deferred: bool,
     started: Instant,
     last_prune: Instant,
     /// Records lost when the flow table was last read whole, and when.
@@ -265,6 +267,7 @@ impl Session {
             sites: beyond::SiteBook::default(),
             lines_by_aggregate: beyond::LineBook::default(),
             line_budget: None,
+            lines_deferred: false,
             process_filter: filters.clone(),
             filtered_out: 0,
             limited: false,
@@ -298,7 +301,10 @@ impl Session {
     fn line_allowed(&mut self) -> bool {
         match &mut self.line_budget {
             None => true,
-            Some(0) => false,
+            Some(0) => {
+                self.lines_deferred = true;
+                false
+            }
             Some(n) => {
                 *n -= 1;
                 true
@@ -508,16 +514,19 @@ impl Session {
         }
     }
 
-    /// After the kernel lost records (ring buffer full: a scan, a stalled reader), reads
-    /// the whole flow table, at most every few seconds: the flows whose only record was
-    /// lost are reported now, not at the end of the capture — which for `serve` never
-    /// comes.
+    /// After the kernel lost records (ring buffer full: a scan, a stalled reader) or lines
+    /// were left to a later second, reads the whole flow table, at most every few seconds:
+    /// the flows whose only record was lost or passed over are reported now (as far as the
+    /// line budget goes), not at the end of the capture — which for `serve` never comes.
     fn sweep_after_lost_records(&mut self, out: &mut Vec<DropRecord>) {
         let Ok(lost) = self.capture.stats().map(|s| s.records_lost) else {
             return;
         };
-        if lost > self.lost_swept && self.last_full_sweep.elapsed() >= FULL_SWEEP_EVERY {
+        if (lost > self.lost_swept || self.lines_deferred)
+            && self.last_full_sweep.elapsed() >= FULL_SWEEP_EVERY
+        {
             self.lost_swept = lost;
+            self.lines_deferred = false;
             self.last_full_sweep = Instant::now();
             self.sweep_all(out);
         }
