@@ -179,6 +179,17 @@ impl Netns {
         .map_err(Into::into)
     }
 
+    /// The packet counters of the rules of iptables' OUTPUT chain, in order: the kernel's
+    /// own count, the tests' oracle.
+    pub fn output_counters(&self) -> Vec<u64> {
+        self.exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])
+            .expect("iptables -L OUTPUT")
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
     /// Sends one datagram to each port of `ports` (one flow each); returns how many the
     /// kernel accepted.
     pub fn udp_spray(

@@ -13,17 +13,6 @@ use droptrace_tests::{
 };
 use serde_json::Value;
 
-/// Packet counters of the client's filter/OUTPUT rules, in order.
-fn output_counters(t: &Topology) -> Vec<u64> {
-    t.client
-        .exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])
-        .unwrap()
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
 /// A live conntrack entry for a connection from `sport` to the gateway's 8443.
 fn live_entry(t: &Topology, sport: u16) {
     t.client
@@ -94,7 +83,7 @@ fn connect_ten_times(t: &Topology) -> usize {
 #[test]
 fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
     let t = intermittent_service();
-    let before = output_counters(&t);
+    let before = t.client.output_counters();
     let w = Watcher::start(&["watch", "--netns", &t.client.name, "--attempts"]).unwrap();
     let connected = connect_ten_times(&t);
     assert_eq!(
@@ -103,7 +92,7 @@ fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
         "only the source ports with a live entry connect"
     );
     let lines = w.stop().unwrap();
-    let after = output_counters(&t);
+    let after = t.client.output_counters();
     let grown: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
 
     let end = summary(&lines);
@@ -269,9 +258,9 @@ fn verify_catches_the_intermittent_service_and_passes_after_the_fix() {
         let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
         (code, report, stderr)
     };
-    let before = output_counters(&t);
+    let before = t.client.output_counters();
     let (code, report, stderr) = verify(&t);
-    let dropped = output_counters(&t)[0] - before[0];
+    let dropped = t.client.output_counters()[0] - before[0];
     assert_eq!(code, 1, "{report} {stderr}");
     let p = &report["probes"][0];
     assert_eq!(p["result"], "intermittent", "{report}");

@@ -8,7 +8,7 @@
 
 use ruleset::{Backend, DecidedBy, Hook, eval::Verdict};
 
-use super::{Attribution, Attributor, Level, candidates::named, snapshot::Snapshot};
+use super::{Attribution, Attributor, GONE, Level, candidates::named, snapshot::Snapshot};
 
 /// Every backend: an accepted packet went through the base chains of every engine on the
 /// hook, and the walk follows them in priority order.
@@ -23,16 +23,10 @@ impl Attributor {
     /// how many attempts each stands for) through, read now and checked against the counters
     /// since the namespace's first read.
     pub fn accepted(&mut self, netns: u32, packets: &[(ruleset::Packet, u64)]) -> Vec<Attribution> {
-        let ns = self.namespaces.entry(netns).or_default();
-        if ns.relocate(netns) {
-            ns.read_afresh();
-        }
-        let Some(path) = &ns.path else {
-            let none = Attribution::none("the namespace is gone or cannot be entered");
-            return vec![none; packets.len()];
+        let Some(now) = self.read_now(netns) else {
+            return vec![Attribution::none(GONE); packets.len()];
         };
-        let now = Snapshot::read(path.as_deref());
-        let grown = ns
+        let grown = self.namespaces[&netns]
             .baseline
             .as_ref()
             .map(|b| ruleset::counters::counter_deltas(&b.ruleset, &now.ruleset));

@@ -10,11 +10,10 @@
 //! (`unsure`, listing both): never a guess.
 
 use super::{
-    Attribution, Attributor, Level,
+    Attribution, Attributor, GONE, Level,
     candidates::{Candidate, evaluate_candidates},
     packet::rule_hook,
     rule_engine,
-    snapshot::Snapshot,
 };
 use crate::kernel::stack;
 
@@ -43,15 +42,9 @@ impl Attributor {
     /// The rule of each of `items` (drops counted in aggregate in namespace `netns`), from
     /// the namespace's ruleset as read now.
     pub fn beyond(&mut self, netns: u32, items: &[Counted]) -> Vec<Attribution> {
-        let ns = self.namespaces.entry(netns).or_default();
-        if ns.relocate(netns) {
-            ns.read_afresh();
-        }
-        let Some(path) = &ns.path else {
-            let none = Attribution::none("the namespace is gone or cannot be entered");
-            return vec![none; items.len()];
+        let Some(now) = self.read_now(netns) else {
+            return vec![Attribution::none(GONE); items.len()];
         };
-        let now = Snapshot::read(path.as_deref());
         items.iter().map(|c| judged(&now.ruleset, c)).collect()
     }
 }

@@ -152,6 +152,21 @@ impl Attributor {
     }
 }
 
+/// Why a namespace's packets are judged against no ruleset.
+const GONE: &str = "the namespace is gone or cannot be entered";
+
+impl Attributor {
+    /// The namespace's ruleset as read now (found again if its path moved), for judging
+    /// packets beside the drop lines; `None` when the namespace is gone ([`GONE`]).
+    fn read_now(&mut self, netns: u32) -> Option<Snapshot> {
+        let ns = self.namespaces.entry(netns).or_default();
+        if ns.relocate(netns) {
+            ns.read_afresh();
+        }
+        ns.path.as_ref().map(|path| Snapshot::read(path.as_deref()))
+    }
+}
+
 fn rule_engine(e: stack::Engine) -> ruleset::Engine {
     match e {
         stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
