@@ -74,6 +74,11 @@ impl StartInfo {
     }
 }
 
+/// How often the record buffer is read without being woken: the kernel wakes droptrace
+/// only once a batch of records waits (tracer-ebpf/src/main.rs), so this is how late a lone
+/// drop's record can be.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// How often a long capture looks for namespaces that are gone.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -358,12 +363,15 @@ impl Session {
         tokio::pin!(sleep);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Drop> = Vec::new();
         let mut staged = Vec::new();
         let mut out = Vec::new();
         loop {
             let (stop, sweep) = tokio::select! {
                 r = self.capture.readable() => { r?; (false, false) }
+                _ = drain.tick() => (false, false),
                 _ = tick.tick() => (false, true),
                 _ = self.sigint.recv() => (true, false),
                 _ = self.sigterm.recv() => (true, false),
