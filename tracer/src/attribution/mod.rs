@@ -12,7 +12,7 @@ pub mod beyond;
 mod candidates;
 mod evidence;
 pub mod owner;
-mod packet;
+pub mod packet;
 pub mod reader;
 pub mod snapshot;
 

@@ -36,13 +36,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         mark: r.mark,
         uid: r.uid,
         gid: r.gid,
-        ct_state: Some(match r.ct_state {
-            DropCt::New => ruleset::CtState::New,
-            DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
-            DropCt::Related | DropCt::RelatedReply => ruleset::CtState::Related,
-            // No conntrack entry: what `--ctstate INVALID` / `ct state invalid` match.
-            DropCt::None => ruleset::CtState::Invalid,
-        }),
+        ct_state: Some(rule_ct_state(r.ct_state)),
         len: r.len,
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).
@@ -53,6 +47,17 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
             gid: r.has_socket && r.gid.is_none(),
             per_flow: false,
         },
+    }
+}
+
+/// A dropped packet's conntrack state as rules test it.
+pub fn rule_ct_state(s: DropCt) -> ruleset::CtState {
+    match s {
+        DropCt::New => ruleset::CtState::New,
+        DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
+        DropCt::Related | DropCt::RelatedReply => ruleset::CtState::Related,
+        // No conntrack entry: what `--ctstate INVALID` / `ct state invalid` match.
+        DropCt::None => ruleset::CtState::Invalid,
     }
 }
 

@@ -35,6 +35,15 @@ impl CtState {
         }
     }
 
+    /// The state of `DropEvent::ct_info` (or a key's): [`CtState::None`] for `CT_NONE`.
+    pub fn of(ct_info: u8) -> Self {
+        if ct_info == CT_NONE {
+            CtState::None
+        } else {
+            CtState::from_info(ct_info)
+        }
+    }
+
     fn from_info(info: u8) -> Self {
         match info {
             0 => CtState::Established,
@@ -182,11 +191,7 @@ impl From<&DropEvent> for Drop {
             dport: ports.then_some(e.dport),
             tcp_flags: (has_l4 && e.proto == 6).then_some(e.tcp_flags),
             icmp: (has_l4 && matches!(e.proto, 1 | 58)).then_some((e.icmp_type, e.icmp_code)),
-            ct_state: if e.ct_info == CT_NONE {
-                CtState::None
-            } else {
-                CtState::from_info(e.ct_info)
-            },
+            ct_state: CtState::of(e.ct_info),
             fragment: e.flags & flags::FRAGMENT != 0,
             headers: e.headers[..headers_len].to_vec(),
             kernel: crate::kernel::verdicts::KernelSaw::from_record(&e.kernel),

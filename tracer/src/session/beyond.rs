@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 
-use tracer_common::{AggCount, AggKey, CT_NONE};
+use tracer_common::{AggCount, AggKey};
 
 use crate::{
-    attribution::beyond::Counted,
+    attribution::{beyond::Counted, packet::rule_ct_state},
     kernel::{
+        drop::CtState,
         filter::proto_name,
         stack::{Engine, Hook},
     },
@@ -125,15 +126,8 @@ pub fn counted(k: &AggKey, sites: &SiteBook) -> Counted {
         dport: (!coarse && tracer_common::has_ports(k.proto)).then_some(k.dport),
         icmp: (!coarse && icmp).then_some(((k.dport >> 8) as u8, k.dport as u8)),
         tcp_flags: (!coarse && k.proto == 6).then_some(k.tcp_flags),
-        ct_state: match k.ct_info {
-            _ if coarse => None,
-            0 | 3 => Some(ruleset::CtState::Established),
-            1 | 4 => Some(ruleset::CtState::Related),
-            2 => Some(ruleset::CtState::New),
-            // No conntrack entry: what `--ctstate INVALID` matches (as for lines).
-            CT_NONE => Some(ruleset::CtState::Invalid),
-            _ => None,
-        },
+        // As for lines (a drop without conntrack entry is what `--ctstate INVALID` matches).
+        ct_state: (!coarse).then(|| rule_ct_state(CtState::of(k.ct_info))),
     }
 }
 

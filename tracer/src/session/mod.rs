@@ -672,14 +672,16 @@ impl Session {
                 return end;
             }
         };
-        let mut shortfall = None;
         if self.line_budget.is_some() {
             match self.capture.aggregates() {
-                Ok(aggregates) => {
-                    self.report_beyond(&aggregates);
-                    shortfall = Some(stats.unaggregated);
-                }
+                Ok(aggregates) => self.report_beyond(&aggregates),
                 Err(e) => log::warn!("{e}: drops beyond the flow table are reported as lost"),
+            }
+            if stats.unaggregated > 0 {
+                log::warn!(
+                    "{} drops found no room in the kernel's aggregates either: they are lost",
+                    stats.unaggregated
+                );
             }
         }
         // Packets the kernel matched but no line reported: flows evicted from the flow
@@ -694,9 +696,6 @@ impl Session {
             (unreported, 0)
         };
         let mut end = self.summary.record(lost, stats.matched, duration);
-        if let Some(n) = shortfall.filter(|n| *n > 0) {
-            log::warn!("{n} drops found no room in the kernel's aggregates either");
-        }
         end.records_lost = stats.records_lost;
         end.beyond_count = beyond;
         if let Some(a) = &mut self.attempts {
