@@ -128,18 +128,14 @@ COMMIT
 ";
 
     fn snapshot(text: &str) -> Snapshot {
-        Snapshot {
-            ruleset: ruleset::iptables_save::parse_ruleset(
+        Snapshot::of(
+            ruleset::iptables_save::parse_ruleset(
                 text,
                 Backend::IptablesNft,
                 ruleset::Family::Ipv4,
             )
             .unwrap(),
-            taken: std::time::Instant::now(),
-            done_ns: 0,
-            problems: Vec::new(),
-            digest: 0,
-        }
+        )
     }
 
     fn syn(dport: u16, ct_state: ruleset::CtState) -> ruleset::Packet {

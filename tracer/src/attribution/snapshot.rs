@@ -9,7 +9,7 @@ use std::{
     collections::HashSet,
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use ruleset::{Backend, Family, Ruleset, TableFamily};
@@ -20,6 +20,8 @@ use super::reader::{self, Dump, Source, dump};
 pub struct Snapshot {
     pub ruleset: Ruleset,
     pub taken: Instant,
+    /// How long the read took (its tools' wall time and the parse).
+    pub cost: Duration,
     /// CLOCK_MONOTONIC (the kernel's drop timestamps' clock) when the read was done: a
     /// drop stamped later is not in these counters.
     pub done_ns: u64,
@@ -28,6 +30,11 @@ pub struct Snapshot {
     /// What the ruleset says, without its counters: two reads with the same digest hold
     /// the same rules, so a drop between them was not made by a rule added or removed.
     pub digest: u64,
+    /// nf_tables' generation id when the read began (see [`super::generation`]).
+    pub generation: Option<u32>,
+    /// The native nftables tables, as listed (family, name); `None` when they could not
+    /// be listed one by one.
+    native: Option<Vec<(String, String)>>,
 }
 
 /// Ruleset reads since start, and those that left a source unread or unparsed: the
@@ -38,7 +45,23 @@ pub static READS_WITH_PROBLEMS: AtomicU64 = AtomicU64::new(0);
 impl Snapshot {
     /// Reads the ruleset of the namespace at `netns` (None: our own).
     pub fn read(netns: Option<&Path>) -> Snapshot {
-        let snap = Snapshot::read_uncounted(netns);
+        Snapshot::read_since(netns, None, None)
+    }
+
+    /// Reads the ruleset again, `generation` being nf_tables' generation id read just
+    /// before: when `earlier` (a read of the same namespace) began at the same id, no
+    /// nf_tables commit came between, so the native tables it listed are still the ones
+    /// there (their rules and counters are read again).
+    pub fn read_since(
+        netns: Option<&Path>,
+        generation: Option<u32>,
+        earlier: Option<&Snapshot>,
+    ) -> Snapshot {
+        let known = earlier
+            .filter(|e| generation.is_some() && e.generation == generation)
+            .and_then(|e| e.native.as_deref());
+        let mut snap = Snapshot::read_uncounted(netns, known);
+        snap.generation = generation;
         READS.fetch_add(1, Ordering::Relaxed);
         if !snap.problems.is_empty() {
             READS_WITH_PROBLEMS.fetch_add(1, Ordering::Relaxed);
@@ -46,7 +69,22 @@ impl Snapshot {
         snap
     }
 
-    fn read_uncounted(netns: Option<&Path>) -> Snapshot {
+    /// A snapshot of `ruleset` as if read now, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(ruleset: Ruleset) -> Snapshot {
+        Snapshot {
+            digest: digest_of(&ruleset.tables),
+            ruleset,
+            taken: Instant::now(),
+            cost: Duration::ZERO,
+            done_ns: monotonic_ns(),
+            problems: Vec::new(),
+            generation: None,
+            native: None,
+        }
+    }
+
+    fn read_uncounted(netns: Option<&Path>, known: Option<&[(String, String)]>) -> Snapshot {
         let taken = Instant::now();
         let mut problems = Vec::new();
         let mut text = |source: Source| text_or_problem(dump(source, netns), &mut problems);
@@ -84,7 +122,8 @@ impl Snapshot {
             .filter(|t| t.backend == Backend::IptablesNft)
             .map(|t| (t.family, t.name.clone()))
             .collect();
-        tables.extend(native_nft_tables(netns, &iptables_nft, &mut problems));
+        let (native_tables, native) = native_nft_tables(netns, &iptables_nft, known, &mut problems);
+        tables.extend(native_tables);
         let ipsets = match ipset.map(|t| ruleset::ipset::parse_save(&t)) {
             Some(Ok(sets)) => sets,
             Some(Err(e)) => {
@@ -117,8 +156,11 @@ impl Snapshot {
                 local_routes: routes_read.then_some(local),
             },
             taken,
+            cost: taken.elapsed(),
             done_ns: monotonic_ns(),
             problems,
+            generation: None,
+            native,
         }
     }
 }
@@ -138,46 +180,53 @@ fn text_or_problem(d: Dump, problems: &mut Vec<String>) -> Option<String> {
     }
 }
 
-/// The native nftables tables (those iptables-nft does not manage), with their handles.
+/// The native nftables tables (those iptables-nft does not manage), with their handles,
+/// and their names when they were listed one by one.
 ///
 /// Listed table by table: `nft -j list ruleset` would also render every iptables-nft
 /// table, translating each xt match, only for it to be thrown away (50 ms of nft for
 /// 2,000 iptables rules, paid at every read). When a table cannot be listed on its own
-/// (a name nft would not parse), the whole ruleset is read as before.
+/// (a name nft would not parse), the whole ruleset is read as before. `known`: the names,
+/// known unchanged (see [`Snapshot::read_since`]), so not listed again.
 fn native_nft_tables(
     netns: Option<&Path>,
     managed: &HashSet<(TableFamily, String)>,
+    known: Option<&[(String, String)]>,
     problems: &mut Vec<String>,
-) -> Vec<ruleset::Table> {
-    let Some(listing) = text_or_problem(dump(Source::NftTables, netns), problems) else {
-        return Vec::new();
-    };
-    let names = match ruleset::nft_json::parse(&listing) {
-        Ok(all) => all,
-        Err(e) => {
-            problems.push(format!("nft tables: {e}"));
-            return Vec::new();
+) -> (Vec<ruleset::Table>, Option<Vec<(String, String)>>) {
+    let native = match known {
+        Some(names) => names.to_vec(),
+        None => {
+            let Some(listing) = text_or_problem(dump(Source::NftTables, netns), problems) else {
+                return (Vec::new(), None);
+            };
+            match ruleset::nft_json::parse(&listing) {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|t| !managed.contains(&(t.family, t.name.clone())))
+                    .map(|t| (t.family.to_string(), t.name))
+                    .collect(),
+                Err(e) => {
+                    problems.push(format!("nft tables: {e}"));
+                    return (Vec::new(), None);
+                }
+            }
         }
     };
-    let native: Vec<_> = names
-        .into_iter()
-        .filter(|t| !managed.contains(&(t.family, t.name.clone())))
-        .map(|t| (t.family.to_string(), t.name))
-        .collect();
     let mut one_by_one = Vec::new();
     for (family, name) in &native {
         let json = reader::dump_nft_table(true, family, name, netns);
         let text = reader::dump_nft_table(false, family, name, netns);
         match (json, text) {
             (Some(json), Some(text)) => one_by_one.push((json, text)),
-            _ => return whole_ruleset(netns, managed, problems),
+            _ => return (whole_ruleset(netns, managed, problems), None),
         }
     }
     let mut tables = Vec::new();
     for (json, text) in one_by_one {
         tables.extend(parse_native(json, text, managed, problems));
     }
-    tables
+    (tables, Some(native))
 }
 
 /// The native tables from `nft -j list ruleset` and `nft -a list ruleset`.
