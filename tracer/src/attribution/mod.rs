@@ -11,12 +11,17 @@ mod accepted;
 pub mod beyond;
 mod candidates;
 mod evidence;
+pub mod generation;
 pub mod owner;
 pub mod packet;
 pub mod reader;
 pub mod snapshot;
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use ruleset::DecidedBy;
 
@@ -47,24 +52,28 @@ struct Namespace {
     /// How to enter it; `None` when it could not be found.
     path: Option<Option<PathBuf>>,
     current: Option<Snapshot>,
-    /// The read before `current`: the baseline for drops that may predate the end of
-    /// `current`'s read (see [`Attributor::flush`]).
-    previous: Option<Snapshot>,
+    /// Reads before `current`, oldest first, back to the newest one at least
+    /// [`WIDE_WINDOW`] older than it: the first is the baseline for drops that may predate
+    /// the end of `current`'s read (see [`Attributor::flush`]).
+    earlier: VecDeque<Snapshot>,
     pending: Vec<Pending>,
     /// When this namespace last had drops to attribute.
-    last_drop: Option<std::time::Instant>,
+    last_drop: Option<Instant>,
     /// When `path` was last checked (see [`Namespace::relocate`]).
-    located: Option<std::time::Instant>,
+    located: Option<Instant>,
     /// The name its records carried last: another name means another namespace.
     name: Option<String>,
     /// The first read, kept when attempts are counted: the accepting rules' counters grow
     /// from it (see [`accepted`]).
     baseline: Option<Snapshot>,
+    /// Asks the namespace for nf_tables' generation id (see [`Namespace::read`]); opened
+    /// at the first read through `path`.
+    generation: Option<generation::Generation>,
 }
 
 /// How often the way into a namespace is checked: it is one `stat`, paid on the records'
 /// path.
-const RELOCATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RELOCATE_EVERY: Duration = Duration::from_secs(1);
 
 impl Namespace {
     /// Checks, at most once a second, that `path` still enters the namespace `inode`, and
@@ -76,7 +85,7 @@ impl Namespace {
         if self.located.is_some_and(|t| t.elapsed() < RELOCATE_EVERY) {
             return false;
         }
-        self.located = Some(std::time::Instant::now());
+        self.located = Some(Instant::now());
         let leads_there = match &self.path {
             // Our own namespace, entered as is: it cannot go while we run.
             Some(None) => true,
@@ -95,14 +104,80 @@ impl Namespace {
     /// Reads the ruleset afresh, forgetting the snapshots read before (through another
     /// way in, maybe of another namespace).
     fn read_afresh(&mut self) {
-        self.previous = None;
+        self.earlier.clear();
         self.baseline = None;
-        self.current = self.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
+        self.current = None;
+        self.generation = None;
+        self.current = self.read();
+    }
+
+    /// Reads the ruleset through `path`; what an nf_tables commit alone changes is taken
+    /// from the current read when no commit came since (see [`Snapshot::read_since`]).
+    fn read(&mut self) -> Option<Snapshot> {
+        let path = self.path.as_ref()?;
+        if self.generation.is_none() {
+            self.generation = generation::Generation::open(path.as_deref())
+                .inspect_err(|e| log::debug!("nf_tables generation id unavailable: {e}"))
+                .ok();
+        }
+        let id = self.generation.as_ref().and_then(|g| g.read().ok());
+        Some(Snapshot::read_since(
+            path.as_deref(),
+            id,
+            self.current.as_ref(),
+        ))
+    }
+
+    /// The baseline of the wide window (see [`Attributor::flush`]).
+    fn previous(&self) -> Option<&Snapshot> {
+        self.earlier.front()
+    }
+
+    /// Makes `now` the current read, keeping the earlier ones the wide window needs.
+    fn advance(&mut self, now: Snapshot) {
+        let newest = now.taken;
+        if let Some(old) = self.current.replace(now) {
+            self.earlier.push_back(old);
+        }
+        while self
+            .earlier
+            .get(1)
+            .is_some_and(|next| newest.duration_since(next.taken) >= WIDE_WINDOW)
+        {
+            self.earlier.pop_front();
+        }
+    }
+
+    /// Whether its pending records may be confirmed now: the ruleset was last read long
+    /// enough ago (see [`read_gap`]).
+    fn due(&self) -> bool {
+        !self.pending.is_empty()
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|c| c.taken.elapsed() >= read_gap(c.cost))
     }
 }
 
+/// How much older than the current read the wide window's baseline is at least: a line
+/// that sums up packets (a flow's update, a sweep of the flow table) carries drops up to
+/// [`tracer_common::FLOW_UPDATE_NS`] older than its record.
+const WIDE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The least time between two reads of a namespace's ruleset while drops wait for one:
+/// a drop's line waits for the read after it (its rule's counter confirms it), so reads
+/// are as frequent as their cost allows — reading takes at most a sixteenth of the time,
+/// between a quarter of a second and a second apart.
+fn read_gap(cost: Duration) -> Duration {
+    (cost * 16).clamp(Duration::from_millis(250), Duration::from_secs(1))
+}
+
 /// How long after its last drop a namespace's ruleset keeps being re-read every second.
-const IDLE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+const IDLE_REFRESH: Duration = Duration::from_secs(60);
+
+/// How old a read must be for [`Attributor::refresh_idle`] to read again (a little under
+/// its one-second call, so a read made for pending records meanwhile counts).
+const IDLE_READ_GAP: Duration = Duration::from_millis(900);
 
 /// Attributes drops namespace by namespace, confirming with counters.
 ///
@@ -163,7 +238,7 @@ impl Attributor {
         if ns.relocate(netns) {
             ns.read_afresh();
         }
-        ns.path.as_ref().map(|path| Snapshot::read(path.as_deref()))
+        ns.read()
     }
 }
 
@@ -340,7 +415,7 @@ impl Attributor {
             cap_inferred(&mut attr, note);
         }
         rec.rule = Some(attr);
-        ns.last_drop = Some(std::time::Instant::now());
+        ns.last_drop = Some(Instant::now());
         ns.pending.push(Pending {
             record: rec,
             candidates,
@@ -363,31 +438,35 @@ impl Attributor {
             if !ns.pending.is_empty() || !recent {
                 continue;
             }
+            let fresh = ns
+                .current
+                .as_ref()
+                .is_some_and(|c| c.taken.elapsed() < IDLE_READ_GAP);
             if ns.relocate(*inode) {
                 ns.read_afresh();
-            } else if let Some(path) = &ns.path {
-                let now = Snapshot::read(path.as_deref());
-                ns.previous = ns.current.replace(now);
+            } else if !fresh && let Some(now) = ns.read() {
+                ns.advance(now);
             }
         }
     }
 
-    /// Re-reads the rulesets of namespaces with pending records, confirms attributions with
-    /// the counters, and returns the records in time order.
-    pub fn flush(&mut self) -> Vec<DropRecord> {
+    /// Re-reads the rulesets of namespaces with pending records (`all`), or of those whose
+    /// last read is old enough to read again ([`read_gap`]), confirms attributions with the
+    /// counters, and returns the records in time order.
+    pub fn flush(&mut self, all: bool) -> Vec<DropRecord> {
         let mut out = Vec::new();
         for (inode, ns) in self
             .namespaces
             .iter_mut()
-            .filter(|(_, n)| !n.pending.is_empty())
+            .filter(|(_, n)| !n.pending.is_empty() && (all || n.due()))
         {
             if ns.relocate(*inode) {
                 // The pending records were judged against a ruleset read through the old
                 // way in: no counter can confirm them.
                 ns.current = None;
-                ns.previous = None;
+                ns.earlier.clear();
             }
-            let after = ns.path.as_ref().map(|p| Snapshot::read(p.as_deref()));
+            let after = ns.read();
             let deltas_since = |baseline: Option<&Snapshot>| match (baseline, &after) {
                 (Some(before), Some(after)) => Some(ruleset::counters::counter_deltas(
                     &before.ruleset,
@@ -396,7 +475,7 @@ impl Attributor {
                 _ => None,
             };
             let recent = deltas_since(ns.current.as_ref());
-            let wide = match &ns.previous {
+            let wide = match ns.previous() {
                 Some(previous) => deltas_since(Some(previous)),
                 None => recent.clone(),
             };
@@ -453,7 +532,7 @@ impl Attributor {
             for (mut p, mut found) in ns.pending.drain(..).zip(now) {
                 let is_early = early(&p.record);
                 let (deltas, baseline) = if is_early {
-                    (&wide, ns.previous.as_ref().or(ns.current.as_ref()))
+                    (&wide, ns.earlier.front().or(ns.current.as_ref()))
                 } else {
                     (&recent, ns.current.as_ref())
                 };
@@ -533,8 +612,8 @@ impl Attributor {
                 }
                 out.push(p.record);
             }
-            if after.is_some() {
-                ns.previous = std::mem::replace(&mut ns.current, after);
+            if let Some(after) = after {
+                ns.advance(after);
             }
         }
         // Namespaces are flushed one after the other; lines go out in time order.

@@ -402,7 +402,7 @@ impl Session {
                 // The flow table has the packets no record carried yet.
                 self.sweep_all(&mut staged);
             }
-            self.attribute(&mut staged, &mut out, sweep || stop);
+            self.attribute(&mut staged, &mut out, sweep, stop);
             let limit_hit = self.emit_all(&mut out, c.count, &mut emit)?;
             release_burst_memory(&mut [&mut staged, &mut out], &mut batch);
             if sweep && let Err(e) = tick_fn(self) {
@@ -461,18 +461,27 @@ impl Session {
         }
     }
 
-    /// Names the rule of each staged line. Lines wait for the next ruleset read (`flush`,
-    /// once a second and at the end) so their rule's counter can confirm the attribution.
-    fn attribute(&mut self, staged: &mut Vec<DropRecord>, out: &mut Vec<DropRecord>, flush: bool) {
+    /// Names the rule of each staged line. Lines wait for the next ruleset read of their
+    /// namespace (as soon as its last read is old enough, see `Attributor::flush`, and at
+    /// the end) so their rule's counter can confirm the attribution. Once a second
+    /// (`tick`), namespaces without lines waiting have their ruleset re-read.
+    fn attribute(
+        &mut self,
+        staged: &mut Vec<DropRecord>,
+        out: &mut Vec<DropRecord>,
+        tick: bool,
+        end: bool,
+    ) {
         match &mut self.attributor {
             None => out.append(staged),
             Some(a) => {
                 for r in staged.drain(..) {
                     a.submit(r);
                 }
-                if flush && a.has_pending() {
-                    out.extend(a.flush());
-                } else if flush {
+                if a.has_pending() {
+                    out.extend(a.flush(end));
+                }
+                if tick {
                     a.refresh_idle();
                 }
             }
