@@ -37,6 +37,8 @@ use nix::{
 
 use crate::{floor::Floor, netns::Netns, run_checked, setup, workspace_root};
 
+mod latency;
+
 /// Seconds of flood per run.
 const FLOOD_SECONDS: f64 = 3.0;
 /// Runs per round (`--quick`: [`QUICK_RUNS`]).
@@ -317,8 +319,19 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
         began.elapsed(),
     );
     check_interrupted()?;
+    latency::run(droptrace)?.print();
+    check_interrupted()?;
     // Port-scan bursts beyond the flow table (the issue "Port scans and long captures").
     crate::scan::run(droptrace, &crate::scan::Args::bench_round(quick))
+}
+
+/// Only the drop-to-line round ([`latency`]).
+pub fn latency_only(droptrace: &Path) -> anyhow::Result<()> {
+    if !crate::nix_is_root() {
+        bail!("the bench creates a network namespace: run as root");
+    }
+    latency::run(droptrace)?.print();
+    Ok(())
 }
 
 impl Sample {

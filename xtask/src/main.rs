@@ -85,6 +85,9 @@ enum Task {
         /// 2 runs per round instead of 5.
         #[arg(long)]
         quick: bool,
+        /// Only the drop-to-line round (2,000 rules, 5 drops a second): latency and CPU.
+        #[arg(long)]
+        latency_only: bool,
     },
     /// Port-scan bursts beyond the kernel's flow table while `droptrace watch` runs: prints
     /// exactness, lost, "(rule unknown)", peak and final RSS and CPU (not a test).
@@ -112,7 +115,10 @@ fn main() -> ExitCode {
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::Scan(args) => setup::run().and_then(|()| scan::run(&build(true)?, &args)),
         Task::Soak(args) => setup::run().and_then(|()| soak::run(&build(true)?, &args)),
-        Task::Bench { quick } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
+        Task::Bench {
+            latency_only: true, ..
+        } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
+        Task::Bench { quick, .. } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
