@@ -121,11 +121,17 @@ impl Namespace {
                 .ok();
         }
         let id = self.generation.as_ref().and_then(|g| g.read().ok());
-        Some(Snapshot::read_since(
-            path.as_deref(),
-            id,
-            self.current.as_ref(),
-        ))
+        let snap = Snapshot::read_since(path.as_deref(), id, self.current.as_ref());
+        log::debug!(
+            "ruleset read in {:?} (generation {id:?}, {})",
+            snap.cost,
+            if snap.generation.is_some() && self.current.as_ref().and_then(|c| c.generation) == id {
+                "tables known"
+            } else {
+                "tables listed"
+            }
+        );
+        Some(snap)
     }
 
     /// The baseline of the wide window (see [`Attributor::flush`]).
@@ -166,10 +172,10 @@ const WIDE_WINDOW: Duration = Duration::from_secs(1);
 
 /// The least time between two reads of a namespace's ruleset while drops wait for one:
 /// a drop's line waits for the read after it (its rule's counter confirms it), so reads
-/// are as frequent as their cost allows — reading takes at most a sixteenth of the time,
+/// are as frequent as their cost allows — reading takes at most a twelfth of the time,
 /// between a quarter of a second and a second apart.
 fn read_gap(cost: Duration) -> Duration {
-    (cost * 16).clamp(Duration::from_millis(250), Duration::from_secs(1))
+    (cost * 12).clamp(Duration::from_millis(250), Duration::from_secs(1))
 }
 
 /// How long after its last drop a namespace's ruleset keeps being re-read every second.

@@ -102,7 +102,10 @@ impl Snapshot {
                 Family::Ipv6,
             ),
         ]
-        .map(|(source, backend, family)| (text(source), backend, family));
+        .map(|(source, backend, family)| {
+            let absent = backend == Backend::IptablesLegacy && !legacy_loaded(family);
+            (if absent { None } else { text(source) }, backend, family)
+        });
         // ipset is optional: most hosts have none.
         let ipset = match dump(Source::Ipset, netns) {
             Dump::Text(t) => Some(t),
@@ -163,6 +166,18 @@ impl Snapshot {
             native,
         }
     }
+}
+
+/// Whether the kernel has legacy xtables tables of `family` at all: their module makes
+/// /proc/net/ip_tables_names (ip6_tables_names) in every namespace, ours included, and
+/// without it `iptables-legacy-save` finds nothing (it loads no module to look). Saves two
+/// tool runs per read on hosts that use nf_tables only.
+fn legacy_loaded(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "/proc/net/ip_tables_names",
+        Family::Ipv6 => "/proc/net/ip6_tables_names",
+    };
+    Path::new(names).exists()
 }
 
 /// A dump's text, or `None` with what went wrong noted in `problems`.
