@@ -259,6 +259,48 @@ fn dport_and_dst_filters_select_drops_in_the_kernel() {
     );
 }
 
+/// With a port, protocol or family filter the kernel decides from the headers' first bytes
+/// (drops.rs `ruled_out_early`), IPv4 and IPv6 alike, before copying the rest: what it
+/// takes and what it refuses must be what the full parse would.
+#[test]
+fn port_and_protocol_filters_decide_early_on_both_families() {
+    let t = Topology::new().unwrap();
+    for (tool, proto) in [
+        ("iptables", "udp"),
+        ("ip6tables", "udp"),
+        ("ip6tables", "tcp"),
+    ] {
+        t.client
+            .exec(&[tool, "-A", "OUTPUT", "-p", proto, "-j", "DROP"])
+            .unwrap();
+    }
+    let w = Watcher::start(&[
+        "watch",
+        "--netns",
+        &t.client.name,
+        "--proto",
+        "udp",
+        "--dport",
+        "9090",
+    ])
+    .unwrap();
+    t.client.udp_send(t.gateway_addr(9090), 3).unwrap();
+    t.client.udp_send(t.gateway_addr(9091), 2).unwrap();
+    t.client.udp_send(t.gateway_addr6(9090), 4).unwrap();
+    t.client.udp_send(t.gateway_addr6(5044), 2).unwrap();
+    // The right port, the wrong protocol.
+    assert!(!t.client.tcp_connect(t.gateway_addr6(9090), SHORT).unwrap());
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), 7, "{d:?}");
+    assert!(
+        d.iter().all(|v| v["dport"] == 9090 && v["proto"] == "udp"),
+        "{d:?}"
+    );
+    assert!(d.iter().any(|v| v["family"] == "ipv4") && d.iter().any(|v| v["family"] == "ipv6"));
+    assert_eq!(summary(&lines)["matched_in_kernel"], 7);
+}
+
 #[test]
 fn all_reasons_shows_drops_that_are_not_netfilters() {
     let t = Topology::new().unwrap();

@@ -323,8 +323,24 @@ fn handle<C: EbpfContext, const BTF: bool>(
     let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     // The headers in one helper call, into the record's own buffer: the parser reads
     // them from there, and pcapng gets them without a second copy. A failed read leaves
-    // zeros, which no IP version matches.
-    copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
+    // zeros, which no IP version matches. With a port, protocol or family filter, the
+    // first bytes come first, and a packet they rule out costs no more.
+    if early_filters() {
+        copy_kernel(e.headers.as_mut_ptr(), PEEK_BYTES as u32, l3, 0);
+        if ruled_out_early(&e.headers) {
+            return None;
+        }
+        // SAFETY: PEEK_BYTES < HEADER_BYTES: the rest of the record's buffer.
+        let rest = unsafe { e.headers.as_mut_ptr().add(PEEK_BYTES) };
+        copy_kernel(
+            rest,
+            (HEADER_BYTES - PEEK_BYTES) as u32,
+            l3 + PEEK_BYTES as u64,
+            0,
+        );
+    } else {
+        copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
+    }
     let l4_flags = parse_l3(e, l3)?;
 
     if !watched(e, l4_flags) {
@@ -477,6 +493,58 @@ fn ct_info(nfct: u64) -> u8 {
     } else {
         CT_NONE
     }
+}
+
+/// Bytes read first when [`early_filters`]: an IPv4 header without options or an IPv6
+/// header, and the ports after it.
+const PEEK_BYTES: usize = 44;
+
+/// Whether a port, protocol or family filter is set (read-only data: the verifier keeps
+/// only the branch taken).
+#[inline(always)]
+fn early_filters() -> bool {
+    let any = |r: PortRange| r.lo == 0 && r.hi == u16::MAX;
+    conf!(family) != 0 || conf!(proto) != 0 || !any(conf!(sport)) || !any(conf!(dport))
+}
+
+/// Whether the first [`PEEK_BYTES`] of the headers show that [`watched`] will refuse the
+/// packet, by family, protocol or ports. `false` when they cannot tell (IPv4 options, IPv6
+/// extension headers, a fragment of IPv6): the full parse decides then. A port filter
+/// refuses what has no ports, as in `watched`.
+#[inline(always)]
+fn ruled_out_early(h: &[u8; HEADER_BYTES]) -> bool {
+    let (family, proto, l4, fragment) = match h[0] {
+        // Version 4, 5 words of header: no options. frag_off@6 (offset bits).
+        0x45 => (
+            AF_INET,
+            h[9],
+            20,
+            u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0,
+        ),
+        first if first >> 4 == 6 && (tracer_common::has_ports(h[6]) || h[6] == IPPROTO_ICMPV6) => {
+            (AF_INET6, h[6], 40, false)
+        }
+        _ => return false,
+    };
+    if conf!(family) != 0 && conf!(family) != family {
+        return true;
+    }
+    if conf!(proto) != 0 && conf!(proto) != proto {
+        return true;
+    }
+    let has_ports = tracer_common::has_ports(proto) && !fragment;
+    let (sport, dport) = if l4 == 20 {
+        (
+            u16::from_be_bytes([h[20], h[21]]),
+            u16::from_be_bytes([h[22], h[23]]),
+        )
+    } else {
+        (
+            u16::from_be_bytes([h[40], h[41]]),
+            u16::from_be_bytes([h[42], h[43]]),
+        )
+    };
+    !port_in(conf!(sport), sport, has_ports) || !port_in(conf!(dport), dport, has_ports)
 }
 
 /// Whether the user's filters (family, protocol, ports, addresses) take the packet parsed
