@@ -151,6 +151,9 @@ struct TracerRun {
     check: Option<Check>,
     /// ns per run of the tracer's programs over the flood (diagnostic runs only).
     prog_ns: Option<f64>,
+    /// droptrace's CPU time (its ruleset tools' included) from its start line to its exit,
+    /// over that time: what it costs while it runs, without its start-up.
+    running_share: Option<f64>,
 }
 
 /// Which tracer a run starts, how long it floods, and whether it reads BPF run-time stats.
@@ -613,10 +616,14 @@ impl Bench {
                 );
             }
         };
+        let running_since = Instant::now();
+        let cpu_at_start = crate::procstat::cpu_with_children(proc.child.id()).ok();
         let counter_before = self.counter()?;
         let (flood, prog_ns) = timed_flood(self, &before, opts)?;
         let counter_after = self.counter()?;
         let exit = proc.stop(Signal::SIGINT)?;
+        let running_share =
+            cpu_at_start.map(|c| (exit.cpu_s() - c) / running_since.elapsed().as_secs_f64());
         let out = reader
             .join()
             .map_err(|_| anyhow::anyhow!("droptrace reader panicked"))?;
@@ -655,6 +662,7 @@ impl Bench {
                 startup,
                 check: Some(check),
                 prog_ns,
+                running_share,
             }),
         })
     }
@@ -729,6 +737,7 @@ impl Bench {
                 startup,
                 check: None,
                 prog_ns,
+                running_share: None,
             }),
         })
     }
@@ -958,6 +967,7 @@ fn report(
     let rate = |r: Round| med(r, &|s| Some(s.drops_per_s));
     let base = rate(Round::Baseline);
     let cpu = |r: Round| med(r, &|s| s.tracer.as_ref().map(|t| t.cpu_s));
+    let running = |r: Round| med(r, &|s| s.tracer.as_ref().and_then(|t| t.running_share));
     let startup_ms = |r: Round| {
         med(r, &|s| {
             s.tracer.as_ref().map(|t| t.startup.as_secs_f64() * 1e3)
@@ -986,18 +996,19 @@ fn report(
     );
     let _ = writeln!(
         t,
-        "\n{:<34} {:>10} {:>6} {:>9} {:>7} {:>8} {:>8}   runs (drops/s)",
-        "round", "drops/s", "ratio", "flood_cpu", "cpu_s", "rss_kib", "start_ms"
+        "\n{:<34} {:>10} {:>6} {:>9} {:>7} {:>7} {:>8} {:>8}   runs (drops/s)",
+        "round", "drops/s", "ratio", "flood_cpu", "cpu_s", "running", "rss_kib", "start_ms"
     );
     for r in Round::ALL {
         let _ = writeln!(
             t,
-            "{:<34} {:>10.0} {:>6.3} {:>9.2} {:>7} {:>8} {:>8}   {}",
+            "{:<34} {:>10.0} {:>6.3} {:>9.2} {:>7} {:>7} {:>8} {:>8}   {}",
             r.label(),
             rate(r),
             rate(r) / rate(r.baseline()),
             med(r, &|s| Some(s.flood_cpu)),
             opt(Some(cpu(r)), 3),
+            opt(Some(running(r)), 3),
             rss(r).map_or("-".into(), |v| v.to_string()),
             opt(Some(startup_ms(r)), 0),
             of(r)
@@ -1010,7 +1021,8 @@ fn report(
         t,
         "(flood_cpu: the sender's CPU time / wall time, well below 1 when something else took its \
          CPU; cpu_s, rss_kib: the tracer process's user+sys time and peak RSS over its whole run, from \
-         wait4; start_ms: spawn to droptrace's JSON start line, or to bpftrace's probe being attached)"
+         wait4; running: droptrace's CPU time, its ruleset tools' included, from its start line to \
+         its exit, over that time (a share of one core); start_ms: spawn to droptrace's JSON start line, or to bpftrace's probe being attached)"
     );
 
     let _ = writeln!(
@@ -1160,6 +1172,14 @@ fn report(
         format!("{all_exact} runs={}", dt_runs.len()),
     );
     line("droptrace_cpu_s", format!("{:.3}", cpu(Round::Droptrace)));
+    line(
+        "droptrace_running_cpu_share",
+        format!("{:.3}", running(Round::Droptrace)),
+    );
+    line(
+        "droptrace_rules_running_cpu_share",
+        format!("{:.3}", running(Round::DroptraceRules)),
+    );
     line(
         "droptrace_rules_cpu_s",
         format!("{:.3}", cpu(Round::DroptraceRules)),

@@ -19,3 +19,18 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok((rss_kb / 1024.0, ticks / hz))
 }
+
+/// User+system CPU time in seconds of process `pid` and of its children it has reaped
+/// (the tools droptrace runs), as wait4 counts it at the exit.
+pub fn cpu_with_children(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime, stime, cutime, cstime: proc(5) fields 14 to 17.
+    let mut ticks = 0.0;
+    for f in &fields[11..15] {
+        ticks += f.parse::<f64>()?;
+    }
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / hz)
+}
