@@ -17,6 +17,15 @@ fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
     let file = path.to_str().unwrap();
     let w = Watcher::start(&["watch", "--netns", &t.client.name, "--write", file]).unwrap();
     t.client.udp_send(t.gateway_addr(5044), 3).unwrap();
+    // A long datagram: its first 128 bytes from the IP header on are captured, which the
+    // kernel program copies in two parts (what it parses, then the rest for records).
+    let to = t.gateway_addr(5044);
+    t.client
+        .run(move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let _ = sock.send_to(&long_payload(), to);
+        })
+        .unwrap();
     let lines = w.stop().unwrap();
     assert!(!drops(&lines).is_empty());
     let out = Command::new("tshark")
@@ -35,6 +44,8 @@ fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
             "udp.dstport",
             "-e",
             "frame.comment",
+            "-e",
+            "data.data",
         ])
         .output()
         .expect("tshark");
@@ -54,6 +65,25 @@ fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
         fields[3].contains("; process ") && fields[3].contains("; hook OUTPUT"),
         "{first}"
     );
+    // 128 bytes captured: 20 of IPv4 header, 8 of UDP, 100 of payload.
+    let want: String = long_payload()[..100]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        text.lines().any(|l| l
+            .split('|')
+            .nth(4)
+            .is_some_and(|d| d.replace(':', "") == want)),
+        "no packet with the long payload's first 100 bytes: {text}"
+    );
+}
+
+/// 200 bytes that differ from one offset to the next.
+fn long_payload() -> Vec<u8> {
+    (0..200u8)
+        .map(|i| i.wrapping_mul(7).wrapping_add(3))
+        .collect()
 }
 
 #[test]
