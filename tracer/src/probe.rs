@@ -6,9 +6,7 @@
 //! kernel reported a netfilter drop of the probe's own packet.
 
 use std::{
-    fmt,
-    fs::File,
-    io,
+    fmt, io,
     net::{IpAddr, SocketAddr, ToSocketAddrs as _, UdpSocket},
     path::Path,
     str::FromStr,
@@ -135,12 +133,8 @@ pub fn run_all(
     timeout: Duration,
     attempts: u32,
 ) -> io::Result<Vec<Attempt>> {
-    let ns = netns.map(File::open).transpose()?;
     let targets = targets.to_vec();
-    std::thread::spawn(move || -> io::Result<Vec<Attempt>> {
-        if let Some(f) = ns {
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        }
+    crate::tools::on_thread_in(netns, move || {
         // Sockets take the namespace of the thread that creates them: spawn the probes
         // from here so they inherit it.
         let n = attempts.max(1);
@@ -168,8 +162,6 @@ pub fn run_all(
             .flat_map(|(target, h)| joined(target, n, h.join()))
             .collect())
     })
-    .join()
-    .map_err(|_| io::Error::other("probe thread panicked"))?
 }
 
 /// A probe thread's attempts; a panic makes every attempt of its target a failed one.

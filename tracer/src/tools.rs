@@ -67,6 +67,24 @@ impl InNetns {
     }
 }
 
+/// Runs `f` on a thread of its own that first enters the namespace at `netns` (None: ours):
+/// the sockets it makes and the threads and processes it starts belong to that namespace,
+/// while droptrace's other threads never move. The thread ends with `f`.
+pub fn on_thread_in<T: Send + 'static>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = netns.map(File::open).transpose()?;
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

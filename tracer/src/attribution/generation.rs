@@ -7,7 +7,7 @@
 //! tables` costs some 30 ms of CPU with 2,000 iptables-nft rules, the query a few µs.
 //! Counters change without a commit; they are read every time.
 
-use std::{fs::File, io, path::Path};
+use std::{io, path::Path};
 
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{
@@ -22,24 +22,14 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// A socket in the namespace at `netns` (None: ours). Sockets belong to the namespace
-    /// of the thread that creates them; the thread that enters it is a throwaway one, so
-    /// droptrace's own threads never move.
+    /// A socket in the namespace at `netns` (None: ours): sockets belong to the namespace
+    /// of the thread that makes them.
     pub fn open(netns: Option<&Path>) -> io::Result<Generation> {
-        let Some(path) = netns else {
-            return Ok(Generation {
-                socket: Socket::new(NETLINK_NETFILTER)?,
-            });
-        };
-        let ns = File::open(path)?;
-        std::thread::spawn(move || {
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        crate::tools::on_thread_in(netns, || {
             Ok(Generation {
                 socket: Socket::new(NETLINK_NETFILTER)?,
             })
         })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
     }
 
     /// The namespace's generation id now.

@@ -123,13 +123,8 @@ impl Namespace {
         let id = self.generation.as_ref().and_then(|g| g.read().ok());
         let snap = Snapshot::read_since(path.as_deref(), id, self.current.as_ref());
         log::debug!(
-            "ruleset read in {:?} (generation {id:?}, {})",
-            snap.cost,
-            if snap.generation.is_some() && self.current.as_ref().and_then(|c| c.generation) == id {
-                "tables known"
-            } else {
-                "tables listed"
-            }
+            "ruleset read in {:?} (nf_tables generation {id:?})",
+            snap.cost
         );
         Some(snap)
     }

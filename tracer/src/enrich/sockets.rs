@@ -83,14 +83,10 @@ fn read_net_table(netns: Option<PathBuf>, file: &str) -> Option<String> {
         return fs::read_to_string(format!("/proc/self/net/{file}")).ok();
     };
     let file = file.to_string();
-    std::thread::spawn(move || {
-        let ns = fs::File::open(&path).ok()?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        fs::read_to_string(format!("/proc/thread-self/net/{file}")).ok()
+    crate::tools::on_thread_in(Some(&path), move || {
+        fs::read_to_string(format!("/proc/thread-self/net/{file}"))
     })
-    .join()
     .ok()
-    .flatten()
 }
 
 /// Every `socket:[inode]` descriptor of every process, by inode.
