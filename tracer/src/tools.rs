@@ -1,15 +1,18 @@
 //! The system tools droptrace runs (`iptables-save`, `nft`, `ipset`, `ip`): where to find
 //! them, and how to run one inside another network namespace.
 //!
-//! The child enters the namespace with `setns` between fork and exec, so droptrace's own
-//! threads never change namespace and the caller is unaffected.
+//! The child is started from a thread of its own that entered the namespace (children
+//! are born in their parent thread's namespaces), so droptrace's other threads never
+//! change namespace. Entering it in the child instead, between fork and exec, would make
+//! the standard library fork rather than `posix_spawn`: a fork copies droptrace's page
+//! tables (its maps and the kernel's BTF make them large), which was a tenth of its CPU
+//! while re-reading a ruleset.
 
 use std::{
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
 };
 
 /// Looks a tool up in PATH and the sbin directories (sudo and cron often drop them).
@@ -31,39 +34,31 @@ pub enum ToolError {
 }
 
 /// A command that runs the tool `program` (with `args`, no input, C locale) inside the
-/// namespace at `netns` (`None`: droptrace's own). The namespace file stays open as long
-/// as the command, so its descriptor is valid in the child.
+/// namespace at `netns` (`None`: droptrace's own), opened when the command is made.
 pub struct InNetns {
     pub command: Command,
-    _netns: Option<File>,
+    netns: Option<File>,
 }
 
 impl InNetns {
     pub fn new(program: &str, args: &[&str], netns: Option<&Path>) -> Result<Self, ToolError> {
         let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
-        let file = netns
+        let netns = netns
             .map(File::open)
             .transpose()
             .map_err(ToolError::Namespace)?;
         let mut command = Command::new(path);
         command.args(args).stdin(Stdio::null()).env("LC_ALL", "C");
-        if let Some(file) = &file {
-            let fd = file.as_raw_fd();
-            // SAFETY: only an async-signal-safe syscall runs between fork and exec; `file`
-            // lives as long as `command`, so the descriptor is valid in the child.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        Ok(InNetns { command, netns })
+    }
+
+    /// Runs the command to its end in the namespace, collecting its output.
+    pub fn output(self) -> io::Result<Output> {
+        let mut command = self.command;
+        match self.netns {
+            None => command.output(),
+            Some(netns) => on_thread_in_file(Some(netns), move || command.output()),
         }
-        Ok(InNetns {
-            command,
-            _netns: file,
-        })
     }
 }
 
@@ -74,7 +69,14 @@ pub fn on_thread_in<T: Send + 'static>(
     netns: Option<&Path>,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    let ns = netns.map(File::open).transpose()?;
+    on_thread_in_file(netns.map(File::open).transpose()?, f)
+}
+
+/// [`on_thread_in`], the namespace already open.
+fn on_thread_in_file<T: Send + 'static>(
+    ns: Option<File>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     std::thread::spawn(move || {
         if let Some(ns) = ns {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
@@ -100,8 +102,8 @@ mod tests {
 
     #[test]
     fn a_tool_runs_in_our_own_namespace() {
-        let mut t = InNetns::new("true", &[], None).expect("`true` is on every machine");
-        assert!(t.command.status().unwrap().success());
+        let t = InNetns::new("true", &[], None).expect("`true` is on every machine");
+        assert!(t.output().unwrap().status.success());
         assert!(matches!(
             InNetns::new(
                 "true",

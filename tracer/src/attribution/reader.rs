@@ -1,13 +1,13 @@
 //! Reading the ruleset of a network namespace with the standard tools.
 //!
-//! Each tool runs in a child process that enters the drop's namespace (`setns` between
-//! fork and exec), so droptrace itself never changes namespace and the caller's threads
-//! are unaffected. Only machine-readable dumps are read: `iptables-save -c` (counters
-//! included) for both iptables backends and families, `nft -j list ruleset`, `nft -a list
-//! ruleset` for the statement text and handles, and `ipset save` for set members. A missing
-//! tool is not an error: attribution degrades and says why.
+//! Each tool runs in a child process in the drop's namespace (see [`crate::tools`]), so
+//! droptrace's own threads never change namespace. Only machine-readable dumps are read:
+//! `iptables-save -c` (counters included) for both iptables backends and families, `nft -j
+//! list ruleset`, `nft -a list ruleset` for the statement text and handles, and `ipset
+//! save` for set members. A missing tool is not an error: attribution degrades and says
+//! why.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use crate::tools::{InNetns, ToolError};
 
@@ -99,14 +99,14 @@ fn plain_identifier(name: &str) -> bool {
 
 fn dump_argv(program: &'static str, args: &[&str], netns: Option<&Path>) -> Dump {
     match InNetns::new(program, args, netns) {
-        Ok(t) => run(t.command, program),
+        Ok(t) => run(t, program),
         Err(ToolError::Missing(_)) => Dump::Missing(program),
         Err(e) => Dump::Failed(e.to_string()),
     }
 }
 
-fn run(mut cmd: Command, name: &str) -> Dump {
-    match cmd.output() {
+fn run(tool: InNetns, name: &str) -> Dump {
+    match tool.output() {
         Ok(out) if out.status.success() => {
             Dump::Text(String::from_utf8_lossy(&out.stdout).into_owned())
         }

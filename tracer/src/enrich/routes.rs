@@ -38,7 +38,8 @@ pub fn lookup(netns: Option<&Path>, dst: IpAddr, mark: u32) -> Option<Route> {
         args.extend(["mark", mark.as_str()]);
     }
     let mut t = InNetns::new("ip", &args, netns).ok()?;
-    let out = t.command.stderr(Stdio::null()).output().ok()?;
+    t.command.stderr(Stdio::null());
+    let out = t.output().ok()?;
     if !out.status.success() {
         return None;
     }
