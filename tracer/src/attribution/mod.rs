@@ -11,7 +11,8 @@ mod accepted;
 pub mod beyond;
 mod candidates;
 mod evidence;
-pub mod generation;
+mod live_counters;
+pub mod nf_tables;
 pub mod owner;
 pub mod packet;
 pub mod reader;
@@ -66,9 +67,9 @@ struct Namespace {
     /// The first read, kept when attempts are counted: the accepting rules' counters grow
     /// from it (see [`accepted`]).
     baseline: Option<Snapshot>,
-    /// Asks the namespace for nf_tables' generation id (see [`Namespace::read`]); opened
-    /// at the first read through `path`.
-    generation: Option<generation::Generation>,
+    /// Asks the namespace for nf_tables' generation id and counters (see
+    /// [`Namespace::read`]); opened at the first read through `path`.
+    nf_tables: Option<nf_tables::NfTables>,
 }
 
 /// How often the way into a namespace is checked: it is one `stat`, paid on the records'
@@ -107,24 +108,33 @@ impl Namespace {
         self.earlier.clear();
         self.baseline = None;
         self.current = None;
-        self.generation = None;
+        self.nf_tables = None;
         self.current = self.read();
     }
 
-    /// Reads the ruleset through `path`; what an nf_tables commit alone changes is taken
-    /// from the current read when no commit came since (see [`Snapshot::read_since`]).
+    /// Reads the ruleset through `path`; when no nf_tables commit came since the current
+    /// read, only the counters (see [`Snapshot::read_since`]).
     fn read(&mut self) -> Option<Snapshot> {
         let path = self.path.as_ref()?;
-        if self.generation.is_none() {
-            self.generation = generation::Generation::open(path.as_deref())
-                .inspect_err(|e| log::debug!("nf_tables generation id unavailable: {e}"))
+        if self.nf_tables.is_none() {
+            self.nf_tables = nf_tables::NfTables::open(path.as_deref())
+                .inspect_err(|e| log::debug!("nf_tables netlink unavailable: {e}"))
                 .ok();
         }
-        let id = self.generation.as_ref().and_then(|g| g.read().ok());
-        let snap = Snapshot::read_since(path.as_deref(), id, self.current.as_ref());
+        let snap = Snapshot::read_since(
+            path.as_deref(),
+            self.nf_tables.as_ref(),
+            self.current.as_ref(),
+        );
         log::debug!(
-            "ruleset read in {:?} (nf_tables generation {id:?})",
-            snap.cost
+            "ruleset read in {:?} (nf_tables generation {:?}{})",
+            snap.cost,
+            snap.generation,
+            if snap.counters_only {
+                ", counters only"
+            } else {
+                ""
+            }
         );
         Some(snap)
     }

@@ -4,6 +4,11 @@
 //! iptables-nft tables are nf_tables tables too, so `nft -j` lists them as well; they are
 //! taken from `iptables-nft-save` (which renders their rules in iptables syntax, with
 //! counters) and left out of the native nftables set.
+//!
+//! A read in full runs every tool and parses its output. While nf_tables' generation id
+//! stays the same, a re-read takes only the counters of the nf_tables rules over netlink
+//! and keeps the rules parsed before (see [`super::live_counters`]); what no generation id
+//! covers (legacy xtables, ipset members, local addresses) is read as in full.
 
 use std::{
     collections::HashSet,
@@ -14,7 +19,10 @@ use std::{
 
 use ruleset::{Backend, Family, Ruleset, TableFamily};
 
-use super::reader::{self, Dump, Source, dump};
+use super::{
+    nf_tables::NfTables,
+    reader::{self, Dump, Source, dump},
+};
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -32,6 +40,9 @@ pub struct Snapshot {
     pub digest: u64,
     /// nf_tables' generation id when the read began (see [`super::generation`]).
     pub generation: Option<u32>,
+    /// Only the nf_tables counters were read: the rules are an earlier read's, of the
+    /// same generation (see [`Snapshot::read_since`]).
+    pub counters_only: bool,
     /// The native nftables tables, as listed (family, name); `None` when they could not
     /// be listed one by one.
     native: Option<Vec<(String, String)>>,
@@ -48,25 +59,102 @@ impl Snapshot {
         Snapshot::read_since(netns, None, None)
     }
 
-    /// Reads the ruleset again, `generation` being nf_tables' generation id read just
-    /// before: when `earlier` (a read of the same namespace) began at the same id, no
-    /// nf_tables commit came between, so the native tables it listed are still the ones
-    /// there (their rules and counters are read again).
+    /// Reads the ruleset again. `nf_tables` (sockets in the namespace) gives the
+    /// generation id; when `earlier` (a read of the same namespace, with nothing left
+    /// unread) began at the same id, no nf_tables commit came between: its rules are
+    /// still the kernel's, and only their counters are read, over netlink. Should the
+    /// counters not pair up with its rules, or a commit come meanwhile, the read is made
+    /// in full, without listing the native tables again when the id is still the same.
     pub fn read_since(
         netns: Option<&Path>,
-        generation: Option<u32>,
+        nf_tables: Option<&NfTables>,
         earlier: Option<&Snapshot>,
     ) -> Snapshot {
-        let known = earlier
-            .filter(|e| generation.is_some() && e.generation == generation)
-            .and_then(|e| e.native.as_deref());
-        let mut snap = Snapshot::read_uncounted(netns, known);
+        let generation = nf_tables.and_then(|n| {
+            n.generation()
+                .inspect_err(|e| log::debug!("nf_tables generation id unavailable: {e}"))
+                .ok()
+        });
+        let same = earlier.filter(|e| generation.is_some() && e.generation == generation);
+        let counted = same
+            .filter(|e| e.problems.is_empty() && e.native.is_some())
+            .zip(nf_tables)
+            .and_then(|(e, n)| Snapshot::read_counters(netns, n, e));
+        let mut snap = counted.unwrap_or_else(|| {
+            Snapshot::read_uncounted(netns, same.and_then(|e| e.native.as_deref()))
+        });
         snap.generation = generation;
         READS.fetch_add(1, Ordering::Relaxed);
         if !snap.problems.is_empty() {
             READS_WITH_PROBLEMS.fetch_add(1, Ordering::Relaxed);
         }
         snap
+    }
+
+    /// `earlier`'s rules with the nf_tables counters read now, and what no generation
+    /// id covers read afresh; `None` when the counters do not pair up with its rules or a
+    /// commit came during the dump.
+    fn read_counters(
+        netns: Option<&Path>,
+        nf_tables: &NfTables,
+        earlier: &Snapshot,
+    ) -> Option<Snapshot> {
+        let taken = Instant::now();
+        let live = nf_tables
+            .counters()
+            .inspect_err(|e| log::debug!("nf_tables counters unavailable: {e}"))
+            .ok()?;
+        if nf_tables.generation().ok() != earlier.generation {
+            log::debug!("nf_tables commit during the counters' dump: reading in full");
+            return None;
+        }
+        let mut tables: Vec<ruleset::Table> = earlier
+            .ruleset
+            .tables
+            .iter()
+            .filter(|t| t.backend != Backend::IptablesLegacy)
+            .cloned()
+            .collect();
+        if let Err(why) = live.apply(&mut tables) {
+            log::debug!(
+                "nf_tables counters do not pair up with the rules read ({why}): reading in full"
+            );
+            return None;
+        }
+        let mut problems = Vec::new();
+        let legacy_there = legacy_names(netns);
+        // In the place a full read gives them: after the iptables-nft tables.
+        let legacy = legacy_tables(netns, legacy_there, &mut problems);
+        let at = tables
+            .iter()
+            .take_while(|t| t.backend == Backend::IptablesNft)
+            .count();
+        tables.splice(at..at, legacy);
+        // A set that no rule could use needs no reading: nf_tables rules that use one were
+        // committed before `earlier` (it read the set then), and legacy rules are read
+        // above, with no generation id.
+        let sets_in_use = !earlier.ruleset.ipsets.is_empty() || legacy_there != [false, false];
+        let ipsets = if sets_in_use {
+            ipsets(netns, &mut problems)
+        } else {
+            Default::default()
+        };
+        let local_routes = local_routes(netns, &mut problems);
+        Some(Snapshot {
+            digest: digest_of(&tables),
+            ruleset: Ruleset {
+                tables,
+                ipsets,
+                local_routes,
+            },
+            taken,
+            cost: taken.elapsed(),
+            done_ns: monotonic_ns(),
+            problems,
+            generation: None,
+            counters_only: true,
+            native: earlier.native.clone(),
+        })
     }
 
     /// A snapshot of `ruleset` as if read now, for tests.
@@ -80,6 +168,7 @@ impl Snapshot {
             done_ns: monotonic_ns(),
             problems: Vec::new(),
             generation: None,
+            counters_only: false,
             native: None,
         }
     }
@@ -87,39 +176,20 @@ impl Snapshot {
     fn read_uncounted(netns: Option<&Path>, known: Option<&[(String, String)]>) -> Snapshot {
         let taken = Instant::now();
         let mut problems = Vec::new();
-        let mut text = |source: Source| text_or_problem(dump(source, netns), &mut problems);
-        let iptables = [
-            (Source::IptablesNft, Backend::IptablesNft, Family::Ipv4),
-            (Source::Ip6tablesNft, Backend::IptablesNft, Family::Ipv6),
-            (
-                Source::IptablesLegacy,
-                Backend::IptablesLegacy,
-                Family::Ipv4,
-            ),
-            (
-                Source::Ip6tablesLegacy,
-                Backend::IptablesLegacy,
-                Family::Ipv6,
-            ),
-        ]
-        .map(|(source, backend, family)| {
-            let absent = backend == Backend::IptablesLegacy && !legacy_loaded(family);
-            (if absent { None } else { text(source) }, backend, family)
-        });
-        // ipset is optional: most hosts have none.
-        let ipset = match dump(Source::Ipset, netns) {
-            Dump::Text(t) => Some(t),
-            _ => None,
-        };
-
         let mut tables = Vec::new();
-        for (dumped, backend, family) in iptables {
-            let Some(t) = dumped else { continue };
-            match ruleset::iptables_save::parse(&t, backend, family) {
-                Ok(parsed) => tables.extend(parsed),
-                Err(e) => problems.push(format!("{backend:?} {family:?} ruleset: {e}")),
-            }
+        for (source, family) in [
+            (Source::IptablesNft, Family::Ipv4),
+            (Source::Ip6tablesNft, Family::Ipv6),
+        ] {
+            let dumped = text_or_problem(dump(source, netns), &mut problems);
+            tables.extend(parse_save(
+                dumped,
+                Backend::IptablesNft,
+                family,
+                &mut problems,
+            ));
         }
+        tables.extend(legacy_tables(netns, legacy_names(netns), &mut problems));
         let iptables_nft: HashSet<(TableFamily, String)> = tables
             .iter()
             .filter(|t| t.backend == Backend::IptablesNft)
@@ -127,57 +197,125 @@ impl Snapshot {
             .collect();
         let (native_tables, native) = native_nft_tables(netns, &iptables_nft, known, &mut problems);
         tables.extend(native_tables);
-        let ipsets = match ipset.map(|t| ruleset::ipset::parse_save(&t)) {
-            Some(Ok(sets)) => sets,
-            Some(Err(e)) => {
-                problems.push(format!("ipset: {e}"));
-                Default::default()
-            }
-            None => Default::default(),
-        };
-        let mut local = ruleset::addrtype::LocalTable::default();
-        let mut routes_read = true;
-        for source in [Source::LocalRoutes4, Source::LocalRoutes6] {
-            let parsed = match dump(source, netns) {
-                Dump::Text(t) => local.add_ip_json(&t),
-                Dump::Missing(tool) => Err(format!("{tool} not installed")),
-                // A namespace without an address of the family has no local table yet.
-                Dump::Failed(e) if e.contains("FIB table does not exist") => Ok(()),
-                Dump::Failed(e) => Err(e),
-            };
-            if let Err(e) = parsed {
-                problems.push(format!("local routes: {e}"));
-                routes_read = false;
-            }
-        }
+        let ipsets = ipsets(netns, &mut problems);
+        let local_routes = local_routes(netns, &mut problems);
         let digest = digest_of(&tables);
         Snapshot {
             digest,
             ruleset: Ruleset {
                 tables,
                 ipsets,
-                local_routes: routes_read.then_some(local),
+                local_routes,
             },
             taken,
             cost: taken.elapsed(),
             done_ns: monotonic_ns(),
             problems,
             generation: None,
+            counters_only: false,
             native,
         }
     }
 }
 
-/// Whether the kernel has legacy xtables tables of `family` at all: their module makes
-/// /proc/net/ip_tables_names (ip6_tables_names) in every namespace, ours included, and
-/// without it `iptables-legacy-save` finds nothing (it loads no module to look). Saves two
-/// tool runs per read on hosts that use nf_tables only.
-fn legacy_loaded(family: Family) -> bool {
-    let names = match family {
-        Family::Ipv4 => "/proc/net/ip_tables_names",
-        Family::Ipv6 => "/proc/net/ip6_tables_names",
+/// The legacy xtables tables of both families, where `there` (see [`legacy_names`]).
+fn legacy_tables(
+    netns: Option<&Path>,
+    there: [bool; 2],
+    problems: &mut Vec<String>,
+) -> Vec<ruleset::Table> {
+    let mut tables = Vec::new();
+    for ((source, family), there) in [
+        (Source::IptablesLegacy, Family::Ipv4),
+        (Source::Ip6tablesLegacy, Family::Ipv6),
+    ]
+    .into_iter()
+    .zip(there)
+    {
+        if there {
+            let dumped = text_or_problem(dump(source, netns), problems);
+            tables.extend(parse_save(
+                dumped,
+                Backend::IptablesLegacy,
+                family,
+                problems,
+            ));
+        }
+    }
+    tables
+}
+
+/// The tables of an `iptables-save` dump, if there is one and it parses.
+fn parse_save(
+    dumped: Option<String>,
+    backend: Backend,
+    family: Family,
+    problems: &mut Vec<String>,
+) -> Vec<ruleset::Table> {
+    let Some(text) = dumped else {
+        return Vec::new();
     };
-    Path::new(names).exists()
+    ruleset::iptables_save::parse(&text, backend, family).unwrap_or_else(|e| {
+        problems.push(format!("{backend:?} {family:?} ruleset: {e}"));
+        Vec::new()
+    })
+}
+
+/// The ipsets and their members; none when ipset is not installed (most hosts have none).
+fn ipsets(
+    netns: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, ruleset::ipset::Ipset> {
+    let Dump::Text(text) = dump(Source::Ipset, netns) else {
+        return Default::default();
+    };
+    ruleset::ipset::parse_save(&text).unwrap_or_else(|e| {
+        problems.push(format!("ipset: {e}"));
+        Default::default()
+    })
+}
+
+/// The `local` routing tables of both families, for address type tests.
+fn local_routes(
+    netns: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<ruleset::addrtype::LocalTable> {
+    let mut local = ruleset::addrtype::LocalTable::default();
+    let mut read = true;
+    for source in [Source::LocalRoutes4, Source::LocalRoutes6] {
+        let parsed = match dump(source, netns) {
+            Dump::Text(t) => local.add_ip_json(&t),
+            Dump::Missing(tool) => Err(format!("{tool} not installed")),
+            // A namespace without an address of the family has no local table yet.
+            Dump::Failed(e) if e.contains("FIB table does not exist") => Ok(()),
+            Dump::Failed(e) => Err(e),
+        };
+        if let Err(e) = parsed {
+            problems.push(format!("local routes: {e}"));
+            read = false;
+        }
+    }
+    read.then_some(local)
+}
+
+/// Whether the namespace has legacy xtables tables, IPv4 and IPv6: the names of those it
+/// has are in its /proc/net/ip_tables_names (ip6_tables_names), which exist once the
+/// kernel has the module (net/ipv4/netfilter/ip_tables.c, `xt_proto_init`).
+/// `iptables-legacy-save` lists the tables from there, so where it is empty or missing
+/// the tool would find nothing: two tool runs saved per read on hosts that use nf_tables.
+/// Read from a thread in the namespace (`/proc/thread-self/net` is the thread's
+/// namespace's); when that fails, the tools run and say what is wrong.
+fn legacy_names(netns: Option<&Path>) -> [bool; 2] {
+    let has_names = |file: &str| -> bool {
+        match std::fs::read(format!("/proc/thread-self/net/{file}")) {
+            Ok(names) => !names.is_empty(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    };
+    crate::tools::on_thread_in(netns, move || {
+        Ok([has_names("ip_tables_names"), has_names("ip6_tables_names")])
+    })
+    .unwrap_or([true, true])
 }
 
 /// A dump's text, or `None` with what went wrong noted in `problems`.
@@ -326,5 +464,91 @@ mod tests {
         assert_eq!(digest_of(&tables(a)), digest_of(&tables(counted)));
         assert_ne!(digest_of(&tables(a)), digest_of(&tables(other)));
         assert_ne!(digest_of(&tables(a)), digest_of(&tables(policy)));
+    }
+    /// A chain's counters: (table, chain, policy, rules).
+    type ChainCounters = (
+        String,
+        String,
+        Option<ruleset::Counters>,
+        Vec<Option<ruleset::Counters>>,
+    );
+
+    /// Every counter of the whole ruleset.
+    fn all_counters(r: &Ruleset) -> Vec<ChainCounters> {
+        r.tables
+            .iter()
+            .flat_map(|t| {
+                t.chains.iter().map(|c| {
+                    (
+                        format!("{:?} {} {}", t.backend, t.family, t.name),
+                        c.name.clone(),
+                        c.policy_counters,
+                        c.rules.iter().map(|r| r.counters).collect(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The real kernel, in a namespace of the test thread's own (gone with the thread):
+    /// a re-read of the same generation takes only the counters, and they are those a
+    /// full read gives — rules, iptables-nft policies, a native table's counted rule.
+    /// Needs root, iptables-nft and nft, as CI has.
+    #[test]
+    fn a_counters_only_read_is_a_full_read() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare a network namespace (root needed)");
+            let run = |argv: &[&str], input: &str| {
+                use std::io::Write as _;
+                let mut child = std::process::Command::new(argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("run a ruleset tool");
+                child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+                assert!(child.wait().unwrap().success(), "{argv:?}");
+            };
+            run(&["ip", "link", "set", "lo", "up"], "");
+            run(
+                &["iptables-nft-restore"],
+                "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n:LOGDROP - [0:0]\n\
+                 -A OUTPUT -p udp --dport 9 -j LOGDROP\n-A OUTPUT -p udp --dport 10 -j DROP\n\
+                 -A LOGDROP -j DROP\nCOMMIT\n",
+            );
+            run(
+                &["nft", "-f", "-"],
+                "table inet droptrace_test {\n chain out {\n type filter hook output priority -10;\n \
+                 udp dport 12 counter\n }\n}\n",
+            );
+            let send = |ports: &[u16]| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                for port in ports {
+                    // Dropped: EPERM.
+                    let _ = socket.send_to(b"x", ("127.0.0.1", *port));
+                }
+            };
+            let nf_tables = NfTables::open(None).unwrap();
+            let first = Snapshot::read_since(None, Some(&nf_tables), None);
+            assert!(!first.counters_only && first.problems.is_empty(), "{:?}", first.problems);
+            send(&[9, 9, 10, 11, 12, 12, 12]);
+            let counted = Snapshot::read_since(None, Some(&nf_tables), Some(&first));
+            assert!(counted.counters_only, "the same generation: counters only");
+            let full = Snapshot::read(None);
+            assert_eq!(all_counters(&counted.ruleset), all_counters(&full.ruleset));
+            assert_eq!(counted.digest, full.digest);
+            assert_ne!(
+                all_counters(&counted.ruleset),
+                all_counters(&first.ruleset),
+                "the counters grew"
+            );
+            // A commit: read in full.
+            run(&["nft", "add", "table", "ip", "droptrace_other"], "");
+            let after = Snapshot::read_since(None, Some(&nf_tables), Some(&counted));
+            assert!(!after.counters_only);
+            assert!(after.ruleset.tables.iter().any(|t| t.name == "droptrace_other"));
+        })
+        .join()
+        .unwrap();
     }
 }
