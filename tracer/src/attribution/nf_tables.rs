@@ -15,10 +15,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer,
-    NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     nftables::{ChainMessage, GenAttribute, GenMessage, NfTablesMessage, RuleMessage},
@@ -31,12 +28,11 @@ use super::live_counters::LiveCounters;
 pub struct NfTables {
     /// For the generation id: one request, one reply.
     generation: Socket,
-    /// For dumps, whose replies span several reads; a dump cut short leaves messages
-    /// behind, which the next one skips by their sequence number.
+    /// For dumps, whose replies span several reads (see [`super::netlink::dump`]).
     dumps: Socket,
 }
 
-/// Sequence numbers of dump requests, so a dump's replies are told from an earlier one's.
+/// Sequence numbers of dump requests (see [`super::netlink::dump`]).
 static SEQUENCE: AtomicU32 = AtomicU32::new(1);
 
 /// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN` and `NFT_MSG_NEWRULE`
@@ -86,8 +82,6 @@ impl NfTables {
         Ok(live)
     }
 
-    /// Sends a dump request and hands each reply message of type `kind` to `each` (its
-    /// nfgenmsg family and its attributes), until the dump is done.
     fn dump(
         &self,
         what: NfTablesMessage,
@@ -95,41 +89,18 @@ impl NfTables {
         mut each: impl FnMut(u8, &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        self.dumps.send(&request(what, NLM_F_DUMP, seq), 0)?;
-        // A dump's messages come in buffers of at most 32 KiB (net/netlink/af_netlink.c,
-        // `netlink_dump`).
-        let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            buf.clear();
-            self.dumps.recv(&mut buf, 0)?;
-            let mut rest = &buf[..];
-            while !rest.is_empty() {
-                let msg = NetlinkBuffer::new_checked(rest).map_err(|e| bad(format!("{e}")))?;
-                let len = (msg.length() as usize).next_multiple_of(4).min(rest.len());
-                let payload = msg.payload();
-                rest = &rest[len..];
-                if msg.sequence_number() != seq {
-                    continue;
+        super::netlink::dump(
+            &self.dumps,
+            &request(what, NLM_F_DUMP, seq),
+            seq,
+            |t, payload| {
+                // The nfgenmsg header, then the attributes.
+                match payload.split_first_chunk::<4>() {
+                    Some((header, attributes)) if t == kind => each(header[0], attributes),
+                    _ => Ok(()),
                 }
-                if msg.flags() & NLM_F_DUMP_INTR != 0 {
-                    // The ruleset changed while the kernel was dumping it.
-                    return Err(bad("the dump was interrupted by a change".into()));
-                }
-                match msg.message_type() {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = payload
-                            .first_chunk::<4>()
-                            .map_or(0, |c| i32::from_ne_bytes(*c));
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                    }
-                    t if t == kind && payload.len() >= 4 => each(payload[0], &payload[4..])?,
-                    _ => {}
-                }
-            }
-        }
+            },
+        )
     }
 }
 
