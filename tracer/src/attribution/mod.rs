@@ -12,6 +12,7 @@ pub mod beyond;
 mod candidates;
 mod evidence;
 mod live_counters;
+mod local_routes;
 mod netlink;
 pub mod nf_tables;
 pub mod owner;

@@ -42,9 +42,6 @@ pub enum Source {
     /// `nft -j list tables`: names only, to list native tables one by one.
     NftTables,
     Ipset,
-    /// The `local` routing tables, for address type tests.
-    LocalRoutes4,
-    LocalRoutes6,
 }
 
 impl Source {
@@ -58,8 +55,6 @@ impl Source {
             Source::NftText => &["nft", "-a", "list", "ruleset"],
             Source::NftTables => &["nft", "-j", "list", "tables"],
             Source::Ipset => &["ipset", "save"],
-            Source::LocalRoutes4 => &["ip", "-j", "-4", "route", "show", "table", "local"],
-            Source::LocalRoutes6 => &["ip", "-j", "-6", "route", "show", "table", "local"],
         }
     }
 }

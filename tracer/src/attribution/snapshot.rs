@@ -280,22 +280,9 @@ fn local_routes(
     netns: Option<&Path>,
     problems: &mut Vec<String>,
 ) -> Option<ruleset::addrtype::LocalTable> {
-    let mut local = ruleset::addrtype::LocalTable::default();
-    let mut read = true;
-    for source in [Source::LocalRoutes4, Source::LocalRoutes6] {
-        let parsed = match dump(source, netns) {
-            Dump::Text(t) => local.add_ip_json(&t),
-            Dump::Missing(tool) => Err(format!("{tool} not installed")),
-            // A namespace without an address of the family has no local table yet.
-            Dump::Failed(e) if e.contains("FIB table does not exist") => Ok(()),
-            Dump::Failed(e) => Err(e),
-        };
-        if let Err(e) = parsed {
-            problems.push(format!("local routes: {e}"));
-            read = false;
-        }
-    }
-    read.then_some(local)
+    super::local_routes::read(netns)
+        .inspect_err(|e| problems.push(format!("local routes: {e}")))
+        .ok()
 }
 
 /// Whether the namespace has legacy xtables tables, IPv4 and IPv6: the names of those it
