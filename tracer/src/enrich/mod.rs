@@ -19,7 +19,7 @@ use crate::{
     kernel::btf::KernelBtf,
     kernel::drop::{Drop, tcp_flags_text},
     kernel::filter::proto_name,
-    kernel::kallsyms::Kallsyms,
+    kernel::kallsyms,
     kernel::stack::{self, Context, Hook},
     record::DropRecord,
 };
@@ -35,7 +35,7 @@ struct Owner {
 /// Turns kernel drops into records. Holds the caches that make that cheap per packet.
 pub struct Enricher {
     kernel: KernelBtf,
-    kallsyms: Kallsyms,
+    kallsyms: kallsyms::Background,
     netns: NetnsNames,
     owners: HashMap<u64, Owner>,
     /// Sockets whose owner /proc could not tell (not asked again).
@@ -57,7 +57,7 @@ const NETNS_PID_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_OWNERS: usize = 65_536;
 
 impl Enricher {
-    pub fn new(kernel: KernelBtf, kallsyms: Kallsyms) -> Self {
+    pub fn new(kernel: KernelBtf, kallsyms: kallsyms::Background) -> Self {
         Enricher {
             kernel,
             kallsyms,
@@ -112,17 +112,14 @@ impl Enricher {
 
     /// Builds the record of `drop` whose kernel stack is `stack` (innermost first).
     pub fn record(&mut self, drop: Drop) -> DropRecord {
+        let symbols = self.kallsyms.get();
         let frames: Vec<&str> = drop
             .stack
             .iter()
-            .filter_map(|ip| self.kallsyms.resolve(*ip))
+            .filter_map(|ip| symbols.resolve(*ip))
             .collect();
         let facts = stack::classify(frames.iter().copied());
-        let location = self
-            .kallsyms
-            .resolve(drop.location)
-            .unwrap_or("?")
-            .to_string();
+        let location = symbols.resolve(drop.location).unwrap_or("?").to_string();
         let engine_guessed = drop.kernel.is_none() && facts.engine.is_none();
         // What the engine itself reported beats what its stack frames suggest.
         let engine = drop

@@ -100,6 +100,17 @@ pub enum Detect {
     Location,
 }
 
+impl Detect {
+    /// Whether drops are recognised by location on `kernel` (which needs /proc/kallsyms).
+    pub fn by_location(self, kernel: &KernelBtf) -> bool {
+        match self {
+            Detect::Location => true,
+            Detect::Reason => false,
+            Detect::Auto => !kernel.tracepoint_has_reason,
+        }
+    }
+}
+
 /// Whether to watch the rule engines' verdicts (kprobes on `nft_do_chain`, `ipt_do_table`
 /// and `ip6t_do_table`), so the kernel itself names the table and chain of each drop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -188,11 +199,7 @@ impl Capture {
         raise_memlock_limit();
         let mut cfg = Config::EMPTY;
         cfg.offsets = kernel.offsets;
-        let by_location = match opts.detect {
-            Detect::Location => true,
-            Detect::Reason => false,
-            Detect::Auto => !kernel.tracepoint_has_reason,
-        };
+        let by_location = opts.detect.by_location(kernel);
         if by_location {
             if opts.netfilter_ranges.is_empty() {
                 return Err(CaptureError::NoNetfilterSymbols);

@@ -4,7 +4,7 @@
 //! INPUT, ...) and the engine (nf_tables or legacy xtables) are read from the function
 //! names in the stack (see [`crate::kernel::stack`]). Only text symbols are kept.
 
-use std::{fs, io};
+use std::{fs, io, thread::JoinHandle};
 
 #[derive(Debug, Default)]
 pub struct Kallsyms {
@@ -63,6 +63,43 @@ impl Kallsyms {
             .iter()
             .find(|(_, n)| n == name)
             .map(|(a, _)| *a)
+    }
+}
+
+/// /proc/kallsyms, read on a thread of its own and joined when first needed: the kernel
+/// formats some 200,000 lines for it (80 ms of CPU on a small VM), which start-up waited
+/// for though only drop records and kernels without drop reasons need it.
+pub struct Background {
+    reading: Option<JoinHandle<io::Result<Kallsyms>>>,
+    read: Kallsyms,
+}
+
+impl Background {
+    pub fn start() -> Self {
+        Background {
+            reading: Some(std::thread::spawn(Kallsyms::load)),
+            read: Kallsyms::default(),
+        }
+    }
+
+    /// The symbols, once read. A failed read leaves none, and says so once: the hooks of
+    /// drops will be unknown.
+    pub fn get(&mut self) -> &Kallsyms {
+        if let Some(reading) = self.reading.take() {
+            match reading.join() {
+                Ok(Ok(read)) => {
+                    if read.is_empty() {
+                        log::warn!(
+                            "/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown"
+                        );
+                    }
+                    self.read = read;
+                }
+                Ok(Err(e)) => log::warn!("cannot read /proc/kallsyms ({e}): hooks will be unknown"),
+                Err(_) => log::warn!("reading /proc/kallsyms panicked: hooks will be unknown"),
+            }
+        }
+        &self.read
     }
 }
 

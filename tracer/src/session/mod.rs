@@ -29,7 +29,7 @@ use crate::{
     kernel::btf::KernelBtf,
     kernel::capture::{Capture, CaptureOptions},
     kernel::drop::{Drop, Tally},
-    kernel::kallsyms::Kallsyms,
+    kernel::kallsyms,
     record::DropRecord,
 };
 use flows::{ACTIVE_WINDOW, CatchUp, FlowBook};
@@ -186,24 +186,46 @@ impl Session {
         capture_headers: bool,
     ) -> anyhow::Result<Self> {
         let f = filters.to_filters()?;
-        // Three reads of the kernel at start-up, side by side: the kernel's BTF for the
-        // program's offsets (here), the same BTF as aya reads it (load and attach), and
-        // /proc/kallsyms (naming the drop's functions). One after the other they took most
-        // of the time to attached.
+        // The first read of the watched namespace's ruleset, so its first drops can be
+        // confirmed by their rule's counter: on a thread, while the program is made ready.
+        let attributor = (!capture.no_rules).then(|| {
+            let netns = f
+                .netns
+                .or_else(crate::enrich::netns::own_inode)
+                .unwrap_or(0);
+            let keep_baselines = capture.attempts;
+            std::thread::spawn(move || {
+                let mut a = Attributor::default();
+                if keep_baselines {
+                    a.keep_baselines();
+                }
+                a.prime(netns);
+                a
+            })
+        });
+        // Two reads of the kernel's BTF, side by side: for the program's offsets (here),
+        // and as aya reads it (load and attach).
         let aya_btf = std::thread::spawn(|| aya::Btf::from_sys_fs().ok());
-        let symbols = std::thread::spawn(Kallsyms::load);
         let kernel = match &capture.btf {
             Some(file) => KernelBtf::from_file(file)?,
             None => KernelBtf::load()?,
         };
-        let kallsyms = symbols
-            .join()
-            .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))?
-            .context("cannot read /proc/kallsyms")?;
-        let netfilter_ranges = ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
-            .iter()
-            .filter_map(|f| kallsyms.range(f))
-            .collect();
+        // /proc/kallsyms names the drops' functions; only a kernel without drop reasons
+        // needs it before the program is loaded (see `kallsyms::Background`).
+        let mut kallsyms = capture
+            .detect
+            .by_location(&kernel)
+            .then(kallsyms::Background::start);
+        let netfilter_ranges = match &mut kallsyms {
+            Some(symbols) => {
+                let symbols = symbols.get();
+                ["nf_hook_slow", "nf_hook_slow_list", "nft_do_chain"]
+                    .iter()
+                    .filter_map(|f| symbols.range(f))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let btf = aya_btf.join().ok().flatten();
         let opts = CaptureOptions {
             filters: f,
@@ -218,6 +240,7 @@ impl Session {
             flow_table: capture.flow_table_size,
         };
         let cap = Capture::start(&kernel, &opts)?;
+        let kallsyms = kallsyms.unwrap_or_else(kallsyms::Background::start);
         // Before privileges are dropped below: it loads programs too.
         let attempts = if capture.attempts {
             Some(
@@ -227,27 +250,11 @@ impl Session {
         } else {
             None
         };
-        // Only once attached: without privileges the missing capabilities are the news,
-        // and hidden kernel addresses follow from them.
-        if kallsyms.is_empty() {
-            log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): hooks will be unknown");
-        }
         crate::kernel::privileges::drop_after_attach();
-        // Read the watched namespace's ruleset now, so its first drops can be confirmed
-        // by their rule's counter.
-        let attributor = (!capture.no_rules).then(|| {
-            let mut a = Attributor::default();
-            if capture.attempts {
-                a.keep_baselines();
-            }
-            a.prime(
-                opts.filters
-                    .netns
-                    .or_else(crate::enrich::netns::own_inode)
-                    .unwrap_or(0),
-            );
-            a
-        });
+        let attributor = attributor
+            .map(|reading| reading.join())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the first ruleset read panicked"))?;
         let mode = cap.mode.clone();
         let verdicts = cap.verdicts.clone();
         let mut enricher = Enricher::new(kernel, kallsyms);
