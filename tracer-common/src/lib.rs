@@ -396,7 +396,9 @@ pub struct VerdictConfig {
     pub xt_arg_table: u8,
     pub xt_arg_skb: u8,
     pub xt_arg_state: u8,
-    pub _pad: u8,
+    /// Whether the verdict programs may be attached (kprobes, an engine's BTF, not
+    /// `--kernel-verdicts off`): when not, the drop program does not look for a verdict.
+    pub watched: u8,
     pub _pad_tail: u32,
 }
 
@@ -430,7 +432,7 @@ impl VerdictConfig {
         xt_arg_table: 0,
         xt_arg_skb: 0,
         xt_arg_state: 0,
-        _pad: 0,
+        watched: 0,
         _pad_tail: 0,
     };
 }

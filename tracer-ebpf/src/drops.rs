@@ -278,8 +278,14 @@ fn handle<C: EbpfContext, const BTF: bool>(
     };
 
     // The rule engine's verdict, if it was this packet's (see `verdict`). Taken now, so a
-    // verdict for a packet filtered out below is not left for a later one.
-    let (kv, kernel_saw) = crate::verdict::take(skb)?;
+    // verdict for a packet filtered out below is not left for a later one. Not looked for
+    // when no verdict program can run (two map lookups saved per drop: helper calls before
+    // Linux 6.10); the record then reads its verdict from address 0, that is zeros.
+    let (kv, kernel_saw) = if conf!(verdicts.watched) != 0 {
+        crate::verdict::take(skb)?
+    } else {
+        (core::ptr::null_mut(), false)
+    };
 
     let fields = SkbFields::<BTF>::copy(skb)?;
     let sk: u64 = fields.get::<u64>(conf!(offsets.skb_sk));

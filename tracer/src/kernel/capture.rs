@@ -223,6 +223,10 @@ impl Capture {
         };
         cfg.capture_headers = u8::from(opts.capture_headers);
         cfg.verdicts = kernel.verdicts.config;
+        cfg.verdicts.watched = u8::from(
+            opts.verdicts != VerdictMode::Off
+                && crate::kernel::verdicts::possible(&kernel.verdicts),
+        );
         opts.filters.apply(&mut cfg);
 
         // The classic tracepoint's layout: from BTF, else from tracefs.

@@ -31,16 +31,26 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe, String> 
         .map_err(|e: ProgramError| e.to_string())
 }
 
+/// Whether [`attach`] may attach anything here: kprobes, and an engine with its BTF.
+pub(crate) fn possible(support: &VerdictSupport) -> bool {
+    kprobes().is_ok() && (support.nftables.is_ok() || support.xtables.is_ok())
+}
+
+fn kprobes() -> Result<(), String> {
+    // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err("CONFIG_KPROBES is off in this kernel".into());
+    }
+    Ok(())
+}
+
 /// Loads the verdict programs and attaches them to every engine function this kernel lets
 /// us watch; returns the functions, or why none could be watched.
 pub(crate) fn attach(
     ebpf: &mut Ebpf,
     support: &VerdictSupport,
 ) -> Result<Vec<&'static str>, String> {
-    // The kprobe PMU (kernel/trace/trace_kprobe.c) is what aya attaches through.
-    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        return Err("CONFIG_KPROBES is off in this kernel".into());
-    }
+    kprobes()?;
     // (whether the engine can be watched, its name, the entry program, the functions).
     type Engine<'a> = (&'a Result<(), String>, &'a str, &'a str, &'a [&'static str]);
     let engines: [Engine; 2] = [
