@@ -104,7 +104,10 @@ pub struct AggKey {
     pub ct_info: u8,
     /// 1: the coarse key of drops whose own key did not fit (port, flags, state zeroed).
     pub other: u8,
-    pub _pad: [u8; 5],
+    // Padding as a byte and a word, not `[u8; 5]`: zeroing that array compiles to a
+    // `memset` call in BPF, a byte-by-byte loop paid by every drop that misses the cache.
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 impl AggKey {
@@ -123,7 +126,8 @@ impl AggKey {
             tcp_flags: key.tcp_flags,
             ct_info: key.ct_info,
             other: 0,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 

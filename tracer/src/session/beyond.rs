@@ -163,7 +163,8 @@ mod tests {
             tcp_flags: 0,
             ct_info: 2,
             other: 0,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
