@@ -139,38 +139,40 @@ impl Snapshot {
         } else {
             Default::default()
         };
-        let local_routes = local_routes(netns, &mut problems);
-        Some(Snapshot {
-            digest: digest_of(&tables),
-            ruleset: Ruleset {
-                tables,
-                ipsets,
-                local_routes,
-            },
+        let ruleset = Ruleset {
+            tables,
+            ipsets,
+            local_routes: local_routes(netns, &mut problems),
+        };
+        let mut snap = Snapshot::done(ruleset, taken, problems, earlier.native.clone());
+        snap.counters_only = true;
+        Some(snap)
+    }
+
+    /// A read begun at `taken`, done now.
+    fn done(
+        ruleset: Ruleset,
+        taken: Instant,
+        problems: Vec<String>,
+        native: Option<Vec<(String, String)>>,
+    ) -> Snapshot {
+        Snapshot {
+            digest: digest_of(&ruleset.tables),
+            ruleset,
             taken,
             cost: taken.elapsed(),
             done_ns: monotonic_ns(),
             problems,
             generation: None,
-            counters_only: true,
-            native: earlier.native.clone(),
-        })
+            counters_only: false,
+            native,
+        }
     }
 
     /// A snapshot of `ruleset` as if read now, for tests.
     #[cfg(test)]
     pub(crate) fn of(ruleset: Ruleset) -> Snapshot {
-        Snapshot {
-            digest: digest_of(&ruleset.tables),
-            ruleset,
-            taken: Instant::now(),
-            cost: Duration::ZERO,
-            done_ns: monotonic_ns(),
-            problems: Vec::new(),
-            generation: None,
-            counters_only: false,
-            native: None,
-        }
+        Snapshot::done(ruleset, Instant::now(), Vec::new(), None)
     }
 
     fn read_uncounted(netns: Option<&Path>, known: Option<&[(String, String)]>) -> Snapshot {
@@ -197,24 +199,12 @@ impl Snapshot {
             .collect();
         let (native_tables, native) = native_nft_tables(netns, &iptables_nft, known, &mut problems);
         tables.extend(native_tables);
-        let ipsets = ipsets(netns, &mut problems);
-        let local_routes = local_routes(netns, &mut problems);
-        let digest = digest_of(&tables);
-        Snapshot {
-            digest,
-            ruleset: Ruleset {
-                tables,
-                ipsets,
-                local_routes,
-            },
-            taken,
-            cost: taken.elapsed(),
-            done_ns: monotonic_ns(),
-            problems,
-            generation: None,
-            counters_only: false,
-            native,
-        }
+        let ruleset = Ruleset {
+            tables,
+            ipsets: ipsets(netns, &mut problems),
+            local_routes: local_routes(netns, &mut problems),
+        };
+        Snapshot::done(ruleset, taken, problems, native)
     }
 }
 
