@@ -1213,6 +1213,8 @@ fn report(
             ),
         );
     }
+    // The target for 100 000 flows: peak RSS under 128 MB.
+    line("many_flows_peak_rss_kib", many_rss.to_string());
     line("droptrace_added_ns_per_drop", format!("{added:.0}"));
     line("droptrace_prog_ns_per_drop", opt(diag.counted, 0));
     line(
