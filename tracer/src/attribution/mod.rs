@@ -2,7 +2,8 @@
 //!
 //! The kernel tells us the hook and the engine (from the drop's stack); the rule is found
 //! by evaluating the dropped packet against the ruleset of its own namespace, read with the
-//! standard tools ([`reader`]), and confirmed by the rule's packet counter growing. Where
+//! standard tools ([`reader`]) and re-read, while no commit changes it, as counters over
+//! netlink ([`snapshot`]), and confirmed by the rule's packet counter growing. Where
 //! kprobes exist the engine itself also reports the table and chain that returned the drop
 //! ([`crate::kernel::verdicts`]): an evaluation that agrees with it is `exact`, and one that does
 //! not gives way to it.
@@ -11,7 +12,7 @@ mod accepted;
 pub mod beyond;
 mod candidates;
 mod evidence;
-mod live_counters;
+pub mod live_counters;
 mod local_routes;
 mod netlink;
 pub mod nf_tables;

@@ -38,7 +38,7 @@ pub struct Snapshot {
     /// What the ruleset says, without its counters: two reads with the same digest hold
     /// the same rules, so a drop between them was not made by a rule added or removed.
     pub digest: u64,
-    /// nf_tables' generation id when the read began (see [`super::generation`]).
+    /// nf_tables' generation id when the read began (see [`super::nf_tables`]).
     pub generation: Option<u32>,
     /// Only the nf_tables counters were read: the rules are an earlier read's, of the
     /// same generation (see [`Snapshot::read_since`]).
