@@ -46,6 +46,9 @@ pub struct Snapshot {
     /// The native nftables tables, as listed (family, name); `None` when they could not
     /// be listed one by one.
     native: Option<Vec<(String, String)>>,
+    /// The digests of the legacy tables' dumps, IPv4 and IPv6, where they were read (see
+    /// [`legacy_tables`]).
+    legacy_digests: [Option<u64>; 2],
 }
 
 /// Ruleset reads since start, and those that left a source unread or unparsed: the
@@ -81,7 +84,7 @@ impl Snapshot {
             .zip(nf_tables)
             .and_then(|(e, n)| Snapshot::read_counters(netns, n, e));
         let mut snap = counted.unwrap_or_else(|| {
-            Snapshot::read_uncounted(netns, same.and_then(|e| e.native.as_deref()))
+            Snapshot::read_uncounted(netns, same.and_then(|e| e.native.as_deref()), earlier)
         });
         snap.generation = generation;
         READS.fetch_add(1, Ordering::Relaxed);
@@ -124,12 +127,12 @@ impl Snapshot {
         let mut problems = Vec::new();
         let legacy_there = legacy_names(netns);
         // In the place a full read gives them: after the iptables-nft tables.
-        let legacy = legacy_tables(netns, legacy_there, &mut problems);
+        let legacy = legacy_tables(netns, legacy_there, Some(earlier), &mut problems);
         let at = tables
             .iter()
             .take_while(|t| t.backend == Backend::IptablesNft)
             .count();
-        tables.splice(at..at, legacy);
+        tables.splice(at..at, legacy.tables);
         // A set that no rule could use needs no reading: nf_tables rules that use one were
         // committed before `earlier` (it read the set then), and legacy rules are read
         // above, with no generation id.
@@ -146,6 +149,7 @@ impl Snapshot {
         };
         let mut snap = Snapshot::done(ruleset, taken, problems, earlier.native.clone());
         snap.counters_only = true;
+        snap.legacy_digests = legacy.digests;
         Some(snap)
     }
 
@@ -166,6 +170,7 @@ impl Snapshot {
             generation: None,
             counters_only: false,
             native,
+            legacy_digests: [None; 2],
         }
     }
 
@@ -175,7 +180,13 @@ impl Snapshot {
         Snapshot::done(ruleset, Instant::now(), Vec::new(), None)
     }
 
-    fn read_uncounted(netns: Option<&Path>, known: Option<&[(String, String)]>) -> Snapshot {
+    /// A full read, but for the native tables' names when `known`, and legacy tables
+    /// parsed by `earlier` when their dump did not change.
+    fn read_uncounted(
+        netns: Option<&Path>,
+        known: Option<&[(String, String)]>,
+        earlier: Option<&Snapshot>,
+    ) -> Snapshot {
         let taken = Instant::now();
         let mut problems = Vec::new();
         let mut tables = Vec::new();
@@ -191,7 +202,8 @@ impl Snapshot {
                 &mut problems,
             ));
         }
-        tables.extend(legacy_tables(netns, legacy_names(netns), &mut problems));
+        let legacy = legacy_tables(netns, legacy_names(netns), earlier, &mut problems);
+        tables.extend(legacy.tables);
         let iptables_nft: HashSet<(TableFamily, String)> = tables
             .iter()
             .filter(|t| t.backend == Backend::IptablesNft)
@@ -204,35 +216,84 @@ impl Snapshot {
             ipsets: ipsets(netns, &mut problems),
             local_routes: local_routes(netns, &mut problems),
         };
-        Snapshot::done(ruleset, taken, problems, native)
+        let mut snap = Snapshot::done(ruleset, taken, problems, native);
+        snap.legacy_digests = legacy.digests;
+        snap
     }
 }
 
+/// The legacy xtables tables of a read, and their dumps' digests.
+struct Legacy {
+    tables: Vec<ruleset::Table>,
+    digests: [Option<u64>; 2],
+}
+
 /// The legacy xtables tables of both families, where `there` (see [`legacy_names`]).
+/// Legacy tables have no generation id: each read runs `iptables-legacy-save`, but a dump
+/// whose digest `earlier` parsed already (its rules unchanged) is only read for its
+/// counters (see [`ruleset::iptables_save::counters`]), not parsed again.
 fn legacy_tables(
     netns: Option<&Path>,
     there: [bool; 2],
+    earlier: Option<&Snapshot>,
     problems: &mut Vec<String>,
-) -> Vec<ruleset::Table> {
-    let mut tables = Vec::new();
-    for ((source, family), there) in [
+) -> Legacy {
+    let mut legacy = Legacy {
+        tables: Vec::new(),
+        digests: [None; 2],
+    };
+    for (i, (source, family)) in [
         (Source::IptablesLegacy, Family::Ipv4),
         (Source::Ip6tablesLegacy, Family::Ipv6),
     ]
     .into_iter()
-    .zip(there)
+    .enumerate()
     {
-        if there {
-            let dumped = text_or_problem(dump(source, netns), problems);
-            tables.extend(parse_save(
-                dumped,
+        if !there[i] {
+            continue;
+        }
+        let Some(text) = text_or_problem(dump(source, netns), problems) else {
+            continue;
+        };
+        let Ok(counted) = ruleset::iptables_save::counters(&text) else {
+            // The parse below says what is wrong.
+            legacy.tables.extend(parse_save(
+                Some(text),
                 Backend::IptablesLegacy,
                 family,
                 problems,
             ));
-        }
+            continue;
+        };
+        let reused = earlier
+            .filter(|e| e.legacy_digests[i] == Some(counted.digest))
+            .and_then(|e| {
+                let mut tables: Vec<_> = e
+                    .ruleset
+                    .tables
+                    .iter()
+                    .filter(|t| {
+                        t.backend == Backend::IptablesLegacy && t.family == TableFamily::of(family)
+                    })
+                    .cloned()
+                    .collect();
+                counted.apply(&mut tables).ok().map(|()| tables)
+            });
+        let tables = match reused {
+            Some(tables) => tables,
+            None => {
+                let failed = problems.len();
+                let parsed = parse_save(Some(text), Backend::IptablesLegacy, family, problems);
+                if problems.len() > failed {
+                    continue;
+                }
+                parsed
+            }
+        };
+        legacy.digests[i] = Some(counted.digest);
+        legacy.tables.extend(tables);
     }
-    tables
+    legacy
 }
 
 /// The tables of an `iptables-save` dump, if there is one and it parses.
@@ -469,8 +530,8 @@ mod tests {
 
     /// The real kernel, in a namespace of the test thread's own (gone with the thread):
     /// a re-read of the same generation takes only the counters, and they are those a
-    /// full read gives — rules, iptables-nft policies, a native table's counted rule.
-    /// Needs root, iptables-nft and nft, as CI has.
+    /// full read gives — rules, iptables-nft policies, a native table's counted rule, a
+    /// legacy table's rule. Needs root, iptables (both) and nft, as CI has.
     #[test]
     fn a_counters_only_read_is_a_full_read() {
         std::thread::spawn(|| {
@@ -498,6 +559,11 @@ mod tests {
                 "table inet droptrace_test {\n chain out {\n type filter hook output priority -10;\n \
                  udp dport 12 counter\n }\n}\n",
             );
+            // A legacy table too, seeing every packet before the filter hooks.
+            run(
+                &["iptables-legacy", "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT"],
+                "",
+            );
             let send = |ports: &[u16]| {
                 let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 for port in ports {
@@ -519,6 +585,19 @@ mod tests {
                 all_counters(&first.ruleset),
                 "the counters grew"
             );
+            // The legacy dump's rules did not change: its tables were taken from the first
+            // read, with the counters of this one.
+            assert!(first.legacy_digests[0].is_some());
+            assert_eq!(counted.legacy_digests, first.legacy_digests);
+            let mangle = |s: &Snapshot| {
+                s.ruleset
+                    .tables
+                    .iter()
+                    .find(|t| t.backend == Backend::IptablesLegacy && t.name == "mangle")
+                    .and_then(|t| t.chain("OUTPUT")?.rules.first()?.counters)
+                    .map(|c| c.packets)
+            };
+            assert_eq!((mangle(&first), mangle(&counted)), (Some(0), Some(2)));
             // A commit: read in full.
             run(&["nft", "add", "table", "ip", "droptrace_other"], "");
             let after = Snapshot::read_since(None, Some(&nf_tables), Some(&counted));
