@@ -40,12 +40,7 @@ pub fn parse_ruleset(text: &str, backend: Backend, family: Family) -> Result<cra
 pub fn parse(text: &str, backend: Backend, family: Family) -> Result<Vec<Table>> {
     let mut tables = Vec::new();
     let mut open: Option<OpenTable> = None;
-    for (index, raw_line) in text.lines().enumerate() {
-        let line = index + 1;
-        let trimmed = raw_line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
+    for (line, trimmed) in lines(text) {
         if let Some(name) = trimmed.strip_prefix('*') {
             if let Some(table) = &open {
                 return Err(ParseError::line(
@@ -101,6 +96,15 @@ pub fn parse(text: &str, backend: Backend, family: Family) -> Result<Vec<Table>>
         ));
     }
     Ok(tables)
+}
+
+/// The lines of a dump that say something (not blank, not comments), trimmed, with their
+/// 1-based numbers.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(index, raw)| (index + 1, raw.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 const KNOWN_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
@@ -314,12 +318,7 @@ pub fn counters(text: &str) -> Result<SaveCounters> {
     let mut digest = std::collections::hash_map::DefaultHasher::new();
     let mut counted = Vec::new();
     let mut table = "";
-    for (index, raw_line) in text.lines().enumerate() {
-        let line = index + 1;
-        let trimmed = raw_line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
+    for (line, trimmed) in lines(text) {
         if let Some(name) = trimmed.strip_prefix('*') {
             table = name;
             trimmed.hash(&mut digest);
