@@ -529,6 +529,9 @@ pub struct FlowCache {
     /// The flow's drop site (`FlowState::site`), for its aggregate.
     pub site: u32,
     pub _pad: u32,
+    /// The flow's first header bytes as the program compares them before parsing (see
+    /// `raw_key` in tracer-ebpf): zeros when the flow's packets cannot be told that way.
+    pub raw: [u64; 4],
 }
 
 /// One dropped packet, as the program writes it into the ring buffer.
@@ -856,8 +859,10 @@ const _: () = assert!(size_of::<VerdictConfig>() == 48);
 const _: () = assert!(size_of::<KernelVerdict>() == 80);
 const _: () = assert!(size_of::<Config>() == 288);
 const _: () = assert!(size_of::<FlowKey>() == 56);
-const _: () = assert!(size_of::<FlowCache>() == 96);
+const _: () = assert!(size_of::<FlowCache>() == 128);
 const _: () = assert!(size_of::<FlowState>() == 64);
 const _: () = assert!(size_of::<AggKey>() == 32);
 const _: () = assert!(size_of::<AggCount>() == 16);
 const _: () = assert!(size_of::<DropEvent>() == 776);
+// The program loads whole words of the headers (`raw_key` in tracer-ebpf).
+const _: () = assert!(core::mem::offset_of!(DropEvent, headers) % 8 == 0);

@@ -347,13 +347,25 @@ fn handle<C: EbpfContext, const BTF: bool>(
     } else {
         copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
     }
+    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
+    let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
+    // A flood of one flow: a packet whose first header bytes are those of the flow this
+    // CPU counts in its cache is counted there, before the parse, the filters (which the
+    // flow passed) and the key.
+    let raw = if BTF {
+        raw_key(&e.headers, location, netns, reason, ct_info)
+    } else {
+        [0; 4]
+    };
+    if BTF && counted_again(&raw, len) {
+        return None;
+    }
     let l4_flags = parse_l3(e, l3)?;
 
     if !watched(e, l4_flags) {
         return None;
     }
 
-    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
     let icmp = e.proto == IPPROTO_ICMP || e.proto == IPPROTO_ICMPV6;
     // On the stack: built in a map slot instead, it cost some 40 ns per drop more.
     let key = &FlowKey {
@@ -374,13 +386,12 @@ fn handle<C: EbpfContext, const BTF: bool>(
         ct_info,
     };
     bump(STAT_MATCHED);
-    let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
 
     // The classic tracepoint serves kernels where tp_btf cannot attach, and the cache
     // (below) makes its program too much for Debian 5.10's verifier (minutes): it counts
     // every drop in the flow table, as before the cache.
     let (hit, now) = if BTF {
-        through_cache(key, len)?
+        through_cache(key, &raw, len)?
     } else {
         (false, unsafe { bpf_ktime_get_ns() })
     };
@@ -648,7 +659,7 @@ pub(crate) fn attempt_key(skb: u64) -> Option<PassedKey> {
 ///
 /// One way out for the three cases: each path multiplies the old verifiers' work.
 #[inline(always)]
-fn through_cache(key: &FlowKey, len: u32) -> Option<(bool, u64)> {
+fn through_cache(key: &FlowKey, raw: &[u64; 4], len: u32) -> Option<(bool, u64)> {
     // SAFETY: index 0 of a one-entry per-CPU array, as in `handle`.
     let cache = unsafe { &mut *FLOW_CACHE.get_ptr_mut(0)? };
     let hit = cache.live != 0 && same_flow(&cache.key, key);
@@ -681,9 +692,75 @@ fn through_cache(key: &FlowKey, len: u32) -> Option<(bool, u64)> {
         add_to_flow(&cache.key, packets, bytes, cache.site);
     }
     cache.key = *key;
+    cache.raw = *raw;
     cache.live = 1;
     cache.since_ns = now;
     Some((hit, now))
+}
+
+/// The packet's first header bytes that decide its [`FlowKey`], with the key's other
+/// fields, in four words: an IPv4 header without options that is no fragment's tail
+/// (addresses, protocol, ports or ICMP type and code, TCP flags), `location`, `netns`,
+/// `reason` and `ct_info`. Equal words mean equal keys, and so the same filters' verdict.
+/// Zeros, which no such packet gives (the version byte is in them), for other packets.
+#[inline(always)]
+fn raw_key(h: &[u8; HEADER_BYTES], location: u64, netns: u32, reason: u32, ct: u8) -> [u64; 4] {
+    // struct iphdr: frag_off@6, protocol@9, saddr@12, daddr@16; the L4 header @20.
+    if h[0] != 0x45 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        return [0; 4];
+    }
+    let proto = h[9];
+    // Whole words, not bytes: `h` is the record's buffer, at an 8-aligned offset of a map
+    // value (checked in tracer-common), so bytes 12, 16 and 20 are 4-aligned.
+    let word = |at: usize| -> u64 {
+        // SAFETY: `at + 4 <= 24 < HEADER_BYTES`, 4-aligned (above).
+        u64::from(unsafe { core::ptr::read(h.as_ptr().add(at).cast::<u32>()) })
+    };
+    // What the key takes from the L4 header, as `parse_l3` reads it.
+    let l4 = if tracer_common::has_ports(proto) {
+        word(20)
+            | if proto == IPPROTO_TCP {
+                (h[33] as u64) << 32
+            } else {
+                0
+            }
+    } else if proto == IPPROTO_ICMP {
+        // Type and code (the first two bytes, little-endian load).
+        word(20) & 0xffff
+    } else {
+        0
+    };
+    [
+        word(12) << 32 | word(16),
+        0x45 << 56 | (ct as u64) << 48 | (proto as u64) << 40 | l4,
+        location,
+        (reason as u64) << 32 | netns as u64,
+    ]
+}
+
+/// Counts the drop in this CPU's flow cache when `raw` (see [`raw_key`]) is the cache's
+/// flow and the cache has nothing else to do for it (no batch full, no clock to read: see
+/// [`through_cache`], which handles the rest).
+#[inline(always)]
+fn counted_again(raw: &[u64; 4], len: u32) -> bool {
+    let Some(cache) = FLOW_CACHE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: index 0 of a one-entry per-CPU array, as in `handle`.
+    let cache = unsafe { &mut *cache };
+    let c = &cache.raw;
+    let differs = (c[0] ^ raw[0]) | (c[1] ^ raw[1]) | (c[2] ^ raw[2]) | (c[3] ^ raw[3]);
+    if raw[1] == 0
+        || differs != 0
+        || cache.pending < CACHE_TIMED
+        || cache.pending + 1 >= CACHE_BATCH
+    {
+        return false;
+    }
+    cache.pending += 1;
+    cache.bytes += len as u64;
+    bump(STAT_MATCHED);
+    true
 }
 
 /// Writes `words` at `dst` (8-byte aligned: a map value's field) with one store each.
