@@ -134,13 +134,19 @@ impl AggKey {
     /// The coarse key this key's drops go to when the table has no room for it.
     #[inline(always)]
     pub fn coarse(&self) -> AggKey {
-        AggKey {
-            dport: 0,
-            tcp_flags: 0,
-            ct_info: 0,
-            other: 1,
-            ..*self
-        }
+        let mut key = *self;
+        key.coarsen();
+        key
+    }
+
+    /// Makes this key its [`AggKey::coarse`] key, in place (the eBPF side keeps one key on
+    /// its stack, not two).
+    #[inline(always)]
+    pub fn coarsen(&mut self) {
+        self.dport = 0;
+        self.tcp_flags = 0;
+        self.ct_info = 0;
+        self.other = 1;
     }
 }
 

@@ -77,6 +77,11 @@ struct UpdateBudget {
 #[map]
 static UPDATE_BUDGET: PerCpuArray<UpdateBudget> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a new flow's state is assembled before the flow table copies it (see
+/// `count_drop`).
+#[map]
+static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
 /// The flow each CPU dropped last, with the packets counted there (see [`FlowCache`]).
 #[map]
 static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(1, 0);
@@ -827,7 +832,7 @@ fn add_to_flow(key: &FlowKey, packets: u64, bytes: u64, site: u32) {
 /// built here, in its frame, not in the caller's.
 #[inline(never)]
 fn aggregate(flow: &FlowKey, site: u32, packets: u64, bytes: u64) {
-    let key = &AggKey::of(flow, site);
+    let key = &mut AggKey::of(flow, site);
     if add_to_aggregate(key, packets, bytes) {
         return;
     }
@@ -841,11 +846,13 @@ fn aggregate(flow: &FlowKey, site: u32, packets: u64, bytes: u64) {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(used, 1);
         core::ptr::read_volatile(used)
     };
-    let room = tried < (MAX_AGGREGATES - AGG_RESERVE) as u64;
-    let coarse = key.coarse();
-    let key = if room { key } else { &coarse };
-    if !room && add_to_aggregate(key, packets, bytes) {
-        return;
+    if tried >= (MAX_AGGREGATES - AGG_RESERVE) as u64 {
+        // In place: a second key would be a second 32 bytes of this frame, which adds to
+        // the caller's along the chain.
+        key.coarsen();
+        if add_to_aggregate(key, packets, bytes) {
+            return;
+        }
     }
     let count = AggCount { packets, bytes };
     // BPF_NOEXIST: another CPU may have added the key meanwhile; then count in its entry.
@@ -902,9 +909,12 @@ fn count_drop<C: EbpfContext>(
     if packets != 0 {
         aggregate(key, e.site, packets, bytes);
     }
-    let mut state = MaybeUninit::<FlowState>::uninit();
-    let st = state.as_mut_ptr();
-    // SAFETY: every field of the stack slot is written before the map copies it.
+    // In a per-CPU slot, not on the stack: this frame and the functions it calls share
+    // the verifier's 512 bytes (see tracer/src/kernel/stack_depth.rs); only a new flow
+    // pays the slot's lookup.
+    let st = NEW_FLOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot (tracing programs do not nest on one CPU); every field is
+    // written before the map copies it.
     unsafe {
         (*st).count = packets;
         (*st).bytes = bytes;
@@ -916,8 +926,8 @@ fn count_drop<C: EbpfContext>(
         (*st).site = e.site;
         (*st)._pad = 0;
     }
-    // SAFETY: initialised just above.
-    match FLOWS.insert(key, unsafe { state.assume_init_ref() }, BPF_NOEXIST as u64) {
+    // SAFETY: a map value pointer, initialised just above.
+    match FLOWS.insert(key, unsafe { &*st }, BPF_NOEXIST as u64) {
         Ok(()) => Some((packets, bytes)),
         // Another CPU created the flow in the meantime: count in its entry.
         Err(_) => bump_flow(FLOWS.get_ptr_mut(key)?, packets, bytes, now),

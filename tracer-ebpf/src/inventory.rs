@@ -37,7 +37,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_get_current_comm,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -89,6 +90,13 @@ static INV_PENDING: LruHashMap<u64, InventoryPending> = LruHashMap::with_max_ent
 /// First sightings, for userspace.
 #[map]
 static INV_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Per-CPU room where [`record`] assembles a new flow's key, state and event, off the
+/// stack. Nothing else runs in it meanwhile: a program run does not nest on its CPU (the
+/// tracepoint and tp_btf runners keep one run per CPU), and only [`record`] uses it, from
+/// the sending task's context.
+#[map]
+static INV_SCRATCH: PerCpuArray<InventoryEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU: first sightings that did not fit in the ring buffer (the flow is still in
 /// [`INV_FLOWS`]).
@@ -443,8 +451,13 @@ fn connected_send(sk: u64, proto: u8, netns: u32, uid: u32, mark: u32) -> Option
 /// protocol, destination, destination port) and counts the flow; a new flow is also
 /// written to the ring buffer. `seen` is one sighting (the pending record's shape: BPF
 /// functions take at most five arguments).
+///
+/// Never inlined, and its frame kept small: its callers' frames and this one share the
+/// verifier's 512 bytes (a fresh toolchain once built 176 + 344 here, which the verifier
+/// refused), so the new flow's key, state and event are assembled in [`INV_SCRATCH`]
+/// rather than on the stack. `cargo xtask test` checks the figures of every program.
+#[inline(never)]
 fn record(seen: &InventoryPending, source: u8) -> Option<()> {
-    let mut key = seen.key;
     let (netns, family, proto) = unsafe {
         (
             core::ptr::read_volatile(&raw const CONFIG.netns),
@@ -452,57 +465,65 @@ fn record(seen: &InventoryPending, source: u8) -> Option<()> {
             core::ptr::read_volatile(&raw const CONFIG.proto),
         )
     };
-    if netns != 0 && key.netns != netns {
+    if netns != 0 && seen.key.netns != netns {
         return None;
     }
-    if family != 0 && family != key.family {
+    if family != 0 && family != seen.key.family {
         return None;
     }
-    if proto != 0 && proto != key.proto {
+    if proto != 0 && proto != seen.key.proto {
         return None;
     }
     let dport = unsafe { core::ptr::read_volatile(&raw const CONFIG.dport) };
-    let has_ports = key.proto != IPPROTO_ICMP && key.proto != IPPROTO_ICMPV6;
-    if !port_in(dport, key.dport, has_ports) {
+    let has_ports = seen.key.proto != IPPROTO_ICMP && seen.key.proto != IPPROTO_ICMPV6;
+    if !port_in(dport, seen.key.dport, has_ports) {
         return None;
     }
     let dst = unsafe { core::ptr::read_volatile(&raw const CONFIG.dst) };
-    if !prefix_matches(&dst, key.family, &key.daddr) {
+    if !prefix_matches(&dst, seen.key.family, &seen.key.daddr) {
         return None;
     }
 
+    // SAFETY: this CPU's slot of a one-entry per-CPU array, valid for this run; see
+    // INV_SCRATCH for why no other program run can be using it.
+    let ev = unsafe { &mut *INV_SCRATCH.get_ptr_mut(0)? };
     let pid_tgid = bpf_get_current_pid_tgid();
-    key.tgid = (pid_tgid >> 32) as u32;
+    ev.key = seen.key;
+    ev.key.tgid = (pid_tgid >> 32) as u32;
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(state) = INV_FLOWS.get_ptr_mut(&key) {
+    if let Some(state) = INV_FLOWS.get_ptr_mut(&ev.key) {
         bump(state, now);
         return Some(());
     }
-    let state = InventoryState {
-        first_ns: now,
-        last_ns: now,
-        count: 1,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        saddr: seen.saddr,
-        uid: seen.uid,
-        mark: seen.mark,
-        sport: seen.sport,
-        source,
-        _pad: 0,
-        tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if INV_FLOWS.insert(&key, &state, BPF_NOEXIST as u64).is_err() {
+    // Field by field: a struct literal would be built on the stack and copied.
+    let st = &mut ev.state;
+    st.first_ns = now;
+    st.last_ns = now;
+    st.count = 1;
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    st.saddr = seen.saddr;
+    st.uid = seen.uid;
+    st.mark = seen.mark;
+    st.sport = seen.sport;
+    st.source = source;
+    st._pad = 0;
+    st.tid = pid_tgid as u32;
+    // SAFETY: the helper writes at most NAME_LEN bytes into the map value.
+    if unsafe { bpf_get_current_comm(st.comm.as_mut_ptr().cast(), tracer_common::NAME_LEN as u32) }
+        != 0
+    {
+        st.comm = [0; tracer_common::NAME_LEN];
+    }
+    ev._pad = 0;
+    if INV_FLOWS
+        .insert(&ev.key, &ev.state, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Another CPU created it in the meantime.
-        bump(INV_FLOWS.get_ptr_mut(&key)?, now);
+        bump(INV_FLOWS.get_ptr_mut(&ev.key)?, now);
         return Some(());
     }
-    let event = InventoryEvent {
-        key,
-        _pad: 0,
-        state,
-    };
-    if INV_EVENTS.output(&event, 0).is_err()
+    if INV_EVENTS.output(ev, 0).is_err()
         && let Some(lost) = INV_STATS.get_ptr_mut(STAT_LOST)
     {
         unsafe { *lost += 1 };

@@ -32,6 +32,11 @@ pub(crate) static PROGRAM: &[u8] =
 static PROGRAM_PERF: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace-perf"));
 
+/// Every eBPF object this binary carries, by the name build.rs gave it.
+pub fn shipped_objects() -> [(&'static str, &'static [u8]); 2] {
+    [("droptrace", PROGRAM), ("droptrace-perf", PROGRAM_PERF)]
+}
+
 /// Name of the tracepoint, of the program inside the object, and of its maps.
 const TRACEPOINT: &str = "kfree_skb";
 const CLASSIC_PROGRAM: &str = "kfree_skb_tp";

@@ -5,7 +5,8 @@
 //! totals; nothing here knows about rules, processes or output. Modules, lower first:
 //! [`btf`], [`kallsyms`], [`stack`] and [`tracefs`] read what the kernel tells about itself;
 //! [`filter`] and [`privileges`] shape a capture; [`verdicts`] and [`drop`] decode records;
-//! [`event_source`] and [`capture`] load, attach and stream.
+//! [`event_source`] and [`capture`] load, attach and stream; [`stack_depth`] measures the
+//! programs against the verifier's stack limit.
 
 pub mod btf;
 pub mod capture;
@@ -17,5 +18,6 @@ pub mod kallsyms;
 pub mod privileges;
 pub mod program;
 pub mod stack;
+pub mod stack_depth;
 pub mod tracefs;
 pub mod verdicts;
