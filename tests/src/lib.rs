@@ -333,8 +333,18 @@ impl Watcher {
 
     /// Like [`Watcher::start`], handing the start line to `check`.
     pub fn start_checked(args: &[&str], check: impl FnOnce(&Value)) -> anyhow::Result<Self> {
+        Self::start_with_env(args, &[], check)
+    }
+
+    /// Like [`Watcher::start_checked`], with variables added to droptrace's environment.
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        check: impl FnOnce(&Value),
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(droptrace_bin())
             .args(args)
+            .envs(env.iter().copied())
             .arg("--json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

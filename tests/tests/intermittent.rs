@@ -128,6 +128,42 @@ fn attempts_beside_drops_name_the_rule_that_let_the_others_through() {
     );
 }
 
+/// An optional part never takes the rest down: with the program that counts attempts
+/// refused (as a kernel whose verifier rejects it would), `watch --attempts` still reports
+/// each drop with its rule, says why attempts are missing, and exits 0.
+#[test]
+fn refused_attempt_programs_leave_drops_reported_with_their_rules() {
+    let t = intermittent_service();
+    let before = t.client.output_counters();
+    let w = Watcher::start_with_env(
+        &["watch", "--netns", &t.client.name, "--attempts"],
+        &[("DROPTRACE_TEST_REFUSE_PROGRAMS", "attempt_passed")],
+        |_| {},
+    )
+    .unwrap();
+    connect_ten_times(&t);
+    let lines = w.stop().unwrap(); // exit status 0, or this fails
+    let grown = t.client.output_counters()[1] - before[1];
+    let d = drops(&lines);
+    assert!(grown > 0);
+    assert_eq!(
+        packets(&d),
+        grown,
+        "every drop the rule counted is reported"
+    );
+    assert!(
+        d.iter()
+            .all(|l| l["rule_num"] == 2 && l["attribution"] == "exact"),
+        "{d:?}"
+    );
+    let end = summary(&lines);
+    assert!(end.get("services").is_none(), "{end}");
+    let why = end["attempts_unavailable"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{end}"));
+    assert!(why.contains("attempt_passed"), "{why}");
+}
+
 #[test]
 fn top_shows_attempts_beside_drops() {
     let t = intermittent_service();

@@ -449,6 +449,9 @@ pub async fn run(mut args: TopArgs) -> anyhow::Result<()> {
     if let Some(services) = &end.services {
         crate::sinks::lines::TextSink::new(&mut out).services(services)?;
     }
+    if let Some(why) = &end.attempts_unavailable {
+        writeln!(out, "attempts: unavailable ({})", terminal(why))?;
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use tracer_common::{
 use crate::{
     kernel::btf::{KernelBtf, VMLINUX_BTF, member_offset},
     kernel::filter::Filters,
+    kernel::program::refused_for_test,
 };
 
 const TCP_PROGRAM: &str = "inventory_tcp";
@@ -95,6 +96,9 @@ impl InventoryCapture {
             .program_mut(TCP_PROGRAM)
             .context("program inventory_tcp missing from the object")?
             .try_into()?;
+        if let Some(why) = refused_for_test(TCP_PROGRAM) {
+            anyhow::bail!("the kernel refused {TCP_PROGRAM}: {why}");
+        }
         tcp.load().map_err(|e| program_error("inventory_tcp", &e))?;
         tcp.attach("sock", "inet_sock_set_state")
             .map_err(|e| program_error("inventory_tcp", &e))?;
@@ -138,6 +142,9 @@ impl InventoryCapture {
         }
 
         if passed {
+            if let Some(why) = refused_for_test(PASSED_PROGRAM) {
+                anyhow::bail!("the kernel refused {PASSED_PROGRAM}: {why}");
+            }
             let btf = aya_btf
                 .as_ref()
                 .context("attempts need the kernel's BTF (tp_btf)")?;

@@ -34,6 +34,19 @@ pub fn program_error(e: &ProgramError) -> String {
     }
 }
 
+/// The environment variable that makes droptrace treat the programs it names (a comma
+/// list) as refused by the kernel: how the tests check that an optional part failing
+/// leaves the rest working, on a kernel that accepts everything. Not for users.
+pub const REFUSE_FOR_TEST: &str = "DROPTRACE_TEST_REFUSE_PROGRAMS";
+
+/// Whether [`REFUSE_FOR_TEST`] names `program`; the refusal's reason if so.
+pub fn refused_for_test(program: &str) -> Option<String> {
+    let list = std::env::var(REFUSE_FOR_TEST).ok()?;
+    list.split(',')
+        .any(|p| p.trim() == program)
+        .then(|| format!("refused on purpose ({REFUSE_FOR_TEST} names {program})"))
+}
+
 /// Turns a C string buffer into text, stopping at the first NUL. Invalid UTF-8 is kept
 /// visible (lossy) and escaped later, at display time.
 pub fn c_string(buf: &[u8]) -> String {

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -157,6 +156,8 @@ pub struct Session {
     attributor: Option<Attributor>,
     /// Attempts beside drops (`--attempts`).
     attempts: Option<attempts::AttemptsBook>,
+    /// Why `--attempts` could not be honoured (the kernel refused its programs).
+    attempts_unavailable: Option<String>,
     /// What each drop site is, and the drops lines reported per aggregate (see [`beyond`]).
     sites: beyond::SiteBook,
     lines_by_aggregate: beyond::LineBook,
@@ -242,13 +243,21 @@ impl Session {
         let cap = Capture::start(&kernel, &opts)?;
         let kallsyms = kallsyms.unwrap_or_else(kallsyms::Background::start);
         // Before privileges are dropped below: it loads programs too.
-        let attempts = if capture.attempts {
-            Some(
-                attempts::AttemptsBook::start(&kernel, &filters.to_filters()?)
-                    .context("cannot count attempts (--attempts)")?,
-            )
+        // An optional part: when the kernel refuses its programs, drops are still traced and
+        // named, and the summary says why attempts are missing.
+        let (attempts, attempts_unavailable) = if capture.attempts {
+            match attempts::AttemptsBook::start(&kernel, &filters.to_filters()?) {
+                Ok(book) => (Some(book), None),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    log::warn!(
+                        "attempts unavailable (--attempts): {why}; drops are still reported"
+                    );
+                    (None, Some(why))
+                }
+            }
         } else {
-            None
+            (None, None)
         };
         crate::kernel::privileges::drop_after_attach();
         let attributor = attributor
@@ -276,6 +285,7 @@ impl Session {
             book: FlowBook::default(),
             attributor,
             attempts,
+            attempts_unavailable,
             sites: beyond::SiteBook::default(),
             lines_by_aggregate: beyond::LineBook::default(),
             line_budget: None,
@@ -717,6 +727,7 @@ impl Session {
         if let Some(a) = &mut self.attempts {
             end.services = Some(a.report(self.attributor.as_mut()));
         }
+        end.attempts_unavailable = self.attempts_unavailable.clone();
         end
     }
 }

@@ -109,6 +109,10 @@ pub struct SummaryRecord {
     /// With `--attempts`: attempts beside drops, per destination service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<crate::session::attempts::ServiceAttempts>>,
+    /// With `--attempts`, when they could not be counted: why (the kernel refused the
+    /// programs that count them). Drops are reported all the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_unavailable: Option<String>,
 }
 
 impl Summary {
@@ -242,6 +246,7 @@ impl Summary {
             ports: self.ports(),
             beyond_flow_table: self.beyond_flow_table,
             services: None,
+            attempts_unavailable: None,
         }
     }
 }

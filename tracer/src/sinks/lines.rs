@@ -311,6 +311,9 @@ impl<W: Write> Sink for TextSink<W> {
         if let Some(services) = &end.services {
             self.services(services)?;
         }
+        if let Some(why) = &end.attempts_unavailable {
+            writeln!(self.out, "attempts: unavailable ({})", terminal(why))?;
+        }
         self.out.flush()
     }
 }
