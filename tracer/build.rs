@@ -41,10 +41,41 @@ fn long_version() -> anyhow::Result<()> {
     for git in [".git/HEAD", ".git/refs/heads"] {
         println!("cargo:rerun-if-changed={root}/{git}");
     }
+    let toolchain = ebpf_toolchain();
+    println!("cargo:rustc-env=DROPTRACE_EBPF_TOOLCHAIN={toolchain}");
     println!(
-        "cargo:rustc-env=DROPTRACE_LONG_VERSION={} (commit {commit}, {}, eBPF objects sha256 {digest})",
+        "cargo:rustc-env=DROPTRACE_LONG_VERSION={} (commit {commit}, {}, eBPF objects sha256 {digest}, built by {toolchain})",
         std::env::var("CARGO_PKG_VERSION")?,
         std::env::var("TARGET")?,
     );
     Ok(())
+}
+
+/// What built the eBPF objects: the pinned rustc and its LLVM, bpf-linker, and the LLVM
+/// bpf-linker links (Debian's llvm-22-dev). Two machines of one kind once built objects of
+/// different stack sizes from one commit; a bug report must say which.
+fn ebpf_toolchain() -> String {
+    let run = |cmd: &str, args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new(cmd).args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let rustc = run("rustup", &["run", EBPF_TOOLCHAIN, "rustc", "-vV"]);
+    let field = |name: &str| {
+        rustc.as_deref().and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix(name).map(|s| s.trim().to_string()))
+        })
+    };
+    let rustc_line = match (field("release:"), field("commit-date:")) {
+        (Some(release), Some(date)) => format!("rustc {release} ({date})"),
+        _ => format!("rustc {EBPF_TOOLCHAIN} (version unknown)"),
+    };
+    let rust_llvm = field("LLVM version:").unwrap_or_else(|| "?".into());
+    let linker = run("bpf-linker", &["--version"]).unwrap_or_else(|| "bpf-linker ?".into());
+    let linker_llvm = run("dpkg-query", &["-W", "-f=${Version}", "llvm-22-dev"])
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "?".into());
+    format!("{rustc_line} LLVM {rust_llvm}, {linker} with llvm-22-dev {linker_llvm}")
 }

@@ -70,8 +70,23 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The llvm-22-dev that bpf-linker was last tested with (a fresh machine, 2026-12-06).
+/// Debian updates it in place; another version may build objects of other sizes, which
+/// `cargo xtask test` measures (tracer/src/kernel/stack_depth.rs), so a difference is said
+/// loudly rather than refused.
+const TESTED_LLVM: &str = "1:22.1.8-1~deb12u1";
+
 pub fn run() -> anyhow::Result<()> {
     packages()?;
+    let llvm = package_version("llvm-22-dev");
+    if llvm.as_deref() != Some(TESTED_LLVM) {
+        say(&format!(
+            "WARNING: llvm-22-dev is {} here, not {TESTED_LLVM} that droptrace's eBPF objects \
+             were tested with; the stack and verifier checks of `cargo xtask test` say whether \
+             the objects it builds still fit",
+            llvm.as_deref().unwrap_or("missing")
+        ));
+    }
     toolchain()?;
     bpf_linker()?;
     crate::fuzz::setup()?;
@@ -89,6 +104,18 @@ pub fn installed(pkg: &str) -> bool {
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// The installed version of a Debian package.
+fn package_version(pkg: &str) -> Option<String> {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 fn packages() -> anyhow::Result<()> {
