@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Rules(args) => droptrace::commands::explain::run_rules(args),
             Command::Inventory(args) => droptrace::commands::inventory::run(args).await,
             Command::Audit(args) => droptrace::commands::audit::run(args).await,
+            Command::Doctor(args) => droptrace::commands::doctor::run(args).await,
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 // Into a buffer: clap_complete panics when its writer fails, and a closed

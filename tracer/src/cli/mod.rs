@@ -43,6 +43,10 @@ pub enum Command {
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
     /// Exit 0 if it would pass, 1 if it would be dropped.
     Explain(crate::commands::explain::ExplainArgs),
+    /// What works on this host and why not: kernel, BTF, every program loaded with the
+    /// verifier's figures, capabilities, tools, firewall backends. Exit 0 all good, 1
+    /// degraded, 2 no drop can be traced.
+    Doctor(crate::commands::doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]

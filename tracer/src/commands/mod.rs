@@ -4,6 +4,7 @@
 //! other: what two of them share belongs to a layer below.
 
 pub mod audit;
+pub mod doctor;
 pub mod explain;
 pub mod inventory;
 pub mod serve;

@@ -334,6 +334,12 @@ impl Capture {
         })
     }
 
+    /// The programs loaded, with the instructions the verifier processed for each (Linux
+    /// 5.16+; `None` before).
+    pub fn programs_loaded(&self) -> Vec<(String, Option<u32>)> {
+        loaded_programs(&self._ebpf)
+    }
+
     /// Waits until records are available.
     pub async fn readable(&self) -> Result<(), CaptureError> {
         self.events.readable().await.map_err(CaptureError::Poll)
@@ -449,6 +455,18 @@ impl Capture {
     }
 }
 
+/// The programs of `ebpf` that are loaded, with the instructions the verifier processed.
+pub(crate) fn loaded_programs(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            Some((
+                name.to_string(),
+                p.info().ok()?.verified_instruction_count(),
+            ))
+        })
+        .collect()
+}
+
 /// Adds the caches' packets to their flows' states; a flow the table no longer holds (it
 /// was evicted while a cache counted it) gets a state of its own.
 fn with_pending(
@@ -481,6 +499,9 @@ fn attach_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<&'static str
         .ok_or_else(|| CaptureError::Load(format!("program {TRACEPOINT} missing from object")))?
         .try_into()
         .map_err(|e: ProgramError| CaptureError::Program(TP_BTF_KIND, e.to_string()))?;
+    if let Some(why) = crate::kernel::program::refused_for_test(TRACEPOINT) {
+        return Err(CaptureError::Program(TP_BTF_KIND, why));
+    }
     program
         .load(TRACEPOINT, btf)
         .map_err(|e| CaptureError::Program(TP_BTF_KIND, program_error(&e)))?;
@@ -509,6 +530,9 @@ fn attach_classic(
         })?
         .try_into()
         .map_err(|e: ProgramError| CaptureError::Program(CLASSIC_KIND, e.to_string()))?;
+    if let Some(why) = crate::kernel::program::refused_for_test(CLASSIC_PROGRAM) {
+        return Err(CaptureError::Program(CLASSIC_KIND, why));
+    }
     program
         .load()
         .map_err(|e| CaptureError::Program(CLASSIC_KIND, program_error(&e)))?;

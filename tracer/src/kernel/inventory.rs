@@ -188,6 +188,11 @@ impl InventoryCapture {
         })
     }
 
+    /// The programs loaded, with the instructions the verifier processed for each.
+    pub fn programs_loaded(&self) -> Vec<(String, Option<u32>)> {
+        crate::kernel::capture::loaded_programs(&self._ebpf)
+    }
+
     /// Waits until first sightings are available.
     pub async fn readable(&self) -> io::Result<()> {
         let mut guard = self.ring.readable().await?;

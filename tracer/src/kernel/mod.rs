@@ -6,7 +6,8 @@
 //! [`btf`], [`kallsyms`], [`stack`] and [`tracefs`] read what the kernel tells about itself;
 //! [`filter`] and [`privileges`] shape a capture; [`verdicts`] and [`drop`] decode records;
 //! [`event_source`] and [`capture`] load, attach and stream; [`stack_depth`] measures the
-//! programs against the verifier's stack limit.
+//! programs against the verifier's stack limit, and [`program_check`] loads each on this
+//! kernel (`droptrace doctor`).
 
 pub mod btf;
 pub mod capture;
@@ -17,6 +18,7 @@ pub mod inventory;
 pub mod kallsyms;
 pub mod privileges;
 pub mod program;
+pub mod program_check;
 pub mod stack;
 pub mod stack_depth;
 pub mod tracefs;
