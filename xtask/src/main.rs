@@ -193,6 +193,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bin.display()
     );
     lint()?;
+    margins(&bin)?;
     manifests::run()?;
     let mut cmd = pinned_cargo();
     cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
@@ -214,6 +215,90 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     vmtest::run(&binary, &vmtest::Args::default())?;
     // The .deb and the OCI image, installed and run in a clean Debian 12 root.
     package_test::run(binary.parent().expect("target/dist"))
+}
+
+/// Every program loaded on this machine's kernel by `droptrace doctor`, its figures printed
+/// against the verifier's limits; fails when one is refused or crosses our budget (a
+/// quarter of each limit kept free), so a compiler that moves a program toward the limit
+/// turns CI red with a number rather than a user's first run.
+fn margins(bin: &Path) -> anyhow::Result<()> {
+    eprintln!("xtask: the eBPF programs on this kernel (droptrace doctor)");
+    let out = Command::new(bin)
+        .args(["doctor", "--json"])
+        .output()
+        .context("cannot run droptrace doctor")?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "droptrace doctor printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let limits = &report["limits"];
+    let (stack_budget, insn_budget) = (
+        limits["stack_budget"].as_u64().unwrap_or(0),
+        limits["insn_budget"].as_u64().unwrap_or(0),
+    );
+    eprintln!(
+        "  {:<15} {:<19} {:<11} {:>9} {:>6} {:>6}  stack chain (limit {}, budget {stack_budget}; \
+         instructions limit {}, budget {insn_budget})",
+        "object",
+        "program",
+        "status",
+        "verified",
+        "stack",
+        "margin",
+        limits["stack_limit"],
+        limits["insn_limit"],
+    );
+    let mut over = Vec::new();
+    for p in report["programs"].as_array().into_iter().flatten() {
+        let name = format!(
+            "{}/{}",
+            p["object"].as_str().unwrap_or("?"),
+            p["program"].as_str().unwrap_or("?")
+        );
+        let combined = p["stack"]["combined"].as_u64().unwrap_or(u64::MAX);
+        let chain: Vec<String> = p["stack"]["chain"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d.to_string())
+            .collect();
+        let insns = p["verified_insns"].as_u64();
+        let status = p["status"].as_str().unwrap_or("?");
+        eprintln!(
+            "  {:<15} {:<19} {:<11} {:>9} {:>6} {:>6}  {}",
+            p["object"].as_str().unwrap_or("?"),
+            p["program"].as_str().unwrap_or("?"),
+            status,
+            insns.map_or("-".into(), |n| n.to_string()),
+            combined,
+            stack_budget as i64 - combined as i64,
+            chain.join("+"),
+        );
+        if combined > stack_budget {
+            over.push(format!("{name}: stack {combined} > {stack_budget}"));
+        }
+        if insns.is_some_and(|n| n > insn_budget) {
+            over.push(format!(
+                "{name}: {} instructions verified > {insn_budget}",
+                insns.unwrap_or(0)
+            ));
+        }
+        if status == "refused" || status == "not tried" {
+            over.push(format!(
+                "{name}: {status}: {}",
+                p["why"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if !over.is_empty() {
+        bail!(
+            "eBPF programs over their margins on this machine: {}",
+            over.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// clippy with warnings as errors, on every crate: the host ones, and the eBPF programs

@@ -59,6 +59,9 @@ struct KernelSpec {
     /// ipt_do_table, with offsets from module BTF, which 5.10 lacks): every drop is then
     /// `exact` with the kernel's confirmation.
     kernel_verdicts: bool,
+    /// Programs `droptrace doctor` may find refused or unavailable there, and why; every
+    /// other program must load.
+    may_lack: &'static [(&'static str, &'static str)],
 }
 
 #[derive(Clone, Copy)]
@@ -76,6 +79,7 @@ const KERNELS: &[KernelSpec] = &[
         expect_pass: true,
         why_not: "",
         kernel_verdicts: false,
+        may_lack: &[],
     },
     KernelSpec {
         label: "6.1",
@@ -85,6 +89,7 @@ const KERNELS: &[KernelSpec] = &[
         expect_pass: true,
         why_not: "",
         kernel_verdicts: true,
+        may_lack: &[],
     },
     KernelSpec {
         label: "6.12",
@@ -94,6 +99,18 @@ const KERNELS: &[KernelSpec] = &[
         expect_pass: true,
         why_not: "",
         kernel_verdicts: true,
+        may_lack: &[],
+    },
+    KernelSpec {
+        // The LTS kernel our machines run, as Debian's backports carry it.
+        label: "6.18",
+        suite: "trixie-backports",
+        archive: Archive::Debian,
+        release_prefix: "6.18.",
+        expect_pass: true,
+        why_not: "",
+        kernel_verdicts: true,
+        may_lack: &[],
     },
     KernelSpec {
         // sid moves on (7.2 in 2026-11): always its newest, so the matrix never goes stale.
@@ -104,6 +121,7 @@ const KERNELS: &[KernelSpec] = &[
         expect_pass: true,
         why_not: "",
         kernel_verdicts: true,
+        may_lack: &[],
     },
 ];
 
@@ -142,13 +160,13 @@ const MODULE_DIRS: &[&str] = &[
 ];
 /// Where the guest's traffic goes; both ports must show up as drops.
 const EXPECTED_DPORTS: &[u64] = &[8443, 5044];
-const BACKENDS: &[&str] = &["nft", "legacy", "nftables", "nft-perf"];
+const BACKENDS: &[&str] = &["nft", "legacy", "nftables", "nft-perf", "attempts"];
 /// Longer first error lines (verifier logs) are printed in full below the table.
 const ERROR_WIDTH: usize = 90;
 
 #[derive(clap::Args, Default)]
 pub struct Args {
-    /// Only this kernel: 5.10, 6.1, 6.12 or sid (or a suite name, or the version of a cached
+    /// Only this kernel: 5.10, 6.1, 6.12, 6.18 or sid (or a suite name, or the version of a cached
     /// kernel, e.g. 7.2 for sid's); repeatable.
     #[arg(long = "kernel", value_name = "KERNEL")]
     kernels: Vec<String>,
@@ -1078,6 +1096,28 @@ impl Run {
                 d["dport"], d["table"], d["chain"]
             ));
         }
+        // init.sh dials the payment gateway once: one attempt, dropped.
+        if backend == "attempts" {
+            let summary = self.summary.as_ref().expect("checked above");
+            let services = summary["services"].as_array();
+            let gateway = services
+                .into_iter()
+                .flatten()
+                .find(|s| s["dst"] == "203.0.113.10:8443" && s["proto"] == "tcp");
+            match gateway {
+                Some(s)
+                    if s["attempts"].as_u64() >= Some(1) && s["dropped"].as_u64() >= Some(1) => {}
+                Some(s) => return Some(format!("attempts to 203.0.113.10:8443: {s}")),
+                None => {
+                    return Some(format!(
+                        "no attempts to 203.0.113.10:8443 ({})",
+                        summary["attempts_unavailable"]
+                            .as_str()
+                            .unwrap_or("no such service")
+                    ));
+                }
+            }
+        }
         if kernel_verdicts {
             if self.verdicts() == "off" {
                 let why = self
@@ -1114,6 +1154,10 @@ struct Report<'a> {
     done: bool,
     /// droptrace's programs in the kernel while capturing, and after a `kill -9`.
     kill9: Option<(u32, u32)>,
+    /// `droptrace doctor --json`: its exit code and report.
+    doctor: Option<(String, Value)>,
+    /// `droptrace inventory --json`: its exit code and report.
+    inventory: Option<(String, Value)>,
     /// Why the guest gave no full report, with the end of its console.
     infra: Option<String>,
     took: Option<Duration>,
@@ -1130,6 +1174,8 @@ impl<'a> Report<'a> {
             runs: BTreeMap::new(),
             done: false,
             kill9: None,
+            doctor: None,
+            inventory: None,
             infra: None,
             took: None,
         };
@@ -1146,6 +1192,16 @@ impl<'a> Report<'a> {
                     if let (Some(Some(during)), Some(Some(after))) = (n.next(), n.next()) {
                         report.kill9 = Some((during, after));
                     }
+                }
+                "DOCTOR" | "INVENTORY" => {
+                    let (code, json) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let value = serde_json::from_str::<Value>(json).unwrap_or(Value::Null);
+                    let slot = if tag == "DOCTOR" {
+                        &mut report.doctor
+                    } else {
+                        &mut report.inventory
+                    };
+                    *slot = Some((code.to_string(), value));
                 }
                 "JSON" | "STDERR" | "EXIT" => {
                     let (backend, payload) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -1229,8 +1285,89 @@ impl<'a> Report<'a> {
                     self.spec.label, self.release
                 ));
             }
+            for problem in self.doctor_problems() {
+                out.push(format!(
+                    "{} ({}) doctor: {problem}",
+                    self.spec.label, self.release
+                ));
+            }
+            if let Some(problem) = self.inventory_problem() {
+                out.push(format!(
+                    "{} ({}) inventory: {problem}",
+                    self.spec.label, self.release
+                ));
+            }
         }
         out
+    }
+
+    /// What `droptrace doctor` found that it must not: a program refused or unavailable
+    /// that this kernel must run (all but `may_lack`), one over its margins, or no drop
+    /// traceable at all.
+    fn doctor_problems(&self) -> Vec<String> {
+        let Some((code, report)) = &self.doctor else {
+            return vec!["no report from the guest".into()];
+        };
+        if report.is_null() {
+            return vec![format!("exit {code}, no JSON report")];
+        }
+        let mut out = Vec::new();
+        if report["health"] == "broken" {
+            out.push(format!("broken: {}", report["problems"]));
+        }
+        let limits = &report["limits"];
+        let (stack_budget, insn_budget) = (
+            limits["stack_budget"].as_u64().unwrap_or(0),
+            limits["insn_budget"].as_u64().unwrap_or(0),
+        );
+        for p in report["programs"].as_array().into_iter().flatten() {
+            let name = format!(
+                "{}/{}",
+                p["object"].as_str().unwrap_or("?"),
+                p["program"].as_str().unwrap_or("?")
+            );
+            let program = p["program"].as_str().unwrap_or("?");
+            if p["status"] != "loaded" && !self.spec.may_lack.iter().any(|(m, _)| *m == program) {
+                out.push(format!("{name} {}: {}", p["status"], p["why"]));
+            }
+            if p["stack"]["combined"].as_u64().unwrap_or(u64::MAX) > stack_budget {
+                out.push(format!(
+                    "{name} stack {} over {stack_budget}",
+                    p["stack"]["combined"]
+                ));
+            }
+            if p["verified_insns"]
+                .as_u64()
+                .is_some_and(|n| n > insn_budget)
+            {
+                out.push(format!(
+                    "{name} {} instructions over {insn_budget}",
+                    p["verified_insns"]
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether `droptrace inventory` saw the payment gateway dialled and dropped.
+    fn inventory_problem(&self) -> Option<String> {
+        let Some((code, report)) = &self.inventory else {
+            return Some("no report from the guest".into());
+        };
+        if code != "0" {
+            return Some(format!("exit {code}"));
+        }
+        let found = report["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s["proto"] == "tcp"
+                    && s["dst"] == "203.0.113.10"
+                    && s["dport"] == 8443
+                    && s["dropped"] == true
+            });
+        (!found).then(|| "the dropped connection to 203.0.113.10:8443 is not listed".into())
     }
 
     /// Why the `kill -9` check failed, if it did: programs must have been loaded (else the
@@ -1339,6 +1476,7 @@ fn table(reports: &[Report]) -> String {
             let _ = writeln!(out, "  {e}");
         }
     }
+    out.push_str(&programs_table(reports));
     for r in reports {
         if let Some((during, after)) = r.kill9 {
             let _ = writeln!(
@@ -1360,6 +1498,97 @@ fn table(reports: &[Report]) -> String {
                 "{} ({}) ran to poweroff in {took:.0?}",
                 r.spec.label, r.release
             );
+        }
+    }
+    out
+}
+
+/// Each program on each kernel, from `droptrace doctor`: instructions the verifier
+/// processed (or why not loaded), with its stack chain, and `inventory`'s result.
+fn programs_table(reports: &[Report]) -> String {
+    let mut programs: Vec<String> = Vec::new();
+    for r in reports {
+        for p in r
+            .doctor
+            .iter()
+            .flat_map(|(_, d)| d["programs"].as_array().cloned().unwrap_or_default())
+        {
+            let name = format!(
+                "{}/{}",
+                p["object"].as_str().unwrap_or("?"),
+                p["program"].as_str().unwrap_or("?")
+            );
+            if !programs.contains(&name) {
+                programs.push(name);
+            }
+        }
+    }
+    let mut out = String::from(
+        "\nprograms by kernel (instructions verified; stack of the deepest call chain):\n",
+    );
+    let _ = write!(out, "  {:<34}", "PROGRAM");
+    for r in reports {
+        let _ = write!(out, " {:>12}", r.spec.label);
+    }
+    out.push_str("  STACK\n");
+    for name in &programs {
+        let _ = write!(out, "  {name:<34}");
+        let mut stack = String::new();
+        for r in reports {
+            let p = r.doctor.as_ref().and_then(|(_, d)| {
+                d["programs"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| {
+                        format!(
+                            "{}/{}",
+                            p["object"].as_str().unwrap_or("?"),
+                            p["program"].as_str().unwrap_or("?")
+                        ) == *name
+                    })
+                    .cloned()
+            });
+            let cell = match &p {
+                None => "-".to_string(),
+                Some(p) if p["status"] == "loaded" => p["verified_insns"]
+                    .as_u64()
+                    .map_or("loaded".into(), |n| n.to_string()),
+                Some(p) => p["status"].as_str().unwrap_or("?").to_string(),
+            };
+            if let Some(p) = &p
+                && stack.is_empty()
+            {
+                let chain: Vec<String> = p["stack"]["chain"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| d.to_string())
+                    .collect();
+                stack = format!("{} = {}", chain.join("+"), p["stack"]["combined"]);
+            }
+            let _ = write!(out, " {cell:>12}");
+        }
+        let _ = writeln!(out, "  {stack}");
+    }
+    let _ = write!(out, "  {:<34}", "inventory (dropped 8443 listed)");
+    for r in reports {
+        let cell = match r.inventory_problem() {
+            None => "pass".to_string(),
+            Some(_) if !r.spec.expect_pass => "fail (exp.)".to_string(),
+            Some(_) => "FAIL".to_string(),
+        };
+        let _ = write!(out, " {cell:>12}");
+    }
+    out.push('\n');
+    for r in reports {
+        for (program, why) in r.spec.may_lack {
+            let _ = writeln!(out, "  {} may lack {program}: {why}", r.spec.label);
+        }
+        for p in r.doctor_problems() {
+            let _ = writeln!(out, "  {} doctor: {p}", r.spec.label);
+        }
+        if let Some(p) = r.inventory_problem() {
+            let _ = writeln!(out, "  {} inventory: {p}", r.spec.label);
         }
     }
     out

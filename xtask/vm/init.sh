@@ -3,9 +3,9 @@
 #
 # Replays the incident on loopback: an iptables DROP rule for TCP 1024-65535 (and UDP 5044)
 # in OUTPUT, with iptables-nft, with iptables-legacy, with native nft (an inet table, a user
-# chain), and with iptables-nft again through the
-# oldest kernels' path (classic tracepoint, perf buffers), each with
-# `droptrace watch --json` running. Everything the host reads is a line on the serial
+# chain), with iptables-nft again through the oldest kernels' path (classic tracepoint,
+# perf buffers), and with attempts counted, each with `droptrace watch --json` running;
+# then `droptrace doctor` (every program) and `droptrace inventory`. Everything the host reads is a line on the serial
 # console starting with "VMTEST-"; the guest then powers off. If this script dies, the kernel
 # panics and reboots, and qemu (-no-reboot) exits: the host sees no VMTEST-DONE.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -106,6 +106,33 @@ run_case() {
 	esac
 }
 
+# Every program droptrace ships, loaded and unloaded by `droptrace doctor`: one line of JSON.
+doctor_case() {
+	droptrace doctor --json >/tmp/doctor.json 2>/tmp/doctor.err
+	code=$?
+	report "DOCTOR $code $(tr -d '\n' </tmp/doctor.json)"
+	while IFS= read -r line; do report "STDERR doctor $line"; done </tmp/doctor.err
+}
+
+# `droptrace inventory` while the payment gateway is dialled through the incident's rule:
+# its report as one line of JSON.
+inventory_case() {
+	iptables-nft -A OUTPUT -p tcp --dport 1024:65535 -j DROP
+	droptrace inventory --json --duration 4s >/tmp/inv.json 2>/tmp/inv.err &
+	pid=$!
+	n=0
+	while [ $n -lt 1000 ] && alive $pid && ! grep -qs 'inventory of outbound flows' /tmp/inv.err; do
+		usleep 100000
+		n=$((n + 1))
+	done
+	nc -w 1 203.0.113.10 8443 </dev/null >/dev/null 2>&1
+	wait $pid
+	code=$?
+	report "INVENTORY $code $(tr -d '\n' </tmp/inv.json)"
+	while IFS= read -r line; do report "STDERR inventory $line"; done </tmp/inv.err
+	nft flush ruleset
+}
+
 # droptrace's programs loaded in the kernel (names from BTF, or cut to 15 characters).
 our_programs() {
 	bpftool prog show 2>/dev/null |
@@ -144,7 +171,12 @@ run_case legacy iptables-legacy
 run_case nftables nft "--dport 5000-9000"
 # The oldest kernels' path on these: classic tracepoint, records through perf buffers.
 run_case nft-perf iptables-nft "--attach tracepoint --buffer perf --dport 5000-9000"
+# The incident with attempts counted beside drops (the inventory's programs and
+# attempt_passed, loaded with the drop program).
+run_case attempts iptables-nft "--attempts"
 kill9_case
+doctor_case
+inventory_case
 
 report DONE
 poweroff -f

@@ -274,7 +274,7 @@ fn collect(args: &DoctorArgs) -> Report {
         }
     }
 
-    problems.sort_by(|a, b| b.0.cmp(&a.0));
+    problems.sort_by_key(|p| std::cmp::Reverse(p.0));
     let health = problems.first().map_or(Health::Ok, |p| p.0);
     Report {
         health,
@@ -528,7 +528,7 @@ pub fn render(r: &Report, out: &mut String) {
         out,
         "  BTF          {}",
         match &k.btf {
-            Ok(()) => format!("{VMLINUX_BTF}"),
+            Ok(()) => VMLINUX_BTF.to_string(),
             Err(e) => format!("unusable: {}", terminal(e)),
         }
     );
