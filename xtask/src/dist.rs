@@ -8,7 +8,8 @@
 //!   the firewall tools attribution runs as Recommends.
 //! - `droptrace-VERSION-oci.tar`: an OCI image (archive) of Debian 12 with that package
 //!   installed, built without a daemon ([`crate::image`]).
-//! - `SHA256SUMS` of the four.
+//! - `droptrace-VERSION-docker.tar`: the same image as Docker (before 25) loads it.
+//! - `SHA256SUMS` of the five.
 //!
 //! The pinned nightly has no prebuilt musl standard library and none can be fetched on our
 //! machines, so std is built from its sources (`-Z build-std`, rust-src) and linked with
@@ -99,14 +100,17 @@ pub fn run() -> anyhow::Result<PathBuf> {
         &dist.join(&deb),
         &version,
     )?;
-    let image = image
-        .file_name()
-        .expect("a file")
-        .to_string_lossy()
-        .into_owned();
+    let docker = crate::image::docker_archive(&image, &dist, &version)?;
+    let name_of = |p: &Path| {
+        p.file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (image, docker) = (name_of(&image), name_of(&docker));
     let sums = Command::new("sha256sum")
         .current_dir(&dist)
-        .args(["droptrace", &tarball, &deb, &image])
+        .args(["droptrace", &tarball, &deb, &image, &docker])
         .output()
         .context("cannot run sha256sum")?;
     if !sums.status.success() {
@@ -114,7 +118,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     }
     fs::write(dist.join("SHA256SUMS"), &sums.stdout)?;
     say(&format!(
-        "wrote {} (static), {tarball}, {deb}, {image} and SHA256SUMS in {}",
+        "wrote {} (static), {tarball}, {deb}, {image}, {docker} and SHA256SUMS in {}",
         out.display(),
         dist.display()
     ));

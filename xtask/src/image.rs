@@ -17,7 +17,13 @@ fn say(msg: &str) {
 
 /// Builds `droptrace-VERSION-oci.tar` in `dist` from the package `deb`; returns its path.
 pub fn build(work: &Path, dist: &Path, deb: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    setup::install_packages(&[("umoci", "packs the OCI image")], say)?;
+    setup::install_packages(
+        &[
+            ("umoci", "packs the OCI image"),
+            ("skopeo", "converts it to the archive Docker loads"),
+        ],
+        say,
+    )?;
     let root = work.join("image-root");
     debian_root::fresh(work, &root)?;
     debian_root::install_deb(&root, deb)?;
@@ -31,6 +37,24 @@ pub fn build(work: &Path, dist: &Path, deb: &Path, version: &str) -> anyhow::Res
     pack(work, &root, &archive, version)?;
     fs::remove_dir_all(&root)?;
     Ok(archive)
+}
+
+/// The same image as a `docker save` archive tagged `droptrace:latest`: Docker before 25
+/// cannot load an OCI archive.
+pub fn docker_archive(oci: &Path, dist: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let out = dist.join(format!("droptrace-{version}-docker.tar"));
+    if out.exists() {
+        fs::remove_file(&out)?;
+    }
+    run_checked(
+        Command::new("skopeo")
+            .arg("copy")
+            .arg("--quiet")
+            .arg(format!("oci-archive:{}:droptrace", oci.display()))
+            .arg(format!("docker-archive:{}:droptrace:latest", out.display())),
+    )?;
+    say(&format!("wrote {}", out.display()));
+    Ok(out)
 }
 
 /// Packs `root` into an OCI image with umoci and saves it as an OCI archive.

@@ -11,6 +11,7 @@ mod bench;
 mod debian_root;
 mod demo;
 mod dist;
+mod docker_test;
 mod floor;
 mod fuzz;
 mod http;

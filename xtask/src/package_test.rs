@@ -13,7 +13,11 @@
 //!
 //! - The package's systemd unit: `systemd-analyze verify` accepts it without a warning, and
 //!   its `ExecStart` command, run from the root, serves /healthz and ends cleanly on SIGTERM
-//!   (our machines do not run systemd, so the unit's sandboxing itself is not exercised).
+//!   (our machines do not run systemd, so the unit's sandboxing itself is not exercised);
+//!   `watch` under exactly its `CapabilityBoundingSet` (setpriv) names the drop `exact`.
+//!
+//! - The image under Docker, started with the README's own `docker run` line
+//!   ([`crate::docker_test`]): the drop named `exact`.
 //!
 //! Each `watch` runs in a private mount namespace (`unshare --mount`) with /proc, /sys, /dev
 //! and /run/netns of the host mounted into the root, the way the README's container command
@@ -57,8 +61,16 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     debian_root::fresh(&work, &root)?;
     debian_root::install_deb(&root, &deb)?;
     check_installed(&root, &version)?;
-    watch_in_root(&root, "the .deb")?;
+    watch_in_root(&root, "the .deb", &[])?;
     service_in_root(&root, &work)?;
+    // The unit's capabilities, exactly: the drop must still be named `exact` (without
+    // CAP_SYSLOG, /proc/kallsyms hides the addresses that name the hook).
+    let bounding = unit_bounding_set(&root)?;
+    watch_in_root(
+        &root,
+        "the .deb under the unit's CapabilityBoundingSet",
+        &["setpriv", "--bounding-set", &bounding, "--"],
+    )?;
     fs::remove_dir_all(&root)?;
 
     // The image, unpacked from its archive as a runtime would.
@@ -86,9 +98,12 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     )?;
     let rootfs = bundle.join("rootfs");
     check_installed(&rootfs, &version)?;
-    watch_in_root(&rootfs, "the OCI image")?;
+    watch_in_root(&rootfs, "the OCI image", &[])?;
     fs::remove_dir_all(&bundle)?;
     fs::remove_dir_all(&layout)?;
+
+    // The same image under a real engine, with the README's command.
+    crate::docker_test::run(&dist.join(format!("droptrace-{version}-docker.tar")))?;
     say(&format!(
         "passed: {} and {}",
         deb.display(),
@@ -220,30 +235,49 @@ fn service_in_root(root: &Path, work: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `droptrace watch` from the root while a connection to a port dropped in OUTPUT is tried
-/// in a namespace: the drop must be reported with its rule.
-fn watch_in_root(root: &Path, what: &str) -> anyhow::Result<()> {
+/// The installed unit's `CapabilityBoundingSet`, as setpriv's `--bounding-set` takes it
+/// (`-all,+bpf,+perfmon,...`).
+fn unit_bounding_set(root: &Path) -> anyhow::Result<String> {
+    let unit = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .map(|d| root.join(d).join("droptrace.service"))
+        .find(|p| p.exists())
+        .context("the package installs no droptrace.service")?;
+    let caps = fs::read_to_string(&unit)?
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+                .collect::<Vec<_>>()
+        })
+        .context("droptrace.service sets no CapabilityBoundingSet")?;
+    Ok(format!("-all,{}", caps.join(",")))
+}
+
+/// `droptrace watch` from the root (behind `prefix`, a command that runs it) while a
+/// connection to a port dropped in OUTPUT is tried in a namespace: the drop must be
+/// reported with its rule, `exact`.
+fn watch_in_root(root: &Path, what: &str, prefix: &[&str]) -> anyhow::Result<()> {
     let ns = Netns::create("dt-pkg")?;
     ns.exec(&[
         "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
     ])?;
-    let mut child = root_command(
-        root,
-        &[
-            "droptrace",
-            "watch",
-            "--netns",
-            &ns.name,
-            "--json",
-            "--duration",
-            "6s",
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .context("cannot start droptrace in the root")?;
+    let watch = [
+        "droptrace",
+        "watch",
+        "--netns",
+        &ns.name,
+        "--json",
+        "--duration",
+        "6s",
+    ];
+    let mut child = root_command(root, &[prefix, &watch[..]].concat())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start droptrace in the root")?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let first = lines.next().transpose()?.unwrap_or_default();
     if !first.contains(r#""type":"start""#) {
@@ -273,6 +307,7 @@ fn watch_in_root(root: &Path, what: &str) -> anyhow::Result<()> {
         .collect();
     let named = drops.iter().find(|d| {
         d["dport"] == 8443
+            && d["attribution"] == "exact"
             && d["rule"]
                 .as_str()
                 .is_some_and(|r| r.contains("--dport 8443") && r.contains("-j DROP"))
@@ -286,7 +321,7 @@ fn watch_in_root(root: &Path, what: &str) -> anyhow::Result<()> {
             Ok(())
         }
         None => bail!(
-            "droptrace from {what} reported no drop to 8443 with its rule: {}",
+            "droptrace from {what} reported no drop to 8443 with its rule, exact: {}",
             rest.join("\n")
         ),
     }
