@@ -9,7 +9,8 @@ use std::{
 };
 
 use droptrace_tests::{
-    Netns, Topology, Watcher, bpftool_json, drops, droptrace_bin, held_bpf_ids, packets, summary,
+    Netns, Topology, Watcher, bpftool_json, drops, droptrace_bin, droptrace_output, held_bpf_ids,
+    packets, summary,
 };
 use serde_json::Value;
 
@@ -217,4 +218,72 @@ fn a_namespace_that_vanishes_mid_capture_degrades_with_a_reason() {
             "a rule that cannot be re-read cannot be confirmed: {v}"
         );
     }
+}
+
+/// Input that used to panic or pass silently: a duration past its documented maximum (every
+/// subcommand that takes one), a regular file given as a namespace, and filters that no
+/// packet can match. Each is one line on stderr and exit 2, never a panic.
+#[test]
+fn bad_input_is_one_line_and_exit_2_never_a_panic() {
+    let huge = "18446744073709551615s";
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["watch", "--duration", huge],
+        vec!["top", "--duration", huge],
+        vec!["verify", "--duration", huge],
+        vec!["verify", "--probe-timeout", huge],
+        vec!["verify", "--probe-timeout", "6m"],
+        vec!["inventory", "--duration", huge],
+        vec!["audit", "--duration", huge],
+        vec!["serve", "--keep-drops", huge],
+        vec!["watch", "--duration", "32d"],
+        vec!["watch", "--netns", "/etc/passwd", "--duration", "1s"],
+        vec![
+            "verify",
+            "--netns",
+            "/etc/passwd",
+            "--passive",
+            "--duration",
+            "1s",
+        ],
+        vec!["watch", "--netns", "/proc/self/ns/mnt", "--duration", "1s"],
+        vec![
+            "watch",
+            "--proto",
+            "icmp",
+            "--dport",
+            "80",
+            "--duration",
+            "1s",
+        ],
+        vec![
+            "top",
+            "--proto",
+            "icmp",
+            "--sport",
+            "80",
+            "--duration",
+            "1s",
+        ],
+        vec![
+            "verify",
+            "--proto",
+            "icmp",
+            "--dport",
+            "80",
+            "--passive",
+            "--duration",
+            "1s",
+        ],
+    ];
+    for args in cases {
+        let (code, stdout, stderr) = droptrace_output(&args).unwrap();
+        assert_eq!(code, 2, "{args:?}: {stdout} {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.lines().next().is_some_and(|l| l.contains("error")),
+            "{args:?}: the first line says what is wrong: {stderr}"
+        );
+    }
+    let (_, _, stderr) = droptrace_output(&["watch", "--netns", "/etc/passwd"]).unwrap();
+    assert!(stderr.contains("is not a network namespace"), "{stderr}");
 }

@@ -244,13 +244,41 @@ fn intermittent_drops_are_caught_by_several_attempts() {
     assert_eq!(report["probes"][0]["result"], "reachable", "{report}");
 }
 
+/// Silence is not evidence: a window with a DROP rule in place, no probe and no matching
+/// traffic is INCONCLUSIVE (exit 2) unless the user asks for a passive window.
 #[test]
-fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
+fn a_quiet_window_is_inconclusive_unless_passive_and_bad_input_is_an_error() {
     let t = Topology::new().unwrap();
+    harden(&t);
     let (code, report, _) = verify(&t, &[]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["verdict"], "inconclusive", "{report}");
+    let (code, report, _) = verify(&t, &["--passive"]);
+    assert_eq!(code, 0, "{report}");
     assert_eq!(report["verdict"], "pass");
+    assert!(
+        report["reason"].as_str().unwrap().starts_with("passive"),
+        "{report}"
+    );
+    let empty = std::env::temp_dir().join(format!("dt-empty-probes-{}", std::process::id()));
+    std::fs::write(&empty, "# nothing to probe\n\n").unwrap();
+    let empty_path = empty.display().to_string();
     for bad in [
+        // An empty probe file proves nothing.
+        vec![
+            "verify",
+            "--netns",
+            &t.client.name,
+            "--probe-file",
+            &empty_path,
+        ],
+        vec![
+            "verify",
+            "--netns",
+            &t.client.name,
+            "--probe-file",
+            "/dev/null",
+        ],
         vec!["verify", "--probe", "8443"],
         vec!["verify", "--netns", "dt-no-such-ns"],
         vec!["verify", "--probe-file", "/nonexistent/inventory.txt"],
@@ -269,6 +297,72 @@ fn a_quiet_window_passes_and_bad_input_is_an_error_not_a_pass() {
         assert_eq!(code, 2, "{bad:?}: {stdout} {stderr}");
         assert!(!stderr.contains("panicked"));
     }
+    std::fs::remove_file(&empty).unwrap();
+}
+
+/// An interrupted window is not a pass: Ctrl-C 2 s into an hour says INTERRUPTED, exit 130.
+#[test]
+fn an_interrupted_window_is_not_a_pass() {
+    let t = Topology::new().unwrap();
+    harden(&t);
+    let child = std::process::Command::new(droptrace_tests::droptrace_bin())
+        .args([
+            "verify",
+            "--netns",
+            &t.client.name,
+            "--duration",
+            "1h",
+            "--passive",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.starts_with("INTERRUPTED"), "{stdout}");
+    assert!(!stdout.contains("PASS"), "{stdout}");
+}
+
+/// With probes that answer at once, the window is --duration (not the probes' worst case),
+/// and the report says how long it watched and why.
+#[test]
+fn the_window_ends_once_every_probe_has_its_answer() {
+    let t = Topology::new().unwrap();
+    harden(&t);
+    t.gateway.tcp_listen(t.gateway_addr(443)).unwrap();
+    let (code, stdout, stderr) = droptrace_output(&[
+        "verify",
+        "--netns",
+        &t.client.name,
+        "--duration",
+        "2s",
+        "--probe-timeout",
+        "5s",
+        "--probe",
+        "tcp://203.0.113.10:443",
+        "--json",
+    ])
+    .unwrap();
+    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    assert_eq!(code, 0, "{report} {stderr}");
+    // Three attempts of at most 5.1 s would make a 16.3 s window; they answer in
+    // milliseconds, so it ends after --duration (2 s) and a moment.
+    assert!(report["duration_s"].as_f64().unwrap() < 10.0, "{report}");
+    assert!(
+        report["window"]
+            .as_str()
+            .unwrap()
+            .contains("until every probe had its answer"),
+        "{report}"
+    );
 }
 
 #[test]

@@ -421,9 +421,13 @@ impl Apt {
 
     /// The newest kernel release of the suite matching `spec`, and the packages that hold
     /// its vmlinuz and modules.
+    ///
+    /// A release whose packages are not all in the suite is passed over: backports list
+    /// the names of a newer kernel before all its packages are there (6.18.15's
+    /// linux-base had no candidate while its image was listed).
     fn newest(&self, spec: &KernelSpec) -> anyhow::Result<(String, Vec<String>)> {
         let names = self.cache_query(&["pkgnames", "linux-image-"])?;
-        let release = names
+        let mut releases: Vec<&str> = names
             .lines()
             .filter_map(|n| n.strip_prefix("linux-image-"))
             .filter(|r| {
@@ -431,15 +435,31 @@ impl Apt {
                     && r.starts_with(spec.release_prefix)
                     && r.ends_with("-cloud-amd64")
             })
-            .max_by(|a, b| natural_cmp(a, b))
-            .with_context(|| {
-                format!(
-                    "no linux-image-{}*-cloud-amd64 in {}",
-                    spec.release_prefix, spec.suite
-                )
-            })?
-            .to_string();
+            .collect();
+        releases.sort_by(|a, b| natural_cmp(b, a));
+        for release in &releases {
+            if let Some(packages) = self.packages_of(release)? {
+                return Ok((release.to_string(), packages));
+            }
+            say(&format!(
+                "{}: {release} is listed but not all its packages are in {}; trying an older one",
+                spec.label, spec.suite
+            ));
+        }
+        bail!(
+            "no linux-image-{}*-cloud-amd64 with all its packages in {}",
+            spec.release_prefix,
+            spec.suite
+        )
+    }
+
+    /// The packages that hold a release's vmlinuz and modules, or `None` when one of them
+    /// has no candidate in the suite.
+    fn packages_of(&self, release: &str) -> anyhow::Result<Option<Vec<String>>> {
         let image = format!("linux-image-{release}");
+        if !self.has_candidate(&image)? {
+            return Ok(None);
+        }
         // In sid (7.x) linux-image-* is empty and depends on linux-binary-* (vmlinuz),
         // linux-modules-* and linux-base-* (modules.builtin, modules.order).
         let show = self.cache_query(&["show", "--no-all-versions", &image])?;
@@ -455,10 +475,21 @@ impl Apt {
                 .iter()
                 .any(|p| dep.starts_with(p))
             {
+                if !self.has_candidate(dep)? {
+                    return Ok(None);
+                }
                 packages.push(dep.to_string());
             }
         }
-        Ok((release, packages))
+        Ok(Some(packages))
+    }
+
+    fn has_candidate(&self, package: &str) -> anyhow::Result<bool> {
+        let policy = self.cache_query(&["policy", package])?;
+        Ok(policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .is_some_and(|c| c.trim() != "(none)"))
     }
 }
 

@@ -115,12 +115,16 @@ fn extra(name: &str) -> Option<Extra> {
             exit: &[
                 (
                     "0",
-                    "the whole window was watched, nothing was dropped, every probe got through",
+                    "PASS: the whole window was watched, nothing was dropped, and every probe got through (or --passive accepted a quiet window)",
                 ),
-                ("1", "drops were seen, or a probe failed"),
+                ("1", "FAIL: drops were seen, or a probe failed"),
                 (
                     "2",
-                    "droptrace could not tell: an error, or packets counted but not reported",
+                    "droptrace could not tell: an error, packets counted but not reported, or INCONCLUSIVE (no drop, no probe, no --passive)",
+                ),
+                (
+                    "130",
+                    "INTERRUPTED: a signal ended the window before its end, nothing failed so far",
                 ),
             ],
             examples: &[
@@ -134,12 +138,19 @@ fn extra(name: &str) -> Option<Extra> {
                 ),
             ],
             json: &[
-                ("verdict", "pass or fail"),
+                (
+                    "verdict, reason",
+                    "pass, fail, inconclusive or interrupted, and why in one sentence",
+                ),
+                ("window", "how long the window was meant to be, and why"),
                 (
                     "total, lost, records_lost",
                     "drops counted; lost is always 0 in a report",
                 ),
-                ("drops", "[{dropped_by, dst, proto, process, count}]"),
+                (
+                    "drops",
+                    "[{netns (when every namespace counts), dropped_by, dst, proto, process, count}]",
+                ),
                 (
                     "probes",
                     "[{target, result, detail, drops, dropped_by, attempts, dropped_attempts}]; result is reachable, sent, dropped, intermittent, refused, timeout, blocked or error",
@@ -147,6 +158,41 @@ fn extra(name: &str) -> Option<Extra> {
                 (
                     "probes_from, drops_from",
                     "where probes were sent from, whose drops count",
+                ),
+            ],
+        },
+        "doctor" => Extra {
+            exit: &[
+                ("0", "everything droptrace needs works on this host"),
+                (
+                    "1",
+                    "degraded: drops are traced, but something is lost (a program refused, a capability or tool missing); each is listed",
+                ),
+                (
+                    "2",
+                    "no drop can be traced here (no drop program loads, no BTF, lockdown)",
+                ),
+            ],
+            examples: &[
+                ("droptrace doctor", "what works on this host and why not"),
+                (
+                    "droptrace doctor --netns app --json",
+                    "the same as JSON, with namespace app's firewall backends",
+                ),
+            ],
+            json: &[
+                (
+                    "health, problems",
+                    "ok, degraded or broken, and what is lost",
+                ),
+                (
+                    "programs",
+                    "[{object, program, feature, status, why, verified_insns, stack: {chain, combined}}]; status is loaded, refused, unavailable or not_tried",
+                ),
+                ("limits", "the verifier's limits and droptrace's budgets"),
+                (
+                    "kernel, capabilities, attach_path, tools, namespaces, ebpf_toolchain",
+                    "what the text shows",
                 ),
             ],
         },
@@ -220,7 +266,11 @@ fn extra(name: &str) -> Option<Extra> {
                 ),
             ],
             json: &[
-                ("verdict", "pass or fail"),
+                (
+                    "verdict, reason",
+                    "pass, fail, inconclusive or interrupted, and why in one sentence",
+                ),
+                ("window", "how long the window was meant to be, and why"),
                 ("would_drop", "[{rule, services}] per blocking rule"),
                 (
                     "unsure",

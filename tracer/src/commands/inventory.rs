@@ -35,7 +35,7 @@ use crate::{
 pub struct InventoryArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
-    /// How long to watch (e.g. 10m, 1h); default: until Ctrl-C.
+    /// How long to watch (e.g. 10m, 1h; at most 31d); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = crate::session::options::parse_duration)]
     pub duration: Option<Duration>,
     /// Print the inventory as one JSON document on stdout.

@@ -1,9 +1,13 @@
 //! `droptrace verify`: prove that a fix removed the drops — an exit code a script can trust.
 //!
-//! 0: the capture ran for the whole window, every packet was accounted for, no drop
-//! matched and every probe got through. 1: drops were seen (listed by rule and destination)
-//! or a probe failed. 2: droptrace could not tell (bad input, attach failure, packets
-//! counted but not reported): an error is never reported as "0 drops".
+//! A PASS needs evidence: 0 when the capture ran for the whole window, every packet was
+//! accounted for, no drop matched, and every probe got through (or, with `--passive`, the
+//! user accepted a quiet window). 1: drops were seen (listed by rule, destination and, across
+//! namespaces, namespace) or a probe failed. 2: droptrace could not tell — bad input, an
+//! attach failure, packets counted but not reported, or a window with neither drops nor
+//! probes (INCONCLUSIVE): silence is not a pass. 130: a signal ended the window before its
+//! end with nothing failed so far (INTERRUPTED). With probes, the window ends once every
+//! probe has its answer and `--duration` has passed.
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +32,7 @@ use crate::{
 pub struct VerifyArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
-    /// How long to watch (the probes run at its start).
+    /// How long to watch at least (the probes run at its start; at most 31d).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::session::options::parse_duration)]
     pub duration: Duration,
     /// Send traffic to this target during the window: tcp://HOST:PORT or udp://HOST:PORT
@@ -43,8 +47,8 @@ pub struct VerifyArgs {
     /// happens one time in a few (an intermittent failure) is caught, not missed.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub attempts: u32,
-    /// How long a TCP probe waits for its connection.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::session::options::parse_duration)]
+    /// How long a TCP probe waits for its connection (at most 5m).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::session::options::parse_probe_timeout)]
     pub probe_timeout: Duration,
     /// Report as one JSON document.
     #[arg(long)]
@@ -52,11 +56,21 @@ pub struct VerifyArgs {
     /// Report packets freed for any drop reason, not only netfilter drops.
     #[arg(long)]
     pub all_reasons: bool,
+    /// Without probes: accept a quiet window as a pass. PASS then means only that nothing
+    /// matching the filters was dropped while droptrace watched the whole window; no
+    /// traffic proved a path. Without this flag (and without probes) a quiet window is
+    /// INCONCLUSIVE, exit 2: silence is not evidence.
+    #[arg(long, conflicts_with_all = ["probe", "probe_file"])]
+    pub passive: bool,
 }
 
 /// Exit statuses of `verify`.
 pub const PASS: u8 = 0;
 pub const FAIL: u8 = 1;
+/// Nothing proved a path and nothing was dropped (no probes, no `--passive`).
+pub const INCONCLUSIVE: u8 = 2;
+/// Ended by a signal before its window: whatever was seen, not a pass (128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;
 
 /// What happened to one probe, drops matched.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -88,6 +102,9 @@ impl ProbeReport {
 /// Drops grouped by rule (or hook) and destination.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DropGroup {
+    /// The namespace of the drops, when drops from every namespace count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub dropped_by: String,
     pub dst: String,
     pub proto: String,
@@ -99,8 +116,13 @@ pub struct DropGroup {
 pub struct VerifyReport {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// `pass`, `fail`, `inconclusive` (no evidence either way) or `interrupted`.
     pub verdict: &'static str,
+    /// Why the verdict, in one sentence.
+    pub reason: String,
     pub duration_s: f64,
+    /// How long the window was meant to be, and why that long.
+    pub window: String,
     pub total: u64,
     pub lost: u64,
     pub records_lost: u64,
@@ -112,11 +134,20 @@ pub struct VerifyReport {
     pub drops_from: String,
 }
 
-pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
-    let mut groups: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+/// Groups drops by rule, destination and process; `by_netns`: by namespace too (when drops
+/// from every namespace count, each names its own).
+pub fn group(records: &[DropRecord], by_netns: bool) -> Vec<DropGroup> {
+    type Key = (Option<String>, String, String, String, String);
+    let mut groups: BTreeMap<Key, u64> = BTreeMap::new();
     for r in records {
+        let netns = by_netns.then(|| {
+            r.netns_name
+                .clone()
+                .unwrap_or_else(|| format!("netns {}", r.netns))
+        });
         *groups
             .entry((
+                netns,
                 r.dropped_by(),
                 r.destination(),
                 r.proto.clone(),
@@ -126,13 +157,16 @@ pub fn group(records: &[DropRecord]) -> Vec<DropGroup> {
     }
     let mut v: Vec<DropGroup> = groups
         .into_iter()
-        .map(|((dropped_by, dst, proto, process), count)| DropGroup {
-            dropped_by,
-            dst,
-            proto,
-            process,
-            count,
-        })
+        .map(
+            |((netns, dropped_by, dst, proto, process), count)| DropGroup {
+                netns,
+                dropped_by,
+                dst,
+                proto,
+                process,
+                count,
+            },
+        )
         .collect();
     v.sort_by_key(|g| std::cmp::Reverse(g.count));
     v
@@ -266,7 +300,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         // An inventory (`droptrace inventory --write`) probes each TCP and UDP service.
         let parsed = crate::inventory::probe_targets_from_file(&text)
             .unwrap_or_else(|| probe::parse_probe_file(&text));
-        targets.extend(parsed.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?);
+        let parsed = parsed.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if parsed.is_empty() {
+            anyhow::bail!(
+                "{}: no probe target in it (a probe file that names none proves nothing)",
+                file.display()
+            );
+        }
+        targets.extend(parsed);
     }
     if !targets.is_empty() {
         // Probes from droptrace's own namespace while drops count everywhere proved paths
@@ -278,21 +319,30 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         probe::resolve_all(&targets).map_err(|e| anyhow::anyhow!(e))?;
     }
-    // The window must outlast the probes.
-    let duration = if targets.is_empty() {
-        args.duration
+    // The window: at least --duration; with probes, until every probe has its answer,
+    // which can take at most `needed`.
+    let needed =
+        (args.probe_timeout + Duration::from_millis(100)) * args.attempts + Duration::from_secs(1);
+    let (duration, window) = if targets.is_empty() {
+        (
+            args.duration,
+            format!("{} (--duration)", humantime::format_duration(args.duration)),
+        )
     } else {
-        let needed = (args.probe_timeout + Duration::from_millis(100)) * args.attempts
-            + Duration::from_secs(1);
-        if needed > args.duration {
-            eprintln!(
-                "droptrace: watching for {} instead of {}: the window outlasts the probes (--probe-timeout {})",
-                humantime::format_duration(needed),
+        let most = args.duration.max(needed);
+        eprintln!(
+            "droptrace: watching at least {} and until every probe has its answer (at most {})",
+            humantime::format_duration(args.duration),
+            humantime::format_duration(most),
+        );
+        (
+            most,
+            format!(
+                "at least {} (--duration) and until every probe had its answer (at most {})",
                 humantime::format_duration(args.duration),
-                humantime::format_duration(args.probe_timeout)
-            );
-        }
-        args.duration.max(needed)
+                humantime::format_duration(most)
+            ),
+        )
     };
     let capture = CaptureArgs {
         duration: Some(duration),
@@ -317,16 +367,38 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let netns = args.filters.netns_selector().path();
     let timeout = args.probe_timeout;
     let attempts = args.attempts;
-    let probes =
-        std::thread::spawn(move || probe::run_all(&targets, netns.as_deref(), timeout, attempts));
+    let probing_asked = !targets.is_empty();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let probes = std::thread::spawn(move || {
+        let result = probe::run_all(&targets, netns.as_deref(), timeout, attempts);
+        let _ = done_tx.send(());
+        result
+    });
+    // With probes: once every probe has its answer and --duration has passed, a moment
+    // for their last packets' records, then the end.
+    let min_end = tokio::time::Instant::now() + args.duration;
+    let answered = async move {
+        if !probing_asked {
+            return std::future::pending().await;
+        }
+        let _ = done_rx.await;
+        let grace = tokio::time::Instant::now() + Duration::from_millis(500);
+        tokio::time::sleep_until(min_end.max(grace)).await;
+    };
 
     let mut records = Vec::new();
     session
-        .run(&capture, |r| {
-            records.push(r.clone());
-            Ok(())
-        })
+        .run_until(
+            &capture,
+            |r| {
+                records.push(r.clone());
+                Ok(())
+            },
+            |_| Ok(()),
+            answered,
+        )
         .await?;
+    let interrupted = session.interrupted();
     let end = session.finish();
     let attempts = probes
         .join()
@@ -370,16 +442,65 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         end.total
     };
     let probes = judge(&attempts, args.attempts as usize, &records);
-    let failed = total > 0 || probes.iter().any(|p| !p.ok());
+    let failed_probes = probes.iter().filter(|p| !p.ok()).count();
     let selector = args.filters.netns_selector();
+    let all_namespaces = selector == crate::enrich::netns::NetnsSelector::All;
+    // Evidence decides: a drop or a failed probe fails whatever else happened; a pass needs
+    // a whole window and something that passed (a probe through, or a quiet window the
+    // user asked to accept).
+    let (verdict, reason, code) = if total > 0 || failed_probes > 0 {
+        let why = match (total, failed_probes) {
+            (0, n) => format!("{n} probe(s) did not get through"),
+            (t, 0) => format!("{t} packet(s) dropped"),
+            (t, n) => format!("{t} packet(s) dropped and {n} probe(s) did not get through"),
+        };
+        ("fail", why, FAIL)
+    } else if let Some(signal) = interrupted {
+        (
+            "interrupted",
+            format!(
+                "{signal} ended the window after {:.1}s of {}: an interrupted window is not a pass",
+                end.duration_s,
+                humantime::format_duration(duration)
+            ),
+            INTERRUPTED,
+        )
+    } else if !probes.is_empty() {
+        (
+            "pass",
+            format!(
+                "every probe got through and nothing was dropped ({} probe(s))",
+                probes.len()
+            ),
+            PASS,
+        )
+    } else if args.passive {
+        (
+            "pass",
+            "passive: nothing matching the filters was dropped in the whole window (no traffic \
+             was sent to prove a path)"
+                .to_string(),
+            PASS,
+        )
+    } else {
+        (
+            "inconclusive",
+            "no drop, but nothing proves a path either: give --probe or --probe-file, or \
+             --passive to accept a quiet window"
+                .to_string(),
+            INCONCLUSIVE,
+        )
+    };
     let report = VerifyReport {
         kind: "verify",
-        verdict: if failed { "fail" } else { "pass" },
+        verdict,
+        reason,
         duration_s: end.duration_s,
+        window,
         total,
         lost,
         records_lost: end.records_lost,
-        drops: group(&records),
+        drops: group(&records, all_namespaces),
         probes_from: (!probes.is_empty()).then(|| describe_netns(&args.filters.netns)),
         drops_from: match selector {
             crate::enrich::netns::NetnsSelector::All => "all namespaces".to_string(),
@@ -394,7 +515,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         write_text(&mut out, &report)?;
     }
-    Ok(ExitCode::from(if failed { FAIL } else { PASS }))
+    Ok(ExitCode::from(code))
 }
 
 fn write_text(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
@@ -405,27 +526,39 @@ fn write_text(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
     } else {
         format!(", {} of {} probe(s) failed", failed_probes, r.probes.len())
     };
-    if r.verdict == "pass" {
-        writeln!(
+    match r.verdict {
+        "pass" => writeln!(
             out,
             "PASS: no drops in {:.1}s{probes} ({})",
             r.duration_s, r.drops_from
-        )?;
-    } else {
-        writeln!(
+        )?,
+        "fail" => writeln!(
             out,
             "FAIL: {} drop(s) in {:.1}s{probes} ({})",
             r.total, r.duration_s, r.drops_from
-        )?;
+        )?,
+        "interrupted" => writeln!(out, "INTERRUPTED: no verdict{probes} ({})", r.drops_from)?,
+        _ => writeln!(
+            out,
+            "INCONCLUSIVE: no drops in {:.1}s, no evidence either ({})",
+            r.duration_s, r.drops_from
+        )?,
     }
+    writeln!(out, "  {}", r.reason)?;
+    writeln!(out, "  watched {:.1}s: {}", r.duration_s, r.window)?;
     // The rule goes on a line of its own: rules are long, and the report should read
     // at 100 columns.
     if !r.drops.is_empty() {
         writeln!(out, "drops by rule and destination:")?;
         for g in &r.drops {
+            let netns = g
+                .netns
+                .as_ref()
+                .map(|n| format!(" in {}", terminal(n)))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  {:>8}  {:<5} {:<28} from {}",
+                "  {:>8}  {:<5} {:<28} from {}{netns}",
                 g.count,
                 g.proto,
                 g.dst,
@@ -547,10 +680,56 @@ mod tests {
         b.count = 4;
         let mut c = sample();
         c.dport = Some(9090);
-        let g = group(&[a, b, c]);
-        assert_eq!(g[0].count, 5);
+        let mut d = sample();
+        d.netns_name = Some("other".into());
+        let g = group(&[a.clone(), b.clone(), c.clone(), d.clone()], false);
+        assert_eq!(g[0].count, 6);
         assert_eq!(g[0].dst, "203.0.113.10:8443");
         assert_eq!(g[0].process, "java[812]@payments.service");
+        assert_eq!(g[0].netns, None);
         assert_eq!(g[1].count, 1);
+        // Across namespaces, each group names its own.
+        let g = group(&[a, b, c, d], true);
+        assert_eq!(g[0].count, 5);
+        assert_eq!(g[0].netns.as_deref(), Some("client"));
+        assert!(
+            g.iter()
+                .any(|g| g.netns.as_deref() == Some("other") && g.count == 1)
+        );
+    }
+
+    fn report(verdict: &'static str, reason: &str) -> VerifyReport {
+        VerifyReport {
+            kind: "verify",
+            verdict,
+            reason: reason.into(),
+            duration_s: 2.9,
+            window: "1h (--duration)".into(),
+            total: 0,
+            lost: 0,
+            records_lost: 0,
+            drops: vec![],
+            probes: vec![],
+            probes_from: None,
+            drops_from: "namespace app".into(),
+        }
+    }
+
+    #[test]
+    fn no_verdict_reads_as_a_pass() {
+        for (verdict, first) in [
+            ("interrupted", "INTERRUPTED: no verdict"),
+            (
+                "inconclusive",
+                "INCONCLUSIVE: no drops in 2.9s, no evidence either",
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_text(&mut out, &report(verdict, "why")).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(first), "{text}");
+            assert!(!text.contains("PASS"), "{text}");
+            assert!(text.contains("watched 2.9s: 1h (--duration)"), "{text}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub enum NetnsError {
     NotFound { name: String, path: String },
     #[error("{path} is not a network namespace")]
     NotNetns { path: String },
+    #[error("cannot open network namespace {path}: {error}")]
+    Unreadable { path: String, error: String },
 }
 
 /// Which namespaces `--netns` selects.
@@ -66,18 +68,50 @@ impl NetnsSelector {
             NetnsSelector::Named(n) => n.clone(),
             _ => path.display().to_string(),
         };
-        let meta = fs::metadata(&path).map_err(|_| NetnsError::NotFound {
-            name,
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NetnsError::NotFound {
+                name,
+                path: shown.clone(),
+            },
+            _ => NetnsError::Unreadable {
+                path: shown.clone(),
+                error: e.to_string(),
+            },
         })?;
+        if !is_net_namespace(&path).map_err(|e| NetnsError::Unreadable {
+            path: shown.clone(),
+            error: e.to_string(),
+        })? {
+            return Err(NetnsError::NotNetns { path: shown });
+        }
         // Namespace files live on nsfs; their inode numbers are the namespace ids, which
         // the kernel allocates as 32-bit values (proc_alloc_inum).
         u32::try_from(meta.ino())
             .map(Some)
-            .map_err(|_| NetnsError::NotNetns {
-                path: path.display().to_string(),
-            })
+            .map_err(|_| NetnsError::NotNetns { path: shown })
     }
+}
+
+/// Whether `path` opens a network namespace: a file of nsfs whose namespace type
+/// (`NS_GET_NSTYPE`, Linux 4.11) is CLONE_NEWNET. Any other file — a regular one, another
+/// kind of namespace — is not, whatever its inode number.
+pub fn is_net_namespace(path: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    /// `NS_GET_NSTYPE`, `_IO(0xb7, 0x3)` in include/uapi/linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let file = fs::File::open(path)?;
+    // SAFETY: an ioctl without an argument on a descriptor we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind < 0 {
+        let e = std::io::Error::last_os_error();
+        // ENOTTY: not an nsfs file at all.
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(kind == libc::CLONE_NEWNET)
 }
 
 /// The inode of the namespace this process runs in.

@@ -19,6 +19,10 @@ pub enum FilterError {
     Port(String),
     #[error("--src is IPv{0} but --dst is IPv{1}: no packet can match both")]
     FamilyConflict(u8, u8),
+    #[error(
+        "--{0} needs a protocol with ports (tcp, udp, sctp, dccp, udplite), not {1}: no packet can match both"
+    )]
+    PortWithoutPorts(&'static str, String),
 }
 
 /// An IP protocol given by name or number.
@@ -145,6 +149,18 @@ impl Filters {
         {
             let v = |f| if f == AF_INET { 4 } else { 6 };
             return Err(FilterError::FamilyConflict(v(s.family()), v(d.family())));
+        }
+        if let Some(p) = self.proto
+            && !tracer_common::has_ports(p.0)
+        {
+            for (flag, set) in [
+                ("sport", self.sport.is_some()),
+                ("dport", self.dport.is_some()),
+            ] {
+                if set {
+                    return Err(FilterError::PortWithoutPorts(flag, proto_name(p.0)));
+                }
+            }
         }
         Ok(())
     }

@@ -158,6 +158,8 @@ pub struct Session {
     attempts: Option<attempts::AttemptsBook>,
     /// Why `--attempts` could not be honoured (the kernel refused its programs).
     attempts_unavailable: Option<String>,
+    /// The signal that ended the capture, if one did.
+    interrupted: Option<&'static str>,
     /// What each drop site is, and the drops lines reported per aggregate (see [`beyond`]).
     sites: beyond::SiteBook,
     lines_by_aggregate: beyond::LineBook,
@@ -286,6 +288,7 @@ impl Session {
             attributor,
             attempts,
             attempts_unavailable,
+            interrupted: None,
             sites: beyond::SiteBook::default(),
             lines_by_aggregate: beyond::LineBook::default(),
             line_budget: None,
@@ -370,9 +373,23 @@ impl Session {
     pub async fn run_with_tick(
         &mut self,
         c: &CaptureArgs,
+        emit: impl FnMut(&DropRecord) -> io::Result<()>,
+        tick_fn: impl FnMut(&Session) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.run_until(c, emit, tick_fn, std::future::pending())
+            .await
+    }
+
+    /// Like [`Session::run_with_tick`], also ending when `until` completes (before the
+    /// duration: `verify` ends once every probe has its answer).
+    pub async fn run_until(
+        &mut self,
+        c: &CaptureArgs,
         mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
         mut tick_fn: impl FnMut(&Session) -> io::Result<()>,
+        until: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        tokio::pin!(until);
         let deadline = c
             .duration
             .map(|d| tokio::time::Instant::from_std(self.started + d));
@@ -390,9 +407,16 @@ impl Session {
                 r = self.capture.readable() => { r?; (false, false) }
                 _ = drain.tick() => (false, false),
                 _ = tick.tick() => (false, true),
-                _ = self.sigint.recv() => (true, false),
-                _ = self.sigterm.recv() => (true, false),
+                _ = self.sigint.recv() => {
+                    self.interrupted = Some("SIGINT");
+                    (true, false)
+                }
+                _ = self.sigterm.recv() => {
+                    self.interrupted = Some("SIGTERM");
+                    (true, false)
+                }
                 _ = &mut sleep, if deadline.is_some() => (true, false),
+                _ = &mut until => (true, false),
             };
             if stop {
                 // Nothing counted from here on: the end's counters and flows are final.
@@ -453,6 +477,11 @@ impl Session {
         if let Some(a) = &mut self.attributor {
             a.forget_gone(&crate::enrich::netns::LiveNamespaces::scan());
         }
+    }
+
+    /// The signal (`SIGINT`, `SIGTERM`) that ended the capture before its end, if one did.
+    pub fn interrupted(&self) -> Option<&'static str> {
+        self.interrupted
     }
 
     /// With `--attempts`: attempts and attempts that got through so far, by destination

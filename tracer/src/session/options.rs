@@ -22,7 +22,7 @@ pub const ATTEMPTS_HELP: &str = "Also count the attempts to each destination ser
 /// How long a capture runs and what it keeps.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CaptureArgs {
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    /// Stop after this long (e.g. 30s, 5m; at most 31d); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Stop after this many dropped packets.
@@ -181,9 +181,30 @@ impl FilterArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_up_to(s, MAX_DURATION, "31d")
+}
+
+/// The longest duration any flag takes (`--duration`, serve's windows): a month. Longer
+/// runs are `serve`'s job, which has no end; a longer window would be a typo, and past
+/// some point a clock's deadline overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// The longest `--probe-timeout`: a probe that has not connected in five minutes has its
+/// answer.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Parses `--probe-timeout` (at most [`MAX_PROBE_TIMEOUT`]).
+pub fn parse_probe_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_up_to(s, MAX_PROBE_TIMEOUT, "5m")
+}
+
+fn parse_duration_up_to(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    if d > max {
+        return Err(format!("at most {max_text}"));
     }
     Ok(d)
 }

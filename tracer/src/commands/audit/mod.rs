@@ -61,7 +61,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "INVENTORY.json")]
     pub from: Option<PathBuf>,
     /// Or watch the host's outbound flows for this long (Ctrl-C ends it sooner) and check
-    /// those; the filter flags select which.
+    /// those; the filter flags select which (at most 31d).
     #[arg(long, value_name = "DURATION", value_parser = crate::session::options::parse_duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]

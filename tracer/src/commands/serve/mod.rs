@@ -53,10 +53,11 @@ pub struct ServeArgs {
     /// are counted in one dst="other" series.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_destinations: usize,
-    /// How long the series of a namespace that is gone stay before they are removed.
+    /// How long the series of a namespace that is gone stay before they are removed (at
+    /// most 31d).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub series_ttl: Duration,
-    /// How far back /drops can look (its default `since`).
+    /// How far back /drops can look (its default `since`; at most 31d).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub keep_drops: Duration,
     /// Also print each drop as a JSON line on stdout (watch --json's fields), for Loki,
