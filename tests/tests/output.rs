@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use droptrace_tests::{CLIENT_V4, GATEWAY_V4, Topology, Watcher, drops, droptrace_output};
+use droptrace_tests::{CLIENT_V4, GATEWAY_V4, Netns, Topology, Watcher, drops, droptrace_output};
 
 #[test]
 fn pcapng_is_read_back_by_tshark_with_tuples_and_comments() {
@@ -106,7 +106,10 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         .nth(1)
         .and_then(|rest| rest.lines().nth(1))
         .unwrap_or_default();
-    assert!(netns.contains("compgen -W \"all host\""), "{netns}");
+    assert!(
+        netns.contains("compgen -W \"all host $(ls /run/netns"),
+        "{netns}"
+    );
     let proto = bash
         .split("--proto)")
         .nth(1)
@@ -220,4 +223,31 @@ fn unnamed_namespaces_show_a_pid_inside_and_resolve_names_destinations() {
     let name = d[0].get("dst_name");
     assert!(name.is_none_or(|n| n == "localhost"), "{}", d[0]);
     assert_eq!(d[1]["dst_name"], "localhost", "{}", d[1]);
+}
+
+/// Tab after `--netns` offers the namespaces that exist now, as bash itself completes it.
+#[test]
+fn bash_completes_a_named_namespace() {
+    let ns = Netns::new("complete").unwrap();
+    let (_, script, _) = droptrace_output(&["completions", "bash"]).unwrap();
+    let file = std::env::temp_dir().join(format!("dt-{}-completion.bash", std::process::id()));
+    std::fs::write(&file, script).unwrap();
+    let prefix = &ns.name[..ns.name.len() - 3];
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(droptrace watch --netns {prefix}); COMP_CWORD=3; \
+             COMP_LINE='droptrace watch --netns {prefix}'; COMP_POINT=${{#COMP_LINE}}; \
+             _droptrace droptrace {prefix} --netns; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        offered.lines().any(|l| l == ns.name),
+        "{offered} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

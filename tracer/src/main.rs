@@ -43,12 +43,8 @@ fn main() -> ExitCode {
             Command::Audit(args) => droptrace::commands::audit::run(args).await,
             Command::Doctor(args) => droptrace::commands::doctor::run(args).await,
             Command::Completions { shell } => {
-                let mut cmd = <Cli as clap::CommandFactory>::command();
-                // Into a buffer: clap_complete panics when its writer fails, and a closed
-                // pipe (`| head`) is not an error.
-                let mut script = Vec::new();
-                clap_complete::generate(shell, &mut cmd, "droptrace", &mut script);
-                print_ignoring_closed_pipe(&script)
+                // A closed pipe (`| head`) is not an error.
+                print_ignoring_closed_pipe(&droptrace::cli::completions::script(shell))
             }
             Command::Man { page, dir } => match dir {
                 Some(dir) => droptrace::cli::manual::write_all(&dir).map(|written| {

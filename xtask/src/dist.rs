@@ -3,7 +3,8 @@
 //! - `droptrace`: one static binary (musl, no program interpreter) with both eBPF objects
 //!   embedded, so it runs on hosts whose glibc is older than ours — the kernels vm-test covers.
 //! - `droptrace-VERSION-x86_64-linux-musl.tar.gz`: the binary, a man page per subcommand,
-//!   bash/zsh/fish completions, the README and the licences.
+//!   bash/zsh/fish completions, the README, the licences, and deploy/ (systemd unit,
+//!   Prometheus alert rules, Grafana dashboard, Kubernetes manifests).
 //! - `droptrace_VERSION_amd64.deb`: the same files where Debian puts them (cargo-deb), with
 //!   the firewall tools attribution runs as Recommends.
 //! - `droptrace-VERSION-oci.tar`: an OCI image (archive) of Debian 12 with that package
@@ -28,6 +29,15 @@ use anyhow::{Context as _, bail};
 use crate::{pinned_cargo, run_checked, workspace_root};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The deployment files the tarball carries under deploy/ (the .deb installs the unit in
+/// systemd's place and the rest under /usr/share/droptrace; see tracer/Cargo.toml).
+pub const DEPLOY_FILES: &[&str] = &[
+    "deploy/systemd/droptrace.service",
+    "deploy/prometheus/droptrace-alerts.yml",
+    "deploy/grafana/droptrace-dashboard.json",
+    "deploy/kubernetes/droptrace.yaml",
+];
 /// LLVM's libunwind, from Debian's libunwind-22-dev (installed by `cargo xtask setup`).
 const LIBUNWIND: &str = "/usr/lib/llvm-22/lib/libunwind.a";
 
@@ -65,6 +75,13 @@ pub fn run() -> anyhow::Result<PathBuf> {
     for file in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
         fs::copy(root.join(file), stage.join(file))
             .with_context(|| format!("cannot copy {file}"))?;
+    }
+    // What runs droptrace in a fleet, beside the binary: the systemd unit, the alert rules
+    // and the dashboard the README points to, and the Kubernetes manifests.
+    for file in DEPLOY_FILES {
+        let to = stage.join(file);
+        fs::create_dir_all(to.parent().expect("under deploy/"))?;
+        fs::copy(root.join(file), &to).with_context(|| format!("cannot copy {file}"))?;
     }
     run_checked(
         Command::new(&out)

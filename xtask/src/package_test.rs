@@ -55,6 +55,23 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(&work)?;
     let version = crate::dist::version_of(&dist.join("droptrace"))?;
 
+    // The tarball carries the deployment files beside the binary.
+    let tarball = format!("droptrace-{version}-x86_64-linux-musl");
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(dist.join(format!("{tarball}.tar.gz")))
+        .output()
+        .context("cannot list the tarball")?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in crate::dist::DEPLOY_FILES {
+        if !listing.lines().any(|l| l == format!("{tarball}/{file}")) {
+            bail!("{tarball}.tar.gz lacks {file}");
+        }
+    }
+    say(&format!(
+        "{tarball}.tar.gz: binary, man pages, completions and deploy/ files"
+    ));
+
     // The package, installed with apt as a user would.
     let deb = dist.join(format!("droptrace_{version}_amd64.deb"));
     let root = work.join("deb-root");
@@ -134,6 +151,9 @@ fn check_installed(root: &Path, version: &str) -> anyhow::Result<()> {
         "usr/share/bash-completion/completions/droptrace",
         "usr/share/zsh/vendor-completions/_droptrace",
         "usr/share/fish/vendor_completions.d/droptrace.fish",
+        "usr/share/droptrace/droptrace-alerts.yml",
+        "usr/share/droptrace/droptrace-dashboard.json",
+        "usr/share/droptrace/droptrace.yaml",
         "usr/sbin/iptables-nft-save",
         "usr/sbin/iptables-legacy-save",
         "usr/sbin/nft",

@@ -423,8 +423,8 @@ impl Apt {
     /// its vmlinuz and modules.
     ///
     /// A release whose packages are not all in the suite is passed over: backports list
-    /// the names of a newer kernel before all its packages are there (6.18.15's
-    /// linux-base had no candidate while its image was listed).
+    /// the names of a newer kernel before its packages are there (6.18.15's image had no
+    /// candidate while its name was listed).
     fn newest(&self, spec: &KernelSpec) -> anyhow::Result<(String, Vec<String>)> {
         let names = self.cache_query(&["pkgnames", "linux-image-"])?;
         let mut releases: Vec<&str> = names
@@ -475,10 +475,13 @@ impl Apt {
                 .iter()
                 .any(|p| dep.starts_with(p))
             {
-                if !self.has_candidate(dep)? {
+                if self.has_candidate(dep)? {
+                    packages.push(dep.to_string());
+                } else if !dep.starts_with("linux-base-") {
                     return Ok(None);
                 }
-                packages.push(dep.to_string());
+                // trixie-backports' 6.18 images name a linux-base that the suite does not
+                // carry, and hold modules.builtin and modules.order themselves.
             }
         }
         Ok(Some(packages))

@@ -3,6 +3,7 @@
 //! Every subcommand that watches drops takes the same filter flags ([`crate::session::options::FilterArgs`]), so
 //! what an engineer learns for `watch` works for the rest.
 
+pub mod completions;
 pub mod manual;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +18,14 @@ use clap::{Parser, Subcommand};
 NETFILTER_DROP) with an eBPF program and reports every dropped packet with its flow, hook, \
 network namespace and sending process. It never changes the ruleset. Needs root \
 (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN).",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Start here:\n  \
+droptrace watch                  every netfilter drop here, live, with its rule and sender\n  \
+droptrace watch --netns NAME     the drops of one network namespace (`ip netns list`)\n  \
+droptrace doctor                 what works on this host, when something does not\n\n\
+Examples:\n  \
+droptrace watch --dport 8443 --duration 5m --json > drops.jsonl\n  \
+droptrace verify --netns app --probe tcp://203.0.113.10:8443 && deploy"
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).
@@ -31,8 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Print each dropped packet as it happens, and a summary at the end.
     Watch(crate::commands::watch::WatchArgs),
-    /// Watch for a window and exit 0 if nothing was dropped (and every probe got
-    /// through), 1 if something was, 2 on error.
+    /// Prove a fix: exit 0 only with evidence (every probe got through, nothing dropped),
+    /// 1 if something was dropped or a probe failed, 2 if it cannot tell.
     Verify(crate::commands::verify::VerifyArgs),
     /// Live full-screen view: drops grouped by rule and destination, refreshed every
     /// second (plain tables when stdout is not a terminal). `q` quits.
@@ -41,7 +49,7 @@ pub enum Command {
     /// JSON (/drops), health (/healthz); for systemd and Kubernetes.
     Serve(crate::commands::serve::ServeArgs),
     /// Without traffic: which rule of the current ruleset would drop (or accept) a packet.
-    /// Exit 0 if it would pass, 1 if it would be dropped.
+    /// Exit 0 if it would pass, 1 if it would be dropped, 3 if droptrace cannot be sure.
     Explain(crate::commands::explain::ExplainArgs),
     /// What works on this host and why not: kernel, BTF, every program loaded with the
     /// verifier's figures, capabilities, tools, firewall backends. Exit 0 all good, 1

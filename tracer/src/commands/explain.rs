@@ -430,6 +430,20 @@ pub fn run_rules(args: RulesArgs) -> anyhow::Result<ExitCode> {
 
 /// The ruleset, one chain after another, with counters and undecidable matches marked `?`.
 pub fn write_rules(out: &mut impl io::Write, rs: &ruleset::Ruleset) -> io::Result<()> {
+    if rs.tables.iter().all(|t| t.chains.is_empty()) {
+        writeln!(
+            out,
+            "no rules: this namespace has no iptables (nft or legacy) or nftables chains"
+        )?;
+        return Ok(());
+    }
+    // What the columns are: a rule's place (or nft handle), the packets its counter has
+    // seen, `?` where a match cannot be evaluated, and the rule.
+    writeln!(
+        out,
+        "  {:<3} {:>8}   RULE (? = cannot be evaluated)",
+        "#", "PACKETS"
+    )?;
     for t in &rs.tables {
         let backend = crate::attribution::backend_name(t.backend);
         for c in &t.chains {
@@ -624,10 +638,19 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_ruleset_says_so() {
+        let mut buf = Vec::new();
+        write_rules(&mut buf, &ruleset::Ruleset::default()).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.starts_with("no rules:"), "{text}");
+    }
+
+    #[test]
     fn rules_listing_marks_what_cannot_be_evaluated() {
         let mut buf = Vec::new();
         write_rules(&mut buf, &ruleset()).unwrap();
         let text = String::from_utf8(buf).unwrap();
+        assert!(text.starts_with("  #    PACKETS   RULE"), "{text}");
         assert!(
             text.contains("iptables-nft ip filter/OUTPUT (hook output, priority 0, policy accept)"),
             "{text}"

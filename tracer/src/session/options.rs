@@ -29,11 +29,11 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Report packets freed for any drop reason, not only netfilter drops.
-    #[arg(long)]
+    #[arg(help_heading = "Filters", long)]
     pub all_reasons: bool,
     /// Show reverse DNS names of destinations (looked up in the background; a line shows
     /// the name once it is known).
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub resolve: bool,
     /// Count attempts beside drops (see [`ATTEMPTS_HELP`]); set by the commands that
     /// show them, from their own `--attempts` flag.
@@ -41,28 +41,28 @@ pub struct CaptureArgs {
     pub attempts: bool,
     /// Do not name rules (no ruleset reads; lines are printed without the ~1 s wait for
     /// counter confirmation).
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub no_rules: bool,
     /// Kernel hook: tp_btf, the classic tracepoint, or auto (tp_btf, falling back).
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    #[arg(help_heading = "Kernel hooks (expert)", long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
     /// How netfilter drops are recognised: by drop reason (5.17+), by the freeing
     /// function's address (older kernels), or auto.
-    #[arg(long, value_enum, default_value_t = Detect::Auto)]
+    #[arg(help_heading = "Kernel hooks (expert)", long, value_enum, default_value_t = Detect::Auto)]
     pub detect: Detect,
     /// Have the kernel name the table and chain of each drop (kprobes on nft_do_chain,
     /// ipt_do_table, ip6t_do_table): auto uses them where the kernel allows, on requires
     /// them, off relies on ruleset evaluation and counters alone.
-    #[arg(long, value_enum, default_value_t = VerdictMode::Auto)]
+    #[arg(help_heading = "Kernel hooks (expert)", long, value_enum, default_value_t = VerdictMode::Auto)]
     pub kernel_verdicts: VerdictMode,
     /// How records reach droptrace: the BPF ring buffer (5.8+), per-CPU perf buffers
     /// (older kernels), or auto.
-    #[arg(long, value_enum, default_value_t = BufferKind::Auto)]
+    #[arg(help_heading = "Kernel hooks (expert)", long, value_enum, default_value_t = BufferKind::Auto)]
     pub buffer: BufferKind,
     /// This kernel's BTF, for kernels built without it (no /sys/kernel/btf/vmlinux), e.g.
     /// from BTFHub: struct offsets are read from it, and the classic tracepoint is used.
     /// It must match the running kernel's release.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Kernel hooks (expert)", long, value_name = "FILE")]
     pub btf: Option<std::path::PathBuf>,
     /// Flows the kernel's flow table holds (default 131072): for tests of what happens
     /// beyond it, without sending as many flows.
@@ -80,28 +80,28 @@ pub struct FilterArgs {
           value_parser = NetnsParser, hide_possible_values = true)]
     pub netns: String,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
-    #[arg(long, value_name = "PROTO", value_parser = ProtoParser, hide_possible_values = true)]
+    #[arg(help_heading = "Filters", long, value_name = "PROTO", value_parser = ProtoParser, hide_possible_values = true)]
     pub proto: Option<Proto>,
     /// Source address or CIDR.
-    #[arg(long, value_name = "ADDR[/LEN]")]
+    #[arg(help_heading = "Filters", long, value_name = "ADDR[/LEN]")]
     pub src: Option<Cidr>,
     /// Destination address or CIDR.
-    #[arg(long, value_name = "ADDR[/LEN]")]
+    #[arg(help_heading = "Filters", long, value_name = "ADDR[/LEN]")]
     pub dst: Option<Cidr>,
     /// Source port or range (1024-65535).
-    #[arg(long, value_name = "PORT[-PORT]")]
+    #[arg(help_heading = "Filters", long, value_name = "PORT[-PORT]")]
     pub sport: Option<Ports>,
     /// Destination port or range (1024-65535).
-    #[arg(long, value_name = "PORT[-PORT]")]
+    #[arg(help_heading = "Filters", long, value_name = "PORT[-PORT]")]
     pub dport: Option<Ports>,
     /// Only drops sent by this process id (matched after attribution to the socket's owner).
-    #[arg(long, value_name = "PID")]
+    #[arg(help_heading = "Filters", long, value_name = "PID")]
     pub pid: Option<u32>,
     /// Only drops sent by processes with this command name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Filters", long, value_name = "NAME")]
     pub comm: Option<String>,
     /// Only drops sent from a cgroup whose path contains this text (a unit, a container id).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(help_heading = "Filters", long, value_name = "TEXT")]
     pub cgroup: Option<String>,
 }
 

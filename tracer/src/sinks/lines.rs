@@ -182,6 +182,10 @@ pub fn netns_text(r: &DropRecord) -> String {
 const TIME_W: usize = 12;
 /// Ports the text summary lists; a scan has thousands.
 const PORTS_SHOWN: usize = 20;
+
+/// Destinations the text summary lists (the largest); the rest are one line, and all are
+/// in the JSON summary. A scan's thousand destinations would bury the rules below them.
+pub const DESTINATIONS_SHOWN: usize = 20;
 const PROTO_W: usize = 5;
 const ADDR_W: usize = 21;
 const FLAGS_W: usize = 3;
@@ -270,8 +274,17 @@ impl<W: Write> Sink for TextSink<W> {
         let dests = s.destinations();
         if !dests.is_empty() {
             writeln!(self.out, "by destination:")?;
-            for d in dests {
+            for d in dests.iter().take(DESTINATIONS_SHOWN) {
                 writeln!(self.out, "  {:>8}  {:<5} {}", d.count, d.proto, d.dst)?;
+            }
+            if dests.len() > DESTINATIONS_SHOWN {
+                let rest: u64 = dests[DESTINATIONS_SHOWN..].iter().map(|d| d.count).sum();
+                writeln!(
+                    self.out,
+                    "  {rest:>8}  ... and {} more destinations ({} distinct; all in --json)",
+                    dests.len() - DESTINATIONS_SHOWN,
+                    dests.len()
+                )?;
             }
             writeln!(self.out, "by hook:")?;
             for (hook, n) in s.hooks() {
@@ -399,6 +412,37 @@ mod tests {
         assert_eq!(lines[0]["count"], 1);
         assert_eq!(lines[1]["total"], 1);
         assert_eq!(lines[1]["destinations"][0]["dst"], "203.0.113.10:8443");
+    }
+
+    /// A scan's thousand destinations: the text lists the largest, says how many more
+    /// (with their drops), and the JSON summary keeps them all.
+    #[test]
+    fn a_long_destination_table_is_capped_in_text_not_in_json() {
+        let mut s = Summary::default();
+        for port in 0..1007u16 {
+            let mut r = sample();
+            r.dport = Some(1000 + port);
+            s.add(&r);
+        }
+        let end = s.record(0, 1007, 1.0);
+        let mut text = Vec::new();
+        TextSink::new(&mut text).summary(&s, &end).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let listed = text
+            .lines()
+            .skip_while(|l| *l != "by destination:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .count();
+        assert_eq!(listed, DESTINATIONS_SHOWN + 1, "{text}");
+        assert!(
+            text.contains("987  ... and 987 more destinations (1007 distinct; all in --json)"),
+            "{text}"
+        );
+        let mut json = Vec::new();
+        JsonSink::new(&mut json).summary(&s, &end).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["destinations"].as_array().unwrap().len(), 1007);
     }
 
     #[test]

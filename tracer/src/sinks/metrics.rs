@@ -210,7 +210,7 @@ impl DropMetrics {
         let owner = a.and_then(|a| a.owner.as_ref());
         let mut labels: Labels = vec![
             ("backend", field(|a| a.backend.clone())),
-            ("family", field(|a| a.table_family.clone())),
+            ("table_family", field(|a| a.table_family.clone())),
             ("table", field(|a| a.table.clone())),
             ("chain", field(|a| a.chain.clone())),
             ("rule", rule),
