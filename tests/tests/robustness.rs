@@ -287,3 +287,23 @@ fn bad_input_is_one_line_and_exit_2_never_a_panic() {
     let (_, _, stderr) = droptrace_output(&["watch", "--netns", "/etc/passwd"]).unwrap();
     assert!(stderr.contains("is not a network namespace"), "{stderr}");
 }
+
+/// A namespace droptrace may not open is reported with the kernel's reason (permission
+/// denied), not as missing.
+#[test]
+fn an_unreadable_namespace_says_why() {
+    // As nobody, /proc/1/ns/net cannot be opened. A copy of the binary any user can run.
+    let copy = std::env::temp_dir().join(format!("dt-{}-nobody", std::process::id()));
+    std::fs::copy(droptrace_bin(), &copy).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["watch", "--netns", "host", "--duration", "1s"])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!stderr.contains("does not exist"), "{stderr}");
+}

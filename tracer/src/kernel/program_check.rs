@@ -292,6 +292,14 @@ fn judge(
                 .cloned()
         })
         .unwrap_or_else(|| "not loaded by the command that uses it on this kernel".to_string());
+    // A tracepoint this kernel does not have (aya finds no `btf_trace_NAME` in its BTF):
+    // nothing to refuse, the kernel is older than the hook (sock_send_length: 6.3).
+    if let Some(rest) = error.split("unknown BTF type `btf_trace_").nth(1) {
+        let tracepoint = rest.split('`').next().unwrap_or(rest);
+        check.status = Status::Unavailable;
+        check.why = Some(format!("this kernel has no {tracepoint} tracepoint"));
+        return check;
+    }
     // A drop path's error is its program's own; another feature's error is this
     // program's only when it names it (the feature stops at the first refusal).
     let names_it = error
