@@ -477,16 +477,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else if args.passive {
         (
             "pass",
-            "passive: nothing matching the filters was dropped in the whole window (no traffic \
-             was sent to prove a path)"
-                .to_string(),
+            "passive: nothing matching the filters was dropped in the whole window".to_string(),
             PASS,
         )
     } else {
         (
             "inconclusive",
-            "no drop, but nothing proves a path either: give --probe or --probe-file, or \
-             --passive to accept a quiet window"
+            "nothing dropped, and nothing proved a path: add --probe, --probe-file or --passive"
                 .to_string(),
             INCONCLUSIVE,
         )
