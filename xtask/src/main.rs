@@ -69,7 +69,7 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         from_ports: Vec<u16>,
     },
-    /// Run the static droptrace (target/dist) on other kernels (5.10, 6.1, 6.12, sid) under
+    /// Run the static droptrace (target/dist) on other kernels (5.10, 6.1, 6.12, 6.18, sid) under
     /// qemu and print a table.
     VmTest(vmtest::Args),
     /// Write release artifacts to target/dist: a static droptrace, a tarball with man pages
@@ -210,7 +210,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run_checked(&mut cmd)?;
     // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
     fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
-    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, sid) under qemu, with
+    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, 6.18, sid) under qemu, with
     // the static binary that ships (target/dist).
     let binary = dist::run()?;
     vmtest::run(&binary, &vmtest::Args::default())?;

@@ -1,11 +1,14 @@
 //! `cargo xtask vm-test`: droptrace on other kernels, under qemu.
 //!
 //! Our machines and CI all run one kernel (6.18), but droptrace must work on the kernels
-//! production runs. This task boots Debian's stock kernels (5.10, 6.1, 6.12 and sid's
-//! newest) in qemu, each with a small busybox initramfs holding the release droptrace
-//! binary, iptables (nft and legacy), nft, ip and the kernel's netfilter modules. The guest's
-//! /init (xtask/vm/init.sh) replays the incident with each iptables backend and reports on
-//! the serial console; the host prints one table row per kernel and backend.
+//! production runs. This task boots Debian's stock kernels (5.10, 6.1, 6.12, the 6.18 LTS
+//! our machines run, from trixie-backports, and sid's newest) in qemu, each with a small
+//! busybox initramfs holding the release droptrace binary, iptables (nft and legacy), nft,
+//! ip and the kernel's netfilter modules. The guest's /init (xtask/vm/init.sh) replays the
+//! incident with each iptables backend and with `--attempts`, runs `droptrace doctor`
+//! (every program loaded and unloaded) and `droptrace inventory`, and reports on the
+//! serial console; the host prints one table row per kernel and backend, and a table of
+//! every program's verifier figures per kernel.
 //!
 //! - Installs what is missing (qemu-system-x86, busybox-static, cpio, kmod, xz-utils) with
 //!   apt-get, and says so; bpftool goes into the guest if the machine has it.
