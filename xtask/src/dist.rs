@@ -76,6 +76,14 @@ pub fn run() -> anyhow::Result<PathBuf> {
         fs::copy(root.join(file), stage.join(file))
             .with_context(|| format!("cannot copy {file}"))?;
     }
+    // The reference pages the README links to.
+    fs::create_dir_all(stage.join("docs"))?;
+    for entry in fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md") {
+            fs::copy(&path, stage.join("docs").join(path.file_name().expect("a file")))?;
+        }
+    }
     // What runs droptrace in a fleet, beside the binary: the systemd unit, the alert rules
     // and the dashboard the README points to, and the Kubernetes manifests.
     for file in DEPLOY_FILES {

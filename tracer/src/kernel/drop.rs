@@ -283,7 +283,7 @@ mod tests {
     use super::*;
     use tracer_common::{AF_INET, HEADER_BYTES};
 
-    /// The names the README documents for `ct_state`.
+    /// The names docs/output.md documents for `ct_state`.
     #[test]
     fn ct_states_serialize_as_documented() {
         let names: Vec<String> = (0..=5)
