@@ -81,7 +81,10 @@ pub fn run() -> anyhow::Result<PathBuf> {
     for entry in fs::read_dir(root.join("docs"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "md") {
-            fs::copy(&path, stage.join("docs").join(path.file_name().expect("a file")))?;
+            fs::copy(
+                &path,
+                stage.join("docs").join(path.file_name().expect("a file")),
+            )?;
         }
     }
     // What runs droptrace in a fleet, beside the binary: the systemd unit, the alert rules
