@@ -1,0 +1,622 @@
+//! Lowering a rule's options into [`Match`]es: the modules evaluated, the targets, and the
+//! reason a module's options cannot be decided.
+
+use super::*;
+
+/// Modules whose options we turn into real conditions.
+pub(super) const EVALUATED_MODULES: &[&str] = &[
+    "tcp",
+    "udp",
+    "sctp",
+    "dccp",
+    "udplite",
+    "multiport",
+    "conntrack",
+    "state",
+    "owner",
+    "mark",
+    "icmp",
+    "icmp6",
+    "comment",
+    "set",
+    "length",
+    "iprange",
+    "addrtype",
+];
+
+/// Whether `module` (one of [`EVALUATED_MODULES`]) takes `option`.
+pub(super) fn module_takes(module: &str, option: &str) -> bool {
+    let port_options = ["--sport", "--source-port", "--dport", "--destination-port"];
+    match module {
+        "tcp" => {
+            port_options.contains(&option)
+                || ["--tcp-flags", "--syn", "--tcp-option"].contains(&option)
+        }
+        "udp" | "udplite" => port_options.contains(&option),
+        "sctp" => port_options.contains(&option) || option == "--chunk-types",
+        "dccp" => {
+            port_options.contains(&option) || ["--dccp-types", "--dccp-option"].contains(&option)
+        }
+        "multiport" => [
+            "--dports",
+            "--destination-ports",
+            "--sports",
+            "--source-ports",
+            "--ports",
+        ]
+        .contains(&option),
+        "conntrack" => option.starts_with("--ct"),
+        "state" => option == "--state",
+        "owner" => [
+            "--uid-owner",
+            "--gid-owner",
+            "--socket-exists",
+            "--suppl-groups",
+        ]
+        .contains(&option),
+        "mark" => option == "--mark",
+        "icmp" => option == "--icmp-type",
+        "icmp6" => option == "--icmpv6-type",
+        "comment" => option == "--comment",
+        "set" => {
+            option == "--match-set"
+                || option == "--return-nomatch"
+                || option.starts_with("--update-")
+                || option.starts_with("--packets-")
+                || option.starts_with("--bytes-")
+        }
+        "length" => option == "--length",
+        "iprange" => option == "--src-range" || option == "--dst-range",
+        "addrtype" => {
+            option.starts_with("--src-type")
+                || option.starts_with("--dst-type")
+                || option.starts_with("--limit-iface")
+        }
+        _ => false,
+    }
+}
+
+/// Why a module we do not evaluate cannot be decided.
+pub(super) fn undecidable_module_reason(module: &str) -> String {
+    match module {
+        "limit" | "hashlimit" => {
+            format!("-m {module}: whether the rate limit was exceeded depends on recent traffic")
+        }
+        "recent" => "-m recent: the recent list's contents are not visible".to_string(),
+        "statistic" => "-m statistic: random or nth sampling".to_string(),
+        "connlimit" => "-m connlimit: depends on live connection counts".to_string(),
+        "connmark" => "-m connmark: the conntrack mark is not reported".to_string(),
+        "connbytes" => "-m connbytes: depends on connection byte counts".to_string(),
+        "mac" => "-m mac: the MAC address is not reported".to_string(),
+        "physdev" => "-m physdev: bridge ports are not reported".to_string(),
+        "quota" => "-m quota: depends on bytes already counted".to_string(),
+        "time" => "-m time: depends on when the packet passed".to_string(),
+        other => format!("-m {other} is not evaluated"),
+    }
+}
+
+/// Targets that end evaluation of the chain like ACCEPT (NAT).
+pub(crate) const NAT_TARGETS: &[&str] = &["MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP"];
+
+/// Targets that act on the packet and let evaluation continue.
+pub(crate) const CONTINUING_TARGETS: &[&str] = &[
+    "LOG",
+    "NFLOG",
+    "ULOG",
+    "MARK",
+    "CONNMARK",
+    "CT",
+    "NOTRACK",
+    "TCPMSS",
+    "TRACE",
+    "CLASSIFY",
+    "DSCP",
+    "TOS",
+    "TTL",
+    "HL",
+    "ECN",
+    "SECMARK",
+    "CONNSECMARK",
+    "AUDIT",
+    "CHECKSUM",
+    "TEE",
+    "SET",
+    "IDLETIMER",
+    "LED",
+    "RATEEST",
+    "TCPOPTSTRIP",
+    "HMARK",
+    "SNPT",
+    "DNPT",
+];
+
+pub(super) struct RuleBuilder<'a> {
+    pub(super) words: &'a [String],
+    pub(super) next: usize,
+    pub(super) line: usize,
+    pub(super) family: Family,
+    pub(super) chain_names: &'a [&'a str],
+    /// The rule's `-p` protocol, for options that load a module implicitly
+    /// (`-p tcp --dport 22`) and for multiport.
+    pub(super) protocol: Option<u8>,
+    pub(super) modules: Vec<String>,
+    pub(super) matches: Vec<Match>,
+    pub(super) comment: Option<String>,
+    pub(super) target: Option<Target>,
+    pub(super) counters: Option<Counters>,
+}
+
+impl<'a> RuleBuilder<'a> {
+    pub(super) fn take(&mut self) -> Option<&'a str> {
+        let word = self.words.get(self.next)?;
+        self.next += 1;
+        Some(word.as_str())
+    }
+
+    pub(super) fn value(&mut self, option: &str) -> Result<String> {
+        match self.take() {
+            Some(value) => Ok(value.to_string()),
+            None => Err(ParseError::line(
+                self.line,
+                format!("{option} needs a value"),
+            )),
+        }
+    }
+
+    pub(super) fn peek(&self) -> Option<&'a str> {
+        self.words.get(self.next).map(String::as_str)
+    }
+
+    /// The words consumed since index `start`, for messages.
+    pub(super) fn words_since(&self, start: usize) -> &'a [String] {
+        self.words.get(start..self.next).unwrap_or_default()
+    }
+
+    /// Skips the arguments of an option we do not interpret.
+    pub(super) fn skip_arguments(&mut self) {
+        while let Some(word) = self.peek() {
+            if word.starts_with('-') || word == "!" {
+                break;
+            }
+            self.next += 1;
+        }
+    }
+
+    pub(super) fn push(&mut self, negated: bool, condition: Condition) {
+        self.matches.push(Match::negated_if(negated, condition));
+    }
+
+    pub(super) fn undecidable(&mut self, reason: String) {
+        self.matches.push(Match::undecidable(reason));
+    }
+
+    pub(super) fn run(&mut self) -> Result<()> {
+        while let Some(word) = self.take() {
+            let mut option = word.to_string();
+            let negated = option == "!";
+            if negated {
+                option = self.value("!")?;
+            }
+            match option.as_str() {
+                "-p" | "--protocol" => {
+                    let value = self.value(&option)?;
+                    self.protocol_option(negated, &value);
+                }
+                "-s" | "--source" | "--src" => {
+                    let value = self.value(&option)?;
+                    self.address_option(negated, Direction::Source, &value);
+                }
+                "-d" | "--destination" | "--dst" => {
+                    let value = self.value(&option)?;
+                    self.address_option(negated, Direction::Destination, &value);
+                }
+                "-i" | "--in-interface" => {
+                    let value = self.value(&option)?;
+                    self.push(negated, interface(Direction::Source, &value));
+                }
+                "-o" | "--out-interface" => {
+                    let value = self.value(&option)?;
+                    self.push(negated, interface(Direction::Destination, &value));
+                }
+                "-f" | "--fragment" => {
+                    self.undecidable("-f: whether the packet is a fragment is not reported".into())
+                }
+                "-m" | "--match" => {
+                    let module = self.value(&option)?;
+                    if !EVALUATED_MODULES.contains(&module.as_str()) {
+                        self.undecidable(undecidable_module_reason(&module));
+                    }
+                    self.modules.push(module);
+                }
+                "-j" | "--jump" => {
+                    let name = self.value(&option)?;
+                    self.jump(&name)?;
+                }
+                "-g" | "--goto" => {
+                    let chain = self.value(&option)?;
+                    self.target = Some(Target::Goto { chain });
+                }
+                "-c" | "--set-counters" => {
+                    let packets = self.value(&option)?;
+                    let bytes = self.value(&option)?;
+                    self.counters =
+                        Some(parse_counters(&format!("[{packets}:{bytes}]"), self.line)?);
+                }
+                "-4" | "-6" | "--ipv4" | "--ipv6" => {}
+                long if long.starts_with("--") => self.module_option(negated, long)?,
+                other => {
+                    return Err(ParseError::line(
+                        self.line,
+                        format!("unexpected word {other:?} in rule"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn protocol_option(&mut self, negated: bool, value: &str) {
+        if value == "all" || value == "0" {
+            if negated {
+                // `! -p all` matches nothing.
+                self.push(
+                    true,
+                    Condition::Value {
+                        field: Field::L4Proto { family: None },
+                        mask: None,
+                        test: ValueTest::OneOf(vec![ValueRange {
+                            first: 0,
+                            last: 255,
+                        }]),
+                    },
+                );
+            }
+            return;
+        }
+        match names::protocol(value) {
+            Some(protocol) => {
+                if !negated {
+                    self.protocol = Some(protocol);
+                }
+                self.push(
+                    negated,
+                    Condition::Value {
+                        field: Field::L4Proto { family: None },
+                        mask: None,
+                        test: ValueTest::OneOf(vec![ValueRange::single(protocol.into())]),
+                    },
+                );
+            }
+            None => self.undecidable(format!("-p {value}: unknown protocol")),
+        }
+    }
+
+    pub(super) fn address_option(&mut self, negated: bool, direction: Direction, value: &str) {
+        let mut ranges = Vec::new();
+        for part in value.split(',') {
+            match parse_address(part, self.family) {
+                Ok(range) => ranges.push(range),
+                Err(reason) => {
+                    self.undecidable(reason);
+                    return;
+                }
+            }
+        }
+        self.push(
+            negated,
+            Condition::Address {
+                direction,
+                family: None,
+                ranges,
+            },
+        );
+    }
+
+    pub(super) fn jump(&mut self, name: &str) -> Result<()> {
+        let mut options: Vec<(String, Vec<String>)> = Vec::new();
+        while let Some(word) = self.peek() {
+            if !word.starts_with("--") {
+                break;
+            }
+            let option = word.to_string();
+            self.next += 1;
+            let start = self.next;
+            self.skip_arguments();
+            options.push((option, self.words_since(start).to_vec()));
+        }
+        let option_value = |wanted: &str| {
+            options
+                .iter()
+                .find(|(option, _)| option == wanted)
+                .and_then(|(_, values)| values.first().cloned())
+        };
+        let target = match name {
+            "ACCEPT" => Target::Accept,
+            "DROP" => Target::Drop,
+            "RETURN" => Target::Return,
+            "QUEUE" | "NFQUEUE" => Target::Queue,
+            "REJECT" => Target::Reject {
+                with: Some(option_value("--reject-with").unwrap_or_else(|| {
+                    match self.family {
+                        Family::Ipv4 => "icmp-port-unreachable",
+                        Family::Ipv6 => "icmp6-port-unreachable",
+                    }
+                    .to_string()
+                })),
+            },
+            chain if self.chain_names.contains(&chain) => Target::Jump {
+                chain: chain.to_string(),
+            },
+            nat if NAT_TARGETS.contains(&nat) => Target::Nat {
+                action: nat.to_string(),
+            },
+            action if CONTINUING_TARGETS.contains(&action) => Target::Continue {
+                action: Some(action.to_string()),
+            },
+            // A chain declared later in the table, or a target we do not
+            // know; settled when the table is COMMITted.
+            other => Target::Jump {
+                chain: other.to_string(),
+            },
+        };
+        self.target = Some(target);
+        Ok(())
+    }
+
+    /// The module that owns `option`: the last loaded evaluated module that
+    /// takes it, else the module `-p` loads implicitly.
+    pub(super) fn owner_of(&self, option: &str) -> Option<String> {
+        if let Some(module) = self.modules.iter().rev().find(|module| {
+            EVALUATED_MODULES.contains(&module.as_str()) && module_takes(module, option)
+        }) {
+            return Some(module.clone());
+        }
+        let implicit = match self.protocol? {
+            6 => "tcp",
+            17 => "udp",
+            132 => "sctp",
+            33 => "dccp",
+            136 => "udplite",
+            1 => "icmp",
+            58 => "icmp6",
+            _ => return None,
+        };
+        module_takes(implicit, option).then(|| implicit.to_string())
+    }
+
+    pub(super) fn module_option(&mut self, negated: bool, option: &str) -> Result<()> {
+        let Some(module) = self.owner_of(option) else {
+            // An option of a module we do not evaluate (already reported as
+            // undecidable when the module was loaded), or of none at all.
+            let belongs_to_unevaluated = self
+                .modules
+                .iter()
+                .any(|module| !EVALUATED_MODULES.contains(&module.as_str()));
+            if !belongs_to_unevaluated {
+                self.undecidable(format!("option {option} is not understood"));
+            }
+            self.skip_arguments();
+            return Ok(());
+        };
+        match (module.as_str(), option) {
+            (
+                "tcp" | "udp" | "sctp" | "dccp" | "udplite",
+                "--sport" | "--source-port" | "--dport" | "--destination-port",
+            ) => {
+                let value = self.value(option)?;
+                let protocol = names::protocol(&module);
+                let field = if option.starts_with("--s") {
+                    Field::SrcPort { protocol }
+                } else {
+                    Field::DstPort { protocol }
+                };
+                match parse_port_range(&value) {
+                    Some(range) => self.push(
+                        negated,
+                        Condition::Value {
+                            field,
+                            mask: None,
+                            test: ValueTest::OneOf(vec![range]),
+                        },
+                    ),
+                    None => self.undecidable(format!("{option} {value}: not a port or range")),
+                }
+            }
+            ("tcp", "--tcp-flags") => {
+                let mask = self.value(option)?;
+                let compare = self.value(option)?;
+                match (tcp_flag_list(&mask), tcp_flag_list(&compare)) {
+                    (Some(mask), Some(compare)) => self.push(negated, tcp_flags(mask, compare)),
+                    _ => self.undecidable(format!("--tcp-flags {mask} {compare}: unknown flag")),
+                }
+            }
+            ("tcp", "--syn") => self.push(negated, tcp_flags(0x17, 0x02)),
+            ("multiport", _) => {
+                let value = self.value(option)?;
+                let ranges: Option<Vec<ValueRange>> =
+                    value.split(',').map(parse_port_range).collect();
+                let Some(ranges) = ranges else {
+                    self.undecidable(format!("{option} {value}: not a port list"));
+                    return Ok(());
+                };
+                let protocol = self.protocol;
+                let condition = match option {
+                    "--ports" => Condition::AnyPort { protocol, ranges },
+                    "--sports" | "--source-ports" => Condition::Value {
+                        field: Field::SrcPort { protocol },
+                        mask: None,
+                        test: ValueTest::OneOf(ranges),
+                    },
+                    _ => Condition::Value {
+                        field: Field::DstPort { protocol },
+                        mask: None,
+                        test: ValueTest::OneOf(ranges),
+                    },
+                };
+                self.push(negated, condition);
+            }
+            ("conntrack", "--ctstate") | ("state", "--state") => {
+                let value = self.value(option)?;
+                let bits: Option<u32> = value
+                    .split(',')
+                    .map(names::ct_state_bit)
+                    .try_fold(0, |all, bit| Some(all | bit?));
+                match bits {
+                    Some(bits) => self.push(
+                        negated,
+                        Condition::Value {
+                            field: Field::CtState,
+                            mask: None,
+                            test: ValueTest::AnyBitSet(bits),
+                        },
+                    ),
+                    None => self.undecidable(format!(
+                        "{option} {value}: SNAT/DNAT pseudo-states are not reported"
+                    )),
+                }
+            }
+            ("owner", "--uid-owner" | "--gid-owner") => {
+                let value = self.value(option)?;
+                let id = if option == "--uid-owner" {
+                    OwnerId::Uid
+                } else {
+                    OwnerId::Gid
+                };
+                match parse_id_range(&value) {
+                    Some(range) => self.push(
+                        negated,
+                        Condition::SocketOwner {
+                            id,
+                            ranges: vec![range],
+                        },
+                    ),
+                    None => self.undecidable(format!(
+                        "{option} {value}: a name needs the host's user database"
+                    )),
+                }
+            }
+            ("mark", "--mark") => {
+                let value = self.value(option)?;
+                match parse_value_mask(&value) {
+                    Some((value, mask)) => self.push(
+                        negated,
+                        Condition::Value {
+                            field: Field::Mark,
+                            mask: Some(mask),
+                            test: ValueTest::OneOf(vec![ValueRange::single(value)]),
+                        },
+                    ),
+                    None => self.undecidable(format!("--mark {value}: not a mark")),
+                }
+            }
+            ("icmp", "--icmp-type") | ("icmp6", "--icmpv6-type") => {
+                let value = self.value(option)?;
+                let protocol = if module == "icmp" { 1 } else { 58 };
+                match parse_icmp_type(protocol, &value) {
+                    Some(condition) => self.push(negated, condition),
+                    None => self.undecidable(format!("{option} {value}: unknown ICMP type")),
+                }
+            }
+            ("comment", "--comment") => {
+                let value = self.value(option)?;
+                self.comment = Some(value);
+            }
+            ("set", "--match-set") => {
+                let name = self.value(option)?;
+                let flags = self.value(option)?;
+                let directions: Option<Vec<Direction>> = flags
+                    .split(',')
+                    .map(|flag| match flag {
+                        "src" => Some(Direction::Source),
+                        "dst" => Some(Direction::Destination),
+                        _ => None,
+                    })
+                    .collect();
+                match directions {
+                    Some(directions) => self.push(negated, Condition::IpSet { name, directions }),
+                    None => self.undecidable(format!("--match-set {name} {flags}: bad directions")),
+                }
+            }
+            ("set", "--update-counters" | "--update-subcounters") => {}
+            ("length", "--length") => {
+                let value = self.value(option)?;
+                match parse_port_style_range(&value, u32::from(u16::MAX)) {
+                    Some(range) => self.push(
+                        negated,
+                        Condition::Value {
+                            field: Field::Length,
+                            mask: None,
+                            test: ValueTest::OneOf(vec![range]),
+                        },
+                    ),
+                    None => self.undecidable(format!("--length {value}: not a length range")),
+                }
+            }
+            ("iprange", "--src-range" | "--dst-range") => {
+                let value = self.value(option)?;
+                let direction = if option == "--src-range" {
+                    Direction::Source
+                } else {
+                    Direction::Destination
+                };
+                let parsed = value.split_once('-').and_then(|(first, last)| {
+                    Some((IpAddr::from_str(first).ok()?, IpAddr::from_str(last).ok()?))
+                });
+                match parsed {
+                    Some((first, last)) => self.push(
+                        negated,
+                        Condition::Address {
+                            direction,
+                            family: None,
+                            ranges: vec![AddrRange::Range { first, last }],
+                        },
+                    ),
+                    None => self.undecidable(format!("{option} {value}: not an address range")),
+                }
+            }
+            ("addrtype", "--src-type" | "--dst-type") => {
+                let value = self.value(option)?;
+                let direction = if option == "--src-type" {
+                    Direction::Source
+                } else {
+                    Direction::Destination
+                };
+                match AddrTypes::parse_list(&value) {
+                    Ok(types) => self.push(
+                        negated,
+                        Condition::AddrType {
+                            direction,
+                            types,
+                            limit_iface: None,
+                            matcher: Matcher::Xt,
+                        },
+                    ),
+                    Err(e) => self.undecidable(format!("-m addrtype {option} {value}: {e}")),
+                }
+            }
+            ("addrtype", "--limit-iface-in" | "--limit-iface-out") => {
+                let side = if option == "--limit-iface-in" {
+                    Direction::Source
+                } else {
+                    Direction::Destination
+                };
+                // Applies to the types of this `-m addrtype`, printed just before it.
+                for one in self.matches.iter_mut().rev() {
+                    match &mut one.condition {
+                        Condition::AddrType { limit_iface, .. } => *limit_iface = Some(side),
+                        _ => break,
+                    }
+                }
+            }
+            (module, option) => {
+                // Known module, option we do not model (--tcp-option,
+                // --ctorigsrc, --socket-exists, --packets-gt, ...).
+                let start = self.next;
+                self.skip_arguments();
+                let arguments = self.words_since(start).join(" ");
+                self.undecidable(format!("-m {module} {option} {arguments} is not evaluated"));
+            }
+        }
+        Ok(())
+    }
+}
