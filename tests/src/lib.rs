@@ -91,6 +91,30 @@ pub fn bpftool_json(args: &[&str]) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
+/// droptrace's programs (`kfree_skb`, `kfree_skb_tp`, and with `--attempts` `attempt_passed`
+/// and the `inventory_*` ones; the kernel shows names cut at 15 bytes) that no process holds,
+/// directly or through a link: these would have outlived their droptrace.
+pub fn orphaned_programs() -> Vec<Value> {
+    let (held_progs, held_links) = held_bpf_ids(None);
+    let linked: Vec<u64> = bpftool_json(&["link", "show"])
+        .iter()
+        .filter(|l| l["id"].as_u64().is_some_and(|id| held_links.contains(&id)))
+        .filter_map(|l| l["prog_id"].as_u64())
+        .collect();
+    bpftool_json(&["prog", "show"])
+        .into_iter()
+        .filter(|p| {
+            let id = p["id"].as_u64().unwrap_or_default();
+            let name = p["name"].as_str().unwrap_or_default();
+            ["kfree_skb", "attempt_passed", "inventory_"]
+                .iter()
+                .any(|ours| name.starts_with(ours))
+                && !held_progs.contains(&id)
+                && !linked.contains(&id)
+        })
+        .collect()
+}
+
 /// A named network namespace (/run/netns/NAME), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

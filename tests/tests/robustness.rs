@@ -9,34 +9,10 @@ use std::{
 };
 
 use droptrace_tests::{
-    Netns, Topology, Watcher, bpftool_json, drops, droptrace_bin, droptrace_output, held_bpf_ids,
-    packets, summary,
+    Netns, Topology, Watcher, drops, droptrace_bin, droptrace_output, orphaned_programs, packets,
+    summary,
 };
 use serde_json::Value;
-
-/// droptrace's programs (`kfree_skb`, `kfree_skb_tp`, and with `--attempts` `attempt_passed`
-/// and the `inventory_*` ones; the kernel shows names cut at 15 bytes) that no process holds,
-/// directly or through a link: these would have outlived their droptrace.
-fn orphaned_programs() -> Vec<Value> {
-    let (held_progs, held_links) = held_bpf_ids(None);
-    let linked: Vec<u64> = bpftool_json(&["link", "show"])
-        .iter()
-        .filter(|l| l["id"].as_u64().is_some_and(|id| held_links.contains(&id)))
-        .filter_map(|l| l["prog_id"].as_u64())
-        .collect();
-    bpftool_json(&["prog", "show"])
-        .into_iter()
-        .filter(|p| {
-            let id = p["id"].as_u64().unwrap_or_default();
-            let name = p["name"].as_str().unwrap_or_default();
-            ["kfree_skb", "attempt_passed", "inventory_"]
-                .iter()
-                .any(|ours| name.starts_with(ours))
-                && !held_progs.contains(&id)
-                && !linked.contains(&id)
-        })
-        .collect()
-}
 
 #[test]
 fn kill_9_at_any_moment_leaves_no_program_behind() {
