@@ -5,7 +5,8 @@
 # in OUTPUT, with iptables-nft, with iptables-legacy, with native nft (an inet table, a user
 # chain), with iptables-nft again through the oldest kernels' path (classic tracepoint,
 # perf buffers), and with attempts counted, each with `droptrace watch --json` running;
-# then `droptrace doctor` (every program) and `droptrace inventory`. Everything the host reads is a line on the serial
+# then `droptrace doctor` (every program), `droptrace inventory` and `droptrace audit` of
+# live traffic. Everything the host reads is a line on the serial
 # console starting with "VMTEST-"; the guest then powers off. If this script dies, the kernel
 # panics and reboots, and qemu (-no-reboot) exits: the host sees no VMTEST-DONE.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -133,6 +134,24 @@ inventory_case() {
 	nft flush ruleset
 }
 
+# `droptrace audit` of live traffic against a proposed ruleset that would drop the payment
+# gateway (no rule in the guest drops it): its report as one line of JSON.
+audit_case() {
+	printf '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 8443 -j DROP\nCOMMIT\n' >/tmp/proposed.rules
+	droptrace audit --ruleset /tmp/proposed.rules --duration 4s --json >/tmp/audit.json 2>/tmp/audit.err &
+	pid=$!
+	n=0
+	while [ $n -lt 1000 ] && alive $pid && ! grep -qs 'inventory of outbound flows' /tmp/audit.err; do
+		usleep 100000
+		n=$((n + 1))
+	done
+	nc -w 1 203.0.113.10 8443 </dev/null >/dev/null 2>&1
+	wait $pid
+	code=$?
+	report "AUDIT $code $(tr -d '\n' </tmp/audit.json)"
+	while IFS= read -r line; do report "STDERR audit $line"; done </tmp/audit.err
+}
+
 # droptrace's programs loaded in the kernel (names from BTF, or cut to 15 characters).
 our_programs() {
 	bpftool prog show 2>/dev/null |
@@ -177,6 +196,7 @@ run_case attempts iptables-nft "--attempts"
 kill9_case
 doctor_case
 inventory_case
+audit_case
 
 report DONE
 poweroff -f

@@ -178,6 +178,8 @@ pub(super) struct Report<'a> {
     pub(super) doctor: Option<(String, Value)>,
     /// `droptrace inventory --json`: its exit code and report.
     pub(super) inventory: Option<(String, Value)>,
+    /// `droptrace audit --duration --json` of live traffic: its exit code and report.
+    pub(super) audit: Option<(String, Value)>,
     /// Why the guest gave no full report, with the end of its console.
     pub(super) infra: Option<String>,
     pub(super) took: Option<Duration>,
@@ -196,6 +198,7 @@ impl<'a> Report<'a> {
             kill9: None,
             doctor: None,
             inventory: None,
+            audit: None,
             infra: None,
             took: None,
         };
@@ -213,13 +216,13 @@ impl<'a> Report<'a> {
                         report.kill9 = Some((during, after));
                     }
                 }
-                "DOCTOR" | "INVENTORY" => {
+                "DOCTOR" | "INVENTORY" | "AUDIT" => {
                     let (code, json) = rest.split_once(' ').unwrap_or((rest, ""));
                     let value = serde_json::from_str::<Value>(json).unwrap_or(Value::Null);
-                    let slot = if tag == "DOCTOR" {
-                        &mut report.doctor
-                    } else {
-                        &mut report.inventory
+                    let slot = match tag {
+                        "DOCTOR" => &mut report.doctor,
+                        "INVENTORY" => &mut report.inventory,
+                        _ => &mut report.audit,
                     };
                     *slot = Some((code.to_string(), value));
                 }
@@ -317,6 +320,12 @@ impl<'a> Report<'a> {
                     self.spec.label, self.release
                 ));
             }
+            if let Some(problem) = self.audit_problem() {
+                out.push(format!(
+                    "{} ({}) audit: {problem}",
+                    self.spec.label, self.release
+                ));
+            }
         }
         out
     }
@@ -370,6 +379,26 @@ impl<'a> Report<'a> {
             }
         }
         out
+    }
+
+    /// Whether `droptrace audit` of live traffic found the dialled payment gateway among
+    /// the flows the proposed ruleset would drop (exit 1: some would be).
+    pub(super) fn audit_problem(&self) -> Option<String> {
+        let Some((code, report)) = &self.audit else {
+            return Some("no report from the guest".into());
+        };
+        if code != "1" {
+            return Some(format!(
+                "exit {code}, expected 1 (a flow the ruleset would drop)"
+            ));
+        }
+        let found = report["would_drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["services"].as_array().cloned().unwrap_or_default())
+            .any(|s| s["destination"] == "203.0.113.10:8443" && s["proto"] == "tcp");
+        (!found).then(|| "203.0.113.10:8443 is not among the flows it would drop".into())
     }
 
     /// Whether `droptrace inventory` saw the payment gateway dialled and dropped.
@@ -593,16 +622,22 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
         }
         let _ = writeln!(out, "  {stack}");
     }
-    let _ = write!(out, "  {:<34}", "inventory (dropped 8443 listed)");
-    for r in reports {
-        let cell = match r.inventory_problem() {
-            None => "pass".to_string(),
-            Some(_) if !r.spec.expect_pass => "fail (exp.)".to_string(),
-            Some(_) => "FAIL".to_string(),
-        };
-        let _ = write!(out, " {cell:>12}");
+    let checks: [(&str, fn(&Report<'_>) -> Option<String>); 2] = [
+        ("inventory (dropped 8443 listed)", |r| r.inventory_problem()),
+        ("audit of live traffic (8443)", |r| r.audit_problem()),
+    ];
+    for (label, check) in checks {
+        let _ = write!(out, "  {label:<34}");
+        for r in reports {
+            let cell = match check(r) {
+                None => "pass".to_string(),
+                Some(_) if !r.spec.expect_pass => "fail (exp.)".to_string(),
+                Some(_) => "FAIL".to_string(),
+            };
+            let _ = write!(out, " {cell:>12}");
+        }
+        out.push('\n');
     }
-    out.push('\n');
     for r in reports {
         for (program, why) in r.spec.may_lack {
             let _ = writeln!(out, "  {} may lack {program}: {why}", r.spec.label);
@@ -615,6 +650,9 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
         }
         if let Some(p) = r.inventory_problem() {
             let _ = writeln!(out, "  {} inventory: {p}", r.spec.label);
+        }
+        if let Some(p) = r.audit_problem() {
+            let _ = writeln!(out, "  {} audit: {p}", r.spec.label);
         }
     }
     out
