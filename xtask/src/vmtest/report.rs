@@ -622,14 +622,18 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
         }
         let _ = writeln!(out, "  {stack}");
     }
-    let checks: [(&str, fn(&Report<'_>) -> Option<String>); 2] = [
-        ("inventory (dropped 8443 listed)", |r| r.inventory_problem()),
-        ("audit of live traffic (8443)", |r| r.audit_problem()),
-    ];
-    for (label, check) in checks {
+    for label in [
+        "inventory (dropped 8443 listed)",
+        "audit of live traffic (8443)",
+    ] {
         let _ = write!(out, "  {label:<34}");
         for r in reports {
-            let cell = match check(r) {
+            let problem = if label.starts_with("inventory") {
+                r.inventory_problem()
+            } else {
+                r.audit_problem()
+            };
+            let cell = match problem {
                 None => "pass".to_string(),
                 Some(_) if !r.spec.expect_pass => "fail (exp.)".to_string(),
                 Some(_) => "FAIL".to_string(),
