@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -151,66 +150,14 @@ pub fn run(archive: &Path) -> anyhow::Result<()> {
     let daemon = Daemon::start()?;
     run_checked(daemon.docker(&["load", "--quiet", "-i"]).arg(archive))?;
 
-    let ns = Netns::create("dt-docker-app")?;
-    ns.exec(&[
-        "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
-    ])?;
-    let mut args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
-    args.extend(["--netns", &ns.name, "--json", "--duration", "6s"]);
-    let mut child = daemon
-        .docker(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run docker")?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    if !first.contains(r#""type":"start""#) {
-        let _ = child.kill();
-        let out = child.wait_with_output()?;
-        bail!(
-            "droptrace in Docker did not start: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "timeout", "2", "bash", "-c"])
-        .arg("exec 3<>/dev/tcp/127.0.0.1/8443")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "droptrace in Docker exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let drops: Vec<serde_json::Value> = rest
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "drop" && v["dport"] == 8443)
-        .collect();
-    match drops.iter().find(|d| d["attribution"] == "exact") {
-        Some(d) => {
-            say(&format!(
-                "the image under Docker, README's command: drop to 8443 named {} (exact)",
-                d["rule"]
-            ));
-            Ok(())
-        }
-        None => bail!(
-            "droptrace in Docker (the README's command) named no drop to 8443 exact: {}",
-            drops
-                .iter()
-                .map(|d| format!("{} ({}: {})", d["rule"], d["attribution"], d["why"]))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    }
+    crate::package_test::dropped_connection_named(
+        "the image under Docker, with the README's command",
+        |ns| {
+            let mut args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+            args.extend(["--netns", ns, "--json", "--duration", "6s"]);
+            daemon.docker(&args)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -279,25 +279,38 @@ fn unit_bounding_set(root: &Path) -> anyhow::Result<String> {
 /// connection to a port dropped in OUTPUT is tried in a namespace: the drop must be
 /// reported with its rule, `exact`.
 fn watch_in_root(root: &Path, what: &str, prefix: &[&str]) -> anyhow::Result<()> {
+    dropped_connection_named(what, |ns| {
+        let watch = [
+            "droptrace",
+            "watch",
+            "--netns",
+            ns,
+            "--json",
+            "--duration",
+            "6s",
+        ];
+        root_command(root, &[prefix, &watch[..]].concat())
+    })
+}
+
+/// A network namespace whose OUTPUT drops TCP 8443, `watch` started by `command` (given
+/// the namespace's name; it must print JSON lines and end by itself), and a connection to
+/// 127.0.0.1:8443 from the namespace: the drop must be reported with its rule, `exact`.
+/// `what` names the droptrace under test in messages.
+pub(crate) fn dropped_connection_named(
+    what: &str,
+    command: impl FnOnce(&str) -> Command,
+) -> anyhow::Result<()> {
     let ns = Netns::create("dt-pkg")?;
     ns.exec(&[
         "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "8443", "-j", "DROP",
     ])?;
-    let watch = [
-        "droptrace",
-        "watch",
-        "--netns",
-        &ns.name,
-        "--json",
-        "--duration",
-        "6s",
-    ];
-    let mut child = root_command(root, &[prefix, &watch[..]].concat())
+    let mut child = command(&ns.name)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot start droptrace in the root")?;
+        .with_context(|| format!("cannot start droptrace from {what}"))?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let first = lines.next().transpose()?.unwrap_or_default();
     if !first.contains(r#""type":"start""#) {
@@ -316,18 +329,21 @@ fn watch_in_root(root: &Path, what: &str, prefix: &[&str]) -> anyhow::Result<()>
         .stderr(Stdio::null())
         .status();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("droptrace from {what} exited with {status}");
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "droptrace from {what} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let drops: Vec<serde_json::Value> = rest
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "drop")
+        .filter(|v| v["type"] == "drop" && v["dport"] == 8443)
         .collect();
     let named = drops.iter().find(|d| {
-        d["dport"] == 8443
-            && d["attribution"] == "exact"
+        d["attribution"] == "exact"
             && d["rule"]
                 .as_str()
                 .is_some_and(|r| r.contains("--dport 8443") && r.contains("-j DROP"))
@@ -335,14 +351,18 @@ fn watch_in_root(root: &Path, what: &str, prefix: &[&str]) -> anyhow::Result<()>
     match named {
         Some(d) => {
             say(&format!(
-                "{what}: drop to 127.0.0.1:8443 reported, rule {} ({})",
-                d["rule"], d["attribution"]
+                "{what}: drop to 127.0.0.1:8443 reported, rule {} (exact)",
+                d["rule"]
             ));
             Ok(())
         }
         None => bail!(
             "droptrace from {what} reported no drop to 8443 with its rule, exact: {}",
-            rest.join("\n")
+            drops
+                .iter()
+                .map(|d| format!("{} ({}: {})", d["rule"], d["attribution"], d["why"]))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }
 }
