@@ -115,41 +115,38 @@ doctor_case() {
 	while IFS= read -r line; do report "STDERR doctor $line"; done </tmp/doctor.err
 }
 
-# `droptrace inventory` while the payment gateway is dialled through the incident's rule:
-# its report as one line of JSON.
-inventory_case() {
-	iptables-nft -A OUTPUT -p tcp --dport 1024:65535 -j DROP
-	droptrace inventory --json --duration 4s >/tmp/inv.json 2>/tmp/inv.err &
+# dial_while TAG NAME ARGS...: `droptrace ARGS --json` in the background; once it says it
+# watches, the payment gateway is dialled once; its exit code and JSON report, on one line,
+# as VMTEST-TAG (the inventory's programs say "inventory of outbound flows" when attached).
+dial_while() {
+	tag=$1 name=$2
+	shift 2
+	droptrace "$@" --json >/tmp/$name.json 2>/tmp/$name.err &
 	pid=$!
 	n=0
-	while [ $n -lt 1000 ] && alive $pid && ! grep -qs 'inventory of outbound flows' /tmp/inv.err; do
+	while [ $n -lt 1000 ] && alive $pid && ! grep -qs 'inventory of outbound flows' /tmp/$name.err; do
 		usleep 100000
 		n=$((n + 1))
 	done
 	nc -w 1 203.0.113.10 8443 </dev/null >/dev/null 2>&1
 	wait $pid
 	code=$?
-	report "INVENTORY $code $(tr -d '\n' </tmp/inv.json)"
-	while IFS= read -r line; do report "STDERR inventory $line"; done </tmp/inv.err
+	report "$tag $code $(tr -d '\n' </tmp/$name.json)"
+	while IFS= read -r line; do report "STDERR $name $line"; done </tmp/$name.err
+}
+
+# `droptrace inventory` while the payment gateway is dialled through the incident's rule.
+inventory_case() {
+	iptables-nft -A OUTPUT -p tcp --dport 1024:65535 -j DROP
+	dial_while INVENTORY inventory inventory --duration 4s
 	nft flush ruleset
 }
 
 # `droptrace audit` of live traffic against a proposed ruleset that would drop the payment
-# gateway (no rule in the guest drops it): its report as one line of JSON.
+# gateway (no rule in the guest drops it).
 audit_case() {
 	printf '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 8443 -j DROP\nCOMMIT\n' >/tmp/proposed.rules
-	droptrace audit --ruleset /tmp/proposed.rules --duration 4s --json >/tmp/audit.json 2>/tmp/audit.err &
-	pid=$!
-	n=0
-	while [ $n -lt 1000 ] && alive $pid && ! grep -qs 'inventory of outbound flows' /tmp/audit.err; do
-		usleep 100000
-		n=$((n + 1))
-	done
-	nc -w 1 203.0.113.10 8443 </dev/null >/dev/null 2>&1
-	wait $pid
-	code=$?
-	report "AUDIT $code $(tr -d '\n' </tmp/audit.json)"
-	while IFS= read -r line; do report "STDERR audit $line"; done </tmp/audit.err
+	dial_while AUDIT audit audit --ruleset /tmp/proposed.rules --duration 4s
 }
 
 # droptrace's programs loaded in the kernel (names from BTF, or cut to 15 characters).

@@ -174,26 +174,20 @@ pub fn check_all(kernel: &KernelBtf, netfilter_ranges: &[(u64, u64)]) -> Program
     let ring_tp = capture(AttachMode::Tracepoint, BufferKind::Ringbuf);
     let perf_btf = capture(AttachMode::TpBtf, BufferKind::Perf);
     let perf_tp = capture(AttachMode::Tracepoint, BufferKind::Perf);
-    let inventory = attempt(
-        InventoryCapture::start(kernel, &Filters::default(), false)
-            .map(|c| Attempt {
-                loaded: c.programs_loaded(),
-                error: None,
-                unavailable: None,
-                notes: c.blind_spots.clone(),
-            })
-            .map_err(|e| format!("{e:#}")),
-    );
-    let passed = attempt(
-        InventoryCapture::start(kernel, &Filters::default(), true)
-            .map(|c| Attempt {
-                loaded: c.programs_loaded(),
-                error: None,
-                unavailable: None,
-                notes: c.blind_spots.clone(),
-            })
-            .map_err(|e| format!("{e:#}")),
-    );
+    let inventory_capture = |passed: bool| {
+        attempt(
+            InventoryCapture::start(kernel, &Filters::default(), passed)
+                .map(|c| Attempt {
+                    loaded: c.programs_loaded(),
+                    error: None,
+                    unavailable: None,
+                    notes: c.blind_spots.clone(),
+                })
+                .map_err(|e| format!("{e:#}")),
+        )
+    };
+    let inventory = inventory_capture(false);
+    let passed = inventory_capture(true);
 
     let mut programs = Vec::new();
     for (object, bytes) in shipped_objects() {
