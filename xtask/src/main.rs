@@ -12,6 +12,7 @@ mod debian_root;
 mod demo;
 mod dist;
 mod docker_test;
+mod doctor_report;
 mod floor;
 mod fuzz;
 mod http;
@@ -235,13 +236,10 @@ fn margins(bin: &Path) -> anyhow::Result<()> {
         )
     })?;
     let limits = &report["limits"];
-    let (stack_budget, insn_budget) = (
-        limits["stack_budget"].as_u64().unwrap_or(0),
-        limits["insn_budget"].as_u64().unwrap_or(0),
-    );
+    let stack_budget = limits["stack_budget"].as_u64().unwrap_or(0);
     eprintln!(
         "  {:<15} {:<19} {:<11} {:>9} {:>6} {:>6}  stack chain (limit {}, budget {stack_budget}; \
-         instructions limit {}, budget {insn_budget})",
+         instructions limit {}, budget {})",
         "object",
         "program",
         "status",
@@ -250,49 +248,27 @@ fn margins(bin: &Path) -> anyhow::Result<()> {
         "margin",
         limits["stack_limit"],
         limits["insn_limit"],
+        limits["insn_budget"],
     );
-    let mut over = Vec::new();
     for p in report["programs"].as_array().into_iter().flatten() {
-        let name = format!(
-            "{}/{}",
-            p["object"].as_str().unwrap_or("?"),
-            p["program"].as_str().unwrap_or("?")
-        );
         let combined = p["stack"]["combined"].as_u64().unwrap_or(u64::MAX);
-        let chain: Vec<String> = p["stack"]["chain"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| d.to_string())
-            .collect();
-        let insns = p["verified_insns"].as_u64();
-        let status = p["status"].as_str().unwrap_or("?");
         eprintln!(
             "  {:<15} {:<19} {:<11} {:>9} {:>6} {:>6}  {}",
             p["object"].as_str().unwrap_or("?"),
             p["program"].as_str().unwrap_or("?"),
-            status,
-            insns.map_or("-".into(), |n| n.to_string()),
+            p["status"].as_str().unwrap_or("?"),
+            p["verified_insns"]
+                .as_u64()
+                .map_or("-".into(), |n| n.to_string()),
             combined,
             stack_budget as i64 - combined as i64,
-            chain.join("+"),
+            doctor_report::stack_chain(p),
         );
-        if combined > stack_budget {
-            over.push(format!("{name}: stack {combined} > {stack_budget}"));
-        }
-        if insns.is_some_and(|n| n > insn_budget) {
-            over.push(format!(
-                "{name}: {} instructions verified > {insn_budget}",
-                insns.unwrap_or(0)
-            ));
-        }
-        if status == "refused" || status == "not tried" {
-            over.push(format!(
-                "{name}: {status}: {}",
-                p["why"].as_str().unwrap_or("")
-            ));
-        }
     }
+    // Unavailable: this kernel cannot run it (no kprobes); refused or not tried is a failure.
+    let over = doctor_report::program_problems(&report, None, |p| {
+        p["status"] == "loaded" || p["status"] == "unavailable"
+    });
     if !over.is_empty() {
         bail!(
             "eBPF programs over their margins on this machine: {}",

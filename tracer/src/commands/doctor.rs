@@ -187,7 +187,10 @@ fn collect(args: &DoctorArgs) -> Report {
                 .into(),
         ));
     }
-    let capabilities = capabilities(release_is_before(&kernel_report.release, (5, 11)));
+    let capabilities = capabilities(
+        release_is_before(&kernel_report.release, (5, 11)),
+        kallsyms_addresses,
+    );
     for c in &capabilities {
         if let Some(cost) = &c.missing_costs {
             let health = if matches!(c.name.as_str(), "CAP_BPF" | "CAP_PERFMON") {
@@ -342,10 +345,10 @@ fn module_btf() -> Vec<String> {
 }
 
 /// (capability, what for, whether its absence costs anything on this host).
-fn capabilities(before_5_11: bool) -> Vec<CapabilityReport> {
+/// `kallsyms_open`: /proc/kallsyms already shows addresses (CAP_SYSLOG then costs nothing).
+fn capabilities(before_5_11: bool, kallsyms_open: bool) -> Vec<CapabilityReport> {
     let has = |c: Capability| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     let sys_admin = has(Capability::CAP_SYS_ADMIN);
-    let kallsyms_open = kallsyms_shows_addresses();
     let list: [(Capability, &'static str, Option<&'static str>); 8] = [
         (
             Capability::CAP_BPF,

@@ -344,40 +344,16 @@ impl<'a> Report<'a> {
         if report["health"] == "broken" {
             out.push(format!("broken: {}", report["problems"]));
         }
-        let limits = &report["limits"];
-        let stack_budget = limits["stack_budget"].as_u64().unwrap_or(0);
-        let insn_budget = self
-            .spec
-            .insn_budget
-            .map_or(limits["insn_budget"].as_u64().unwrap_or(0), |(n, _)| n);
-        for p in report["programs"].as_array().into_iter().flatten() {
-            let name = format!(
-                "{}/{}",
-                p["object"].as_str().unwrap_or("?"),
-                p["program"].as_str().unwrap_or("?")
-            );
-            let program = p["program"].as_str().unwrap_or("?");
-            let lack_allowed = p["status"] == "unavailable"
-                && self.spec.may_lack.iter().any(|(m, _)| *m == program);
-            if p["status"] != "loaded" && !lack_allowed {
-                out.push(format!("{name} {}: {}", p["status"], p["why"]));
-            }
-            if p["stack"]["combined"].as_u64().unwrap_or(u64::MAX) > stack_budget {
-                out.push(format!(
-                    "{name} stack {} over {stack_budget}",
-                    p["stack"]["combined"]
-                ));
-            }
-            if p["verified_insns"]
-                .as_u64()
-                .is_some_and(|n| n > insn_budget)
-            {
-                out.push(format!(
-                    "{name} {} instructions over {insn_budget}",
-                    p["verified_insns"]
-                ));
-            }
-        }
+        out.extend(crate::doctor_report::program_problems(
+            report,
+            self.spec.insn_budget.map(|(n, _)| n),
+            |p| {
+                let program = p["program"].as_str().unwrap_or("?");
+                p["status"] == "loaded"
+                    || (p["status"] == "unavailable"
+                        && self.spec.may_lack.iter().any(|(m, _)| *m == program))
+            },
+        ));
         out
     }
 
@@ -565,11 +541,7 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
             .iter()
             .flat_map(|(_, d)| d["programs"].as_array().cloned().unwrap_or_default())
         {
-            let name = format!(
-                "{}/{}",
-                p["object"].as_str().unwrap_or("?"),
-                p["program"].as_str().unwrap_or("?")
-            );
+            let name = crate::doctor_report::program_name(&p);
             if !programs.contains(&name) {
                 programs.push(name);
             }
@@ -591,13 +563,7 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
                 d["programs"]
                     .as_array()?
                     .iter()
-                    .find(|p| {
-                        format!(
-                            "{}/{}",
-                            p["object"].as_str().unwrap_or("?"),
-                            p["program"].as_str().unwrap_or("?")
-                        ) == *name
-                    })
+                    .find(|p| crate::doctor_report::program_name(p) == *name)
                     .cloned()
             });
             let cell = match &p {
@@ -610,13 +576,11 @@ pub(super) fn programs_table(reports: &[Report]) -> String {
             if let Some(p) = &p
                 && stack.is_empty()
             {
-                let chain: Vec<String> = p["stack"]["chain"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| d.to_string())
-                    .collect();
-                stack = format!("{} = {}", chain.join("+"), p["stack"]["combined"]);
+                stack = format!(
+                    "{} = {}",
+                    crate::doctor_report::stack_chain(p),
+                    p["stack"]["combined"]
+                );
             }
             let _ = write!(out, " {cell:>12}");
         }
