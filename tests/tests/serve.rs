@@ -526,6 +526,87 @@ fn a_hundred_thousand_flows_keep_the_destination_series_at_the_cap() -> anyhow::
     Ok(())
 }
 
+/// More flows than a deliberately small flow table (`--flow-table-size`, hidden, for tests),
+/// sent while `serve` is stopped: the rule's series still adds up to its counter (the
+/// kernel's aggregates give what no line carried), the port series to what was sent to
+/// each port, and /healthz says serve is degraded while it lasts.
+#[test]
+fn series_stay_exact_beyond_the_flow_table_and_healthz_says_so() -> anyhow::Result<()> {
+    let ns = Netns::new("beyond")?;
+    ns.exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])?;
+    let server = Server::start(&[
+        "--netns",
+        &ns.name,
+        "--flow-table-size",
+        "256",
+        "--max-ports",
+        "5000",
+    ])?;
+    let (status, body) = server.get("/healthz")?;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""status":"ok""#), "{body}");
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    // 3,000 flows of one datagram and one of 200: twelve times the flow table.
+    let sent = ns.udp_spray("127.0.0.2".parse()?, 20_000..=22_999);
+    let sent_one = ns.udp_send("127.0.0.2:5353".parse()?, 200);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    assert_eq!(
+        (sent?, sent_one?),
+        (0, 0),
+        "every datagram is dropped (EPERM)"
+    );
+    let counter = output_counters(&ns)?[0].0;
+    assert_eq!(counter, 3200);
+    let mut degraded = None;
+    let mut rules = Vec::new();
+    wait_for(
+        "the rule's series to reach its counter",
+        Duration::from_secs(30),
+        || {
+            let (_, health) = server.get("/healthz")?;
+            if health.contains(r#""status":"degraded""#) {
+                degraded = Some(health);
+            }
+            rules = server.samples("droptrace_drops_total", &ns.name)?;
+            Ok(rules.iter().map(|s| value(s)).sum::<f64>() == counter as f64)
+        },
+    );
+    // One rule, named in every series (lines exact, aggregates inferred).
+    assert!(!rules.is_empty());
+    for r in &rules {
+        assert!(r.contains(r#"chain="OUTPUT",rule="1""#), "{r}");
+    }
+    let health = degraded.expect("/healthz said degraded while flows were given up");
+    let health: Value = serde_json::from_str(&health)?;
+    assert!(
+        health["beyond_flow_table_drops"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert!(
+        !health["reasons"].as_array().unwrap().is_empty(),
+        "{health}"
+    );
+    // By port: what was sent to each.
+    let ports = server.samples("droptrace_port_drops_total", &ns.name)?;
+    assert_eq!(ports.len(), 3001, "port series");
+    for p in &ports {
+        let expect = if p.contains(r#"port="5353""#) {
+            200.0
+        } else {
+            1.0
+        };
+        assert_eq!(value(p), expect, "{p}");
+    }
+    let (_, body) = server.get("/metrics")?;
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("droptrace_beyond_flow_table_drops_total ") && value(l) > 0.0),
+        "{body}"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_2() -> anyhow::Result<()> {
     let taken = TcpListener::bind("127.0.0.1:0")?;

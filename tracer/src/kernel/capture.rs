@@ -8,7 +8,7 @@ use std::{collections::HashMap, io};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
@@ -48,6 +48,7 @@ const STATS: &str = "STATS";
 const FLOWS: &str = "FLOWS";
 const FLOW_CACHE: &str = "FLOW_CACHE";
 const AGGREGATES: &str = "AGGREGATES";
+const AGG_USED: &str = "AGG_USED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -177,6 +178,8 @@ pub struct Capture {
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
     cache: PerCpuArray<MapData, FlowCache>,
     aggregates: BpfHashMap<MapData, AggKey, AggCount>,
+    /// Keys the program tried to add to `aggregates` (tracer-ebpf/src/drops.rs).
+    aggregates_used: Array<MapData, u64>,
 }
 
 /// What the CPUs' flow caches hold of one flow, not yet in the flow table nor in its
@@ -322,6 +325,8 @@ impl Capture {
             .map_err(|e| CaptureError::Map(FLOW_CACHE, e.to_string()))?;
         let aggregates = BpfHashMap::try_from(take(&mut ebpf, AGGREGATES)?)
             .map_err(|e| CaptureError::Map(AGGREGATES, e.to_string()))?;
+        let aggregates_used = Array::try_from(take(&mut ebpf, AGG_USED)?)
+            .map_err(|e| CaptureError::Map(AGG_USED, e.to_string()))?;
         Ok(Capture {
             mode,
             verdicts,
@@ -331,6 +336,7 @@ impl Capture {
             flows,
             cache,
             aggregates,
+            aggregates_used,
         })
     }
 
@@ -433,6 +439,36 @@ impl Capture {
             sum.bytes += c.bytes;
         }
         Ok(out)
+    }
+
+    /// Deletes the aggregates of the namespaces `gone` names, and gives their room back to
+    /// new keys (the program sends new keys to their coarse key once it has tried to add
+    /// `MAX_AGGREGATES - AGG_RESERVE`). Only for a capture that reported their drops as it
+    /// went (`serve`): their counts are gone with them. Returns how many were deleted.
+    pub fn forget_aggregates(&mut self, gone: &impl Fn(u32) -> bool) -> Result<usize, String> {
+        let err = |e: aya::maps::MapError| format!("cannot prune the kernel's aggregates: {e}");
+        let mut keep = 0u64;
+        let mut doomed = Vec::new();
+        for key in self.aggregates.keys() {
+            let key = key.map_err(err)?;
+            if gone(key.netns) {
+                doomed.push(key);
+            } else {
+                keep += 1;
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        for key in &doomed {
+            // Another CPU cannot add to a namespace that is gone; a key already deleted
+            // is no error.
+            let _ = self.aggregates.remove(key);
+        }
+        // What is left is what the table holds; CPUs racing with this write only make the
+        // count run a little ahead, which the reserve covers.
+        self.aggregates_used.set(0, &keep, 0).map_err(err)?;
+        Ok(doomed.len())
     }
 
     /// The state of each of `keys` the kernel counted: the flow table's, counts completed

@@ -11,19 +11,29 @@
 //!
 //! Only at the end: during a capture some of an aggregate's drops are still on their way
 //! to a line (a flow's next record), and reporting them twice would break the sums.
+//!
+//! `serve` has no end: it reports them as it goes ([`LiveBook`]). A line it cannot make
+//! within the second's budget is given up (its flow's count is taken as reported), so no
+//! line can later bring drops an aggregate already gave; then, after the whole flow table
+//! was read, whatever an aggregate counted (read first) beyond its lines is beyond for
+//! good. Reading the aggregates before the flows keeps the estimate from above: a drop
+//! counted after the aggregates were read can only make it smaller, never count twice.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use tracer_common::{AggCount, AggKey};
 
 use crate::{
     attribution::{beyond::Counted, packet::rule_ct_state},
     kernel::{
-        drop::CtState,
+        drop::{CtState, Tally},
         filter::proto_name,
         stack::{Engine, Hook},
     },
-    record::DropRecord,
+    record::{DropRecord, rule::Attribution},
 };
 
 /// Lines a capture that counts beyond the flow table makes per second, at most: the rest
@@ -72,40 +82,164 @@ impl SiteBook {
     }
 }
 
-/// Drops reported on lines, per aggregate.
+/// Drops reported on lines, per aggregate: credited when a line is made, not when it is
+/// printed, so lines still waiting for their rule are not taken for drops beyond.
 #[derive(Debug, Default)]
 pub struct LineBook {
-    lines: HashMap<AggKey, u64>,
+    lines: HashMap<AggKey, Tally>,
+    total: u64,
 }
 
 impl LineBook {
     pub fn credit(&mut self, r: &DropRecord) {
         if let Some(k) = r.aggregate {
-            *self.lines.entry(k).or_default() += r.count;
+            let t = self.lines.entry(k).or_default();
+            t.packets += r.count;
+            t.bytes += r.bytes;
+            self.total += r.count;
         }
     }
 
-    /// What each aggregate counted beyond its lines. A line's aggregate that the kernel
-    /// does not have was counted in its coarse key (the table had no room for it).
-    pub fn beyond(&self, aggregates: &HashMap<AggKey, AggCount>) -> Vec<(AggKey, u64)> {
-        let mut lines: HashMap<AggKey, u64> = HashMap::new();
+    /// Drops credited to lines so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// What each aggregate counted beyond its lines (and beyond `given`, what was
+    /// reported beyond before). A line's aggregate that the kernel does not have was
+    /// counted in its coarse key (the table had no room for it).
+    pub fn beyond(
+        &self,
+        aggregates: &HashMap<AggKey, AggCount>,
+        given: &HashMap<AggKey, Tally>,
+    ) -> Vec<(AggKey, Tally)> {
+        let mut lines: HashMap<AggKey, Tally> = HashMap::new();
         for (k, n) in &self.lines {
             let at = if aggregates.contains_key(k) {
                 *k
             } else {
                 k.coarse()
             };
-            *lines.entry(at).or_default() += n;
+            let t = lines.entry(at).or_default();
+            t.packets += n.packets;
+            t.bytes += n.bytes;
         }
-        let mut out: Vec<(AggKey, u64)> = aggregates
+        let mut out: Vec<(AggKey, Tally)> = aggregates
             .iter()
             .filter_map(|(k, c)| {
-                let n = c.packets.saturating_sub(lines.get(k).copied().unwrap_or(0));
-                (n > 0).then_some((*k, n))
+                let mut reported = lines.get(k).copied().unwrap_or_default();
+                if let Some(g) = given.get(k) {
+                    reported.packets += g.packets;
+                    reported.bytes += g.bytes;
+                }
+                let counted = Tally {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                };
+                let n = counted.since(reported);
+                (n.packets > 0).then_some((*k, n))
             })
             .collect();
-        out.sort_unstable();
+        out.sort_unstable_by_key(|(k, _)| *k);
         out
+    }
+
+    /// Forgets the aggregates of namespaces `gone` names (a capture of weeks).
+    pub fn forget(&mut self, gone: &impl Fn(u32) -> bool) {
+        self.lines.retain(|k, _| !gone(k.netns));
+    }
+}
+
+/// Drops counted only in an aggregate, with the rule named from its fields.
+#[derive(Debug, Clone)]
+pub struct BeyondCount {
+    pub netns: u32,
+    pub count: u64,
+    pub bytes: u64,
+    pub hook: Option<Hook>,
+    pub rule: Attribution,
+    /// What the aggregate knows of the destination: `*:5353`.
+    pub dst: String,
+    pub proto: String,
+    pub port: Option<u16>,
+}
+
+/// How often, at most, `serve` reads the aggregates and the whole flow table to report
+/// drops beyond it: a full read of a busy table costs a few hundred milliseconds of CPU.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(3);
+
+/// How long `serve` says it is degraded after per-flow detail was last given up.
+pub const DEGRADED_FOR: Duration = Duration::from_secs(60);
+
+/// `serve`'s running account of drops reported beyond the flow table (see the module doc).
+#[derive(Debug, Default)]
+pub struct LiveBook {
+    /// What each aggregate gave so far.
+    given: HashMap<AggKey, Tally>,
+    total: u64,
+    /// Reported since the front-end last took them.
+    fresh: Vec<BeyondCount>,
+    last_reconcile: Option<Instant>,
+    /// Lines given up (their flows' drops left to the aggregates), and when last.
+    lines_given_up: u64,
+    last_given_up: Option<Instant>,
+}
+
+impl LiveBook {
+    /// Whether the aggregates are to be read now: something the lines did not report
+    /// (`backlog`), and not read within [`RECONCILE_EVERY`].
+    pub fn due(&self, backlog: bool) -> bool {
+        backlog
+            && self
+                .last_reconcile
+                .is_none_or(|t| t.elapsed() >= RECONCILE_EVERY)
+    }
+
+    pub fn gave_up_line(&mut self) {
+        self.lines_given_up += 1;
+        self.last_given_up = Some(Instant::now());
+    }
+
+    /// What `lines` leave of `aggregates` beyond what was given before: to be attributed
+    /// and handed to [`LiveBook::report`].
+    pub fn unreported(
+        &mut self,
+        lines: &LineBook,
+        aggregates: &HashMap<AggKey, AggCount>,
+    ) -> Vec<(AggKey, Tally)> {
+        self.last_reconcile = Some(Instant::now());
+        lines.beyond(aggregates, &self.given)
+    }
+
+    pub fn report(&mut self, key: AggKey, n: Tally, count: BeyondCount) {
+        let g = self.given.entry(key).or_default();
+        g.packets += n.packets;
+        g.bytes += n.bytes;
+        self.total += n.packets;
+        self.fresh.push(count);
+    }
+
+    /// Drops reported beyond the flow table so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn take(&mut self) -> Vec<BeyondCount> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Lines given up so far, and whether one was within [`DEGRADED_FOR`].
+    pub fn lines_given_up(&self) -> (u64, bool) {
+        (
+            self.lines_given_up,
+            self.last_given_up
+                .is_some_and(|t| t.elapsed() < DEGRADED_FOR),
+        )
+    }
+
+    /// Forgets the aggregates of namespaces `gone` names.
+    pub fn forget(&mut self, gone: &impl Fn(u32) -> bool) {
+        self.given.retain(|k, _| !gone(k.netns));
     }
 }
 
@@ -188,10 +322,67 @@ mod tests {
             (key(53).coarse(), count(7)),
             (key(80), count(4)),
         ]);
+        let packets = |v: Vec<(AggKey, Tally)>| -> Vec<(AggKey, u64)> {
+            v.into_iter().map(|(k, t)| (k, t.packets)).collect()
+        };
         assert_eq!(
-            lines.beyond(&aggs),
+            packets(lines.beyond(&aggs, &HashMap::new())),
             vec![(key(53).coarse(), 5), (key(53), 7), (key(80), 4)]
         );
+        assert_eq!(lines.total(), 5);
+        // What was given before is not given again.
+        let given = HashMap::from([(
+            key(53),
+            Tally {
+                packets: 7,
+                bytes: 0,
+            },
+        )]);
+        assert_eq!(
+            packets(lines.beyond(&aggs, &given)),
+            vec![(key(53).coarse(), 5), (key(80), 4)]
+        );
+    }
+
+    #[test]
+    fn live_reports_give_each_drop_once() {
+        let mut lines = LineBook::default();
+        let mut live = LiveBook::default();
+        assert!(live.due(true) && !live.due(false));
+        let mut aggs = HashMap::from([(key(53), count(10))]);
+        let mut r = sample();
+        r.aggregate = Some(key(53));
+        r.count = 4;
+        lines.credit(&r);
+        fn give(live: &mut LiveBook, lines: &LineBook, aggs: &HashMap<AggKey, AggCount>) {
+            for (k, n) in live.unreported(lines, aggs) {
+                let c = BeyondCount {
+                    netns: k.netns,
+                    count: n.packets,
+                    bytes: n.bytes,
+                    hook: None,
+                    rule: Attribution::none("test"),
+                    dst: "*:53".into(),
+                    proto: "udp".into(),
+                    port: Some(53),
+                };
+                live.report(k, n, c);
+            }
+        }
+        give(&mut live, &lines, &aggs);
+        assert_eq!(live.total(), 6);
+        assert!(!live.due(true), "read again only after RECONCILE_EVERY");
+        // The kernel counted 5 more, of which a line reported 2.
+        aggs.insert(key(53), count(15));
+        r.count = 2;
+        lines.credit(&r);
+        give(&mut live, &lines, &aggs);
+        assert_eq!(live.total() + lines.total(), 15);
+        assert_eq!(live.take().iter().map(|c| c.count).sum::<u64>(), 9);
+        assert!(live.take().is_empty());
+        live.forget(&|ns| ns == 1);
+        lines.forget(&|ns| ns == 1);
+        assert!(live.given.is_empty() && lines.lines.is_empty());
     }
 
     #[test]

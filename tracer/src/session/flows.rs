@@ -52,7 +52,7 @@ struct Seen {
 
 /// What a line rebuilt from the kernel's flow entry lacks and its rule may need: the hook
 /// and engine (from the stack of its first record), the devices, whether it had a socket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Sketch {
     hook: Option<Hook>,
     engine: Option<Engine>,
@@ -153,6 +153,36 @@ impl FlowBook {
         }
         if self.templates > MAX_TEMPLATES {
             self.let_old_templates_go();
+        }
+    }
+
+    /// Takes the flow's drops up to `cumulative` as reported without a line: `serve` left
+    /// them to the aggregates (see `session::beyond::LiveBook`), and no later line may
+    /// bring them again. Not marked active: a scan's given-up flows are not re-read every
+    /// second; a flow that grows again writes a record.
+    pub fn give_up(&mut self, key: FlowKey, cumulative: Tally) {
+        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
+            self.forget_oldest();
+        }
+        match self.seen.get_mut(&key) {
+            Some(s) => {
+                if cumulative.packets > s.reported.packets {
+                    s.reported = cumulative;
+                }
+            }
+            None => {
+                let now = Instant::now();
+                let idle = now.checked_sub(ACTIVE_WINDOW * 2).unwrap_or(now);
+                self.seen.insert(
+                    key,
+                    Seen {
+                        reported: cumulative,
+                        template: None,
+                        sketch: Sketch::default(),
+                        last_growth: idle,
+                    },
+                );
+            }
         }
     }
 
@@ -280,6 +310,29 @@ mod tests {
             "nothing left to report"
         );
         assert_eq!(1 + 39 + 60, 100);
+    }
+
+    #[test]
+    fn a_given_up_flow_reports_only_what_came_after() {
+        let mut book = FlowBook::default();
+        let k = key(7);
+        book.give_up(k, t(5));
+        assert!(book.knows(&k));
+        assert!(
+            book.active(ACTIVE_WINDOW).is_empty(),
+            "not re-read every second"
+        );
+        assert_eq!(book.unreported(&k, t(5)), t(0));
+        // It grows again: only the new packets, rebuilt from the kernel's entry.
+        assert!(matches!(
+            book.catch_up(&k, t(8), "t".into()),
+            CatchUp::Rebuild(_)
+        ));
+        assert_eq!(book.unreported(&k, t(8)), t(3));
+        // A known flow given up keeps the larger count.
+        book.reported(k, t(8), &sample());
+        book.give_up(k, t(6));
+        assert_eq!(book.unreported(&k, t(8)), t(0));
     }
 
     #[test]

@@ -127,6 +127,12 @@ pub struct Health {
     pub ruleset_reads: u64,
     /// Reads that left a source unread or unparsed.
     pub ruleset_reads_with_problems: u64,
+    /// Drops reported from the kernel's aggregates, without per-flow detail (in `reported`).
+    pub beyond_flow_table: u64,
+    /// Flows whose line was given up to the aggregates (`serve`), and whether one was
+    /// given up within `beyond::DEGRADED_FOR`.
+    pub lines_given_up: u64,
+    pub detail_degraded: bool,
 }
 
 /// Whether output continues after a batch of lines.
@@ -168,6 +174,8 @@ pub struct Session {
     line_budget: Option<usize>,
     /// A line was left to a later second since the flow table was last read whole.
     lines_deferred: bool,
+    /// Drops beyond the flow table reported as the capture goes (`serve`), not at its end.
+    live: Option<beyond::LiveBook>,
     started: Instant,
     last_prune: Instant,
     /// Records lost when the flow table was last read whole, and when.
@@ -293,6 +301,7 @@ impl Session {
             lines_by_aggregate: beyond::LineBook::default(),
             line_budget: None,
             lines_deferred: false,
+            live: None,
             process_filter: filters.clone(),
             filtered_out: 0,
             limited: false,
@@ -322,12 +331,37 @@ impl Session {
         }
     }
 
+    /// Like [`Session::count_beyond_flow_table`], for a capture without an end (`serve`):
+    /// drops beyond the flow table are reported every few seconds (see
+    /// [`beyond::LiveBook`], taken with [`Session::take_beyond`]), and a line that does not
+    /// fit in its second is given up to the aggregates rather than made later, so lines in
+    /// flight stay bounded however many flows a scan brings.
+    pub fn count_beyond_flow_table_live(&mut self, c: &CaptureArgs) {
+        self.count_beyond_flow_table(c);
+        if self.line_budget.is_some() {
+            self.live = Some(beyond::LiveBook::default());
+        }
+    }
+
+    /// Drops beyond the flow table reported since the last call (see
+    /// [`Session::count_beyond_flow_table_live`]).
+    pub fn take_beyond(&mut self) -> Vec<beyond::BeyondCount> {
+        self.live
+            .as_mut()
+            .map(beyond::LiveBook::take)
+            .unwrap_or_default()
+    }
+
     /// Whether another line may be made now (see [`Session::count_beyond_flow_table`]).
     fn line_allowed(&mut self) -> bool {
         match &mut self.line_budget {
             None => true,
             Some(0) => {
-                self.lines_deferred = true;
+                if let Some(live) = &mut self.live {
+                    live.gave_up_line();
+                } else {
+                    self.lines_deferred = true;
+                }
                 false
             }
             Some(n) => {
@@ -374,7 +408,7 @@ impl Session {
         &mut self,
         c: &CaptureArgs,
         emit: impl FnMut(&DropRecord) -> io::Result<()>,
-        tick_fn: impl FnMut(&Session) -> io::Result<()>,
+        tick_fn: impl FnMut(&mut Session) -> io::Result<()>,
     ) -> anyhow::Result<()> {
         self.run_until(c, emit, tick_fn, std::future::pending())
             .await
@@ -386,7 +420,7 @@ impl Session {
         &mut self,
         c: &CaptureArgs,
         mut emit: impl FnMut(&DropRecord) -> io::Result<()>,
-        mut tick_fn: impl FnMut(&Session) -> io::Result<()>,
+        mut tick_fn: impl FnMut(&mut Session) -> io::Result<()>,
         until: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(until);
@@ -429,6 +463,10 @@ impl Session {
                     *budget = beyond::LINES_PER_TICK;
                 }
             }
+            // Before the records are read: what the lines must account for by now.
+            let matched = (sweep && self.live.is_some())
+                .then(|| self.capture.stats().ok())
+                .flatten();
             // Drain also after a stop: records already in the ring buffer count.
             self.capture.drain(&mut batch);
             for d in batch.drain(..) {
@@ -436,7 +474,10 @@ impl Session {
             }
             if sweep {
                 self.sweep_active(&mut staged);
-                self.sweep_after_lost_records(&mut staged);
+                match matched {
+                    Some(stats) => self.report_beyond_live(&stats, &mut staged),
+                    None => self.sweep_after_lost_records(&mut staged),
+                }
                 self.forget_gone_namespaces();
             }
             if stop {
@@ -474,8 +515,21 @@ impl Session {
             return;
         }
         self.last_prune = Instant::now();
+        let alive = crate::enrich::netns::LiveNamespaces::scan();
         if let Some(a) = &mut self.attributor {
-            a.forget_gone(&crate::enrich::netns::LiveNamespaces::scan());
+            a.forget_gone(&alive);
+        }
+        // `serve` reported their drops as it went: their aggregates give the kernel's
+        // table room back for the namespaces to come.
+        if let Some(live) = &mut self.live {
+            let gone = |netns: u32| !alive.has_inode(netns);
+            match self.capture.forget_aggregates(&gone) {
+                Ok(0) => {}
+                Ok(n) => log::debug!("forgot {n} aggregates of namespaces that are gone"),
+                Err(e) => log::warn!("{e}"),
+            }
+            self.lines_by_aggregate.forget(&gone);
+            live.forget(&gone);
         }
     }
 
@@ -504,6 +558,9 @@ impl Session {
             ruleset_reads: crate::attribution::snapshot::READS.load(Relaxed),
             ruleset_reads_with_problems: crate::attribution::snapshot::READS_WITH_PROBLEMS
                 .load(Relaxed),
+            beyond_flow_table: self.summary.beyond_flow_table(),
+            lines_given_up: self.live.as_ref().map_or(0, |l| l.lines_given_up().0),
+            detail_degraded: self.live.as_ref().is_some_and(|l| l.lines_given_up().1),
         }
     }
 
@@ -543,6 +600,9 @@ impl Session {
         }
         // Its drops stay counted in the kernel: a later line or the aggregates report them.
         if !self.line_allowed() {
+            if self.live.is_some() {
+                self.book.give_up(d.key, d.cumulative);
+            }
             return;
         }
         let (key, cumulative, site) = (
@@ -557,6 +617,13 @@ impl Session {
         rec.count = delta.packets;
         rec.bytes = delta.bytes;
         self.book.reported(key, cumulative, &rec);
+        self.made(rec, out);
+    }
+
+    /// A line is made: its drops are credited to its aggregate now, before it waits for
+    /// its rule, so the aggregates' share beyond the lines is never counted twice.
+    fn made(&mut self, rec: DropRecord, out: &mut Vec<DropRecord>) {
+        self.lines_by_aggregate.credit(&rec);
         out.push(rec);
     }
 
@@ -605,12 +672,18 @@ impl Session {
         out: &mut Vec<DropRecord>,
     ) {
         let cumulative = Tally::of(state);
-        if self.book.unreported(key, cumulative).packets == 0 || !self.line_allowed() {
+        if self.book.unreported(key, cumulative).packets == 0 {
+            return;
+        }
+        if !self.line_allowed() {
+            if self.live.is_some() {
+                self.book.give_up(*key, cumulative);
+            }
             return;
         }
         match self.book.catch_up(key, cumulative, now.to_string()) {
             CatchUp::Nothing => {}
-            CatchUp::Line(rec) => out.push(*rec),
+            CatchUp::Line(rec) => self.made(*rec, out),
             CatchUp::Rebuild(sketch) => {
                 let mut rec = self.enricher.record(Drop::from_flow(key, state));
                 sketch.apply(&mut rec);
@@ -618,7 +691,7 @@ impl Session {
                 let delta = self.book.unreported(key, cumulative);
                 (rec.count, rec.bytes) = (delta.packets, delta.bytes);
                 self.book.reported(*key, cumulative, &rec);
-                out.push(rec);
+                self.made(rec, out);
             }
         }
     }
@@ -663,7 +736,6 @@ impl Session {
                 }
             }
             self.summary.add(&rec);
-            self.lines_by_aggregate.credit(&rec);
             if let Some(a) = &mut self.attempts {
                 a.observe(&rec);
             }
@@ -680,18 +752,54 @@ impl Session {
         })
     }
 
-    /// Adds to the summary what the kernel's aggregates counted beyond the lines, each
-    /// aggregate's drops attributed from its fields (see [`beyond`]).
-    fn report_beyond(
+    /// With `serve`: when the lines leave drops the kernel counted unreported (`stats`
+    /// read before this tick's records), at most every [`beyond::RECONCILE_EVERY`], reads
+    /// the aggregates, then the whole flow table, and reports what the aggregates counted
+    /// beyond the lines (see [`beyond`] for why in that order).
+    fn report_beyond_live(
         &mut self,
-        aggregates: &std::collections::HashMap<tracer_common::AggKey, tracer_common::AggCount>,
+        stats: &crate::kernel::capture::KernelStats,
+        out: &mut Vec<DropRecord>,
     ) {
-        let beyond = self.lines_by_aggregate.beyond(aggregates);
-        let mut by_netns: std::collections::BTreeMap<u32, Vec<(tracer_common::AggKey, u64)>> =
+        let Some(live) = &self.live else {
+            return;
+        };
+        let accounted = self.lines_by_aggregate.total() + live.total();
+        if !live.due(stats.matched.saturating_sub(stats.unaggregated) > accounted) {
+            return;
+        }
+        let aggregates = match self.capture.aggregates() {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("{e}: drops beyond the flow table are not reported");
+                return;
+            }
+        };
+        self.last_full_sweep = Instant::now();
+        self.sweep_all(out);
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        let items = live.unreported(&self.lines_by_aggregate, &aggregates);
+        for (key, n, count) in self.attribute_beyond(items) {
+            self.summary.add_beyond(&count);
+            if let Some(live) = &mut self.live {
+                live.report(key, n, count);
+            }
+        }
+    }
+
+    /// Names the rule of drops counted only in aggregate, from each aggregate's fields.
+    fn attribute_beyond(
+        &mut self,
+        items: Vec<(tracer_common::AggKey, Tally)>,
+    ) -> Vec<(tracer_common::AggKey, Tally, beyond::BeyondCount)> {
+        let mut by_netns: std::collections::BTreeMap<u32, Vec<(tracer_common::AggKey, Tally)>> =
             std::collections::BTreeMap::new();
-        for (k, n) in beyond {
+        for (k, n) in items {
             by_netns.entry(k.netns).or_default().push((k, n));
         }
+        let mut out = Vec::new();
         for (netns, items) in by_netns {
             let counted: Vec<_> = items
                 .iter()
@@ -701,18 +809,25 @@ impl Session {
                 Some(a) => a.beyond(netns, &counted),
                 None => vec![crate::record::rule::Attribution::none("--no-rules"); counted.len()],
             };
-            for (((k, n), c), rule) in items.iter().zip(&counted).zip(&rules) {
-                let (dst, proto) = beyond::destination(k);
-                self.summary.add_beyond(summary::Beyond {
-                    count: *n,
-                    hook: c.hook,
-                    rule,
-                    dst,
-                    proto: &proto,
-                    port: c.dport,
-                });
+            for (((k, n), c), rule) in items.into_iter().zip(counted).zip(rules) {
+                let (dst, proto) = beyond::destination(&k);
+                out.push((
+                    k,
+                    n,
+                    beyond::BeyondCount {
+                        netns,
+                        count: n.packets,
+                        bytes: n.bytes,
+                        hook: c.hook,
+                        rule,
+                        dst,
+                        proto,
+                        port: c.dport,
+                    },
+                ));
             }
         }
+        out
     }
 
     /// The closing totals, checked against the kernel's own count of matched drops.
@@ -729,7 +844,17 @@ impl Session {
         };
         if self.line_budget.is_some() {
             match self.capture.aggregates() {
-                Ok(aggregates) => self.report_beyond(&aggregates),
+                Ok(aggregates) => {
+                    let items = match &mut self.live {
+                        Some(live) => live.unreported(&self.lines_by_aggregate, &aggregates),
+                        None => self
+                            .lines_by_aggregate
+                            .beyond(&aggregates, &std::collections::HashMap::new()),
+                    };
+                    for (_, _, count) in self.attribute_beyond(items) {
+                        self.summary.add_beyond(&count);
+                    }
+                }
                 Err(e) => log::warn!("{e}: drops beyond the flow table are reported as lost"),
             }
             if stats.unaggregated > 0 {

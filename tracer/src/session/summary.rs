@@ -42,16 +42,6 @@ pub struct PortCount {
     pub count: u64,
 }
 
-/// Drops counted only in aggregate, for [`Summary::add_beyond`].
-pub struct Beyond<'a> {
-    pub count: u64,
-    pub hook: Option<Hook>,
-    pub rule: &'a crate::record::rule::Attribution,
-    pub dst: String,
-    pub proto: &'a str,
-    pub port: Option<u16>,
-}
-
 #[derive(Debug, Serialize, PartialEq)]
 pub struct DestinationCount {
     pub dst: String,
@@ -124,11 +114,16 @@ impl Summary {
 
     /// Adds drops counted only in aggregate: `dst` is what the aggregate knows of their
     /// destination (`*:5353`), `port` their port when it has one.
-    pub fn add_beyond(&mut self, b: Beyond<'_>) {
+    pub fn add_beyond(&mut self, b: &crate::session::beyond::BeyondCount) {
         self.total += b.count;
         self.beyond_flow_table += b.count;
-        self.count_destination(b.dst, b.proto.to_string(), b.count);
-        self.count_by_hook_rule_port(b.hook, Some(b.rule), b.proto, b.port, b.count);
+        self.count_destination(b.dst.clone(), b.proto.clone(), b.count);
+        self.count_by_hook_rule_port(b.hook, Some(&b.rule), &b.proto, b.port, b.count);
+    }
+
+    /// Drops counted only in the kernel's aggregates so far.
+    pub fn beyond_flow_table(&self) -> u64 {
+        self.beyond_flow_table
     }
 
     fn count_destination(&mut self, dst: String, proto: String, count: u64) {

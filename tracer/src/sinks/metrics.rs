@@ -1,13 +1,19 @@
 //! Drops as Prometheus metrics, for `droptrace serve`.
 //!
 //! Counters by rule, labelled with the rule's identity and how sure droptrace is of it
-//! (`attribution`, as in `watch`): their number follows the rulesets,
-//! not the traffic, so a port scan adds no series. Destinations, which do follow the
-//! traffic, are a family of their own capped at `max_destinations` series, the rest
-//! counted in one `other` series. Series of namespaces that are gone are removed after a
-//! TTL; with process or container labels, series idle for a TTL are too (processes come
-//! and go). The exposition is the maintained `prometheus-client` crate's, in the
-//! Prometheus text format or OpenMetrics.
+//! (`attribution`, as in `watch`): their number follows the rulesets, not the traffic, so
+//! a port scan adds no series. Drops beyond the kernel's flow table come from its
+//! aggregates ([`DropMetrics::observe_beyond`]), so every rule's series adds up to its
+//! counter whatever the number of flows; what they lack is per-flow detail (address,
+//! process), never drops.
+//!
+//! What follows the traffic is capped, the rest counted in one `other` series each:
+//! destinations (`max_destinations`), destination ports (`max_ports`), and the series of
+//! `droptrace_drops_total` (`max_series`: with process or container labels, a new one
+//! past nine tenths of the cap loses those; past the cap, all its labels). Series of namespaces that are gone are
+//! removed after a TTL; with process or container labels, series idle for a TTL are too
+//! (processes come and go). The exposition is the maintained `prometheus-client` crate's,
+//! in the Prometheus text format or OpenMetrics.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,8 +28,9 @@ use prometheus_client::{
 
 use crate::{
     enrich::netns::{LiveNamespaces, NsIdentity},
-    record::DropRecord,
-    session::Health,
+    kernel::stack::Hook,
+    record::{DropRecord, rule::Attribution},
+    session::{Health, beyond::BeyondCount, summary::OTHER},
 };
 
 /// A series' labels, in order; only the labels asked for are present.
@@ -43,6 +50,10 @@ pub enum ExtraLabel {
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub max_destinations: usize,
+    /// Destination-port series kept at most.
+    pub max_ports: usize,
+    /// Series of `droptrace_drops_total` kept at most.
+    pub max_series: usize,
     pub ttl: Duration,
     pub extra: Vec<ExtraLabel>,
     /// For `droptrace_build_info`.
@@ -58,41 +69,98 @@ struct SeriesAge {
     last_growth: Instant,
 }
 
+/// A family's series with their ages, under a cap: further series go to one overflow.
+struct Capped {
+    family: Family<Labels, Counter>,
+    ages: HashMap<Labels, SeriesAge>,
+    cap: usize,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Self {
+        Capped {
+            family: Family::default(),
+            ages: HashMap::new(),
+            cap,
+        }
+    }
+
+    fn has_room_for(&self, labels: &Labels) -> bool {
+        self.ages.contains_key(labels) || self.ages.len() < self.cap
+    }
+
+    /// Room for a new series that names a process: up to nine tenths of the cap, the
+    /// rest kept for the series that no longer do (`process="other"`).
+    fn has_room_for_process(&self, labels: &Labels) -> bool {
+        self.ages.contains_key(labels) || self.ages.len() < self.cap - self.cap / 10
+    }
+
+    /// Adds `n` to `labels`' series, or to the overflow series (every label `other`,
+    /// not counted against the cap) when the cap is reached.
+    fn add(&mut self, labels: Labels, n: u64, netns: NsIdentity, now: Instant) {
+        if self.has_room_for(&labels) {
+            self.family.get_or_create(&labels).inc_by(n);
+            touch(&mut self.ages, labels, netns, now);
+        } else {
+            self.family.get_or_create(&overflow(&labels)).inc_by(n);
+        }
+    }
+}
+
+/// The series that counts what a cap left out: the same label names, every value `other`.
+fn overflow(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .map(|(k, _)| (*k, OTHER.to_string()))
+        .collect()
+}
+
 pub struct DropMetrics {
     registry: Registry,
-    drops: Family<Labels, Counter>,
+    drops: Capped,
     /// Same labels as `drops`.
     dropped_bytes: Family<Labels, Counter>,
-    destinations: Family<Labels, Counter>,
+    destinations: Capped,
+    ports: Capped,
     matched: Counter,
     records_lost: Counter,
     unreported: Gauge,
+    beyond_flow_table: Counter,
+    lines_given_up: Counter,
     reads: Counter,
     read_problems: Counter,
-    series: HashMap<Labels, SeriesAge>,
-    destination_series: HashMap<Labels, SeriesAge>,
     /// Namespaces found gone, and since when.
     gone_since: HashMap<NsIdentity, Instant>,
     config: MetricsConfig,
     last_health: Option<Health>,
 }
 
-/// The series that holds destinations beyond the cap.
-fn other_destination() -> Labels {
-    ["netns", "proto", "dst", "port"]
-        .into_iter()
-        .map(|k| (k, crate::session::summary::OTHER.to_string()))
-        .collect()
+/// What one count of drops says, from a line or from an aggregate.
+struct Observed<'a> {
+    rule: Option<&'a Attribution>,
+    hook: Option<Hook>,
+    netns: NsIdentity,
+    proto: &'a str,
+    dst: String,
+    port: Option<u16>,
+    process: Option<&'a str>,
+    container: Option<&'a str>,
+    count: u64,
+    bytes: u64,
 }
 
 impl DropMetrics {
     pub fn new(config: MetricsConfig) -> Self {
         let mut registry = Registry::default();
-        let drops = Family::<Labels, Counter>::default();
+        let drops = Capped::new(config.max_series);
         registry.register(
             "droptrace_drops",
-            "Packets dropped by the firewall, by the rule that dropped them",
-            drops.clone(),
+            format!(
+                "Packets dropped by the firewall, by the rule that dropped them; beyond {} \
+                 series, counted in one series whose labels are all \"other\"",
+                config.max_series
+            ),
+            drops.family.clone(),
         );
         let dropped_bytes = Family::<Labels, Counter>::default();
         registry.register(
@@ -101,14 +169,25 @@ impl DropMetrics {
              byte counter counts them)",
             dropped_bytes.clone(),
         );
-        let destinations = Family::<Labels, Counter>::default();
+        let destinations = Capped::new(config.max_destinations);
         registry.register(
             "droptrace_destination_drops",
             format!(
-                "Dropped packets by destination; beyond {} destinations, counted in dst=\"other\"",
+                "Dropped packets by destination (dst=\"*\": drops beyond the flow table, whose \
+                 address is not kept); beyond {} destinations, counted in dst=\"other\"",
                 config.max_destinations
             ),
-            destinations.clone(),
+            destinations.family.clone(),
+        );
+        let ports = Capped::new(config.max_ports);
+        registry.register(
+            "droptrace_port_drops",
+            format!(
+                "Dropped packets by destination port (ICMP: empty), whatever the address; \
+                 beyond {} series, counted in port=\"other\"",
+                config.max_ports
+            ),
+            ports.family.clone(),
         );
         let matched = Counter::default();
         registry.register(
@@ -127,9 +206,23 @@ impl DropMetrics {
         let unreported = Gauge::default();
         registry.register(
             "droptrace_unreported_drops",
-            "Drops counted by the kernel and reported by no series yet: a second's worth in \
-             flight, or more when the flow table overflowed",
+            "Drops counted by the kernel and reported by no series yet: a few seconds' worth \
+             in flight, more when serve falls behind (see /healthz)",
             unreported.clone(),
+        );
+        let beyond_flow_table = Counter::default();
+        registry.register(
+            "droptrace_beyond_flow_table_drops",
+            "Drops counted in droptrace_drops from the kernel's aggregates, without per-flow \
+             detail (more flows at once than the flow table or the lines a second hold)",
+            beyond_flow_table.clone(),
+        );
+        let lines_given_up = Counter::default();
+        registry.register(
+            "droptrace_lines_given_up",
+            "Flows whose drops went to the aggregates instead of a line (no address, process \
+             or /drops entry for them)",
+            lines_given_up.clone(),
         );
         let reads = Counter::default();
         registry.register(
@@ -156,13 +249,14 @@ impl DropMetrics {
             drops,
             dropped_bytes,
             destinations,
+            ports,
             matched,
             records_lost,
             unreported,
+            beyond_flow_table,
+            lines_given_up,
             reads,
             read_problems,
-            series: HashMap::new(),
-            destination_series: HashMap::new(),
             gone_since: HashMap::new(),
             config,
             last_health: None,
@@ -171,78 +265,92 @@ impl DropMetrics {
 
     /// Counts a drop line.
     pub fn observe(&mut self, r: &DropRecord, now: Instant) {
-        let labels = self.rule_labels(r);
-        self.drops.get_or_create(&labels).inc_by(r.count);
-        self.dropped_bytes.get_or_create(&labels).inc_by(r.bytes);
-        touch(&mut self.series, labels, identity(r), now);
-
-        let mut dest: Labels = vec![
-            ("netns", netns_label(r)),
-            ("proto", r.proto.clone()),
-            ("dst", r.dst.to_string()),
-            ("port", r.dport.map(|p| p.to_string()).unwrap_or_default()),
-        ];
-        let beyond_cap = !self.destination_series.contains_key(&dest)
-            && self.destination_series.len() >= self.config.max_destinations;
-        if beyond_cap {
-            dest = other_destination();
-        }
-        self.destinations.get_or_create(&dest).inc_by(r.count);
-        if !beyond_cap {
-            touch(&mut self.destination_series, dest, identity(r), now);
-        }
+        self.count(
+            Observed {
+                rule: r.rule.as_ref(),
+                hook: r.hook,
+                netns: NsIdentity {
+                    inode: r.netns,
+                    name: r.netns_name.clone(),
+                },
+                proto: &r.proto,
+                dst: r.dst.to_string(),
+                port: r.dport,
+                process: Some(&r.comm),
+                container: r.container.as_deref(),
+                count: r.count,
+                bytes: r.bytes,
+            },
+            now,
+        );
     }
 
-    fn rule_labels(&self, r: &DropRecord) -> Labels {
-        let a = r.rule.as_ref();
-        let field = |f: fn(&crate::record::rule::Attribution) -> Option<String>| {
-            a.and_then(f).unwrap_or_default()
-        };
-        let rule = match a {
-            Some(a) if a.verdict.as_deref() == Some("policy") => "policy".to_string(),
-            Some(a) => a
-                .rule_num
-                .map(|n| n.to_string())
-                .or(a.rule_handle.map(|h| format!("handle {h}")))
-                .unwrap_or_default(),
-            None => String::new(),
-        };
-        let owner = a.and_then(|a| a.owner.as_ref());
-        let mut labels: Labels = vec![
-            ("backend", field(|a| a.backend.clone())),
-            ("table_family", field(|a| a.table_family.clone())),
-            ("table", field(|a| a.table.clone())),
-            ("chain", field(|a| a.chain.clone())),
-            ("rule", rule),
-            ("verdict", field(|a| a.verdict.clone())),
-            ("rule_text", field(|a| a.rule.clone())),
-            // How sure: a rule named on `inferred` grounds says so here too.
-            (
-                "attribution",
-                a.map(|a| a.attribution.as_str().to_string())
-                    .unwrap_or_default(),
-            ),
-            (
-                "owner",
-                owner.map(|o| o.tool.to_string()).unwrap_or_default(),
-            ),
-            (
-                "owner_object",
-                owner.and_then(|o| o.object.clone()).unwrap_or_default(),
-            ),
-            (
-                "hook",
-                r.hook.map(|h| h.as_str().to_string()).unwrap_or_default(),
-            ),
-            ("netns", netns_label(r)),
-        ];
+    /// Counts drops the kernel's aggregates counted beyond the lines: no address, no
+    /// process (those labels are empty).
+    pub fn observe_beyond(&mut self, b: &BeyondCount, netns_name: Option<String>, now: Instant) {
+        self.count(
+            Observed {
+                rule: Some(&b.rule),
+                hook: b.hook,
+                netns: NsIdentity {
+                    inode: b.netns,
+                    name: netns_name,
+                },
+                proto: &b.proto,
+                dst: "*".to_string(),
+                port: b.port,
+                process: None,
+                container: None,
+                count: b.count,
+                bytes: b.bytes,
+            },
+            now,
+        );
+    }
+
+    fn count(&mut self, o: Observed<'_>, now: Instant) {
+        let netns = o
+            .netns
+            .name
+            .clone()
+            .unwrap_or_else(|| o.netns.inode.to_string());
+        let mut labels = rule_labels(o.rule, o.hook, &netns);
         for extra in &self.config.extra {
             labels.push(match extra {
-                ExtraLabel::Process => ("process", r.comm.clone()),
-                ExtraLabel::Container => ("container", r.container.clone().unwrap_or_default()),
+                ExtraLabel::Process => ("process", o.process.unwrap_or_default().to_string()),
+                ExtraLabel::Container => ("container", o.container.unwrap_or_default().to_string()),
             });
         }
-        labels
+        // Near the cap, a series first loses what follows processes.
+        if !self.config.extra.is_empty() && !self.drops.has_room_for_process(&labels) {
+            for (k, v) in &mut labels {
+                if matches!(*k, "process" | "container") {
+                    *v = OTHER.to_string();
+                }
+            }
+        }
+        let labels = if self.drops.has_room_for(&labels) {
+            labels
+        } else {
+            overflow(&labels)
+        };
+        self.dropped_bytes.get_or_create(&labels).inc_by(o.bytes);
+        self.drops.add(labels, o.count, o.netns.clone(), now);
+
+        let port = o.port.map(|p| p.to_string()).unwrap_or_default();
+        let dest: Labels = vec![
+            ("netns", netns.clone()),
+            ("proto", o.proto.to_string()),
+            ("dst", o.dst),
+            ("port", port.clone()),
+        ];
+        self.destinations.add(dest, o.count, o.netns.clone(), now);
+        let port: Labels = vec![
+            ("netns", netns),
+            ("proto", o.proto.to_string()),
+            ("port", port),
+        ];
+        self.ports.add(port, o.count, o.netns, now);
     }
 
     /// Brings the capture's health counters up to `h` (counters only grow: the deltas).
@@ -273,6 +381,16 @@ impl DropMetrics {
             Some(h.ruleset_reads_with_problems),
             before.map(|b| b.ruleset_reads_with_problems),
         );
+        grow(
+            &self.beyond_flow_table,
+            Some(h.beyond_flow_table),
+            before.map(|b| b.beyond_flow_table),
+        );
+        grow(
+            &self.lines_given_up,
+            Some(h.lines_given_up),
+            before.map(|b| b.lines_given_up),
+        );
         if let Some(m) = h.matched_in_kernel {
             let unreported = m.saturating_sub(h.reported + h.filtered_out);
             self.unreported
@@ -287,33 +405,29 @@ impl DropMetrics {
     pub fn expire(&mut self, live: &LiveNamespaces, now: Instant) {
         let ttl = self.config.ttl;
         self.gone_since.retain(|ns, _| !live.holds(ns));
-        for age in self.series.values().chain(self.destination_series.values()) {
-            if !live.holds(&age.netns) {
-                self.gone_since.entry(age.netns.clone()).or_insert(now);
+        for family in [&self.drops, &self.destinations, &self.ports] {
+            for age in family.ages.values() {
+                if !live.holds(&age.netns) {
+                    self.gone_since.entry(age.netns.clone()).or_insert(now);
+                }
             }
         }
+        let gone_since = &self.gone_since;
         let gone_long = |netns: &NsIdentity| {
-            self.gone_since
+            gone_since
                 .get(netns)
                 .is_some_and(|t| now.duration_since(*t) >= ttl)
         };
         let idle_expires = !self.config.extra.is_empty();
-        let expired = |age: &SeriesAge| {
+        let bytes = &self.dropped_bytes;
+        remove_where(&mut self.drops, Some(bytes), |age| {
             gone_long(&age.netns) || (idle_expires && now.duration_since(age.last_growth) >= ttl)
-        };
-        remove_where(
-            &[&self.drops, &self.dropped_bytes],
-            &mut self.series,
-            expired,
-        );
-        remove_where(&[&self.destinations], &mut self.destination_series, |a| {
-            gone_long(&a.netns)
         });
-        let referenced: HashSet<&NsIdentity> = self
-            .series
-            .values()
-            .chain(self.destination_series.values())
-            .map(|a| &a.netns)
+        remove_where(&mut self.destinations, None, |a| gone_long(&a.netns));
+        remove_where(&mut self.ports, None, |a| gone_long(&a.netns));
+        let referenced: HashSet<NsIdentity> = [&self.drops, &self.destinations, &self.ports]
+            .iter()
+            .flat_map(|f| f.ages.values().map(|a| a.netns.clone()))
             .collect();
         self.gone_since.retain(|ns, _| referenced.contains(ns));
     }
@@ -329,23 +443,73 @@ impl DropMetrics {
         Ok(out)
     }
 
-    /// Series of `droptrace_drops_total` and of destinations (without `other`).
-    pub fn series_count(&self) -> (usize, usize) {
-        (self.series.len(), self.destination_series.len())
+    /// Series of `droptrace_drops_total`, of destinations and of ports (without the
+    /// overflow series).
+    pub fn series_count(&self) -> (usize, usize, usize) {
+        (
+            self.drops.ages.len(),
+            self.destinations.ages.len(),
+            self.ports.ages.len(),
+        )
     }
 }
 
-/// Removes from `families` (and from `ages`) the series whose age says so.
+/// The labels that name a rule, with its hook and namespace.
+fn rule_labels(a: Option<&Attribution>, hook: Option<Hook>, netns: &str) -> Labels {
+    let field = |f: fn(&Attribution) -> Option<String>| a.and_then(f).unwrap_or_default();
+    let rule = match a {
+        Some(a) if a.verdict.as_deref() == Some("policy") => "policy".to_string(),
+        Some(a) => a
+            .rule_num
+            .map(|n| n.to_string())
+            .or(a.rule_handle.map(|h| format!("handle {h}")))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let owner = a.and_then(|a| a.owner.as_ref());
+    vec![
+        ("backend", field(|a| a.backend.clone())),
+        ("table_family", field(|a| a.table_family.clone())),
+        ("table", field(|a| a.table.clone())),
+        ("chain", field(|a| a.chain.clone())),
+        ("rule", rule),
+        ("verdict", field(|a| a.verdict.clone())),
+        ("rule_text", field(|a| a.rule.clone())),
+        // How sure: a rule named on `inferred` grounds says so here too.
+        (
+            "attribution",
+            a.map(|a| a.attribution.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "owner",
+            owner.map(|o| o.tool.to_string()).unwrap_or_default(),
+        ),
+        (
+            "owner_object",
+            owner.and_then(|o| o.object.clone()).unwrap_or_default(),
+        ),
+        (
+            "hook",
+            hook.map(|h| h.as_str().to_string()).unwrap_or_default(),
+        ),
+        ("netns", netns.to_string()),
+    ]
+}
+
+/// Removes from `c` (and from `also`) the series whose age says so.
 fn remove_where(
-    families: &[&Family<Labels, Counter>],
-    ages: &mut HashMap<Labels, SeriesAge>,
+    c: &mut Capped,
+    also: Option<&Family<Labels, Counter>>,
     expired: impl Fn(&SeriesAge) -> bool,
 ) {
-    ages.retain(|labels, age| {
+    let family = &c.family;
+    c.ages.retain(|labels, age| {
         let keep = !expired(age);
         if !keep {
-            for family in families {
-                family.remove(labels);
+            family.remove(labels);
+            if let Some(also) = also {
+                also.remove(labels);
             }
         }
         keep
@@ -370,18 +534,6 @@ fn touch(map: &mut HashMap<Labels, SeriesAge>, labels: Labels, netns: NsIdentity
     }
 }
 
-fn identity(r: &DropRecord) -> NsIdentity {
-    NsIdentity {
-        inode: r.netns,
-        name: r.netns_name.clone(),
-    }
-}
-
-/// The namespace's name, or its inode when it has none.
-fn netns_label(r: &DropRecord) -> String {
-    r.netns_name.clone().unwrap_or_else(|| r.netns.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +542,8 @@ mod tests {
     fn config(max_destinations: usize) -> MetricsConfig {
         MetricsConfig {
             max_destinations,
+            max_ports: 1000,
+            max_series: 1000,
             ttl: Duration::from_secs(60),
             extra: vec![],
             version: "0.1.0".into(),
@@ -462,7 +616,7 @@ mod tests {
             r.dport = Some(port);
             m.observe(&r, Instant::now());
         }
-        assert_eq!(m.series_count(), (1, 3));
+        assert_eq!(m.series_count(), (1, 3, 10));
         let text = m.encode(false).unwrap();
         let dests: Vec<&str> = text
             .lines()
@@ -470,6 +624,80 @@ mod tests {
             .collect();
         assert_eq!(dests.len(), 4, "{text}");
         assert!(text.contains(r#"dst="other",port="other"} 7"#), "{text}");
+    }
+
+    #[test]
+    fn ports_and_drops_series_beyond_their_caps_go_to_other() {
+        let mut c = config(100);
+        c.max_ports = 2;
+        c.max_series = 10;
+        c.extra = vec![ExtraLabel::Process];
+        let mut m = DropMetrics::new(c);
+        let mut r = attributed();
+        r.count = 1;
+        for (port, comm) in (1..=4).zip(["a", "b", "c", "d"]) {
+            r.dport = Some(port);
+            m.observe(&r, Instant::now());
+            r.comm = comm.into();
+        }
+        assert_eq!(m.series_count(), (4, 4, 2));
+        let text = m.encode(false).unwrap();
+        assert!(
+            text.contains(
+                r#"droptrace_port_drops_total{netns="other",proto="other",port="other"} 2"#
+            ),
+            "{text}"
+        );
+        // Past nine tenths of the cap, new processes lose their name; the rule keeps its.
+        for i in 0..20 {
+            r.comm = format!("p{i}");
+            m.observe(&r, Instant::now());
+        }
+        assert_eq!(m.series_count().0, 10);
+        let text = m.encode(false).unwrap();
+        assert!(
+            text.contains(r#"rule="4""#) && text.contains(r#"process="other"} 15"#),
+            "{text}"
+        );
+        // A fourth rule series finds no room even without its process: every label other.
+        r.rule.as_mut().unwrap().rule_num = Some(9);
+        m.observe(&r, Instant::now());
+        let text = m.encode(false).unwrap();
+        assert!(
+            text.contains(r#"droptrace_drops_total{backend="other",table_family="other""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn drops_beyond_the_flow_table_count_under_their_rule_without_address() {
+        let mut m = DropMetrics::new(config(10));
+        let b = BeyondCount {
+            netns: 7,
+            count: 500,
+            bytes: 500 * 60,
+            hook: Some(Hook::Output),
+            rule: crate::attribution::tests::brief_rule(),
+            dst: "*:8443".into(),
+            proto: "tcp".into(),
+            port: Some(8443),
+        };
+        m.observe_beyond(&b, Some("client".into()), Instant::now());
+        m.observe(&attributed(), Instant::now());
+        let text = m.encode(false).unwrap();
+        let rule = text
+            .lines()
+            .filter(|l| l.starts_with("droptrace_drops_total{") && l.contains(r#"rule="4""#))
+            .collect::<Vec<_>>();
+        assert_eq!(rule.len(), 1, "one series for lines and aggregates: {text}");
+        assert!(rule[0].ends_with(" 537"), "{text}");
+        assert!(
+            text.contains(
+                r#"droptrace_port_drops_total{netns="client",proto="tcp",port="8443"} 537"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"dst="*",port="8443"} 500"#), "{text}");
     }
 
     #[test]
@@ -506,15 +734,15 @@ mod tests {
         m.observe(&r, t0);
         let none = LiveNamespaces::default();
         m.expire(&none, t0);
-        assert_eq!(m.series_count(), (1, 1), "gone, but not for a TTL yet");
+        assert_eq!(m.series_count(), (1, 1, 1), "gone, but not for a TTL yet");
         m.expire(&none, t0 + Duration::from_secs(61));
-        assert_eq!(m.series_count(), (0, 0));
+        assert_eq!(m.series_count(), (0, 0, 0));
         assert!(!m.encode(false).unwrap().contains("droptrace_drops_total{"));
         // A namespace that lives keeps its series however idle.
         m.observe(&r, t0);
         let live = LiveNamespaces::from_names(&[(r.netns, r.netns_name.as_deref())]);
         m.expire(&live, t0 + Duration::from_secs(3600));
-        assert_eq!(m.series_count(), (1, 1));
+        assert_eq!(m.series_count(), (1, 1, 1));
     }
 
     #[test]
@@ -527,7 +755,7 @@ mod tests {
         let live = LiveNamespaces::from_names(&[(r.netns, Some("next"))]);
         m.expire(&live, t0);
         m.expire(&live, t0 + Duration::from_secs(61));
-        assert_eq!(m.series_count(), (0, 0));
+        assert_eq!(m.series_count(), (0, 0, 0));
     }
 
     #[test]
@@ -541,6 +769,9 @@ mod tests {
             filtered_out: 0,
             ruleset_reads: 5,
             ruleset_reads_with_problems: 1,
+            beyond_flow_table: 0,
+            lines_given_up: 0,
+            detail_degraded: false,
         };
         m.set_health(&h);
         h.matched_in_kernel = Some(12);

@@ -111,11 +111,15 @@ async fn drops(State(shared): State<SharedState>, Query(q): Query<DropsQuery>) -
     .into_response()
 }
 
+/// `ok`; `degraded` (still 200: a liveness probe must not restart a capture that is
+/// catching up) when the series lag the kernel by more than a few seconds of drops, or
+/// per-flow detail was given up to the aggregates within the last minute; `failing` (503)
+/// when the kernel's counters cannot be read.
 async fn healthz(State(shared): State<SharedState>) -> Response {
     let s = lock(&shared);
     let uptime = s.started.elapsed().as_secs_f64();
-    match &s.health {
-        Some(h) if h.error.is_some() => (
+    if let Some(h) = s.health.as_ref().filter(|h| h.error.is_some()) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
                 "status": "failing",
@@ -123,15 +127,34 @@ async fn healthz(State(shared): State<SharedState>) -> Response {
                 "uptime_s": uptime,
             })),
         )
-            .into_response(),
-        h => Json(serde_json::json!({
-            "status": "ok",
-            "uptime_s": uptime,
-            "drops_reported": h.as_ref().map_or(0, |h| h.reported),
-            "records_lost": h.as_ref().and_then(|h| h.records_lost),
-        }))
-        .into_response(),
+            .into_response();
     }
+    let h = s.health.as_ref();
+    let mut reasons = Vec::new();
+    if s.behind > 0 {
+        reasons.push(format!(
+            "{} drops counted by the kernel are not in the series yet",
+            s.behind
+        ));
+    }
+    if h.is_some_and(|h| h.detail_degraded) {
+        reasons.push(
+            "more flows than the flow table or the lines a second hold: recent drops are \
+             counted by rule and port without addresses or processes"
+                .to_string(),
+        );
+    }
+    Json(serde_json::json!({
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "reasons": reasons,
+        "uptime_s": uptime,
+        "drops_reported": h.map_or(0, |h| h.reported),
+        "backlog_drops": s.behind,
+        "beyond_flow_table_drops": h.map_or(0, |h| h.beyond_flow_table),
+        "lines_given_up": h.map_or(0, |h| h.lines_given_up),
+        "records_lost": h.and_then(|h| h.records_lost),
+    }))
+    .into_response()
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
@@ -161,6 +184,8 @@ mod tests {
     fn shared() -> SharedState {
         let mut metrics = DropMetrics::new(MetricsConfig {
             max_destinations: 10,
+            max_ports: 10,
+            max_series: 10,
             ttl: Duration::from_secs(60),
             extra: vec![],
             version: "0.1.0".into(),
@@ -174,6 +199,7 @@ mod tests {
             metrics,
             recent,
             health: None,
+            behind: 0,
             keep_drops: Duration::from_secs(3600),
             started: now,
         }))

@@ -4,10 +4,17 @@
 //! The capture runs on the main thread as for `watch`; the HTTP server on a thread of its
 //! own, so a slow ruleset read never delays a scrape and a slow client never delays the
 //! capture. Both meet in [`Shared`], behind one lock held for a record or a render.
+//!
+//! Meant to run for weeks on every node, so everything it keeps is capped (see the
+//! constants here, [`crate::sinks::metrics`] and `docs/fleet.md`): under a port scan the
+//! per-flow detail (lines, `/drops` entries, process labels) gives way first, and the
+//! per-rule series keep adding up to the kernel's counters from its aggregates
+//! ([`Session::count_beyond_flow_table_live`]).
 
 mod http;
 
 use std::{
+    collections::VecDeque,
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -35,6 +42,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9849";
 /// Distinct recent drops kept for `/drops`, at most.
 const MAX_RECENT: usize = 10_000;
 
+/// A `serve` whose series miss more drops than the kernel counted in this long says it is
+/// behind (`/healthz`: degraded): lines take a second or two to get their rule, and drops
+/// beyond the flow table are read every few seconds.
+const LAG_ALLOWED: Duration = Duration::from_secs(5);
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -53,6 +65,14 @@ pub struct ServeArgs {
     /// are counted in one dst="other" series.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_destinations: usize,
+    /// Destination-port series (netns, proto, port) kept at most; further ports are
+    /// counted in one port="other" series.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_ports: usize,
+    /// Series of droptrace_drops_total kept at most; a further one loses its process and
+    /// container labels, then all of them ("other").
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_series: usize,
     /// How long the series of a namespace that is gone stay before they are removed (at
     /// most 31d).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
@@ -71,8 +91,38 @@ pub struct Shared {
     pub metrics: DropMetrics,
     pub recent: RecentDrops,
     pub health: Option<Health>,
+    /// Drops the kernel counted that no series has yet, beyond [`LAG_ALLOWED`]'s worth.
+    pub behind: u64,
     pub keep_drops: Duration,
     pub started: Instant,
+}
+
+/// What the kernel counted over the last [`LAG_ALLOWED`], to tell a capture that is
+/// behind from one whose last seconds of drops are on their way.
+#[derive(Debug, Default)]
+struct Lag {
+    matched: VecDeque<(Instant, u64)>,
+}
+
+impl Lag {
+    /// Of the drops `h` says are unreported, those counted before the last
+    /// [`LAG_ALLOWED`].
+    fn behind(&mut self, h: &Health, now: Instant) -> u64 {
+        let Some(m) = h.matched_in_kernel else {
+            return 0;
+        };
+        self.matched.push_back((now, m));
+        while self
+            .matched
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > LAG_ALLOWED)
+        {
+            self.matched.pop_front();
+        }
+        let recent = m - self.matched.front().map_or(m, |(_, then)| *then);
+        let unreported = m.saturating_sub(h.reported + h.filtered_out);
+        unreported.saturating_sub(recent)
+    }
 }
 
 pub type SharedState = Arc<Mutex<Shared>>;
@@ -88,9 +138,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let mut session = Session::start(&args.filters, &args.capture, false)?;
+    session.count_beyond_flow_table_live(&args.capture);
     let info = session.start_info(&args.filters, &args.capture);
     let config = MetricsConfig {
         max_destinations: args.max_destinations,
+        max_ports: args.max_ports,
+        max_series: args.max_series,
         ttl: args.series_ttl,
         extra: args.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -100,6 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: DropMetrics::new(config),
         recent: RecentDrops::new(MAX_RECENT, args.keep_drops),
         health: None,
+        behind: 0,
         keep_drops: args.keep_drops,
         started: Instant::now(),
     }));
@@ -112,6 +166,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Namespaces are looked up at most every 10 s, and often enough for a short TTL.
     let expire_every = (args.series_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut last_expiry = Instant::now();
+    let mut lag = Lag::default();
     let result = session
         .run_with_tick(
             &args.capture,
@@ -128,6 +183,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
             },
             |session| {
+                let beyond: Vec<_> = session
+                    .take_beyond()
+                    .into_iter()
+                    .map(|b| {
+                        let name = session.enricher.netns_name(b.netns);
+                        (b, name)
+                    })
+                    .collect();
                 let health = session.health();
                 if let Some(e) = &health.error {
                     log::error!("{e}");
@@ -135,9 +198,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let now = Instant::now();
                 let live = (now.duration_since(last_expiry) >= expire_every)
                     .then(crate::enrich::netns::LiveNamespaces::scan);
+                let behind = lag.behind(&health, now);
                 let mut s = lock(&shared);
+                for (b, name) in beyond {
+                    s.metrics.observe_beyond(&b, name, now);
+                }
                 s.metrics.set_health(&health);
                 s.health = Some(health);
+                s.behind = behind;
                 if let Some(live) = live {
                     last_expiry = now;
                     s.metrics.expire(&live, now);
