@@ -7,6 +7,14 @@ use droptrace::cli::{Cli, Command};
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // glibc gives each thread that allocates an arena of its own and keeps what they
+    // free; two arenas keep a capture of weeks from holding several bursts' worth.
+    // (musl, the release binary, has one allocator and returns what is freed.)
+    #[cfg(target_env = "gnu")]
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

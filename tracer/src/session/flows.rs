@@ -29,11 +29,11 @@ use crate::{
     record::DropRecord,
 };
 
-/// Flows remembered at most (as many as the kernel tracks).
+/// Flows remembered at most, unless told (as many as the kernel's table holds by default).
 const MAX_TRACKED: usize = tracer_common::MAX_FLOWS as usize;
 
-/// Flows whose full record is kept, at most (the most recently grown).
-const MAX_TEMPLATES: usize = 16_384;
+/// Flows whose full record is kept, at most (the most recently grown): ~6 MB of records.
+const MAX_TEMPLATES: usize = 4_096;
 
 /// Flows that grew this recently are re-read from the kernel on every tick.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
@@ -59,7 +59,9 @@ pub struct Sketch {
     engine_guessed: bool,
     has_socket: bool,
     receiver: bool,
-    devices: Box<(String, String, String)>,
+    /// `None` for a flow given up to the aggregates (no record to take them from): a scan
+    /// leaves 131,072 of those, each an allocation fewer.
+    devices: Option<Box<(String, String, String)>>,
 }
 
 impl Sketch {
@@ -70,7 +72,11 @@ impl Sketch {
             engine_guessed: r.engine_guessed,
             has_socket: r.has_socket,
             receiver: r.receiver,
-            devices: Box::new((r.ifname.clone(), r.in_ifname.clone(), r.out_ifname.clone())),
+            devices: Some(Box::new((
+                r.ifname.clone(),
+                r.in_ifname.clone(),
+                r.out_ifname.clone(),
+            ))),
         }
     }
 
@@ -83,10 +89,12 @@ impl Sketch {
         }
         r.has_socket |= self.has_socket;
         r.receiver |= self.receiver;
-        let (ifname, in_ifname, out_ifname) = &*self.devices;
-        r.ifname.clone_from(ifname);
-        r.in_ifname.clone_from(in_ifname);
-        r.out_ifname.clone_from(out_ifname);
+        if let Some(devices) = &self.devices {
+            let (ifname, in_ifname, out_ifname) = &**devices;
+            r.ifname.clone_from(ifname);
+            r.in_ifname.clone_from(in_ifname);
+            r.out_ifname.clone_from(out_ifname);
+        }
     }
 }
 
@@ -102,13 +110,30 @@ pub enum CatchUp {
     Rebuild(Sketch),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlowBook {
     seen: HashMap<FlowKey, Seen>,
     templates: usize,
+    /// Flows remembered at most: as many as the kernel's flow table holds.
+    max_tracked: usize,
+}
+
+impl Default for FlowBook {
+    fn default() -> Self {
+        FlowBook::tracking(MAX_TRACKED)
+    }
 }
 
 impl FlowBook {
+    /// A book for a kernel flow table of `flows` flows.
+    pub fn tracking(flows: usize) -> Self {
+        FlowBook {
+            seen: HashMap::new(),
+            templates: 0,
+            max_tracked: flows.max(1),
+        }
+    }
+
     /// Packets and bytes of `key` not yet reported, given the kernel's cumulative counts.
     pub fn unreported(&self, key: &FlowKey, cumulative: Tally) -> Tally {
         cumulative.since(
@@ -121,7 +146,7 @@ impl FlowBook {
     /// Records that `rec` (whose `count` and `bytes` are already the delta) reports the
     /// flow up to `cumulative`, and keeps it as the flow's template.
     pub fn reported(&mut self, key: FlowKey, cumulative: Tally, rec: &DropRecord) {
-        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
+        if self.seen.len() >= self.max_tracked.saturating_mul(4) && !self.seen.contains_key(&key) {
             self.forget_oldest();
         }
         let now = Instant::now();
@@ -161,7 +186,7 @@ impl FlowBook {
     /// bring them again. Not marked active: a scan's given-up flows are not re-read every
     /// second; a flow that grows again writes a record.
     pub fn give_up(&mut self, key: FlowKey, cumulative: Tally) {
-        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
+        if self.seen.len() >= self.max_tracked.saturating_mul(4) && !self.seen.contains_key(&key) {
             self.forget_oldest();
         }
         match self.seen.get_mut(&key) {
@@ -227,10 +252,20 @@ impl FlowBook {
         self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
     }
 
+    /// Whether the book holds more flows than the kernel's table can: those it no longer
+    /// holds are to be forgotten ([`FlowBook::forget_absent`], from a read of the table).
+    /// Forgetting by age instead could forget a flow the table still counts, whose next
+    /// line would then report its drops again.
+    pub fn over_table(&self) -> bool {
+        self.seen.len() > self.max_tracked
+    }
+
     pub fn knows(&self, key: &FlowKey) -> bool {
         self.seen.contains_key(key)
     }
 
+    /// The last resort, should four times the table's flows arrive between two reads of
+    /// it: the older half goes.
     fn forget_oldest(&mut self) {
         // Drop the older half: amortised, and flows that old are not active.
         let mut ages: Vec<Instant> = self.seen.values().map(|s| s.last_growth).collect();

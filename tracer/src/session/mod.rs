@@ -99,13 +99,19 @@ fn release_burst_memory(lines: &mut [&mut Vec<DropRecord>], batch: &mut Vec<Drop
         *batch = Vec::new();
         released = true;
     }
-    // glibc keeps freed memory in its arenas; musl (the release binary) returns it.
-    #[cfg(target_env = "gnu")]
     if released {
-        // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
-        unsafe { libc::malloc_trim(0) };
+        return_free_memory();
     }
-    let _ = released;
+}
+
+/// Hands memory freed after a burst back to the system: glibc keeps it in its arenas;
+/// musl (the release binary) returns it by itself.
+fn return_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How often, at most, the whole flow table is read while records are being lost.
@@ -292,7 +298,9 @@ impl Session {
             capture: cap,
             enricher,
             summary: Summary::default(),
-            book: FlowBook::default(),
+            book: FlowBook::tracking(
+                capture.flow_table_size.unwrap_or(tracer_common::MAX_FLOWS) as usize
+            ),
             attributor,
             attempts,
             attempts_unavailable,
@@ -471,6 +479,11 @@ impl Session {
             self.capture.drain(&mut batch);
             for d in batch.drain(..) {
                 self.take_record(d, &mut staged);
+            }
+            if self.book.over_table() {
+                let flows = self.capture.flows();
+                self.book
+                    .forget_absent(&flows.iter().map(|(k, _)| k).collect());
             }
             if sweep {
                 self.sweep_active(&mut staged);
@@ -787,6 +800,9 @@ impl Session {
                 live.report(key, n, count);
             }
         }
+        // The whole table's read (131,072 flows: tens of MB) is freed now.
+        drop(aggregates);
+        return_free_memory();
     }
 
     /// Names the rule of drops counted only in aggregate, from each aggregate's fields.

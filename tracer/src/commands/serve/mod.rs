@@ -39,8 +39,15 @@ use crate::{
 /// rules; exposing them is a decision).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9849";
 
-/// Distinct recent drops kept for `/drops`, at most.
-const MAX_RECENT: usize = 10_000;
+/// Distinct recent drops kept for `/drops`, at most: each is a whole line with its rule
+/// (a few KB), and a person reads the list.
+pub const MAX_RECENT: usize = 2_000;
+
+/// Flows serve's kernel flow table holds (watch: 131,072). Per-flow detail is what a
+/// capture of weeks gives up first; userspace keeps a few hundred bytes per flow of the
+/// table, so a quarter of watch's keeps a scanned node's serve within its memory limit.
+/// Drops beyond it are counted from the aggregates all the same.
+pub const FLOW_TABLE: u32 = 32_768;
 
 /// A `serve` whose series miss more drops than the kernel counted in this long says it is
 /// behind (`/healthz`: degraded): lines take a second or two to get their rule, and drops
@@ -137,9 +144,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
-    let mut session = Session::start(&args.filters, &args.capture, false)?;
-    session.count_beyond_flow_table_live(&args.capture);
-    let info = session.start_info(&args.filters, &args.capture);
+    let mut capture = args.capture.clone();
+    capture.flow_table_size.get_or_insert(FLOW_TABLE);
+    let mut session = Session::start(&args.filters, &capture, false)?;
+    session.count_beyond_flow_table_live(&capture);
+    let info = session.start_info(&args.filters, &capture);
     let config = MetricsConfig {
         max_destinations: args.max_destinations,
         max_ports: args.max_ports,
@@ -169,7 +178,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut lag = Lag::default();
     let result = session
         .run_with_tick(
-            &args.capture,
+            &capture,
             |r| {
                 let now = Instant::now();
                 {
