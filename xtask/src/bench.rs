@@ -324,8 +324,12 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
     check_interrupted()?;
     latency::run(droptrace)?.print();
     check_interrupted()?;
-    // Port-scan bursts beyond the flow table (the issue "Port scans and long captures").
-    crate::scan::run(droptrace, &crate::scan::Args::bench_round(quick))
+    // Port-scan bursts beyond the flow table (the issue "Port scans and long captures"),
+    // against watch and against serve.
+    let round = crate::scan::Args::bench_round(quick);
+    crate::scan::run(droptrace, &round)?;
+    check_interrupted()?;
+    crate::serve_scan::run(droptrace, &round)
 }
 
 /// Only the drop-to-line round ([`latency`]).

@@ -22,6 +22,8 @@ mod netns;
 mod package_test;
 mod procstat;
 mod scan;
+mod serve_process;
+mod serve_scan;
 mod setup;
 mod soak;
 mod vmtest;
@@ -91,11 +93,13 @@ enum Task {
         #[arg(long)]
         latency_only: bool,
     },
-    /// Port-scan bursts beyond the kernel's flow table while `droptrace watch` runs: prints
-    /// exactness, lost, "(rule unknown)", peak and final RSS and CPU (not a test).
+    /// Port-scan bursts beyond the kernel's flow table while `droptrace watch` (or, with
+    /// --serve, `serve`) runs: prints exactness, lost, "(rule unknown)", time to catch up,
+    /// peak and final RSS and CPU (not a test).
     Scan(scan::Args),
-    /// Run `droptrace serve` through namespace, rule and flow churn at a steady drop rate;
-    /// print its RSS, CPU and series at the start and the end (not a test).
+    /// Run `droptrace serve` through namespace, rule, process and flow churn (--week: a
+    /// compressed week with port scans); print RSS, CPU, series and scrape time every 10
+    /// minutes; fail when RSS grows after the warm-up or series pass their caps.
     Soak(soak::Args),
 }
 

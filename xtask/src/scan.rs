@@ -25,13 +25,16 @@ use crate::netns::Netns;
 pub struct Args {
     /// Bursts of `flood --flows N --seconds 3`.
     #[arg(long, default_value_t = 10)]
-    bursts: u32,
+    pub bursts: u32,
     /// Seconds from the end of one burst to the start of the next.
     #[arg(long, default_value_t = 30)]
-    gap: u64,
+    pub gap: u64,
     /// Distinct flows per burst.
     #[arg(long, default_value_t = 200_000)]
-    flows: usize,
+    pub flows: usize,
+    /// Against `droptrace serve` (its series and /metrics) instead of `watch --json`.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 impl Args {
@@ -41,6 +44,7 @@ impl Args {
             bursts: if quick { 2 } else { 4 },
             gap: if quick { 10 } else { 20 },
             flows: 200_000,
+            serve: false,
         }
     }
 }
@@ -50,7 +54,7 @@ fn say(msg: &str) {
 }
 
 /// The packet counter of the namespace's first OUTPUT rule.
-fn rule_counter(ns: &Netns) -> anyhow::Result<u64> {
+pub fn rule_counter(ns: &Netns) -> anyhow::Result<u64> {
     ns.exec(&["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])?
         .lines()
         .nth(2)
@@ -59,6 +63,9 @@ fn rule_counter(ns: &Netns) -> anyhow::Result<u64> {
 }
 
 pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
+    if args.serve {
+        return crate::serve_scan::run(droptrace, args);
+    }
     let flood: PathBuf = crate::bench::build_flood()?;
     let ns = Netns::create("dt-scan")?;
     ns.exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])?;

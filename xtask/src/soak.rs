@@ -1,25 +1,34 @@
-//! `cargo xtask soak [--duration 1h]`: `droptrace serve` (release build) through churn at a
-//! steady drop rate, printing its RSS, CPU and series at the start and at the end. Figures
-//! only, like the bench: a soak that leaks shows it as an end far above the start.
+//! `cargo xtask soak [--duration 1h] [--week]`: `droptrace serve` (release build) through
+//! churn at a steady drop rate, printing its RSS, CPU, series and scrape time at the
+//! start (after the warm-up), every 10 minutes and at the end. It fails when RSS grows
+//! after the warm-up or a family of series passes its cap: a process meant to run for
+//! weeks must hold flat.
 //!
-//! The churn, over and over: a new namespace every 10 s with its own DROP rule (the oldest
-//! of six deleted, so series of gone namespaces must expire), a rule inserted above the
-//! dropping one every 5 s (renumbering it: new series), and datagrams to ever new ports
-//! (new flows) at `--rate` drops a second.
+//! The churn, over and over: namespaces (containers) created, each with its own DROP rule,
+//! the oldest deleted (series of gone namespaces must expire, their aggregates leave the
+//! kernel); rules inserted above the dropping one and deleted again (renumbering it: new
+//! series); datagrams to ever new ports (new flows) at `--rate` a second, half from this
+//! process, half from short-lived processes of ever new names (per-process series come
+//! and go, `serve --labels process`). `--week` packs a week of a busy node into the
+//! duration: a namespace every 2 s instead of 10 s, rules every second, and a port scan
+//! (`flood --flows 200000 --seconds 3`) every 5 minutes.
 
 use std::{
     collections::VecDeque,
     fs::File,
     net::UdpSocket,
-    path::Path,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 
-use crate::netns::Netns;
+use crate::{
+    netns::Netns,
+    serve_process::{Serve, series, sum},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +38,10 @@ pub struct Args {
     /// Drops a second.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// A week of a busy node compressed: faster namespace and rule churn, and a port scan
+    /// every 5 minutes.
+    #[arg(long)]
+    pub week: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -46,81 +59,260 @@ fn say(msg: &str) {
     eprintln!("xtask soak: {msg}");
 }
 
+/// serve's caps in the soak (its flags below), to check the series against.
+const MAX_SERIES: usize = 500;
+const MAX_DESTINATIONS: usize = 100;
+const MAX_PORTS: usize = 1000;
+/// How often the figures are printed.
+const REPORT_EVERY: Duration = Duration::from_secs(600);
+/// RSS may exceed the warm-up's peak by this much (allocator noise), no more.
+const RSS_SLACK_MB: f64 = 8.0;
+
+/// How hard the churn is.
+struct Churn {
+    namespace_every: Duration,
+    live_namespaces: usize,
+    rule_every: Duration,
+    scan_every: Option<Duration>,
+}
+
+impl Churn {
+    fn of(args: &Args) -> Churn {
+        if args.week {
+            Churn {
+                namespace_every: Duration::from_secs(2),
+                live_namespaces: 20,
+                rule_every: Duration::from_secs(1),
+                scan_every: Some(Duration::from_secs(300)),
+            }
+        } else {
+            Churn {
+                namespace_every: Duration::from_secs(10),
+                live_namespaces: 6,
+                rule_every: Duration::from_secs(5),
+                scan_every: None,
+            }
+        }
+    }
+
+    /// Churn before the first figures: long enough for every cap and TTL to have been
+    /// reached once (and, with scans, for the first scan to be behind).
+    fn warm_up(&self, duration: Duration) -> Duration {
+        let base = Duration::from_secs(120);
+        let after_scan = self.scan_every.map_or(base, |_| Duration::from_secs(420));
+        after_scan.min(duration / 3)
+    }
+}
+
 /// What the serve process looks like at one moment.
 struct Snapshot {
     at: Instant,
     rss_mb: f64,
     cpu_s: f64,
     series: usize,
+    drops_series: usize,
+    destination_series: usize,
+    port_series: usize,
+    scrape: Duration,
+}
+
+impl Snapshot {
+    fn of(serve: &Serve) -> anyhow::Result<Snapshot> {
+        let (rss_mb, cpu_s) = crate::procstat::usage(serve.child.id())?;
+        let (body, scrape) = serve.scrape()?;
+        Ok(Snapshot {
+            at: Instant::now(),
+            rss_mb,
+            cpu_s,
+            series: series(&body),
+            drops_series: sum(&body, "droptrace_drops_total", "").1,
+            destination_series: sum(&body, "droptrace_destination_drops_total", "").1,
+            port_series: sum(&body, "droptrace_port_drops_total", "").1,
+            scrape,
+        })
+    }
+
+    fn line(&self, label: &str, since: &Snapshot, peak_mb: f64) -> String {
+        let secs = self.at.duration_since(since.at).as_secs_f64();
+        let cpu = if secs > 0.0 {
+            100.0 * (self.cpu_s - since.cpu_s) / secs
+        } else {
+            0.0
+        };
+        format!(
+            "{label}: RSS {:.1} MB (peak {peak_mb:.1}), CPU {cpu:.1}%, {} samples ({} rule, \
+             {} destination, {} port series), scrape {} ms",
+            self.rss_mb,
+            self.series,
+            self.drops_series,
+            self.destination_series,
+            self.port_series,
+            self.scrape.as_millis()
+        )
+    }
+
+    /// Whether every family is within its cap (plus its one overflow series).
+    fn within_caps(&self) -> Result<(), String> {
+        for (name, n, cap) in [
+            ("rule", self.drops_series, MAX_SERIES),
+            ("destination", self.destination_series, MAX_DESTINATIONS),
+            ("port", self.port_series, MAX_PORTS),
+        ] {
+            if n > cap + 1 {
+                return Err(format!("{n} {name} series, past the cap of {cap}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
-    let mut serve = Serve::start(droptrace)?;
+    let churn = Churn::of(args);
+    let flood = churn
+        .scan_every
+        .map(|_| crate::bench::build_flood())
+        .transpose()?;
+    let senders = SenderNames::new()?;
+    let (max_series, max_destinations, max_ports) = (
+        MAX_SERIES.to_string(),
+        MAX_DESTINATIONS.to_string(),
+        MAX_PORTS.to_string(),
+    );
+    let serve = Serve::start(
+        droptrace,
+        &[
+            "--series-ttl",
+            "30s",
+            "--labels",
+            "process",
+            "--max-series",
+            &max_series,
+            "--max-destinations",
+            &max_destinations,
+            "--max-ports",
+            &max_ports,
+        ],
+    )?;
     let mut spaces: VecDeque<Netns> = VecDeque::new();
     let started = Instant::now();
+    let warm_up = churn.warm_up(args.duration);
     let mut next_ns = Instant::now();
-    let mut next_rule = Instant::now() + Duration::from_secs(5);
+    let mut next_rule = Instant::now() + churn.rule_every;
+    let mut next_scan = churn.scan_every.map(|every| Instant::now() + every / 2);
+    let mut next_report = Instant::now() + warm_up;
     let mut port: u16 = 1;
-    let mut sent: u64 = 0;
+    let (mut sent, mut made, mut scans, mut rules) = (0u64, 0u32, 0u32, 0u32);
     let mut first: Option<Snapshot> = None;
-    let mut made = 0u32;
+    let mut warm_peak: f64 = 0.0;
+    let mut peak: f64 = 0.0;
     while started.elapsed() < args.duration {
-        if Instant::now() >= next_ns {
-            next_ns += Duration::from_secs(10);
+        let tick = Instant::now();
+        if tick >= next_ns {
+            next_ns += churn.namespace_every;
             made += 1;
             let ns = Netns::create(&format!("dt-soak{made}"))?;
             ns.exec(&["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])?;
             spaces.push_back(ns);
-            if spaces.len() > 6 {
+            if spaces.len() > churn.live_namespaces {
                 spaces.pop_front();
             }
         }
-        if Instant::now() >= next_rule
+        if tick >= next_rule
             && let Some(ns) = spaces.back()
         {
-            next_rule += Duration::from_secs(5);
-            ns.exec(&[
-                "iptables", "-I", "OUTPUT", "1", "-p", "udp", "--dport", "9", "-j", "DROP",
-            ])?;
+            next_rule += churn.rule_every;
+            rules += 1;
+            // Insert one above the dropping rule, or take the last one out again.
+            if rules % 3 == 0 {
+                ns.exec(&["iptables", "-D", "OUTPUT", "1"])?;
+            } else {
+                let dport = (rules % 50 + 1).to_string();
+                ns.exec(&[
+                    "iptables", "-I", "OUTPUT", "1", "-p", "udp", "--dport", &dport, "-j", "DROP",
+                ])?;
+            }
+        }
+        let ns = spaces.back().context("no namespace")?;
+        if let (Some(at), Some(flood)) = (next_scan, &flood)
+            && tick >= at
+        {
+            next_scan = churn.scan_every.map(|every| at + every);
+            scans += 1;
+            scan(ns, flood)?;
         }
         // One second's drops, from the newest namespace, each to the next port.
-        let ns = spaces.back().context("no namespace")?;
-        let tick = Instant::now();
         let ports: Vec<u16> = (0..args.rate)
             .map(|_| {
                 port = if port >= 60_000 { 10 } else { port + 1 };
                 port
             })
             .collect();
-        sent += send_in(ns, &ports)?;
-        // The first snapshot after a minute of churn, once start-up is behind.
-        if first.is_none() && started.elapsed() >= Duration::from_secs(60) {
-            first = Some(serve.snapshot()?);
+        let (ours, theirs) = ports.split_at(ports.len() / 2);
+        sent += send_in(ns, ours)?;
+        sent += senders.send(ns, made, theirs)?;
+        let (rss, _) = crate::procstat::usage(serve.child.id())?;
+        peak = peak.max(rss);
+        if started.elapsed() < warm_up {
+            warm_peak = warm_peak.max(rss);
+        }
+        if Instant::now() >= next_report {
+            next_report += REPORT_EVERY;
+            let now = Snapshot::of(&serve)?;
+            let minutes = started.elapsed().as_secs_f64() / 60.0;
+            match &first {
+                None => say(&now.line(&format!("{minutes:.0} min (start)"), &now, peak)),
+                Some(f) => say(&now.line(&format!("{minutes:.0} min"), f, peak)),
+            }
+            now.within_caps().map_err(anyhow::Error::msg)?;
+            first.get_or_insert(now);
         }
         if let Some(left) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
             std::thread::sleep(left);
         }
-        if let Some(status) = serve.child.try_wait()? {
-            bail!("droptrace serve exited during the soak: {status}");
-        }
     }
-    let last = serve.snapshot()?;
-    let first = first.context("the soak is shorter than its one-minute warm-up")?;
+    let first = first.context("the soak is shorter than its warm-up")?;
+    let last = Snapshot::of(&serve)?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    let cpu_pct = |a: &Snapshot, b: &Snapshot| {
-        100.0 * (b.cpu_s - a.cpu_s) / b.at.duration_since(a.at).as_secs_f64()
-    };
+    say(&last.line(&format!("{minutes:.0} min (end)"), &first, peak));
     say(&format!(
-        "{minutes:.0} min, {made} namespaces, {sent} datagrams sent (all dropped)"
+        "{made} namespaces, {rules} rule changes, {scans} port scans, {sent} datagrams sent \
+         (all dropped)"
     ));
+    let cpu_pct =
+        100.0 * (last.cpu_s - first.cpu_s) / last.at.duration_since(first.at).as_secs_f64();
     println!("bench: soak_minutes={minutes:.1}");
+    println!("bench: soak_week_compressed={}", args.week);
+    println!("bench: soak_rss_warm_up_peak_mb={warm_peak:.1}");
     println!("bench: soak_rss_start_mb={:.1}", first.rss_mb);
     println!("bench: soak_rss_end_mb={:.1}", last.rss_mb);
-    println!("bench: soak_cpu_pct_average={:.2}", cpu_pct(&first, &last));
+    println!("bench: soak_rss_peak_mb={peak:.1}");
+    println!("bench: soak_cpu_pct_average={cpu_pct:.2}");
     println!("bench: soak_series_start={}", first.series);
     println!("bench: soak_series_end={}", last.series);
+    println!("bench: soak_scrape_ms_end={}", last.scrape.as_millis());
+    last.within_caps().map_err(anyhow::Error::msg)?;
+    if peak > warm_peak + RSS_SLACK_MB {
+        bail!(
+            "RSS grew after the warm-up: peak {peak:.1} MB, {warm_peak:.1} MB during the warm-up"
+        );
+    }
     drop(spaces);
     serve.stop()
+}
+
+/// A port scan from `ns`: 200,000 flows in 3 s, beyond the kernel's flow table.
+fn scan(ns: &Netns, flood: &Path) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(flood)
+        .args(["--flows", "200000", "--seconds", "3"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run flood")?;
+    if !out.status.success() {
+        bail!("flood failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Sends one datagram to 127.0.0.1 at each port, from inside `ns`; how many were sent
@@ -140,67 +332,63 @@ fn send_in(ns: &Netns, ports: &[u16]) -> anyhow::Result<u64> {
     .map_err(|_| anyhow::anyhow!("the sender panicked"))?
 }
 
-struct Serve {
-    child: Child,
-    addr: String,
+/// Short-lived sender processes with names of their own: bash through symlinks named
+/// `sender-N` (a process's name is its executable's), writing to bash's /dev/udp.
+struct SenderNames {
+    dir: PathBuf,
 }
 
-impl Serve {
-    fn start(droptrace: &Path) -> anyhow::Result<Serve> {
-        use std::io::{BufRead as _, BufReader};
-        let mut child = Command::new(droptrace)
-            .args(["serve", "--listen", "127.0.0.1:0", "--series-ttl", "30s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start droptrace serve")?;
-        let stderr = child.stderr.take().expect("piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .transpose()?
-                .context("droptrace serve ended before serving")?;
-            if let Some(rest) = line.strip_prefix("droptrace: serving http://") {
-                break rest.split('/').next().unwrap_or_default().to_string();
+/// Distinct sender names, reused in turn: processes come and go, series expire.
+const SENDER_NAMES: u32 = 200;
+
+impl SenderNames {
+    fn new() -> anyhow::Result<SenderNames> {
+        let dir = std::env::temp_dir().join(format!("dt-soak-senders-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let bash = which_bash()?;
+        for i in 0..SENDER_NAMES {
+            let link = dir.join(format!("sender-{i}"));
+            if !link.exists() {
+                std::os::unix::fs::symlink(&bash, &link)?;
             }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        say(&format!("droptrace serve on {addr}"));
-        Ok(Serve { child, addr })
-    }
-
-    fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let (rss_mb, cpu_s) = crate::procstat::usage(self.child.id())?;
-        let series = crate::http::get(&self.addr, "/metrics")?
-            .lines()
-            .filter(|l| l.starts_with("droptrace_") && !l.starts_with('#'))
-            .count();
-        Ok(Snapshot {
-            at: Instant::now(),
-            rss_mb,
-            cpu_s,
-            series,
-        })
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("droptrace serve exited with {status} on SIGTERM");
         }
-        Ok(())
+        Ok(SenderNames { dir })
+    }
+
+    /// One process named after `n` sends a datagram to each port from `ns`; returns how
+    /// many it sent (each fails with EPERM, so bash reports them: counted from the ports).
+    fn send(&self, ns: &Netns, n: u32, ports: &[u16]) -> anyhow::Result<u64> {
+        let exe = self.dir.join(format!("sender-{}", n % SENDER_NAMES));
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&exe)
+            .args([
+                "-c",
+                "for p in $PORTS; do echo soak 2>/dev/null >/dev/udp/127.0.0.1/$p; done; true",
+            ])
+            .env("PORTS", list.join(" "))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run a sender")?;
+        if !status.success() {
+            bail!("a sender exited with {status}");
+        }
+        Ok(ports.len() as u64)
     }
 }
 
-impl Drop for Serve {
+impl Drop for SenderNames {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn which_bash() -> anyhow::Result<PathBuf> {
+    ["/usr/bin/bash", "/bin/bash"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("bash not found")
 }
