@@ -62,6 +62,53 @@ pub fn rule_counter(ns: &Netns) -> anyhow::Result<u64> {
         .context("no counter on OUTPUT rule 1")
 }
 
+/// One burst: `flood --flows FLOWS --seconds 3` in `ns`.
+pub fn burst_of(ns: &Netns, flood: &Path, flows: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(flood)
+        .args(["--flows", flows, "--seconds", "3"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run flood")?;
+    if !out.status.success() {
+        bail!("flood failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A process's peak RSS, sampled every 200 ms on a thread of its own.
+pub struct PeakRss {
+    done: Arc<AtomicBool>,
+    sampler: thread::JoinHandle<f64>,
+}
+
+impl PeakRss {
+    pub fn sample(pid: u32) -> PeakRss {
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let sampler = thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((rss, _)) = crate::procstat::usage(pid) {
+                    peak = peak.max(rss);
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            peak
+        });
+        PeakRss { done, sampler }
+    }
+
+    /// The peak in MiB.
+    pub fn stop(self) -> anyhow::Result<f64> {
+        self.done.store(true, Ordering::Relaxed);
+        self.sampler
+            .join()
+            .map_err(|_| anyhow::anyhow!("sampler panicked"))
+    }
+}
+
 pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     if args.serve {
         return crate::serve_scan::run(droptrace, args);
@@ -96,37 +143,14 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         .recv_timeout(Duration::from_secs(60))
         .context("droptrace did not start")?;
 
-    // Peak RSS, sampled every 200 ms.
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let mut peak: f64 = 0.0;
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((rss, _)) = crate::procstat::usage(pid) {
-                    peak = peak.max(rss);
-                }
-                thread::sleep(Duration::from_millis(200));
-            }
-            peak
-        })
-    };
+    let peak = PeakRss::sample(pid);
 
     let flows = args.flows.to_string();
     let mut after_first = None;
     let mut quiet_cpu_pct: f64 = 0.0;
     let t0 = Instant::now();
     for burst in 1..=args.bursts {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(&flood)
-            .args(["--flows", &flows, "--seconds", "3"])
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run flood")?;
-        if !out.status.success() {
-            bail!("flood failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        burst_of(&ns, &flood, &flows)?;
         // Userspace CPU in the quiet seconds after the burst, past a 5-second grace.
         thread::sleep(Duration::from_secs(5.min(args.gap)));
         let (_, cpu0) = crate::procstat::usage(pid)?;
@@ -151,10 +175,7 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGINT,
     )?;
     let status = child.wait()?;
-    done.store(true, Ordering::Relaxed);
-    let peak = peak
-        .join()
-        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let peak = peak.stop()?;
     let summary = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?

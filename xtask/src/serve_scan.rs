@@ -7,20 +7,13 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-
 use crate::{
     netns::Netns,
-    scan::{Args, rule_counter},
+    scan::{Args, PeakRss, burst_of, rule_counter},
     serve_process::{Serve, sum},
 };
 
@@ -40,21 +33,7 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     let pid = serve.child.id();
     let label = format!("netns=\"{}\"", ns.name);
 
-    // Peak RSS, sampled every 200 ms.
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let mut peak: f64 = 0.0;
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((rss, _)) = crate::procstat::usage(pid) {
-                    peak = peak.max(rss);
-                }
-                thread::sleep(Duration::from_millis(200));
-            }
-            peak
-        })
-    };
+    let peak = PeakRss::sample(pid);
 
     let flows = args.flows.to_string();
     let mut slowest_scrape = Duration::ZERO;
@@ -63,16 +42,7 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     let mut degraded_seen = false;
     let (mut series_sum, mut ports_sum, mut counted) = (0.0, 0.0, 0);
     for burst in 1..=args.bursts {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(&flood)
-            .args(["--flows", &flows, "--seconds", "3"])
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run flood")?;
-        if !out.status.success() {
-            bail!("flood failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        burst_of(&ns, &flood, &flows)?;
         let burst_end = Instant::now();
         counted = rule_counter(&ns)? - before;
         let caught_up = loop {
@@ -114,10 +84,7 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         }
     }
     let (rss_end, cpu_end) = crate::procstat::usage(pid)?;
-    done.store(true, Ordering::Relaxed);
-    let peak = peak
-        .join()
-        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let peak = peak.stop()?;
     serve.stop()?;
     println!(
         "bench: serve_scan_bursts={} serve_scan_flows_per_burst={}",

@@ -238,7 +238,8 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         {
             next_scan = churn.scan_every.map(|every| at + every);
             scans += 1;
-            scan(ns, flood)?;
+            // 200,000 flows in 3 s, beyond the kernel's flow table.
+            crate::scan::burst_of(ns, flood, "200000")?;
         }
         // One second's drops, from the newest namespace, each to the next port.
         let ports: Vec<u16> = (0..args.rate)
@@ -298,21 +299,6 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     }
     drop(spaces);
     serve.stop()
-}
-
-/// A port scan from `ns`: 200,000 flows in 3 s, beyond the kernel's flow table.
-fn scan(ns: &Netns, flood: &Path) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(flood)
-        .args(["--flows", "200000", "--seconds", "3"])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run flood")?;
-    if !out.status.success() {
-        bail!("flood failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 /// Sends one datagram to 127.0.0.1 at each port, from inside `ns`; how many were sent
