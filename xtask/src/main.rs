@@ -119,7 +119,13 @@ fn main() -> ExitCode {
         }
         Task::Manifests => setup::run().and_then(|()| manifests::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
-        Task::Scan(args) => setup::run().and_then(|()| scan::run(&build(true)?, &args)),
+        Task::Scan(args) => setup::run().and_then(|()| {
+            let droptrace = match &args.binary {
+                Some(path) => path.clone(),
+                None => build(true)?,
+            };
+            scan::run(&droptrace, &args)
+        }),
         Task::Soak(args) => setup::run().and_then(|()| soak::run(&build(true)?, &args)),
         Task::Bench {
             latency_only: true, ..

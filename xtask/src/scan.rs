@@ -35,6 +35,10 @@ pub struct Args {
     /// Against `droptrace serve` (its series and /metrics) instead of `watch --json`.
     #[arg(long)]
     pub serve: bool,
+    /// This droptrace (e.g. the static binary of `cargo xtask dist`) instead of a release
+    /// build of the tree.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 impl Args {
@@ -45,6 +49,7 @@ impl Args {
             gap: if quick { 10 } else { 20 },
             flows: 200_000,
             serve: false,
+            binary: None,
         }
     }
 }
