@@ -119,14 +119,12 @@ fn main() -> ExitCode {
         }
         Task::Manifests => setup::run().and_then(|()| manifests::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
-        Task::Scan(args) => setup::run().and_then(|()| {
-            let droptrace = match &args.binary {
-                Some(path) => path.clone(),
-                None => build(true)?,
-            };
-            scan::run(&droptrace, &args)
-        }),
-        Task::Soak(args) => setup::run().and_then(|()| soak::run(&build(true)?, &args)),
+        Task::Scan(args) => {
+            setup::run().and_then(|()| scan::run(&given_or_release(args.binary.as_deref())?, &args))
+        }
+        Task::Soak(args) => {
+            setup::run().and_then(|()| soak::run(&given_or_release(args.binary.as_deref())?, &args))
+        }
         Task::Bench {
             latency_only: true, ..
         } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
@@ -179,6 +177,14 @@ pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// Builds droptrace and returns the binary's path.
+/// The droptrace a measuring task was given, or else a release build of the tree.
+fn given_or_release(binary: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match binary {
+        Some(path) => Ok(path.to_path_buf()),
+        None => build(true),
+    }
+}
+
 fn build(release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = pinned_cargo();
     cmd.args(["build", "--package", "tracer", "--bin", "droptrace"]);

@@ -42,6 +42,10 @@ pub struct Args {
     /// every 5 minutes.
     #[arg(long)]
     pub week: bool,
+    /// This droptrace (e.g. the static binary of `cargo xtask dist`) instead of a release
+    /// build of the tree.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -249,8 +253,11 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
             })
             .collect();
         let (ours, theirs) = ports.split_at(ports.len() / 2);
+        let churned = tick.elapsed();
         sent += send_in(ns, ours)?;
+        let sent_ours = tick.elapsed();
         sent += senders.send(ns, made, theirs)?;
+        let sent_theirs = tick.elapsed();
         let (rss, _) = crate::procstat::usage(serve.child.id())?;
         peak = peak.max(rss);
         if started.elapsed() < warm_up {
@@ -266,6 +273,17 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
             }
             now.within_caps().map_err(anyhow::Error::msg)?;
             first.get_or_insert(now);
+        }
+        // A second's churn that takes longer is not the churn asked for: say where it went.
+        if tick.elapsed() > Duration::from_secs(2) {
+            say(&format!(
+                "a second's churn took {:.1} s (namespaces, rules, scans {:.1} s; sending {:.1} \
+                 + {:.1} s)",
+                tick.elapsed().as_secs_f64(),
+                churned.as_secs_f64(),
+                (sent_ours - churned).as_secs_f64(),
+                (sent_theirs - sent_ours).as_secs_f64()
+            ));
         }
         if let Some(left) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
             std::thread::sleep(left);
