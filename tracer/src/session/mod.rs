@@ -794,13 +794,14 @@ impl Session {
             return;
         };
         let items = live.unreported(&self.lines_by_aggregate, &aggregates);
-        for (key, n, count) in self.attribute_beyond(items) {
+        let counted = self.attribute_beyond(items);
+        for (key, n, count) in counted {
             self.summary.add_beyond(&count);
             if let Some(live) = &mut self.live {
                 live.report(key, n, count);
             }
         }
-        // The whole table's read (131,072 flows: tens of MB) is freed now.
+        // The whole table's read (tens of MB) is freed now.
         drop(aggregates);
         return_free_memory();
     }
