@@ -79,6 +79,10 @@ struct Namespace {
 /// path.
 const RELOCATE_EVERY: Duration = Duration::from_secs(1);
 
+/// Records a namespace's queue keeps room for once flushed; a burst's larger queue is
+/// given back.
+const PENDING_KEPT: usize = 1_024;
+
 impl Namespace {
     /// Checks, at most once a second, that `path` still enters the namespace `inode`, and
     /// looks for another way in when not. A name deleted or a process gone, and the kernel
@@ -626,6 +630,8 @@ impl Attributor {
                 }
                 out.push(p.record);
             }
+            // A burst's queue is not kept at its peak (tens of MB) once it has gone out.
+            ns.pending.shrink_to(PENDING_KEPT);
             if let Some(after) = after {
                 ns.advance(after);
             }

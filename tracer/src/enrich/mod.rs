@@ -106,6 +106,14 @@ impl Enricher {
         self.netns_pids.get(&inode).and_then(|(pid, _)| *pid)
     }
 
+    /// Forgets what it found in namespaces that are gone and of processes that exited: a
+    /// node that makes a container a second would otherwise have each remembered for as
+    /// long as droptrace runs.
+    pub fn forget_gone(&mut self, live: &netns::LiveNamespaces) {
+        self.netns_pids.retain(|inode, _| live.has_inode(*inode));
+        self.procs.forget_exited();
+    }
+
     pub fn netns_name(&mut self, inode: u32) -> Option<String> {
         self.netns.name(inode)
     }

@@ -5,7 +5,7 @@
 //! retry storm names the same process thousands of times. All of it is text the process
 //! (or whoever started it) chose, so it is escaped when printed.
 
-use std::{collections::HashMap, fs};
+use std::{collections::HashMap, fs, path::Path};
 
 use serde::Serialize;
 
@@ -121,6 +121,13 @@ pub struct ProcCache {
 const MAX_PROCS: usize = 16_384;
 
 impl ProcCache {
+    /// Forgets processes that have exited: on a node where processes come and go, the
+    /// cache holds the living, not the last 16,384 that ever dropped.
+    pub fn forget_exited(&mut self) {
+        self.known
+            .retain(|(pid, _), _| Path::new(&format!("/proc/{pid}")).exists());
+    }
+
     pub fn get(&mut self, pid: u32, comm: &str) -> ProcInfo {
         let key = (pid, comm.to_string());
         if let Some(info) = self.known.get(&key) {

@@ -42,6 +42,10 @@ use crate::{
 pub const LINES_PER_TICK: usize = 2_048;
 /// Lines made at the end of a capture, at most (the final sweep of the flow table).
 pub const LINES_AT_END: usize = 8_192;
+/// Aggregate keys the lines are credited to, at most, before the aggregates are read to
+/// compact them ([`LineBook::compact`]): half as many again as the kernel can hold, so a
+/// busy node reads them now and then rather than on every tick.
+pub const LINE_KEYS_KEPT: usize = tracer_common::MAX_AGGREGATES as usize * 3 / 2;
 
 /// A drop site's hook and engine, as its records' stacks name them.
 type Site = (Option<Hook>, Option<Engine>);
@@ -105,25 +109,43 @@ impl LineBook {
         self.total
     }
 
+    /// Whether the lines' keys are more than [`LINE_KEYS_KEPT`]: time to read the
+    /// aggregates and [`LineBook::compact`].
+    pub fn crowded(&self) -> bool {
+        self.lines.len() > LINE_KEYS_KEPT
+    }
+
+    /// Moves the lines of keys the kernel does not have to their coarse key, where the
+    /// kernel counted their drops (its table had no room for the key). What remains is at
+    /// most one entry per aggregate the kernel holds ([`tracer_common::MAX_AGGREGATES`]):
+    /// without this, every flow a scan sends adds a key here for as long as its namespace
+    /// lives. The table is rebuilt at its new size, so a scan's peak is not kept either.
+    pub fn compact(&mut self, aggregates: &HashMap<AggKey, AggCount>) {
+        let mut kept: HashMap<AggKey, Tally> =
+            HashMap::with_capacity(self.lines.len().min(aggregates.len()));
+        for (k, n) in self.lines.drain() {
+            let at = if aggregates.contains_key(&k) {
+                k
+            } else {
+                k.coarse()
+            };
+            let t = kept.entry(at).or_default();
+            t.packets += n.packets;
+            t.bytes += n.bytes;
+        }
+        self.lines = kept;
+    }
+
     /// What each aggregate counted beyond its lines (and beyond `given`, what was
     /// reported beyond before). A line's aggregate that the kernel does not have was
     /// counted in its coarse key (the table had no room for it).
     pub fn beyond(
-        &self,
+        &mut self,
         aggregates: &HashMap<AggKey, AggCount>,
         given: &HashMap<AggKey, Tally>,
     ) -> Vec<(AggKey, Tally)> {
-        let mut lines: HashMap<AggKey, Tally> = HashMap::new();
-        for (k, n) in &self.lines {
-            let at = if aggregates.contains_key(k) {
-                *k
-            } else {
-                k.coarse()
-            };
-            let t = lines.entry(at).or_default();
-            t.packets += n.packets;
-            t.bytes += n.bytes;
-        }
+        self.compact(aggregates);
+        let lines = &self.lines;
         let mut out: Vec<(AggKey, Tally)> = aggregates
             .iter()
             .filter_map(|(k, c)| {
@@ -186,10 +208,11 @@ pub struct LiveBook {
 }
 
 impl LiveBook {
-    /// Whether the aggregates are to be read now: something the lines did not report
-    /// (`backlog`), and not read within [`RECONCILE_EVERY`].
-    pub fn due(&self, backlog: bool) -> bool {
-        backlog
+    /// Whether the aggregates are to be read now: `needed` (the lines left drops
+    /// unreported, or their keys are to be compacted), and not read within
+    /// [`RECONCILE_EVERY`].
+    pub fn due(&self, needed: bool) -> bool {
+        needed
             && self
                 .last_reconcile
                 .is_none_or(|t| t.elapsed() >= RECONCILE_EVERY)
@@ -204,7 +227,7 @@ impl LiveBook {
     /// and handed to [`LiveBook::report`].
     pub fn unreported(
         &mut self,
-        lines: &LineBook,
+        lines: &mut LineBook,
         aggregates: &HashMap<AggKey, AggCount>,
     ) -> Vec<(AggKey, Tally)> {
         self.last_reconcile = Some(Instant::now());
@@ -344,6 +367,31 @@ mod tests {
         );
     }
 
+    /// A scan's lines, each to its own port, end in the coarse key the kernel counted
+    /// them in: the book keeps one entry per aggregate the kernel has, not one per flow.
+    #[test]
+    fn compacted_lines_keep_one_key_per_kernel_aggregate_and_their_sums() {
+        let mut lines = LineBook::default();
+        let mut r = sample();
+        r.count = 1;
+        for n in 1..=LINE_KEYS_KEPT + 1 {
+            // More keys than ports: the flags tell them apart too (and are not coarse).
+            let mut k = key(n as u16);
+            k.tcp_flags = (n >> 16) as u8;
+            r.aggregate = Some(k);
+            lines.credit(&r);
+        }
+        assert!(lines.crowded());
+        let aggs = HashMap::from([(key(53), count(1)), (key(53).coarse(), count(70_000))]);
+        let before = lines.beyond(&aggs, &HashMap::new());
+        lines.compact(&aggs);
+        assert!(!lines.crowded());
+        assert_eq!(lines.lines.len(), 2);
+        assert!(lines.lines.capacity() < 16, "the scan's table is not kept");
+        assert_eq!(lines.beyond(&aggs, &HashMap::new()), before);
+        assert_eq!(lines.total(), LINE_KEYS_KEPT as u64 + 1);
+    }
+
     #[test]
     fn live_reports_give_each_drop_once() {
         let mut lines = LineBook::default();
@@ -354,7 +402,7 @@ mod tests {
         r.aggregate = Some(key(53));
         r.count = 4;
         lines.credit(&r);
-        fn give(live: &mut LiveBook, lines: &LineBook, aggs: &HashMap<AggKey, AggCount>) {
+        fn give(live: &mut LiveBook, lines: &mut LineBook, aggs: &HashMap<AggKey, AggCount>) {
             for (k, n) in live.unreported(lines, aggs) {
                 let c = BeyondCount {
                     netns: k.netns,
@@ -369,14 +417,14 @@ mod tests {
                 live.report(k, n, c);
             }
         }
-        give(&mut live, &lines, &aggs);
+        give(&mut live, &mut lines, &aggs);
         assert_eq!(live.total(), 6);
         assert!(!live.due(true), "read again only after RECONCILE_EVERY");
         // The kernel counted 5 more, of which a line reported 2.
         aggs.insert(key(53), count(15));
         r.count = 2;
         lines.credit(&r);
-        give(&mut live, &lines, &aggs);
+        give(&mut live, &mut lines, &aggs);
         assert_eq!(live.total() + lines.total(), 15);
         assert_eq!(live.take().iter().map(|c| c.count).sum::<u64>(), 9);
         assert!(live.take().is_empty());

@@ -250,6 +250,13 @@ impl FlowBook {
     pub fn forget_absent(&mut self, live: &std::collections::HashSet<&FlowKey>) {
         self.seen.retain(|k, _| live.contains(k));
         self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
+        self.give_back_room();
+    }
+
+    /// After a scan, the table is not kept at the scan's size (four times the kernel's
+    /// flows, tens of MB): twice what the kernel holds is room enough.
+    fn give_back_room(&mut self) {
+        self.seen.shrink_to(self.max_tracked.saturating_mul(2));
     }
 
     /// Whether the book holds more flows than the kernel's table can: those it no longer
@@ -273,6 +280,7 @@ impl FlowBook {
         let cutoff = ages[ages.len() / 2];
         self.seen.retain(|_, s| s.last_growth > cutoff);
         self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
+        self.give_back_room();
     }
 
     /// Lets the older half of the templates go (their flows keep their counts and sketch).

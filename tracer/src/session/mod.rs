@@ -491,6 +491,9 @@ impl Session {
                     Some(stats) => self.report_beyond_live(&stats, &mut staged),
                     None => self.sweep_after_lost_records(&mut staged),
                 }
+                if self.live.is_none() && self.lines_by_aggregate.crowded() {
+                    self.compact_lines();
+                }
                 self.forget_gone_namespaces();
             }
             if stop {
@@ -529,6 +532,7 @@ impl Session {
         }
         self.last_prune = Instant::now();
         let alive = crate::enrich::netns::LiveNamespaces::scan();
+        self.enricher.forget_gone(&alive);
         if let Some(a) = &mut self.attributor {
             a.forget_gone(&alive);
         }
@@ -778,7 +782,8 @@ impl Session {
             return;
         };
         let accounted = self.lines_by_aggregate.total() + live.total();
-        if !live.due(stats.matched.saturating_sub(stats.unaggregated) > accounted) {
+        let backlog = stats.matched.saturating_sub(stats.unaggregated) > accounted;
+        if !live.due(backlog || self.lines_by_aggregate.crowded()) {
             return;
         }
         let aggregates = match self.capture.aggregates() {
@@ -793,7 +798,7 @@ impl Session {
         let Some(live) = &mut self.live else {
             return;
         };
-        let items = live.unreported(&self.lines_by_aggregate, &aggregates);
+        let items = live.unreported(&mut self.lines_by_aggregate, &aggregates);
         let counted = self.attribute_beyond(items);
         for (key, n, count) in counted {
             self.summary.add_beyond(&count);
@@ -804,6 +809,15 @@ impl Session {
         // The whole table's read (tens of MB) is freed now.
         drop(aggregates);
         return_free_memory();
+    }
+
+    /// A capture that reports beyond the flow table only at its end (`watch`) still keeps
+    /// its lines' keys to what the kernel holds ([`beyond::LineBook::compact`]).
+    fn compact_lines(&mut self) {
+        match self.capture.aggregates() {
+            Ok(aggregates) => self.lines_by_aggregate.compact(&aggregates),
+            Err(e) => log::warn!("{e}: lines are not compacted"),
+        }
     }
 
     /// Names the rule of drops counted only in aggregate, from each aggregate's fields.
@@ -863,7 +877,7 @@ impl Session {
             match self.capture.aggregates() {
                 Ok(aggregates) => {
                     let items = match &mut self.live {
-                        Some(live) => live.unreported(&self.lines_by_aggregate, &aggregates),
+                        Some(live) => live.unreported(&mut self.lines_by_aggregate, &aggregates),
                         None => self
                             .lines_by_aggregate
                             .beyond(&aggregates, &std::collections::HashMap::new()),

@@ -20,6 +20,13 @@ pub const MAX_DESTINATIONS: usize = 10_000;
 /// The entry that counts the destinations beyond [`MAX_DESTINATIONS`].
 pub const OTHER: &str = "other";
 
+/// Rules counted one by one; drops of further rules (a ruleset rewritten over weeks) share
+/// the entry [`OTHER_RULES`].
+pub const MAX_RULES: usize = 1_000;
+
+/// The entry that counts the rules beyond [`MAX_RULES`].
+pub const OTHER_RULES: &str = "(other rules)";
+
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub total: u64,
@@ -148,10 +155,13 @@ impl Summary {
     ) {
         let hook = hook.map_or("unknown", Hook::as_str).to_string();
         *self.by_hook.entry(hook).or_default() += count;
-        let label = rule
+        let mut label = rule
             .and_then(|a| a.label())
             .unwrap_or_else(|| "(rule unknown)".to_string());
-        let first = rule.filter(|a| a.label().is_some()).cloned();
+        let mut first = rule.filter(|a| a.label().is_some()).cloned();
+        if self.by_rule.len() >= MAX_RULES && !self.by_rule.contains_key(&label) {
+            (label, first) = (OTHER_RULES.to_string(), None);
+        }
         self.by_rule.entry(label).or_insert((first, 0)).1 += count;
         let mut key = (proto.to_string(), port);
         if self.by_port.len() >= MAX_DESTINATIONS && !self.by_port.contains_key(&key) {
@@ -291,6 +301,26 @@ mod tests {
         let other = d.iter().find(|d| d.dst == OTHER).unwrap();
         assert_eq!(other.count, 10);
         assert_eq!(s.total, (MAX_DESTINATIONS + 10) as u64);
+    }
+
+    #[test]
+    fn rules_beyond_the_cap_share_one_entry() {
+        let mut s = Summary::default();
+        let mut r = sample();
+        for n in 0..(MAX_RULES + 5) {
+            r.rule = Some(crate::record::rule::Attribution {
+                table: Some("filter".into()),
+                chain: Some("OUTPUT".into()),
+                rule: Some(format!("-A OUTPUT -p udp --dport {n} -j DROP")),
+                rule_num: Some(u32::try_from(n).unwrap() + 1),
+                ..crate::record::rule::Attribution::none("")
+            });
+            s.add(&r);
+        }
+        let rules = s.rules();
+        assert_eq!(rules.len(), MAX_RULES + 1);
+        let other = rules.iter().find(|r| r.rule == OTHER_RULES).unwrap();
+        assert_eq!((other.count, other.chain.as_deref()), (5 * r.count, None));
     }
 
     /// An iptables rule and the ip6tables rule with the same text at the same place are
