@@ -29,7 +29,7 @@ pub fn packets() -> Vec<ruleset::Packet> {
 pub fn evaluate_all(rs: &ruleset::Ruleset) {
     for p in packets() {
         for hook in [ruleset::Hook::Input, ruleset::Hook::Output, ruleset::Hook::Forward] {
-            for engine in [ruleset::Engine::NfTables, ruleset::Engine::IptablesLegacy] {
+            for engine in [ruleset::Engine::NfTables, ruleset::Engine::Xtables] {
                 let _ = ruleset::eval::evaluate(rs, engine.backends(), p.family, hook, &p);
             }
         }

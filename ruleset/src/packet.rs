@@ -6,75 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-/// Layer-3 family of a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-/// The five netfilter hooks a routed packet can traverse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Prerouting,
-    Input,
-    Forward,
-    Output,
-    Postrouting,
-}
-
-impl Hook {
-    /// The hook of an iptables built-in chain (`PREROUTING`, `INPUT`, ...).
-    pub fn from_iptables_chain(name: &str) -> Option<Hook> {
-        match name {
-            "PREROUTING" => Some(Hook::Prerouting),
-            "INPUT" => Some(Hook::Input),
-            "FORWARD" => Some(Hook::Forward),
-            "OUTPUT" => Some(Hook::Output),
-            "POSTROUTING" => Some(Hook::Postrouting),
-            _ => None,
-        }
-    }
-
-    /// The hook named in an nftables base chain (`prerouting`, `input`, ...).
-    pub fn from_nft(name: &str) -> Option<Hook> {
-        match name {
-            "prerouting" => Some(Hook::Prerouting),
-            "input" => Some(Hook::Input),
-            "forward" => Some(Hook::Forward),
-            "output" => Some(Hook::Output),
-            "postrouting" => Some(Hook::Postrouting),
-            _ => None,
-        }
-    }
-}
-
-/// Conntrack state of a packet, as `-m conntrack --ctstate` / `ct state` see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CtState {
-    New,
-    Established,
-    Related,
-    Invalid,
-    Untracked,
-}
-
-impl CtState {
-    /// The state's bit in nftables' `ct state` bitmask (also used for
-    /// iptables state lists, so both are evaluated the same way).
-    pub fn bit(self) -> u32 {
-        match self {
-            CtState::Invalid => 1,
-            CtState::Established => 2,
-            CtState::Related => 4,
-            CtState::New => 8,
-            CtState::Untracked => 64,
-        }
-    }
-}
+pub use tracer_common::netfilter::{CtState, Family, Hook};
 
 /// A dropped (or to-be-judged) packet, as the kernel side reports it.
 ///
@@ -138,11 +70,14 @@ impl Packet {
             (false, Some(_)) => return Err(FlowError::PortlessProtocol),
             _ => {}
         }
-        let icmp = matches!(proto, 1 | 58);
+        let icmp = tracer_common::netfilter::ipproto::is_icmp(proto);
         let (has_iif, has_oif, has_socket) = match hook {
             Hook::Prerouting | Hook::Input => (true, false, false),
             Hook::Forward => (true, true, false),
             Hook::Output | Hook::Postrouting => (false, true, true),
+            // netdev hooks: a device, never a socket.
+            Hook::Ingress => (true, false, false),
+            Hook::Egress => (false, true, false),
         };
         Ok(Packet {
             family: if v6 { Family::Ipv6 } else { Family::Ipv4 },

@@ -187,7 +187,7 @@ fn iptables_nft_and_native_nft_interleave_on_the_nf_tables_engine() {
     // The legacy engine has none of them.
     let evaluation = evaluate(
         &ruleset,
-        Engine::IptablesLegacy.backends(),
+        Engine::Xtables.backends(),
         Hook::Output,
         &syn(8443),
     );

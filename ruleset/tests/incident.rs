@@ -120,12 +120,7 @@ fn unknown_conntrack_state_makes_the_drop_less_certain() {
 fn the_legacy_engine_sees_none_of_these_tables() {
     let ruleset = incident("incident-after.iptables-save");
     let packet = tcp("10.99.0.1", "10.99.0.50", 8443);
-    let evaluation = evaluate(
-        &ruleset,
-        Engine::IptablesLegacy.backends(),
-        Hook::Output,
-        &packet,
-    );
+    let evaluation = evaluate(&ruleset, Engine::Xtables.backends(), Hook::Output, &packet);
     assert_eq!(evaluation.verdict, Verdict::Accept);
     assert_eq!(evaluation.by, DecidedBy::NoBaseChain);
     assert!(evaluation.path.is_empty());

@@ -27,7 +27,7 @@ fn host(with_ipsets: bool) -> Ruleset {
     }
 }
 
-const BOTH_ENGINES: [Engine; 2] = [Engine::NfTables, Engine::IptablesLegacy];
+const BOTH_ENGINES: [Engine; 2] = [Engine::NfTables, Engine::Xtables];
 
 #[test]
 fn both_dumps_parse_to_the_same_rules() {

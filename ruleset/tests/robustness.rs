@@ -23,7 +23,7 @@ fn evaluate_all(tables: Vec<Table>) {
     ];
     for packet in &packets {
         for hook in [Hook::Output] {
-            for engine in [Engine::NfTables, Engine::IptablesLegacy] {
+            for engine in [Engine::NfTables, Engine::Xtables] {
                 let _ = evaluate(&ruleset, engine.backends(), hook, packet);
             }
         }

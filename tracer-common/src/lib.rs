@@ -18,12 +18,8 @@ pub const REASON_BY_LOCATION: u32 = u32::MAX - 1;
 /// `DropEvent::ct_info` value when the packet has no conntrack entry attached.
 pub const CT_NONE: u8 = 0xff;
 
-/// Protocols whose header starts with 16-bit source and destination ports: TCP, UDP,
-/// DCCP, SCTP and UDP-Lite. The one list the eBPF parser, the record decoder and the rule
-/// engine share.
-pub const fn has_ports(proto: u8) -> bool {
-    matches!(proto, 6 | 17 | 33 | 132 | 136)
-}
+pub mod netfilter;
+pub use netfilter::ipproto::has_ports;
 
 /// Address families as the kernel spells them (`AF_INET`, `AF_INET6`).
 pub const AF_INET: u8 = 2;

@@ -26,6 +26,12 @@ use tracer_common::{
     CT_NONE, Config, DropEvent, FLOW_UPDATE_NS, FlowCache, FlowKey, FlowState, HEADER_BYTES,
     MAX_AGGREGATES, MAX_FLOWS, NO_OFFSET, PassedKey, PortRange, Prefix, REASON_BY_LOCATION,
     SKB_COPY_BYTES, STAT_COUNT, STAT_LOST, STAT_MATCHED, STAT_UNAGGREGATED, flags,
+    netfilter::{
+        icmp_port,
+        ipproto::{
+            ICMP as IPPROTO_ICMP, ICMPV6 as IPPROTO_ICMPV6, TCP as IPPROTO_TCP, UDP as IPPROTO_UDP,
+        },
+    },
 };
 
 /// Written by the loader before the program is verified (read-only data).
@@ -91,10 +97,6 @@ static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(1, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
 const IP_VERSION_4: u8 = 4;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
 /// `NFCT_INFOMASK` in include/linux/skbuff.h: low bits of `skb->_nfct` hold ctinfo.
 const NFCT_INFOMASK: u64 = 7;
 /// `(u16)~0U`: `skb->network_header` not set (include/linux/skbuff.h).
@@ -380,7 +382,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
         netns,
         reason,
         sport: if icmp {
-            (e.icmp_type as u16) << 8 | e.icmp_code as u16
+            icmp_port(e.icmp_type, e.icmp_code)
         } else {
             e.sport
         },
@@ -645,7 +647,7 @@ pub(crate) fn attempt_key(skb: u64) -> Option<PassedKey> {
         mark: fields.get::<u32>(conf!(offsets.skb_mark)),
         sport: if icmp { 0 } else { e.sport },
         dport: if icmp {
-            (e.icmp_type as u16) << 8 | e.icmp_code as u16
+            icmp_port(e.icmp_type, e.icmp_code)
         } else {
             e.dport
         },

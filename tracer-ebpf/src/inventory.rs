@@ -51,6 +51,13 @@ use tracer_common::{
         LOOPBACK_IFINDEX, SOURCE_CONNECTED_SEND, SOURCE_ROUTED_SEND, SOURCE_TCP_CONNECT,
         STAT_COUNT, STAT_LOST, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
+    netfilter::{
+        icmp_port,
+        ipproto::{
+            ICMP as IPPROTO_ICMP, ICMPV6 as IPPROTO_ICMPV6, TCP as IPPROTO_TCP, UDP as IPPROTO_UDP,
+            UDPLITE as IPPROTO_UDPLITE,
+        },
+    },
 };
 
 use crate::drops::{CONFIG, port_in, prefix_matches};
@@ -103,11 +110,6 @@ static INV_SCRATCH: PerCpuArray<InventoryEvent> = PerCpuArray::with_max_entries(
 #[map]
 static INV_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_UDPLITE: u8 = 136;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_ECHO: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
@@ -213,10 +215,8 @@ fn datagram_ports(proto: u8, uli: &[u8; 4]) -> Option<(u16, u16)> {
             u16::from_be_bytes([uli[0], uli[1]]),
             u16::from_be_bytes([uli[2], uli[3]]),
         )),
-        IPPROTO_ICMP if uli[0] == ICMP_ECHO => Some(((uli[0] as u16) << 8 | uli[1] as u16, 0)),
-        IPPROTO_ICMPV6 if uli[0] == ICMPV6_ECHO_REQUEST => {
-            Some(((uli[0] as u16) << 8 | uli[1] as u16, 0))
-        }
+        IPPROTO_ICMP if uli[0] == ICMP_ECHO => Some((icmp_port(uli[0], uli[1]), 0)),
+        IPPROTO_ICMPV6 if uli[0] == ICMPV6_ECHO_REQUEST => Some((icmp_port(uli[0], uli[1]), 0)),
         _ => None,
     }
 }
@@ -404,8 +404,8 @@ fn sent(sk: u64) -> Option<()> {
 fn connected_send(sk: u64, proto: u8, netns: u32, uid: u32, mark: u32) -> Option<()> {
     let family: u16 = read_checked(sk, inv!(sk_family))?;
     let dport = match proto {
-        IPPROTO_ICMP => (ICMP_ECHO as u16) << 8,
-        IPPROTO_ICMPV6 => (ICMPV6_ECHO_REQUEST as u16) << 8,
+        IPPROTO_ICMP => icmp_port(ICMP_ECHO, 0),
+        IPPROTO_ICMPV6 => icmp_port(ICMPV6_ECHO_REQUEST, 0),
         _ => u16::from_be(read_checked::<u16>(sk, inv!(sk_dport))?),
     };
     let sport: u16 = read_checked(sk, inv!(sk_num)).unwrap_or(0);

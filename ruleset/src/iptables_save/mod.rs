@@ -124,7 +124,7 @@ fn builtin_priority(table: &str, hook: Hook) -> Option<(i32, ChainKind)> {
     match (table, hook) {
         ("raw", Prerouting | Output) => Some((-300, ChainKind::Filter)),
         ("mangle", Output) => Some((-150, ChainKind::Route)),
-        ("mangle", _) => Some((-150, ChainKind::Filter)),
+        ("mangle", Prerouting | Input | Forward | Postrouting) => Some((-150, ChainKind::Filter)),
         ("nat", Prerouting | Output) => Some((-100, ChainKind::Nat)),
         ("nat", Input | Postrouting) => Some((100, ChainKind::Nat)),
         ("filter", Input | Forward | Output) => Some((0, ChainKind::Filter)),

@@ -13,7 +13,6 @@ use super::{
     Attribution, Attributor, GONE, Level,
     candidates::{Candidate, evaluate_candidates},
     packet::rule_hook,
-    rule_engine,
 };
 use crate::kernel::stack;
 
@@ -22,7 +21,7 @@ use crate::kernel::stack;
 pub struct Counted {
     /// From the drop site's stack; `None` when no record of the site reached us.
     pub hook: Option<stack::Hook>,
-    pub engine: Option<stack::Engine>,
+    pub engine: Option<stack::DropEngine>,
     pub family: ruleset::Family,
     pub proto: u8,
     /// Destination port, for protocols with ports; `None` in a coarse aggregate.
@@ -92,8 +91,8 @@ fn judged(rs: &ruleset::Ruleset, c: &Counted) -> Attribution {
         return Attribution::none("drops outside the IP hooks are not evaluated");
     };
     let engines = match c.engine {
-        Some(e) => vec![rule_engine(e)],
-        None => vec![ruleset::Engine::NfTables, ruleset::Engine::IptablesLegacy],
+        Some(e) => vec![e.engine],
+        None => vec![ruleset::Engine::NfTables, ruleset::Engine::Xtables],
     };
     let packet = packet_of(c);
     let mut found: Vec<Candidate> = Vec::new();
@@ -139,7 +138,7 @@ mod tests {
     fn udp(dport: u16) -> Counted {
         Counted {
             hook: Some(stack::Hook::Output),
-            engine: Some(stack::Engine::Nftables(stack::NftFamily::Ip)),
+            engine: Some(stack::DropEngine::nftables(stack::TableFamily::Ip)),
             family: ruleset::Family::Ipv4,
             proto: 17,
             dport: Some(dport),

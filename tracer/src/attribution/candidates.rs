@@ -6,14 +6,6 @@ use ruleset::{DecidedBy, eval::Verdict};
 
 use super::{Attribution, Level};
 
-pub fn backend_name(b: ruleset::Backend) -> &'static str {
-    match b {
-        ruleset::Backend::IptablesNft => "iptables-nft",
-        ruleset::Backend::IptablesLegacy => "iptables-legacy",
-        ruleset::Backend::Nftables => "nftables",
-    }
-}
-
 /// The attribution an evaluation gives before any counter is consulted: the only rule that
 /// drops, the first of several (the others in `alternatives`), or why none does. For
 /// callers that evaluate once and use both (`explain`, `audit`).
@@ -55,7 +47,7 @@ pub(super) fn verdict_word(v: &Verdict) -> Option<&'static str> {
 pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
     Some(match by {
         DecidedBy::Rule(r) => Attribution {
-            backend: Some(backend_name(r.backend).into()),
+            backend: Some(r.backend.as_str().into()),
             table_family: Some(r.family.to_string()),
             table: Some(r.table.clone()),
             chain: Some(r.chain.clone()),
@@ -70,7 +62,7 @@ pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution
             kernel_confirmed: false,
         },
         DecidedBy::Policy(c) => Attribution {
-            backend: Some(backend_name(c.backend).into()),
+            backend: Some(c.backend.as_str().into()),
             table_family: Some(c.family.to_string()),
             table: Some(c.table.clone()),
             chain: Some(c.chain.clone()),
@@ -171,7 +163,7 @@ pub(super) fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
             )
         });
         if let Some((r, _)) = ev.undecided.first() {
-            a.backend = Some(backend_name(r.backend).into());
+            a.backend = Some(r.backend.as_str().into());
             a.table = Some(r.table.clone());
             a.chain = Some(r.chain.clone());
             a.attribution = Level::Chain;

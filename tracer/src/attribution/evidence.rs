@@ -5,7 +5,7 @@ use ruleset::DecidedBy;
 
 use crate::kernel::verdicts::KernelSaw;
 
-use super::candidates::{Candidate, Evaluated, backend_name};
+use super::candidates::{Candidate, Evaluated};
 use super::{Attribution, Level};
 
 /// Weighs an evaluation against the verdict the engine itself reported for the packet.
@@ -74,7 +74,7 @@ pub(super) fn weigh_kernel(
         ruleset::Backend::IptablesLegacy
     };
     *a = Attribution {
-        backend: Some(backend_name(backend).into()),
+        backend: Some(backend.as_str().into()),
         table_family: family.map(|f| f.to_string()),
         table: Some(k.table.clone()),
         chain: k

@@ -33,8 +33,8 @@ pub use crate::record::rule::{Attribution, Level};
 use crate::{kernel::stack, record::DropRecord};
 use snapshot::Snapshot;
 
+pub use candidates::attribution_of;
 use candidates::*;
-pub use candidates::{attribution_of, backend_name};
 use evidence::*;
 pub use packet::packet_of;
 use packet::*;
@@ -260,13 +260,6 @@ impl Attributor {
     }
 }
 
-fn rule_engine(e: stack::Engine) -> ruleset::Engine {
-    match e {
-        stack::Engine::Nftables(_) => ruleset::Engine::NfTables,
-        stack::Engine::Xtables => ruleset::Engine::IptablesLegacy,
-    }
-}
-
 /// An `exact` answer that rests on an inferred hook is `inferred`, saying why.
 fn cap_inferred(a: &mut Attribution, note: &str) {
     if a.attribution == Level::Exact {
@@ -324,7 +317,7 @@ fn infer_hook(
 /// The engine a drop without an engine frame in its stack went through, when the
 /// namespace's tables leave one: nf_tables tables only (nft, iptables-nft) or legacy
 /// xtables tables only. With both or neither, the guess from the location stays.
-fn engine_of_tables(rs: &ruleset::Ruleset, rec: &DropRecord) -> Option<stack::Engine> {
+fn engine_of_tables(rs: &ruleset::Ruleset, rec: &DropRecord) -> Option<stack::DropEngine> {
     let legacy = rs
         .tables
         .iter()
@@ -334,12 +327,12 @@ fn engine_of_tables(rs: &ruleset::Ruleset, rec: &DropRecord) -> Option<stack::En
         .iter()
         .any(|t| t.backend != ruleset::Backend::IptablesLegacy);
     match (nf, legacy) {
-        (true, false) => Some(stack::Engine::Nftables(if rec.src.is_ipv6() {
-            stack::NftFamily::Ip6
+        (true, false) => Some(stack::DropEngine::nftables(if rec.src.is_ipv6() {
+            stack::TableFamily::Ip6
         } else {
-            stack::NftFamily::Ip
+            stack::TableFamily::Ip
         })),
-        (false, true) => Some(stack::Engine::Xtables),
+        (false, true) => Some(stack::DropEngine::XTABLES),
         _ => None,
     }
 }
@@ -374,9 +367,9 @@ impl Attributor {
         let mut hook_note = None;
         if rec.hook.is_none()
             && let (Some(snap), Some(engine)) = (&ns.current, rec.engine)
-            && let Some((hook, note)) = infer_hook(&snap.ruleset, rule_engine(engine), &rec)
+            && let Some((hook, note)) = infer_hook(&snap.ruleset, engine.engine, &rec)
         {
-            rec.hook = Some(stack_hook(hook));
+            rec.hook = Some(hook);
             hook_note = Some(note);
         }
         let (attr, candidates) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
@@ -393,15 +386,15 @@ impl Attributor {
                 Vec::new(),
             ),
             (Some(snap), Some(hook), Some(engine)) => {
-                let engine = rule_engine(engine);
+                let engine = engine.engine;
                 let packet = packet_of(&rec);
                 let mut e = evaluate_candidates(&snap.ruleset, engine, hook, &packet);
                 let mut engine = engine;
                 if e.candidates.is_empty() && rec.engine_guessed {
                     // The location named no engine for sure (see stack::engine_from_location).
                     let other = match engine {
-                        ruleset::Engine::NfTables => ruleset::Engine::IptablesLegacy,
-                        ruleset::Engine::IptablesLegacy => ruleset::Engine::NfTables,
+                        ruleset::Engine::NfTables => ruleset::Engine::Xtables,
+                        ruleset::Engine::Xtables => ruleset::Engine::NfTables,
                     };
                     let mut e2 = evaluate_candidates(&snap.ruleset, other, hook, &packet);
                     if !e2.candidates.is_empty() {
@@ -754,7 +747,7 @@ pub(crate) mod tests {
     fn unattributed(why: &str) -> DropRecord {
         let mut r = crate::record::tests::sample();
         r.rule = Some(Attribution::none(why));
-        r.ct_state = crate::kernel::drop::CtState::None;
+        r.ct_state = crate::kernel::drop::CtInfo::NONE;
         r.location = "nf_hook_slow".into();
         r
     }
@@ -791,7 +784,7 @@ pub(crate) mod tests {
         let r = crate::record::tests::sample();
         assert_eq!(
             engine_of_tables(&rs, &r),
-            Some(stack::Engine::Nftables(stack::NftFamily::Ip))
+            Some(stack::DropEngine::nftables(stack::TableFamily::Ip))
         );
         let none = ruleset::Ruleset::default();
         assert_eq!(engine_of_tables(&none, &r), None);
@@ -901,7 +894,7 @@ pub(crate) mod tests {
                 "ipt_do_table"
             },
             engine,
-            family: Some(stack::NftFamily::Ip),
+            family: Some(stack::TableFamily::Ip),
             hook: Some(stack::Hook::Output),
             table: table.into(),
             chain: chain.map(str::to_string),

@@ -65,7 +65,7 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     let Some(table) = rs.tables.iter().find(|t| {
         Some(t.name.as_str()) == a.table.as_deref()
             && Some(t.family.to_string()) == a.table_family
-            && Some(super::backend_name(t.backend)) == a.backend.as_deref()
+            && Some(t.backend.as_str()) == a.backend.as_deref()
     }) else {
         return;
     };

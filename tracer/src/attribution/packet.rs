@@ -1,7 +1,7 @@
 //! The dropped packet as the rule engine sees it: a [`DropRecord`] turned into a
 //! [`ruleset::Packet`], with what the record cannot tell marked unknown.
 
-use crate::{kernel::drop::CtState as DropCt, kernel::stack, record::DropRecord};
+use crate::{kernel::stack, record::DropRecord};
 
 /// The packet as the rule engine sees it.
 pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
@@ -36,7 +36,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         mark: r.mark,
         uid: r.uid,
         gid: r.gid,
-        ct_state: Some(rule_ct_state(r.ct_state)),
+        ct_state: Some(r.ct_state.rule_state()),
         len: r.len,
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).
@@ -50,35 +50,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
     }
 }
 
-/// A dropped packet's conntrack state as rules test it.
-pub fn rule_ct_state(s: DropCt) -> ruleset::CtState {
-    match s {
-        DropCt::New => ruleset::CtState::New,
-        DropCt::Established | DropCt::EstablishedReply => ruleset::CtState::Established,
-        DropCt::Related | DropCt::RelatedReply => ruleset::CtState::Related,
-        // No conntrack entry: what `--ctstate INVALID` / `ct state invalid` match.
-        DropCt::None => ruleset::CtState::Invalid,
-    }
-}
-
-/// The stack's name of a hook the rule engine evaluates (inverse of [`rule_hook`]).
-pub(super) fn stack_hook(h: ruleset::Hook) -> stack::Hook {
-    match h {
-        ruleset::Hook::Prerouting => stack::Hook::Prerouting,
-        ruleset::Hook::Input => stack::Hook::Input,
-        ruleset::Hook::Forward => stack::Hook::Forward,
-        ruleset::Hook::Output => stack::Hook::Output,
-        ruleset::Hook::Postrouting => stack::Hook::Postrouting,
-    }
-}
-
+/// The hook the rule engine evaluates, when it is one (not the netdev hooks).
 pub(super) fn rule_hook(h: stack::Hook) -> Option<ruleset::Hook> {
-    Some(match h {
-        stack::Hook::Prerouting => ruleset::Hook::Prerouting,
-        stack::Hook::Input => ruleset::Hook::Input,
-        stack::Hook::Forward => ruleset::Hook::Forward,
-        stack::Hook::Output => ruleset::Hook::Output,
-        stack::Hook::Postrouting => ruleset::Hook::Postrouting,
-        stack::Hook::Ingress | stack::Hook::Egress => return None,
-    })
+    h.is_routed().then_some(h)
 }

@@ -13,9 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use clap::builder::TypedValueParser as _;
 use serde::Serialize;
 
-use ruleset::DecidedBy;
+use ruleset::{CtState, DecidedBy, Hook};
 
 use crate::{
     attribution::{Attribution, attribution_of, snapshot::Snapshot},
@@ -24,21 +25,28 @@ use crate::{
     kernel::filter::Proto,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HookArg {
-    Prerouting,
-    Input,
-    Forward,
-    Output,
-    Postrouting,
+/// `--hook`: a routed hook, as nft names it.
+fn hook_parser() -> impl clap::builder::TypedValueParser<Value = Hook> {
+    clap::builder::PossibleValuesParser::new([
+        "prerouting",
+        "input",
+        "forward",
+        "output",
+        "postrouting",
+    ])
+    .map(|s| Hook::from_nft(&s).expect("one of the possible values"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StateArg {
-    New,
-    Established,
-    Related,
-    Invalid,
+/// `--state`: a conntrack state a first packet can have.
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = CtState> {
+    clap::builder::PossibleValuesParser::new(["new", "established", "related", "invalid"]).map(
+        |s| match s.as_str() {
+            "established" => CtState::Established,
+            "related" => CtState::Related,
+            "invalid" => CtState::Invalid,
+            _ => CtState::New,
+        },
+    )
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,8 +73,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PORT", default_value_t = 49152)]
     pub sport: u16,
     /// Hook the packet traverses (default output: egress from this host).
-    #[arg(long, value_enum, default_value_t = HookArg::Output)]
-    pub hook: HookArg,
+    #[arg(long, value_parser = hook_parser(), default_value = "output")]
+    pub hook: Hook,
     /// Input interface (for prerouting, input, forward).
     #[arg(long, value_name = "IFNAME")]
     pub iif: Option<String>,
@@ -75,8 +83,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "IFNAME")]
     pub oif: Option<String>,
     /// Conntrack state of the packet (default new: a first SYN or datagram).
-    #[arg(long, value_enum, default_value_t = StateArg::New)]
-    pub state: StateArg,
+    #[arg(long, value_parser = state_parser(), default_value = "new")]
+    pub state: CtState,
     /// Socket owner uid (for `-m owner` / `meta skuid`); unknown when not given, so such
     /// rules make the answer unsure.
     #[arg(long, value_name = "UID")]
@@ -164,13 +172,8 @@ pub fn packet(args: &ExplainArgs) -> anyhow::Result<ruleset::Packet> {
         args.dst,
         args.sport,
         args.dport,
-        match args.state {
-            StateArg::New => ruleset::CtState::New,
-            StateArg::Established => ruleset::CtState::Established,
-            StateArg::Related => ruleset::CtState::Related,
-            StateArg::Invalid => ruleset::CtState::Invalid,
-        },
-        hook(args.hook),
+        args.state,
+        args.hook,
     )
     .map_err(|e| match e {
         ruleset::FlowError::NoPort => anyhow::anyhow!(
@@ -201,7 +204,7 @@ fn fill_in_route(
     netns: Option<&Path>,
 ) -> Vec<String> {
     let mut assumed = Vec::new();
-    let local = matches!(args.hook, HookArg::Output | HookArg::Postrouting);
+    let local = matches!(args.hook, Hook::Output | Hook::Postrouting);
     if local && (args.oif.is_none() || args.src.is_none()) {
         match crate::enrich::routes::lookup(netns, args.dst, args.mark) {
             Some(r) => {
@@ -242,16 +245,6 @@ fn fill_in_route(
     assumed
 }
 
-fn hook(h: HookArg) -> ruleset::Hook {
-    match h {
-        HookArg::Prerouting => ruleset::Hook::Prerouting,
-        HookArg::Input => ruleset::Hook::Input,
-        HookArg::Forward => ruleset::Hook::Forward,
-        HookArg::Output => ruleset::Hook::Output,
-        HookArg::Postrouting => ruleset::Hook::Postrouting,
-    }
-}
-
 fn outcome_of(v: &ruleset::eval::Verdict) -> &'static str {
     match v {
         ruleset::eval::Verdict::Accept => "accept",
@@ -267,13 +260,13 @@ fn outcome_of(v: &ruleset::eval::Verdict) -> &'static str {
 /// other engine surely drops.
 pub fn explain(
     rs: &ruleset::Ruleset,
-    hook: ruleset::Hook,
+    hook: Hook,
     pkt: &ruleset::Packet,
 ) -> (Vec<EngineResult>, &'static str, Option<Attribution>) {
     let mut engines = Vec::new();
     for (engine, name) in [
         (ruleset::Engine::NfTables, "nftables"),
-        (ruleset::Engine::IptablesLegacy, "xtables"),
+        (ruleset::Engine::Xtables, "xtables"),
     ] {
         let has_chain = rs
             .tables
@@ -350,7 +343,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let netns = netns_path(args.netns.as_deref())?;
     let snap = read_snapshot(netns.as_deref())?;
     let assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
-    let (engines, verdict, by) = explain(&snap.ruleset, hook(args.hook), &pkt);
+    let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
     let report = Explanation {
         kind: "explain",
         outcome: verdict,
@@ -445,7 +438,7 @@ pub fn write_rules(out: &mut impl io::Write, rs: &ruleset::Ruleset) -> io::Resul
         "#", "PACKETS"
     )?;
     for t in &rs.tables {
-        let backend = crate::attribution::backend_name(t.backend);
+        let backend = t.backend.as_str();
         for c in &t.chains {
             let base = c.base.map(|b| {
                 format!(
@@ -529,10 +522,10 @@ mod tests {
             dport: Some(dport),
             src: None,
             sport: 49152,
-            hook: HookArg::Output,
+            hook: Hook::Output,
             iif: None,
             oif: Some("eth0".into()),
-            state: StateArg::New,
+            state: CtState::New,
             uid: None,
             gid: None,
             mark: 0,
@@ -543,7 +536,7 @@ mod tests {
     #[test]
     fn explains_the_incident() {
         let rs = ruleset();
-        let (_, verdict, by) = explain(&rs, ruleset::Hook::Output, &packet(&args(8443)).unwrap());
+        let (_, verdict, by) = explain(&rs, Hook::Output, &packet(&args(8443)).unwrap());
         assert_eq!(verdict, "drop");
         let by = by.unwrap();
         assert_eq!(by.rule_num, Some(4));
@@ -551,11 +544,11 @@ mod tests {
             by.label().unwrap(),
             "filter/OUTPUT rule 4 `-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP`"
         );
-        let (_, verdict, _) = explain(&rs, ruleset::Hook::Output, &packet(&args(443)).unwrap());
+        let (_, verdict, _) = explain(&rs, Hook::Output, &packet(&args(443)).unwrap());
         assert_eq!(verdict, "accept");
         let mut est = args(8443);
-        est.state = StateArg::Established;
-        let (_, verdict, _) = explain(&rs, ruleset::Hook::Output, &packet(&est).unwrap());
+        est.state = CtState::Established;
+        let (_, verdict, _) = explain(&rs, Hook::Output, &packet(&est).unwrap());
         assert_eq!(
             verdict, "accept",
             "the ESTABLISHED,RELATED rule lets replies out"
@@ -583,7 +576,7 @@ mod tests {
         let p = packet(&a).unwrap();
         let (engines, verdict, by) = explain(
             &ruleset_of("-A OUTPUT ! -o lo -j DROP"),
-            ruleset::Hook::Output,
+            Hook::Output,
             &p,
         );
         assert_eq!(verdict, "unsure");
@@ -592,7 +585,7 @@ mod tests {
 
         let (_, verdict, _) = explain(
             &ruleset_of("-A OUTPUT -m owner --uid-owner 0 -j DROP"),
-            ruleset::Hook::Output,
+            Hook::Output,
             &packet(&args(22)).unwrap(),
         );
         assert_eq!(verdict, "unsure");
@@ -600,7 +593,7 @@ mod tests {
         root.uid = Some(0);
         let (_, verdict, _) = explain(
             &ruleset_of("-A OUTPUT -m owner --uid-owner 0 -j DROP"),
-            ruleset::Hook::Output,
+            Hook::Output,
             &packet(&root).unwrap(),
         );
         assert_eq!(verdict, "drop");
@@ -608,7 +601,7 @@ mod tests {
         gid.gid = Some(50);
         let (_, verdict, _) = explain(
             &ruleset_of("-A OUTPUT -m owner --gid-owner 50 -j DROP"),
-            ruleset::Hook::Output,
+            Hook::Output,
             &packet(&gid).unwrap(),
         );
         assert_eq!(verdict, "drop", "the socket's group is matched");
@@ -620,10 +613,10 @@ mod tests {
              -A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/web has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP",
         );
         let mut input = args(30080);
-        input.hook = HookArg::Input;
+        input.hook = Hook::Input;
         input.oif = None;
         input.iif = Some("eth0".into());
-        let (_, verdict, _) = explain(&kube, ruleset::Hook::Input, &packet(&input).unwrap());
+        let (_, verdict, _) = explain(&kube, Hook::Input, &packet(&input).unwrap());
         assert_eq!(verdict, "unsure");
     }
 

@@ -7,21 +7,23 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracer_common::{AF_INET6, InventoryKey, InventoryState, inventory as k};
+use tracer_common::{
+    InventoryKey, InventoryState, inventory as k,
+    netfilter::{CtState, icmp_of_port, ip_addr, ipproto},
+};
 
 use crate::{
     enrich::netns::{NetnsNames, NetnsSelector},
     enrich::procinfo::{ProcCache, ProcInfo, container_of},
     escape::terminal,
     kernel::btf::KernelBtf,
-    kernel::drop::CtState,
     kernel::filter::proto_name,
     kernel::program::c_string,
     kernel::stack::Hook,
@@ -101,28 +103,20 @@ impl Book {
     }
 }
 
-pub(crate) fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
-    if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    }
-}
-
 /// The flow the kernel saw, before routes and drops are added.
 pub(crate) fn flow_of(key: &InventoryKey, seen: &Seen, clock: &Clock) -> Flow {
     let s = &seen.state;
-    let icmp = matches!(key.proto, 1 | 58);
-    let src = addr(key.family, &s.saddr);
+    let icmp = ipproto::is_icmp(key.proto);
+    let src = ip_addr(key.family, &s.saddr);
     let info = seen.proc.clone().unwrap_or_default();
     Flow {
         netns: key.netns,
         netns_name: None,
         proto: proto_name(key.proto),
-        dst: addr(key.family, &key.daddr),
+        dst: ip_addr(key.family, &key.daddr),
         dport: (!icmp).then_some(key.dport),
-        icmp_type: icmp.then_some((key.dport >> 8) as u8),
-        icmp_code: icmp.then_some(key.dport as u8),
+        icmp_type: icmp.then_some(icmp_of_port(key.dport).0),
+        icmp_code: icmp.then_some(icmp_of_port(key.dport).1),
         src: (!src.is_unspecified()).then_some(src),
         sport: (!icmp && s.sport != 0).then_some(s.sport),
         oif: None,
@@ -272,7 +266,7 @@ impl DropIndex {
                 "icmpv6" => r.icmp_type == Some(128),
                 _ => false,
             };
-            if egress && first_packet && matches!(r.ct_state, CtState::New | CtState::None) {
+            if egress && first_packet && matches!(r.ct_state.state(), Some(CtState::New) | None) {
                 idx.first_packets.push(r.clone());
             }
         }

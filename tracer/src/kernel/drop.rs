@@ -1,60 +1,16 @@
 //! A dropped packet as userspace sees it: the raw kernel record decoded into owned,
 //! typed fields, before any enrichment (hook, process, rule).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use tracer_common::{AF_INET6, CT_NONE, DropEvent, FlowKey, FlowState, flags};
+use tracer_common::{
+    DropEvent, FlowKey, FlowState, flags,
+    netfilter::{icmp_of_port, icmp_port, ipproto},
+};
 
 use crate::kernel::program::c_string;
 
-/// Connection-tracking state of the packet (`enum ip_conntrack_info`,
-/// include/uapi/linux/netfilter/nf_conntrack_common.h).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CtState {
-    Established,
-    Related,
-    New,
-    /// Reply direction of an established connection.
-    EstablishedReply,
-    RelatedReply,
-    /// No conntrack entry attached (conntrack not in use, or untracked/invalid).
-    None,
-}
-
-impl CtState {
-    /// The name JSON uses (`related_reply`), for text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CtState::Established => "established",
-            CtState::Related => "related",
-            CtState::New => "new",
-            CtState::EstablishedReply => "established_reply",
-            CtState::RelatedReply => "related_reply",
-            CtState::None => "none",
-        }
-    }
-
-    /// The state of `DropEvent::ct_info` (or a key's): [`CtState::None`] for `CT_NONE`.
-    pub fn of(ct_info: u8) -> Self {
-        if ct_info == CT_NONE {
-            CtState::None
-        } else {
-            CtState::from_info(ct_info)
-        }
-    }
-
-    fn from_info(info: u8) -> Self {
-        match info {
-            0 => CtState::Established,
-            1 => CtState::Related,
-            2 => CtState::New,
-            3 => CtState::EstablishedReply,
-            4 => CtState::RelatedReply,
-            _ => CtState::None,
-        }
-    }
-}
+pub use tracer_common::netfilter::CtInfo;
 
 /// A flow's counts as the kernel keeps them: packets and bytes (`skb->len`, from the
 /// network header on, as the rules' own byte counters count them), cumulative.
@@ -112,7 +68,7 @@ pub struct Drop {
     pub dport: Option<u16>,
     pub tcp_flags: Option<u8>,
     pub icmp: Option<(u8, u8)>,
-    pub ct_state: CtState,
+    pub ct_state: CtInfo,
     pub fragment: bool,
     /// The packet from its network header on, when capture was asked for.
     pub headers: Vec<u8>,
@@ -126,14 +82,7 @@ pub struct Drop {
     pub stack_is_sites: bool,
 }
 
-/// An address as the kernel programs write it: IPv4 in the first four bytes.
-pub fn ip_addr(family: u8, a: &[u8; 16]) -> IpAddr {
-    if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    }
-}
+pub use tracer_common::netfilter::ip_addr;
 
 impl From<&DropEvent> for Drop {
     fn from(e: &DropEvent) -> Self {
@@ -141,7 +90,7 @@ impl From<&DropEvent> for Drop {
         let has_l4 = e.flags & flags::HAS_L4 != 0;
         let ports = has_l4 && tracer_common::has_ports(e.proto);
         let headers_len = usize::from(e.headers_len).min(e.headers.len());
-        let icmp = matches!(e.proto, 1 | 58);
+        let icmp = ipproto::is_icmp(e.proto);
         let key = FlowKey {
             saddr: e.saddr,
             daddr: e.daddr,
@@ -149,7 +98,7 @@ impl From<&DropEvent> for Drop {
             netns: e.netns,
             reason: e.reason,
             sport: if icmp {
-                u16::from(e.icmp_type) << 8 | u16::from(e.icmp_code)
+                icmp_port(e.icmp_type, e.icmp_code)
             } else {
                 e.sport
             },
@@ -189,9 +138,9 @@ impl From<&DropEvent> for Drop {
             proto: e.proto,
             sport: ports.then_some(e.sport),
             dport: ports.then_some(e.dport),
-            tcp_flags: (has_l4 && e.proto == 6).then_some(e.tcp_flags),
-            icmp: (has_l4 && matches!(e.proto, 1 | 58)).then_some((e.icmp_type, e.icmp_code)),
-            ct_state: CtState::of(e.ct_info),
+            tcp_flags: (has_l4 && e.proto == ipproto::TCP).then_some(e.tcp_flags),
+            icmp: (has_l4 && icmp).then_some((e.icmp_type, e.icmp_code)),
+            ct_state: CtInfo(e.ct_info),
             fragment: e.flags & flags::FRAGMENT != 0,
             headers: e.headers[..headers_len].to_vec(),
             kernel: crate::kernel::verdicts::KernelSaw::from_record(&e.kernel),
@@ -228,8 +177,8 @@ impl Drop {
             family: key.family,
             proto: key.proto,
             tcp_flags: key.tcp_flags,
-            icmp_type: (key.sport >> 8) as u8,
-            icmp_code: key.sport as u8,
+            icmp_type: icmp_of_port(key.sport).0,
+            icmp_code: icmp_of_port(key.sport).1,
             ct_info: key.ct_info,
             flags: flags::HAS_L4
                 | if state.uid == u32::MAX {
@@ -249,7 +198,7 @@ impl Drop {
             stack: [0; tracer_common::STACK_FRAMES],
             headers: [0; tracer_common::HEADER_BYTES],
         };
-        if matches!(key.proto, 1 | 58) {
+        if ipproto::is_icmp(key.proto) {
             e.sport = 0;
         }
         Drop::from(&e)
@@ -288,7 +237,7 @@ mod tests {
     fn ct_states_serialize_as_documented() {
         let names: Vec<String> = (0..=5)
             .map(|info| {
-                let state = CtState::from_info(info);
+                let state = CtInfo(info);
                 let json = serde_json::to_value(state).unwrap();
                 assert_eq!(json, state.as_str(), "text and JSON name it alike");
                 json.as_str().unwrap().to_string()
@@ -369,7 +318,7 @@ mod tests {
         assert_eq!(d.ifname, "");
         assert!(d.stack.is_empty());
         assert_eq!(d.uid, None);
-        assert_eq!(d.ct_state, CtState::New);
+        assert_eq!(d.ct_state, CtInfo::NEW);
         assert!(d.socket.is_some());
         assert_eq!(d.key.dport, 8443);
         assert_eq!(d.cumulative.packets, 1);

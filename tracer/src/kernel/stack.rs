@@ -10,84 +10,50 @@
 
 use serde::Serialize;
 
-/// A netfilter hook, named as iptables names its built-in chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Hook {
-    Prerouting,
-    Input,
-    Forward,
-    Output,
-    Postrouting,
-    Ingress,
-    Egress,
+pub use tracer_common::netfilter::{Engine, Hook, TableFamily};
+
+/// The engine whose verdict dropped a packet, as the drop's stack shows it: nf_tables with
+/// the family whose `nft_do_chain_<family>` ran, or x_tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DropEngine {
+    pub engine: Engine,
+    /// For nf_tables, the family of the chain that ran.
+    pub family: Option<TableFamily>,
 }
 
-impl Hook {
+impl DropEngine {
+    pub const XTABLES: DropEngine = DropEngine {
+        engine: Engine::Xtables,
+        family: None,
+    };
+
+    pub const fn nftables(family: TableFamily) -> DropEngine {
+        DropEngine {
+            engine: Engine::NfTables,
+            family: Some(family),
+        }
+    }
+
+    /// As records name it: `nftables/ip`, `nftables/inet`, ..., or `xtables`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Hook::Prerouting => "PREROUTING",
-            Hook::Input => "INPUT",
-            Hook::Forward => "FORWARD",
-            Hook::Output => "OUTPUT",
-            Hook::Postrouting => "POSTROUTING",
-            Hook::Ingress => "INGRESS",
-            Hook::Egress => "EGRESS",
+        match (self.engine, self.family) {
+            (Engine::Xtables, _) => "xtables",
+            (Engine::NfTables, None) => "nftables",
+            (Engine::NfTables, Some(f)) => match f {
+                TableFamily::Ip => "nftables/ip",
+                TableFamily::Ip6 => "nftables/ip6",
+                TableFamily::Inet => "nftables/inet",
+                TableFamily::Bridge => "nftables/bridge",
+                TableFamily::Arp => "nftables/arp",
+                TableFamily::Netdev => "nftables/netdev",
+            },
         }
     }
 }
 
-/// The netfilter engine whose verdict dropped the packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Engine {
-    /// nf_tables (native nft and iptables-nft); the table family is known.
-    Nftables(NftFamily),
-    /// Legacy xtables (iptables-legacy / ip6tables-legacy).
-    Xtables,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NftFamily {
-    Ip,
-    Ip6,
-    Inet,
-    Bridge,
-    Arp,
-    Netdev,
-}
-
-impl Serialize for Engine {
+impl Serialize for DropEngine {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
-    }
-}
-
-impl Engine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Nftables(NftFamily::Ip) => "nftables/ip",
-            Engine::Nftables(NftFamily::Ip6) => "nftables/ip6",
-            Engine::Nftables(NftFamily::Inet) => "nftables/inet",
-            Engine::Nftables(NftFamily::Bridge) => "nftables/bridge",
-            Engine::Nftables(NftFamily::Arp) => "nftables/arp",
-            Engine::Nftables(NftFamily::Netdev) => "nftables/netdev",
-            Engine::Xtables => "xtables",
-        }
-    }
-}
-
-impl NftFamily {
-    /// The family as `nft` writes it: `ip`, `ip6`, `inet`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NftFamily::Ip => "ip",
-            NftFamily::Ip6 => "ip6",
-            NftFamily::Inet => "inet",
-            NftFamily::Bridge => "bridge",
-            NftFamily::Arp => "arp",
-            NftFamily::Netdev => "netdev",
-        }
     }
 }
 
@@ -103,7 +69,7 @@ pub enum Context {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StackFacts {
     pub hook: Option<Hook>,
-    pub engine: Option<Engine>,
+    pub engine: Option<DropEngine>,
     pub softirq: bool,
 }
 
@@ -163,7 +129,7 @@ pub fn classify<'a>(frames: impl IntoIterator<Item = &'a str>) -> StackFacts {
             }
         }
         if facts.engine.is_none() {
-            facts.engine = nft_family(f).map(Engine::Nftables);
+            facts.engine = nft_family(f).map(DropEngine::nftables);
         }
         if SOFTIRQ_FRAMES.contains(&f) {
             facts.softirq = true;
@@ -176,22 +142,22 @@ pub fn classify<'a>(frames: impl IntoIterator<Item = &'a str>) -> StackFacts {
 /// likely a legacy xtables verdict, since nf_tables frees the packet inside `nft_do_chain`
 /// on recent kernels. Before that (5.10) both end in `nf_hook_slow`, so attribution tries
 /// the other engine when this guess finds no dropping rule.
-pub fn engine_from_location(location_fn: &str) -> Option<Engine> {
+pub fn engine_from_location(location_fn: &str) -> Option<DropEngine> {
     matches!(
         strip_suffix(location_fn),
         "nf_hook_slow" | "nf_hook_slow_list"
     )
-    .then_some(Engine::Xtables)
+    .then_some(DropEngine::XTABLES)
 }
 
-fn nft_family(f: &str) -> Option<NftFamily> {
+fn nft_family(f: &str) -> Option<TableFamily> {
     Some(match f {
-        "nft_do_chain_ipv4" => NftFamily::Ip,
-        "nft_do_chain_ipv6" => NftFamily::Ip6,
-        "nft_do_chain_inet" | "nft_do_chain_inet_ingress" => NftFamily::Inet,
-        "nft_do_chain_bridge" => NftFamily::Bridge,
-        "nft_do_chain_arp" => NftFamily::Arp,
-        "nft_do_chain_netdev" => NftFamily::Netdev,
+        "nft_do_chain_ipv4" => TableFamily::Ip,
+        "nft_do_chain_ipv6" => TableFamily::Ip6,
+        "nft_do_chain_inet" | "nft_do_chain_inet_ingress" => TableFamily::Inet,
+        "nft_do_chain_bridge" => TableFamily::Bridge,
+        "nft_do_chain_arp" => TableFamily::Arp,
+        "nft_do_chain_netdev" => TableFamily::Netdev,
         _ => return None,
     })
 }
@@ -219,7 +185,7 @@ mod tests {
             "tcp_connect",
         ]);
         assert_eq!(s.hook, Some(Hook::Output));
-        assert_eq!(s.engine, Some(Engine::Nftables(NftFamily::Ip)));
+        assert_eq!(s.engine, Some(DropEngine::nftables(TableFamily::Ip)));
         assert!(!s.softirq);
     }
 
@@ -234,7 +200,10 @@ mod tests {
         ]);
         assert_eq!(s.hook, Some(Hook::Output));
         assert_eq!(s.engine, None);
-        assert_eq!(engine_from_location("nf_hook_slow"), Some(Engine::Xtables));
+        assert_eq!(
+            engine_from_location("nf_hook_slow"),
+            Some(DropEngine::XTABLES)
+        );
         assert_eq!(engine_from_location("nft_do_chain"), None);
     }
 
@@ -256,7 +225,7 @@ mod tests {
             "handle_softirqs",
         ]);
         assert_eq!(s.hook, Some(Hook::Output));
-        assert_eq!(s.engine, Some(Engine::Nftables(NftFamily::Inet)));
+        assert_eq!(s.engine, Some(DropEngine::nftables(TableFamily::Inet)));
         assert!(s.softirq);
     }
 

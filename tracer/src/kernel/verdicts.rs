@@ -18,7 +18,7 @@ use tracer_common::{KernelVerdict, engine};
 use crate::{
     kernel::btf::VerdictSupport,
     kernel::program::{c_string, program_error},
-    kernel::stack::{Hook, NftFamily},
+    kernel::stack::{DropEngine, Hook, TableFamily},
 };
 
 /// The return probe, on every watched function (tracer-ebpf `verdict::do_table_return`).
@@ -126,31 +126,18 @@ pub struct KernelSaw {
     pub function: &'static str,
     pub engine: u8,
     /// The table's family as nftables names it (`ip`, `ip6`, `inet`, ...).
-    pub family: Option<NftFamily>,
+    pub family: Option<TableFamily>,
     pub hook: Option<Hook>,
     pub table: String,
     /// The nftables base chain (None for xtables: the hook's built-in chain).
     pub chain: Option<String>,
 }
 
-/// `NFPROTO_*` (include/uapi/linux/netfilter.h).
-fn family_of(nfproto: u8) -> Option<NftFamily> {
-    Some(match nfproto {
-        1 => NftFamily::Inet,
-        2 => NftFamily::Ip,
-        3 => NftFamily::Arp,
-        5 => NftFamily::Netdev,
-        7 => NftFamily::Bridge,
-        10 => NftFamily::Ip6,
-        _ => return None,
-    })
-}
-
 /// `enum nf_inet_hooks` (and `nf_dev_hooks` for the netdev family).
-fn hook_of(family: Option<NftFamily>, hook: u8) -> Option<Hook> {
+fn hook_of(family: Option<TableFamily>, hook: u8) -> Option<Hook> {
     Some(match (family, hook) {
-        (Some(NftFamily::Netdev), 0) => Hook::Ingress,
-        (Some(NftFamily::Netdev), 1) => Hook::Egress,
+        (Some(TableFamily::Netdev), 0) => Hook::Ingress,
+        (Some(TableFamily::Netdev), 1) => Hook::Egress,
         (_, 0) => Hook::Prerouting,
         (_, 1) => Hook::Input,
         (_, 2) => Hook::Forward,
@@ -163,10 +150,10 @@ fn hook_of(family: Option<NftFamily>, hook: u8) -> Option<Hook> {
 
 impl KernelSaw {
     pub fn from_record(v: &KernelVerdict) -> Option<Self> {
-        let family = family_of(v.family);
+        let family = TableFamily::from_nfproto(v.family);
         let (function, chain) = match v.engine {
             engine::NFTABLES => ("nft_do_chain", Some(c_string(&v.chain))),
-            engine::XTABLES if family == Some(NftFamily::Ip6) => ("ip6t_do_table", None),
+            engine::XTABLES if family == Some(TableFamily::Ip6) => ("ip6t_do_table", None),
             engine::XTABLES => ("ipt_do_table", None),
             _ => return None,
         };
@@ -181,17 +168,17 @@ impl KernelSaw {
     }
 
     /// The engine as the stack classifier names it.
-    pub fn stack_engine(&self) -> Option<crate::kernel::stack::Engine> {
+    pub fn stack_engine(&self) -> Option<DropEngine> {
         match self.engine {
-            engine::NFTABLES => self.family.map(crate::kernel::stack::Engine::Nftables),
-            engine::XTABLES => Some(crate::kernel::stack::Engine::Xtables),
+            engine::NFTABLES => self.family.map(DropEngine::nftables),
+            engine::XTABLES => Some(DropEngine::XTABLES),
             _ => None,
         }
     }
 
     /// `nft_do_chain returned DROP in ip filter OUTPUT`, for the `why` of an attribution.
     pub fn describe(&self) -> String {
-        let family = self.family.map_or("?", NftFamily::as_str);
+        let family = self.family.map_or("?", TableFamily::as_str);
         match (&self.chain, self.hook) {
             (Some(chain), _) => format!(
                 "{} returned DROP in {family} {} {chain}",
@@ -231,7 +218,7 @@ mod tests {
     #[test]
     fn reads_nftables_and_xtables_records() {
         let nft = KernelSaw::from_record(&record(engine::NFTABLES, 1, 3, "fw", "out")).unwrap();
-        assert_eq!(nft.family, Some(NftFamily::Inet));
+        assert_eq!(nft.family, Some(TableFamily::Inet));
         assert_eq!(nft.hook, Some(Hook::Output));
         assert_eq!(nft.describe(), "nft_do_chain returned DROP in inet fw out");
         let legacy = KernelSaw::from_record(&record(engine::XTABLES, 10, 1, "filter", "")).unwrap();

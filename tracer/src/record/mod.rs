@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::kernel::{
-    drop::CtState,
-    stack::{Context, Engine, Hook},
+    drop::CtInfo,
+    stack::{Context, DropEngine, Hook},
 };
 
 /// One line of output: a dropped packet, or `count` identical ones.
@@ -47,10 +47,10 @@ pub struct DropRecord {
     pub icmp_code: Option<u8>,
     pub len: u32,
     pub mark: u32,
-    pub ct_state: CtState,
+    pub ct_state: CtInfo,
     pub reason: String,
     pub hook: Option<Hook>,
-    pub engine: Option<Engine>,
+    pub engine: Option<DropEngine>,
     /// Kernel function that freed the packet.
     pub location: String,
     pub context: Context,
@@ -161,10 +161,10 @@ pub(crate) mod tests {
             icmp_code: None,
             len: 60,
             mark: 0,
-            ct_state: CtState::New,
+            ct_state: CtInfo::NEW,
             reason: "NETFILTER_DROP".into(),
             hook: Some(Hook::Output),
-            engine: Some(Engine::Nftables(crate::kernel::stack::NftFamily::Ip)),
+            engine: Some(DropEngine::nftables(crate::kernel::stack::TableFamily::Ip)),
             location: "nft_do_chain".into(),
             context: Context::Process,
             pid: Some(812),

@@ -13,13 +13,15 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::{CT_NONE, InventoryKey, PassedKey, inventory};
+use tracer_common::{
+    InventoryKey, PassedKey, inventory,
+    netfilter::{CtInfo, CtState, Family, icmp_of_port, icmp_port, ip_addr, ipproto},
+};
 
 use crate::{
     attribution::{Attribution, Attributor},
     kernel::{
         btf::KernelBtf,
-        drop::ip_addr,
         filter::{Filters, proto_name},
         inventory::InventoryCapture,
         stack::Hook,
@@ -27,8 +29,7 @@ use crate::{
     record::{DropRecord, endpoint},
 };
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+use ipproto::{TCP, UDP};
 
 /// Services and dropped TCP attempts remembered at most: a scan's further ones are left
 /// out of the per-service view (the drops themselves stay counted in the summary).
@@ -138,7 +139,9 @@ impl AttemptsBook {
         let port = match (proto, r.icmp_type) {
             (TCP, _) if r.tcp_flags_raw.is_some_and(|f| f & 0x12 == 0x02) => r.dport,
             (UDP, _) => r.dport,
-            (1, Some(8)) | (58, Some(128)) => r.icmp_type.map(|t| u16::from(t) << 8),
+            (ipproto::ICMP, Some(8)) | (ipproto::ICMPV6, Some(128)) => {
+                r.icmp_type.map(|t| icmp_port(t, 0))
+            }
             _ => None,
         };
         let Some(port) = port else { return };
@@ -277,53 +280,48 @@ impl AttemptsBook {
 
 fn destination(s: &Service) -> String {
     match s.proto {
-        1 | 58 => format!("{} (echo)", s.dst),
+        p if ipproto::is_icmp(p) => format!("{} (echo)", s.dst),
         _ => endpoint(s.dst, Some(s.port)),
     }
 }
 
-/// `enum ip_conntrack_info` of the original direction.
-fn state_name(ct_info: u8) -> &'static str {
-    match ct_info {
-        0 => "established",
-        1 => "related",
-        2 => "new",
-        CT_NONE => "untracked",
-        _ => "invalid",
+/// A first packet's conntrack state (the original direction). Unlike a drop, whose
+/// packet without an entry is what `--ctstate INVALID` matches, a first packet let
+/// through without one was not tracked.
+fn first_packet_state(ct_info: u8) -> CtState {
+    let info = CtInfo(ct_info);
+    if info == CtInfo::NONE {
+        CtState::Untracked
+    } else {
+        info.state().unwrap_or(CtState::Invalid)
     }
+}
+
+fn state_name(ct_info: u8) -> &'static str {
+    first_packet_state(ct_info).as_str()
 }
 
 /// The first packet as the rule engine sees it.
 fn packet_of(k: &PassedKey) -> ruleset::Packet {
-    let icmp = matches!(k.proto, 1 | 58);
+    let icmp = ipproto::is_icmp(k.proto);
     let ports = !icmp;
     let oif = crate::kernel::program::c_string(&k.oif);
     ruleset::Packet {
-        family: if k.family == tracer_common::AF_INET6 {
-            ruleset::Family::Ipv6
-        } else {
-            ruleset::Family::Ipv4
-        },
+        family: Family::of_af(k.family),
         proto: k.proto,
         src: ip_addr(k.family, &k.saddr),
         dst: ip_addr(k.family, &k.daddr),
         sport: ports.then_some(k.sport),
         dport: ports.then_some(k.dport),
         tcp_flags: (k.proto == TCP).then_some(0x02),
-        icmp_type: icmp.then_some((k.dport >> 8) as u8),
-        icmp_code: icmp.then_some(k.dport as u8),
+        icmp_type: icmp.then_some(icmp_of_port(k.dport).0),
+        icmp_code: icmp.then_some(icmp_of_port(k.dport).1),
         iif: None,
         oif: (!oif.is_empty()).then_some(oif),
         mark: k.mark,
         uid: (k.uid != u32::MAX).then_some(k.uid),
         gid: None,
-        ct_state: Some(match k.ct_info {
-            0 => ruleset::CtState::Established,
-            1 => ruleset::CtState::Related,
-            2 => ruleset::CtState::New,
-            CT_NONE => ruleset::CtState::Untracked,
-            _ => ruleset::CtState::Invalid,
-        }),
+        ct_state: Some(first_packet_state(k.ct_info)),
         len: 0,
         unknown: ruleset::Unknown {
             iif: false,
@@ -344,6 +342,6 @@ mod tests {
     fn states_are_named_as_the_rules_name_them() {
         assert_eq!(state_name(0), "established");
         assert_eq!(state_name(2), "new");
-        assert_eq!(state_name(CT_NONE), "untracked");
+        assert_eq!(state_name(tracer_common::CT_NONE), "untracked");
     }
 }

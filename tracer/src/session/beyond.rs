@@ -24,14 +24,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{AggCount, AggKey};
+use tracer_common::{
+    AggCount, AggKey,
+    netfilter::{CtInfo, Family, icmp_of_port, ipproto},
+};
 
 use crate::{
-    attribution::{beyond::Counted, packet::rule_ct_state},
+    attribution::beyond::Counted,
     kernel::{
-        drop::{CtState, Tally},
+        drop::Tally,
         filter::proto_name,
-        stack::{Engine, Hook},
+        stack::{DropEngine, Hook},
     },
     record::{DropRecord, rule::Attribution},
 };
@@ -48,7 +51,7 @@ pub const LINES_AT_END: usize = 8_192;
 pub const LINE_KEYS_KEPT: usize = tracer_common::MAX_AGGREGATES as usize * 3 / 2;
 
 /// A drop site's hook and engine, as its records' stacks name them.
-type Site = (Option<Hook>, Option<Engine>);
+type Site = (Option<Hook>, Option<DropEngine>);
 
 /// What the drop site a stack digest stands for is: learnt from records whose stack the
 /// site was taken from.
@@ -59,7 +62,7 @@ pub struct SiteBook {
 }
 
 impl SiteBook {
-    pub fn learn(&mut self, site: u32, hook: Option<Hook>, engine: Option<Engine>) {
+    pub fn learn(&mut self, site: u32, hook: Option<Hook>, engine: Option<DropEngine>) {
         if hook.is_none() {
             return;
         }
@@ -77,7 +80,7 @@ impl SiteBook {
     }
 
     /// The hook and engine of `site`, when every record of it agreed.
-    pub fn of(&self, site: u32) -> (Option<Hook>, Option<Engine>) {
+    pub fn of(&self, site: u32) -> (Option<Hook>, Option<DropEngine>) {
         self.sites
             .get(&site)
             .copied()
@@ -269,22 +272,16 @@ impl LiveBook {
 /// What an aggregate key says of its drops, for the rule engine.
 pub fn counted(k: &AggKey, sites: &SiteBook) -> Counted {
     let (hook, engine) = sites.of(k.site);
-    let icmp = matches!(k.proto, 1 | 58);
     let coarse = k.other != 0;
     Counted {
         hook,
         engine,
-        family: if k.family == tracer_common::AF_INET6 {
-            ruleset::Family::Ipv6
-        } else {
-            ruleset::Family::Ipv4
-        },
+        family: Family::of_af(k.family),
         proto: k.proto,
-        dport: (!coarse && tracer_common::has_ports(k.proto)).then_some(k.dport),
-        icmp: (!coarse && icmp).then_some(((k.dport >> 8) as u8, k.dport as u8)),
-        tcp_flags: (!coarse && k.proto == 6).then_some(k.tcp_flags),
-        // As for lines (a drop without conntrack entry is what `--ctstate INVALID` matches).
-        ct_state: (!coarse).then(|| rule_ct_state(CtState::of(k.ct_info))),
+        dport: (!coarse && ipproto::has_ports(k.proto)).then_some(k.dport),
+        icmp: (!coarse && ipproto::is_icmp(k.proto)).then_some(icmp_of_port(k.dport)),
+        tcp_flags: (!coarse && k.proto == ipproto::TCP).then_some(k.tcp_flags),
+        ct_state: (!coarse).then(|| CtInfo(k.ct_info).rule_state()),
     }
 }
 

@@ -24,7 +24,7 @@ use tracer_common::FlowKey;
 use crate::{
     kernel::{
         drop::Tally,
-        stack::{Engine, Hook},
+        stack::{DropEngine, Hook},
     },
     record::DropRecord,
 };
@@ -55,7 +55,7 @@ struct Seen {
 #[derive(Debug, Clone, Default)]
 pub struct Sketch {
     hook: Option<Hook>,
-    engine: Option<Engine>,
+    engine: Option<DropEngine>,
     engine_guessed: bool,
     has_socket: bool,
     receiver: bool,

@@ -62,8 +62,8 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
     };
     let mut unsure = Vec::new();
     let mut accepted_by = None;
-    for (hook, hook_name) in [(Hook::Output, "OUTPUT"), (Hook::Postrouting, "POSTROUTING")] {
-        for engine in [Engine::NfTables, Engine::IptablesLegacy] {
+    for hook in [Hook::Output, Hook::Postrouting] {
+        for engine in [Engine::NfTables, Engine::Xtables] {
             if !rs
                 .tables
                 .iter()
@@ -86,8 +86,8 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
                     } else {
                         "reject"
                     },
-                    by: label.unwrap_or_else(|| format!("{hook_name} (no rule named)")),
-                    hook: hook_name,
+                    by: label.unwrap_or_else(|| format!("{hook} (no rule named)")),
+                    hook: hook.as_str(),
                 };
             }
             if dropping > 0 || queued || ev.alternatives_truncated {
@@ -104,7 +104,7 @@ pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
                         outcomes.len()
                     )
                 };
-                unsure.push(format!("{hook_name}: {fate}; {}", undecided.join("; ")));
+                unsure.push(format!("{hook}: {fate}; {}", undecided.join("; ")));
                 continue;
             }
             if let ruleset::DecidedBy::Rule(r) = &ev.by {
