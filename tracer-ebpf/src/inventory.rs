@@ -60,7 +60,10 @@ use tracer_common::{
     },
 };
 
-use crate::drops::{CONFIG, port_in, prefix_matches};
+use crate::drops::{
+    CONFIG,
+    headers::{port_in, prefix_matches},
+};
 
 /// Like `drops::read`, for callers that must tell a failed read (or a null base) from a zero.
 /// It branches on the result, so the main drop path avoids it (see `drops::read`).

@@ -22,7 +22,10 @@ use aya_ebpf::{
 };
 use tracer_common::{KernelVerdict, VERDICT_NAME_LEN, engine};
 
-use crate::drops::{CONFIG, copy_kernel, read};
+use crate::drops::{
+    CONFIG,
+    kmem::{copy_kernel, read},
+};
 
 /// Calls nested on one CPU beyond this overwrite the oldest; four is more than the
 /// process, softirq and hardirq levels at which netfilter hooks run.
