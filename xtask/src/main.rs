@@ -92,6 +92,10 @@ enum Task {
         /// Only the drop-to-line round (2,000 rules, 5 drops a second): latency and CPU.
         #[arg(long)]
         latency_only: bool,
+        /// Also write the figures' table into docs/performance.md (between its
+        /// `bench:figures` markers).
+        #[arg(long)]
+        write_docs: bool,
     },
     /// Port-scan bursts beyond the kernel's flow table while `droptrace watch` (or, with
     /// --serve, `serve`) runs: prints exactness, lost, "(rule unknown)", time to catch up,
@@ -105,31 +109,32 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.task {
-        Task::Setup => setup::run(),
-        Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
-        Task::Test { args } => setup::run().and_then(|()| test(&args)),
-        Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
-        Task::DemoClient { to, from_ports } => demo::client(to, &from_ports),
-        Task::VmTest(args) => {
-            setup::run().and_then(|()| vmtest::run(&dist::static_binary()?, &args))
-        }
-        Task::PackageTest => {
-            setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
-        }
-        Task::Manifests => setup::run().and_then(|()| manifests::run()),
-        Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
-        Task::Scan(args) => {
-            setup::run().and_then(|()| scan::run(&given_or_release(args.binary.as_deref())?, &args))
-        }
-        Task::Soak(args) => {
-            setup::run().and_then(|()| soak::run(&given_or_release(args.binary.as_deref())?, &args))
-        }
-        Task::Bench {
-            latency_only: true, ..
-        } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
-        Task::Bench { quick, .. } => setup::run().and_then(|()| bench::run(&build(true)?, quick)),
-    };
+    let result =
+        match cli.task {
+            Task::Setup => setup::run(),
+            Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
+            Task::Test { args } => setup::run().and_then(|()| test(&args)),
+            Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
+            Task::DemoClient { to, from_ports } => demo::client(to, &from_ports),
+            Task::VmTest(args) => {
+                setup::run().and_then(|()| vmtest::run(&dist::static_binary()?, &args))
+            }
+            Task::PackageTest => {
+                setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
+            }
+            Task::Manifests => setup::run().and_then(|()| manifests::run()),
+            Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
+            Task::Scan(args) => setup::run()
+                .and_then(|()| scan::run(&given_or_release(args.binary.as_deref())?, &args)),
+            Task::Soak(args) => setup::run()
+                .and_then(|()| soak::run(&given_or_release(args.binary.as_deref())?, &args)),
+            Task::Bench {
+                latency_only: true, ..
+            } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
+            Task::Bench {
+                quick, write_docs, ..
+            } => setup::run().and_then(|()| bench::run(&build(true)?, quick, write_docs)),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

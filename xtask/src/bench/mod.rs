@@ -15,29 +15,33 @@
 
 use std::{
     collections::HashSet,
-    fmt::Write as _,
-    io::{self, BufRead as _, BufReader, Read as _},
-    os::fd::{FromRawFd as _, OwnedFd},
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use nix::{
     libc,
-    sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction},
-    unistd::Pid,
+    sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
 };
 
 use crate::{floor::Floor, netns::Netns, run_checked, setup, workspace_root};
 
 mod latency;
+mod proc;
+mod prog_stats;
+mod report;
+
+use proc::{Proc, read_all};
+use prog_stats::{ProgStats, bpf_stats, kfree_skb_progs, settle};
+use report::{median, report};
 
 /// Seconds of flood per run.
 const FLOOD_SECONDS: f64 = 3.0;
@@ -214,7 +218,7 @@ struct Flood {
     cpu_share: f64,
 }
 
-pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
+pub fn run(droptrace: &Path, quick: bool, write_docs: bool) -> anyhow::Result<()> {
     if !crate::nix_is_root() {
         bail!("the bench loads eBPF programs and creates a network namespace: run as root");
     }
@@ -312,7 +316,7 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
     }
     let load_after = loadavg();
 
-    report(
+    let figures = report(
         &samples,
         runs,
         &many_base,
@@ -321,6 +325,10 @@ pub fn run(droptrace: &Path, quick: bool) -> anyhow::Result<()> {
         (&load_before, &load_after),
         began.elapsed(),
     );
+    if write_docs {
+        report::write_docs(&figures)?;
+        say("wrote the figures into docs/performance.md");
+    }
     check_interrupted()?;
     latency::run(droptrace)?.print();
     check_interrupted()?;
@@ -344,96 +352,6 @@ pub fn latency_only(droptrace: &Path) -> anyhow::Result<()> {
 impl Sample {
     fn prog_ns(&self) -> Option<f64> {
         self.tracer.as_ref()?.prog_ns
-    }
-}
-
-/// Turns on the kernel's BPF run-time statistics (`bpf(BPF_ENABLE_STATS)`) until the
-/// returned fd is closed. Reference-counted by the kernel: it never turns off statistics
-/// someone else enabled, and they stop by themselves if the bench dies. `None` (with a
-/// note) if the kernel refuses.
-fn bpf_stats() -> anyhow::Result<Option<OwnedFd>> {
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    const BPF_STATS_RUN_TIME: u32 = 0;
-    let attr: [u32; 2] = [BPF_STATS_RUN_TIME, 0];
-    // SAFETY: attr is a valid `union bpf_attr` prefix of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_ENABLE_STATS,
-            attr.as_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        say(&format!(
-            "no BPF run-time statistics ({}): diagnostics skipped",
-            io::Error::last_os_error()
-        ));
-        return Ok(None);
-    }
-    // SAFETY: a new fd that nothing else owns.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-}
-
-/// Loaded BPF programs on kfree_skb (droptrace's and bpftrace's are all named kfree_skb*),
-/// with their run-time statistics (zero unless enabled): id -> (run_time_ns, run_cnt).
-fn kfree_skb_progs() -> anyhow::Result<Vec<(u64, u64, u64)>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("cannot run bpftool")?;
-    let progs: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("bpftool -j prog show")?;
-    Ok(progs
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("kfree_skb"))
-        })
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                p["run_time_ns"].as_u64().unwrap_or(0),
-                p["run_cnt"].as_u64().unwrap_or(0),
-            ))
-        })
-        .collect())
-}
-
-/// Waits (up to 3 s) for the previous run's programs to be gone: the kernel frees a
-/// program some time after its last fd is closed, and a run should not start beside one.
-fn settle() -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(3);
-    while !kfree_skb_progs()?.is_empty() && Instant::now() < until {
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-/// The programs a tracer loaded (those not in `before`) and their summed statistics.
-struct ProgStats {
-    ids: HashSet<u64>,
-}
-
-impl ProgStats {
-    fn new_since(before: &HashSet<u64>) -> anyhow::Result<ProgStats> {
-        let ids = kfree_skb_progs()?
-            .into_iter()
-            .map(|p| p.0)
-            .filter(|id| !before.contains(id))
-            .collect();
-        Ok(ProgStats { ids })
-    }
-    /// (run_time_ns, run_cnt) summed over the tracer's programs.
-    fn read(&self) -> anyhow::Result<(u64, u64)> {
-        Ok(kfree_skb_progs()?
-            .into_iter()
-            .filter(|p| self.ids.contains(&p.0))
-            .fold((0, 0), |(t, n), p| (t + p.1, n + p.2)))
     }
 }
 
@@ -763,119 +681,7 @@ fn bpftrace_errors(stderr: &str) -> String {
         .join("\n")
 }
 
-fn read_all(mut r: ChildStderr) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-/// A child process that is killed and reaped if the bench stops early.
-struct Proc {
-    child: Child,
-    reaped: bool,
-    /// What it is, for messages.
-    name: String,
-}
-
-struct Exit {
-    status: libc::c_int,
-    usage: libc::rusage,
-}
-
-impl Exit {
-    fn success(&self) -> bool {
-        libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
-    }
-    fn cpu_s(&self) -> f64 {
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(self.usage.ru_utime) + t(self.usage.ru_stime)
-    }
-    fn peak_rss_kib(&self) -> u64 {
-        self.usage.ru_maxrss as u64
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, what: &str) -> anyhow::Result<Proc> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {what} ({cmd:?})"))?;
-        Ok(Proc {
-            child,
-            reaped: false,
-            name: what.to_string(),
-        })
-    }
-
-    /// Whether it has already exited (then it is reaped).
-    fn exited(&mut self) -> bool {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            self.reaped = true;
-        }
-        self.reaped
-    }
-
-    fn kill(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.reaped = true;
-        }
-    }
-
-    /// Sends `sig` and waits for the exit, with the process's resource usage (its CPU
-    /// time and peak RSS, from wait4).
-    /// Sends `sig` and reaps the process. The signal is sent again every 5 s while the
-    /// process lives (bpftrace was once seen to miss a SIGINT and wait for minutes), and after
-    /// [`STOP_TIMEOUT`] it is killed.
-    fn stop(&mut self, sig: Signal) -> anyhow::Result<Exit> {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, sig);
-        let started = Instant::now();
-        let mut signalled = Instant::now();
-        let mut status = 0;
-        // SAFETY: rusage is plain old data.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            let flags = if started.elapsed() > STOP_TIMEOUT {
-                let _ = kill(pid, Signal::SIGKILL);
-                0
-            } else {
-                libc::WNOHANG
-            };
-            // SAFETY: valid pointers to locals; the pid is our unreaped child.
-            let r = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
-            if r == pid.as_raw() {
-                break;
-            }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    return Err(e).context("wait4");
-                }
-                continue;
-            }
-            if signalled.elapsed() > Duration::from_secs(5) {
-                say(&format!("{} still running: sending {sig} again", self.name));
-                let _ = kill(pid, sig);
-                signalled = Instant::now();
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        self.reaped = true;
-        Ok(Exit { status, usage })
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The bench's network namespace, deleted when dropped (also on error and Ctrl-C).
+/// Installs bpftrace for the comparison rounds.
 fn install_bpftrace() -> anyhow::Result<()> {
     setup::install_packages(
         &[(
@@ -942,307 +748,4 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn report(
-    samples: &[(Round, Sample)],
-    runs: usize,
-    many_base: &Sample,
-    many_dt: &Sample,
-    diag: &Diag,
-    load: (&str, &str),
-    took: Duration,
-) {
-    let of = |r: Round| samples.iter().filter(move |(k, _)| *k == r).map(|(_, s)| s);
-    let med = |r: Round, f: &dyn Fn(&Sample) -> Option<f64>| median(of(r).filter_map(f).collect());
-    let rate = |r: Round| med(r, &|s| Some(s.drops_per_s));
-    let base = rate(Round::Baseline);
-    let cpu = |r: Round| med(r, &|s| s.tracer.as_ref().map(|t| t.cpu_s));
-    let running = |r: Round| med(r, &|s| s.tracer.as_ref().and_then(|t| t.running_share));
-    let startup_ms = |r: Round| {
-        med(r, &|s| {
-            s.tracer.as_ref().map(|t| t.startup.as_secs_f64() * 1e3)
-        })
-    };
-    let rss = |r: Round| {
-        of(r)
-            .filter_map(|s| s.tracer.as_ref().map(|t| t.peak_rss_kib))
-            .max()
-    };
-    let opt = |v: Option<f64>, prec: usize| {
-        v.filter(|v| v.is_finite())
-            .map_or("-".to_string(), |v| format!("{v:.prec$}"))
-    };
-
-    let mut t = String::new();
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let _ = writeln!(
-        t,
-        "\ndroptrace bench: one flood thread, 64-byte UDP payloads to 127.0.0.1:9 dropped in OUTPUT \
-         (iptables-nft), {FLOOD_SECONDS} s per run, median of {runs} interleaved runs; {cpus} CPUs; \
-         load average {} before, {} after; measuring took {:.0} s",
-        load.0,
-        load.1,
-        took.as_secs_f64()
-    );
-    let _ = writeln!(
-        t,
-        "\n{:<34} {:>10} {:>6} {:>9} {:>7} {:>7} {:>8} {:>8}   runs (drops/s)",
-        "round", "drops/s", "ratio", "flood_cpu", "cpu_s", "running", "rss_kib", "start_ms"
-    );
-    for r in Round::ALL {
-        let _ = writeln!(
-            t,
-            "{:<34} {:>10.0} {:>6.3} {:>9.2} {:>7} {:>7} {:>8} {:>8}   {}",
-            r.label(),
-            rate(r),
-            rate(r) / rate(r.baseline()),
-            med(r, &|s| Some(s.flood_cpu)),
-            opt(Some(cpu(r)), 3),
-            opt(Some(running(r)), 3),
-            rss(r).map_or("-".into(), |v| v.to_string()),
-            opt(Some(startup_ms(r)), 0),
-            of(r)
-                .map(|s| format!("{:.0}", s.drops_per_s))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    let _ = writeln!(
-        t,
-        "(flood_cpu: the sender's CPU time / wall time, well below 1 when something else took its \
-         CPU; cpu_s, rss_kib: the tracer process's user+sys time and peak RSS over its whole run, from \
-         wait4; running: droptrace's CPU time, its ruleset tools' included, from its start line to \
-         its exit, over that time (a share of one core); start_ms: spawn to droptrace's JSON start line, or to bpftrace's probe being attached)"
-    );
-
-    let _ = writeln!(
-        t,
-        "\n{:<34} {:>9} {:>9} {:>6} {:>9} {:>5} {:>12} {:>9} {:>6}",
-        "droptrace run",
-        "total",
-        "counter",
-        "equal",
-        "flood",
-        "lost",
-        "records_lost",
-        "matched",
-        "lines"
-    );
-    let mut dt_runs: Vec<(String, &Check)> = Vec::new();
-    for r in [
-        Round::Droptrace,
-        Round::DroptraceRules,
-        Round::DroptraceRulesSendto,
-    ] {
-        for (i, s) in of(r).enumerate() {
-            if let Some(c) = s.tracer.as_ref().and_then(|t| t.check.as_ref()) {
-                dt_runs.push((format!("{} #{}", r.label(), i + 1), c));
-            }
-        }
-    }
-    let many_check = many_dt.tracer.as_ref().and_then(|t| t.check.as_ref());
-    if let Some(c) = many_check {
-        dt_runs.push((format!("--no-rules, {MANY_FLOWS} flows"), c));
-    }
-    for (name, c) in &dt_runs {
-        let _ = writeln!(
-            t,
-            "{:<34} {:>9} {:>9} {:>6} {:>9} {:>5} {:>12} {:>9} {:>6}",
-            name,
-            c.total,
-            c.counter,
-            c.exact(),
-            c.flood_dropped,
-            c.lost,
-            c.records_lost,
-            c.matched_in_kernel,
-            c.drop_lines
-        );
-    }
-    let _ = writeln!(
-        t,
-        "(total: droptrace's summary; counter: the OUTPUT rules' packet counter delta over the flood; \
-         flood: sends that failed with EPERM; lines: JSON drop lines)"
-    );
-    let many_rate = many_dt.drops_per_s / many_base.drops_per_s;
-    let many_cpu = many_dt.tracer.as_ref().map(|t| t.cpu_s);
-    let many_rss = many_dt.tracer.as_ref().map_or(0, |t| t.peak_rss_kib);
-    let _ = writeln!(
-        t,
-        "\nmany flows ({MANY_FLOWS} flows: 127.0.0.1/127.0.0.2 x 4 source ports x dports from 1024, \
-         cycled; iptables -A OUTPUT -p udp -j DROP; 1 run each): baseline {:.0} drops/s, with droptrace \
-         --no-rules {:.0} drops/s (ratio {many_rate:.3}); droptrace cpu {} s, peak RSS {many_rss} KiB",
-        many_base.drops_per_s,
-        many_dt.drops_per_s,
-        opt(many_cpu, 3),
-    );
-
-    let ns_per = |rate: f64| 1e9 / rate;
-    let added = ns_per(rate(Round::Droptrace)) - ns_per(base);
-    let _ = writeln!(
-        t,
-        "\nper drop: {:.0} ns without a tracer, {:.0} ns with droptrace --no-rules (+{added:.0} ns). \
-         Time per program run from the kernel's BPF run-time statistics ({DIAG_SECONDS} s unscored \
-         runs; the timing itself adds a little to each):",
-        ns_per(base),
-        ns_per(rate(Round::Droptrace)),
-    );
-    for (what, v) in [
-        ("empty tp_btf prog (the floor)", diag.empty),
-        ("droptrace, drop of another netns", diag.netns_filtered),
-        ("droptrace, filtered out by --dport 10", diag.port_filtered),
-        ("droptrace, counted in its flow (1 flow)", diag.counted),
-        (
-            &format!("droptrace, {MANY_FLOWS} flows") as &str,
-            diag.many_flows,
-        ),
-    ] {
-        let _ = writeln!(t, "  {what:<44} {:>6} ns", opt(v, 0));
-    }
-    let runs_with_others = samples.iter().filter(|(_, s)| s.others > 0).count();
-    if runs_with_others > 0 {
-        let _ = writeln!(
-            t,
-            "\nnote: in {runs_with_others} of {} runs other kfree_skb programs (another droptrace or \
-             bpftrace on this host) were loaded: their cost is in those runs' figures",
-            samples.len()
-        );
-    }
-
-    let all_exact = dt_runs.iter().all(|(_, c)| c.exact());
-    let _ = writeln!(t);
-    let mut line = |k: &str, v: String| {
-        let _ = writeln!(t, "bench: {k}={v}");
-    };
-    line("baseline_drops_per_s", format!("{base:.0}"));
-    line(
-        "droptrace_drops_per_s",
-        format!("{:.0}", rate(Round::Droptrace)),
-    );
-    line(
-        "droptrace_ratio",
-        format!("{:.3}", rate(Round::Droptrace) / base),
-    );
-    line(
-        "droptrace_rules_ratio",
-        format!("{:.3}", rate(Round::DroptraceRules) / base),
-    );
-    line(
-        "bpftrace_printf_ratio",
-        format!("{:.3}", rate(Round::BpftracePrintf) / base),
-    );
-    line(
-        "bpftrace_count_ratio",
-        format!("{:.3}", rate(Round::BpftraceCount) / base),
-    );
-    line(
-        "droptrace_rules_sendto_ratio",
-        format!(
-            "{:.3}",
-            rate(Round::DroptraceRulesSendto) / rate(Round::BaselineSendto)
-        ),
-    );
-    line(
-        "droptrace_other_netns_ratio",
-        format!("{:.3}", rate(Round::DroptraceOtherNetns) / base),
-    );
-    line(
-        "empty_prog_ratio",
-        format!("{:.3}", rate(Round::EmptyProg) / base),
-    );
-    line(
-        "droptrace_rules_below_floor",
-        format!(
-            "{:.3}",
-            (rate(Round::EmptyProg) - rate(Round::DroptraceRules)) / base
-        ),
-    );
-    line(
-        "droptrace_total_equals_counter",
-        format!("{all_exact} runs={}", dt_runs.len()),
-    );
-    line("droptrace_cpu_s", format!("{:.3}", cpu(Round::Droptrace)));
-    line(
-        "droptrace_running_cpu_share",
-        format!("{:.3}", running(Round::Droptrace)),
-    );
-    line(
-        "droptrace_rules_running_cpu_share",
-        format!("{:.3}", running(Round::DroptraceRules)),
-    );
-    line(
-        "droptrace_rules_cpu_s",
-        format!("{:.3}", cpu(Round::DroptraceRules)),
-    );
-    line(
-        "droptrace_peak_rss_kib",
-        rss(Round::Droptrace).unwrap_or(0).to_string(),
-    );
-    line(
-        "droptrace_rules_peak_rss_kib",
-        rss(Round::DroptraceRules).unwrap_or(0).to_string(),
-    );
-    line("startup_ms", format!("{:.0}", startup_ms(Round::Droptrace)));
-    line(
-        "startup_rules_ms",
-        format!("{:.0}", startup_ms(Round::DroptraceRules)),
-    );
-    line(
-        "bpftrace_startup_ms",
-        format!("{:.0}", startup_ms(Round::BpftraceCount)),
-    );
-    if let Some(c) = many_check {
-        line(
-            "many_flows_total",
-            format!(
-                "{} counter={} equal={} lost={} ratio={many_rate:.3}",
-                c.total,
-                c.counter,
-                c.exact(),
-                c.lost
-            ),
-        );
-    }
-    // The target for 100 000 flows: peak RSS under 128 MB.
-    line("many_flows_peak_rss_kib", many_rss.to_string());
-    line("droptrace_added_ns_per_drop", format!("{added:.0}"));
-    line("droptrace_prog_ns_per_drop", opt(diag.counted, 0));
-    line(
-        "droptrace_prog_ns_port_filtered",
-        opt(diag.port_filtered, 0),
-    );
-    line(
-        "droptrace_prog_ns_netns_filtered",
-        opt(diag.netns_filtered, 0),
-    );
-    line("droptrace_prog_ns_many_flows", opt(diag.many_flows, 0));
-    line("empty_prog_ns_per_run", opt(diag.empty, 0));
-    let over_floor = |v: Option<f64>| opt(v.zip(diag.empty).map(|(v, e)| v - e), 0);
-    line(
-        "droptrace_netns_filtered_over_floor_ns",
-        over_floor(diag.netns_filtered),
-    );
-    line(
-        "droptrace_port_filtered_over_floor_ns",
-        over_floor(diag.port_filtered),
-    );
-    line(
-        "runs_with_other_kfree_skb_progs",
-        format!("{runs_with_others}/{}", samples.len()),
-    );
-    print!("{t}");
 }
