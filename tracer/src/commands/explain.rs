@@ -20,7 +20,7 @@ use ruleset::{CtState, DecidedBy, Hook};
 
 use crate::{
     attribution::{Attribution, attribution_of, snapshot::Snapshot},
-    enrich::netns::NetnsSelector,
+    enrich::netns::NetnsArg,
     escape::terminal,
     kernel::filter::Proto,
 };
@@ -55,7 +55,7 @@ pub struct ExplainArgs {
     /// droptrace's own).
     #[arg(long, value_name = "NAME|PATH", value_parser = crate::session::options::NetnsParser,
           hide_possible_values = true)]
-    pub netns: Option<String>,
+    pub netns: Option<NetnsArg>,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
     #[arg(long, value_name = "PROTO", value_parser = crate::session::options::ProtoParser,
           hide_possible_values = true)]
@@ -106,7 +106,7 @@ pub struct RulesArgs {
     /// droptrace's own).
     #[arg(long, value_name = "NAME|PATH", value_parser = crate::session::options::NetnsParser,
           hide_possible_values = true)]
-    pub netns: Option<String>,
+    pub netns: Option<NetnsArg>,
     /// Print the parsed ruleset as JSON.
     #[arg(long)]
     pub json: bool,
@@ -141,12 +141,15 @@ pub struct EngineResult {
 }
 
 /// The namespace's path (`None`: droptrace's own), checked to exist.
-fn netns_path(netns: Option<&str>) -> anyhow::Result<Option<std::path::PathBuf>> {
+fn netns_path(netns: Option<&NetnsArg>) -> anyhow::Result<Option<std::path::PathBuf>> {
     let Some(n) = netns else {
         return Ok(None);
     };
-    let sel = NetnsSelector::parse(n);
-    let p = sel.path().context("--netns all is not one namespace")?;
+    let p = n
+        .selector
+        .path()
+        .context("--netns all is not one namespace")?;
+    let n = &n.given;
     if !p.exists() {
         bail!(
             "no network namespace {n:?}: {} does not exist (see `ip netns list`)",
@@ -340,7 +343,7 @@ pub const EXIT_UNSURE: u8 = 3;
 
 pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let mut pkt = packet(&args)?;
-    let netns = netns_path(args.netns.as_deref())?;
+    let netns = netns_path(args.netns.as_ref())?;
     let snap = read_snapshot(netns.as_deref())?;
     let assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
     let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
@@ -406,7 +409,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_rules(args: RulesArgs) -> anyhow::Result<ExitCode> {
-    let netns = netns_path(args.netns.as_deref())?;
+    let netns = netns_path(args.netns.as_ref())?;
     let snap = read_snapshot(netns.as_deref())?;
     let mut out = io::stdout().lock();
     if args.json {
@@ -574,11 +577,8 @@ mod tests {
         let mut a = args(22);
         a.oif = None;
         let p = packet(&a).unwrap();
-        let (engines, verdict, by) = explain(
-            &ruleset_of("-A OUTPUT ! -o lo -j DROP"),
-            Hook::Output,
-            &p,
-        );
+        let (engines, verdict, by) =
+            explain(&ruleset_of("-A OUTPUT ! -o lo -j DROP"), Hook::Output, &p);
         assert_eq!(verdict, "unsure");
         assert!(by.is_some());
         assert_eq!(engines[0].possible.len(), 2, "{:?}", engines[0].possible);

@@ -498,10 +498,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         lost,
         records_lost: end.records_lost,
         drops: group(&records, all_namespaces),
-        probes_from: (!probes.is_empty()).then(|| describe_netns(&args.filters.netns)),
+        probes_from: (!probes.is_empty()).then(|| describe_netns(&args.filters.netns.given)),
         drops_from: match selector {
             crate::enrich::netns::NetnsSelector::All => "all namespaces".to_string(),
-            _ => describe_netns(&args.filters.netns),
+            _ => describe_netns(&args.filters.netns.given),
         },
         probes,
     };

@@ -26,6 +26,35 @@ pub enum NetnsError {
     Unreadable { path: String, error: String },
 }
 
+/// `--netns` as the user gave it, parsed once: their words (`host`, a name, a path), for
+/// messages, and the namespaces they select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsArg {
+    pub given: String,
+    pub selector: NetnsSelector,
+}
+
+impl NetnsArg {
+    pub fn parse(s: &str) -> Self {
+        NetnsArg {
+            given: s.to_string(),
+            selector: NetnsSelector::parse(s),
+        }
+    }
+}
+
+impl Default for NetnsArg {
+    fn default() -> Self {
+        NetnsArg::parse("all")
+    }
+}
+
+impl std::fmt::Display for NetnsArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.given)
+    }
+}
+
 /// Which namespaces `--netns` selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetnsSelector {

@@ -509,7 +509,7 @@ pub async fn collect(
     let netns_label = match (&selector, kernel_filters.netns) {
         (NetnsSelector::All, _) => "all".to_string(),
         (_, Some(ino)) => format!("{} ({ino})", filters.netns),
-        (_, None) => filters.netns.clone(),
+        (_, None) => filters.netns.given.clone(),
     };
     let until = match duration {
         Some(d) => format!("for {} or until Ctrl-C", humantime::format_duration(d)),

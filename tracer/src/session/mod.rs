@@ -262,7 +262,7 @@ impl Session {
         // An optional part: when the kernel refuses its programs, drops are still traced and
         // named, and the summary says why attempts are missing.
         let (attempts, attempts_unavailable) = if capture.attempts {
-            match attempts::AttemptsBook::start(&kernel, &filters.to_filters()?) {
+            match attempts::AttemptsBook::start(&kernel, &opts.filters) {
                 Ok(book) => (Some(book), None),
                 Err(e) => {
                     let why = format!("{e:#}");
@@ -292,7 +292,7 @@ impl Session {
                 Some(name) => format!("{name} ({ino})"),
                 None => format!("{} ({ino})", filters.netns),
             },
-            (_, None) => filters.netns.clone(),
+            (_, None) => filters.netns.given.clone(),
         };
         Ok(Session {
             capture: cap,

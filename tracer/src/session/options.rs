@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::{
-    enrich::netns::{NetnsError, NetnsSelector},
+    enrich::netns::{NetnsArg, NetnsError, NetnsSelector},
     kernel::capture::{AttachMode, Detect, VerdictMode},
     kernel::event_source::BufferKind,
     kernel::filter::{Cidr, Filters, Ports, Proto},
@@ -78,7 +78,7 @@ pub struct FilterArgs {
     /// (PID 1's), or `all`.
     #[arg(long, value_name = "NAME|PATH|all", default_value = "all",
           value_parser = NetnsParser, hide_possible_values = true)]
-    pub netns: String,
+    pub netns: NetnsArg,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
     #[arg(help_heading = "Filters", long, value_name = "PROTO", value_parser = ProtoParser, hide_possible_values = true)]
     pub proto: Option<Proto>,
@@ -107,7 +107,7 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     pub fn netns_selector(&self) -> NetnsSelector {
-        NetnsSelector::parse(&self.netns)
+        self.netns.selector.clone()
     }
 
     /// Resolves the namespace and checks the filters can match at all.
@@ -247,15 +247,17 @@ impl clap::builder::TypedValueParser for ProtoParser {
 pub struct NetnsParser;
 
 impl clap::builder::TypedValueParser for NetnsParser {
-    type Value = String;
+    type Value = NetnsArg;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<String, clap::Error> {
-        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    ) -> Result<NetnsArg, clap::Error> {
+        clap::builder::StringValueParser::new()
+            .parse_ref(cmd, arg, value)
+            .map(|s| NetnsArg::parse(&s))
     }
 
     fn possible_values(

@@ -72,7 +72,7 @@ pub struct AuditArgs {
 }
 
 fn filters_given(f: &FilterArgs) -> bool {
-    f.netns != "all"
+    f.netns.selector != crate::enrich::netns::NetnsSelector::All
         || f.proto.is_some()
         || f.src.is_some()
         || f.dst.is_some()
