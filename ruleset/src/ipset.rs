@@ -195,7 +195,7 @@ fn parse_port(text: &str) -> std::result::Result<(u8, ValueRange), String> {
     let (protocol_name, port) = text.split_once(':').unwrap_or(("tcp", text));
     let protocol = names::protocol(protocol_name)
         .ok_or_else(|| format!("unknown protocol {protocol_name:?}"))?;
-    if protocol == 1 || protocol == 58 {
+    if tracer_common::netfilter::ipproto::is_icmp(protocol) {
         let (icmp_type, code) = match port.split_once('/') {
             Some((icmp_type, code)) => (
                 icmp_type.parse::<u8>().map_err(|e| e.to_string())?,
@@ -298,7 +298,7 @@ fn packet_port_key(
             .map(|port| (protocol, u32::from(port)))
             .ok_or_else(|| "packet port not reported".to_string());
     }
-    if protocol == 1 || protocol == 58 {
+    if tracer_common::netfilter::ipproto::is_icmp(protocol) {
         return match (packet.icmp_type, packet.icmp_code) {
             (Some(icmp_type), Some(code)) => {
                 Ok((protocol, (u32::from(icmp_type) << 8) | u32::from(code)))

@@ -9,7 +9,10 @@
 // The BPF target has no compare-and-swap, so core's atomic types lack fetch_add; the
 // intrinsic compiles to the BPF atomic add instruction (BPF_ATOMIC | BPF_ADD).
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd: BPF atomics without a fetch"
+)]
 
 use aya_ebpf::{EbpfContext, macros::map, maps::RingBuf};
 use tracer_common::DropEvent;

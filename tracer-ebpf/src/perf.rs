@@ -6,7 +6,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd: BPF atomics without a fetch"
+)]
 
 use aya_ebpf::{
     EbpfContext, bindings::BPF_F_CURRENT_CPU, helpers::generated::bpf_perf_event_output,

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: fixture loading and a terse
 //! way to describe the packet under test.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test file uses some of the helpers")]
 
 use ruleset::{
     Backend, CtState, DecidedBy, Family, Hook, Packet, RuleRef, Ruleset, Table, eval,

@@ -86,20 +86,6 @@ fn counters(buf: &[u8]) -> Result<Counters> {
     }
 }
 
-/// The table family of an nfgenmsg's `nfgen_family` (`NFPROTO_*`,
-/// include/uapi/linux/netfilter.h).
-fn family(nfproto: u8) -> Option<TableFamily> {
-    Some(match nfproto {
-        1 => TableFamily::Inet,
-        2 => TableFamily::Ip,
-        3 => TableFamily::Arp,
-        5 => TableFamily::Netdev,
-        7 => TableFamily::Bridge,
-        10 => TableFamily::Ip6,
-        _ => return None,
-    })
-}
-
 impl LiveCounters {
     /// Takes one `NFT_MSG_NEWCHAIN` message of a chain dump.
     pub fn add_chain(&mut self, nfproto: u8, payload: &[u8]) -> Result<()> {
@@ -113,7 +99,9 @@ impl LiveCounters {
                 _ => {}
             }
         }
-        let (Some(family), Some(table), Some(name)) = (family(nfproto), table, name) else {
+        let (Some(family), Some(table), Some(name)) =
+            (TableFamily::from_nfproto(nfproto), table, name)
+        else {
             // A family no ruleset of ours has (decnet), or a message without names.
             return Ok(());
         };
@@ -140,7 +128,7 @@ impl LiveCounters {
             }
         }
         let (Some(family), Some(table), Some(chain), Some(handle)) =
-            (family(nfproto), table, chain, handle)
+            (TableFamily::from_nfproto(nfproto), table, chain, handle)
         else {
             return Ok(());
         };
