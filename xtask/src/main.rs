@@ -156,6 +156,12 @@ pub fn workspace_root() -> PathBuf {
 pub fn pinned_cargo() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", EBPF_TOOLCHAIN, "cargo"]);
+    inner_build(cmd)
+}
+
+/// `cmd`, a cargo run from this one, without the outer cargo's variables (its toolchain,
+/// its target dir), with ~/.cargo/bin on the PATH, in the workspace.
+pub fn inner_build(mut cmd: Command) -> Command {
     for var in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",

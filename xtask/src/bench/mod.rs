@@ -694,7 +694,7 @@ fn install_bpftrace() -> anyhow::Result<()> {
 
 /// Builds flood with the machine's default (stable) toolchain.
 pub fn build_flood() -> anyhow::Result<PathBuf> {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = crate::inner_build(Command::new("cargo"));
     cmd.args([
         "build",
         "--release",
@@ -703,18 +703,6 @@ pub fn build_flood() -> anyhow::Result<PathBuf> {
         "--bin",
         "flood",
     ]);
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTC_WRAPPER",
-        "CARGO",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("PATH", setup::path_with_cargo_bin());
-    cmd.current_dir(workspace_root());
     say("building flood (bench/) with the default toolchain");
     run_checked(&mut cmd)?;
     Ok(workspace_root().join("target/release/flood"))
