@@ -94,14 +94,22 @@ pub fn bpftool_json(args: &[&str]) -> Vec<Value> {
 /// droptrace's programs (`kfree_skb`, `kfree_skb_tp`, and with `--attempts` `attempt_passed`
 /// and the `inventory_*` ones; the kernel shows names cut at 15 bytes) that no process holds,
 /// directly or through a link: these would have outlived their droptrace.
+///
+/// One look races the other tests, which load and unload their own droptrace meanwhile: a
+/// program whose process just exited is freed after an RCU grace period. Assert on
+/// [`lasting_orphans`], which looks again.
 pub fn orphaned_programs() -> Vec<Value> {
+    // Programs first, holders second: a program loaded after the first look is not listed,
+    // so every listed one had its holder when the holders are read (unless it just exited).
+    let programs = bpftool_json(&["prog", "show"]);
+    let links = bpftool_json(&["link", "show"]);
     let (held_progs, held_links) = held_bpf_ids(None);
-    let linked: Vec<u64> = bpftool_json(&["link", "show"])
+    let linked: Vec<u64> = links
         .iter()
         .filter(|l| l["id"].as_u64().is_some_and(|id| held_links.contains(&id)))
         .filter_map(|l| l["prog_id"].as_u64())
         .collect();
-    bpftool_json(&["prog", "show"])
+    programs
         .into_iter()
         .filter(|p| {
             let id = p["id"].as_u64().unwrap_or_default();
@@ -113,6 +121,21 @@ pub fn orphaned_programs() -> Vec<Value> {
                 && !linked.contains(&id)
         })
         .collect()
+}
+
+/// The [`orphaned_programs`] that stay orphaned in every look for `within` (every 100 ms):
+/// one whose process exited a moment ago is freed meanwhile and drops out; one that
+/// outlived its droptrace stays in every look.
+pub fn lasting_orphans(within: Duration) -> Vec<Value> {
+    let id = |p: &Value| p["id"].as_u64().unwrap_or_default();
+    let deadline = Instant::now() + within;
+    let mut orphans = orphaned_programs();
+    while !orphans.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        let now: Vec<u64> = orphaned_programs().iter().map(id).collect();
+        orphans.retain(|p| now.contains(&id(p)));
+    }
+    orphans
 }
 
 /// A named network namespace (/run/netns/NAME), deleted on drop.

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use droptrace_tests::{Netns, droptrace_bin, orphaned_programs};
+use droptrace_tests::{Netns, droptrace_bin, lasting_orphans};
 use serde_json::Value;
 
 fn doctor(args: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
@@ -95,14 +95,7 @@ fn every_program_loads_here_within_the_margins() {
     );
     // Loaded and unloaded: no program of droptrace's stays in the kernel without a process
     // holding it (freed after an RCU grace period: a moment's wait).
-    let mut orphans = orphaned_programs();
-    for _ in 0..30 {
-        if orphans.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        orphans = orphaned_programs();
-    }
+    let orphans = lasting_orphans(std::time::Duration::from_secs(10));
     assert!(orphans.is_empty(), "left in the kernel: {orphans:?}");
 }
 
