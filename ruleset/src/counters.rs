@@ -6,7 +6,7 @@
 //! confirmed; if another DROP rule grew instead, something is off (a rule
 //! changed, or an undecidable match went the other way).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{Backend, ChainRef, DecidedBy, RuleRef, Ruleset, TableFamily};
 
@@ -121,8 +121,9 @@ pub fn find_again(before: &Ruleset, by: &DecidedBy, after: &Ruleset) -> Option<D
 /// Rules and policies whose packet counter grew from `before` to `after`,
 /// with by how much, in `after`'s order. The [`DecidedBy`] values carry
 /// `after`'s counters; compare them to an evaluation's `by` with
-/// [`DecidedBy::is_same`]. Rules missing from `before` are left out (their
-/// growth cannot be told), as are counters that went down (reset).
+/// [`DecidedBy::is_same`]. Rules inserted since `before` grew by their whole
+/// counter; other rules missing from `before` are left out (their growth cannot be told),
+/// as are counters that went down (reset).
 pub fn counter_deltas(before: &Ruleset, after: &Ruleset) -> Vec<(DecidedBy, u64)> {
     if same_rules(before, after) {
         return deltas_in_place(before, after);
@@ -130,19 +131,87 @@ pub fn counter_deltas(before: &Ruleset, after: &Ruleset) -> Vec<(DecidedBy, u64)
     deltas_by_key(before, after)
 }
 
-/// [`counter_deltas`] of any two reads: rules paired by [`Key`].
+/// [`counter_deltas`] of any two reads: rules paired by [`Key`]; a rule [`inserted`]
+/// since `before` grew by its whole counter.
 fn deltas_by_key(before: &Ruleset, after: &Ruleset) -> Vec<(DecidedBy, u64)> {
     let earlier: HashMap<Key, u64> = packet_counts(before)
         .into_iter()
         .map(|(key, _, packets)| (key, packets))
         .collect();
+    let inserted = inserted(before, after);
     packet_counts(after)
         .into_iter()
         .filter_map(|(key, decided_by, packets)| {
-            let grown = packets.checked_sub(*earlier.get(&key)?)?;
+            let grown = match earlier.get(&key) {
+                Some(was) => packets.checked_sub(*was)?,
+                None if inserted.contains(&key) => packets,
+                None => return None,
+            };
             (grown > 0).then_some((decided_by, grown))
         })
         .collect()
+}
+
+/// Keys of `after`'s rules that were certainly inserted after `before` was read, so that
+/// their counter, which started at 0, counts only packets since then (the fix inserted
+/// mid-incident, `iptables -I OUTPUT 1 ...`, confirmed by its first drops). Certain only
+/// where the chain gained rules and lost none, and, for rules known by their text, no rule
+/// of that text was there before: an edit, a rename (`iptables -E` changes the text of the
+/// rules that jump to the chain) or a duplicate shifting occurrences could otherwise pass
+/// an old rule, with its old counter, for a new one.
+fn inserted(before: &Ruleset, after: &Ruleset) -> HashSet<Key> {
+    let chain_of = |key: &Key| match key {
+        Key::ByHandle {
+            backend,
+            family,
+            table,
+            chain,
+            ..
+        }
+        | Key::ByText {
+            backend,
+            family,
+            table,
+            chain,
+            ..
+        } => Some((*backend, *family, table.clone(), chain.clone())),
+        Key::Policy(_) => None,
+    };
+    type Chains = HashMap<(Backend, TableFamily, String, String), HashSet<Key>>;
+    let by_chain = |ruleset: &Ruleset| {
+        let mut chains = Chains::new();
+        for (key, ..) in keyed(ruleset) {
+            if let Some(chain) = chain_of(&key) {
+                chains.entry(chain).or_default().insert(key);
+            }
+        }
+        chains
+    };
+    let (was, now) = (by_chain(before), by_chain(after));
+    let had_chain = |chain: &(Backend, TableFamily, String, String)| {
+        before.tables.iter().any(|t| {
+            (t.backend, t.family, &t.name) == (chain.0, chain.1, &chain.2)
+                && t.chain(&chain.3).is_some()
+        })
+    };
+    let text = |key: &Key| match key {
+        Key::ByText { text, .. } => Some(text.clone()),
+        _ => None,
+    };
+    let none = HashSet::new();
+    let mut out = HashSet::new();
+    for (chain, keys) in now {
+        let old = was.get(&chain).unwrap_or(&none);
+        if !had_chain(&chain) || !old.iter().all(|k| keys.contains(k)) {
+            continue;
+        }
+        let old_texts: HashSet<String> = old.iter().filter_map(text).collect();
+        out.extend(
+            keys.into_iter()
+                .filter(|k| !old.contains(k) && text(k).is_none_or(|t| !old_texts.contains(&t))),
+        );
+    }
+    out
 }
 
 /// Whether two reads hold the same tables, chains and rules in the same order, counters
@@ -293,6 +362,44 @@ mod tests {
         ));
         assert_eq!(find_again(&before, &policy, &after), Some(policy.clone()));
         assert_eq!(find_again(&before, &policy, &Ruleset::default()), None);
+    }
+
+    /// A rule inserted since the earlier read counted from 0: all its packets came after
+    /// that read, so a drop seen since is confirmed by it even when no read was taken
+    /// between the insertion and the drop.
+    #[test]
+    fn an_inserted_rule_grew_by_its_whole_counter() {
+        let before = filter(&["[2:120] -A OUTPUT -p udp -m udp --dport 5044 -j DROP"]);
+        let after = filter(&[
+            "[3:180] -A OUTPUT -p udp -m udp --dport 5044 -m comment --comment new -j DROP",
+            "[2:120] -A OUTPUT -p udp -m udp --dport 5044 -j DROP",
+        ]);
+        let deltas = counter_deltas(&before, &after);
+        assert_eq!(deltas.len(), 1, "{deltas:#?}");
+        assert_eq!((position(&deltas[0].0), deltas[0].1), (1, 3));
+    }
+
+    /// Where an old rule could pass for a new one, nothing is counted: a rule edited in
+    /// place (one lost, one gained), a duplicate of a rule already there, and every rule
+    /// of a chain the earlier read did not have (renamed, or not read).
+    #[test]
+    fn only_certain_insertions_count_whole() {
+        let before = filter(&["[2:120] -A OUTPUT -p udp -j DROP"]);
+        let edited = filter(&["[7:420] -A OUTPUT -p tcp -j DROP"]);
+        assert!(counter_deltas(&before, &edited).is_empty());
+        let duplicated = filter(&[
+            "[4:240] -A OUTPUT -p udp -j DROP",
+            "[2:120] -A OUTPUT -p udp -j DROP",
+        ]);
+        let deltas = counter_deltas(&before, &duplicated);
+        assert_eq!(deltas.len(), 1, "{deltas:#?}");
+        assert_eq!(
+            (position(&deltas[0].0), deltas[0].1),
+            (1, 2),
+            "occurrence 0 paired"
+        );
+        let new_chain = filter(&[":NEW - [0:0]", "[9:540] -A NEW -j DROP"]);
+        assert!(counter_deltas(&before, &new_chain).is_empty());
     }
 
     /// Identical rules (a duplicate added by a script run twice) are told apart by

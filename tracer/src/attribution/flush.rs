@@ -193,7 +193,7 @@ fn settle(
         p.candidates.swap(0, chosen);
         found.swap(0, chosen);
     }
-    if let (Some(before), Some(after), Some(deltas)) = (baseline, after, deltas)
+    if let (Some(_), Some(after), Some(deltas)) = (baseline, after, deltas)
         && p.record
             .rule
             .as_ref()
@@ -202,7 +202,6 @@ fn settle(
         reconsider(
             &mut p,
             found.first().and_then(Option::as_ref),
-            &before.ruleset,
             &after.ruleset,
             deltas,
         );

@@ -466,12 +466,11 @@ impl Attributor {
 /// When the counters do not confirm an attribution made against the older ruleset, the
 /// ruleset may have changed since (a rule inserted before, a chain flushed): evaluate the
 /// packet against the newer one, and take that answer when its rule's counter grew by at
-/// least this record's packets. A rule added since the older read counts from zero.
-/// `now` is the first decision as found again in the newer ruleset.
+/// least this record's packets (`deltas`, from the older read: a rule inserted since
+/// counts from zero). `now` is the first decision as found again in the newer ruleset.
 fn reconsider(
     p: &mut Pending,
     now: Option<&DecidedBy>,
-    before: &ruleset::Ruleset,
     after: &ruleset::Ruleset,
     deltas: &[(DecidedBy, u64)],
 ) {
@@ -501,13 +500,11 @@ fn reconsider(
     if now.is_some_and(|d| d.is_same(&c.decided)) {
         return;
     }
-    let grew = match deltas.iter().find(|(d, _)| d.is_same(&c.decided)) {
-        Some((_, n)) => *n,
-        None => match &c.decided {
-            DecidedBy::Rule(r) if !existed(before, r) => r.counters.map_or(0, |c| c.packets),
-            _ => 0,
-        },
-    };
+    // A rule inserted since the older read is in the deltas with its whole counter.
+    let grew = deltas
+        .iter()
+        .find(|(d, _)| d.is_same(&c.decided))
+        .map_or(0, |(_, n)| *n);
     if has_counter(&c.decided) && grew >= p.record.count {
         let mut attr = e.attribution;
         attr.attribution = Level::Exact;
@@ -551,20 +548,6 @@ fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool) {
              dropped it may have been removed"
         )
     };
-}
-
-/// Whether the rule `r` (from a newer read) was already in `before`.
-fn existed(before: &ruleset::Ruleset, r: &ruleset::RuleRef) -> bool {
-    before
-        .tables
-        .iter()
-        .filter(|t| t.backend == r.backend && t.family == r.family && t.name == r.table)
-        .filter_map(|t| t.chain(&r.chain))
-        .flat_map(|c| c.rules.iter())
-        .any(|rule| match (rule.handle, r.handle) {
-            (Some(a), Some(b)) => a == b,
-            _ => rule.text == r.text,
-        })
 }
 
 #[cfg(test)]
