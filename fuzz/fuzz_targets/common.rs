@@ -2,23 +2,20 @@
 // fuzzed on whatever the parsers accept.
 pub fn packets() -> Vec<ruleset::Packet> {
     let mk = |family, proto, src: &str, dst: &str, ct| ruleset::Packet {
-        family,
         proto,
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),
         sport: Some(40000),
         dport: Some(8443),
         tcp_flags: Some(0x02),
-        icmp_type: None,
-        icmp_code: None,
         iif: Some("eth0".into()),
         oif: Some("eth0".into()),
         mark: 1,
         uid: Some(0),
-        gid: None,
         ct_state: ct,
         len: 60,
-        unknown: Default::default(),
+        unknown: ruleset::Unknown::NONE,
+        ..ruleset::Packet::unknown(family)
     };
     vec![
         mk(ruleset::Family::Ipv4, 6, "198.51.100.2", "203.0.113.10", Some(ruleset::CtState::New)),

@@ -312,6 +312,7 @@ fn packet_port_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::Unknown;
 
     const SAVE: &str = "\
 create allowed_dst hash:net family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0xa0679088
@@ -330,12 +331,12 @@ add members v6
 
     fn packet(dst: &str, proto: u8, dport: Option<u16>) -> Packet {
         let dst: IpAddr = dst.parse().unwrap();
+        let family = if dst.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        };
         Packet {
-            family: if dst.is_ipv4() {
-                Family::Ipv4
-            } else {
-                Family::Ipv6
-            },
             proto,
             src: if dst.is_ipv4() {
                 "10.0.0.1".parse().unwrap()
@@ -345,17 +346,9 @@ add members v6
             dst,
             sport: dport.map(|_| 40000),
             dport,
-            tcp_flags: None,
-            icmp_type: None,
-            icmp_code: None,
-            iif: None,
-            oif: None,
-            mark: 0,
-            uid: None,
-            gid: None,
-            ct_state: None,
             len: 60,
-            unknown: Default::default(),
+            unknown: Unknown::NONE,
+            ..Packet::unknown(family)
         }
     }
 

@@ -43,6 +43,37 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A packet of which only the family is known: unspecified addresses, no ports, no
+    /// flags, no state, and every field that can be unknown marked so. The builders (a
+    /// captured drop, an aggregate beyond the flow table, a connection attempt, a flow
+    /// described by hand) start here and set what they know: a new match field is added
+    /// here once, unknown, and filled where it is known.
+    pub fn unknown(family: Family) -> Packet {
+        let unspecified = match family {
+            Family::Ipv4 => IpAddr::from([0u8; 4]),
+            Family::Ipv6 => IpAddr::from([0u16; 8]),
+        };
+        Packet {
+            family,
+            proto: 0,
+            src: unspecified,
+            dst: unspecified,
+            sport: None,
+            dport: None,
+            tcp_flags: None,
+            icmp_type: None,
+            icmp_code: None,
+            iif: None,
+            oif: None,
+            mark: 0,
+            uid: None,
+            gid: None,
+            ct_state: None,
+            len: 0,
+            unknown: Unknown::ALL,
+        }
+    }
+
     /// The first packet of a flow as someone describes it rather than as captured
     /// (`droptrace explain`, a proposed ruleset audited against an inventory): a SYN for a
     /// new TCP connection (an ACK otherwise), an echo request for ICMP, 60 bytes, no mark.
@@ -58,11 +89,11 @@ impl Packet {
         hook: Hook,
     ) -> Result<Packet, FlowError> {
         let v6 = dst.is_ipv6();
+        let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
         let src = match src {
             Some(s) if s.is_ipv6() != v6 => return Err(FlowError::MixedFamilies),
             Some(s) => s,
-            None if v6 => IpAddr::from([0u16; 8]),
-            None => IpAddr::from([0u8; 4]),
+            None => Packet::unknown(family).src,
         };
         let ports = crate::names::has_ports(proto);
         match (ports, dport) {
@@ -80,7 +111,6 @@ impl Packet {
             Hook::Egress => (false, true, false),
         };
         Ok(Packet {
-            family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
             proto,
             src,
             dst,
@@ -89,11 +119,6 @@ impl Packet {
             tcp_flags: (proto == 6).then_some(if ct_state == CtState::New { 0x02 } else { 0x10 }),
             icmp_type: icmp.then_some(if v6 { 128 } else { 8 }),
             icmp_code: icmp.then_some(0),
-            iif: None,
-            oif: None,
-            mark: 0,
-            uid: None,
-            gid: None,
             ct_state: Some(ct_state),
             len: 60,
             unknown: Unknown {
@@ -103,6 +128,7 @@ impl Packet {
                 gid: has_socket,
                 per_flow: false,
             },
+            ..Packet::unknown(family)
         })
     }
 }
@@ -131,6 +157,25 @@ pub struct Unknown {
     /// flow table): its addresses, source port, mark and length are not known, only its
     /// protocol, destination port, TCP flags and conntrack state.
     pub per_flow: bool,
+}
+
+impl Unknown {
+    /// Nothing known: rules on any of these fields are undecidable.
+    pub const ALL: Unknown = Unknown {
+        iif: true,
+        oif: true,
+        uid: true,
+        gid: true,
+        per_flow: true,
+    };
+    /// Everything known: a `None` field is absent, as netfilter sees it.
+    pub const NONE: Unknown = Unknown {
+        iif: false,
+        oif: false,
+        uid: false,
+        gid: false,
+        per_flow: false,
+    };
 }
 
 /// An inclusive range of numbers; a single value has `first == last`.

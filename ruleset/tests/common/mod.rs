@@ -4,7 +4,7 @@
 #![allow(dead_code, reason = "each test file uses some of the helpers")]
 
 use ruleset::{
-    Backend, CtState, DecidedBy, Family, Hook, Packet, RuleRef, Ruleset, Table, eval,
+    Backend, CtState, DecidedBy, Family, Hook, Packet, RuleRef, Ruleset, Table, Unknown, eval,
     eval::Evaluation,
 };
 
@@ -40,28 +40,25 @@ pub fn ruleset(tables: Vec<Table>) -> Ruleset {
 /// uplink0; adjust with the builder methods.
 pub fn tcp(src: &str, dst: &str, dport: u16) -> Packet {
     let dst_addr: std::net::IpAddr = dst.parse().unwrap();
+    let family = if dst_addr.is_ipv4() {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    };
     Packet {
-        family: if dst_addr.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        },
         proto: 6,
         src: src.parse().unwrap(),
         dst: dst_addr,
         sport: Some(40_000),
         dport: Some(dport),
         tcp_flags: Some(SYN),
-        icmp_type: None,
-        icmp_code: None,
-        iif: None,
         oif: Some("uplink0".to_string()),
-        mark: 0,
         uid: Some(1000),
         gid: Some(1000),
         ct_state: Some(CtState::New),
         len: 60,
-        unknown: Default::default(),
+        unknown: Unknown::NONE,
+        ..Packet::unknown(family)
     }
 }
 

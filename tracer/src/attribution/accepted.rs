@@ -140,29 +140,20 @@ COMMIT
 
     fn syn(dport: u16, ct_state: ruleset::CtState) -> ruleset::Packet {
         ruleset::Packet {
-            family: ruleset::Family::Ipv4,
             proto: 6,
             src: "198.51.100.2".parse().unwrap(),
             dst: "203.0.113.10".parse().unwrap(),
             sport: Some(40002),
             dport: Some(dport),
             tcp_flags: Some(0x02),
-            icmp_type: None,
-            icmp_code: None,
-            iif: None,
             oif: Some("eth0".into()),
-            mark: 0,
             uid: Some(0),
-            gid: None,
             ct_state: Some(ct_state),
-            len: 0,
             unknown: ruleset::Unknown {
-                iif: false,
-                oif: false,
-                uid: false,
                 gid: true,
-                per_flow: false,
+                ..ruleset::Unknown::NONE
             },
+            ..ruleset::Packet::unknown(ruleset::Family::Ipv4)
         }
     }
 

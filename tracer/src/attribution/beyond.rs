@@ -50,34 +50,14 @@ impl Attributor {
 
 /// The packet an aggregate stands for: its known fields, the rest unknown.
 pub fn packet_of(c: &Counted) -> ruleset::Packet {
-    let unspecified = match c.family {
-        ruleset::Family::Ipv4 => std::net::IpAddr::from([0u8; 4]),
-        ruleset::Family::Ipv6 => std::net::IpAddr::from([0u16; 8]),
-    };
     ruleset::Packet {
-        family: c.family,
         proto: c.proto,
-        src: unspecified,
-        dst: unspecified,
-        sport: None,
         dport: c.dport,
         tcp_flags: c.tcp_flags,
         icmp_type: c.icmp.map(|(t, _)| t),
         icmp_code: c.icmp.map(|(_, code)| code),
-        iif: None,
-        oif: None,
-        mark: 0,
-        uid: None,
-        gid: None,
         ct_state: c.ct_state,
-        len: 0,
-        unknown: ruleset::Unknown {
-            iif: true,
-            oif: true,
-            uid: true,
-            gid: true,
-            per_flow: true,
-        },
+        ..ruleset::Packet::unknown(c.family)
     }
 }
 

@@ -41,11 +41,9 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).
         unknown: ruleset::Unknown {
-            iif: false,
-            oif: false,
             uid: r.has_socket && r.uid.is_none(),
             gid: r.has_socket && r.gid.is_none(),
-            per_flow: false,
+            ..ruleset::Unknown::NONE
         },
     }
 }

@@ -307,7 +307,6 @@ fn packet_of(k: &PassedKey) -> ruleset::Packet {
     let ports = !icmp;
     let oif = crate::kernel::program::c_string(&k.oif);
     ruleset::Packet {
-        family: Family::of_af(k.family),
         proto: k.proto,
         src: ip_addr(k.family, &k.saddr),
         dst: ip_addr(k.family, &k.daddr),
@@ -316,21 +315,17 @@ fn packet_of(k: &PassedKey) -> ruleset::Packet {
         tcp_flags: (k.proto == TCP).then_some(0x02),
         icmp_type: icmp.then_some(icmp_of_port(k.dport).0),
         icmp_code: icmp.then_some(icmp_of_port(k.dport).1),
-        iif: None,
         oif: (!oif.is_empty()).then_some(oif),
         mark: k.mark,
         uid: (k.uid != u32::MAX).then_some(k.uid),
-        gid: None,
         ct_state: Some(first_packet_state(k.ct_info)),
-        len: 0,
+        // Not read by the kernel program: `-m owner --gid-owner` stays undecided. The
+        // input interface is absent on an attempt's way out.
         unknown: ruleset::Unknown {
-            iif: false,
-            oif: false,
-            uid: false,
-            // Not read by the kernel program: `-m owner --gid-owner` stays undecided.
             gid: true,
-            per_flow: false,
+            ..ruleset::Unknown::NONE
         },
+        ..ruleset::Packet::unknown(Family::of_af(k.family))
     }
 }
 
