@@ -1,9 +1,14 @@
 //! `droptrace watch` against the real kernel: real rules, real traffic, in namespaces.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use droptrace_tests::{
-    CLIENT_V4, GATEWAY_V4, GATEWAY_V6, Topology, Watcher, drops, droptrace_output, packets, summary,
+    CLIENT_V4, GATEWAY_V4, GATEWAY_V6, Netns, Topology, Watcher, drops, droptrace_bin,
+    droptrace_output, packets, summary,
 };
 
 const SHORT: Duration = Duration::from_millis(1500);
@@ -618,5 +623,59 @@ fn a_connect_older_than_droptrace_is_attributed_to_its_process() {
         assert_eq!(v["context"], "softirq", "{v}");
         assert_eq!(v["pid"], std::process::id(), "{v}");
         assert_ne!(v["comm"], "unknown", "{v}");
+    }
+}
+
+/// A neighbour solicitation leaves on the stack of the process whose datagram needs the
+/// neighbour (and again from the neighbour timer): the kernel's packet all the same, never
+/// the process that happened to run.
+#[test]
+fn a_packet_the_kernel_sends_is_the_kernels_not_the_running_tasks() {
+    let ns = Netns::new("ndisc").unwrap();
+    for cmd in [
+        &[
+            "ip", "link", "add", "nd0", "type", "veth", "peer", "name", "nd1",
+        ][..],
+        &["ip", "link", "set", "nd0", "up"],
+        &["ip", "link", "set", "nd1", "up"],
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:77::1/64",
+            "dev",
+            "nd0",
+            "nodad",
+        ],
+        &["nft", "add table inet dt"],
+        &[
+            "nft",
+            "add chain inet dt out { type filter hook output priority 0; }",
+        ],
+        &[
+            "nft",
+            "add rule inet dt out icmpv6 type nd-neighbor-solicit drop",
+        ],
+    ] {
+        ns.exec(cmd).unwrap();
+    }
+    let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    // No neighbour answers: the datagram waits, and the solicitations are dropped.
+    ns.exec(&["bash", "-c", "echo x > /dev/udp/2001:db8:77::2/9"])
+        .unwrap();
+    std::thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "no solicitation dropped: {lines:?}");
+    for v in d {
+        assert_eq!(v["icmp_type"], 135, "{v}");
+        assert_eq!(v["context"], "kernel", "{v}");
+        assert_eq!(v["kernel_sender"], "ndisc", "{v}");
+        assert_eq!(
+            (&v["pid"], &v["comm"]),
+            (&serde_json::Value::Null, &"kernel".into()),
+            "{v}"
+        );
     }
 }

@@ -136,13 +136,19 @@ impl Enricher {
             .and_then(|k| k.stack_engine())
             .or(facts.engine)
             .or_else(|| stack::engine_from_location(&location));
-        // The idle task (pid 0) is never the sender.
-        let context = if facts.softirq || drop.pid == 0 {
+        let hook = drop.kernel.as_ref().and_then(|k| k.hook).or(facts.hook);
+        // A packet the kernel made (its stack says which), or one leaving a local
+        // process's stack without a socket: whatever task ran did not send it. The idle
+        // task (pid 0) is never the sender.
+        let context = if facts.kernel_sender.is_some()
+            || (drop.socket.is_none() && hook == Some(Hook::Output))
+        {
+            Context::Kernel
+        } else if facts.softirq || drop.pid == 0 {
             Context::Softirq
         } else {
             Context::Process
         };
-        let hook = drop.kernel.as_ref().and_then(|k| k.hook).or(facts.hook);
         let (mut pid, mut comm) = self.sender(&drop, context);
         let mut receiver = false;
         if pid.is_none()
@@ -186,6 +192,7 @@ impl Enricher {
             engine,
             location,
             context,
+            kernel_sender: facts.kernel_sender,
             pid,
             comm,
             receiver,
@@ -210,6 +217,9 @@ impl Enricher {
     /// The process behind a drop: the current task in process context (remembered as the
     /// socket's owner), else the socket's remembered owner, else unknown.
     fn sender(&mut self, drop: &Drop, context: Context) -> (Option<u32>, String) {
+        if context == Context::Kernel {
+            return (None, "kernel".to_string());
+        }
         if context == Context::Process {
             if let Some(sk) = drop.socket {
                 self.remember_owner(sk, drop.pid, &drop.comm);

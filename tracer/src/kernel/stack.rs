@@ -57,12 +57,15 @@ impl Serialize for DropEngine {
     }
 }
 
-/// Whether the drop ran on behalf of the current task or in softirq (timers, receive).
+/// Whether the drop ran on behalf of the current task, in softirq (timers, receive), or
+/// for a packet the kernel sent of its own accord (neighbour discovery, an ICMP error, a
+/// reset): the current task, whichever it is, did not send that one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Context {
     Process,
     Softirq,
+    Kernel,
 }
 
 /// What a stack says about a drop.
@@ -71,7 +74,39 @@ pub struct StackFacts {
     pub hook: Option<Hook>,
     pub engine: Option<DropEngine>,
     pub softirq: bool,
+    /// The kernel made the packet itself: what it is (see [`KERNEL_SENDERS`]).
+    pub kernel_sender: Option<&'static str>,
 }
+
+/// Functions through which the kernel sends packets of its own, whatever task it runs
+/// on, and what such a packet is; the innermost found names it (an ICMP error sent for a
+/// REJECT is an `icmp error`).
+const KERNEL_SENDERS: &[(&str, &str)] = &[
+    // net/ipv6/ndisc.c: router and neighbour solicitations, advertisements, redirects.
+    ("ndisc_send_skb", "ndisc"),
+    // net/ipv6/mcast.c: MLD reports.
+    ("mld_sendpack", "mld"),
+    ("igmp6_send", "mld"),
+    // net/ipv4/igmp.c.
+    ("igmpv3_sendpack", "igmp"),
+    ("igmp_send_report", "igmp"),
+    // net/ipv{4,6}/netfilter/nf_reject_ipv{4,6}.c: a REJECT's reset (its ICMP errors go
+    // through icmp_send below).
+    ("nf_send_reset", "reject reset"),
+    ("nf_send_reset6", "reject reset"),
+    // net/ipv4/icmp.c, net/ipv6/icmp.c.
+    ("__icmp_send", "icmp error"),
+    ("icmp6_send", "icmpv6 error"),
+    ("icmp_reply", "icmp reply"),
+    ("icmpv6_echo_reply", "icmpv6 reply"),
+    // net/ipv4/tcp_ipv4.c, net/ipv6/tcp_ipv6.c: answers to segments no socket takes, and
+    // time-wait acks, sent from a per-CPU control socket.
+    ("tcp_v4_send_reset", "tcp reset"),
+    ("tcp_v6_send_reset", "tcp reset"),
+    ("tcp_v4_send_ack", "tcp ack"),
+    ("tcp_v6_send_response", "tcp reset or ack"),
+    ("ip_send_unicast_reply", "tcp reset or ack"),
+];
 
 /// Functions that call `nf_hook_slow`/`nf_hook_slow_list` for one hook (via the inline
 /// `nf_hook()`/`NF_HOOK()` of include/linux/netfilter.h).
@@ -133,6 +168,12 @@ pub fn classify<'a>(frames: impl IntoIterator<Item = &'a str>) -> StackFacts {
         }
         if SOFTIRQ_FRAMES.contains(&f) {
             facts.softirq = true;
+        }
+        if facts.kernel_sender.is_none() {
+            facts.kernel_sender = KERNEL_SENDERS
+                .iter()
+                .find(|(n, _)| *n == f)
+                .map(|(_, w)| *w);
         }
     }
     facts
@@ -227,6 +268,42 @@ mod tests {
         assert_eq!(s.hook, Some(Hook::Output));
         assert_eq!(s.engine, Some(DropEngine::nftables(TableFamily::Inet)));
         assert!(s.softirq);
+    }
+
+    /// An IPv6 router solicitation from addrconf's timer, dropped by an output policy:
+    /// the kernel's own packet, not the interrupted task's.
+    #[test]
+    fn a_packet_the_kernel_makes_names_what_it_is() {
+        let s = classify([
+            "nft_do_chain",
+            "nft_do_chain_inet",
+            "nf_hook_slow",
+            "__ip6_local_out",
+            "ip6_local_out",
+            "ndisc_send_skb",
+            "ndisc_send_rs",
+            "addrconf_rs_timer",
+            "call_timer_fn",
+            "run_timer_softirq",
+            "handle_softirqs",
+        ]);
+        assert_eq!(s.hook, Some(Hook::Output));
+        assert_eq!(s.kernel_sender, Some("ndisc"));
+        // A REJECT's ICMP error: the innermost sender names it.
+        let s = classify([
+            "nf_hook_slow",
+            "__ip_local_out",
+            "ip_local_out",
+            "ip_push_pending_frames",
+            "__icmp_send",
+            "nf_send_unreach",
+            "reject_tg",
+        ]);
+        assert_eq!(s.kernel_sender, Some("icmp error"));
+        assert_eq!(
+            classify(["nf_hook_slow", "__ip_local_out"]).kernel_sender,
+            None
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct DropRecord {
     /// Kernel function that freed the packet.
     pub location: String,
     pub context: Context,
+    /// With `context` `kernel`: the packet the kernel sent (`ndisc`, `icmp error`,
+    /// `tcp reset`, ...), when its stack tells.
+    pub kernel_sender: Option<&'static str>,
     /// Sender process; `None` (and comm `unknown`) when the drop ran in softirq and the
     /// socket's owner was never seen. For an incoming packet without a socket (INPUT), the
     /// owner of the local socket it was for, with `receiver` set.
@@ -106,6 +109,11 @@ impl DropRecord {
 
     pub fn source(&self) -> String {
         endpoint(self.src, self.sport)
+    }
+
+    /// The kernel made the packet itself (see [`Context::Kernel`]): no process sent it.
+    pub fn sent_by_kernel(&self) -> bool {
+        self.context == Context::Kernel
     }
 
     /// The rule that dropped it, in words, when attributed.
@@ -167,6 +175,7 @@ pub(crate) mod tests {
             engine: Some(DropEngine::nftables(crate::kernel::stack::TableFamily::Ip)),
             location: "nft_do_chain".into(),
             context: Context::Process,
+            kernel_sender: None,
             pid: Some(812),
             comm: "java".into(),
             receiver: false,

@@ -148,7 +148,11 @@ fn clock(time: &str) -> &str {
 
 pub fn process_text(r: &DropRecord) -> String {
     let Some(pid) = r.pid else {
-        return "unknown".to_string();
+        return match (r.sent_by_kernel(), r.kernel_sender) {
+            (true, Some(what)) => format!("kernel ({what})"),
+            (true, None) => "kernel".to_string(),
+            (false, _) => "unknown".to_string(),
+        };
     };
     let process = process_label(&r.comm, Some(pid), r.container.as_deref());
     if r.receiver {
@@ -543,6 +547,25 @@ mod tests {
         r.pid = None;
         r.comm = "unknown".into();
         assert_eq!(process_text(&r), "unknown");
+    }
+
+    /// A router solicitation from the kernel's timer names no process, least of all the
+    /// one the timer interrupted.
+    #[test]
+    fn a_packet_the_kernel_sent_says_kernel_and_what_it_is() {
+        let mut r = sample();
+        r.pid = None;
+        r.comm = "kernel".into();
+        r.context = crate::kernel::stack::Context::Kernel;
+        r.kernel_sender = Some("ndisc");
+        assert_eq!(process_text(&r), "kernel (ndisc)");
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (v["context"].as_str(), v["kernel_sender"].as_str()),
+            (Some("kernel"), Some("ndisc"))
+        );
+        r.kernel_sender = None;
+        assert_eq!(process_text(&r), "kernel");
     }
 
     #[test]
