@@ -271,6 +271,62 @@ fn legacy_iptables_drops_are_seen_too() {
     assert_eq!(d[0]["hook"], "OUTPUT");
 }
 
+/// iptables-legacy rules beside iptables-nft's in one namespace (after a distribution
+/// upgrade): `iptables -L` shows one backend only, so text names the backend of the rule
+/// that dropped, and the summary says how to list it there.
+#[test]
+fn with_two_backends_text_names_the_rules_backend_and_how_to_list_it() {
+    let t = Topology::new().unwrap();
+    t.client
+        .exec(&[
+            "iptables-nft",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    t.client
+        .exec(&[
+            "iptables-legacy",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "588",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    let mut child = Command::new(droptrace_bin())
+        .args(["watch", "--netns", &t.client.name, "--duration", "4s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the end: droptrace still writes to it.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut start = String::new();
+    stderr.read_line(&mut start).unwrap();
+    assert!(start.starts_with("droptrace: watching"), "{start}");
+    t.client.udp_send(t.gateway_addr(588), 2).unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stderr);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let label =
+        "iptables-legacy filter/OUTPUT rule 1 `-A OUTPUT -p udp -m udp --dport 588 -j DROP`";
+    assert!(text.contains(label), "{text}");
+    assert!(
+        text.contains("list it: iptables-legacy -t filter -L OUTPUT --line-numbers -v"),
+        "{text}"
+    );
+}
+
 #[test]
 fn dport_and_dst_filters_select_drops_in_the_kernel() {
     let t = Topology::new().unwrap();

@@ -44,7 +44,14 @@ impl Attributor {
         let Some(now) = self.read_now(netns) else {
             return vec![Attribution::none(GONE); items.len()];
         };
-        items.iter().map(|c| judged(&now.ruleset, c)).collect()
+        let mixed = super::candidates::backends_mixed(&now.ruleset);
+        items
+            .iter()
+            .map(|c| Attribution {
+                backends_mixed: mixed,
+                ..judged(&now.ruleset, c)
+            })
+            .collect()
     }
 }
 

@@ -44,6 +44,15 @@ pub(super) fn verdict_word(v: &Verdict) -> Option<&'static str> {
     }
 }
 
+/// Whether the ruleset holds rules of more than one backend (see
+/// [`Attribution::backends_mixed`]).
+pub fn backends_mixed(rs: &ruleset::Ruleset) -> bool {
+    let mut backends = rs.tables.iter().map(|t| t.backend);
+    backends
+        .next()
+        .is_some_and(|first| backends.any(|b| b != first))
+}
+
 pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution> {
     Some(match by {
         DecidedBy::Rule(r) => Attribution {
@@ -60,6 +69,7 @@ pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution
             alternatives: Vec::new(),
             owner: super::owner::owner_of(&r.table, &r.chain, &r.text),
             kernel_confirmed: false,
+            backends_mixed: false,
         },
         DecidedBy::Policy(c) => Attribution {
             backend: Some(c.backend.as_str().into()),
@@ -75,6 +85,7 @@ pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution
             alternatives: Vec::new(),
             owner: super::owner::owner_of(&c.table, &c.chain, ""),
             kernel_confirmed: false,
+            backends_mixed: false,
         },
         DecidedBy::NoBaseChain => return None,
     })

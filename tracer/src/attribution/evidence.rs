@@ -93,6 +93,7 @@ pub(super) fn weigh_kernel(
         alternatives: Vec::new(),
         owner: super::owner::owner_of(&k.table, k.chain.as_deref().unwrap_or(""), ""),
         kernel_confirmed: false,
+        backends_mixed: false,
     };
 }
 

@@ -34,8 +34,8 @@ pub use crate::record::rule::{Attribution, Level};
 use crate::{kernel::stack, record::DropRecord};
 use snapshot::Snapshot;
 
-pub use candidates::attribution_of;
 use candidates::*;
+pub use candidates::{attribution_of, backends_mixed};
 use evidence::*;
 pub use packet::packet_of;
 use packet::*;
@@ -426,6 +426,10 @@ impl Attributor {
         if let Some(note) = &hook_note {
             cap_inferred(&mut attr, note);
         }
+        attr.backends_mixed = ns
+            .current
+            .as_ref()
+            .is_some_and(|s| backends_mixed(&s.ruleset));
         rec.rule = Some(attr);
         ns.last_drop = Some(Instant::now());
         ns.pending.push(Pending {
@@ -617,7 +621,35 @@ pub(crate) mod tests {
             alternatives: Vec::new(),
             owner: None,
             kernel_confirmed: false,
+            backends_mixed: false,
         }
+    }
+
+    /// iptables-legacy rules beside iptables-nft's: the label names the backend (so the
+    /// summary counts each apart) and says how to list the rule there.
+    #[test]
+    fn two_backends_name_the_rules_backend_and_how_to_list_it() {
+        let mut a = brief_rule();
+        assert_eq!(
+            a.list_command().unwrap(),
+            "iptables-nft -t filter -L OUTPUT --line-numbers -v"
+        );
+        a.backend = Some("iptables-legacy".into());
+        a.backends_mixed = true;
+        assert_eq!(
+            a.label().unwrap(),
+            "iptables-legacy filter/OUTPUT rule 4 `-A OUTPUT -p tcp -m tcp --dport 1024:65535 -j DROP`"
+        );
+        assert_eq!(
+            a.list_command().unwrap(),
+            "iptables-legacy -t filter -L OUTPUT --line-numbers -v"
+        );
+        let mut rs = ipt_nft_v4("*filter\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert!(!backends_mixed(&rs));
+        let mut legacy = rs.tables[0].clone();
+        legacy.backend = ruleset::Backend::IptablesLegacy;
+        rs.tables.push(legacy);
+        assert!(backends_mixed(&rs));
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct Explanation {
 #[derive(Debug, Serialize)]
 pub struct EngineResult {
     pub engine: &'static str,
+    /// The backends of this engine the ruleset has tables of (`iptables-nft`,
+    /// `nftables`; `iptables-legacy`).
+    pub backends: Vec<&'static str>,
     pub outcome: &'static str,
     #[serde(flatten)]
     pub by: Attribution,
@@ -271,11 +274,13 @@ pub fn explain(
         (ruleset::Engine::NfTables, "nftables"),
         (ruleset::Engine::Xtables, "xtables"),
     ] {
-        let has_chain = rs
-            .tables
+        let backends: Vec<&'static str> = engine
+            .backends()
             .iter()
-            .any(|t| engine.backends().contains(&t.backend));
-        if !has_chain {
+            .filter(|b| rs.tables.iter().any(|t| t.backend == **b))
+            .map(|b| b.as_str())
+            .collect();
+        if backends.is_empty() {
             continue;
         }
         let ev = ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt);
@@ -286,6 +291,7 @@ pub fn explain(
             "unsure"
         };
         let mut by = attribution_of(&ev);
+        by.backends_mixed = crate::attribution::backends_mixed(rs);
         if outcome == "accept" {
             by = Attribution::none("no rule or policy drops it");
             if let DecidedBy::Rule(r) = &ev.by {
@@ -320,6 +326,7 @@ pub fn explain(
         }
         engines.push(EngineResult {
             engine: name,
+            backends,
             outcome,
             by,
             possible,
@@ -385,10 +392,13 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         for e in &report.engines {
             let label = e.by.label().unwrap_or_else(|| e.by.why.clone());
+            // The backend an engineer lists rules with, not the kernel's engine: the
+            // deciding rule's, else those the engine has tables of.
+            let backend = e.by.backend.clone().unwrap_or_else(|| e.backends.join("+"));
             writeln!(
                 out,
-                "  {:<9} {:<7} {}",
-                e.engine,
+                "  {:<15} {:<7} {}",
+                terminal(&backend),
                 e.outcome,
                 terminal(&label)
             )?;

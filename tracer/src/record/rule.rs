@@ -60,6 +60,11 @@ pub struct Attribution {
     /// The engine's own verdict (kprobe) agreed with the evaluation.
     #[serde(skip)]
     pub kernel_confirmed: bool,
+    /// The namespace has rules of more than one backend (iptables-legacy beside
+    /// iptables-nft, after an upgrade): text names the rule's backend, or `iptables -L`
+    /// would send the engineer to the other one's rules.
+    #[serde(skip)]
+    pub backends_mixed: bool,
 }
 
 impl Attribution {
@@ -78,6 +83,7 @@ impl Attribution {
             alternatives: Vec::new(),
             owner: None,
             kernel_confirmed: false,
+            backends_mixed: false,
         }
     }
 
@@ -99,7 +105,10 @@ impl Attribution {
             Some(family) => ruleset::table_label(backend, family, table),
             None => table.clone(),
         };
-        let place = format!("{table}/{chain}");
+        let place = match (self.backends_mixed, self.backend.as_deref()) {
+            (true, Some(b)) => format!("{b} {table}/{chain}"),
+            _ => format!("{table}/{chain}"),
+        };
         Some(
             match (
                 &self.rule,
@@ -115,6 +124,28 @@ impl Attribution {
                 (None, ..) => place,
             },
         )
+    }
+}
+
+impl Attribution {
+    /// The command that lists the rule where its backend keeps it, numbered as
+    /// `rule_num` counts (`iptables-legacy -t filter -L OUTPUT --line-numbers -v`), or
+    /// with handles (`nft -a list chain inet filter input`).
+    pub fn list_command(&self) -> Option<String> {
+        let (table, chain) = (self.table.as_ref()?, self.chain.as_ref()?);
+        let v6 = self.table_family.as_deref() == Some("ip6");
+        let iptables = |suffix: &str| {
+            let tool = if v6 { "ip6tables" } else { "iptables" };
+            format!("{tool}-{suffix} -t {table} -L {chain} --line-numbers -v")
+        };
+        Some(match self.backend.as_deref()? {
+            "iptables-legacy" => iptables("legacy"),
+            "iptables-nft" => iptables("nft"),
+            _ => format!(
+                "nft -a list chain {} {table} {chain}",
+                self.table_family.as_deref()?
+            ),
+        })
     }
 }
 

@@ -70,6 +70,12 @@ pub struct RuleCount {
     pub verdict: Option<String>,
     /// The front-end that manages the rule (see [`crate::attribution::owner`]).
     pub owner: Option<crate::record::rule::Owner>,
+    /// The command that lists the rule in its backend (see
+    /// [`crate::record::rule::Attribution::list_command`]).
+    pub list: Option<String>,
+    /// Its namespace has rules of more than one backend: text names the backend.
+    #[serde(skip)]
+    pub backends_mixed: bool,
     pub count: u64,
 }
 
@@ -208,6 +214,8 @@ impl Summary {
                     rule_handle: a.as_ref().and_then(|a| a.rule_handle),
                     verdict: field(|a| a.verdict.clone()),
                     owner: a.as_ref().and_then(|a| a.owner.clone()),
+                    list: a.as_ref().and_then(|a| a.list_command()),
+                    backends_mixed: a.as_ref().is_some_and(|a| a.backends_mixed),
                     count: *count,
                 }
             })

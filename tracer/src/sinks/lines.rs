@@ -323,6 +323,10 @@ impl<W: Write> Sink for TextSink<W> {
                     )?,
                     None => writeln!(self.out, "  {:>8}  {}", r.count, terminal(&r.rule))?,
                 }
+                // Two backends: say where to look, or `iptables -L` shows the other's rules.
+                if let (true, Some(list)) = (r.backends_mixed, &r.list) {
+                    writeln!(self.out, "            list it: {}", terminal(list))?;
+                }
             }
         }
         if let Some(services) = &end.services {
