@@ -181,6 +181,44 @@ fn a_ruleset_change_mid_capture_is_followed_or_stated() {
     }
 }
 
+/// In a capture of every namespace, a namespace's first drop is confirmed by its rule's
+/// counter like the next ones: its ruleset was read before that drop, while the program
+/// loaded for a namespace that was there, within seconds for one made during the capture.
+#[test]
+fn each_namespaces_first_drop_is_exact_when_watching_them_all() {
+    let with_rule = |tag: &str| {
+        let ns = Netns::new(tag).unwrap();
+        ns.exec(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"])
+            .unwrap();
+        ns.exec(&[
+            "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "6557", "-j", "DROP",
+        ])
+        .unwrap();
+        ns
+    };
+    let there = with_rule("there");
+    // Scoped to a port no other test uses; every namespace, as by default.
+    let w = Watcher::start(&["watch", "--dport", "6557"]).unwrap();
+    there
+        .udp_send("192.0.2.1:6557".parse().unwrap(), 2)
+        .unwrap();
+    let made = with_rule("made");
+    // New namespaces are looked for every 2 s.
+    thread::sleep(Duration::from_secs(5));
+    made.udp_send("192.0.2.1:6557".parse().unwrap(), 3).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), 5);
+    for ns in [&there, &made] {
+        let first = d
+            .iter()
+            .find(|v| v["netns_name"] == ns.name.as_str())
+            .unwrap_or_else(|| panic!("no drop of {}: {d:?}", ns.name));
+        assert_eq!(first["attribution"], "exact", "{first}");
+    }
+}
+
 #[test]
 fn a_namespace_that_vanishes_mid_capture_degrades_with_a_reason() {
     // Watch every namespace, scoped to a port no other test uses.

@@ -10,7 +10,9 @@
 use ruleset::DecidedBy;
 
 use super::{
-    Attributor, Level, Namespace, PENDING_KEPT, Pending, cap_inferred,
+    Attributor, GONE, Level, Namespace, PENDING_KEPT, Pending,
+    candidates::backends_mixed,
+    cap_inferred,
     evidence::{Evidence, confirm, has_counter},
     no_rule_dropped, owner, reconsider,
     snapshot::Snapshot,
@@ -217,6 +219,14 @@ fn settle(
     }
     if let (Some(a), Some(snap)) = (p.record.rule.as_mut(), after) {
         owner::policy_owner(a, &snap.ruleset);
+        a.backends_mixed = backends_mixed(&snap.ruleset);
+    }
+    // No read after the drop: no counter could confirm it.
+    if after.is_none()
+        && let Some(a) = p.record.rule.as_mut()
+        && a.attribution != Level::None
+    {
+        cap_inferred(a, &format!("{GONE}: its counters could not be read again"));
     }
     p.record
 }

@@ -80,6 +80,10 @@ struct Namespace {
 /// path.
 const RELOCATE_EVERY: Duration = Duration::from_secs(1);
 
+/// Namespaces whose rulesets [`Attributor::prime_new`] reads ahead, at most: beyond, a
+/// namespace is first read at its first drop, and that drop's line is `inferred`.
+pub const PRIMED_MAX: usize = 1_024;
+
 /// Records a namespace's queue keeps room for once flushed; a burst's larger queue is
 /// given back.
 const PENDING_KEPT: usize = 1_024;
@@ -118,6 +122,15 @@ impl Namespace {
         self.current = None;
         self.nf_tables = None;
         self.current = self.read();
+    }
+
+    /// The first read of a namespace (or of the one its inode now leads to), kept as the
+    /// baseline of the accepting rules' counters when `keep_baseline`.
+    fn read_first(&mut self, keep_baseline: bool) {
+        self.read_afresh();
+        if keep_baseline {
+            self.baseline.clone_from(&self.current);
+        }
     }
 
     /// Reads the ruleset through `path`; when no nf_tables commit came since the current
@@ -222,13 +235,35 @@ pub struct Attributor {
 impl Attributor {
     /// Reads a namespace's ruleset ahead of its first drop, so that drop can be confirmed.
     pub fn prime(&mut self, netns: u32) {
-        let keep = self.keep_baselines;
         let ns = self.namespaces.entry(netns).or_default();
         ns.relocate(netns);
-        ns.read_afresh();
-        if keep {
-            ns.baseline.clone_from(&ns.current);
+        ns.read_first(self.keep_baselines);
+    }
+
+    /// In a capture of every namespace, reads ahead the rulesets of the live namespaces not
+    /// known yet, for as long as `budget` allows and up to [`PRIMED_MAX`] namespaces known:
+    /// a namespace first read after its first drop has no read to compare that drop's
+    /// counter from, and its first line could only be `inferred`. Returns how many it read.
+    pub fn prime_new(
+        &mut self,
+        live: &crate::enrich::netns::LiveNamespaces,
+        budget: Duration,
+    ) -> usize {
+        let started = Instant::now();
+        let mut read = 0;
+        for inode in live.inodes() {
+            if self.namespaces.len() >= PRIMED_MAX || started.elapsed() >= budget {
+                break;
+            }
+            if !self.namespaces.contains_key(&inode) {
+                let ns = self.namespaces.entry(inode).or_default();
+                ns.path = live.path(inode);
+                ns.located = Some(Instant::now());
+                ns.read_first(self.keep_baselines);
+                read += 1;
+            }
         }
+        read
     }
 
     /// Keeps each namespace's first read from now on, for [`Attributor::accepted`].
@@ -350,10 +385,7 @@ impl Attributor {
         }
         // A namespace seen for the first time, or whose inode went to another namespace.
         if ns.relocate(rec.netns) {
-            ns.read_afresh();
-            if self.keep_baselines {
-                ns.baseline.clone_from(&ns.current);
-            }
+            ns.read_first(self.keep_baselines);
         }
         if rec.engine_guessed
             && let Some(snap) = &ns.current

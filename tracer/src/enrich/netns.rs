@@ -188,6 +188,8 @@ pub struct NsIdentity {
 pub struct LiveNamespaces {
     /// The names of each live inode (empty: alive, without a name).
     names: HashMap<u32, Vec<String>>,
+    /// A file that enters each, as [`path_of`] would find it (`None`: our own).
+    paths: HashMap<u32, Option<PathBuf>>,
 }
 
 impl LiveNamespaces {
@@ -199,6 +201,7 @@ impl LiveNamespaces {
         }
         if let Some(own) = own_inode() {
             live.add(own, None);
+            live.paths.insert(own, None);
         }
         for (path, inode) in holders() {
             let name = path
@@ -207,8 +210,15 @@ impl LiveNamespaces {
                 .and_then(|n| n.to_str())
                 .map(str::to_string);
             live.add(inode, name);
+            live.paths.entry(inode).or_insert(Some(path));
         }
         live
+    }
+
+    /// A way into the namespace `inode`, as [`path_of`] gives it, found in the scan: one
+    /// scan for every namespace, not one per namespace.
+    pub fn path(&self, inode: u32) -> Option<Option<PathBuf>> {
+        self.paths.get(&inode).cloned()
     }
 
     fn add(&mut self, inode: u32, name: Option<String>) {
@@ -218,6 +228,11 @@ impl LiveNamespaces {
         {
             names.push(n);
         }
+    }
+
+    /// Every live namespace's inode.
+    pub fn inodes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.names.keys().copied()
     }
 
     /// Whether some namespace has this inode.

@@ -81,6 +81,14 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// How often a long capture looks for namespaces that are gone.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// In a capture of every namespace, how often namespaces made since are looked for, to
+/// read their rulesets before their first drop (see [`Attributor::prime_new`]), and how
+/// long those reads may hold up the capture each time (the records wait in the ring
+/// buffer meanwhile). At the start, they are read while the program loads.
+const NEW_NAMESPACES_EVERY: Duration = Duration::from_secs(2);
+const PRIME_PER_TICK: Duration = Duration::from_millis(100);
+const PRIME_AT_START: Duration = Duration::from_secs(1);
+
 /// Buffers bigger than this after a burst (a scan: 100,000 lines in one sweep) are freed
 /// rather than kept for the next one.
 const KEEP_CAPACITY: usize = 4096;
@@ -184,6 +192,9 @@ pub struct Session {
     live: Option<beyond::LiveBook>,
     started: Instant,
     last_prune: Instant,
+    /// The capture watches every namespace: new ones are read ahead of their drops.
+    every_namespace: bool,
+    last_new_namespaces: Instant,
     /// Records lost when the flow table was last read whole, and when.
     lost_swept: u64,
     last_full_sweep: Instant,
@@ -205,6 +216,7 @@ impl Session {
         let f = filters.to_filters()?;
         // The first read of the watched namespace's ruleset, so its first drops can be
         // confirmed by their rule's counter: on a thread, while the program is made ready.
+        let every_namespace = matches!(filters.netns_selector(), NetnsSelector::All);
         let attributor = (!capture.no_rules).then(|| {
             let netns = f
                 .netns
@@ -217,6 +229,13 @@ impl Session {
                     a.keep_baselines();
                 }
                 a.prime(netns);
+                // The others too, while the program loads; the rest at the next ticks.
+                if every_namespace {
+                    a.prime_new(
+                        &crate::enrich::netns::LiveNamespaces::scan(),
+                        PRIME_AT_START,
+                    );
+                }
                 a
             })
         });
@@ -315,6 +334,8 @@ impl Session {
             limited: false,
             started: Instant::now(),
             last_prune: Instant::now(),
+            every_namespace,
+            last_new_namespaces: Instant::now(),
             lost_swept: 0,
             last_full_sweep: Instant::now(),
             sigint: signal(SignalKind::interrupt())?,
@@ -495,6 +516,7 @@ impl Session {
                     self.compact_lines();
                 }
                 self.forget_gone_namespaces();
+                self.prime_new_namespaces();
             }
             if stop {
                 // The flow table has the packets no record carried yet.
@@ -547,6 +569,22 @@ impl Session {
             }
             self.lines_by_aggregate.forget(&gone);
             live.forget(&gone);
+        }
+    }
+
+    /// In a capture of every namespace, every [`NEW_NAMESPACES_EVERY`], reads the rulesets
+    /// of namespaces made since, so their first drops are confirmed like the next ones.
+    fn prime_new_namespaces(&mut self) {
+        if !self.every_namespace || self.last_new_namespaces.elapsed() < NEW_NAMESPACES_EVERY {
+            return;
+        }
+        self.last_new_namespaces = Instant::now();
+        if let Some(a) = &mut self.attributor {
+            let live = crate::enrich::netns::LiveNamespaces::scan();
+            let read = a.prime_new(&live, PRIME_PER_TICK);
+            if read > 0 {
+                log::debug!("read the rulesets of {read} new namespace(s) ahead of their drops");
+            }
         }
     }
 
