@@ -570,6 +570,8 @@ impl Session {
             self.lines_by_aggregate.forget(&gone);
             live.forget(&gone);
         }
+        // What was forgotten goes back to the system (glibc keeps it otherwise).
+        return_free_memory();
     }
 
     /// In a capture of every namespace, every [`NEW_NAMESPACES_EVERY`], reads the rulesets
