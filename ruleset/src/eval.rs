@@ -14,14 +14,14 @@
 //! them with evidence (the kernel's rule counters) instead of this crate
 //! guessing.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use serde::Serialize;
 
 use crate::matching::{Outcome, match_outcome, rule_matches};
 use crate::model::{
-    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, Policy, RuleRef, Ruleset, Table,
-    Target,
+    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, MarkSet, Policy, RuleRef, Ruleset,
+    Table, Target,
 };
 use crate::packet::{CtState, Family, Hook, Packet};
 
@@ -208,7 +208,7 @@ fn walk_once(
 
     let mut walk = Walk {
         ruleset,
-        packet,
+        packet: Cow::Borrowed(packet),
         path: Vec::new(),
         undecided: Vec::new(),
         choices,
@@ -247,7 +247,8 @@ fn walk_once(
 
 struct Walk<'a> {
     ruleset: &'a Ruleset,
-    packet: &'a Packet,
+    /// The packet as the next rule sees it: with the mark earlier rules set.
+    packet: Cow<'a, Packet>,
     path: Vec<ChainRef>,
     undecided: Vec<(RuleRef, String)>,
     /// How to take the undecided rules met, in order (see [`walk_once`]).
@@ -303,18 +304,23 @@ impl<'a> Walk<'a> {
                 return policy();
             }
 
-            match rule_matches(rule, self.packet, self.ruleset) {
-                Outcome::Match => {}
+            match rule_matches(rule, &self.packet, self.ruleset) {
+                Outcome::Match => self.set_mark(rule.sets_mark),
                 Outcome::NoMatch => continue,
                 Outcome::Undecidable(reason) => {
-                    // A non-terminal target (LOG, MARK, ...) cannot change the verdict.
+                    // A non-terminal target (LOG, MARK, ...) cannot change the verdict;
+                    // the mark it may have set is not known any more.
                     if matches!(rule.target, Target::Continue { .. }) {
+                        if rule.sets_mark.is_some() {
+                            self.set_mark(Some(MarkSet::Unknown));
+                        }
                         continue;
                     }
                     self.undecided.push((rule_ref(), reason));
                     if !self.take_as_matching(rule_ref) {
                         continue;
                     }
+                    self.set_mark(rule.sets_mark);
                 }
             }
 
@@ -387,7 +393,7 @@ impl<'a> Walk<'a> {
         rule_ref: impl Fn() -> RuleRef,
     ) -> Option<&'a Target> {
         for arm in arms {
-            match match_outcome(&arm.key, self.packet, self.ruleset) {
+            match match_outcome(&arm.key, &self.packet, self.ruleset) {
                 Outcome::Match => return Some(&arm.target),
                 Outcome::NoMatch => {}
                 Outcome::Undecidable(reason) => {
@@ -399,6 +405,18 @@ impl<'a> Walk<'a> {
             }
         }
         None
+    }
+
+    /// A matching rule's effect on the mark, for the rules after it (see [`MarkSet`]).
+    fn set_mark(&mut self, set: Option<MarkSet>) {
+        let Some(set) = set else {
+            return;
+        };
+        let packet = self.packet.to_mut();
+        match set.apply(packet.mark) {
+            Some(mark) if !packet.unknown.mark => packet.mark = mark,
+            _ => packet.unknown.mark = true,
+        }
     }
 
     /// The fork at an undecided rule: whether this walk takes it as matching.

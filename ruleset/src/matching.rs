@@ -292,6 +292,11 @@ fn field_value(field: Field, packet: &Packet) -> FieldValue {
         Field::Mark | Field::Length if packet.unknown.per_flow => {
             FieldValue::Unknown(PER_FLOW.to_string())
         }
+        Field::Mark if packet.unknown.mark => FieldValue::Unknown(
+            "an earlier rule on the packet's way set its mark from what droptrace does not \
+             read (the connection's mark, a map)"
+                .to_string(),
+        ),
         Field::Mark => FieldValue::Known(packet.mark),
         Field::SocketUid => match packet.uid {
             Some(uid) => FieldValue::Known(uid),

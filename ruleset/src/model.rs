@@ -121,7 +121,34 @@ pub struct Rule {
     pub counters: Option<Counters>,
     /// All must hold for the rule to match.
     pub matches: Vec<Match>,
+    /// What the rule does to the packet's mark when it matches, before its verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sets_mark: Option<MarkSet>,
     pub target: Target,
+}
+
+/// A matching rule's effect on the packet's mark (`-j MARK`, `-j CONNMARK --restore-mark`,
+/// nft `meta mark set`): the rules after it, in its chain and in the hook's later chains,
+/// see the new mark. A policy that marks a packet "accepted" in one chain and accepts the
+/// mark in another is common (network plugins do it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkSet {
+    /// The mark becomes `(mark & !mask) ^ value`, as xt_MARK's `--set-xmark` does
+    /// (net/netfilter/xt_mark.c `mark_tg`); nft's `meta mark set` forms reduce to it.
+    Xmark { value: u32, mask: u32 },
+    /// Set from what droptrace does not read (the connection's mark, a map): unknown.
+    Unknown,
+}
+
+impl MarkSet {
+    /// The mark after this rule, or `None` when it cannot be told.
+    pub fn apply(self, mark: u32) -> Option<u32> {
+        match self {
+            MarkSet::Xmark { value, mask } => Some((mark & !mask) ^ value),
+            MarkSet::Unknown => None,
+        }
+    }
 }
 
 impl fmt::Display for Rule {

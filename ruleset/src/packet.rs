@@ -126,7 +126,7 @@ impl Packet {
                 oif: has_oif,
                 uid: has_socket,
                 gid: has_socket,
-                per_flow: false,
+                ..Unknown::NONE
             },
             ..Packet::unknown(family)
         })
@@ -157,6 +157,9 @@ pub struct Unknown {
     /// flow table): its addresses, source port, mark and length are not known, only its
     /// protocol, destination port, TCP flags and conntrack state.
     pub per_flow: bool,
+    /// A rule on the packet's way set its mark from what droptrace does not read (see
+    /// [`crate::model::MarkSet::Unknown`]).
+    pub mark: bool,
 }
 
 impl Unknown {
@@ -167,6 +170,7 @@ impl Unknown {
         uid: true,
         gid: true,
         per_flow: true,
+        mark: true,
     };
     /// Everything known: a `None` field is absent, as netfilter sees it.
     pub const NONE: Unknown = Unknown {
@@ -175,6 +179,7 @@ impl Unknown {
         uid: false,
         gid: false,
         per_flow: false,
+        mark: false,
     };
 }
 

@@ -297,3 +297,84 @@ fn forks_are_capped_and_the_cap_is_said() {
     assert!(evaluation.alternatives.len() <= ruleset::eval::MAX_FORKED_WALKS);
     assert!(evaluation.alternatives_truncated);
 }
+
+/// `oif "lo" accept` first, as most hand-written output chains start: the index match is
+/// decided by the interface's name (nft lists the index as the name it has), so a packet
+/// leaving elsewhere falls to the policy with nothing left undecided.
+#[test]
+fn an_oif_match_is_decided_by_the_interface_it_names() {
+    let json = r#"{"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "out", "handle": 1, "type": "filter",
+                   "hook": "output", "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "out", "handle": 2, "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "oif"}}, "right": "lo"}},
+            {"accept": null}]}}
+    ]}"#;
+    let ruleset = ruleset(ruleset::nft_json::parse(json).unwrap());
+    let away = out(&ruleset, &syn(8443));
+    assert_eq!(away.verdict, Verdict::Drop);
+    assert!(away.undecided.is_empty(), "{:?}", away.undecided);
+    assert_eq!(policy_of(&away), ("t".into(), "out".into()));
+    let local = out(&ruleset, &syn(8443).oif("lo"));
+    assert_eq!(local.verdict, Verdict::Accept);
+}
+
+/// A network plugin's shape: one chain marks the packet "accepted by policy", the next
+/// accepts on that mark, the rest is dropped. The mark a rule sets is the mark the rules
+/// after it see (the kernel accepts this packet; answering DROP was the one confidently
+/// wrong answer droptrace gave).
+#[test]
+fn a_mark_set_by_one_rule_is_seen_by_the_next() {
+    let marking = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n:POLICY - [0:0]\n\
+         -A OUTPUT -j POLICY\n\
+         -A OUTPUT -m mark --mark 0x10000/0x10000 -j ACCEPT\n\
+         -A OUTPUT -p tcp -j DROP\n\
+         -A POLICY -p tcp -m tcp --dport 8443 -j MARK --set-xmark 0x10000/0x10000",
+    ));
+    let allowed = out(&marking, &syn(8443));
+    assert_eq!(allowed.verdict, Verdict::Accept, "{allowed:?}");
+    assert!(allowed.undecided.is_empty());
+    assert_eq!(decided_at(&allowed), ("filter".into(), "OUTPUT".into(), 2));
+    // Other ports are not marked: dropped, and the rule says so.
+    let dropped = out(&marking, &syn(25));
+    assert_eq!(decided_at(&dropped), ("filter".into(), "OUTPUT".into(), 3));
+    // A mark restored from the connection's is not read: the accept on it is undecided.
+    let restored = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n\
+         -A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n\
+         -A OUTPUT -m mark --mark 0x10000/0x10000 -j ACCEPT\n\
+         -A OUTPUT -p tcp -j DROP",
+    ));
+    let unsure = out(&restored, &syn(8443));
+    assert_eq!(unsure.undecided.len(), 1, "{unsure:?}");
+    assert!(unsure.undecided[0].1.contains("set its mark"), "{unsure:?}");
+}
+
+/// nft's forms of the same: `meta mark set meta mark | 0x10000` in a chain of an earlier
+/// priority, `meta mark & 0x10000 == 0x10000 accept` in the next.
+#[test]
+fn an_nft_mark_set_carries_to_later_chains_of_the_hook() {
+    let json = r#"{"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "mark", "handle": 1, "type": "filter",
+                   "hook": "output", "prio": -150, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "t", "name": "out", "handle": 2, "type": "filter",
+                   "hook": "output", "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "mark", "handle": 3, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                       "right": 8443}},
+            {"mangle": {"key": {"meta": {"key": "mark"}},
+                        "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "out", "handle": 4, "expr": [
+            {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 65536]},
+                       "right": 65536}},
+            {"accept": null}]}}
+    ]}"#;
+    let ruleset = ruleset(ruleset::nft_json::parse(json).unwrap());
+    let allowed = out(&ruleset, &syn(8443));
+    assert_eq!(allowed.verdict, Verdict::Accept, "{allowed:?}");
+    assert!(allowed.undecided.is_empty());
+    assert_eq!(out(&ruleset, &syn(25)).verdict, Verdict::Drop);
+}

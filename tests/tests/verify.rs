@@ -502,3 +502,52 @@ fn explain_uses_the_route_the_kernel_would() {
     assert!(counter("-j REJECT") >= 1, "{save}");
     assert_eq!(counter("--dport 23 -j DROP"), 0, "{save}");
 }
+
+/// An output chain that starts with `oif "lo" accept` and accepts what an earlier chain
+/// marked (a network plugin's shape): `explain` follows the interface and the mark as the
+/// kernel does, and its answers are the kernel's own (the connections made or not).
+#[test]
+fn explain_follows_interfaces_and_marks_as_the_kernel_does() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(8443)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(9443)).unwrap();
+    for cmd in [
+        "add table inet dt",
+        "add chain inet dt tag { type filter hook output priority -150; }",
+        "add chain inet dt out { type filter hook output priority 0; policy drop; }",
+        "add rule inet dt tag tcp dport 8443 meta mark set meta mark or 0x10000",
+        "add rule inet dt out oif \"lo\" accept",
+        "add rule inet dt out meta mark and 0x10000 == 0x10000 accept",
+    ] {
+        t.client.exec(&["nft", cmd]).unwrap();
+    }
+    // The kernel's answers.
+    let short = std::time::Duration::from_millis(1500);
+    assert!(t.client.tcp_connect(t.gateway_addr(8443), short).unwrap());
+    assert!(!t.client.tcp_connect(t.gateway_addr(9443), short).unwrap());
+    let explain = |dst: &str, port: &str| {
+        let (code, stdout, stderr) = droptrace_output(&[
+            "explain",
+            "--netns",
+            &t.client.name,
+            "--proto",
+            "tcp",
+            "--dst",
+            dst,
+            "--dport",
+            port,
+            "--json",
+        ])
+        .unwrap();
+        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (code, v)
+    };
+    let (code, v) = explain("203.0.113.10", "8443");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("accept")), "{v}");
+    let (code, v) = explain("203.0.113.10", "9443");
+    assert_eq!((code, v["outcome"].as_str()), (1, Some("drop")), "{v}");
+    assert_eq!(v["verdict"], "policy", "{v}");
+    // Through the loopback: the first rule accepts, nothing is left undecided.
+    let (code, v) = explain("127.0.0.1", "9443");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("accept")), "{v}");
+}

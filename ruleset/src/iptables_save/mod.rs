@@ -20,7 +20,7 @@ use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::model::{
     AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
-    Match, OwnerId, Policy, Rule, Table, TableFamily, Target, ValueTest,
+    MarkSet, Match, OwnerId, Policy, Rule, Table, TableFamily, Target, ValueTest,
 };
 use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};
@@ -166,6 +166,7 @@ impl OpenTable {
             matches: Vec::new(),
             comment: None,
             target: None,
+            sets_mark: None,
             counters,
         };
         builder.run()?;
@@ -173,6 +174,7 @@ impl OpenTable {
             matches,
             comment,
             target,
+            sets_mark,
             counters,
             ..
         } = builder;
@@ -190,6 +192,7 @@ impl OpenTable {
             comment,
             counters,
             matches,
+            sets_mark,
             target: target.unwrap_or(Target::Continue { action: None }),
         });
         Ok(())

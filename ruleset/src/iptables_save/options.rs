@@ -98,6 +98,42 @@ pub(super) fn undecidable_module_reason(module: &str) -> String {
 /// Targets that end evaluation of the chain like ACCEPT (NAT).
 pub(crate) const NAT_TARGETS: &[&str] = &["MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP"];
 
+/// What `-j MARK` / `-j CONNMARK` with `options` do to the packet's mark (xt_MARK's and
+/// xt_CONNMARK's options, as iptables-save prints them: `--set-xmark V/M`; the others as
+/// iptables accepts them). CONNMARK changes the packet's mark only with `--restore-mark`,
+/// from the connection's, which droptrace does not read.
+fn mark_set(target: &str, options: &[(String, Vec<String>)]) -> Option<MarkSet> {
+    let number = |text: &str| names::number(text);
+    let pair = |text: &str| match text.split_once('/') {
+        Some((v, m)) => Some((number(v)?, number(m)?)),
+        None => Some((number(text)?, u32::MAX)),
+    };
+    match target {
+        "MARK" => {
+            let (option, values) = options.first()?;
+            let arg = values.first().map(String::as_str).unwrap_or_default();
+            let xmark = match option.as_str() {
+                "--set-xmark" => pair(arg),
+                // Zero the mask's bits, then OR the value in.
+                "--set-mark" => pair(arg).map(|(v, m)| (v, m | v)),
+                "--or-mark" => number(arg).map(|v| (v, v)),
+                "--and-mark" => number(arg).map(|v| (0, !v)),
+                "--xor-mark" => number(arg).map(|v| (v, 0)),
+                _ => None,
+            };
+            Some(match xmark {
+                Some((value, mask)) => MarkSet::Xmark { value, mask },
+                None => MarkSet::Unknown,
+            })
+        }
+        "CONNMARK" => options
+            .iter()
+            .any(|(o, _)| o == "--restore-mark")
+            .then_some(MarkSet::Unknown),
+        _ => None,
+    }
+}
+
 /// Targets that act on the packet and let evaluation continue.
 pub(crate) const CONTINUING_TARGETS: &[&str] = &[
     "LOG",
@@ -143,6 +179,7 @@ pub(super) struct RuleBuilder<'a> {
     pub(super) matches: Vec<Match>,
     pub(super) comment: Option<String>,
     pub(super) target: Option<Target>,
+    pub(super) sets_mark: Option<MarkSet>,
     pub(super) counters: Option<Counters>,
 }
 
@@ -330,6 +367,7 @@ impl<'a> RuleBuilder<'a> {
                 .find(|(option, _)| option == wanted)
                 .and_then(|(_, values)| values.first().cloned())
         };
+        self.sets_mark = mark_set(name, &options);
         let target = match name {
             "ACCEPT" => Target::Accept,
             "DROP" => Target::Drop,

@@ -443,6 +443,39 @@ fn targets() {
     );
 }
 
+/// MARK's options as iptables-save prints them (`--set-xmark`) and as iptables accepts
+/// them, each as xt_MARK computes the new mark; CONNMARK changes the packet's mark only
+/// when it restores it from the connection's.
+#[test]
+fn mark_targets_say_what_they_do_to_the_mark() {
+    let set = |rule: &str| only_rule(rule).sets_mark;
+    let xmark = |value, mask| Some(MarkSet::Xmark { value, mask });
+    assert_eq!(
+        set("-A OUTPUT -j MARK --set-xmark 0x4000/0x4000"),
+        xmark(0x4000, 0x4000)
+    );
+    assert_eq!(set("-A OUTPUT -j MARK --set-xmark 0x5"), xmark(5, u32::MAX));
+    assert_eq!(set("-A OUTPUT -j MARK --set-mark 0x1/0xf0"), xmark(1, 0xf1));
+    assert_eq!(set("-A OUTPUT -j MARK --or-mark 0x8"), xmark(8, 8));
+    assert_eq!(set("-A OUTPUT -j MARK --and-mark 0xff"), xmark(0, !0xff));
+    assert_eq!(set("-A OUTPUT -j MARK --xor-mark 0x3"), xmark(3, 0));
+    assert_eq!(
+        set("-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+        Some(MarkSet::Unknown)
+    );
+    assert_eq!(set("-A OUTPUT -j CONNMARK --save-mark"), None);
+    assert_eq!(set("-A OUTPUT -j ACCEPT"), None);
+    assert_eq!(MarkSet::Xmark { value: 8, mask: 8 }.apply(0x11), Some(0x19));
+    assert_eq!(
+        MarkSet::Xmark {
+            value: 0,
+            mask: !0xff
+        }
+        .apply(0x1234),
+        Some(0x34)
+    );
+}
+
 #[test]
 fn nat_targets_and_ipv6_defaults() {
     let tables = parse(

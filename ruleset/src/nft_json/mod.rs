@@ -25,7 +25,7 @@ use crate::error::{ParseError, Result};
 use crate::iptables_save::{CONTINUING_TARGETS, NAT_TARGETS};
 use crate::model::{
     AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
-    Match, Policy, Rule, Table, TableFamily, Target, ValueTest, VerdictArm,
+    MarkSet, Match, Policy, Rule, Table, TableFamily, Target, ValueTest, VerdictArm,
 };
 use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};

@@ -24,7 +24,13 @@ pub(super) enum Left {
         direction: Direction,
         family: Family,
     },
+    /// `iifname`/`oifname`: the name, `*` a wildcard suffix.
     Interface(Direction),
+    /// `iif`/`oif`: the interface's index. nft lists the index as the name the interface
+    /// has now (net/netfilter/nft_meta.c dumps the index; nft's datatype prints it as
+    /// `if_indextoname` gives it), so the name it shows is exact, no wildcard; an index
+    /// no interface has any more is listed as a number, which is left undecided.
+    InterfaceIndex(Direction),
     /// `fib saddr|daddr [. iif|. oif] type`.
     AddrType {
         direction: Direction,
@@ -38,6 +44,7 @@ impl Context<'_> {
         let mut target: Option<Target> = None;
         let mut counters = None;
         let mut actions: Vec<String> = Vec::new();
+        let mut sets_mark: Option<MarkSet> = None;
         for expr in exprs {
             if target.is_some() {
                 // Nothing after a verdict runs.
@@ -66,8 +73,14 @@ impl Context<'_> {
                         action: kind.to_string(),
                     });
                 }
-                "log" | "mangle" | "notrack" | "set" | "map" | "flow" | "dup" | "ct helper"
-                | "ct timeout" | "ct expectation" | "secmark" => {
+                "mangle" => {
+                    if let Some(set) = mark_set(body) {
+                        sets_mark = Some(then(sets_mark, set));
+                    }
+                    actions.push(kind.to_string());
+                }
+                "log" | "notrack" | "set" | "map" | "flow" | "dup" | "ct helper" | "ct timeout"
+                | "ct expectation" | "secmark" => {
                     actions.push(kind.to_string());
                 }
                 "limit" => matches.push(Match::undecidable(
@@ -84,6 +97,10 @@ impl Context<'_> {
                             action: Some(action),
                         } = &xt_target
                         {
+                            // nft's JSON omits the options: which mark is not told.
+                            if matches!(action.as_str(), "MARK" | "CONNMARK") {
+                                sets_mark = Some(MarkSet::Unknown);
+                            }
                             actions.push(action.clone());
                         } else {
                             target = Some(xt_target);
@@ -106,6 +123,7 @@ impl Context<'_> {
             comment: None,
             counters,
             matches,
+            sets_mark,
             target,
         }
     }
@@ -150,13 +168,17 @@ impl Context<'_> {
                     ranges,
                 }
             }
-            Left::Interface(direction) => {
+            Left::Interface(direction) | Left::InterfaceIndex(direction) => {
                 if !matches!(op, "==" | "!=" | "in") {
                     return Err(format!("operator {op} on interface names is not evaluated"));
                 }
+                let by_index = matches!(left, Left::InterfaceIndex(_));
                 let names = elements
                     .iter()
-                    .map(interface_element)
+                    .map(|e| match by_index {
+                        true => index_element(e),
+                        false => interface_element(e),
+                    })
                     .collect::<std::result::Result<Vec<_>, String>>()?;
                 Condition::Interface { direction, names }
             }
@@ -349,6 +371,59 @@ pub(super) enum Xt {
 }
 
 /// iptables-nft compat expressions carry only the extension's name in JSON.
+/// What an nft `mangle` statement does to the packet's mark, when it sets it: `meta mark
+/// set 0x10`, `meta mark set meta mark | 0x10` (and `&`, `^`); from anything else (the
+/// connection's mark, a map) the mark is unknown. `None` for other keys (`ct mark`, a
+/// payload field).
+fn mark_set(body: &Value) -> Option<MarkSet> {
+    let is_mark = |v: &Value| v.get("meta").and_then(|m| m.get("key")) == Some(&"mark".into());
+    if !body.get("key").is_some_and(is_mark) {
+        return None;
+    }
+    let number = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let value = body.get("value")?;
+    let xmark = match number(value) {
+        Some(v) => Some((v, u32::MAX)),
+        None => single_entry(value).and_then(|(op, args)| {
+            let [left, right] = args.as_array()?.as_slice() else {
+                return None;
+            };
+            let n = number(right).filter(|_| is_mark(left))?;
+            match op {
+                "|" => Some((n, n)),
+                "&" => Some((0, !n)),
+                "^" => Some((n, 0)),
+                _ => None,
+            }
+        }),
+    };
+    Some(match xmark {
+        Some((value, mask)) => MarkSet::Xmark { value, mask },
+        None => MarkSet::Unknown,
+    })
+}
+
+/// Two mark statements of one rule, one after the other, as one.
+fn then(first: Option<MarkSet>, next: MarkSet) -> MarkSet {
+    match (first, next) {
+        (None, next) => next,
+        (
+            Some(MarkSet::Xmark {
+                value: v1,
+                mask: m1,
+            }),
+            MarkSet::Xmark {
+                value: v2,
+                mask: m2,
+            },
+        ) => MarkSet::Xmark {
+            value: (v1 & !m2) ^ v2,
+            mask: m1 | m2,
+        },
+        _ => MarkSet::Unknown,
+    }
+}
+
 pub(super) fn xt(body: &Value) -> Xt {
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("");
     let name = body.get("name").and_then(Value::as_str).unwrap_or("?");

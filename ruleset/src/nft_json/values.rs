@@ -38,6 +38,8 @@ pub(super) fn parse_left(left: &Value) -> std::result::Result<(Left, Option<u32>
                 "protocol" => Left::Value(Field::EtherType),
                 "iifname" => Left::Interface(Direction::Source),
                 "oifname" => Left::Interface(Direction::Destination),
+                "iif" => Left::InterfaceIndex(Direction::Source),
+                "oif" => Left::InterfaceIndex(Direction::Destination),
                 "mark" => Left::Value(Field::Mark),
                 "skuid" => Left::Value(Field::SocketUid),
                 "skgid" => Left::Value(Field::SocketGid),
@@ -191,6 +193,21 @@ pub(super) fn interface_element(element: &Value) -> std::result::Result<Interfac
         _ => (text.replace("\\*", "*"), false),
     };
     Ok(InterfaceName { name, wildcard })
+}
+
+/// An `iif`/`oif` element as nft lists it: the interface's name now, to be matched whole.
+pub(super) fn index_element(element: &Value) -> std::result::Result<InterfaceName, String> {
+    let element = element_value(element);
+    match element.as_str() {
+        Some(name) => Ok(InterfaceName {
+            name: name.to_string(),
+            wildcard: false,
+        }),
+        None => Err(format!(
+            "interface index {} belongs to no interface now",
+            render_expr(element)
+        )),
+    }
 }
 
 pub(super) fn range_element(
