@@ -1,5 +1,6 @@
-//! Which front-end manages a rule: ufw, firewalld, Docker, kube-proxy, Calico, Cilium or
-//! fail2ban.
+//! Which front-end manages a rule: ufw, firewalld, Docker, podman's netavark, libvirt,
+//! Incus, LXD, OpenWrt's firewall4, kube-proxy, the kubelet, kube-router, flannel,
+//! Calico, Cilium or fail2ban.
 //!
 //! A generated rule hand-edited during an incident comes back at the front-end's next
 //! reload; the SRE has to change the front-end's configuration instead. The front-ends are
@@ -23,35 +24,112 @@ pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             object: Some(jail.to_string()),
         });
     }
+    // fail2ban's nftables action (config/action.d/nftables.conf): one table and chain,
+    // a set per jail, `addr-set-<jail>` (`addr6-set-` for IPv6).
+    if table == "f2b-table" {
+        let jail = match_set(rule).and_then(|s| {
+            s.strip_prefix("addr-set-")
+                .or_else(|| s.strip_prefix("addr6-set-"))
+        });
+        return Some(Owner {
+            tool: "fail2ban",
+            object: jail.map(str::to_string),
+        });
+    }
     if let Some(jail) = chain.strip_prefix("f2b-") {
         return Some(Owner {
             tool: "fail2ban",
             object: Some(jail.to_string()),
         });
     }
-    if table == "f2b-table" {
-        return tool("fail2ban");
-    }
     if table == "firewalld" || is_firewalld_iptables_chain(chain) {
         return tool("firewalld");
     }
-    if upper.starts_with("KUBE-") || table == "kube-proxy" {
-        return Some(Owner {
-            tool: "kube-proxy",
-            object: comment(rule).and_then(|c| service_of(&c)),
-        });
+    if let Some(tool) = kubernetes_tool(table, chain) {
+        let object = match tool {
+            "kube-proxy" => comment(rule)
+                .and_then(|c| service_of(&c))
+                .or_else(|| nft_service_of(chain)),
+            _ => None,
+        };
+        return Some(Owner { tool, object });
     }
     // DOCKER-USER is where Docker leaves room for the administrator's own rules.
     if upper.starts_with("DOCKER") && upper != "DOCKER-USER" {
         return tool("docker");
     }
-    if chain.starts_with("cali-") {
+    if chain.starts_with("cali-") || matches!(table, "calico" | "calico-arp") {
         return tool("calico");
     }
     if upper.starts_with("CILIUM") {
         return tool("cilium");
     }
-    None
+    nft_table_owner(table, chain).or_else(|| iptables_chain_owner(chain))
+}
+
+/// Front-ends that keep their rules in nftables tables of their own, by the table names
+/// their sources give, with the object a chain's name carries.
+fn nft_table_owner(table: &str, chain: &str) -> Option<Owner> {
+    let owner = |tool, object: Option<String>| Some(Owner { tool, object });
+    match table {
+        // moby: daemon/libnetwork/drivers/bridge/internal/nftabler (per network chains
+        // `filter-forward-in__<bridge>`), the overlay driver's and the embedded DNS's.
+        "docker-bridges" | "docker-overlay" | "docker-dns" => owner(
+            "docker",
+            chain
+                .split_once("__")
+                .map(|(_, bridge)| format!("bridge {bridge}")),
+        ),
+        // netavark (podman's network stack), src/firewall/nft.rs.
+        "netavark" => owner("netavark", None),
+        // libvirt, src/network/network_nftables.c.
+        "libvirt_network" => owner("libvirt", None),
+        // Incus and LXD: chains `fwd.<network>`, `in.<instance>.<device>`, ... (a name
+        // alone does not tell a network from an instance: no object).
+        "incus" => owner("incus", None),
+        "lxd" => owner("lxd", None),
+        // OpenWrt's firewall4: `input_<zone>`, `reject_from_<zone>`, ...
+        "fw4" => owner("fw4", fw4_zone(chain).map(|z| format!("zone {z}"))),
+        // flannel, pkg/trafficmngr/nftables.
+        "flannel-ipv4" | "flannel-ipv6" => owner("flannel", None),
+        _ => None,
+    }
+}
+
+/// The zone of one of firewall4's per-zone chains (root/usr/share/firewall4/templates).
+fn fw4_zone(chain: &str) -> Option<&str> {
+    [
+        "input_",
+        "output_",
+        "forward_",
+        "helper_",
+        "accept_from_",
+        "reject_from_",
+        "drop_from_",
+        "accept_to_",
+        "reject_to_",
+        "drop_to_",
+        "dstnat_",
+        "srcnat_",
+        "notrack_",
+    ]
+    .iter()
+    .find_map(|p| chain.strip_prefix(p))
+    .filter(|z| !z.is_empty())
+}
+
+/// Front-ends known by their iptables chains: libvirt's (src/network/network_iptables.c),
+/// netavark's before it left iptables (src/firewall/varktables), flannel's
+/// (pkg/trafficmngr/iptables).
+fn iptables_chain_owner(chain: &str) -> Option<Owner> {
+    let tool = match chain {
+        "LIBVIRT_INP" | "LIBVIRT_OUT" | "LIBVIRT_FWO" | "LIBVIRT_FWI" | "LIBVIRT_FWX"
+        | "LIBVIRT_PRT" => "libvirt",
+        "FLANNEL-FWD" | "FLANNEL-POSTRTG" => "flannel",
+        c if c.starts_with("NETAVARK_") || c.starts_with("NETAVARK-") => "netavark",
+        _ => return None,
+    };
+    Some(Owner { tool, object: None })
 }
 
 /// A built-in chain's policy has no name of its own: it belongs to the front-end whose
@@ -83,6 +161,90 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
             return;
         }
     }
+}
+
+/// kube-proxy's chains (pkg/proxy/iptables/proxier.go; ipvs mode's in pkg/proxy/ipvs; the
+/// old userspace proxy's), fixed names and per-Service prefixes.
+const KUBE_PROXY_CHAINS: &[&str] = &[
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+    "KUBE-FORWARD",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-PROXY-CANARY",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+    "KUBE-PORTALS-CONTAINER",
+    "KUBE-PORTALS-HOST",
+    "KUBE-NODEPORT-CONTAINER",
+    "KUBE-NODEPORT-HOST",
+    "KUBE-NODEPORT-NON-LOCAL",
+];
+const KUBE_PROXY_PREFIXES: &[&str] = &[
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-FW-",
+    "KUBE-EXT-",
+    "KUBE-SEP-",
+    "KUBE-XLB-",
+];
+/// The kubelet's own (pkg/kubelet/kubelet_network_linux.go): KUBE-FIREWALL's localnet
+/// drop, which kube-proxy's iptables mode also writes, identical; KUBE-MARK-DROP of older
+/// kubelets, whose mark KUBE-FIREWALL drops.
+const KUBELET_CHAINS: &[&str] = &[
+    "KUBE-FIREWALL",
+    "KUBE-KUBELET-CANARY",
+    "KUBE-IPTABLES-HINT",
+    "KUBE-MARK-DROP",
+];
+/// kube-router's network policy and service proxy chains
+/// (pkg/controllers/netpol/network_policy_controller.go, pkg/controllers/proxy): the
+/// `KUBE-` prefix is kube-proxy's too, so only these.
+const KUBE_ROUTER_PREFIXES: &[&str] = &["KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-"];
+
+/// Which Kubernetes component writes `table`/`chain`, by the names their sources give:
+/// a `KUBE-` chain none of them names has no owner (a prefix guess put kube-router's
+/// policy chains on kube-proxy).
+fn kubernetes_tool(table: &str, chain: &str) -> Option<&'static str> {
+    let prefixed = |prefixes: &[&str]| prefixes.iter().any(|p| chain.starts_with(p));
+    if prefixed(KUBE_ROUTER_PREFIXES)
+        || matches!(table, "kube-router-filter-ipv4" | "kube-router-filter-ipv6")
+    {
+        return Some("kube-router");
+    }
+    // Older ipvs kube-proxy kept load-balancer source ranges in a nat KUBE-FIREWALL.
+    if chain == "KUBE-FIREWALL" && table == "nat" {
+        return Some("kube-proxy");
+    }
+    if KUBELET_CHAINS.contains(&chain) {
+        return Some("kubelet");
+    }
+    if table == "kube-proxy" || KUBE_PROXY_CHAINS.contains(&chain) || prefixed(KUBE_PROXY_PREFIXES)
+    {
+        return Some("kube-proxy");
+    }
+    None
+}
+
+/// `ns1/svc1:p80` from kube-proxy's nftables chain names (pkg/proxy/nftables/proxier.go):
+/// `service-ULMVA6XW-ns1/svc1/tcp/p80`, `endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80`,
+/// and the `local-`, `external-`, `firewall-` chains of the same shape.
+fn nft_service_of(chain: &str) -> Option<String> {
+    let rest = ["service-", "local-", "external-", "endpoint-", "firewall-"]
+        .iter()
+        .find_map(|p| chain.strip_prefix(p))?;
+    let (_hash, port_name) = rest.split_once('-')?;
+    let mut parts = port_name.split('/');
+    let (namespace, name, _proto, port) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let port = port.split("__").next()?;
+    (!namespace.is_empty() && !name.is_empty() && !port.is_empty())
+        .then(|| format!("{namespace}/{name}:{port}"))
 }
 
 /// firewalld's chains when it drives iptables (FirewallBackend=iptables): `INPUT_direct`,
@@ -180,7 +342,75 @@ mod tests {
             "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -j DROP",
         )
         .unwrap();
-        assert_eq!(o.text(), "kube-proxy");
+        assert_eq!(o.text(), "kubelet");
+        // nftables mode: the Service is in the chain's name.
+        let o = owner_of(
+            "kube-proxy",
+            "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
+            "ip saddr 10.180.0.1 jump mark-for-masquerade",
+        )
+        .unwrap();
+        assert_eq!(o.text(), "kube-proxy, Service ns1/svc1:p80");
+        assert_eq!(
+            tool("kube-proxy", "reject-chain", "reject"),
+            Some("kube-proxy")
+        );
+    }
+
+    /// Front-ends with nftables tables of their own, named by their tables (and the object
+    /// a chain's name carries); libvirt, flannel and netavark also by their iptables chains.
+    #[test]
+    fn nftables_front_ends_are_named_by_their_tables() {
+        let o = owner_of("docker-bridges", "filter-forward-in__br-dummy", "drop").unwrap();
+        assert_eq!(
+            (o.tool, o.object.as_deref()),
+            ("docker", Some("bridge br-dummy"))
+        );
+        assert_eq!(
+            tool("netavark", "NETAVARK-ISOLATION-1", ""),
+            Some("netavark")
+        );
+        assert_eq!(tool("libvirt_network", "guest_output", ""), Some("libvirt"));
+        assert_eq!(tool("incus", "fwd.incusbr0", ""), Some("incus"));
+        assert_eq!(tool("lxd", "fwd.lxdbr0", ""), Some("lxd"));
+        let o = owner_of("fw4", "reject_from_wan", "").unwrap();
+        assert_eq!((o.tool, o.object.as_deref()), ("fw4", Some("zone wan")));
+        assert_eq!(owner_of("fw4", "input", "").unwrap().object, None);
+        assert_eq!(tool("flannel-ipv4", "forward", ""), Some("flannel"));
+        assert_eq!(tool("calico", "filter-FORWARD", ""), Some("calico"));
+        assert_eq!(tool("filter", "LIBVIRT_FWI", ""), Some("libvirt"));
+        assert_eq!(tool("filter", "FLANNEL-FWD", ""), Some("flannel"));
+        assert_eq!(tool("filter", "NETAVARK_FORWARD", ""), Some("netavark"));
+        assert_eq!(tool("filter", "LIBVIRT_SOMETHING", ""), None);
+        assert_eq!(tool("mytable", "input", ""), None);
+    }
+
+    /// kube-router's policy chains are kube-router's, not kube-proxy's (12 of 12 drops
+    /// on a kube-router node were put on kube-proxy by a `KUBE-` prefix guess); a `KUBE-`
+    /// chain no Kubernetes component names stays unknown.
+    #[test]
+    fn kubernetes_components_are_named_by_their_own_chains() {
+        assert_eq!(
+            tool("filter", "KUBE-POD-FW-ABCDEFGHIJKLMNOP", ""),
+            Some("kube-router")
+        );
+        assert_eq!(
+            tool("filter", "KUBE-NWPLCY-DEFAULT", ""),
+            Some("kube-router")
+        );
+        assert_eq!(tool("filter", "KUBE-ROUTER-INPUT", ""), Some("kube-router"));
+        assert_eq!(
+            tool("kube-router-filter-ipv4", "INPUT", ""),
+            Some("kube-router")
+        );
+        assert_eq!(
+            tool("filter", "KUBE-SVC-ABCDEFGHIJKLMNOP", ""),
+            Some("kube-proxy")
+        );
+        assert_eq!(tool("filter", "KUBE-NODE-PORT", ""), Some("kube-proxy"));
+        assert_eq!(tool("nat", "KUBE-FIREWALL", ""), Some("kube-proxy"));
+        assert_eq!(tool("filter", "KUBE-KUBELET-CANARY", ""), Some("kubelet"));
+        assert_eq!(tool("filter", "KUBE-SOMETHING-ELSE", ""), None);
     }
 
     #[test]
@@ -193,6 +423,10 @@ mod tests {
         .unwrap();
         assert_eq!(o.text(), "fail2ban, jail sshd");
         assert_eq!(tool("f2b-table", "f2b-chain", ""), Some("fail2ban"));
+        // Its nftables action: the jail is in the set's name, never the chain's.
+        let nft = owner_of("f2b-table", "f2b-chain", "ip saddr @addr-set-sshd reject").unwrap();
+        assert_eq!(nft.object.as_deref(), Some("sshd"));
+        assert_eq!(owner_of("f2b-table", "f2b-chain", "").unwrap().object, None);
         let nft = owner_of("filter", "input", "ip saddr @f2b-sshd reject").unwrap();
         assert_eq!(nft.object.as_deref(), Some("sshd"));
     }

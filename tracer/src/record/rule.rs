@@ -156,9 +156,11 @@ pub const POLICY_ACCEPT: &str = "policy accept";
 /// The front-end behind a rule, and the object it stands for when the rule says so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
-    /// `ufw`, `firewalld`, `docker`, `kube-proxy`, `calico`, `cilium` or `fail2ban`.
+    /// `ufw`, `firewalld`, `docker`, `netavark`, `libvirt`, `incus`, `lxd`, `fw4`,
+    /// `kube-proxy`, `kubelet`, `kube-router`, `flannel`, `calico`, `cilium` or `fail2ban`.
     pub tool: &'static str,
-    /// kube-proxy's Service (`namespace/name:port`), fail2ban's jail.
+    /// kube-proxy's Service (`namespace/name:port`), fail2ban's jail, Docker's bridge
+    /// (`bridge br-…`), firewall4's zone (`zone wan`).
     pub object: Option<String>,
 }
 
