@@ -351,6 +351,26 @@ pub fn droptrace_bin() -> PathBuf {
         })
 }
 
+/// `droptrace ARGS` in text mode (ARGS end the capture by themselves, `--duration`):
+/// `traffic` runs once droptrace says it is watching; returns what it printed on stdout.
+pub fn watch_text(args: &[&str], traffic: impl FnOnce()) -> String {
+    let mut child = Command::new(droptrace_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the end: droptrace still writes to it.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut start = String::new();
+    stderr.read_line(&mut start).unwrap();
+    assert!(start.starts_with("droptrace: watching"), "{start}");
+    traffic();
+    let out = child.wait_with_output().unwrap();
+    drop(stderr);
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs droptrace with `args`, returning (exit code, stdout, stderr).
 pub fn droptrace_output(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
     let out = Command::new(droptrace_bin()).args(args).output()?;

@@ -1,7 +1,6 @@
 //! Faults and hostile input: droptrace must not hurt the host or lie to the engineer.
 
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::fs::symlink,
     process::{Command, Stdio},
     thread,
@@ -10,7 +9,7 @@ use std::{
 
 use droptrace_tests::{
     Netns, Topology, Watcher, drops, droptrace_bin, droptrace_output, lasting_orphans, packets,
-    summary,
+    summary, watch_text,
 };
 use serde_json::Value;
 
@@ -68,19 +67,10 @@ fn a_process_named_with_escape_sequences_cannot_touch_the_terminal() {
     };
 
     // Text output: escaped.
-    let mut child = Command::new(droptrace_bin())
-        .args(["watch", "--netns", &t.client.name, "--duration", "3s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut start = String::new();
-    stderr.read_line(&mut start).unwrap();
-    assert!(start.starts_with("droptrace: watching"), "{start}");
-    send();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = watch_text(
+        &["watch", "--netns", &t.client.name, "--duration", "3s"],
+        send,
+    );
     assert!(text.contains("\\x1b[2J\\x1b]0;x\\x07ev["), "{text}");
     assert!(
         !text.contains('\x1b') && !text.contains('\x07'),

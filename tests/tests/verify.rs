@@ -448,23 +448,7 @@ fn explain_uses_the_route_the_kernel_would() {
         args.extend(rule.iter().copied());
         t.client.exec(&args).unwrap();
     }
-    let explain = |port: &str| {
-        let (code, stdout, stderr) = droptrace_output(&[
-            "explain",
-            "--netns",
-            &t.client.name,
-            "--proto",
-            "tcp",
-            "--dst",
-            "203.0.113.10",
-            "--dport",
-            port,
-            "--json",
-        ])
-        .unwrap();
-        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-        (code, v)
-    };
+    let explain = |port: &str| explain_tcp(&t.client.name, "203.0.113.10", port);
     let (code, v) = explain("22");
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["outcome"], "drop");
@@ -525,23 +509,7 @@ fn explain_follows_interfaces_and_marks_as_the_kernel_does() {
     let short = std::time::Duration::from_millis(1500);
     assert!(t.client.tcp_connect(t.gateway_addr(8443), short).unwrap());
     assert!(!t.client.tcp_connect(t.gateway_addr(9443), short).unwrap());
-    let explain = |dst: &str, port: &str| {
-        let (code, stdout, stderr) = droptrace_output(&[
-            "explain",
-            "--netns",
-            &t.client.name,
-            "--proto",
-            "tcp",
-            "--dst",
-            dst,
-            "--dport",
-            port,
-            "--json",
-        ])
-        .unwrap();
-        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-        (code, v)
-    };
+    let explain = |dst: &str, port: &str| explain_tcp(&t.client.name, dst, port);
     let (code, v) = explain("203.0.113.10", "8443");
     assert_eq!((code, v["outcome"].as_str()), (0, Some("accept")), "{v}");
     let (code, v) = explain("203.0.113.10", "9443");
@@ -550,4 +518,14 @@ fn explain_follows_interfaces_and_marks_as_the_kernel_does() {
     // Through the loopback: the first rule accepts, nothing is left undecided.
     let (code, v) = explain("127.0.0.1", "9443");
     assert_eq!((code, v["outcome"].as_str()), (0, Some("accept")), "{v}");
+}
+
+/// `droptrace explain --json` of a TCP packet to `dst:port` in `netns`: (exit code, answer).
+fn explain_tcp(netns: &str, dst: &str, port: &str) -> (i32, Value) {
+    let (code, stdout, stderr) = droptrace_output(&[
+        "explain", "--netns", netns, "--proto", "tcp", "--dst", dst, "--dport", port, "--json",
+    ])
+    .unwrap();
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (code, v)
 }

@@ -1,14 +1,10 @@
 //! `droptrace watch` against the real kernel: real rules, real traffic, in namespaces.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use droptrace_tests::{
-    CLIENT_V4, GATEWAY_V4, GATEWAY_V6, Netns, Topology, Watcher, drops, droptrace_bin,
-    droptrace_output, packets, summary,
+    CLIENT_V4, GATEWAY_V4, GATEWAY_V6, Netns, Topology, Watcher, drops, droptrace_output, packets,
+    summary, watch_text,
 };
 
 const SHORT: Duration = Duration::from_millis(1500);
@@ -303,21 +299,12 @@ fn with_two_backends_text_names_the_rules_backend_and_how_to_list_it() {
             "DROP",
         ])
         .unwrap();
-    let mut child = Command::new(droptrace_bin())
-        .args(["watch", "--netns", &t.client.name, "--duration", "4s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Kept open until the end: droptrace still writes to it.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut start = String::new();
-    stderr.read_line(&mut start).unwrap();
-    assert!(start.starts_with("droptrace: watching"), "{start}");
-    t.client.udp_send(t.gateway_addr(588), 2).unwrap();
-    let out = child.wait_with_output().unwrap();
-    drop(stderr);
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = watch_text(
+        &["watch", "--netns", &t.client.name, "--duration", "4s"],
+        || {
+            t.client.udp_send(t.gateway_addr(588), 2).unwrap();
+        },
+    );
     let label =
         "iptables-legacy filter/OUTPUT rule 1 `-A OUTPUT -p udp -m udp --dport 588 -j DROP`";
     assert!(text.contains(label), "{text}");
