@@ -574,7 +574,12 @@ fn series_stay_exact_beyond_the_flow_table_and_healthz_says_so() -> anyhow::Resu
                 degraded = Some(health);
             }
             rules = server.samples("droptrace_drops_total", &ns.name)?;
-            Ok(rules.iter().map(|s| value(s)).sum::<f64>() == counter as f64)
+            let sum = rules.iter().map(|s| value(s)).sum::<f64>();
+            if sum != counter as f64 {
+                // Said at the timeout: how far from the counter, and which way.
+                anyhow::bail!("the series sum to {sum}, the rule's counter is {counter}");
+            }
+            Ok(true)
         },
     );
     // One rule, named in every series (lines exact, aggregates inferred).

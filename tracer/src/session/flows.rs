@@ -146,9 +146,6 @@ impl FlowBook {
     /// Records that `rec` (whose `count` and `bytes` are already the delta) reports the
     /// flow up to `cumulative`, and keeps it as the flow's template.
     pub fn reported(&mut self, key: FlowKey, cumulative: Tally, rec: &DropRecord) {
-        if self.seen.len() >= self.max_tracked.saturating_mul(4) && !self.seen.contains_key(&key) {
-            self.forget_oldest();
-        }
         let now = Instant::now();
         let template = Some(Box::new(rec.clone()));
         match self.seen.get_mut(&key) {
@@ -186,9 +183,6 @@ impl FlowBook {
     /// bring them again. Not marked active: a scan's given-up flows are not re-read every
     /// second; a flow that grows again writes a record.
     pub fn give_up(&mut self, key: FlowKey, cumulative: Tally) {
-        if self.seen.len() >= self.max_tracked.saturating_mul(4) && !self.seen.contains_key(&key) {
-            self.forget_oldest();
-        }
         match self.seen.get_mut(&key) {
             Some(s) => {
                 if cumulative.packets > s.reported.packets {
@@ -267,20 +261,17 @@ impl FlowBook {
         self.seen.len() > self.max_tracked
     }
 
-    pub fn knows(&self, key: &FlowKey) -> bool {
-        self.seen.contains_key(key)
+    /// Whether the book holds four times the flows the kernel's table can: no new flow
+    /// may be added before those the table no longer holds are forgotten
+    /// ([`FlowBook::forget_absent`]). Not by age: the kernel's LRU keeps some old flows
+    /// (it evicts per CPU, roughly), and a flow forgotten while the table still held it
+    /// was reported again by the next read of the table.
+    pub fn full(&self) -> bool {
+        self.seen.len() >= self.max_tracked.saturating_mul(4)
     }
 
-    /// The last resort, should four times the table's flows arrive between two reads of
-    /// it: the older half goes.
-    fn forget_oldest(&mut self) {
-        // Drop the older half: amortised, and flows that old are not active.
-        let mut ages: Vec<Instant> = self.seen.values().map(|s| s.last_growth).collect();
-        ages.sort_unstable();
-        let cutoff = ages[ages.len() / 2];
-        self.seen.retain(|_, s| s.last_growth > cutoff);
-        self.templates = self.seen.values().filter(|s| s.template.is_some()).count();
-        self.give_back_room();
+    pub fn knows(&self, key: &FlowKey) -> bool {
+        self.seen.contains_key(key)
     }
 
     /// Lets the older half of the templates go (their flows keep their counts and sketch).
@@ -428,6 +419,22 @@ mod tests {
         assert!(!book.knows(&key(1)) && book.knows(&key(2)));
         // Evicted, then dropped again: the kernel's new entry starts from zero.
         assert_eq!(book.unreported(&key(1), t(3)), t(3));
+    }
+
+    #[test]
+    fn a_full_book_forgets_nothing_by_itself() {
+        // Four times a table of 2: full, and every flow still known (only a read of the
+        // table may say which are gone).
+        let mut book = FlowBook::tracking(2);
+        for i in 0..8 {
+            book.reported(key(i), t(1), &sample());
+        }
+        assert!(book.full());
+        assert!((0..8).all(|i| book.knows(&key(i))));
+        assert_eq!(book.unreported(&key(0), t(1)), t(0));
+        let live = key(7);
+        book.forget_absent(&std::collections::HashSet::from([&live]));
+        assert!(!book.full() && book.knows(&key(7)));
     }
 
     #[test]

@@ -502,9 +502,7 @@ impl Session {
                 self.take_record(d, &mut staged);
             }
             if self.book.over_table() {
-                let flows = self.capture.flows();
-                self.book
-                    .forget_absent(&flows.iter().map(|(k, _)| k).collect());
+                self.forget_flows_gone();
             }
             if sweep {
                 self.sweep_active(&mut staged);
@@ -655,6 +653,10 @@ impl Session {
         if delta.packets == 0 {
             return;
         }
+        if self.book.full() && !self.book.knows(&d.key) {
+            // A burst of new flows between two reads of the table (a scan into a small one).
+            self.forget_flows_gone();
+        }
         // Its drops stay counted in the kernel: a later line or the aggregates report them.
         if !self.line_allowed() {
             if self.live.is_some() {
@@ -682,6 +684,13 @@ impl Session {
     fn made(&mut self, rec: DropRecord, out: &mut Vec<DropRecord>) {
         self.lines_by_aggregate.credit(&rec);
         out.push(rec);
+    }
+
+    /// Forgets the flows the kernel's table no longer holds (one read of the table).
+    fn forget_flows_gone(&mut self) {
+        let flows = self.capture.flows();
+        self.book
+            .forget_absent(&flows.iter().map(|(k, _)| k).collect());
     }
 
     /// Re-reads the kernel's counts of recently active flows, and of the flows the CPUs'
