@@ -93,9 +93,11 @@ pub(super) fn through_cache(key: &FlowKey, raw: &[u64; 4], len: u32) -> Option<(
     if packets != 0 {
         // Two calls from here rather than one inside the other: old verifiers allow 512
         // bytes of stack for the whole chain of BPF functions (6.12: 344 + 128 + 56 was
-        // refused).
-        aggregate(&cache.key, cache.site, packets, bytes);
+        // refused). The flow first: a drop in an aggregate is then in its flow too, which
+        // `serve` relies on when it reads the aggregates before the flows
+        // (tracer/src/session/beyond.rs).
         add_to_flow(&cache.key, packets, bytes, cache.site);
+        aggregate(&cache.key, cache.site, packets, bytes);
     }
     cache.key = *key;
     cache.raw = *raw;
@@ -307,18 +309,37 @@ pub(super) fn count_drop<C: EbpfContext>(
     pid_tgid: u64,
     uid: Option<u32>,
 ) -> Option<(u64, u64)> {
-    if let Some(state) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value pointer from the kernel, valid for this program run.
-        e.site = unsafe { (*state).site };
-        if packets != 0 {
-            aggregate(key, e.site, packets, bytes);
-        }
-        return bump_flow(state, packets, bytes, now);
-    }
-    e.site = take_stack(ctx, e);
+    let due = add_to_new_or_known_flow(ctx, e, key, packets, bytes, now, pid_tgid, uid);
+    // After the flow (as in `through_cache`): a drop counted in its aggregate is then in
+    // its flow too.
     if packets != 0 {
         aggregate(key, e.site, packets, bytes);
     }
+    due
+}
+
+/// The flow part of [`count_drop`]: `e.site` is set on every path that returns.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined: arguments cost no stack"
+)]
+fn add_to_new_or_known_flow<C: EbpfContext>(
+    ctx: &C,
+    e: &mut DropEvent,
+    key: &FlowKey,
+    packets: u64,
+    bytes: u64,
+    now: u64,
+    pid_tgid: u64,
+    uid: Option<u32>,
+) -> Option<(u64, u64)> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer from the kernel, valid for this program run.
+        e.site = unsafe { (*state).site };
+        return bump_flow(state, packets, bytes, now);
+    }
+    e.site = take_stack(ctx, e);
     // In a per-CPU slot, not on the stack: this frame and the functions it calls share
     // the verifier's 512 bytes (see tracer/src/kernel/stack_depth.rs); only a new flow
     // pays the slot's lookup.

@@ -403,17 +403,15 @@ impl Capture {
     /// (see [`FlowCache`]): a batch moving between the two is then missed, never counted
     /// twice.
     pub fn pending(&self) -> Pending {
-        let mut out = Pending::new();
-        let Ok(caches) = self.cache.get(&0, 0) else {
-            return out;
-        };
-        for c in caches.iter().filter(|c| c.live != 0 && c.pending != 0) {
-            let e = out.entry(c.key).or_default();
-            e.packets += c.pending;
-            e.bytes += c.bytes;
-            e.site = c.site;
-        }
-        out
+        pending_of(&self.caches())
+    }
+
+    /// The CPUs' flow caches, one per CPU in CPU order (none when they cannot be read).
+    pub fn caches(&self) -> Vec<FlowCache> {
+        self.cache
+            .get(&0, 0)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Every aggregate the kernel counted, completed by what the caches hold (read after
@@ -421,22 +419,24 @@ impl Capture {
     /// go where the kernel will put them: its own key if the table has it, else its coarse
     /// key if that exists.
     pub fn aggregates(&self) -> Result<HashMap<AggKey, AggCount>, String> {
+        let mut out = self.aggregates_in_map()?;
+        add_pending(&mut out, self.pending());
+        Ok(out)
+    }
+
+    /// The aggregates as the kernel's map holds them, without what the caches hold. For a
+    /// capture that reports beyond the flow table while the program runs (`serve`): the
+    /// kernel adds a cache's batch to its flow before its aggregate (see the eBPF side's
+    /// `through_cache`), so a batch the map counted is in the flow table when the table
+    /// is read after it; a batch read from a cache may move to its flow between the
+    /// table's read and the cache's, and come again in a later line (see
+    /// [`held_through`] for the batches that can be added safely).
+    pub fn aggregates_in_map(&self) -> Result<HashMap<AggKey, AggCount>, String> {
         let mut out = HashMap::new();
         for item in self.aggregates.iter() {
             let (k, v) = item
                 .map_err(|e| format!("cannot read the kernel's aggregates ({AGGREGATES}): {e}"))?;
             out.insert(k, v);
-        }
-        for (key, c) in self.pending() {
-            let fine = AggKey::of(&key, c.site);
-            let at = if !out.contains_key(&fine) && out.contains_key(&fine.coarse()) {
-                fine.coarse()
-            } else {
-                fine
-            };
-            let sum: &mut AggCount = out.entry(at).or_default();
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
         }
         Ok(out)
     }
@@ -501,6 +501,55 @@ pub(crate) fn loaded_programs(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
             ))
         })
         .collect()
+}
+
+/// What `caches` hold, per flow.
+fn pending_of(caches: &[FlowCache]) -> Pending {
+    let mut out = Pending::new();
+    for c in caches.iter().filter(|c| c.live != 0 && c.pending != 0) {
+        let e = out.entry(c.key).or_default();
+        e.packets += c.pending;
+        e.bytes += c.bytes;
+        e.site = c.site;
+    }
+    out
+}
+
+/// What the caches held in `before` and still held in `after`: the same flow since the
+/// same moment (`since_ns` changes whenever a cache moves its batch to the flow table)
+/// and no fewer packets. Those packets were in neither the flow table nor the
+/// aggregates at any time between the two reads; any other cache's batch may have moved
+/// meanwhile, and counting it would count it twice.
+pub fn held_through(before: &[FlowCache], after: &[FlowCache]) -> Pending {
+    let held: Vec<FlowCache> = before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| {
+            b.live != 0
+                && a.live != 0
+                && b.key == a.key
+                && b.since_ns == a.since_ns
+                && a.pending >= b.pending
+        })
+        .map(|(b, _)| *b)
+        .collect();
+    pending_of(&held)
+}
+
+/// Adds what caches hold to the aggregates, where the kernel will put it: its own key if
+/// the table has it, else its coarse key if that exists.
+pub fn add_pending(aggregates: &mut HashMap<AggKey, AggCount>, pending: Pending) {
+    for (key, c) in pending {
+        let fine = AggKey::of(&key, c.site);
+        let at = if !aggregates.contains_key(&fine) && aggregates.contains_key(&fine.coarse()) {
+            fine.coarse()
+        } else {
+            fine
+        };
+        let sum: &mut AggCount = aggregates.entry(at).or_default();
+        sum.packets += c.packets;
+        sum.bytes += c.bytes;
+    }
 }
 
 /// Adds the caches' packets to their flows' states; a flow the table no longer holds (it
@@ -602,5 +651,52 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dport: u16, pending: u64, since_ns: u64) -> FlowCache {
+        let mut c: FlowCache = unsafe { std::mem::zeroed() };
+        c.key.dport = dport;
+        c.pending = pending;
+        c.bytes = pending * 100;
+        c.live = 1;
+        c.since_ns = since_ns;
+        c
+    }
+
+    #[test]
+    fn only_batches_that_stayed_in_their_cache_are_held_through() {
+        let before = [
+            cache(53, 5, 10),
+            cache(80, 7, 20),
+            cache(443, 3, 30),
+            cache(22, 4, 40),
+        ];
+        let after = [
+            cache(53, 9, 10),  // grew, same batch: held
+            cache(80, 0, 25),  // moved to its flow: not held
+            cache(443, 2, 30), // fewer: the batch moved and another began
+            cache(25, 4, 40),  // another flow
+        ];
+        let held = held_through(&before, &after);
+        assert_eq!(held.len(), 1, "{held:?}");
+        let (key, c) = held.iter().next().unwrap();
+        assert_eq!((key.dport, c.packets, c.bytes), (53, 5, 500));
+    }
+
+    #[test]
+    fn a_batch_goes_to_the_coarse_key_only_when_its_own_is_not_there() {
+        let c = cache(53, 5, 10);
+        let fine = AggKey::of(&c.key, c.site);
+        let mut aggregates = HashMap::from([(fine.coarse(), AggCount::default())]);
+        add_pending(&mut aggregates, pending_of(&[c]));
+        assert_eq!(aggregates[&fine.coarse()].packets, 5);
+        aggregates.insert(fine, AggCount::default());
+        add_pending(&mut aggregates, pending_of(&[c]));
+        assert_eq!(aggregates[&fine].packets, 5);
     }
 }

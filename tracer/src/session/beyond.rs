@@ -14,10 +14,14 @@
 //!
 //! `serve` has no end: it reports them as it goes ([`LiveBook`]). A line it cannot make
 //! within the second's budget is given up (its flow's count is taken as reported), so no
-//! line can later bring drops an aggregate already gave; then, after the whole flow table
-//! was read, whatever an aggregate counted (read first) beyond its lines is beyond for
-//! good. Reading the aggregates before the flows keeps the estimate from above: a drop
-//! counted after the aggregates were read can only make it smaller, never count twice.
+//! line can later bring drops an aggregate already gave; then, after the records waiting
+//! in the ring buffer and the whole flow table were read, whatever an aggregate counted
+//! (read first) beyond its lines is beyond for good. The kernel counts a drop in its flow
+//! before its aggregate (and writes the record a few instructions later), so every drop
+//! in that read is in a flow or a record read after it; a drop counted after the aggregates were read
+//! can only make the estimate smaller, never count twice. (Records left to the next tick
+//! were seen to: a scan evicted their flows meanwhile, and their lines reported drops an
+//! aggregate had already given.)
 
 use std::{
     collections::{HashMap, HashSet},

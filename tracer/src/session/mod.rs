@@ -820,8 +820,8 @@ impl Session {
 
     /// With `serve`: when the lines leave drops the kernel counted unreported (`stats`
     /// read before this tick's records), at most every [`beyond::RECONCILE_EVERY`], reads
-    /// the aggregates, then the whole flow table, and reports what the aggregates counted
-    /// beyond the lines (see [`beyond`] for why in that order).
+    /// the aggregates, then the records and the whole flow table, and reports what the
+    /// aggregates counted beyond the lines (see [`beyond`] for why in that order).
     fn report_beyond_live(
         &mut self,
         stats: &crate::kernel::capture::KernelStats,
@@ -835,15 +835,31 @@ impl Session {
         if !live.due(backlog || self.lines_by_aggregate.crowded()) {
             return;
         }
-        let aggregates = match self.capture.aggregates() {
+        let caches = self.capture.caches();
+        let mut aggregates = match self.capture.aggregates_in_map() {
             Ok(a) => a,
             Err(e) => {
                 log::warn!("{e}: drops beyond the flow table are not reported");
                 return;
             }
         };
+        // The records written before the read: a flow evicted since (a scan evicts
+        // thousands a second) is in no read of the table, and its record, taken after the
+        // drops beyond were reported, would report its drops again.
+        let mut batch = Vec::new();
+        self.capture.drain(&mut batch);
+        for d in batch {
+            self.take_record(d, out);
+        }
         self.last_full_sweep = Instant::now();
         self.sweep_all(out);
+        // A cache's batch that stayed there through both reads is in no aggregate yet; the
+        // lines just made have it (the table's read adds the caches). A flood's last batch
+        // on a CPU that drops nothing more stays there.
+        crate::kernel::capture::add_pending(
+            &mut aggregates,
+            crate::kernel::capture::held_through(&caches, &self.capture.caches()),
+        );
         let Some(live) = &mut self.live else {
             return;
         };
