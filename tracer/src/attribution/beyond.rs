@@ -49,6 +49,7 @@ impl Attributor {
             .iter()
             .map(|c| Attribution {
                 backends_mixed: mixed,
+                cause: None,
                 ..judged(&now.ruleset, c)
             })
             .collect()

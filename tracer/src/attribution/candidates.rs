@@ -70,6 +70,7 @@ pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution
             owner: super::owner::owner_of(&r.table, &r.chain, &r.text),
             kernel_confirmed: false,
             backends_mixed: false,
+            cause: None,
         },
         DecidedBy::Policy(c) => Attribution {
             backend: Some(c.backend.as_str().into()),
@@ -86,6 +87,7 @@ pub(super) fn named(by: &DecidedBy, verdict: &'static str) -> Option<Attribution
             owner: super::owner::owner_of(&c.table, &c.chain, ""),
             kernel_confirmed: false,
             backends_mixed: false,
+            cause: None,
         },
         DecidedBy::NoBaseChain => return None,
     })

@@ -94,6 +94,7 @@ pub(super) fn weigh_kernel(
         owner: super::owner::owner_of(&k.table, k.chain.as_deref().unwrap_or(""), ""),
         kernel_confirmed: false,
         backends_mixed: false,
+        cause: None,
     };
 }
 
@@ -109,7 +110,7 @@ pub(super) struct Evidence {
 
 impl Evidence {
     /// The counter is readable: it grew by `grew` (maybe 0).
-    fn growth(&self) -> Option<u64> {
+    pub(super) fn growth(&self) -> Option<u64> {
         self.grew.filter(|_| self.counted)
     }
 }

@@ -12,12 +12,12 @@ use ruleset::DecidedBy;
 use super::{
     Attributor, GONE, Level, Namespace, PENDING_KEPT, Pending,
     candidates::backends_mixed,
-    cap_inferred,
+    cap_inferred, conntrack,
     evidence::{Evidence, confirm, has_counter},
     no_rule_dropped, owner, reconsider,
     snapshot::Snapshot,
 };
-use crate::record::DropRecord;
+use crate::record::{DropRecord, rule::Attribution};
 
 /// How each rule's counter grew, by rule.
 type Deltas = Vec<(DecidedBy, u64)>;
@@ -137,8 +137,10 @@ fn settle(
     claimed: &Claims,
     reads: Baselines<'_>,
     after: Option<&Snapshot>,
+    no_rule: u64,
 ) -> DropRecord {
     let is_early = w.early(&p.record);
+    let mut counters_all_still = false;
     let (deltas, baseline) = if is_early {
         (&w.wide, reads.earliest.or(reads.current))
     } else {
@@ -174,6 +176,8 @@ fn settle(
                 }
             })
             .collect();
+        // Every candidate's counter read and none grew: no rule of them dropped it.
+        counters_all_still = evidence.iter().all(|e| e.counted && e.growth() == Some(0));
         let chosen = confirm(a, &p.candidates, &evidence);
         if p.hook_inferred {
             cap_inferred(a, "the hook was inferred");
@@ -208,13 +212,47 @@ fn settle(
             deltas,
         );
     }
-    if p.candidates.is_empty()
+    if counters_all_still
+        && let (Some(before), Some(now)) = (baseline, after)
+        && let Some(cause) = before.conntrack.zip(now.conntrack).and_then(|(b, a)| {
+            conntrack::cause(
+                &b,
+                &a,
+                p.record.hook,
+                no_rule + p.record.count,
+                conntrack::source_nat(&now.ruleset),
+            )
+        })
+        && cause.certain
+        && let Some(a) = p.record.rule.as_mut()
+    {
+        // conntrack dropped it before the rule could (a full table's drops match
+        // `ctstate INVALID`, which has no connection to look at): its counter says so.
+        let rule = a.label().unwrap_or_default();
+        *a = Attribution::none(format!(
+            "{}; not {rule}, which matches it but whose counter did not grow: netfilter's \
+             core dropped it in {}",
+            cause.text(),
+            p.record.location
+        ));
+        a.cause = Some(cause);
+        p.candidates.clear();
+    } else if p.candidates.is_empty()
         && p.query.is_some()
         && let (Some(before), Some(now)) = (baseline, after)
     {
         // Only what was read in full can tell that no rule dropped it.
         if before.problems.is_empty() && now.problems.is_empty() {
-            no_rule_dropped(&mut p.record, before.digest == now.digest);
+            let cause = before.conntrack.zip(now.conntrack).and_then(|(b, a)| {
+                conntrack::cause(
+                    &b,
+                    &a,
+                    p.record.hook,
+                    no_rule,
+                    conntrack::source_nat(&now.ruleset),
+                )
+            });
+            no_rule_dropped(&mut p.record, before.digest == now.digest, cause);
         }
     }
     if let (Some(a), Some(snap)) = (p.record.rule.as_mut(), after) {
@@ -256,8 +294,23 @@ impl Attributor {
                 earliest: ns.earlier.front(),
                 current: ns.current.as_ref(),
             };
+            // What conntrack's counters must account for to name the cause of these.
+            let no_rule = ns
+                .pending
+                .iter()
+                .filter(|p| p.candidates.is_empty() && p.query.is_some())
+                .map(|p| p.record.count)
+                .sum();
             for (p, found) in ns.pending.drain(..).zip(found) {
-                out.push(settle(p, found, &windows, &claimed, reads, after.as_ref()));
+                out.push(settle(
+                    p,
+                    found,
+                    &windows,
+                    &claimed,
+                    reads,
+                    after.as_ref(),
+                    no_rule,
+                ));
             }
             // A burst's queue is not kept at its peak (tens of MB) once it has gone out.
             ns.pending.shrink_to(PENDING_KEPT);

@@ -11,6 +11,7 @@
 mod accepted;
 pub mod beyond;
 mod candidates;
+mod conntrack;
 mod evidence;
 mod flush;
 pub mod live_counters;
@@ -31,7 +32,10 @@ use std::{
 use ruleset::DecidedBy;
 
 pub use crate::record::rule::{Attribution, Level};
-use crate::{kernel::stack, record::DropRecord};
+use crate::{
+    kernel::stack,
+    record::{DropRecord, rule::Cause},
+};
 use snapshot::Snapshot;
 
 use candidates::*;
@@ -557,7 +561,7 @@ fn reconsider(
 /// dropped it (conntrack on a packet it judged invalid, NAT that found no free tuple, a
 /// hook outside the rules); said plainly, with what the kernel showed. When it did change,
 /// the rule may be gone: said so, and only then.
-fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool) {
+fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool, cause: Option<Cause>) {
     let ct = rec.ct_state.as_str();
     let location = rec.location.clone();
     let Some(a) = rec.rule.as_mut() else {
@@ -567,6 +571,22 @@ fn no_rule_dropped(rec: &mut DropRecord, unchanged: bool) {
         Some(rest) => rest.to_string(),
         None => format!("has no rule that drops it ({})", a.why),
     };
+    if let Some(mut cause) = cause {
+        // A rule removed meanwhile may have dropped it instead.
+        cause.certain &= unchanged;
+        a.why = format!(
+            "{}; no rule dropped it: the ruleset {}{accepts}; netfilter's core dropped it in \
+             {location}",
+            cause.text(),
+            if unchanged {
+                "unchanged since before the drop, "
+            } else {
+                "changed during the capture, and as read now "
+            },
+        );
+        a.cause = Some(cause);
+        return;
+    }
     a.why = if unchanged {
         let hint = if ct == "none" {
             "; the packet has no conntrack entry: conntrack may have judged it invalid \
@@ -604,7 +624,7 @@ pub(crate) mod tests {
     #[test]
     fn drops_no_rule_made_say_so_and_blame_a_change_only_when_there_was_one() {
         let mut r = unattributed("the ruleset as read accepts this packet");
-        no_rule_dropped(&mut r, true);
+        no_rule_dropped(&mut r, true, None);
         let why = &r.rule.as_ref().unwrap().why;
         assert!(
             why.starts_with("no rule dropped it: the ruleset, unchanged"),
@@ -617,7 +637,7 @@ pub(crate) mod tests {
         assert!(why.contains("conntrack state none"), "{why}");
         assert!(!why.contains("changed during"), "{why}");
         let mut r = unattributed("the ruleset as read accepts this packet");
-        no_rule_dropped(&mut r, false);
+        no_rule_dropped(&mut r, false, None);
         let why = &r.rule.as_ref().unwrap().why;
         assert!(
             why.starts_with("the ruleset changed during the capture"),
@@ -654,6 +674,7 @@ pub(crate) mod tests {
             owner: None,
             kernel_confirmed: false,
             backends_mixed: false,
+            cause: None,
         }
     }
 

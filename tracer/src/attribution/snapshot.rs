@@ -20,6 +20,7 @@ use std::{
 use ruleset::{Backend, Family, Ruleset, TableFamily};
 
 use super::{
+    conntrack::ConntrackStats,
     nf_tables::NfTables,
     reader::{self, Dump, Source, dump},
 };
@@ -43,6 +44,9 @@ pub struct Snapshot {
     /// Only the nf_tables counters were read: the rules are an earlier read's, of the
     /// same generation (see [`Snapshot::read_since`]).
     pub counters_only: bool,
+    /// The namespace's conntrack counters, read with the ruleset (see
+    /// [`super::conntrack`]); `None` without conntrack.
+    pub conntrack: Option<ConntrackStats>,
     /// The native nftables tables, as listed (family, name); `None` when they could not
     /// be listed one by one.
     native: Option<Vec<(String, String)>>,
@@ -87,6 +91,7 @@ impl Snapshot {
             Snapshot::read_uncounted(netns, same.and_then(|e| e.native.as_deref()), earlier)
         });
         snap.generation = generation;
+        snap.conntrack = ConntrackStats::read(netns);
         READS.fetch_add(1, Ordering::Relaxed);
         if !snap.problems.is_empty() {
             READS_WITH_PROBLEMS.fetch_add(1, Ordering::Relaxed);
@@ -169,6 +174,7 @@ impl Snapshot {
             problems,
             generation: None,
             counters_only: false,
+            conntrack: None,
             native,
             legacy_digests: [None; 2],
         }

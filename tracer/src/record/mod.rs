@@ -119,7 +119,7 @@ impl DropRecord {
     /// The rule that dropped it, in words, when attributed.
     /// What dropped its packets, in words: the rule when known, else hook and engine.
     pub fn dropped_by(&self) -> String {
-        if let Some(rule) = self.rule_label() {
+        if let Some(rule) = self.rule.as_ref().and_then(|a| a.summary_label()) {
             return rule;
         }
         let hook = self.hook.map_or("?", |h| h.as_str());

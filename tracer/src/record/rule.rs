@@ -57,6 +57,9 @@ pub struct Attribution {
     /// The front-end that manages the rule (ufw, kube-proxy, ...), whose configuration is
     /// the place to change it; null for rules no known front-end claims.
     pub owner: Option<Owner>,
+    /// What dropped it when no rule did (conntrack's table full, ...): null otherwise, and
+    /// when the kernel's counters do not tell.
+    pub cause: Option<Cause>,
     /// The engine's own verdict (kprobe) agreed with the evaluation.
     #[serde(skip)]
     pub kernel_confirmed: bool,
@@ -84,6 +87,7 @@ impl Attribution {
             owner: None,
             kernel_confirmed: false,
             backends_mixed: false,
+            cause: None,
         }
     }
 
@@ -128,6 +132,16 @@ impl Attribution {
 }
 
 impl Attribution {
+    /// What summaries group its drops under: the rule, or for a drop no rule made whose
+    /// cause is known, `(no rule: conntrack table full)`.
+    pub fn summary_label(&self) -> Option<String> {
+        self.label().or_else(|| {
+            self.cause
+                .as_ref()
+                .map(|c| format!("(no rule: {})", c.kind()))
+        })
+    }
+
     /// The command that lists the rule where its backend keeps it, numbered as
     /// `rule_num` counts (`iptables-legacy -t filter -L OUTPUT --line-numbers -v`), or
     /// with handles (`nft -a list chain inet filter input`).
@@ -146,6 +160,43 @@ impl Attribution {
                 self.table_family.as_deref()?
             ),
         })
+    }
+}
+
+/// Why a packet no rule dropped was dropped, as the kernel's own counters tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cause {
+    /// Stable: `conntrack_table_full`, `nat_no_free_port`, `conntrack_clash`,
+    /// `conntrack_invalid` or `conntrack_dropped`.
+    pub name: &'static str,
+    /// The cause in a few words, with its figures: `conntrack table full (50 of
+    /// nf_conntrack_max 50)`.
+    pub title: String,
+    /// The counters account for every drop no rule made in the namespace since the
+    /// ruleset was last read; false when they account for only some of them.
+    pub certain: bool,
+}
+
+impl Cause {
+    /// The kind of cause in words, the same for every drop of that kind: what summaries
+    /// group by.
+    pub fn kind(&self) -> &'static str {
+        match self.name {
+            "conntrack_table_full" => "conntrack table full",
+            "nat_no_free_port" => "NAT found no free port",
+            "conntrack_clash" => "conntrack clash at insertion",
+            "conntrack_invalid" => "conntrack judged it invalid",
+            _ => "conntrack dropped it",
+        }
+    }
+
+    /// `conntrack table full (50 of nf_conntrack_max 50)`, or with `unsure:` before it.
+    pub fn text(&self) -> String {
+        if self.certain {
+            self.title.clone()
+        } else {
+            format!("unsure: {}", self.title)
+        }
     }
 }
 

@@ -73,6 +73,8 @@ pub struct RuleCount {
     /// The command that lists the rule in its backend (see
     /// [`crate::record::rule::Attribution::list_command`]).
     pub list: Option<String>,
+    /// For drops no rule made: the stable name of their cause (`conntrack_table_full`).
+    pub cause: Option<&'static str>,
     /// Its namespace has rules of more than one backend: text names the backend.
     #[serde(skip)]
     pub backends_mixed: bool,
@@ -162,9 +164,9 @@ impl Summary {
         let hook = hook.map_or("unknown", Hook::as_str).to_string();
         *self.by_hook.entry(hook).or_default() += count;
         let mut label = rule
-            .and_then(|a| a.label())
+            .and_then(|a| a.summary_label())
             .unwrap_or_else(|| "(rule unknown)".to_string());
-        let mut first = rule.filter(|a| a.label().is_some()).cloned();
+        let mut first = rule.filter(|a| a.summary_label().is_some()).cloned();
         if self.by_rule.len() >= MAX_RULES && !self.by_rule.contains_key(&label) {
             (label, first) = (OTHER_RULES.to_string(), None);
         }
@@ -215,6 +217,7 @@ impl Summary {
                     verdict: field(|a| a.verdict.clone()),
                     owner: a.as_ref().and_then(|a| a.owner.clone()),
                     list: a.as_ref().and_then(|a| a.list_command()),
+                    cause: a.as_ref().and_then(|a| a.cause.as_ref()).map(|c| c.name),
                     backends_mixed: a.as_ref().is_some_and(|a| a.backends_mixed),
                     count: *count,
                 }

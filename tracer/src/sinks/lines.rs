@@ -262,7 +262,11 @@ impl<W: Write> Sink for TextSink<W> {
                     " {}",
                     self.paint(
                         level_style(a.attribution),
-                        &format!("[rule unknown: {}]", terminal(&a.why))
+                        &match &a.cause {
+                            // The cause's figures; the JSON's why has the rest.
+                            Some(c) => format!("[no rule: {}]", terminal(&c.text())),
+                            None => format!("[rule unknown: {}]", terminal(&a.why)),
+                        }
                     )
                 ),
             },
@@ -543,6 +547,36 @@ mod tests {
             text.contains("\x1b[35m[rule unknown: no ruleset]"),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_drop_no_rule_made_shows_its_cause_and_whether_it_is_sure() {
+        let mut r = sample();
+        let mut a = crate::record::rule::Attribution::none("long why");
+        a.cause = Some(crate::record::rule::Cause {
+            name: "conntrack_table_full",
+            title: "conntrack table full (50 of nf_conntrack_max 50)".into(),
+            certain: true,
+        });
+        r.rule = Some(a.clone());
+        let mut out = Vec::new();
+        TextSink::new(&mut out).drop_record(&r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("[no rule: conntrack table full (50 of nf_conntrack_max 50)]"),
+            "{text}"
+        );
+        assert!(!text.contains("long why"), "{text}");
+        a.cause.as_mut().unwrap().certain = false;
+        r.rule = Some(a);
+        let mut out = Vec::new();
+        TextSink::new(&mut out).drop_record(&r).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("[no rule: unsure: conntrack table full"),
+        );
+        assert_eq!(r.dropped_by(), "(no rule: conntrack table full)");
     }
 
     #[test]

@@ -489,6 +489,13 @@ fn rule_labels(a: Option<&Attribution>, hook: Option<Hook>, netns: &str) -> Labe
             "owner_object",
             owner.and_then(|o| o.object.clone()).unwrap_or_default(),
         ),
+        // What dropped it when no rule did (`conntrack_table_full`, ...).
+        (
+            "cause",
+            a.and_then(|a| a.cause.as_ref())
+                .map(|c| c.name.to_string())
+                .unwrap_or_default(),
+        ),
         (
             "hook",
             hook.map(|h| h.as_str().to_string()).unwrap_or_default(),
