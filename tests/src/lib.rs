@@ -237,6 +237,23 @@ impl Netns {
             .collect()
     }
 
+    /// A column of the namespace's conntrack counters (/proc/net/stat/nf_conntrack:
+    /// `drop`, `insert_failed`, ...), summed over the CPUs.
+    pub fn conntrack_stat(&self, column: &str) -> anyhow::Result<u64> {
+        let text = self.exec(&["cat", "/proc/net/stat/nf_conntrack"])?;
+        let mut lines = text.lines();
+        let at = lines
+            .next()
+            .and_then(|h| h.split_whitespace().position(|c| c == column))
+            .with_context(|| format!("no column {column} in /proc/net/stat/nf_conntrack"))?;
+        lines
+            .map(|l| {
+                let cell = l.split_whitespace().nth(at).unwrap_or_default();
+                Ok(u64::from_str_radix(cell, 16)?)
+            })
+            .sum()
+    }
+
     /// Sends one datagram to each port of `ports` (one flow each); returns how many the
     /// kernel accepted.
     pub fn udp_spray(

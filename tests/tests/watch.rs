@@ -314,6 +314,69 @@ fn with_two_backends_text_names_the_rules_backend_and_how_to_list_it() {
     );
 }
 
+/// SNAT to a one-port range: the second and third connections find no free port, and
+/// conntrack drops them at insertion, in POSTROUTING, with no rule. droptrace names the
+/// cause from the namespace's conntrack counters (oracle: their insert_failed growth).
+#[test]
+fn snat_out_of_ports_is_named_as_the_cause_not_a_rule() {
+    let t = Topology::new().unwrap();
+    let gateway = t.gateway_addr(53);
+    t.client
+        .exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-p",
+            "udp",
+            "-d",
+            GATEWAY_V4,
+            "-j",
+            "SNAT",
+            "--to-source",
+            &format!("{CLIENT_V4}:1000-1000"),
+        ])
+        .unwrap();
+    let failed_before = t.client.conntrack_stat("insert_failed").unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.client.name]).unwrap();
+    let sent = t
+        .client
+        .run(move || {
+            (0..3)
+                .filter(|_| {
+                    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    sock.send_to(b"x", gateway).is_ok()
+                })
+                .count()
+        })
+        .unwrap();
+    assert_eq!(
+        sent, 1,
+        "the one port of the range goes to the first connection"
+    );
+    let failed = t.client.conntrack_stat("insert_failed").unwrap() - failed_before;
+    assert_eq!(
+        failed, 2,
+        "the kernel's count of connections it could not insert"
+    );
+    std::thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), failed, "{d:?}");
+    for l in &d {
+        assert_eq!(l["hook"], "POSTROUTING", "{l}");
+        assert_eq!(l["rule"], serde_json::Value::Null, "{l}");
+        assert_eq!(l["cause"]["name"], "nat_no_free_port", "{l}");
+        assert_eq!(l["cause"]["certain"], true, "{l}");
+    }
+    let rules = summary(&lines)["rules"].as_array().unwrap().clone();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["rule"], "(no rule: NAT found no free port)");
+    assert_eq!(rules[0]["cause"], "nat_no_free_port");
+    assert_eq!(rules[0]["count"], failed);
+}
+
 #[test]
 fn dport_and_dst_filters_select_drops_in_the_kernel() {
     let t = Topology::new().unwrap();
