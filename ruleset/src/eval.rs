@@ -82,6 +82,10 @@ pub struct Alternative {
     /// The undecided rules taken as matching on this path; every other
     /// undecided rule on it was taken as not matching.
     pub assuming: Vec<RuleRef>,
+    /// Every undecided rule this walk met before it ended, with why (those in
+    /// `assuming` among them): only these can change this outcome, not rules of
+    /// chains the packet reaches only when the walk goes on.
+    pub undecided: Vec<(RuleRef, String)>,
 }
 
 impl Evaluation {
@@ -93,6 +97,7 @@ impl Evaluation {
             by: self.by.clone(),
             path: self.path.clone(),
             assuming: Vec::new(),
+            undecided: self.undecided.clone(),
         })
         .chain(self.alternatives.iter().cloned())
     }
@@ -157,6 +162,7 @@ pub fn evaluate(
             by: run.by,
             path: run.path,
             assuming: run.assumed,
+            undecided: run.undecided,
         });
     }
     Evaluation {

@@ -133,6 +133,9 @@ pub(super) fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
             .join("; ")
     };
     let mut candidates = Vec::new();
+    // The undecided rules met before the first candidate's verdict, other than those it
+    // assumes matching: the only ones that could have decided otherwise.
+    let mut before_first: Option<(Vec<String>, Vec<String>)> = None;
     for outcome in ev.outcomes() {
         let Some(word) = verdict_word(&outcome.verdict) else {
             continue;
@@ -147,6 +150,19 @@ pub(super) fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
             described: String::new(),
         };
         c.described = describe(&c, &outcome.assuming);
+        before_first.get_or_insert_with(|| {
+            let (assumed, not): (Vec<_>, Vec<_>) = outcome
+                .undecided
+                .iter()
+                .partition(|(r, _)| outcome.assuming.iter().any(|a| a.is_same_rule(r)));
+            let words = |rules: Vec<&(ruleset::RuleRef, String)>| {
+                rules
+                    .iter()
+                    .map(|(r, why)| format!("{} ({why})", r.place()))
+                    .collect::<Vec<_>>()
+            };
+            (words(not), words(assumed))
+        });
         candidates.push(c);
     }
     let described: Vec<String> = candidates.iter().map(|c| c.described.clone()).collect();
@@ -195,12 +211,20 @@ pub(super) fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
             described.join("; ")
         );
         a.alternatives = described[1..].to_vec();
-    } else if !ev.undecided.is_empty() {
-        a.why = format!(
-            "{}; earlier rules not decidable: {}; every other outcome accepts{truncated}",
-            a.why,
-            undecided()
-        );
+    } else if let Some((before, assumed)) = before_first
+        && !(before.is_empty() && assumed.is_empty())
+    {
+        if !assumed.is_empty() {
+            a.why = format!("{}; taken as matching: {}", a.why, assumed.join("; "));
+        }
+        if !before.is_empty() {
+            a.why = format!(
+                "{}; earlier rules not decidable: {}",
+                a.why,
+                before.join("; ")
+            );
+        }
+        a.why = format!("{}; every other outcome accepts{truncated}", a.why);
     }
     Evaluated {
         attribution: a,

@@ -889,6 +889,35 @@ mod candidate_tests {
         assert!(e.attribution.alternatives.is_empty());
     }
 
+    /// A candidate's why lists only the undecided rules met before its verdict: not those
+    /// of a chain that runs after it (here nat at -100, after mangle's drop at -150), which
+    /// the packet reaches only if the dropping rule does not match.
+    #[test]
+    fn a_candidates_why_leaves_out_rules_after_its_verdict() {
+        let save = "*mangle\n:OUTPUT ACCEPT [0:0]\n\
+            [0:0] -A OUTPUT -m addrtype --dst-type LOCAL -j DROP\nCOMMIT\n\
+            *nat\n:OUTPUT ACCEPT [0:0]\n\
+            [0:0] -A OUTPUT -m addrtype --dst-type LOCAL -p tcp -j DNAT --to-destination 192.0.2.1\n\
+            [0:0] -A OUTPUT -m addrtype --dst-type LOCAL -p udp -j DNAT --to-destination 192.0.2.2\n\
+            COMMIT\n";
+        let rs = tests::ipt_nft_v4(save);
+        let mut p = packet();
+        p.ct_state = Some(ruleset::CtState::New);
+        let e = evaluate_candidates(&rs, ruleset::Engine::NfTables, ruleset::Hook::Output, &p);
+        let a = &e.attribution;
+        assert_eq!(
+            a.label().unwrap(),
+            "mangle/OUTPUT rule 1 `-A OUTPUT -m addrtype --dst-type LOCAL -j DROP`"
+        );
+        assert!(!a.why.contains("nat/OUTPUT"), "{}", a.why);
+        assert!(
+            a.why
+                .contains("taken as matching: mangle/OUTPUT rule 1 (destination address type"),
+            "{}",
+            a.why
+        );
+    }
+
     /// A flow read from the flow table without a stack: its hook comes from the only
     /// plausible hook whose chains drop it, and never from a choice between two.
     #[test]

@@ -131,7 +131,27 @@ impl Attribution {
     }
 }
 
+/// Characters of `why` text output shows on a drop's line (the JSON has all of it).
+pub const SHORT_WHY: usize = 100;
+
 impl Attribution {
+    /// `why` in one short line for text output: its first clause (the decisive one: the
+    /// evaluation's answer comes before what qualifies it), cut at [`SHORT_WHY`]
+    /// characters on a word, with `…` where something was left out.
+    pub fn short_why(&self) -> String {
+        let first = self.why.split("; ").next().unwrap_or_default();
+        if first.chars().count() <= SHORT_WHY && first.len() == self.why.len() {
+            return first.to_string();
+        }
+        let mut cut: String = first.chars().take(SHORT_WHY).collect();
+        if cut.len() < first.len()
+            && let Some(space) = cut.rfind(' ')
+        {
+            cut.truncate(space);
+        }
+        format!("{} …", cut.trim_end_matches([',', ':', ' ']))
+    }
+
     /// What summaries group its drops under: the rule, or for a drop no rule made whose
     /// cause is known, `(no rule: conntrack table full)`.
     pub fn summary_label(&self) -> Option<String> {
@@ -225,5 +245,30 @@ impl Owner {
             (Some(o), tool) => format!("{tool}, {o}"),
             (None, tool) => tool.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_short_why_is_the_first_clause_on_one_line() {
+        assert_eq!(Attribution::none("no ruleset").short_why(), "no ruleset");
+        let long = format!(
+            "no rule dropped it: the ruleset accepts this packet; earlier rules not decidable: {}",
+            "filter/ufw-not-local rule 1 (destination address type local); ".repeat(25)
+        );
+        assert_eq!(
+            Attribution::none(long).short_why(),
+            "no rule dropped it: the ruleset accepts this packet …"
+        );
+        let one = format!(
+            "the ruleset as read accepts this packet whatever {}",
+            "x ".repeat(80)
+        );
+        let short = Attribution::none(one).short_why();
+        assert!(short.chars().count() <= SHORT_WHY + 2, "{short}");
+        assert!(short.ends_with("x …"), "{short}");
     }
 }

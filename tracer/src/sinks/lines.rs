@@ -265,7 +265,7 @@ impl<W: Write> Sink for TextSink<W> {
                         &match &a.cause {
                             // The cause's figures; the JSON's why has the rest.
                             Some(c) => format!("[no rule: {}]", terminal(&c.text())),
-                            None => format!("[rule unknown: {}]", terminal(&a.why)),
+                            None => format!("[rule unknown: {}]", terminal(&a.short_why())),
                         }
                     )
                 ),
@@ -389,7 +389,7 @@ impl<W: Write> TextSink<W> {
                     None => format!(
                         "got through (state {}): {}",
                         a.ct_state,
-                        terminal(&a.rule.why)
+                        terminal(&a.rule.short_why())
                     ),
                 };
                 writeln!(self.out, "        {} {who}", a.count)?;
