@@ -377,6 +377,43 @@ fn snat_out_of_ports_is_named_as_the_cause_not_a_rule() {
     assert_eq!(rules[0]["count"], failed);
 }
 
+/// A drop in a filter chain at priority -110 with a nat chain at -100 after it: the why
+/// names no rule of the nat chain (the packet never reached it), and text shows it on
+/// one line. `meta cpu` is a match droptrace does not evaluate, so every rule here is
+/// undecided.
+#[test]
+fn a_why_names_only_rules_that_ran_before_the_verdict() {
+    let ns = Netns::new("why").unwrap();
+    let mut nat_rules = String::new();
+    for i in 1..=12 {
+        nat_rules.push_str(&format!(
+            "meta cpu 0-1023 ip daddr 192.0.2.{i} dnat to 198.51.100.{i}\n"
+        ));
+    }
+    let ruleset = format!(
+        "table ip t {{\n\
+         chain f {{ type filter hook output priority -110; policy accept;\n\
+         udp dport 7000 meta cpu 0-1023 counter drop\n}}\n\
+         chain n {{ type nat hook output priority -100; policy accept;\n{nat_rules}}}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("droptrace-why-{}.nft", std::process::id()));
+    std::fs::write(&file, ruleset).unwrap();
+    let loaded = ns.exec(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    loaded.unwrap();
+    let to: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    assert_eq!(ns.udp_send(to, 1).unwrap(), 0);
+    std::thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), 1, "{d:?}");
+    let why = d[0]["why"].as_str().unwrap();
+    assert_eq!(d[0]["chain"], "f", "{}", d[0]);
+    assert!(!why.contains("ip t/n"), "{why}");
+    assert!(why.len() < 400, "{} characters: {why}", why.len());
+}
+
 #[test]
 fn dport_and_dst_filters_select_drops_in_the_kernel() {
     let t = Topology::new().unwrap();
