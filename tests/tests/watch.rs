@@ -377,6 +377,60 @@ fn snat_out_of_ports_is_named_as_the_cause_not_a_rule() {
     assert_eq!(rules[0]["count"], failed);
 }
 
+/// NFQUEUE with no program on the queue: the kernel drops what the rule queues (in
+/// `nf_queue`); droptrace names the rule and why its verdict became a drop.
+#[test]
+fn a_queue_without_a_program_is_said_so_under_the_rule() {
+    let ns = Netns::new("nfq").unwrap();
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "7100",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "3",
+    ])
+    .unwrap();
+    let to: std::net::SocketAddr = "127.0.0.1:7100".parse().unwrap();
+    // The kernel frees them without the netfilter reason (kfree_skb in nf_queue).
+    let w = Watcher::start(&["watch", "--netns", &ns.name, "--all-reasons"]).unwrap();
+    // Queued is "sent" to the sender: the drop is the queue's, after the send returned.
+    ns.udp_send(to, 2).unwrap();
+    std::thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert_eq!(packets(&d), ns.output_counters()[0], "{d:?}");
+    assert_eq!(packets(&d), 2);
+    for l in &d {
+        assert_eq!(l["location"], "nf_queue", "{l}");
+        assert_eq!(l["rule_num"], 1, "{l}");
+        assert_eq!(l["verdict"], "QUEUE", "{l}");
+        assert_eq!(l["cause"]["name"], "nfqueue_no_listener", "{l}");
+    }
+    let text = watch_text(
+        &[
+            "watch",
+            "--netns",
+            &ns.name,
+            "--all-reasons",
+            "--duration",
+            "3s",
+        ],
+        || {
+            ns.udp_send(to, 1).unwrap();
+        },
+    );
+    assert!(
+        text.contains("[exact]: no program listens on NFQUEUE 3 (--queue-bypass"),
+        "{text}"
+    );
+}
+
 /// A drop in a filter chain at priority -110 with a nat chain at -100 after it: the why
 /// names no rule of the nat chain (the packet never reached it), and text shows it on
 /// one line. `meta cpu` is a match droptrace does not evaluate, so every rule here is

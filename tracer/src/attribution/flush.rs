@@ -14,7 +14,7 @@ use super::{
     candidates::backends_mixed,
     cap_inferred, conntrack,
     evidence::{Evidence, confirm, has_counter},
-    no_rule_dropped, owner, reconsider,
+    nfqueue, no_rule_dropped, owner, reconsider,
     snapshot::Snapshot,
 };
 use crate::record::{DropRecord, rule::Attribution};
@@ -254,6 +254,20 @@ fn settle(
             });
             no_rule_dropped(&mut p.record, before.digest == now.digest, cause);
         }
+    }
+    // A queue's own drop (see `nfqueue`): the rule is right, the queue says why.
+    if p.record.location == nfqueue::LOCATION
+        && let Some(a) = p.record.rule.as_mut()
+        && a.verdict.as_deref() == Some("QUEUE")
+        && let Some(rule) = &a.rule
+        && let Some(cause) = nfqueue::cause(
+            rule,
+            baseline.and_then(|b| b.queues.as_ref()),
+            after.and_then(|n| n.queues.as_ref()),
+        )
+    {
+        a.why = format!("{}; {}", cause.text(), a.why);
+        a.cause = Some(cause);
     }
     if let (Some(a), Some(snap)) = (p.record.rule.as_mut(), after) {
         owner::policy_owner(a, &snap.ruleset);

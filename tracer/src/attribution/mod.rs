@@ -18,6 +18,7 @@ pub mod live_counters;
 mod local_routes;
 mod netlink;
 pub mod nf_tables;
+mod nfqueue;
 pub mod owner;
 pub mod packet;
 pub mod reader;

@@ -22,6 +22,7 @@ use ruleset::{Backend, Family, Ruleset, TableFamily};
 use super::{
     conntrack::ConntrackStats,
     nf_tables::NfTables,
+    nfqueue::Listeners,
     reader::{self, Dump, Source, dump},
 };
 
@@ -47,6 +48,9 @@ pub struct Snapshot {
     /// The namespace's conntrack counters, read with the ruleset (see
     /// [`super::conntrack`]); `None` without conntrack.
     pub conntrack: Option<ConntrackStats>,
+    /// The queues a program is bound to, read when a rule queues packets (see
+    /// [`super::nfqueue`]).
+    pub queues: Option<Listeners>,
     /// The native nftables tables, as listed (family, name); `None` when they could not
     /// be listed one by one.
     native: Option<Vec<(String, String)>>,
@@ -92,6 +96,9 @@ impl Snapshot {
         });
         snap.generation = generation;
         snap.conntrack = ConntrackStats::read(netns);
+        if queues_packets(&snap.ruleset) {
+            snap.queues = Listeners::read(netns);
+        }
         READS.fetch_add(1, Ordering::Relaxed);
         if !snap.problems.is_empty() {
             READS_WITH_PROBLEMS.fetch_add(1, Ordering::Relaxed);
@@ -175,6 +182,7 @@ impl Snapshot {
             generation: None,
             counters_only: false,
             conntrack: None,
+            queues: None,
             native,
             legacy_digests: [None; 2],
         }
@@ -489,6 +497,16 @@ pub fn monotonic_ns() -> u64 {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
     })
+}
+
+/// Whether a rule of `ruleset` hands packets to a userspace queue.
+fn queues_packets(ruleset: &Ruleset) -> bool {
+    ruleset
+        .tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+        .any(|r| r.target == ruleset::Target::Queue)
 }
 
 #[cfg(test)]

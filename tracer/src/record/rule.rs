@@ -57,8 +57,9 @@ pub struct Attribution {
     /// The front-end that manages the rule (ufw, kube-proxy, ...), whose configuration is
     /// the place to change it; null for rules no known front-end claims.
     pub owner: Option<Owner>,
-    /// What dropped it when no rule did (conntrack's table full, ...): null otherwise, and
-    /// when the kernel's counters do not tell.
+    /// What dropped it when no rule did (conntrack's table full, ...), or why the rule's
+    /// verdict became a drop (its queue had no program): null otherwise, and when the
+    /// kernel's counters do not tell.
     pub cause: Option<Cause>,
     /// The engine's own verdict (kprobe) agreed with the evaluation.
     #[serde(skip)]
@@ -187,7 +188,8 @@ impl Attribution {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cause {
     /// Stable: `conntrack_table_full`, `nat_no_free_port`, `conntrack_clash`,
-    /// `conntrack_invalid` or `conntrack_dropped`.
+    /// `conntrack_invalid` or `conntrack_dropped` (no rule dropped it); `nfqueue_no_listener`
+    /// or `nfqueue_full` (a rule queued it, and the queue dropped it).
     pub name: &'static str,
     /// The cause in a few words, with its figures: `conntrack table full (50 of
     /// nf_conntrack_max 50)`.

@@ -247,7 +247,7 @@ impl<W: Write> Sink for TextSink<W> {
         let rule = match &r.rule {
             Some(a) => match a.label() {
                 Some(l) => format!(
-                    " {}{} {}",
+                    " {}{} {}{}",
                     self.paint(anstyle::Style::new().bold(), &terminal(&l)),
                     a.owner
                         .as_ref()
@@ -256,7 +256,12 @@ impl<W: Write> Sink for TextSink<W> {
                     self.paint(
                         level_style(a.attribution),
                         &format!("[{}]", a.attribution.as_str())
-                    )
+                    ),
+                    // Why the rule's verdict was a drop (a queue with no program).
+                    a.cause
+                        .as_ref()
+                        .map(|c| format!(": {}", terminal(&c.text())))
+                        .unwrap_or_default()
                 ),
                 None => format!(
                     " {}",
