@@ -342,6 +342,9 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
         owners(&lines),
         owned(&[("ufw", ""), ("ufw", "default policy")])
     );
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["show"], "ufw status numbered", "{d}");
+    }
     // explain agrees with the kernel: INPUT's policy for a port ufw does not allow, with
     // ufw-not-local's addrtype RETURN decided from the gateway's own address.
     let (code, report) = explain_input(&t.gateway, &gateway_if(&t), CLIENT_V4, GATEWAY_V4, 8080);
@@ -478,7 +481,11 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
             rule(4, "DOCKER-ISOLATION-STAGE-1", 2),
         ]
     );
-    assert_eq!(owners(&lines), owned(&[("docker", "")]));
+    // The network's bridge, and Docker's own view of its networks.
+    assert_eq!(owners(&lines), owned(&[("docker", "bridge bridge1")]));
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["show"], "docker network ls", "{d}");
+    }
 }
 
 // fail2ban's ipset action, IPv4 and IPv6.
@@ -595,6 +602,13 @@ fn firewalld_rejects_are_named_as_the_kernels_trace_shows_them() {
         assert_eq!(d["table"], "firewalld", "{d}");
         assert_eq!(d["table_family"], "inet", "{d}");
         assert_eq!(d["owner"]["tool"], "firewalld", "{d}");
+        // The zone the packet was dispatched to (the veth is in no zone: the default,
+        // public), and firewall-cmd's view of it.
+        assert_eq!(d["owner"]["object"], "zone public", "{d}");
+        assert_eq!(
+            d["owner"]["show"], "firewall-cmd --zone=public --list-all",
+            "{d}"
+        );
         // No counter can confirm it: named by evaluation, and said so.
         assert_eq!(d["attribution"], "inferred", "{d}");
         let key = (

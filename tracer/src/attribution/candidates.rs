@@ -140,9 +140,12 @@ pub(super) fn candidates_of(ev: &ruleset::eval::Evaluation) -> Evaluated {
         let Some(word) = verdict_word(&outcome.verdict) else {
             continue;
         };
-        let Some(attribution) = named(&outcome.by, word) else {
+        let Some(mut attribution) = named(&outcome.by, word) else {
             continue;
         };
+        if let Some(owner) = attribution.owner.as_mut() {
+            super::owner::zone_from_path(owner, &outcome.path);
+        }
         let mut c = Candidate {
             attribution,
             decided: outcome.by,

@@ -10,9 +10,79 @@
 
 use crate::record::rule::Owner;
 
-/// The owner of a rule (or a chain's policy: `rule` empty) in `table`/`chain`.
+/// The owner of a rule (or a chain's policy: `rule` empty) in `table`/`chain`, with the
+/// command that shows it in the front-end's terms.
 pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
-    let tool = |tool| Some(Owner { tool, object: None });
+    let mut owner = front_end_of(table, chain, rule)?;
+    owner.show = show_command(owner.tool, owner.object.as_deref());
+    Some(owner)
+}
+
+/// A firewalld rule outside any zone's chains (`filter_INPUT`'s final reject of what no
+/// zone accepted) acts for the zone the packet was dispatched to: the last zone chain on
+/// the packet's `path`.
+pub fn zone_from_path(owner: &mut Owner, path: &[ruleset::ChainRef]) {
+    if owner.tool != "firewalld" || owner.object.is_some() {
+        return;
+    }
+    if let Some(zone) = path.iter().rev().find_map(|c| firewalld_object(&c.chain)) {
+        owner.show = show_command(owner.tool, Some(&zone));
+        owner.object = Some(zone);
+    }
+}
+
+/// A read-only command that shows `object` of `tool` (or the tool's rules), in its own
+/// terms; `None` where the tool has no such command.
+fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
+    Some(match (tool, object) {
+        ("ufw", _) => "ufw status numbered".into(),
+        ("firewalld", Some(o)) => match o.split_once(' ') {
+            Some(("zone", zone)) => format!("firewall-cmd --zone={zone} --list-all"),
+            Some(("policy", policy)) => format!("firewall-cmd --info-policy={policy}"),
+            _ => "firewall-cmd --list-all-zones".into(),
+        },
+        ("firewalld", None) => "firewall-cmd --list-all-zones".into(),
+        ("fail2ban", Some(jail)) => format!("fail2ban-client status {jail}"),
+        ("fail2ban", None) => "fail2ban-client status".into(),
+        ("kube-proxy", Some(service)) => {
+            // `ns/name:port`
+            let (ns, rest) = service.split_once('/')?;
+            let name = rest.split(':').next()?;
+            format!(
+                "kubectl -n {ns} get service {name} -o wide; kubectl -n {ns} get \
+                 endpointslices -l kubernetes.io/service-name={name}"
+            )
+        }
+        ("kube-proxy", None) => "kubectl get services -A -o wide".into(),
+        ("kube-router" | "calico", _) => "kubectl get networkpolicies -A".into(),
+        ("docker", Some(o)) => match o.strip_prefix("bridge ") {
+            // Docker names a network's bridge `br-` and the network ID's first 12 digits.
+            Some(bridge) => match bridge.strip_prefix("br-") {
+                Some(id) => format!("docker network inspect {id}"),
+                None if bridge == "docker0" => "docker network inspect bridge".into(),
+                None => "docker network ls".into(),
+            },
+            None => "docker network ls".into(),
+        },
+        ("docker", None) => "docker network ls".into(),
+        ("netavark", _) => "podman network ls".into(),
+        ("libvirt", _) => "virsh net-list --all".into(),
+        ("incus", _) => "incus network list".into(),
+        ("lxd", _) => "lxc network list".into(),
+        ("fw4", _) => "uci show firewall".into(),
+        _ => return None,
+    })
+}
+
+/// The front-end of a rule and its object, by the names the front-end writes.
+fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
+    let tool = |tool| {
+        Some(Owner {
+            tool,
+            object: None,
+            show: None,
+        })
+    };
     let upper = chain.to_ascii_uppercase();
     if chain.starts_with("ufw-") || chain.starts_with("ufw6-") {
         return tool("ufw");
@@ -22,6 +92,7 @@ pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
         return Some(Owner {
             tool: "fail2ban",
             object: Some(jail.to_string()),
+            show: None,
         });
     }
     // fail2ban's nftables action (config/action.d/nftables.conf): one table and chain,
@@ -34,16 +105,22 @@ pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
         return Some(Owner {
             tool: "fail2ban",
             object: jail.map(str::to_string),
+            show: None,
         });
     }
     if let Some(jail) = chain.strip_prefix("f2b-") {
         return Some(Owner {
             tool: "fail2ban",
             object: Some(jail.to_string()),
+            show: None,
         });
     }
     if table == "firewalld" || is_firewalld_iptables_chain(chain) {
-        return tool("firewalld");
+        return Some(Owner {
+            tool: "firewalld",
+            object: firewalld_object(chain),
+            show: None,
+        });
     }
     if let Some(tool) = kubernetes_tool(table, chain) {
         let object = match tool {
@@ -52,11 +129,19 @@ pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
                 .or_else(|| nft_service_of(chain)),
             _ => None,
         };
-        return Some(Owner { tool, object });
+        return Some(Owner {
+            tool,
+            object,
+            show: None,
+        });
     }
     // DOCKER-USER is where Docker leaves room for the administrator's own rules.
     if upper.starts_with("DOCKER") && upper != "DOCKER-USER" {
-        return tool("docker");
+        return Some(Owner {
+            tool: "docker",
+            object: docker_bridge(rule).map(|b| format!("bridge {b}")),
+            show: None,
+        });
     }
     if chain.starts_with("cali-") || matches!(table, "calico" | "calico-arp") {
         return tool("calico");
@@ -70,7 +155,13 @@ pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
 /// Front-ends that keep their rules in nftables tables of their own, by the table names
 /// their sources give, with the object a chain's name carries.
 fn nft_table_owner(table: &str, chain: &str) -> Option<Owner> {
-    let owner = |tool, object: Option<String>| Some(Owner { tool, object });
+    let owner = |tool, object: Option<String>| {
+        Some(Owner {
+            tool,
+            object,
+            show: None,
+        })
+    };
     match table {
         // moby: daemon/libnetwork/drivers/bridge/internal/nftabler (per network chains
         // `filter-forward-in__<bridge>`), the overlay driver's and the embedded DNS's.
@@ -129,7 +220,11 @@ fn iptables_chain_owner(chain: &str) -> Option<Owner> {
         c if c.starts_with("NETAVARK_") || c.starts_with("NETAVARK-") => "netavark",
         _ => return None,
     };
-    Some(Owner { tool, object: None })
+    Some(Owner {
+        tool,
+        object: None,
+        show: None,
+    })
 }
 
 /// A built-in chain's policy has no name of its own: it belongs to the front-end whose
@@ -157,6 +252,7 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
             a.owner = Some(Owner {
                 tool,
                 object: Some("default policy".to_string()),
+                show: show_command(tool, None),
             });
             return;
         }
@@ -247,6 +343,44 @@ fn nft_service_of(chain: &str) -> Option<String> {
         .then(|| format!("{namespace}/{name}:{port}"))
 }
 
+/// The zone or policy of one of firewalld's per-zone chains, nftables
+/// (`filter_IN_public_allow`, `nat_PRE_home`, `filter_IN_policy_allow-host-ipv6`) or
+/// iptables (`IN_public_deny`, `FWDI_trusted`): firewalld's src/firewall/core/nftables.py
+/// and ipXtables.py name them `<table>_<hook>_<zone>[_<part>]`.
+fn firewalld_object(chain: &str) -> Option<String> {
+    let rest = ["filter_", "nat_", "mangle_", "raw_"]
+        .iter()
+        .find_map(|t| chain.strip_prefix(t))
+        .unwrap_or(chain);
+    let rest = ["IN_", "FWDI_", "FWDO_", "FWD_", "OUT_", "PRE_", "POST_"]
+        .iter()
+        .find_map(|h| rest.strip_prefix(h))?;
+    let (kind, name) = match rest.strip_prefix("policy_") {
+        Some(policy) => ("policy", policy),
+        None => ("zone", rest),
+    };
+    let name = ["_allow", "_deny", "_log", "_pre", "_post"]
+        .iter()
+        .find_map(|p| name.strip_suffix(p))
+        .unwrap_or(name);
+    (!name.is_empty() && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+        .then(|| format!("{kind} {name}"))
+}
+
+/// The bridge a rule of Docker's chains names (`-o br-1a2b3c4d5e6f`, `-i docker0`, or
+/// the name a network was given with `com.docker.network.bridge.name`): the interfaces
+/// in Docker's rules are its networks' bridges.
+fn docker_bridge(rule: &str) -> Option<&str> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    words.windows(2).find_map(|w| {
+        let name = w[1].trim_matches('"');
+        (matches!(w[0], "-i" | "-o" | "iifname" | "oifname")
+            && !name.is_empty()
+            && !name.ends_with(['+', '*']))
+        .then_some(name)
+    })
+}
+
 /// firewalld's chains when it drives iptables (FirewallBackend=iptables): `INPUT_direct`,
 /// `INPUT_ZONES`, and per zone `IN_public`, `IN_public_allow`, `FWDI_trusted`, ... (zone
 /// names are lowercase, which keeps a hand-made `IN_SSH` out).
@@ -325,6 +459,71 @@ mod tests {
         assert_eq!(tool("filter", "CILIUM_INPUT", ""), Some("cilium"));
         assert_eq!(tool("filter", "OUTPUT", "-A OUTPUT -p tcp -j DROP"), None);
         assert_eq!(tool("filter", "INPUT", ""), None);
+    }
+
+    #[test]
+    fn firewalld_and_docker_rules_name_their_zone_and_bridge_and_how_to_see_them() {
+        let fw = |chain: &str| owner_of("firewalld", chain, "tcp dport 22 reject");
+        let o = fw("filter_IN_public_allow").unwrap();
+        assert_eq!(o.object.as_deref(), Some("zone public"));
+        assert_eq!(
+            o.show.as_deref(),
+            Some("firewall-cmd --zone=public --list-all")
+        );
+        assert_eq!(
+            fw("filter_FWD_policy_allow-host-ipv6")
+                .unwrap()
+                .object
+                .as_deref(),
+            Some("policy allow-host-ipv6")
+        );
+        assert_eq!(
+            owner_of("filter", "IN_home_deny", "")
+                .unwrap()
+                .object
+                .as_deref(),
+            Some("zone home")
+        );
+        // firewalld's own chains that belong to no zone.
+        let input = fw("filter_INPUT").unwrap();
+        assert_eq!(input.object, None);
+        assert_eq!(input.show.as_deref(), Some("firewall-cmd --list-all-zones"));
+
+        let rule = "-A DOCKER-ISOLATION-STAGE-1 -i br-1a2b3c4d5e6f ! -o br-1a2b3c4d5e6f -j DROP";
+        let d = owner_of("filter", "DOCKER-ISOLATION-STAGE-1", rule).unwrap();
+        assert_eq!(d.object.as_deref(), Some("bridge br-1a2b3c4d5e6f"));
+        assert_eq!(
+            d.show.as_deref(),
+            Some("docker network inspect 1a2b3c4d5e6f")
+        );
+        let d0 = owner_of(
+            "filter",
+            "DOCKER",
+            "-A DOCKER ! -i docker0 -o docker0 -j DROP",
+        );
+        assert_eq!(
+            d0.unwrap().show.as_deref(),
+            Some("docker network inspect bridge")
+        );
+        assert_eq!(
+            owner_of("filter", "ufw-user-input", "")
+                .unwrap()
+                .show
+                .as_deref(),
+            Some("ufw status numbered")
+        );
+        let kp = owner_of(
+            "filter",
+            "KUBE-SERVICES",
+            r#"-m comment --comment "ns6/svc6:p80 has no endpoints" -j REJECT"#,
+        );
+        assert_eq!(
+            kp.unwrap().show.as_deref(),
+            Some(
+                "kubectl -n ns6 get service svc6 -o wide; kubectl -n ns6 get endpointslices \
+                 -l kubernetes.io/service-name=svc6"
+            )
+        );
     }
 
     #[test]

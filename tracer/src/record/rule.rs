@@ -233,8 +233,12 @@ pub struct Owner {
     /// `kube-proxy`, `kubelet`, `kube-router`, `flannel`, `calico`, `cilium` or `fail2ban`.
     pub tool: &'static str,
     /// kube-proxy's Service (`namespace/name:port`), fail2ban's jail, Docker's bridge
-    /// (`bridge br-…`), firewall4's zone (`zone wan`).
+    /// (`bridge br-…`), firewalld's and firewall4's zone (`zone public`).
     pub object: Option<String>,
+    /// A read-only command that shows the object (or the front-end's rules) in the
+    /// front-end's own terms: `ufw status numbered`, `firewall-cmd --zone=public
+    /// --list-all`, `fail2ban-client status sshd`. Never one that changes anything.
+    pub show: Option<String>,
 }
 
 impl Owner {

@@ -336,6 +336,10 @@ impl<W: Write> Sink for TextSink<W> {
                 if let (true, Some(list)) = (r.backends_mixed, &r.list) {
                     writeln!(self.out, "            list it: {}", terminal(list))?;
                 }
+                // The front-end's own view of it: where the fix is made.
+                if let Some(show) = r.owner.as_ref().and_then(|o| o.show.as_ref()) {
+                    writeln!(self.out, "            see it: {}", terminal(show))?;
+                }
             }
         }
         if let Some(services) = &end.services {
