@@ -54,6 +54,13 @@ fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
             )
         }
         ("kube-proxy", None) => "kubectl get services -A -o wide".into(),
+        ("kube-router", Some(pod)) => {
+            // `pod ns/name`: the policies of its namespace, and the labels they select by.
+            let (ns, name) = pod.strip_prefix("pod ")?.split_once('/')?;
+            format!(
+                "kubectl -n {ns} get networkpolicies; kubectl -n {ns} get pod {name} --show-labels"
+            )
+        }
         ("kube-router" | "calico", _) => "kubectl get networkpolicies -A".into(),
         ("docker", Some(o)) => match o.strip_prefix("bridge ") {
             // Docker names a network's bridge `br-` and the network ID's first 12 digits.
@@ -127,6 +134,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             "kube-proxy" => comment(rule)
                 .and_then(|c| service_of(&c))
                 .or_else(|| nft_service_of(chain)),
+            "kube-router" => comment(rule).and_then(|c| kube_router_pod(&c)),
             _ => None,
         };
         return Some(Owner {
@@ -419,6 +427,17 @@ fn match_set(rule: &str) -> Option<&str> {
         .and_then(|(_, rest)| rest.split(|c: char| c.is_whitespace() || c == '}').next())
 }
 
+/// `pod ns/name` from kube-router's comment on the rule that rejects what no network
+/// policy let through to a pod (pkg/controllers/netpol/pod_fw.go: `rule to REJECT
+/// traffic destined for POD name:NAME namespace: NS`, also without the space, and the
+/// `default rule ...` of older releases).
+fn kube_router_pod(comment: &str) -> Option<String> {
+    let rest = comment.split_once("POD name:")?.1;
+    let (name, ns) = rest.split_once(" namespace:")?;
+    let (name, ns) = (name.trim(), ns.split_whitespace().next()?);
+    (!name.is_empty() && !name.contains(char::is_whitespace)).then(|| format!("pod {ns}/{name}"))
+}
+
 /// `ns2/svc2:p80` from kube-proxy's comments (`ns2/svc2:p80 has no local endpoints`,
 /// `ns1/svc1:p80 cluster IP`); comments about kube-proxy itself name no Service.
 fn service_of(comment: &str) -> Option<String> {
@@ -523,6 +542,30 @@ mod tests {
                 "kubectl -n ns6 get service svc6 -o wide; kubectl -n ns6 get endpointslices \
                  -l kubernetes.io/service-name=svc6"
             )
+        );
+    }
+
+    #[test]
+    fn kube_router_rejects_name_the_pod_no_policy_let_through() {
+        // As kube-router writes it (iptables-save of a node).
+        let rule = r#"-A KUBE-POD-FW-DMK5BTVAK65PRJG4 -m comment --comment "rule to REJECT traffic destined for POD name:work-probe namespace: chuggy-work" -m mark ! --mark 0x10000/0x10000 -j REJECT --reject-with icmp-port-unreachable"#;
+        let o = owner_of("filter", "KUBE-POD-FW-DMK5BTVAK65PRJG4", rule).unwrap();
+        assert_eq!(o.tool, "kube-router");
+        assert_eq!(o.object.as_deref(), Some("pod chuggy-work/work-probe"));
+        assert_eq!(
+            o.show.as_deref(),
+            Some(
+                "kubectl -n chuggy-work get networkpolicies; kubectl -n chuggy-work get pod \
+                 work-probe --show-labels"
+            )
+        );
+        let old = r#"-A KUBE-POD-FW-X -m comment --comment "rule to REJECT traffic destined for POD name:web-0 namespace:shop" -j REJECT"#;
+        assert_eq!(
+            owner_of("filter", "KUBE-POD-FW-X", old)
+                .unwrap()
+                .object
+                .as_deref(),
+            Some("pod shop/web-0")
         );
     }
 
