@@ -389,6 +389,21 @@ fn kube_proxy(backend: &str) {
             ("kube-proxy", "ns6/svc6:p80")
         ])
     );
+    // Why kube-proxy wrote each rule, and where to look in Kubernetes.
+    for d in drops(&lines) {
+        let (reason, ns, svc) = match d["owner"]["object"].as_str().unwrap() {
+            "ns2/svc2:p80" => ("has no local endpoints", "ns2", "svc2"),
+            _ => ("has no endpoints", "ns6", "svc6"),
+        };
+        assert_eq!(d["owner"]["reason"], reason, "{d}");
+        assert!(
+            d["owner"]["show"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("kubectl -n {ns} get service {svc} -o wide")),
+            "{d}"
+        );
+    }
     // `explain` decides the NodePort drop from the namespace's local addresses, as the
     // kernel did, instead of answering accept or unsure past the addrtype match.
     let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 3001);

@@ -88,6 +88,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool,
             object: None,
             show: None,
+            reason: None,
         })
     };
     let upper = chain.to_ascii_uppercase();
@@ -100,6 +101,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool: "fail2ban",
             object: Some(jail.to_string()),
             show: None,
+            reason: None,
         });
     }
     // fail2ban's nftables action (config/action.d/nftables.conf): one table and chain,
@@ -113,6 +115,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool: "fail2ban",
             object: jail.map(str::to_string),
             show: None,
+            reason: None,
         });
     }
     if let Some(jail) = chain.strip_prefix("f2b-") {
@@ -120,6 +123,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool: "fail2ban",
             object: Some(jail.to_string()),
             show: None,
+            reason: None,
         });
     }
     if table == "firewalld" || is_firewalld_iptables_chain(chain) {
@@ -127,9 +131,20 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool: "firewalld",
             object: firewalld_object(chain),
             show: None,
+            reason: None,
         });
     }
     if let Some(tool) = kubernetes_tool(table, chain) {
+        // kube-proxy's comments say why a rule is there after the Service's name.
+        let reason = (tool == "kube-proxy")
+            .then(|| comment(rule))
+            .flatten()
+            .and_then(|c| {
+                let (service, why) = c.split_once(' ')?;
+                service_of(service)?;
+                let why = why.trim();
+                why.starts_with("has no").then(|| why.to_string())
+            });
         let object = match tool {
             "kube-proxy" => comment(rule)
                 .and_then(|c| service_of(&c))
@@ -141,6 +156,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool,
             object,
             show: None,
+            reason,
         });
     }
     // DOCKER-USER is where Docker leaves room for the administrator's own rules.
@@ -149,6 +165,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             tool: "docker",
             object: docker_bridge(rule).map(|b| format!("bridge {b}")),
             show: None,
+            reason: None,
         });
     }
     if chain.starts_with("cali-") || matches!(table, "calico" | "calico-arp") {
@@ -168,6 +185,7 @@ fn nft_table_owner(table: &str, chain: &str) -> Option<Owner> {
             tool,
             object,
             show: None,
+            reason: None,
         })
     };
     match table {
@@ -232,6 +250,7 @@ fn iptables_chain_owner(chain: &str) -> Option<Owner> {
         tool,
         object: None,
         show: None,
+        reason: None,
     })
 }
 
@@ -261,6 +280,7 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
                 tool,
                 object: Some("default policy".to_string()),
                 show: show_command(tool, None),
+                reason: None,
             });
             return;
         }
@@ -428,10 +448,23 @@ fn match_set(rule: &str) -> Option<&str> {
 }
 
 /// `pod ns/name` from kube-router's comment on the rule that rejects what no network
-/// policy let through to a pod (pkg/controllers/netpol/pod_fw.go: `rule to REJECT
-/// traffic destined for POD name:NAME namespace: NS`, also without the space, and the
-/// `default rule ...` of older releases).
+/// policy let through to a pod: `NS/NAME reject` since its comments were shortened
+/// (pkg/controllers/netpol/comments.go, `idComment`), `rule to REJECT traffic destined for
+/// POD name:NAME namespace: NS` before (also without the space, and the `default rule
+/// ...` of older releases). Its policy chains' rules say `NS/POLICY <kind>`: `policy
+/// ns/name`.
 fn kube_router_pod(comment: &str) -> Option<String> {
+    if let Some((id, kind)) = comment.split_once(' ')
+        && let Some((ns, name)) = id.split_once('/')
+        && !ns.is_empty()
+        && !name.is_empty()
+    {
+        let what = match kind {
+            "reject" | "log-drop" | "in" | "out" => "pod",
+            _ => "policy",
+        };
+        return Some(format!("{what} {ns}/{name}"));
+    }
     let rest = comment.split_once("POD name:")?.1;
     let (name, ns) = rest.split_once(" namespace:")?;
     let (name, ns) = (name.trim(), ns.split_whitespace().next()?);
@@ -546,6 +579,23 @@ mod tests {
     }
 
     #[test]
+    fn kube_proxy_says_why_its_rule_is_there() {
+        let rule = r#"-A KUBE-SERVICES -d 172.30.0.46/32 -p tcp -m comment --comment "ns6/svc6:p80 has no endpoints" -m tcp --dport 80 -j REJECT"#;
+        let o = owner_of("filter", "KUBE-SERVICES", rule).unwrap();
+        assert_eq!(o.reason.as_deref(), Some("has no endpoints"));
+        assert_eq!(
+            o.text(),
+            "kube-proxy, Service ns6/svc6:p80 has no endpoints"
+        );
+        let cluster =
+            r#"-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -j KUBE-SVC-X"#;
+        assert_eq!(
+            owner_of("nat", "KUBE-SERVICES", cluster).unwrap().reason,
+            None
+        );
+    }
+
+    #[test]
     fn kube_router_rejects_name_the_pod_no_policy_let_through() {
         // As kube-router writes it (iptables-save of a node).
         let rule = r#"-A KUBE-POD-FW-DMK5BTVAK65PRJG4 -m comment --comment "rule to REJECT traffic destined for POD name:work-probe namespace: chuggy-work" -m mark ! --mark 0x10000/0x10000 -j REJECT --reject-with icmp-port-unreachable"#;
@@ -558,6 +608,15 @@ mod tests {
                 "kubectl -n chuggy-work get networkpolicies; kubectl -n chuggy-work get pod \
                  work-probe --show-labels"
             )
+        );
+        // Since kube-router shortened its comments (comments.go, idComment).
+        let new = r#"-A KUBE-POD-FW-X -m comment --comment "shop/web-0 reject" -m mark ! --mark 0x10000/0x10000 -j REJECT"#;
+        assert_eq!(
+            owner_of("filter", "KUBE-POD-FW-X", new)
+                .unwrap()
+                .object
+                .as_deref(),
+            Some("pod shop/web-0")
         );
         let old = r#"-A KUBE-POD-FW-X -m comment --comment "rule to REJECT traffic destined for POD name:web-0 namespace:shop" -j REJECT"#;
         assert_eq!(
@@ -577,7 +636,10 @@ mod tests {
             "-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment \"ns2/svc2:p80 has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport 3001 -j DROP",
         )
         .unwrap();
-        assert_eq!(o.text(), "kube-proxy, Service ns2/svc2:p80");
+        assert_eq!(
+            o.text(),
+            "kube-proxy, Service ns2/svc2:p80 has no local endpoints"
+        );
         let o = owner_of(
             "filter",
             "KUBE-FIREWALL",

@@ -239,13 +239,19 @@ pub struct Owner {
     /// front-end's own terms: `ufw status numbered`, `firewall-cmd --zone=public
     /// --list-all`, `fail2ban-client status sshd`. Never one that changes anything.
     pub show: Option<String>,
+    /// Why the front-end wrote the rule, where it says: kube-proxy's `has no endpoints`,
+    /// `has no local endpoints`.
+    pub reason: Option<String>,
 }
 
 impl Owner {
     /// `kube-proxy, Service ns2/svc2:p80`, for text output.
     pub fn text(&self) -> String {
         match (&self.object, self.tool) {
-            (Some(o), "kube-proxy") => format!("kube-proxy, Service {o}"),
+            (Some(o), "kube-proxy") => match &self.reason {
+                Some(r) => format!("kube-proxy, Service {o} {r}"),
+                None => format!("kube-proxy, Service {o}"),
+            },
             (Some(o), "fail2ban") => format!("fail2ban, jail {o}"),
             (Some(o), "ufw") => format!("ufw, {o}"),
             (Some(o), tool) => format!("{tool}, {o}"),
