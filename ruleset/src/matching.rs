@@ -189,7 +189,42 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
             limit_iface,
             matcher,
         } => addr_type_truth(packet, ruleset, *direction, *types, *limit_iface, *matcher),
+        Condition::Concat { elements } => concat_truth(elements, packet, ruleset),
         Condition::Undecidable { reason } => Truth::Unknown(reason.clone()),
+    }
+}
+
+/// Some element whose parts all match: yes; every element ruled out by a part: no.
+fn concat_truth(elements: &[Vec<Match>], packet: &Packet, ruleset: &Ruleset) -> Truth {
+    let mut unknown = None;
+    for parts in elements {
+        let mut element_unknown = None;
+        let mut ruled_out = false;
+        for part in parts {
+            match match_outcome(part, packet, ruleset) {
+                Outcome::Match => {}
+                Outcome::NoMatch => {
+                    ruled_out = true;
+                    break;
+                }
+                Outcome::Undecidable(reason) => {
+                    element_unknown.get_or_insert(reason);
+                }
+            }
+        }
+        if ruled_out {
+            continue;
+        }
+        match element_unknown {
+            None => return Truth::Yes,
+            Some(reason) => {
+                unknown.get_or_insert(reason);
+            }
+        }
+    }
+    match unknown {
+        Some(reason) => Truth::Unknown(reason),
+        None => Truth::No,
     }
 }
 

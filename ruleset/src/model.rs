@@ -241,6 +241,11 @@ pub enum Condition {
         limit_iface: Option<Direction>,
         matcher: Matcher,
     },
+    /// nft concatenations (`ip daddr . meta l4proto . th dport`), compared
+    /// with a set's or a map's elements: the packet matches when every part
+    /// of one element does. kube-proxy's nftables mode dispatches every
+    /// Service this way.
+    Concat { elements: Vec<Vec<Match>> },
     /// A test this crate cannot decide from the packet alone (rate limits,
     /// unknown modules, names that need a lookup, ...).
     Undecidable { reason: String },

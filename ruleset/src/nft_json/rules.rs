@@ -150,6 +150,9 @@ impl Context<'_> {
         op: &str,
         right: &Value,
     ) -> std::result::Result<Match, String> {
+        if let Some(parts) = left.get("concat").and_then(Value::as_array) {
+            return self.concat_comparison(parts, op, right);
+        }
         let (left, mask) = parse_left(left)?;
         let negated = op == "!=";
         let (elements, is_set) = self.right_elements(right)?;
@@ -251,6 +254,45 @@ impl Context<'_> {
 
     /// The values a right-hand side stands for, and whether it was a set
     /// (anonymous `{...}` or named `@name`) rather than a single value.
+    /// `ip daddr . meta l4proto . th dport` against elements `172.30.0.44 . tcp . 80`
+    /// (an element's parts may be prefixes, ranges or sets of their own): each part is
+    /// compared as it would be alone, and an element matches when all its parts do.
+    fn concat_comparison(
+        &self,
+        parts: &[Value],
+        op: &str,
+        right: &Value,
+    ) -> std::result::Result<Match, String> {
+        if !matches!(op, "==" | "!=" | "in") {
+            return Err(format!("operator {op} on a concatenation is not evaluated"));
+        }
+        let (elements, _) = self.right_elements(right)?;
+        let elements = elements
+            .iter()
+            .map(|element| {
+                let values = element_value(element)
+                    .get("concat")
+                    .and_then(Value::as_array)
+                    .filter(|values| values.len() == parts.len())
+                    .ok_or_else(|| {
+                        format!(
+                            "{} is not an element of the concatenation",
+                            render_expr(element)
+                        )
+                    })?;
+                parts
+                    .iter()
+                    .zip(values)
+                    .map(|(part, value)| self.try_comparison(part, "==", value))
+                    .collect::<std::result::Result<Vec<Match>, String>>()
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        Ok(Match {
+            negated: op == "!=",
+            condition: Condition::Concat { elements },
+        })
+    }
+
     pub(super) fn right_elements(
         &self,
         right: &Value,
