@@ -377,6 +377,50 @@ fn snat_out_of_ports_is_named_as_the_cause_not_a_rule() {
     assert_eq!(rules[0]["count"], failed);
 }
 
+/// A rate limit and a later reject both drop packets of one flow: the flow's drops are
+/// split between them as their counters say (the first 30 over the limit's burst to the
+/// limit rule, the rest to the reject), not all put on one rule.
+#[test]
+fn one_flows_drops_split_between_a_limit_rule_and_the_reject_after_it() {
+    let ns = Netns::new("split").unwrap();
+    for rule in [
+        "-A OUTPUT -p udp --dport 7300 -m limit --limit 1/hour --limit-burst 30 -j DROP",
+        "-A OUTPUT -p udp --dport 7300 -j REJECT",
+    ] {
+        let mut args = vec!["iptables"];
+        args.extend(rule.split_whitespace());
+        ns.exec(&args).unwrap();
+    }
+    let to: std::net::SocketAddr = "127.0.0.1:7300".parse().unwrap();
+    let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    assert_eq!(ns.udp_send(to, 80).unwrap(), 0);
+    std::thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let counters = ns.output_counters();
+    assert_eq!(counters, [30, 50], "the kernel's split");
+    let mut by_rule = [0u64; 2];
+    for d in drops(&lines) {
+        let n = d["rule_num"].as_u64().unwrap_or(0) as usize;
+        assert!((1..=2).contains(&n), "{d}");
+        by_rule[n - 1] += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(by_rule.to_vec(), counters, "{lines:?}");
+    let rules = summary(&lines)["rules"].as_array().unwrap().clone();
+    let counted: Vec<(u64, u64)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r["rule_num"].as_u64().unwrap(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        counted.contains(&(1, 30)) && counted.contains(&(2, 50)),
+        "{rules:?}"
+    );
+}
+
 /// NFQUEUE with no program on the queue: the kernel drops what the rule queues (in
 /// `nf_queue`); droptrace names the rule and why its verdict became a drop.
 #[test]

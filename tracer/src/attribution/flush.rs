@@ -127,18 +127,27 @@ fn claims(pending: &[Pending], found: &[Vec<Option<DecidedBy>>], w: &Windows) ->
     claimed
 }
 
+/// What every line of one namespace's flush is settled against.
+struct Settling<'a> {
+    windows: &'a Windows,
+    claimed: &'a Claims,
+    reads: Baselines<'a>,
+    after: Option<&'a Snapshot>,
+    /// Drops no rule made among the lines (see `conntrack::cause`).
+    no_rule: u64,
+}
+
 /// Settles one line: its candidates weighed by their counters' growth, its rule renumbered
 /// as it is now, reconsidered against the newer ruleset when not confirmed, or said to be
 /// dropped by no rule when both reads say so.
 fn settle(
     mut p: Pending,
     mut found: Vec<Option<DecidedBy>>,
-    w: &Windows,
-    claimed: &Claims,
-    reads: Baselines<'_>,
-    after: Option<&Snapshot>,
-    no_rule: u64,
-) -> DropRecord {
+    cx: &Settling<'_>,
+    upto: &mut Vec<(DecidedBy, u64)>,
+) -> Vec<DropRecord> {
+    let (w, claimed, reads, after, no_rule) =
+        (cx.windows, cx.claimed, cx.reads, cx.after, cx.no_rule);
     let is_early = w.early(&p.record);
     let mut counters_all_still = false;
     let (deltas, baseline) = if is_early {
@@ -146,7 +155,8 @@ fn settle(
     } else {
         (&w.recent, reads.current)
     };
-    if let (Some(deltas), Some(a)) = (deltas, p.record.rule.as_mut())
+    if let Some(deltas) = deltas
+        && p.record.rule.is_some()
         && !p.candidates.is_empty()
     {
         let evidence: Vec<Evidence> = p
@@ -178,6 +188,10 @@ fn settle(
             .collect();
         // Every candidate's counter read and none grew: no rule of them dropped it.
         counters_all_still = evidence.iter().all(|e| e.counted && e.growth() == Some(0));
+        if let Some(shares) = split_by_counters(&p, &found, &evidence, upto) {
+            return split_record(p, &found, &evidence, &shares);
+        }
+        let a = p.record.rule.as_mut().expect("checked above");
         let chosen = confirm(a, &p.candidates, &evidence);
         if p.hook_inferred {
             cap_inferred(a, "the hook was inferred");
@@ -280,7 +294,153 @@ fn settle(
     {
         cap_inferred(a, &format!("{GONE}: its counters could not be read again"));
     }
-    p.record
+    vec![p.record]
+}
+
+/// Rules whose split drops are followed at most per namespace: beyond, the oldest are
+/// forgotten (a split line then takes what their counters grew since its own baseline).
+const SPLIT_RULES_KEPT: usize = 256;
+
+/// How a line's drops split among its candidates when the rules decide per packet
+/// (`limit`, `quota`, `statistic`, ...: some packets of one flow match, the next do not):
+/// several candidates' counters grew in the window (or earlier lines of them were split)
+/// and every candidate is a rule with a counter. Each takes, in the order the kernel evaluates them, what its counter grew
+/// beyond the drops earlier split lines took (`upto`, per rule, from the line's baseline
+/// read when first seen), so the totals by rule follow the counters across flushes.
+/// `None` when the counters do not hold the line's drops.
+fn split_by_counters(
+    p: &Pending,
+    found: &[Option<DecidedBy>],
+    evidence: &[Evidence],
+    upto: &mut Vec<(DecidedBy, u64)>,
+) -> Option<Vec<u64>> {
+    // Several counters grew now, or earlier lines were split among these rules (their
+    // counters grew before this window: the flow's drops came faster than its lines).
+    let grown = evidence.iter().filter(|e| e.growth().is_some_and(|g| g > 0));
+    let followed = found
+        .iter()
+        .flatten()
+        .any(|d| upto.iter().any(|(u, _)| u.is_same(d)));
+    if p.candidates.len() < 2 || (grown.count() < 2 && !followed) {
+        return None;
+    }
+    let counter = |d: &DecidedBy| match d {
+        DecidedBy::Rule(r) => r.counters.as_ref().map(|c| c.packets),
+        _ => None,
+    };
+    // (rule now, its counter now, from where this line may take its drops: the window's
+    // start, or where earlier split lines in it left the counter)
+    let mut rules = Vec::with_capacity(found.len());
+    for (now, e) in found.iter().zip(evidence) {
+        let now = now.as_ref()?;
+        let value = counter(now)?;
+        let start = value.saturating_sub(e.growth()?);
+        let from = upto
+            .iter()
+            .find(|(d, _)| d.is_same(now))
+            .map_or(start, |(_, u)| (*u).max(start))
+            .min(value);
+        rules.push((now, value, from));
+    }
+    let available: u64 = rules.iter().map(|(_, value, from)| value - from).sum();
+    if available < p.record.count {
+        return None;
+    }
+    // The kernel's order: a rule earlier in the chain saw the packets first (a limit's
+    // burst is the flow's first packets).
+    let mut order: Vec<usize> = (0..rules.len()).collect();
+    let same_chain = rules.windows(2).all(|w| match (w[0].0, w[1].0) {
+        (DecidedBy::Rule(a), DecidedBy::Rule(b)) => a.table == b.table && a.chain == b.chain,
+        _ => false,
+    });
+    if same_chain {
+        order.sort_by_key(|&i| match rules[i].0 {
+            DecidedBy::Rule(r) => r.position,
+            _ => u32::MAX,
+        });
+    }
+    let mut left = p.record.count;
+    let mut shares = vec![0; rules.len()];
+    for i in order {
+        let (now, value, from) = rules[i];
+        let share = (value - from).min(left);
+        left -= share;
+        shares[i] = share;
+        match upto.iter_mut().find(|(d, _)| d.is_same(now)) {
+            Some((_, u)) => *u = from + share,
+            None => {
+                if upto.len() >= SPLIT_RULES_KEPT {
+                    upto.remove(0);
+                }
+                upto.push((now.clone(), from + share));
+            }
+        }
+    }
+    Some(shares)
+}
+
+/// The line as one line per candidate that took a share (see [`split_by_counters`]).
+fn split_record(
+    p: Pending,
+    found: &[Option<DecidedBy>],
+    evidence: &[Evidence],
+    shares: &[u64],
+) -> Vec<DropRecord> {
+    let labels: Vec<String> = p
+        .candidates
+        .iter()
+        .zip(evidence)
+        .map(|(c, e)| {
+            format!(
+                "{} grew by {}",
+                c.attribution.label().unwrap_or_default(),
+                e.growth().unwrap_or(0)
+            )
+        })
+        .collect();
+    let why = format!(
+        "one flow's drops split among the rules that dropped them, by their counters ({}, \
+         for {} drop(s)): a rule that decides per packet (limit, quota, statistic, ...) took \
+         some packets and a later rule the rest",
+        labels.join(", "),
+        evidence.first().map_or(0, |e| e.want)
+    );
+    let (count, bytes) = (p.record.count, p.record.bytes);
+    let mut bytes_left = bytes;
+    let parts: Vec<usize> = (0..shares.len()).filter(|&i| shares[i] > 0).collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| {
+            let mut rec = p.record.clone();
+            rec.count = shares[i];
+            // The packets of a line are not told apart: its bytes go pro rata.
+            rec.bytes = if n + 1 == parts.len() {
+                bytes_left
+            } else {
+                bytes * shares[i] / count
+            };
+            bytes_left -= rec.bytes;
+            let mut a = p.candidates[i].attribution.clone();
+            if let (DecidedBy::Rule(then), Some(DecidedBy::Rule(now))) =
+                (&p.candidates[i].decided, &found[i])
+                && then.position != now.position
+                && a.rule_num.is_some()
+            {
+                a.rule_num = Some(now.position);
+            }
+            a.attribution = Level::Inferred;
+            a.why = why.clone();
+            a.alternatives = parts
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| p.candidates[j].described.clone())
+                .collect();
+            a.backends_mixed = p.record.rule.as_ref().is_some_and(|r| r.backends_mixed);
+            rec.rule = Some(a);
+            rec
+        })
+        .collect()
 }
 
 impl Attributor {
@@ -315,16 +475,15 @@ impl Attributor {
                 .filter(|p| p.candidates.is_empty() && p.query.is_some())
                 .map(|p| p.record.count)
                 .sum();
+            let cx = Settling {
+                windows: &windows,
+                claimed: &claimed,
+                reads,
+                after: after.as_ref(),
+                no_rule,
+            };
             for (p, found) in ns.pending.drain(..).zip(found) {
-                out.push(settle(
-                    p,
-                    found,
-                    &windows,
-                    &claimed,
-                    reads,
-                    after.as_ref(),
-                    no_rule,
-                ));
+                out.extend(settle(p, found, &cx, &mut ns.split_upto));
             }
             // A burst's queue is not kept at its peak (tens of MB) once it has gone out.
             ns.pending.shrink_to(PENDING_KEPT);

@@ -79,6 +79,9 @@ struct Namespace {
     /// Asks the namespace for nf_tables' generation id and counters (see
     /// [`Namespace::read`]); opened at the first read through `path`.
     nf_tables: Option<nf_tables::NfTables>,
+    /// Up to which value of each rule's packet counter split lines have taken its drops
+    /// (see `flush::split_by_counters`).
+    split_upto: Vec<(DecidedBy, u64)>,
 }
 
 /// How often the way into a namespace is checked: it is one `stat`, paid on the records'
