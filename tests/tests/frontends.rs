@@ -641,3 +641,96 @@ fn firewalld_rejects_are_named_as_the_kernels_trace_shows_them() {
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["outcome"], "reject", "{report:#}");
 }
+
+// kube-proxy's nftables mode, from its own test (tests/corpus/kube-proxy.nft says where).
+
+/// The kernel's fate of a new TCP connection from `ns` to `to`: refused (a reject sent
+/// something back) or timed out (dropped).
+fn fate(ns: &Netns, to: SocketAddr) -> &'static str {
+    ns.run(
+        move || match std::net::TcpStream::connect_timeout(&to, SHORT) {
+            Ok(_) => "accept",
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "drop",
+            Err(_) => "reject",
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn kube_proxy_nftables_mode_is_followed_through_its_maps() {
+    let t = Topology::new().unwrap();
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/kube-proxy.nft");
+    sh(&[
+        "nsenter",
+        &format!("--net={}", t.gateway.path().display()),
+        "nft",
+        "-f",
+        &file.display().to_string(),
+    ])
+    .unwrap();
+    // The node reaches its Services' cluster IPs through the veth.
+    let dev = gateway_if(&t);
+    t.gateway
+        .exec(&["ip", "route", "add", "172.30.0.0/16", "dev", &dev])
+        .unwrap();
+    // ns6/svc6:p80 has no endpoints: `ip daddr . meta l4proto . th dport vmap
+    // @no-endpoint-services` sends it to reject-chain. 172.30.0.99 is in no Service: the
+    // cluster-ips-check drop for unallocated cluster IPs.
+    let no_endpoints: SocketAddr = "172.30.0.46:80".parse().unwrap();
+    let unallocated: SocketAddr = "172.30.0.99:80".parse().unwrap();
+    let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    assert_eq!(fate(&t.gateway, no_endpoints), "reject");
+    assert_eq!(fate(&t.gateway, unallocated), "drop");
+    thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    let place = |dst: &str| {
+        let d: Vec<&Value> = drops(&lines)
+            .into_iter()
+            .filter(|d| d["dst"] == dst)
+            .collect();
+        assert!(!d.is_empty(), "no drop to {dst}: {lines:?}");
+        for l in &d {
+            assert_eq!(l["owner"]["tool"], "kube-proxy", "{l}");
+            // No rule of the path has a counter: named by evaluation, and said so.
+            assert_eq!(l["attribution"], "inferred", "{l}");
+        }
+        (
+            d[0]["chain"].as_str().unwrap().to_string(),
+            d[0]["verdict"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        place("172.30.0.46"),
+        ("reject-chain".into(), "REJECT".into())
+    );
+    assert_eq!(
+        place("172.30.0.99"),
+        ("cluster-ips-check".into(), "DROP".into())
+    );
+    // explain agrees with the kernel on both.
+    for (dst, outcome, chain) in [
+        ("172.30.0.46", "reject", "reject-chain"),
+        ("172.30.0.99", "drop", "cluster-ips-check"),
+    ] {
+        let (_, out, err) = droptrace_output(&[
+            "explain",
+            "--netns",
+            &t.gateway.name,
+            "--hook",
+            "output",
+            "--proto",
+            "tcp",
+            "--dst",
+            dst,
+            "--dport",
+            "80",
+            "--json",
+        ])
+        .unwrap();
+        let report: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        assert_eq!(report["outcome"], outcome, "{report:#}");
+        assert!(report.to_string().contains(chain), "{report:#}");
+    }
+}

@@ -316,7 +316,9 @@ fn split_by_counters(
 ) -> Option<Vec<u64>> {
     // Several counters grew now, or earlier lines were split among these rules (their
     // counters grew before this window: the flow's drops came faster than its lines).
-    let grown = evidence.iter().filter(|e| e.growth().is_some_and(|g| g > 0));
+    let grown = evidence
+        .iter()
+        .filter(|e| e.growth().is_some_and(|g| g > 0));
     let followed = found
         .iter()
         .flatten()
