@@ -174,12 +174,12 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     if upper.starts_with("CILIUM") {
         return tool("cilium");
     }
-    nft_table_owner(table, chain).or_else(|| iptables_chain_owner(chain))
+    nft_table_owner(table, chain, rule).or_else(|| iptables_chain_owner(chain))
 }
 
 /// Front-ends that keep their rules in nftables tables of their own, by the table names
 /// their sources give, with the object a chain's name carries.
-fn nft_table_owner(table: &str, chain: &str) -> Option<Owner> {
+fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     let owner = |tool, object: Option<String>| {
         Some(Owner {
             tool,
@@ -195,7 +195,10 @@ fn nft_table_owner(table: &str, chain: &str) -> Option<Owner> {
             "docker",
             chain
                 .split_once("__")
-                .map(|(_, bridge)| format!("bridge {bridge}")),
+                .map(|(_, bridge)| bridge)
+                // raw-PREROUTING's "DROP DIRECT ACCESS": `ip daddr C iifname != "B" drop`.
+                .or_else(|| docker_bridge(rule))
+                .map(|bridge| format!("bridge {bridge}")),
         ),
         // netavark (podman's network stack), src/firewall/nft.rs.
         "netavark" => owner("netavark", None),
@@ -400,12 +403,16 @@ fn firewalld_object(chain: &str) -> Option<String> {
 /// in Docker's rules are its networks' bridges.
 fn docker_bridge(rule: &str) -> Option<&str> {
     let words: Vec<&str> = rule.split_whitespace().collect();
-    words.windows(2).find_map(|w| {
-        let name = w[1].trim_matches('"');
-        (matches!(w[0], "-i" | "-o" | "iifname" | "oifname")
-            && !name.is_empty()
-            && !name.ends_with(['+', '*']))
-        .then_some(name)
+    words.iter().enumerate().find_map(|(i, w)| {
+        if !matches!(*w, "-i" | "-o" | "iifname" | "oifname") {
+            return None;
+        }
+        // `iifname != "bridge1"` (nft), `! -i docker0` puts the `!` before (iptables).
+        let name = words[i + 1..]
+            .iter()
+            .find(|n| !matches!(**n, "!=" | "==" | "!"))?
+            .trim_matches('"');
+        (!name.is_empty() && !name.ends_with(['+', '*'])).then_some(name)
     })
 }
 
@@ -576,6 +583,22 @@ mod tests {
                  -l kubernetes.io/service-name=svc6"
             )
         );
+    }
+
+    #[test]
+    fn dockers_direct_access_drop_names_its_bridge() {
+        // moby's nftables backend, raw-PREROUTING (as its docs' generated ruleset shows).
+        let rule =
+            r#"ip daddr 192.0.2.2 iifname != "bridge1" counter drop comment "DROP DIRECT ACCESS""#;
+        let o = owner_of("docker-bridges", "raw-PREROUTING", rule).unwrap();
+        assert_eq!(o.object.as_deref(), Some("bridge bridge1"));
+        let o = owner_of(
+            "filter",
+            "DOCKER",
+            "-A DOCKER ! -i docker0 -o docker0 -j DROP",
+        )
+        .unwrap();
+        assert_eq!(o.object.as_deref(), Some("bridge docker0"));
     }
 
     #[test]
