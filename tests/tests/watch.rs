@@ -395,9 +395,20 @@ fn one_flows_drops_split_between_a_limit_rule_and_the_reject_after_it() {
     let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
     assert_eq!(ns.udp_send(to, 80).unwrap(), 0);
     std::thread::sleep(SHORT);
+    // Another flow once the limit's burst is spent: the reject alone, and confirmed so.
+    assert_eq!(ns.udp_send(to, 10).unwrap(), 0);
+    std::thread::sleep(SHORT);
     let lines = w.stop().unwrap();
     let counters = ns.output_counters();
-    assert_eq!(counters, [30, 50], "the kernel's split");
+    assert_eq!(counters, [30, 60], "the kernel's split");
+    let first = drops(&lines)[0]["sport"].clone();
+    for d in drops(&lines).iter().filter(|d| d["sport"] != first) {
+        assert_eq!(
+            (d["rule_num"].as_u64(), d["attribution"].as_str()),
+            (Some(2), Some("exact")),
+            "{d}"
+        );
+    }
     let mut by_rule = [0u64; 2];
     for d in drops(&lines) {
         let n = d["rule_num"].as_u64().unwrap_or(0) as usize;
@@ -416,7 +427,7 @@ fn one_flows_drops_split_between_a_limit_rule_and_the_reject_after_it() {
         })
         .collect();
     assert!(
-        counted.contains(&(1, 30)) && counted.contains(&(2, 50)),
+        counted.contains(&(1, 30)) && counted.contains(&(2, 60)),
         "{rules:?}"
     );
 }

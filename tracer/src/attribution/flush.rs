@@ -318,12 +318,13 @@ fn split_by_counters(
     // counters grew before this window: the flow's drops came faster than its lines).
     let grown = evidence
         .iter()
-        .filter(|e| e.growth().is_some_and(|g| g > 0));
+        .filter(|e| e.growth().is_some_and(|g| g > 0))
+        .count();
     let followed = found
         .iter()
         .flatten()
         .any(|d| upto.iter().any(|(u, _)| u.is_same(d)));
-    if p.candidates.len() < 2 || (grown.count() < 2 && !followed) {
+    if p.candidates.len() < 2 || (grown < 2 && !followed) {
         return None;
     }
     let counter = |d: &DecidedBy| match d {
@@ -363,11 +364,19 @@ fn split_by_counters(
     }
     let mut left = p.record.count;
     let mut shares = vec![0; rules.len()];
+    for &i in &order {
+        let (_, value, from) = rules[i];
+        shares[i] = (value - from).min(left);
+        left -= shares[i];
+    }
+    // One rule takes it all and only its counter grew now: no split, the counters
+    // confirm that rule as they would any line (exact when nothing else grew).
+    if grown < 2 && shares.iter().filter(|&&s| s > 0).count() < 2 {
+        return None;
+    }
     for i in order {
-        let (now, value, from) = rules[i];
-        let share = (value - from).min(left);
-        left -= share;
-        shares[i] = share;
+        let (now, _, from) = rules[i];
+        let share = shares[i];
         match upto.iter_mut().find(|(d, _)| d.is_same(now)) {
             Some((_, u)) => *u = from + share,
             None => {
