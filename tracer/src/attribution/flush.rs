@@ -135,6 +135,9 @@ struct Settling<'a> {
     after: Option<&'a Snapshot>,
     /// Drops no rule made among the lines (see `conntrack::cause`).
     no_rule: u64,
+    /// The newer read translates source addresses (see `conntrack::source_nat`): once
+    /// per flush, not per line.
+    source_nat: bool,
 }
 
 /// Settles one line: its candidates weighed by their counters' growth, its rule renumbered
@@ -234,7 +237,7 @@ fn settle(
                 &a,
                 p.record.hook,
                 no_rule + p.record.count,
-                conntrack::source_nat(&now.ruleset),
+                cx.source_nat,
             )
         })
         && cause.certain
@@ -257,15 +260,10 @@ fn settle(
     {
         // Only what was read in full can tell that no rule dropped it.
         if before.problems.is_empty() && now.problems.is_empty() {
-            let cause = before.conntrack.zip(now.conntrack).and_then(|(b, a)| {
-                conntrack::cause(
-                    &b,
-                    &a,
-                    p.record.hook,
-                    no_rule,
-                    conntrack::source_nat(&now.ruleset),
-                )
-            });
+            let cause = before
+                .conntrack
+                .zip(now.conntrack)
+                .and_then(|(b, a)| conntrack::cause(&b, &a, p.record.hook, no_rule, cx.source_nat));
             no_rule_dropped(&mut p.record, before.digest == now.digest, cause);
         }
     }
@@ -492,6 +490,9 @@ impl Attributor {
                 reads,
                 after: after.as_ref(),
                 no_rule,
+                source_nat: after
+                    .as_ref()
+                    .is_some_and(|a| conntrack::source_nat(&a.ruleset)),
             };
             for (p, found) in ns.pending.drain(..).zip(found) {
                 out.extend(settle(p, found, &cx, &mut ns.split_upto));
