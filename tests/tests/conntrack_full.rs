@@ -44,6 +44,18 @@ fn read_u64(path: &str) -> u64 {
         .unwrap()
 }
 
+/// A server that keeps every connection it accepts open. One that closed them would
+/// move their conntrack entries to CLOSE_WAIT, which conntrack's garbage collector evicts
+/// early once the table is above 95% full (`gc_worker_can_early_drop`,
+/// net/netfilter/nf_conntrack_core.c), making room the test says there is not.
+fn hold_connections(ns: &Netns, addr: SocketAddr) {
+    let listener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
+    thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+}
+
 /// Sends `n` datagrams from `ns` to `to`, a new UDP flow that the full table has no
 /// room for; returns how many were refused (EPERM: dropped in OUTPUT).
 fn refused(ns: &Netns, to: SocketAddr, n: usize) -> usize {
@@ -82,7 +94,7 @@ fn a_full_conntrack_table_is_the_cause_in_watch_top_and_serve() {
     ])
     .unwrap();
     let server: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-    ns.tcp_listen(server).unwrap();
+    hold_connections(&ns, server);
     let datagrams: SocketAddr = "127.0.0.1:9001".parse().unwrap();
     // Room for the host's own connections while the limit is low.
     let max = read_u64(COUNT) + 100;
@@ -131,7 +143,7 @@ fn a_full_conntrack_table_is_the_cause_in_watch_top_and_serve() {
 
     // watch, text: the line and the summary say it.
     let text = watch_text(&["watch", "--netns", &ns.name, "--duration", "4s"], || {
-        refused(&ns, datagrams, 2);
+        assert_eq!(refused(&ns, datagrams, 2), 2, "the table is still full");
     });
     assert!(
         text.contains(&format!(
@@ -143,7 +155,7 @@ fn a_full_conntrack_table_is_the_cause_in_watch_top_and_serve() {
 
     // top: the rule column.
     let text = watch_text(&["top", "--netns", &ns.name, "--duration", "4s"], || {
-        refused(&ns, datagrams, 2);
+        assert_eq!(refused(&ns, datagrams, 2), 2, "the table is still full");
     });
     let last_table = text.rsplit("DROPS/S").next().unwrap();
     assert!(
@@ -169,7 +181,7 @@ fn a_full_conntrack_table_is_the_cause_in_watch_top_and_serve() {
     while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("serving http") {
         line.clear();
     }
-    refused(&ns, datagrams, 2);
+    assert_eq!(refused(&ns, datagrams, 2), 2, "the table is still full");
     let deadline = Instant::now() + Duration::from_secs(20);
     let series = loop {
         let body = ureq::get(&format!("http://{listen}/metrics"))
