@@ -220,6 +220,7 @@ fn walk_once(
         choices,
         choices_met: 0,
         assumed: Vec::new(),
+        bound_by: None,
     };
     let mut verdict = Verdict::Accept;
     let mut by = DecidedBy::NoBaseChain;
@@ -251,6 +252,66 @@ fn walk_once(
     }
 }
 
+/// What the nat chains on `hook` do to the first packet of a new connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NatBinding {
+    /// No nat rule translates it.
+    Untranslated,
+    /// `rule` translates it, with `action` (DNAT, REDIRECT, masquerade, ...).
+    By { rule: RuleRef, action: String },
+    /// Rules that cannot be decided come first, with why.
+    Undecided(Vec<(RuleRef, String)>),
+}
+
+/// Walks the nat base chains on `hook` of every table in `backends` the way the kernel
+/// binds a new connection: in priority order, until one of them translates it
+/// (`nf_nat_inet_fn`, net/netfilter/nf_nat_core.c, stops at the first binding).
+/// `explain` uses it to know whether a connection it describes can carry `ct status dnat`.
+pub fn nat_binding(
+    ruleset: &Ruleset,
+    backends: &[Backend],
+    family: Family,
+    hook: Hook,
+    packet: &Packet,
+) -> NatBinding {
+    let mut chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
+        .tables
+        .iter()
+        .filter(|table| backends.contains(&table.backend) && table.family.sees(family))
+        .flat_map(|table| {
+            table.chains.iter().filter_map(move |chain| {
+                let base = chain.base?;
+                (base.hook == hook && base.kind == ChainKind::Nat).then_some((table, chain, base))
+            })
+        })
+        .collect();
+    chains.sort_by_key(|(_, _, base)| base.priority);
+    let mut walk = Walk {
+        ruleset,
+        packet: Cow::Borrowed(packet),
+        path: Vec::new(),
+        undecided: Vec::new(),
+        choices: &[],
+        choices_met: 0,
+        assumed: Vec::new(),
+        bound_by: None,
+    };
+    for (table, chain, base) in chains {
+        let (verdict, _) = walk.base_chain(table, chain, base);
+        if !walk.undecided.is_empty() {
+            return NatBinding::Undecided(walk.undecided);
+        }
+        if let Some((rule, action)) = walk.bound_by.take() {
+            return NatBinding::By { rule, action };
+        }
+        if verdict != Verdict::Accept {
+            // Dropped before any binding: nothing was translated.
+            break;
+        }
+    }
+    NatBinding::Untranslated
+}
+
 struct Walk<'a> {
     ruleset: &'a Ruleset,
     /// The packet as the next rule sees it: with the mark earlier rules set.
@@ -261,6 +322,8 @@ struct Walk<'a> {
     choices: &'a [bool],
     choices_met: usize,
     assumed: Vec<RuleRef>,
+    /// The NAT rule that ended the last base chain walked, with its action.
+    bound_by: Option<(RuleRef, String)>,
 }
 
 struct Frame<'a> {
@@ -338,7 +401,9 @@ impl<'a> Walk<'a> {
                 target => target,
             };
             match target {
-                Target::Accept | Target::Nat { .. } => {
+                Target::Accept => return (Verdict::Accept, DecidedBy::Rule(rule_ref())),
+                Target::Nat { action } => {
+                    self.bound_by = Some((rule_ref(), action.clone()));
                     return (Verdict::Accept, DecidedBy::Rule(rule_ref()));
                 }
                 Target::Drop => return (Verdict::Drop, DecidedBy::Rule(rule_ref())),

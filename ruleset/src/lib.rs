@@ -40,6 +40,7 @@
 //! - the parsers that build it: [`iptables_save`] (`iptables-save -c` / `ip6tables-save -c`),
 //!   [`nft_json`] (`nft -j list ruleset`), [`nft_text`] (`nft -a list ruleset`, for the
 //!   display text);
+//! - [`nat`] (which addresses the rules can translate, for `ct status dnat`);
 //! - `matching` (one rule against one packet), [`eval`] (the walk), [`counters`] (which
 //!   rules' counters grew).
 
@@ -48,6 +49,7 @@ mod error;
 mod matching;
 mod model;
 pub mod names;
+pub mod nat;
 mod packet;
 mod shell;
 

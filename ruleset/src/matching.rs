@@ -8,7 +8,8 @@
 use crate::addrtype;
 use crate::model::{Condition, Field, Match, Rule, Ruleset, ValueTest};
 use crate::names;
-use crate::packet::{Direction, Family, Packet};
+use crate::nat;
+use crate::packet::{CtState, Direction, Family, Packet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -81,7 +82,19 @@ enum FieldValue {
 
 fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) -> Truth {
     match condition {
-        Condition::Value { field, mask, test } => match field_value(*field, packet) {
+        Condition::Value { field, mask, test } => match field_value(
+            *field,
+            packet,
+            || {
+                // The bits of the field the test can see.
+                let mask = mask.unwrap_or(u32::MAX);
+                match test {
+                    ValueTest::AnyBitSet(bits) => bits & mask,
+                    ValueTest::OneOf(_) => mask,
+                }
+            },
+            ruleset,
+        ) {
             FieldValue::Known(value) => {
                 let value = value & mask.unwrap_or(u32::MAX);
                 match test {
@@ -280,7 +293,14 @@ fn addr_type_truth(
     }
 }
 
-fn field_value(field: Field, packet: &Packet) -> FieldValue {
+/// The packet's value of `field`; `tested` gives the bits a test looks at, for fields
+/// known only in part (a connection's status).
+fn field_value(
+    field: Field,
+    packet: &Packet,
+    tested: impl Fn() -> u32,
+    ruleset: &Ruleset,
+) -> FieldValue {
     let known_or = |value: Option<u32>, missing: &str| match value {
         Some(value) => FieldValue::Known(value),
         None => FieldValue::Unknown(missing.to_string()),
@@ -351,6 +371,20 @@ fn field_value(field: Field, packet: &Packet) -> FieldValue {
             packet.ct_state.map(|state| state.bit()),
             "conntrack state not reported",
         ),
+        Field::CtStatus { needs_conntrack } => match packet.ct_state {
+            None => FieldValue::Unknown("conntrack state not reported".to_string()),
+            // No connection: nft's `ct status` breaks; xt_conntrack sees no status bit.
+            Some(CtState::Invalid | CtState::Untracked) if needs_conntrack => FieldValue::Absent,
+            Some(CtState::Invalid | CtState::Untracked) => FieldValue::Known(0),
+            Some(_) if tested() & !(nat::never_set(ruleset) | packet.ct_status_clear) == 0 => {
+                FieldValue::Known(0)
+            }
+            Some(_) => FieldValue::Unknown(
+                "ct status: the ruleset can translate this connection's addresses (NAT rules \
+                 or a helper), and the status is not reported"
+                    .to_string(),
+            ),
+        },
         Field::Length => FieldValue::Known(packet.len),
     }
 }

@@ -244,7 +244,8 @@ pub enum Condition {
     /// nft concatenations (`ip daddr . meta l4proto . th dport`), compared
     /// with a set's or a map's elements: the packet matches when every part
     /// of one element does. kube-proxy's nftables mode dispatches every
-    /// Service this way.
+    /// Service this way. Also any list of tests where one is enough: xt_conntrack's
+    /// `--ctstate` mixing states with the SNAT/DNAT pseudo-states.
     Concat { elements: Vec<Vec<Match>> },
     /// A test this crate cannot decide from the packet alone (rate limits,
     /// unknown modules, names that need a lookup, ...).
@@ -283,6 +284,12 @@ pub enum Field {
     SocketGid,
     /// Bitmask of [`crate::CtState::bit`].
     CtState,
+    /// The connection's status bits (`IPS_*`; only the NAT bits are decided, see
+    /// [`crate::nat`]). nft's `ct status` does not match a packet without a connection,
+    /// negated or not (`needs_conntrack`); iptables' `--ctstate DNAT` sees status 0.
+    CtStatus {
+        needs_conntrack: bool,
+    },
     Length,
 }
 

@@ -238,6 +238,21 @@ pub(crate) fn nft_icmpv6_code(name: &str) -> Option<u32> {
     })
 }
 
+/// Bit of a conntrack status name as nft writes it (`ct status dnat`), or of the
+/// status pseudo-states iptables' `--ctstate` accepts (`SNAT`, `DNAT`).
+pub(crate) fn ct_status_bit(name: &str) -> Option<u32> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "expected" => 1,
+        "seen-reply" => 1 << 1,
+        "assured" => 1 << 2,
+        "confirmed" => 1 << 3,
+        "snat" => crate::nat::IPS_SRC_NAT,
+        "dnat" => crate::nat::IPS_DST_NAT,
+        "dying" => 1 << 9,
+        _ => return None,
+    })
+}
+
 /// Bit of a conntrack state name, iptables (upper case) or nft (lower case).
 pub(crate) fn ct_state_bit(name: &str) -> Option<u32> {
     use crate::packet::CtState;

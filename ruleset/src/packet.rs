@@ -36,6 +36,10 @@ pub struct Packet {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub ct_state: Option<CtState>,
+    /// Status bits (`IPS_*`) the packet's connection is known not to have, beyond what the
+    /// ruleset alone tells (see [`crate::nat`]): for a new connection `explain` describes,
+    /// that no nat rule translates it ([`crate::eval::nat_binding`]).
+    pub ct_status_clear: u32,
     /// Length of the IP packet (header included).
     pub len: u32,
     /// Fields whose `None` means "not known" rather than "absent".
@@ -69,6 +73,7 @@ impl Packet {
             uid: None,
             gid: None,
             ct_state: None,
+            ct_status_clear: 0,
             len: 0,
             unknown: Unknown::ALL,
         }

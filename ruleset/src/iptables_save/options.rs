@@ -98,6 +98,46 @@ pub(super) fn undecidable_module_reason(module: &str) -> String {
 /// Targets that end evaluation of the chain like ACCEPT (NAT).
 pub(crate) const NAT_TARGETS: &[&str] = &["MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP"];
 
+/// `--state`/`--ctstate` names as a condition. xt_conntrack's `--ctstate` also takes the
+/// `SNAT`/`DNAT` pseudo-states, which test the connection's status (a packet without a
+/// connection has none): a list that mixes both matches when either test does
+/// (`conntrack_mt_state`, net/netfilter/xt_conntrack.c). firewalld's iptables backend
+/// writes `--ctstate RELATED,ESTABLISHED,DNAT`.
+fn ct_state_condition(option: &str, value: &str) -> Option<Condition> {
+    let (mut states, mut statuses) = (0, 0);
+    for name in value.split(',') {
+        match names::ct_state_bit(name) {
+            Some(bit) => states |= bit,
+            None if option == "--ctstate" && matches!(name, "SNAT" | "DNAT") => {
+                statuses |= names::ct_status_bit(name)?;
+            }
+            None => return None,
+        }
+    }
+    let test = |field, bits| Match {
+        negated: false,
+        condition: Condition::Value {
+            field,
+            mask: None,
+            test: ValueTest::AnyBitSet(bits),
+        },
+    };
+    let state = test(Field::CtState, states);
+    let status = test(
+        Field::CtStatus {
+            needs_conntrack: false,
+        },
+        statuses,
+    );
+    Some(match (states, statuses) {
+        (_, 0) => state.condition,
+        (0, _) => status.condition,
+        _ => Condition::Concat {
+            elements: vec![vec![state], vec![status]],
+        },
+    })
+}
+
 /// What `-j MARK` / `-j CONNMARK` with `options` do to the packet's mark (xt_MARK's and
 /// xt_CONNMARK's options, as iptables-save prints them: `--set-xmark V/M`; the others as
 /// iptables accepts them). CONNMARK changes the packet's mark only with `--restore-mark`,
@@ -495,22 +535,9 @@ impl<'a> RuleBuilder<'a> {
             }
             ("conntrack", "--ctstate") | ("state", "--state") => {
                 let value = self.value(option)?;
-                let bits: Option<u32> = value
-                    .split(',')
-                    .map(names::ct_state_bit)
-                    .try_fold(0, |all, bit| Some(all | bit?));
-                match bits {
-                    Some(bits) => self.push(
-                        negated,
-                        Condition::Value {
-                            field: Field::CtState,
-                            mask: None,
-                            test: ValueTest::AnyBitSet(bits),
-                        },
-                    ),
-                    None => self.undecidable(format!(
-                        "{option} {value}: SNAT/DNAT pseudo-states are not reported"
-                    )),
+                match ct_state_condition(option, &value) {
+                    Some(condition) => self.push(negated, condition),
+                    None => self.undecidable(format!("{option} {value}: unknown state")),
                 }
             }
             ("owner", "--uid-owner" | "--gid-owner") => {

@@ -272,7 +272,24 @@ fn conntrack_state_owner_mark_length() {
             }
         )
     );
+    // The SNAT/DNAT pseudo-states test the connection's status; mixed with states, either
+    // test is enough (firewalld's iptables backend). xt_state has no such states.
+    let dnat = Condition::Value {
+        field: Field::CtStatus {
+            needs_conntrack: false,
+        },
+        mask: None,
+        test: ValueTest::AnyBitSet(crate::nat::IPS_DST_NAT),
+    };
     let rule = only_rule("-A OUTPUT -m conntrack --ctstate DNAT -j ACCEPT");
+    assert_eq!(rule.matches[0].condition, dnat);
+    let rule = only_rule("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT");
+    let Condition::Concat { elements } = &rule.matches[0].condition else {
+        panic!("{rule:?}");
+    };
+    assert_eq!(elements.len(), 2);
+    assert_eq!(elements[1][0].condition, dnat);
+    let rule = only_rule("-A OUTPUT -m state --state DNAT -j ACCEPT");
     assert!(matches!(
         rule.matches[0].condition,
         Condition::Undecidable { .. }

@@ -232,7 +232,12 @@ impl Context<'_> {
                         };
                         ValueTest::OneOf(range.into_iter().collect())
                     }
-                    "in" if !is_set && matches!(field, Field::CtState | Field::TcpFlags) => {
+                    "in" if !is_set
+                        && matches!(
+                            field,
+                            Field::CtState | Field::CtStatus { .. } | Field::TcpFlags
+                        ) =>
+                    {
                         let [element] = elements.as_slice() else {
                             return Err("flag test needs one value".to_string());
                         };

@@ -84,6 +84,12 @@ pub(super) fn parse_left(left: &Value) -> std::result::Result<(Left, Option<u32>
         }
         "ct" => match body.get("key").and_then(Value::as_str) {
             Some("state") if body.get("dir").is_none() => Ok((Left::Value(Field::CtState), None)),
+            Some("status") if body.get("dir").is_none() => Ok((
+                Left::Value(Field::CtStatus {
+                    needs_conntrack: true,
+                }),
+                None,
+            )),
             Some(other) => Err(format!("ct {other} is not reported")),
             None => Err("ct without key".to_string()),
         },
@@ -277,6 +283,7 @@ pub(super) fn symbol(field: Field, name: &str) -> Option<u32> {
         Field::IcmpCode { protocol: 1 } => names::nft_icmp_code(name),
         Field::IcmpCode { .. } => names::nft_icmpv6_code(name),
         Field::CtState => names::ct_state_bit(name),
+        Field::CtStatus { .. } => names::ct_status_bit(name),
         Field::TcpFlags => names::tcp_flag_bits(name),
         Field::SrcPort { .. }
         | Field::DstPort { .. }

@@ -37,6 +37,9 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         uid: r.uid,
         gid: r.gid,
         ct_state: Some(r.ct_state.rule_state()),
+        // The NAT a connection went through is not read: only what the ruleset can do to
+        // it decides `ct status` (ruleset::nat).
+        ct_status_clear: 0,
         len: r.len,
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).

@@ -251,6 +251,38 @@ fn fill_in_route(
     assumed
 }
 
+/// For a new connection, what the nat chains it meets before `hook` do to it (PREROUTING
+/// for a packet that arrives, nat OUTPUT for one sent here): when none translates it, its
+/// `ct status dnat` is known clear (firewalld accepts translated connections ahead of its
+/// zones); when one does, says so, since the rules after it see the translated packet,
+/// which `explain` does not follow.
+fn follow_nat(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> Option<String> {
+    let nat_hook = match hook {
+        Hook::Input | Hook::Forward => Hook::Prerouting,
+        Hook::Output => Hook::Output,
+        _ => return None,
+    };
+    if pkt.ct_state != Some(CtState::New) {
+        return None;
+    }
+    let every_backend = [
+        ruleset::Backend::IptablesNft,
+        ruleset::Backend::IptablesLegacy,
+        ruleset::Backend::Nftables,
+    ];
+    match ruleset::eval::nat_binding(rs, &every_backend, pkt.family, nat_hook, pkt) {
+        ruleset::eval::NatBinding::Untranslated => {
+            pkt.ct_status_clear |= ruleset::nat::IPS_DST_NAT;
+            None
+        }
+        ruleset::eval::NatBinding::By { rule, action } => Some(format!(
+            "{rule} translates the connection ({action}); the rules after it see the \
+             translated packet, which explain does not follow"
+        )),
+        ruleset::eval::NatBinding::Undecided(_) => None,
+    }
+}
+
 fn outcome_of(v: &ruleset::eval::Verdict) -> &'static str {
     match v {
         ruleset::eval::Verdict::Accept => "accept",
@@ -352,7 +384,8 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let mut pkt = packet(&args)?;
     let netns = netns_path(args.netns.as_ref())?;
     let snap = read_snapshot(netns.as_deref())?;
-    let assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
+    let mut assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
+    assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
     let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
     let report = Explanation {
         kind: "explain",
