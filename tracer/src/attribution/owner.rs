@@ -383,12 +383,22 @@ fn firewalld_object(chain: &str) -> Option<String> {
         .iter()
         .find_map(|t| chain.strip_prefix(t))
         .unwrap_or(chain);
-    let rest = ["IN_", "FWDI_", "FWDO_", "FWD_", "OUT_", "PRE_", "POST_"]
+    let (hook, rest) = ["IN_", "FWDI_", "FWDO_", "FWD_", "OUT_", "PRE_", "POST_"]
         .iter()
-        .find_map(|h| rest.strip_prefix(h))?;
+        .find_map(|h| rest.strip_prefix(h).map(|r| (*h, r)))?;
     let (kind, name) = match rest.strip_prefix("policy_") {
         Some(policy) => ("policy", policy),
-        None => ("zone", rest),
+        // firewalld 2's dispatch chains, `filter_IN_public_to_HOST` and
+        // `nat_PRE_public_dispatch_stage2`, act for one zone: the ingress zone, or on
+        // output the egress zone (nftables.py `build_zone_target_rules`).
+        None => {
+            let zone = rest.strip_suffix("_dispatch_stage2").unwrap_or(rest);
+            match zone.split_once("_to_") {
+                Some((_, egress)) if matches!(hook, "OUT_" | "POST_") => ("zone", egress),
+                Some((ingress, _)) => ("zone", ingress),
+                None => ("zone", zone),
+            }
+        }
     };
     let name = ["_allow", "_deny", "_log", "_pre", "_post"]
         .iter()
@@ -536,6 +546,12 @@ mod tests {
                 .as_deref(),
             Some("policy allow-host-ipv6")
         );
+        // firewalld 2's dispatch chains: the ingress zone's, the egress zone's on output.
+        let zone = |chain: &str| fw(chain).unwrap().object.unwrap();
+        assert_eq!(zone("filter_IN_public_to_HOST"), "zone public");
+        assert_eq!(zone("filter_FWD_internal_to_public"), "zone internal");
+        assert_eq!(zone("nat_POST_internal_to_public"), "zone public");
+        assert_eq!(zone("nat_PRE_public_dispatch_stage2"), "zone public");
         assert_eq!(
             owner_of("filter", "IN_home_deny", "")
                 .unwrap()
