@@ -426,10 +426,15 @@ impl Watcher {
         env: &[(&str, &str)],
         check: impl FnOnce(&Value),
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(droptrace_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .arg("--json")
+        let mut command = Command::new(droptrace_bin());
+        command.args(args).envs(env.iter().copied()).arg("--json");
+        Self::spawn(command, check)
+    }
+
+    /// Starts `command`, which ends by running `droptrace ... --json` in its own process
+    /// (`exec`: signals reach droptrace), as [`Watcher::start_checked`] does.
+    pub fn spawn(mut command: Command, check: impl FnOnce(&Value)) -> anyhow::Result<Self> {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -152,6 +152,16 @@ fn named(lines: &[Value], backend: &str, kernel: &Counters) -> BTreeMap<Place, u
 /// against the kernel's counters; returns the drop lines and the rules that dropped.
 fn check(ns: &Netns, backend: &str, traffic: impl FnOnce()) -> (Vec<Value>, Vec<Place>) {
     let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    check_with(w, ns, backend, traffic)
+}
+
+/// [`check`] with a watcher already started.
+fn check_with(
+    w: Watcher,
+    ns: &Netns,
+    backend: &str,
+    traffic: impl FnOnce(),
+) -> (Vec<Value>, Vec<Place>) {
     let before = counters(ns, backend);
     traffic();
     // Late retransmissions and ICMP errors land before the counters are read.
@@ -272,10 +282,12 @@ fn restore(ns: &Netns, tool: &str, file: &str) {
 
 // ufw, Ubuntu's default firewall.
 
-/// Runs ufw from Debian's package inside `ns`. It runs in a mount namespace of its own with
-/// tmpfs over /run (its lock file) and a private copy of /etc/ufw, so the host's files and
-/// ruleset stay as they were; what ufw loads lives and dies with the test's namespace.
-fn ufw(ns: &Netns, commands: &[&str]) {
+/// Runs ufw from Debian's package inside `ns`, then droptrace watching `ns`. Both run in a
+/// mount namespace of their own with tmpfs over /run (ufw's lock file) and a private copy
+/// of /etc/ufw, so the host's files and ruleset stay as they were, and droptrace reads the
+/// rules files this ufw wrote; what ufw loads lives and dies with the test's namespace.
+/// /run/netns is hidden there: droptrace is given the namespace by its shell's /proc entry.
+fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> Watcher {
     let mut script = String::from(
         "set -e; mount --make-rprivate /; mount -t tmpfs droptrace-test /run; \
          mkdir /run/etc-ufw; cp -a /etc/ufw/. /run/etc-ufw/; mount --bind /run/etc-ufw /etc/ufw",
@@ -283,16 +295,23 @@ fn ufw(ns: &Netns, commands: &[&str]) {
     for c in commands {
         script.push_str("; ufw ");
         script.push_str(c);
+        script.push_str(" >/dev/null");
     }
-    let net = format!("--net={}", ns.path().display());
-    sh(&["nsenter", &net, "unshare", "-m", "sh", "-c", &script])
-        .unwrap_or_else(|e| panic!("ufw: {e}"));
+    script.push_str("; exec \"$0\" watch --netns /proc/$$/ns/net --json");
+    let mut command = std::process::Command::new("nsenter");
+    command
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["unshare", "-m", "sh", "-c", &script])
+        .arg(droptrace_tests::droptrace_bin());
+    Watcher::spawn(command, |_| {}).unwrap_or_else(|e| panic!("ufw: {e}"))
 }
 
 #[test]
 fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_counted() {
     let t = Topology::new().unwrap();
-    ufw(
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(80)).unwrap();
+    let w = ufw_then_watch(
         &t.gateway,
         &[
             "--force enable",
@@ -302,9 +321,7 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
             "deny out 9100/tcp",
         ],
     );
-    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
-    t.gateway.tcp_listen(t.gateway_addr(80)).unwrap();
-    let (lines, places) = check(&t.gateway, "nft", || {
+    let (lines, places) = check_with(w, &t.gateway, "nft", || {
         assert!(connect(&t.client, t.gateway_addr(80)));
         // Not allowed: INPUT's policy, past ufw-not-local's `--dst-type LOCAL -j RETURN`.
         assert!(!connect(&t.client, t.gateway_addr(8080)));
@@ -338,9 +355,16 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
         .map(|d| d["count"].as_u64().unwrap())
         .sum();
     assert!(to_22 >= 3, "{lines:?}");
+    // Each rule as `ufw status numbered` shows it (the limit's REJECT as the one `ufw
+    // limit` rule that jumps there), read from the rules files this ufw wrote.
     assert_eq!(
         owners(&lines),
-        owned(&[("ufw", ""), ("ufw", "default policy")])
+        owned(&[
+            ("ufw", "rule 1: 22/tcp LIMIT IN Anywhere"),
+            ("ufw", "rule 2: 8081/tcp REJECT IN Anywhere"),
+            ("ufw", "rule 4: 9100/tcp DENY OUT Anywhere (out)"),
+            ("ufw", "default policy")
+        ])
     );
     for d in drops(&lines) {
         assert_eq!(d["owner"]["show"], "ufw status numbered", "{d}");

@@ -290,6 +290,39 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     }
 }
 
+/// A rule in ufw's user chains, named by ufw's own number and words (`rule 2: 8081/tcp
+/// REJECT IN Anywhere`, as `ufw status numbered` shows it), when ufw's rules files say
+/// which it is (see [`crate::enrich::ufw`]).
+pub fn ufw_number(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
+    let (Some(owner), Some(chain), Some(position)) = (a.owner.as_mut(), &a.chain, a.rule_num)
+    else {
+        return;
+    };
+    if owner.tool != "ufw"
+        || owner.object.is_some()
+        || !(chain.starts_with("ufw-user-") || chain.starts_with("ufw6-user-"))
+    {
+        return;
+    }
+    let Some(table) = rs.tables.iter().find(|t| {
+        Some(t.name.as_str()) == a.table.as_deref()
+            && Some(t.family.to_string()) == a.table_family
+            && Some(t.backend.as_str()) == a.backend.as_deref()
+    }) else {
+        return;
+    };
+    let Some(kernel) = table.chain(chain) else {
+        return;
+    };
+    let kernel: Vec<&str> = kernel.rules.iter().map(|r| r.text.as_str()).collect();
+    let Some(rules) = crate::enrich::ufw::current() else {
+        return;
+    };
+    if let Some((number, status)) = rules.numbered(chain, &kernel, position) {
+        owner.object = Some(format!("rule {number}: {status}"));
+    }
+}
+
 /// kube-proxy's chains (pkg/proxy/iptables/proxier.go; ipvs mode's in pkg/proxy/ipvs; the
 /// old userspace proxy's), fixed names and per-Service prefixes.
 const KUBE_PROXY_CHAINS: &[&str] = &[

@@ -4,14 +4,15 @@
 //!
 //! The sources live in their own modules: [`netns`] (namespace names and files),
 //! [`procinfo`] (/proc/PID), [`sockets`] (socket owners, as `ss -p` finds them),
-//! [`resolve`] (reverse DNS in the background) and [`routes`] (a namespace's route to a
-//! destination).
+//! [`resolve`] (reverse DNS in the background), [`routes`] (a namespace's route to a
+//! destination) and [`ufw`] (ufw's rule numbers, from its rules files).
 
 pub mod netns;
 pub mod procinfo;
 pub mod resolve;
 pub mod routes;
 pub mod sockets;
+pub mod ufw;
 
 use std::{collections::HashMap, path::Path};
 
