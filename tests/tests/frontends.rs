@@ -287,7 +287,10 @@ fn restore(ns: &Netns, tool: &str, file: &str) {
 /// of /etc/ufw, so the host's files and ruleset stay as they were, and droptrace reads the
 /// rules files this ufw wrote; what ufw loads lives and dies with the test's namespace.
 /// /run/netns is hidden there: droptrace is given the namespace by its shell's /proc entry.
-fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> Watcher {
+/// Returns the watcher and what `ufw status numbered` printed then, by number.
+fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> (Watcher, BTreeMap<u32, String>) {
+    let status =
+        std::env::temp_dir().join(format!("dt-ufw-status-{}-{}", std::process::id(), ns.name));
     let mut script = String::from(
         "set -e; mount --make-rprivate /; mount -t tmpfs droptrace-test /run; \
          mkdir /run/etc-ufw; cp -a /etc/ufw/. /run/etc-ufw/; mount --bind /run/etc-ufw /etc/ufw",
@@ -297,13 +300,27 @@ fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> Watcher {
         script.push_str(c);
         script.push_str(" >/dev/null");
     }
+    script.push_str("; ufw status numbered > \"$1\"");
     script.push_str("; exec \"$0\" watch --netns /proc/$$/ns/net --json");
     let mut command = std::process::Command::new("nsenter");
     command
         .arg(format!("--net={}", ns.path().display()))
         .args(["unshare", "-m", "sh", "-c", &script])
-        .arg(droptrace_tests::droptrace_bin());
-    Watcher::spawn(command, |_| {}).unwrap_or_else(|e| panic!("ufw: {e}"))
+        .arg(droptrace_tests::droptrace_bin())
+        .arg(&status);
+    let w = Watcher::spawn(command, |_| {}).unwrap_or_else(|e| panic!("ufw: {e}"));
+    let text = std::fs::read_to_string(&status).unwrap();
+    std::fs::remove_file(&status).unwrap();
+    // `[ 2] 8081/tcp                   REJECT IN   Anywhere`
+    let numbered = text
+        .lines()
+        .filter_map(|l| {
+            let (n, rule) = l.trim().strip_prefix('[')?.split_once(']')?;
+            let rule: Vec<&str> = rule.split_whitespace().collect();
+            Some((n.trim().parse().ok()?, rule.join(" ")))
+        })
+        .collect();
+    (w, numbered)
 }
 
 #[test]
@@ -311,7 +328,7 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
     let t = Topology::new().unwrap();
     t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
     t.gateway.tcp_listen(t.gateway_addr(80)).unwrap();
-    let w = ufw_then_watch(
+    let (w, numbered) = ufw_then_watch(
         &t.gateway,
         &[
             "--force enable",
@@ -356,7 +373,20 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
         .sum();
     assert!(to_22 >= 3, "{lines:?}");
     // Each rule as `ufw status numbered` shows it (the limit's REJECT as the one `ufw
-    // limit` rule that jumps there), read from the rules files this ufw wrote.
+    // limit` rule that jumps there), read from the rules files this ufw wrote; ufw's own
+    // listing is the oracle.
+    for (_, object) in owners(&lines) {
+        if let Some((n, rule)) = object
+            .strip_prefix("rule ")
+            .and_then(|o| o.split_once(": "))
+        {
+            assert_eq!(
+                numbered.get(&n.parse().unwrap()).map(String::as_str),
+                Some(rule),
+                "{numbered:#?}"
+            );
+        }
+    }
     assert_eq!(
         owners(&lines),
         owned(&[
