@@ -282,33 +282,42 @@ fn restore(ns: &Netns, tool: &str, file: &str) {
 
 // ufw, Ubuntu's default firewall.
 
-/// Runs ufw from Debian's package inside `ns`, then droptrace watching `ns`. Both run in a
-/// mount namespace of their own with tmpfs over /run (ufw's lock file) and a private copy
-/// of /etc/ufw, so the host's files and ruleset stay as they were, and droptrace reads the
-/// rules files this ufw wrote; what ufw loads lives and dies with the test's namespace.
+/// Runs `setup` (shell commands, with `file` as `$1`) inside `ns`, then droptrace watching
+/// `ns`, both in a mount namespace of their own with tmpfs over /run and a private copy of
+/// /etc/ufw: a front-end's state files (ufw's rules, libvirtd's network status) are
+/// written there, and droptrace reads them, while the host's files stay as they were.
 /// /run/netns is hidden there: droptrace is given the namespace by its shell's /proc entry.
-/// Returns the watcher and what `ufw status numbered` printed then, by number.
-fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> (Watcher, BTreeMap<u32, String>) {
-    let status =
-        std::env::temp_dir().join(format!("dt-ufw-status-{}-{}", std::process::id(), ns.name));
-    let mut script = String::from(
+fn watch_in_private_mounts(ns: &Netns, setup: &str, file: &std::path::Path) -> Watcher {
+    let script = format!(
         "set -e; mount --make-rprivate /; mount -t tmpfs droptrace-test /run; \
-         mkdir /run/etc-ufw; cp -a /etc/ufw/. /run/etc-ufw/; mount --bind /run/etc-ufw /etc/ufw",
+         mkdir /run/etc-ufw; cp -a /etc/ufw/. /run/etc-ufw/; mount --bind /run/etc-ufw /etc/ufw; \
+         {setup}; exec \"$0\" watch --netns /proc/$$/ns/net --json"
     );
-    for c in commands {
-        script.push_str("; ufw ");
-        script.push_str(c);
-        script.push_str(" >/dev/null");
-    }
-    script.push_str("; ufw status numbered > \"$1\"");
-    script.push_str("; exec \"$0\" watch --netns /proc/$$/ns/net --json");
     let mut command = std::process::Command::new("nsenter");
     command
         .arg(format!("--net={}", ns.path().display()))
         .args(["unshare", "-m", "sh", "-c", &script])
         .arg(droptrace_tests::droptrace_bin())
-        .arg(&status);
-    let w = Watcher::spawn(command, |_| {}).unwrap_or_else(|e| panic!("ufw: {e}"));
+        .arg(file);
+    Watcher::spawn(command, |_| {}).unwrap_or_else(|e| panic!("{setup}: {e}"))
+}
+
+/// A file for [`watch_in_private_mounts`]'s `$1`, unique to this test.
+fn private_file(ns: &Netns, what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dt-{what}-{}-{}", std::process::id(), ns.name))
+}
+
+/// Runs ufw from Debian's package inside `ns` (what ufw loads lives and dies with the
+/// test's namespace), then droptrace watching `ns`, which reads the rules files this ufw
+/// wrote. Returns the watcher and what `ufw status numbered` printed then, by number.
+fn ufw_then_watch(ns: &Netns, commands: &[&str]) -> (Watcher, BTreeMap<u32, String>) {
+    let status = private_file(ns, "ufw-status");
+    let mut setup: Vec<String> = commands
+        .iter()
+        .map(|c| format!("ufw {c} >/dev/null"))
+        .collect();
+    setup.push("ufw status numbered > \"$1\"".into());
+    let w = watch_in_private_mounts(ns, &setup.join("; "), &status);
     let text = std::fs::read_to_string(&status).unwrap();
     std::fs::remove_file(&status).unwrap();
     // `[ 2] 8081/tcp                   REJECT IN   Anywhere`
@@ -777,6 +786,88 @@ fn firewalld_ct_status_dnat_is_decided_by_the_nat_rules_there_are() {
     let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 8080);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["rule"], rule, "{report:#}");
+}
+
+// libvirt (nftables backend): its default NAT network, in the words of its own test data.
+
+/// libvirtd's status file for its default network (/run/libvirt/network/default.xml, as
+/// `virNetworkObjFormat` writes it: the network's definition, with the bridge libvirt's
+/// rules name, inside `<networkstatus>`).
+const LIBVIRT_DEFAULT_STATUS: &str = "<networkstatus>
+  <class_id bitmap='0-2'/>
+  <floor sum='0'/>
+  <network>
+    <name>default</name>
+    <uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid>
+    <forward mode='nat'/>
+    <bridge name='virbr0' stp='on' delay='0'/>
+    <ip address='192.168.122.1' netmask='255.255.255.0'/>
+  </network>
+</networkstatus>
+";
+
+/// The packets counter of the rule of `table`/`chain` (nft) whose text contains `rule`.
+fn nft_counter(ns: &Netns, family_table: &str, chain: &str, rule: &str) -> u64 {
+    let (family, table) = family_table.split_once(' ').unwrap();
+    let listing = ns
+        .exec(&["nft", "list", "chain", family, table, chain])
+        .unwrap();
+    let line = listing
+        .lines()
+        .find(|l| l.contains(rule))
+        .unwrap_or_else(|| panic!("{rule} in {listing}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "packets").unwrap();
+    words[at + 1].parse().unwrap()
+}
+
+#[test]
+fn libvirt_rejects_name_the_network_of_their_bridge() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    // The host: a bridge for the guests, routed to from the client.
+    for command in [
+        &["ip", "link", "add", "virbr0", "type", "bridge"][..],
+        &["ip", "addr", "add", "192.168.122.1/24", "dev", "virbr0"],
+        &["ip", "link", "set", "virbr0", "up"],
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ] {
+        gw.exec(command).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "192.168.122.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    nft_load(gw, &corpus_path("libvirt.nft"));
+    let status = private_file(gw, "libvirt-status");
+    std::fs::write(&status, LIBVIRT_DEFAULT_STATUS).unwrap();
+    let w = watch_in_private_mounts(
+        gw,
+        "mkdir -p /run/libvirt/network; cp \"$1\" /run/libvirt/network/default.xml",
+        &status,
+    );
+    std::fs::remove_file(&status).unwrap();
+    let reject = r#"oif "virbr0" counter"#;
+    let before = nft_counter(gw, "ip libvirt_network", "guest_input", reject);
+    // A connection from outside to a guest: not one the guest started, so guest_input's
+    // reject for the bridge answers it.
+    let guest: SocketAddr = "192.168.122.5:80".parse().unwrap();
+    assert_eq!(fate(&t.client, guest), "reject");
+    thread::sleep(SHORT);
+    let after = nft_counter(gw, "ip libvirt_network", "guest_input", reject);
+    let lines = w.stop().unwrap();
+    let d = drops(&lines);
+    assert!(!d.is_empty(), "{lines:?}");
+    for l in &d {
+        assert_eq!(l["chain"], "guest_input", "{l}");
+        assert_eq!(l["attribution"], "exact", "{l}");
+        assert_eq!(l["owner"]["tool"], "libvirt", "{l}");
+        assert_eq!(
+            l["owner"]["object"], "network default (bridge virbr0)",
+            "{l}"
+        );
+        assert_eq!(l["owner"]["show"], "virsh net-dumpxml default", "{l}");
+    }
+    assert_eq!(droptrace_tests::packets(&d), after - before);
 }
 
 // kube-proxy's nftables mode, from its own test (tests/corpus/kube-proxy.nft says where).

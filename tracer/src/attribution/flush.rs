@@ -284,6 +284,7 @@ fn settle(
     if let (Some(a), Some(snap)) = (p.record.rule.as_mut(), after) {
         owner::policy_owner(a, &snap.ruleset);
         owner::ufw_number(a, &snap.ruleset);
+        owner::libvirt_network(a);
         a.backends_mixed = backends_mixed(&snap.ruleset);
     }
     // No read after the drop: no counter could confirm it.

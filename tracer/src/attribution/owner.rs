@@ -163,7 +163,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     if upper.starts_with("DOCKER") && upper != "DOCKER-USER" {
         return Some(Owner {
             tool: "docker",
-            object: docker_bridge(rule).map(|b| format!("bridge {b}")),
+            object: network_bridge(rule).map(|b| format!("bridge {b}")),
             show: None,
             reason: None,
         });
@@ -174,7 +174,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     if upper.starts_with("CILIUM") {
         return tool("cilium");
     }
-    nft_table_owner(table, chain, rule).or_else(|| iptables_chain_owner(chain))
+    nft_table_owner(table, chain, rule).or_else(|| iptables_chain_owner(chain, rule))
 }
 
 /// Front-ends that keep their rules in nftables tables of their own, by the table names
@@ -197,13 +197,16 @@ fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
                 .split_once("__")
                 .map(|(_, bridge)| bridge)
                 // raw-PREROUTING's "DROP DIRECT ACCESS": `ip daddr C iifname != "B" drop`.
-                .or_else(|| docker_bridge(rule))
+                .or_else(|| network_bridge(rule))
                 .map(|bridge| format!("bridge {bridge}")),
         ),
         // netavark (podman's network stack), src/firewall/nft.rs.
         "netavark" => owner("netavark", None),
         // libvirt, src/network/network_nftables.c.
-        "libvirt_network" => owner("libvirt", None),
+        "libvirt_network" => owner(
+            "libvirt",
+            network_bridge(rule).map(|bridge| format!("bridge {bridge}")),
+        ),
         // Incus and LXD: chains `fwd.<network>`, `in.<instance>.<device>`, ... (a name
         // alone does not tell a network from an instance: no object).
         "incus" => owner("incus", None),
@@ -241,7 +244,7 @@ fn fw4_zone(chain: &str) -> Option<&str> {
 /// Front-ends known by their iptables chains: libvirt's (src/network/network_iptables.c),
 /// netavark's before it left iptables (src/firewall/varktables), flannel's
 /// (pkg/trafficmngr/iptables).
-fn iptables_chain_owner(chain: &str) -> Option<Owner> {
+fn iptables_chain_owner(chain: &str, rule: &str) -> Option<Owner> {
     let tool = match chain {
         "LIBVIRT_INP" | "LIBVIRT_OUT" | "LIBVIRT_FWO" | "LIBVIRT_FWI" | "LIBVIRT_FWX"
         | "LIBVIRT_PRT" => "libvirt",
@@ -251,10 +254,32 @@ fn iptables_chain_owner(chain: &str) -> Option<Owner> {
     };
     Some(Owner {
         tool,
-        object: None,
+        object: (tool == "libvirt")
+            .then(|| network_bridge(rule))
+            .flatten()
+            .map(|bridge| format!("bridge {bridge}")),
         show: None,
         reason: None,
     })
+}
+
+/// A libvirt rule's network, by the bridge it names (see [`crate::enrich::libvirt`]),
+/// with the command that shows the network's definition.
+pub fn libvirt_network(a: &mut super::Attribution) {
+    let Some(owner) = a.owner.as_mut().filter(|o| o.tool == "libvirt") else {
+        return;
+    };
+    let Some(bridge) = owner
+        .object
+        .as_deref()
+        .and_then(|o| o.strip_prefix("bridge "))
+    else {
+        return;
+    };
+    if let Some(network) = crate::enrich::libvirt::network_of_bridge(bridge) {
+        owner.show = Some(format!("virsh net-dumpxml {network}"));
+        owner.object = Some(format!("network {network} (bridge {bridge})"));
+    }
 }
 
 /// A built-in chain's policy has no name of its own: it belongs to the front-end whose
@@ -441,13 +466,14 @@ fn firewalld_object(chain: &str) -> Option<String> {
         .then(|| format!("{kind} {name}"))
 }
 
-/// The bridge a rule of Docker's chains names (`-o br-1a2b3c4d5e6f`, `-i docker0`, or
-/// the name a network was given with `com.docker.network.bridge.name`): the interfaces
-/// in Docker's rules are its networks' bridges.
-fn docker_bridge(rule: &str) -> Option<&str> {
+/// The bridge a rule of a container or VM network names: the interfaces in Docker's and
+/// libvirt's rules are their networks' bridges (`-o br-1a2b3c4d5e6f`, `-i docker0`, the
+/// name a network was given with `com.docker.network.bridge.name`; libvirt's `oif
+/// "virbr0"`, `-o virbr0`).
+fn network_bridge(rule: &str) -> Option<&str> {
     let words: Vec<&str> = rule.split_whitespace().collect();
     words.iter().enumerate().find_map(|(i, w)| {
-        if !matches!(*w, "-i" | "-o" | "iifname" | "oifname") {
+        if !matches!(*w, "-i" | "-o" | "iifname" | "oifname" | "iif" | "oif") {
             return None;
         }
         // `iifname != "bridge1"` (nft), `! -i docker0` puts the `!` before (iptables).

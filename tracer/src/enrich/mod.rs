@@ -5,8 +5,10 @@
 //! The sources live in their own modules: [`netns`] (namespace names and files),
 //! [`procinfo`] (/proc/PID), [`sockets`] (socket owners, as `ss -p` finds them),
 //! [`resolve`] (reverse DNS in the background), [`routes`] (a namespace's route to a
-//! destination) and [`ufw`] (ufw's rule numbers, from its rules files).
+//! destination), [`ufw`] (ufw's rule numbers, from its rules files) and [`libvirt`] (the
+//! network behind a bridge, from libvirtd's state).
 
+pub mod libvirt;
 pub mod netns;
 pub mod procinfo;
 pub mod resolve;
