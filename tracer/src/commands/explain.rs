@@ -315,8 +315,28 @@ pub fn explain(
         if backends.is_empty() {
             continue;
         }
-        let ev = ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt);
-        let fates: Vec<&'static str> = ev.outcomes().map(|o| outcome_of(&o.verdict)).collect();
+        let walk = |hook| ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt);
+        // A packet that arrives went through PREROUTING first: a drop there is its fate
+        // (Docker's raw "DROP DIRECT ACCESS", an rpfilter), whatever `hook` would do.
+        let prerouting =
+            matches!(hook, Hook::Input | Hook::Forward).then(|| walk(Hook::Prerouting));
+        let stopped_before: Vec<ruleset::eval::Alternative> = prerouting
+            .iter()
+            .flat_map(|ev| ev.outcomes())
+            .filter(|o| o.verdict != ruleset::eval::Verdict::Accept)
+            .collect();
+        let reaches_hook = prerouting.as_ref().is_none_or(|ev| {
+            ev.outcomes()
+                .any(|o| o.verdict == ruleset::eval::Verdict::Accept)
+        });
+        let ev = match prerouting {
+            Some(ev) if !reaches_hook => ev,
+            _ => walk(hook),
+        };
+        let mut fates: Vec<&'static str> = ev.outcomes().map(|o| outcome_of(&o.verdict)).collect();
+        if reaches_hook {
+            fates.extend(stopped_before.iter().map(|o| outcome_of(&o.verdict)));
+        }
         let outcome = if fates.iter().all(|f| *f == fates[0]) {
             fates[0]
         } else {
@@ -354,6 +374,24 @@ pub fn explain(
             }
             if ev.alternatives_truncated {
                 possible.push("(more combinations not followed)".into());
+            }
+        }
+        if reaches_hook && !stopped_before.is_empty() {
+            if ev.alternatives.is_empty() {
+                possible.push(format!(
+                    "{} by {} if nothing in PREROUTING stops it",
+                    outcome_of(&ev.verdict),
+                    ev.by
+                ));
+            }
+            for o in &stopped_before {
+                let assuming: Vec<String> = o.assuming.iter().map(|r| r.to_string()).collect();
+                possible.push(format!(
+                    "{} in PREROUTING by {} if {} matches",
+                    outcome_of(&o.verdict),
+                    o.by,
+                    assuming.join(" and ")
+                ));
             }
         }
         engines.push(EngineResult {
@@ -611,6 +649,52 @@ mod tests {
             ruleset::Family::Ipv4,
         )
         .unwrap()
+    }
+
+    /// A packet that arrives meets PREROUTING first: a drop there is its fate, and a rule
+    /// there that cannot be decided makes the answer unsure, never a plain accept.
+    #[test]
+    fn a_drop_in_prerouting_comes_before_the_hook() {
+        let rs = |raw: &str| {
+            let text = format!(
+                "*raw\n:PREROUTING ACCEPT [0:0]\n{raw}\nCOMMIT\n\
+                 *filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j REJECT\nCOMMIT\n"
+            );
+            ruleset::iptables_save::parse_ruleset(
+                &text,
+                ruleset::Backend::IptablesNft,
+                ruleset::Family::Ipv4,
+            )
+            .unwrap()
+        };
+        let arriving = |dport| {
+            let mut a = args(dport);
+            a.hook = Hook::Input;
+            a.iif = Some("eth0".into());
+            a.oif = None;
+            a.src = Some("198.51.100.7".parse().unwrap());
+            packet(&a).unwrap()
+        };
+        // Docker's "DROP DIRECT ACCESS" shape: raw PREROUTING drops what INPUT would take.
+        let direct = rs("-A PREROUTING -d 203.0.113.10/32 ! -i br0 -j DROP");
+        let (_, verdict, by) = explain(&direct, Hook::Input, &arriving(8080));
+        assert_eq!(verdict, "drop");
+        assert_eq!(by.unwrap().chain.as_deref(), Some("PREROUTING"));
+        // Nothing in PREROUTING for it: INPUT decides.
+        let (_, verdict, _) = explain(&rs(""), Hook::Input, &arriving(22));
+        assert_eq!(verdict, "reject");
+        // A rule there that cannot be decided: the fates differ, so unsure, with both said.
+        let limit = rs("-A PREROUTING -m limit --limit 1/s -j DROP");
+        let (engines, verdict, _) = explain(&limit, Hook::Input, &arriving(8080));
+        assert_eq!(verdict, "unsure");
+        assert!(
+            engines[0]
+                .possible
+                .iter()
+                .any(|p| p.contains("in PREROUTING")),
+            "{:?}",
+            engines[0].possible
+        );
     }
 
     /// What was not given is unknown, not absent: `! -o lo -j DROP` without --oif, an
