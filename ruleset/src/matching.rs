@@ -203,6 +203,12 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
             matcher,
         } => addr_type_truth(packet, ruleset, *direction, *types, *limit_iface, *matcher),
         Condition::Concat { elements } => concat_truth(elements, packet, ruleset),
+        Condition::ReversePath => match packet.reverse_path {
+            Some(by_input) => by_input.into(),
+            None => Truth::Unknown(
+                "the route back to the source (rp_filter) is looked up only by explain".to_string(),
+            ),
+        },
         Condition::Undecidable { reason } => Truth::Unknown(reason.clone()),
     }
 }

@@ -247,6 +247,10 @@ pub enum Condition {
     /// Service this way. Also any list of tests where one is enough: xt_conntrack's
     /// `--ctstate` mixing states with the SNAT/DNAT pseudo-states.
     Concat { elements: Vec<Vec<Match>> },
+    /// rp_filter's strict test, nft `fib saddr . iif oif` (with or without `. mark`): the
+    /// route back to the packet's source leaves by the interface it came in on. Negated,
+    /// `fib saddr . iif oif missing`, firewalld's IPv6 reverse-path drop.
+    ReversePath,
     /// A test this crate cannot decide from the packet alone (rate limits,
     /// unknown modules, names that need a lookup, ...).
     Undecidable { reason: String },

@@ -40,6 +40,9 @@ pub struct Packet {
     /// ruleset alone tells (see [`crate::nat`]): for a new connection `explain` describes,
     /// that no nat rule translates it ([`crate::eval::nat_binding`]).
     pub ct_status_clear: u32,
+    /// Whether the route back to `src` leaves by `iif` ([`crate::Condition::ReversePath`]),
+    /// as `explain` looked it up in the namespace; `None`: not known.
+    pub reverse_path: Option<bool>,
     /// Length of the IP packet (header included).
     pub len: u32,
     /// Fields whose `None` means "not known" rather than "absent".
@@ -74,6 +77,7 @@ impl Packet {
             gid: None,
             ct_state: None,
             ct_status_clear: 0,
+            reverse_path: None,
             len: 0,
             unknown: Unknown::ALL,
         }

@@ -559,3 +559,48 @@ fn odd_expressions_become_undecidable_not_errors() {
     };
     assert!(reason.contains("frobnicate"), "{reason}");
 }
+
+/// firewalld's IPv6 reverse-path drop, `fib saddr . iif oif missing`, decided from the
+/// route back to the source when the caller looked it up (explain), left undecided when not.
+#[test]
+fn reverse_path_drops_are_decided_from_the_route_back() {
+    let json = r#"{"nftables": [{"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "raw", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -290, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "raw", "handle": 2, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}}, {"drop": null}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "raw", "handle": 3, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "mark", "iif"]}}, "right": false}}, {"drop": null}]}}]}"#;
+    let rules = ruleset(ruleset::nft_json::parse(json).unwrap());
+    for rule in &rules.tables[0].chains[0].rules {
+        assert_eq!(
+            rule.matches[0],
+            ruleset::Match {
+                negated: true,
+                condition: Condition::ReversePath
+            }
+        );
+    }
+    let mut packet = tcp("2001:db8:1::2", "2001:db8:2::10", 22);
+    packet.iif = Some("eth0".into());
+    let pre = |packet: &ruleset::Packet| {
+        evaluate(
+            &rules,
+            Engine::NfTables.backends(),
+            Hook::Prerouting,
+            packet,
+        )
+    };
+    packet.reverse_path = Some(true);
+    assert_eq!(pre(&packet).verdict, Verdict::Accept);
+    packet.reverse_path = Some(false);
+    assert_eq!(pre(&packet).verdict, Verdict::Drop);
+    packet.reverse_path = None;
+    let evaluation = pre(&packet);
+    assert_eq!(evaluation.verdict, Verdict::Accept);
+    assert!(!evaluation.alternatives.is_empty(), "{evaluation:#?}");
+    assert!(
+        evaluation
+            .alternatives
+            .iter()
+            .all(|a| a.verdict == Verdict::Drop),
+        "{evaluation:#?}"
+    );
+}

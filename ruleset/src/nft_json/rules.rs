@@ -36,6 +36,8 @@ pub(super) enum Left {
         direction: Direction,
         limit_iface: Option<Direction>,
     },
+    /// `fib saddr [. mark] . iif oif`: the reverse-path lookup.
+    ReversePath,
 }
 
 impl Context<'_> {
@@ -157,6 +159,21 @@ impl Context<'_> {
         let negated = op == "!=";
         let (elements, is_set) = self.right_elements(right)?;
         let condition = match left {
+            Left::ReversePath => {
+                // `missing` (false) or 0: no route back by the input interface.
+                let missing = match elements.as_slice() {
+                    [Value::Bool(found)] => !found,
+                    [zero] if zero.as_str() == Some("0") || zero.as_u64() == Some(0) => true,
+                    _ => return Err("fib oif compared with an interface is not evaluated".into()),
+                };
+                if !matches!(op, "==" | "!=") {
+                    return Err(format!("operator {op} on fib oif is not evaluated"));
+                }
+                return Ok(Match::negated_if(
+                    missing != negated,
+                    Condition::ReversePath,
+                ));
+            }
             Left::Address { direction, family } => {
                 if !matches!(op, "==" | "!=" | "in") {
                     return Err(format!("operator {op} on addresses is not evaluated"));

@@ -50,16 +50,26 @@ pub(super) fn parse_left(left: &Value) -> std::result::Result<(Left, Option<u32>
         }
         "fib" => {
             let result = body.get("result").and_then(Value::as_str).unwrap_or("");
-            if result != "type" {
-                return Err(format!(
-                    "fib {result} needs a route lookup droptrace does not make"
-                ));
-            }
             let flags: Vec<&str> = match body.get("flags") {
                 Some(Value::Array(flags)) => flags.iter().filter_map(Value::as_str).collect(),
                 Some(Value::String(flag)) => vec![flag.as_str()],
                 _ => Vec::new(),
             };
+            let mut lookup = flags.clone();
+            lookup.sort_unstable();
+            if result == "oif"
+                && matches!(
+                    lookup.as_slice(),
+                    ["iif", "saddr"] | ["iif", "mark", "saddr"]
+                )
+            {
+                return Ok((Left::ReversePath, None));
+            }
+            if result != "type" {
+                return Err(format!(
+                    "fib {result} needs a route lookup droptrace does not make"
+                ));
+            }
             let direction = if flags.contains(&"saddr") {
                 Direction::Source
             } else if flags.contains(&"daddr") {

@@ -40,6 +40,8 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         // The NAT a connection went through is not read: only what the ruleset can do to
         // it decides `ct status` (ruleset::nat).
         ct_status_clear: 0,
+        // Not looked up for captured drops: an rp_filter rule is left to the counters.
+        reverse_path: None,
         len: r.len,
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).

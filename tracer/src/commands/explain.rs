@@ -283,6 +283,20 @@ fn follow_nat(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> O
     }
 }
 
+/// For a packet that arrives: whether the route back to its source leaves by the
+/// interface it came in on (rp_filter's strict test, nft's `fib saddr . iif oif`), from the
+/// namespace's routes. Only a route back by that interface is taken as an answer: `ip route
+/// get` names one path of a multipath route, and the kernel scopes its lookup for a
+/// link-local source, so any other route leaves the test undecided.
+fn reverse_path(pkt: &ruleset::Packet, hook: Hook, netns: Option<&Path>) -> Option<bool> {
+    if !matches!(hook, Hook::Prerouting | Hook::Input | Hook::Forward) {
+        return None;
+    }
+    let iif = pkt.iif.as_deref()?;
+    let back = crate::enrich::routes::lookup(netns, pkt.src, pkt.mark)?;
+    (back.dev.as_deref() == Some(iif)).then_some(true)
+}
+
 fn outcome_of(v: &ruleset::eval::Verdict) -> &'static str {
     match v {
         ruleset::eval::Verdict::Accept => "accept",
@@ -424,6 +438,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let snap = read_snapshot(netns.as_deref())?;
     let mut assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
     assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
+    pkt.reverse_path = reverse_path(&pkt, args.hook, netns.as_deref());
     let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
     let report = Explanation {
         kind: "explain",
