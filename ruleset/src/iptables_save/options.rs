@@ -22,6 +22,7 @@ pub(super) const EVALUATED_MODULES: &[&str] = &[
     "length",
     "iprange",
     "addrtype",
+    "rpfilter",
 ];
 
 /// Whether `module` (one of [`EVALUATED_MODULES`]) takes `option`.
@@ -55,6 +56,7 @@ pub(super) fn module_takes(module: &str, option: &str) -> bool {
         ]
         .contains(&option),
         "mark" => option == "--mark",
+        "rpfilter" => ["--loose", "--validmark", "--accept-local", "--invert"].contains(&option),
         "icmp" => option == "--icmp-type",
         "icmp6" => option == "--icmpv6-type",
         "comment" => option == "--comment",
@@ -302,6 +304,10 @@ impl<'a> RuleBuilder<'a> {
                     let module = self.value(&option)?;
                     if !EVALUATED_MODULES.contains(&module.as_str()) {
                         self.undecidable(undecidable_module_reason(&module));
+                    }
+                    if module == "rpfilter" {
+                        // The test itself has no option; its options refine it (below).
+                        self.push(false, Condition::ReversePath);
                     }
                     self.modules.push(module);
                 }
@@ -657,6 +663,27 @@ impl<'a> RuleBuilder<'a> {
                         },
                     ),
                     Err(e) => self.undecidable(format!("-m addrtype {option} {value}: {e}")),
+                }
+            }
+            // xt_rpfilter (net/ipv4/netfilter/ipt_rpfilter.c): `--invert` flips the test,
+            // `--validmark` looks the route up with the packet's mark, as explain does;
+            // `--loose` (any route back) and `--accept-local` are not the strict test.
+            ("rpfilter", "--invert" | "--validmark" | "--loose" | "--accept-local") => {
+                let Some(at) = self
+                    .matches
+                    .iter()
+                    .rposition(|m| m.condition == Condition::ReversePath)
+                else {
+                    return Ok(());
+                };
+                match option {
+                    "--invert" => self.matches[at].negated = !self.matches[at].negated,
+                    "--validmark" => {}
+                    _ => {
+                        self.matches[at] = Match::undecidable(format!(
+                            "-m rpfilter {option}: only the strict reverse-path test is evaluated"
+                        ))
+                    }
                 }
             }
             ("addrtype", "--limit-iface-in" | "--limit-iface-out") => {

@@ -598,3 +598,25 @@ fn hostile_input_never_panics() {
         let _ = parse(text, Backend::IptablesNft, Family::Ipv4);
     }
 }
+
+/// firewalld's iptables backend drops IPv6 packets that fail the reverse-path test:
+/// `-m rpfilter --invert --validmark -j DROP` in mangle PREROUTING.
+#[test]
+fn rpfilter_is_the_reverse_path_test() {
+    let rule = only_rule("-A OUTPUT -m rpfilter --invert --validmark -j DROP");
+    assert_eq!(
+        rule.matches,
+        [Match {
+            negated: true,
+            condition: Condition::ReversePath
+        }]
+    );
+    let rule = only_rule("-A OUTPUT -m rpfilter -j ACCEPT");
+    assert_eq!(rule.matches[0].condition, Condition::ReversePath);
+    assert!(!rule.matches[0].negated);
+    let rule = only_rule("-A OUTPUT -m rpfilter --loose --invert -j DROP");
+    assert!(matches!(
+        &rule.matches[0].condition,
+        Condition::Undecidable { reason } if reason.contains("--loose")
+    ));
+}
