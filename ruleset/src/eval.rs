@@ -197,20 +197,9 @@ fn walk_once(
 ) -> Run {
     // NAT chains see only a connection's first packet.
     let nat_runs = matches!(packet.ct_state, None | Some(CtState::New));
-    let mut base_chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
-        .tables
-        .iter()
-        .filter(|table| backends.contains(&table.backend) && table.family.sees(family))
-        .flat_map(|table| {
-            table.chains.iter().filter_map(move |chain| {
-                let base = chain.base?;
-                let runs = base.hook == hook && (base.kind != ChainKind::Nat || nat_runs);
-                runs.then_some((table, chain, base))
-            })
-        })
-        .collect();
-    // Stable: equal priorities keep the order the tables were listed in.
-    base_chains.sort_by_key(|(_, _, base)| base.priority);
+    let base_chains = base_chains(ruleset, backends, family, hook, |base| {
+        base.kind != ChainKind::Nat || nat_runs
+    });
 
     let mut walk = Walk {
         ruleset,
@@ -252,6 +241,32 @@ fn walk_once(
     }
 }
 
+/// The base chains on `hook` of the tables in `backends` that see `family` and that
+/// `runs` keeps, in the order the kernel runs them: by priority, equal priorities in the
+/// order the tables were listed (a stable sort).
+fn base_chains<'a>(
+    ruleset: &'a Ruleset,
+    backends: &[Backend],
+    family: Family,
+    hook: Hook,
+    runs: impl Fn(&BaseChain) -> bool,
+) -> Vec<(&'a Table, &'a Chain, BaseChain)> {
+    let runs = &runs;
+    let mut chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
+        .tables
+        .iter()
+        .filter(|table| backends.contains(&table.backend) && table.family.sees(family))
+        .flat_map(|table| {
+            table.chains.iter().filter_map(move |chain| {
+                let base = chain.base?;
+                (base.hook == hook && runs(&base)).then_some((table, chain, base))
+            })
+        })
+        .collect();
+    chains.sort_by_key(|(_, _, base)| base.priority);
+    chains
+}
+
 /// What the nat chains on `hook` do to the first packet of a new connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NatBinding {
@@ -274,18 +289,9 @@ pub fn nat_binding(
     hook: Hook,
     packet: &Packet,
 ) -> NatBinding {
-    let mut chains: Vec<(&Table, &Chain, BaseChain)> = ruleset
-        .tables
-        .iter()
-        .filter(|table| backends.contains(&table.backend) && table.family.sees(family))
-        .flat_map(|table| {
-            table.chains.iter().filter_map(move |chain| {
-                let base = chain.base?;
-                (base.hook == hook && base.kind == ChainKind::Nat).then_some((table, chain, base))
-            })
-        })
-        .collect();
-    chains.sort_by_key(|(_, _, base)| base.priority);
+    let chains = base_chains(ruleset, backends, family, hook, |base| {
+        base.kind == ChainKind::Nat
+    });
     let mut walk = Walk {
         ruleset,
         packet: Cow::Borrowed(packet),

@@ -569,9 +569,8 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
 
 // fail2ban's ipset action, IPv4 and IPv6.
 
-#[test]
-fn fail2ban_ipset_bans_are_named_by_family() {
-    let t = Topology::new().unwrap();
+/// fail2ban's sshd jail on the gateway, with the client's addresses banned.
+fn ban_the_client(t: &Topology) {
     let script = corpus("fail2ban-sshd.sh")
         .replace("{BANNED4}", CLIENT_V4)
         .replace("{BANNED6}", CLIENT_V6);
@@ -584,6 +583,12 @@ fn fail2ban_ipset_bans_are_named_by_family() {
             .exec(&args)
             .unwrap_or_else(|e| panic!("{line}: {e}"));
     }
+}
+
+#[test]
+fn fail2ban_ipset_bans_are_named_by_family() {
+    let t = Topology::new().unwrap();
+    ban_the_client(&t);
     t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
     t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
     let (lines, places) = check(&t.gateway, "nft", || {
@@ -738,6 +743,24 @@ fn traced_rule(trace: &str) -> (String, String) {
     drops.into_keys().next().unwrap()
 }
 
+/// `firewall-cmd --add-forward-port=port=11:proto=tcp:toport=22`, in firewalld's words
+/// (src/tests/cli/firewall-cmd.at): firewalld puts it in nat_PRE_public_allow, reached
+/// through the dispatch chain.
+fn forward_port_11(ns: &Netns) {
+    sh(&[
+        "nsenter",
+        &format!("--net={}", ns.path().display()),
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "firewalld",
+        "nat_PREROUTING_dispatch",
+        "meta nfproto ipv4 tcp dport 11 redirect to :22",
+    ])
+    .unwrap();
+}
+
 #[test]
 fn firewalld_ct_status_dnat_is_decided_by_the_nat_rules_there_are() {
     let t = Topology::new().unwrap();
@@ -759,23 +782,10 @@ fn firewalld_ct_status_dnat_is_decided_by_the_nat_rules_there_are() {
     assert_eq!(fate(&t.client, t.gateway_addr(22)), "accept");
     let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 22);
     assert_eq!(code, 0, "{report:#}");
-    // `firewall-cmd --add-forward-port=port=11:proto=tcp:toport=22`, in firewalld's words
-    // (src/tests/cli/firewall-cmd.at); firewalld puts it in nat_PRE_public_allow, reached
-    // through the dispatch chain. The kernel accepts port 11 by `ct status dnat`; explain,
+    // A forwarded port: the kernel accepts port 11 by `ct status dnat`; explain,
     // which does not follow the translation, says it cannot tell rather than naming the
     // reject. Port 8080 is still not translated: explain still names the reject.
-    sh(&[
-        "nsenter",
-        &format!("--net={}", t.gateway.path().display()),
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "firewalld",
-        "nat_PREROUTING_dispatch",
-        "meta nfproto ipv4 tcp dport 11 redirect to :22",
-    ])
-    .unwrap();
+    forward_port_11(&t.gateway);
     assert_eq!(fate(&t.client, t.gateway_addr(11)), "accept");
     let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 11);
     assert_eq!(code, 3, "{report:#}");
@@ -937,33 +947,12 @@ fn explain_agrees_with_the_kernel_on_every_question_it_answers() {
         listening(&t, true);
         tally(name, ask_both(&t, &PORTS, true));
         if file == "firewalld-2.nft" {
-            // A forwarded port, in firewalld's words (see the test above).
-            sh(&[
-                "nsenter",
-                &format!("--net={}", t.gateway.path().display()),
-                "nft",
-                "add",
-                "rule",
-                "inet",
-                "firewalld",
-                "nat_PREROUTING_dispatch",
-                "meta nfproto ipv4 tcp dport 11 redirect to :22",
-            ])
-            .unwrap();
+            forward_port_11(&t.gateway);
             tally("firewalld 2, port 11 forwarded", ask_both(&t, &PORTS, true));
         }
     }
     let t = Topology::new().unwrap();
-    let script = corpus("fail2ban-sshd.sh")
-        .replace("{BANNED4}", CLIENT_V4)
-        .replace("{BANNED6}", CLIENT_V6);
-    for line in script
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let args: Vec<&str> = line.split_whitespace().collect();
-        t.gateway.exec(&args).unwrap();
-    }
+    ban_the_client(&t);
     listening(&t, true);
     tally("fail2ban, client banned", ask_both(&t, &PORTS, true));
     let t = Topology::new().unwrap();

@@ -290,11 +290,7 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     if a.verdict.as_deref() != Some("policy") || a.owner.is_some() {
         return;
     }
-    let Some(table) = rs.tables.iter().find(|t| {
-        Some(t.name.as_str()) == a.table.as_deref()
-            && Some(t.family.to_string()) == a.table_family
-            && Some(t.backend.as_str()) == a.backend.as_deref()
-    }) else {
+    let Some(table) = table_of(a, rs) else {
         return;
     };
     let managed_by = |tool: &str| {
@@ -315,11 +311,20 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     }
 }
 
+/// The table an attribution names, in the ruleset read.
+fn table_of<'a>(a: &super::Attribution, rs: &'a ruleset::Ruleset) -> Option<&'a ruleset::Table> {
+    rs.tables.iter().find(|t| {
+        Some(t.name.as_str()) == a.table.as_deref()
+            && Some(t.family.to_string()) == a.table_family
+            && Some(t.backend.as_str()) == a.backend.as_deref()
+    })
+}
+
 /// A rule in ufw's user chains, named by ufw's own number and words (`rule 2: 8081/tcp
 /// REJECT IN Anywhere`, as `ufw status numbered` shows it), when ufw's rules files say
 /// which it is (see [`crate::enrich::ufw`]).
 pub fn ufw_number(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
-    let (Some(owner), Some(chain), Some(position)) = (a.owner.as_mut(), &a.chain, a.rule_num)
+    let (Some(owner), Some(chain), Some(position)) = (&a.owner, a.chain.as_deref(), a.rule_num)
     else {
         return;
     };
@@ -329,22 +334,19 @@ pub fn ufw_number(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     {
         return;
     }
-    let Some(table) = rs.tables.iter().find(|t| {
-        Some(t.name.as_str()) == a.table.as_deref()
-            && Some(t.family.to_string()) == a.table_family
-            && Some(t.backend.as_str()) == a.backend.as_deref()
-    }) else {
-        return;
-    };
-    let Some(kernel) = table.chain(chain) else {
+    let Some(kernel) = table_of(a, rs).and_then(|t| t.chain(chain)) else {
         return;
     };
     let kernel: Vec<&str> = kernel.rules.iter().map(|r| r.text.as_str()).collect();
     let Some(rules) = crate::enrich::ufw::current() else {
         return;
     };
-    if let Some((number, status)) = rules.numbered(chain, &kernel, position) {
-        owner.object = Some(format!("rule {number}: {status}"));
+    let Some((number, status)) = rules.numbered(chain, &kernel, position) else {
+        return;
+    };
+    let object = format!("rule {number}: {status}");
+    if let Some(owner) = a.owner.as_mut() {
+        owner.object = Some(object);
     }
 }
 
