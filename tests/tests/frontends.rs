@@ -262,7 +262,11 @@ fn gateway_if(t: &Topology) -> String {
 
 /// Loads a corpus file with `tool` (an iptables-restore) inside `ns`.
 fn restore(ns: &Netns, tool: &str, file: &str) {
-    let rules = corpus(file);
+    restore_text(ns, tool, corpus(file));
+}
+
+/// Loads `rules` with `tool` (an iptables-restore) inside `ns`.
+fn restore_text(ns: &Netns, tool: &str, rules: String) {
     let tool = tool.to_string();
     ns.run(move || {
         use std::io::Write as _;
@@ -1064,5 +1068,93 @@ fn kube_proxy_nftables_mode_is_followed_through_its_maps() {
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
         assert_eq!(report["outcome"], outcome, "{report:#}");
         assert!(report.to_string().contains(chain), "{report:#}");
+    }
+}
+
+// Look-alikes: hand-written rules named like a front-end's are nobody's.
+
+/// Chains and tables an administrator wrote, each named or commented like a front-end's
+/// but not as any front-end names its own: each drops one UDP port in OUTPUT.
+const LOOK_ALIKE_IPTABLES: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER-BLOCK - [0:0]
+:KUBE-LOCAL-DROP - [0:0]
+:cilium-deny - [0:0]
+:LOCAL_ZONES - [0:0]
+:audit_direct - [0:0]
+-A OUTPUT -p udp --dport 7001 -j DOCKER-BLOCK
+-A OUTPUT -p udp --dport 7002 -j KUBE-LOCAL-DROP
+-A OUTPUT -p udp --dport 7003 -j cilium-deny
+-A OUTPUT -p udp --dport 7004 -j LOCAL_ZONES
+-A OUTPUT -p udp --dport 7005 -j audit_direct
+-A DOCKER-BLOCK -j DROP
+-A KUBE-LOCAL-DROP -m comment --comment \"shop/payments:https has no endpoints\" -j REJECT
+-A cilium-deny -m comment --comment \"cilium: deny\" -j DROP
+-A LOCAL_ZONES -j DROP
+-A audit_direct -j DROP
+COMMIT
+";
+
+const LOOK_ALIKE_NFT: &str = "table inet docker {
+\tchain filter-forward-in__br0 {
+\t\ttype filter hook output priority 0; policy accept;
+\t\tudp dport 7101 counter drop
+\t}
+}
+table inet firewall {
+\tchain filter_IN_public_deny {
+\t\ttype filter hook output priority 0; policy accept;
+\t\tudp dport 7102 counter reject
+\t}
+}
+table inet fw4-lab {
+\tchain input_lan {
+\t\ttype filter hook output priority 0; policy accept;
+\t\tudp dport 7103 counter drop
+\t}
+}
+";
+
+#[test]
+fn rules_only_named_like_a_front_ends_have_no_owner() {
+    let ns = Netns::new("lookalike").unwrap();
+    let send = |ports: std::ops::RangeInclusive<u16>| {
+        for port in ports {
+            let to = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+            assert_eq!(ns.udp_send(to, 2).unwrap(), 0);
+        }
+    };
+    // iptables: every chain dropped, as its counters say (check), and no line names an owner.
+    restore_text(&ns, "iptables-nft-restore", LOOK_ALIKE_IPTABLES.to_string());
+    let (lines, places) = check(&ns, "nft", || send(7001..=7005));
+    assert_eq!(places.len(), 5, "{places:?}");
+    assert_eq!(owners(&lines), owned(&[("none", "")]));
+    // nft: the tables' drops named exactly, by their counters, and nobody's either.
+    let nft = private_file(&ns, "lookalike.nft");
+    std::fs::write(&nft, LOOK_ALIKE_NFT).unwrap();
+    nft_load(&ns, &nft.display().to_string());
+    std::fs::remove_file(&nft).unwrap();
+    let nft_places = [
+        ("inet docker", "filter-forward-in__br0", "udp dport 7101"),
+        ("inet firewall", "filter_IN_public_deny", "udp dport 7102"),
+        ("inet fw4-lab", "input_lan", "udp dport 7103"),
+    ];
+    let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+    send(7101..=7103);
+    thread::sleep(SHORT);
+    let lines = w.stop().unwrap();
+    assert_eq!(owners(&lines), owned(&[("none", "")]));
+    for (table, chain, rule) in nft_places {
+        let counted = nft_counter(&ns, table, chain, rule);
+        let table_name = table.split_once(' ').unwrap().1;
+        let named: u64 = drops(&lines)
+            .iter()
+            .filter(|d| d["table"] == table_name && d["chain"] == chain)
+            .inspect(|d| assert_eq!(d["attribution"], "exact", "{d}"))
+            .map(|d| d["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!((named, counted), (2, 2), "{table} {chain}: {lines:#?}");
     }
 }

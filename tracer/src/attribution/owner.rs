@@ -91,7 +91,6 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             reason: None,
         })
     };
-    let upper = chain.to_ascii_uppercase();
     if chain.starts_with("ufw-") || chain.starts_with("ufw6-") {
         return tool("ufw");
     }
@@ -159,8 +158,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             reason,
         });
     }
-    // DOCKER-USER is where Docker leaves room for the administrator's own rules.
-    if upper.starts_with("DOCKER") && upper != "DOCKER-USER" {
+    if DOCKER_CHAINS.contains(&chain) {
         return Some(Owner {
             tool: "docker",
             object: network_bridge(rule).map(|b| format!("bridge {b}")),
@@ -171,11 +169,27 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     if chain.starts_with("cali-") || matches!(table, "calico" | "calico-arp") {
         return tool("calico");
     }
-    if upper.starts_with("CILIUM") {
+    if chain.starts_with("CILIUM_") {
         return tool("cilium");
     }
     nft_table_owner(table, chain, rule).or_else(|| iptables_chain_owner(chain, rule))
 }
+
+/// Docker's iptables chains (moby daemon/libnetwork/drivers/bridge/internal/iptabler,
+/// swarm's DOCKER-INGRESS, DOCKER-ISOLATION before 17.06). DOCKER-USER is not among them:
+/// it is where Docker leaves room for the administrator's own rules. A chain merely
+/// named like these (`DOCKER-BLOCK`) is not Docker's.
+const DOCKER_CHAINS: &[&str] = &[
+    "DOCKER",
+    "DOCKER-FORWARD",
+    "DOCKER-BRIDGE",
+    "DOCKER-CT",
+    "DOCKER-INTERNAL",
+    "DOCKER-ISOLATION-STAGE-1",
+    "DOCKER-ISOLATION-STAGE-2",
+    "DOCKER-ISOLATION",
+    "DOCKER-INGRESS",
+];
 
 /// Front-ends that keep their rules in nftables tables of their own, by the table names
 /// their sources give, with the object a chain's name carries.
@@ -491,8 +505,22 @@ fn network_bridge(rule: &str) -> Option<&str> {
 /// `INPUT_ZONES`, and per zone `IN_public`, `IN_public_allow`, `FWDI_trusted`, ... (zone
 /// names are lowercase, which keeps a hand-made `IN_SSH` out).
 fn is_firewalld_iptables_chain(chain: &str) -> bool {
-    if chain.ends_with("_direct") || chain.ends_with("_ZONES") {
+    // ipXtables.py: `<builtin>_direct`, `INPUT_ZONES`, `FORWARD_IN_ZONES`, ... and the
+    // `_SOURCE` dispatch chains of firewalld before 0.7.
+    let builtin = ["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"];
+    if chain
+        .strip_suffix("_direct")
+        .is_some_and(|b| builtin.contains(&b))
+    {
         return true;
+    }
+    let dispatch = chain.strip_suffix("_SOURCE").unwrap_or(chain);
+    if let Some(hook) = dispatch.strip_suffix("_ZONES") {
+        let hook = hook
+            .strip_suffix("_IN")
+            .or_else(|| hook.strip_suffix("_OUT"))
+            .unwrap_or(hook);
+        return builtin.contains(&hook);
     }
     ["IN_", "FWDI_", "FWDO_", "PRE_", "POST_"].iter().any(|p| {
         chain
@@ -589,6 +617,42 @@ mod tests {
         assert_eq!(tool("filter", "CILIUM_INPUT", ""), Some("cilium"));
         assert_eq!(tool("filter", "OUTPUT", "-A OUTPUT -p tcp -j DROP"), None);
         assert_eq!(tool("filter", "INPUT", ""), None);
+    }
+
+    /// Names an administrator could give their own chains and tables, close to a
+    /// front-end's but not as the front-end writes them (see the real-drop test in
+    /// tests/tests/frontends.rs): a wrong owner sends the engineer to the wrong team.
+    #[test]
+    fn chains_only_named_like_a_front_ends_have_no_owner() {
+        for (table, chain, rule) in [
+            ("filter", "DOCKER-BLOCK", "-j DROP"),
+            ("filter", "docker", "-j DROP"),
+            (
+                "filter",
+                "KUBE-LOCAL-DROP",
+                "-m comment --comment \"shop/pay:https has no endpoints\"",
+            ),
+            (
+                "filter",
+                "cilium-deny",
+                "-m comment --comment \"cilium: deny\" -j DROP",
+            ),
+            ("filter", "CILIUMISH", ""),
+            ("filter", "LOCAL_ZONES", ""),
+            ("filter", "audit_direct", ""),
+            ("filter", "ufwish-input", ""),
+            ("docker", "filter-forward-in__br0", "drop"),
+            ("firewall", "filter_IN_public_deny", "reject"),
+            ("fw4-lab", "input_lan", "drop"),
+        ] {
+            assert_eq!(owner_of(table, chain, rule), None, "{table} {chain}");
+        }
+        // What the front-ends do write.
+        assert_eq!(tool("filter", "DOCKER-FORWARD", ""), Some("docker"));
+        assert_eq!(tool("filter", "FORWARD_IN_ZONES", ""), Some("firewalld"));
+        assert_eq!(tool("filter", "INPUT_ZONES_SOURCE", ""), Some("firewalld"));
+        assert_eq!(tool("mangle", "PREROUTING_direct", ""), Some("firewalld"));
+        assert_eq!(tool("nat", "CILIUM_POST_nat", ""), Some("cilium"));
     }
 
     #[test]
