@@ -71,6 +71,8 @@ const MAX_PORTS: usize = 1000;
 const REPORT_EVERY: Duration = Duration::from_secs(600);
 /// RSS may exceed the warm-up's peak by this much (allocator noise), no more.
 const RSS_SLACK_MB: f64 = 8.0;
+/// The ceiling the fleet docs promise and the DaemonSet requests (deploy/kubernetes).
+const RSS_CEILING_MB: f64 = 128.0;
 
 /// How hard the churn is.
 struct Churn {
@@ -100,11 +102,42 @@ impl Churn {
     }
 
     /// Churn before the first figures: long enough for every cap and TTL to have been
-    /// reached once (and, with scans, for the first scan to be behind).
+    /// reached once and, with scans, for three scans to be behind. A scan's peak depends
+    /// on what else serve holds at that moment (namespaces alive, series at their caps), so
+    /// one scan is not the peak to hold the rest of the soak to.
     fn warm_up(&self, duration: Duration) -> Duration {
         let base = Duration::from_secs(120);
-        let after_scan = self.scan_every.map_or(base, |_| Duration::from_secs(420));
-        after_scan.min(duration / 3)
+        let after_scans = self.scan_every.map_or(base, |every| {
+            every / 2 + every * 2 + Duration::from_secs(120)
+        });
+        after_scans.min(duration / 3)
+    }
+}
+
+/// RSS between two report lines: its low is the level serve settles at between scans,
+/// its high a scan's peak.
+#[derive(Clone, Copy)]
+struct Window {
+    low: f64,
+    high: f64,
+    samples: u32,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            low: f64::INFINITY,
+            high: 0.0,
+            samples: 0,
+        }
+    }
+}
+
+impl Window {
+    fn add(&mut self, rss_mb: f64) {
+        self.low = self.low.min(rss_mb);
+        self.high = self.high.max(rss_mb);
+        self.samples += 1;
     }
 }
 
@@ -136,7 +169,7 @@ impl Snapshot {
         })
     }
 
-    fn line(&self, label: &str, since: &Snapshot, peak_mb: f64) -> String {
+    fn line(&self, label: &str, since: &Snapshot, window: &Window) -> String {
         let secs = self.at.duration_since(since.at).as_secs_f64();
         let cpu = if secs > 0.0 {
             100.0 * (self.cpu_s - since.cpu_s) / secs
@@ -144,9 +177,11 @@ impl Snapshot {
             0.0
         };
         format!(
-            "{label}: RSS {:.1} MB (peak {peak_mb:.1}), CPU {cpu:.1}%, {} samples ({} rule, \
+            "{label}: RSS {:.1} MB ({:.1}-{:.1} since the last line), CPU {cpu:.1}%, {} samples ({} rule, \
              {} destination, {} port series), scrape {} ms",
             self.rss_mb,
+            window.low,
+            window.high,
             self.series,
             self.drops_series,
             self.destination_series,
@@ -209,6 +244,8 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     let mut first: Option<Snapshot> = None;
     let mut warm_peak: f64 = 0.0;
     let mut peak: f64 = 0.0;
+    let mut window = Window::default();
+    let mut windows: Vec<Window> = Vec::new();
     while started.elapsed() < args.duration {
         let tick = Instant::now();
         if tick >= next_ns {
@@ -260,6 +297,7 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         let sent_theirs = tick.elapsed();
         let (rss, _) = crate::procstat::usage(serve.child.id())?;
         peak = peak.max(rss);
+        window.add(rss);
         if started.elapsed() < warm_up {
             warm_peak = warm_peak.max(rss);
         }
@@ -268,9 +306,13 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
             let now = Snapshot::of(&serve)?;
             let minutes = started.elapsed().as_secs_f64() / 60.0;
             match &first {
-                None => say(&now.line(&format!("{minutes:.0} min (start)"), &now, peak)),
-                Some(f) => say(&now.line(&format!("{minutes:.0} min"), f, peak)),
+                None => say(&now.line(&format!("{minutes:.0} min (start)"), &now, &window)),
+                Some(f) => {
+                    say(&now.line(&format!("{minutes:.0} min"), f, &window));
+                    windows.push(window);
+                }
             }
+            window = Window::default();
             now.within_caps().map_err(anyhow::Error::msg)?;
             first.get_or_insert(now);
         }
@@ -292,7 +334,10 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     let first = first.context("the soak is shorter than its warm-up")?;
     let last = Snapshot::of(&serve)?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    say(&last.line(&format!("{minutes:.0} min (end)"), &first, peak));
+    say(&last.line(&format!("{minutes:.0} min (end)"), &first, &window));
+    if window.samples > 0 {
+        windows.push(window);
+    }
     say(&format!(
         "{made} namespaces, {rules} rule changes, {scans} port scans, {sent} datagrams sent \
          (all dropped)"
@@ -309,11 +354,27 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     println!("bench: soak_series_start={}", first.series);
     println!("bench: soak_series_end={}", last.series);
     println!("bench: soak_scrape_ms_end={}", last.scrape.as_millis());
+    let (settled_first, settled_last) = (
+        windows.first().map_or(0.0, |w| w.low),
+        windows.last().map_or(0.0, |w| w.low),
+    );
+    println!("bench: soak_rss_settled_first_window_mb={settled_first:.1}");
+    println!("bench: soak_rss_settled_last_window_mb={settled_last:.1}");
     last.within_caps().map_err(anyhow::Error::msg)?;
     if peak > warm_peak + RSS_SLACK_MB {
         bail!(
             "RSS grew after the warm-up: peak {peak:.1} MB, {warm_peak:.1} MB during the warm-up"
         );
+    }
+    // The level RSS settles at between scans: growth there is memory kept, not a scan's.
+    if settled_last > settled_first + RSS_SLACK_MB {
+        bail!(
+            "RSS grew after the warm-up: it settled at {settled_first:.1} MB in the first \
+             10 minutes after it and at {settled_last:.1} MB in the last"
+        );
+    }
+    if peak > RSS_CEILING_MB {
+        bail!("RSS peaked at {peak:.1} MB, past the {RSS_CEILING_MB} MB the fleet docs promise");
     }
     drop(spaces);
     serve.stop()
