@@ -605,8 +605,15 @@ fn fail2ban_ipset_bans_are_named_by_family() {
 
 // firewalld (nftables backend): no counters, so the kernel's own trace is the oracle.
 
-/// Every packet the kernel's trace saw dropped or rejected: (chain, rule text) -> packets.
+/// Every packet the kernel's trace saw dropped or rejected in firewalld's table: (chain,
+/// rule text) -> packets.
 fn traced_drops(trace: &str) -> BTreeMap<(String, String), u64> {
+    traced_drops_in(trace, "inet firewalld")
+}
+
+/// [`traced_drops`] in `table` ("inet netavark").
+fn traced_drops_in(trace: &str, table: &str) -> BTreeMap<(String, String), u64> {
+    let (family, name) = table.split_once(' ').unwrap();
     let mut out = BTreeMap::new();
     for line in trace.lines() {
         // trace id 57086619 inet firewalld filter_INPUT rule reject with ... (verdict drop)
@@ -614,7 +621,8 @@ fn traced_drops(trace: &str) -> BTreeMap<(String, String), u64> {
             continue;
         };
         let words: Vec<&str> = rest.splitn(7, ' ').collect();
-        if let ["trace", "id", _, "inet", "firewalld", chain, rule] = words.as_slice()
+        if let ["trace", "id", _, f, t, chain, rule] = words.as_slice()
+            && (*f, *t) == (family, name)
             && let Some(rule) = rule.strip_prefix("rule ")
         {
             *out.entry((chain.to_string(), rule.to_string()))
@@ -1157,4 +1165,83 @@ fn rules_only_named_like_a_front_ends_have_no_owner() {
             .sum();
         assert_eq!((named, counted), (2, 2), "{table} {chain}: {lines:#?}");
     }
+}
+
+// podman's netavark (nftables driver): no counters, so the kernel's trace is the oracle.
+
+#[test]
+fn netavark_isolation_drops_name_the_network_kept_out() {
+    let ctr = Netns::new("podctr").unwrap();
+    let host = Netns::new("podhost").unwrap();
+    sh(&[
+        "ip", "link", "add", "eth0", "netns", &ctr.name, "type", "veth", "peer", "podman1",
+        "netns", &host.name,
+    ])
+    .unwrap();
+    for (ns, commands) in [
+        (
+            &host,
+            &[
+                "ip addr add 10.89.0.1/24 dev podman1",
+                "ip link set podman1 up",
+                // The other network's bridge, with no container on it yet.
+                "ip link add podman2 type bridge",
+                "ip addr add 10.89.1.1/24 dev podman2",
+                "ip link set podman2 up",
+                "sysctl -qw net.ipv4.ip_forward=1",
+            ][..],
+        ),
+        (
+            &ctr,
+            &[
+                "ip addr add 10.89.0.2/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add default via 10.89.0.1",
+            ][..],
+        ),
+    ] {
+        for c in commands {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+    }
+    nft_load(&host, &corpus_path("netavark.nft"));
+    let mut lines = Vec::new();
+    let trace = traced(&host, || {
+        let w = Watcher::start(&["watch", "--netns", &host.name]).unwrap();
+        // From a container of podnet to one of legacy: strict isolation keeps it out.
+        let other_network: SocketAddr = "10.89.1.5:80".parse().unwrap();
+        assert_eq!(ctr.udp_send(other_network, 3).unwrap(), 3);
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    let want = traced_drops_in(&trace, "inet netavark");
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        [&(
+            "NETAVARK-ISOLATION-3".to_string(),
+            "oifname \"podman2\" drop".to_string()
+        )],
+        "{trace}"
+    );
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(
+            (&d["table"], &d["table_family"]),
+            (&"netavark".into(), &"inet".into()),
+            "{d}"
+        );
+        assert_eq!(d["owner"]["tool"], "netavark", "{d}");
+        assert_eq!(d["owner"]["object"], "bridge podman2", "{d}");
+        assert_eq!(
+            d["owner"]["show"], "podman network ls --format '{{.Name}} {{.NetworkInterface}}'",
+            "{d}"
+        );
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }

@@ -72,7 +72,13 @@ fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
             None => "docker network ls".into(),
         },
         ("docker", None) => "docker network ls".into(),
-        ("netavark", _) => "podman network ls".into(),
+        ("netavark", Some(o)) => match o.split_once(' ') {
+            // podman takes a network ID's prefix wherever it takes a name.
+            Some(("network", id)) => format!("podman network inspect {id}"),
+            // A bridge's network: podman lists each network with its interface.
+            _ => "podman network ls --format '{{.Name}} {{.NetworkInterface}}'".into(),
+        },
+        ("netavark", None) => "podman network ls".into(),
         ("libvirt", _) => "virsh net-list --all".into(),
         ("incus", _) => "incus network list".into(),
         ("lxd", _) => "lxc network list".into(),
@@ -215,7 +221,7 @@ fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
                 .map(|bridge| format!("bridge {bridge}")),
         ),
         // netavark (podman's network stack), src/firewall/nft.rs.
-        "netavark" => owner("netavark", None),
+        "netavark" => owner("netavark", netavark_object(chain, rule)),
         // libvirt, src/network/network_nftables.c.
         "libvirt_network" => owner(
             "libvirt",
@@ -231,6 +237,25 @@ fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
         "flannel-ipv4" | "flannel-ipv6" => owner("flannel", None),
         _ => None,
     }
+}
+
+/// The network of a netavark rule (src/firewall/nft.rs; varktables before): a subnet's
+/// chain `nv_<first 8 digits of the network ID>_<subnet>[_dnat]` names the network by ID;
+/// an isolation chain's `oifname "podman1" drop` (NETAVARK-ISOLATION-2/3, iptables
+/// `NETAVARK_ISOLATION_2`) names the bridge of the network the packet was kept out of.
+/// Its rules carry no network name, and FORWARD's `ct state invalid drop` is no network's.
+fn netavark_object(chain: &str, rule: &str) -> Option<String> {
+    if let Some(rest) = chain.strip_prefix("nv_") {
+        let id = rest.split('_').next()?;
+        return (!id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| format!("network {id}"));
+    }
+    let isolation =
+        chain.starts_with("NETAVARK-ISOLATION-") || chain.starts_with("NETAVARK_ISOLATION_");
+    isolation
+        .then(|| network_bridge(rule))
+        .flatten()
+        .map(|bridge| format!("bridge {bridge}"))
 }
 
 /// The zone of one of firewall4's per-zone chains (root/usr/share/firewall4/templates).
@@ -268,10 +293,11 @@ fn iptables_chain_owner(chain: &str, rule: &str) -> Option<Owner> {
     };
     Some(Owner {
         tool,
-        object: (tool == "libvirt")
-            .then(|| network_bridge(rule))
-            .flatten()
-            .map(|bridge| format!("bridge {bridge}")),
+        object: match tool {
+            "libvirt" => network_bridge(rule).map(|bridge| format!("bridge {bridge}")),
+            "netavark" => netavark_object(chain, rule),
+            _ => None,
+        },
         show: None,
         reason: None,
     })
@@ -653,6 +679,34 @@ mod tests {
         assert_eq!(tool("filter", "INPUT_ZONES_SOURCE", ""), Some("firewalld"));
         assert_eq!(tool("mangle", "PREROUTING_direct", ""), Some("firewalld"));
         assert_eq!(tool("nat", "CILIUM_POST_nat", ""), Some("cilium"));
+    }
+
+    /// netavark's rules as its src/firewall/nft.rs writes them (tests/corpus/netavark.nft).
+    #[test]
+    fn netavark_rules_name_their_network_by_id_or_bridge() {
+        let o = owner_of(
+            "netavark",
+            "NETAVARK-ISOLATION-3",
+            "oifname \"podman2\" drop",
+        )
+        .unwrap();
+        assert_eq!(o.object.as_deref(), Some("bridge podman2"));
+        assert_eq!(
+            o.show.as_deref(),
+            Some("podman network ls --format '{{.Name}} {{.NetworkInterface}}'")
+        );
+        let o = owner_of("netavark", "nv_3a9f1c2e_10_89_0_0_nm24_dnat", "").unwrap();
+        assert_eq!(o.object.as_deref(), Some("network 3a9f1c2e"));
+        assert_eq!(o.show.as_deref(), Some("podman network inspect 3a9f1c2e"));
+        let o = owner_of("netavark", "FORWARD", "ct state invalid drop").unwrap();
+        assert_eq!((o.tool, o.object), ("netavark", None));
+        let o = owner_of(
+            "filter",
+            "NETAVARK_ISOLATION_2",
+            "-A NETAVARK_ISOLATION_2 -o podman1 -j DROP",
+        )
+        .unwrap();
+        assert_eq!(o.object.as_deref(), Some("bridge podman1"));
     }
 
     #[test]
