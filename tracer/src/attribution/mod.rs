@@ -402,6 +402,16 @@ impl Attributor {
             rec.engine = Some(engine);
             rec.engine_guessed = false;
         }
+        // A bridge or arp family chain (nft_do_chain_bridge/_arp on the stack) runs at that
+        // family's own hooks, which the routed hook names would mislabel, and the rule
+        // engine evaluates neither family: say so rather than name a routed hook or rule.
+        let layer2 = rec
+            .engine
+            .and_then(|e| e.family)
+            .filter(|f| matches!(f, stack::TableFamily::Bridge | stack::TableFamily::Arp));
+        if layer2.is_some() {
+            rec.hook = None;
+        }
         let mut query = None;
         // A line read from the flow table after its flow's records were lost has no stack,
         // so no hook: the ruleset may still tell it (see `infer_hook`).
@@ -414,6 +424,13 @@ impl Attributor {
             hook_note = Some(note);
         }
         let (attr, candidates) = match (&ns.current, rec.hook.and_then(rule_hook), rec.engine) {
+            _ if let Some(family) = layer2 => (
+                Attribution::none(format!(
+                    "a {family}-family nftables chain dropped it; droptrace does not evaluate \
+                     {family}-family rules"
+                )),
+                Vec::new(),
+            ),
             (None, ..) => (
                 Attribution::none("the namespace is gone or cannot be entered"),
                 Vec::new(),
