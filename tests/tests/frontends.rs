@@ -644,8 +644,9 @@ fn nft_load(ns: &Netns, file: &str) {
     .unwrap_or_else(|e| panic!("{file}: {e}"));
 }
 
-/// Runs `traffic` with the kernel tracing every packet `ns` receives (`nft monitor
-/// trace`), and returns the trace. The trace switch lives in a table of its own: the
+/// Runs `traffic` with the kernel tracing every packet and frame `ns` receives or sends
+/// (`nft monitor trace`, from the inet and bridge families' prerouting and inet's
+/// output), and returns the trace. The trace switch lives in a table of its own: the
 /// front-end's stays as it wrote it.
 fn traced(ns: &Netns, traffic: impl FnOnce()) -> String {
     let trace_rules =
@@ -653,43 +654,62 @@ fn traced(ns: &Netns, traffic: impl FnOnce()) -> String {
     std::fs::write(
         &trace_rules,
         "table inet droptrace_test_trace {\n\
+         \tchain pre {\n\t\ttype filter hook prerouting priority -400; policy accept;\n\t\tmeta nftrace set 1\n\t}\n\
+         \tchain out {\n\t\ttype filter hook output priority -400; policy accept;\n\t\tmeta nftrace set 1\n\t}\n}\n\
+         table bridge droptrace_test_trace {\n\
          \tchain pre {\n\t\ttype filter hook prerouting priority -400; policy accept;\n\t\tmeta nftrace set 1\n\t}\n}\n",
     )
     .unwrap();
     nft_load(ns, &trace_rules.display().to_string());
     std::fs::remove_file(&trace_rules).unwrap();
-    let mut monitor = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["nft", "monitor", "trace"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed also when `traffic` panics: the monitor must not outlive the test.
+    let mut monitor = Reaped(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["nft", "monitor", "trace"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     thread::sleep(SHORT);
     traffic();
     thread::sleep(SHORT);
-    monitor.kill().unwrap();
+    monitor.0.kill().unwrap();
     let mut trace = String::new();
     {
         use std::io::Read as _;
         monitor
+            .0
             .stdout
             .take()
             .unwrap()
             .read_to_string(&mut trace)
             .unwrap();
     }
-    monitor.wait().unwrap();
-    sh(&[
-        "nsenter",
-        &format!("--net={}", ns.path().display()),
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "droptrace_test_trace",
-    ])
-    .unwrap();
+    drop(monitor);
+    for family in ["inet", "bridge"] {
+        sh(&[
+            "nsenter",
+            &format!("--net={}", ns.path().display()),
+            "nft",
+            "delete",
+            "table",
+            family,
+            "droptrace_test_trace",
+        ])
+        .unwrap();
+    }
     trace
+}
+
+/// A child process killed and reaped when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn corpus_path(name: &str) -> String {
@@ -1244,4 +1264,137 @@ fn netavark_isolation_drops_name_the_network_kept_out() {
         *got.entry(key).or_default() += d["count"].as_u64().unwrap();
     }
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}
+
+// Incus: a network's ACL in the inet table, an instance's NIC filter in the bridge table
+// (whose rules droptrace does not evaluate: the instance is named by unit tests only).
+
+#[test]
+fn incus_drops_name_the_network_acl_and_the_instance_nic() {
+    let ctr = Netns::new("incusctr").unwrap();
+    let host = Netns::new("incushost").unwrap();
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &ctr.name,
+        "type",
+        "veth",
+        "peer",
+        "veth1a2b3c4d",
+        "netns",
+        &host.name,
+    ])
+    .unwrap();
+    for (ns, commands) in [
+        (
+            &host,
+            &[
+                "ip link add incusbr0 address 02:00:00:00:00:01 type bridge",
+                "ip addr add 10.0.0.1/24 dev incusbr0",
+                "ip link set incusbr0 up",
+                "ip link set veth1a2b3c4d master incusbr0",
+                "ip link set veth1a2b3c4d up",
+                // The host's way out.
+                "ip link add uplink0 type bridge",
+                "ip addr add 198.51.100.1/24 dev uplink0",
+                "ip link set uplink0 up",
+                "sysctl -qw net.ipv4.ip_forward=1",
+            ][..],
+        ),
+        (
+            &ctr,
+            &[
+                "ip link set eth0 address 00:16:3e:11:22:33",
+                "ip addr add 10.0.0.10/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add default via 10.0.0.1",
+                "ip neigh replace 10.0.0.1 lladdr 02:00:00:00:00:01 dev eth0 nud permanent",
+            ][..],
+        ),
+    ] {
+        for c in commands {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+    }
+    nft_load(&host, &corpus_path("incus.nft"));
+    let mut lines = Vec::new();
+    let trace = traced(&host, || {
+        let w = Watcher::start(&["watch", "--netns", &host.name]).unwrap();
+        // Out of the network: the ACL allows only TCP 80 in, so its default rejects it.
+        let outside: SocketAddr = "198.51.100.2:80".parse().unwrap();
+        assert_eq!(ctr.udp_send(outside, 2).unwrap(), 2);
+        // From an address the instance was not given: its NIC's IPv4 filter drops it.
+        // (The new address first, promoted when the old goes: taking a device's last
+        // address flushes its neighbours.)
+        for c in [
+            "sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1",
+            "ip addr add 10.0.0.99/24 dev eth0",
+            "ip addr del 10.0.0.10/24 dev eth0",
+        ] {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            ctr.exec(&args).unwrap();
+        }
+        let dns: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        assert_eq!(ctr.udp_send(dns, 3).unwrap(), 3);
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    // What the traffic met (the host's own packets onto the bridge may meet the ACL's
+    // other default reject too: the trace sees those, and so must droptrace).
+    let want = traced_drops_in(&trace, "inet incus");
+    let egress_reject = (
+        "acl.incusbr0".to_string(),
+        "iifname \"incusbr0\" reject".to_string(),
+    );
+    assert_eq!(want.get(&egress_reject), Some(&2), "{trace}");
+    let bridge = traced_drops_in(&trace, "bridge incus");
+    assert_eq!(
+        bridge
+            .iter()
+            .map(|((chain, _), n)| (chain.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("in.c1.eth0", 3)],
+        "{trace}"
+    );
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut unevaluated = 0;
+    for d in drops(&lines) {
+        // The NIC filter's drops: the bridge family is not evaluated, and the line says so
+        // rather than name a routed hook or any rule.
+        if d["engine"] == "nftables/bridge" {
+            assert_eq!(d["attribution"], "none", "{d}");
+            assert_eq!(d["hook"], Value::Null, "{d}");
+            assert!(d["why"].as_str().unwrap().contains("bridge-family"), "{d}");
+            unevaluated += d["count"].as_u64().unwrap();
+            continue;
+        }
+        assert_eq!(
+            (&d["table"], &d["table_family"]),
+            (&"incus".into(), &"inet".into()),
+            "{d}"
+        );
+        assert_eq!(d["owner"]["tool"], "incus", "{d}");
+        assert_eq!(d["owner"]["object"], "network incusbr0", "{d}");
+        assert_eq!(d["owner"]["show"], "incus network show incusbr0", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(unevaluated, 3, "{lines:#?}");
+    // The traffic's drops as the kernel counted them. The host's own multicast reports
+    // onto the bridge meet the ACL's other default reject too, at moments of their own
+    // (the trace runs a little longer than droptrace): named, they must be that rule.
+    assert_eq!(got.get(&egress_reject), Some(&2), "{lines:#?}");
+    for place in got.keys() {
+        assert!(
+            want.contains_key(place),
+            "{place:?} was not traced: {trace}"
+        );
+    }
 }

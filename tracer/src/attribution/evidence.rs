@@ -91,7 +91,7 @@ pub(super) fn weigh_kernel(
             k.describe()
         ),
         alternatives: Vec::new(),
-        owner: super::owner::owner_of(&k.table, k.chain.as_deref().unwrap_or(""), ""),
+        owner: super::owner::owner_of(family, &k.table, k.chain.as_deref().unwrap_or(""), ""),
         kernel_confirmed: false,
         backends_mixed: false,
         cause: None,

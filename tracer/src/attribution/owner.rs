@@ -8,12 +8,19 @@
 //! (kube-proxy's Service comments, fail2ban's `f2b-` sets). A rule none of them claims has
 //! no owner: it was written by hand or by a tool droptrace does not know.
 
+use ruleset::TableFamily;
+
 use crate::record::rule::Owner;
 
-/// The owner of a rule (or a chain's policy: `rule` empty) in `table`/`chain`, with the
-/// command that shows it in the front-end's terms.
-pub fn owner_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
-    let mut owner = front_end_of(table, chain, rule)?;
+/// The owner of a rule (or a chain's policy: `rule` empty) in `table`/`chain` of `family`
+/// (when known), with the command that shows it in the front-end's terms.
+pub fn owner_of(
+    family: Option<TableFamily>,
+    table: &str,
+    chain: &str,
+    rule: &str,
+) -> Option<Owner> {
+    let mut owner = front_end_of(family, table, chain, rule)?;
     owner.show = show_command(owner.tool, owner.object.as_deref());
     Some(owner)
 }
@@ -80,15 +87,34 @@ fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
         },
         ("netavark", None) => "podman network ls".into(),
         ("libvirt", _) => "virsh net-list --all".into(),
-        ("incus", _) => "incus network list".into(),
-        ("lxd", _) => "lxc network list".into(),
+        ("incus" | "lxd", Some(o)) => {
+            let cli = if tool == "incus" { "incus" } else { "lxc" };
+            let words: Vec<&str> = o.split(' ').collect();
+            match words.as_slice() {
+                ["network", network] => format!("{cli} network show {network}"),
+                ["instance", instance, "device", _] => {
+                    format!("{cli} config show {instance} --expanded")
+                }
+                ["instance", instance, "device", _, "project", project] => {
+                    format!("{cli} config show {instance} --expanded --project {project}")
+                }
+                _ => format!("{cli} network list"),
+            }
+        }
+        ("incus", None) => "incus network list".into(),
+        ("lxd", None) => "lxc network list".into(),
         ("fw4", _) => "uci show firewall".into(),
         _ => return None,
     })
 }
 
 /// The front-end of a rule and its object, by the names the front-end writes.
-fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
+fn front_end_of(
+    family: Option<TableFamily>,
+    table: &str,
+    chain: &str,
+    rule: &str,
+) -> Option<Owner> {
     let tool = |tool| {
         Some(Owner {
             tool,
@@ -178,7 +204,7 @@ fn front_end_of(table: &str, chain: &str, rule: &str) -> Option<Owner> {
     if chain.starts_with("CILIUM_") {
         return tool("cilium");
     }
-    nft_table_owner(table, chain, rule).or_else(|| iptables_chain_owner(chain, rule))
+    nft_table_owner(family, table, chain, rule).or_else(|| iptables_chain_owner(chain, rule))
 }
 
 /// Docker's iptables chains (moby daemon/libnetwork/drivers/bridge/internal/iptabler,
@@ -199,7 +225,12 @@ const DOCKER_CHAINS: &[&str] = &[
 
 /// Front-ends that keep their rules in nftables tables of their own, by the table names
 /// their sources give, with the object a chain's name carries.
-fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
+fn nft_table_owner(
+    family: Option<TableFamily>,
+    table: &str,
+    chain: &str,
+    rule: &str,
+) -> Option<Owner> {
     let owner = |tool, object: Option<String>| {
         Some(Owner {
             tool,
@@ -227,10 +258,10 @@ fn nft_table_owner(table: &str, chain: &str, rule: &str) -> Option<Owner> {
             "libvirt",
             network_bridge(rule).map(|bridge| format!("bridge {bridge}")),
         ),
-        // Incus and LXD: chains `fwd.<network>`, `in.<instance>.<device>`, ... (a name
-        // alone does not tell a network from an instance: no object).
-        "incus" => owner("incus", None),
-        "lxd" => owner("lxd", None),
+        // Incus and LXD (the same drivers_nftables.go naming): a network's chains in the
+        // inet table, an instance NIC's in the bridge table.
+        "incus" => owner("incus", incus_object(family, chain)),
+        "lxd" => owner("lxd", incus_object(family, chain)),
         // OpenWrt's firewall4: `input_<zone>`, `reject_from_<zone>`, ...
         "fw4" => owner("fw4", fw4_zone(chain).map(|z| format!("zone {z}"))),
         // flannel, pkg/trafficmngr/nftables.
@@ -256,6 +287,39 @@ fn netavark_object(chain: &str, rule: &str) -> Option<String> {
         .then(|| network_bridge(rule))
         .flatten()
         .map(|bridge| format!("bridge {bridge}"))
+}
+
+/// The network or instance of an Incus or LXD chain (lxc/incus
+/// internal/server/firewall/drivers/drivers_nftables.go): `<prefix>.<network>` (`fwd.`,
+/// `acl.`, `aclfwd.`, `in.`, ...) in the inet table; in the bridge table, and for the
+/// inet `prert.` reverse-path chains, `<prefix>.<label>` where the label is
+/// `[<project>_]<instance>.<device>` (instance names have neither `.` nor `_`).
+fn incus_object(family: Option<TableFamily>, chain: &str) -> Option<String> {
+    let (prefix, rest) = chain.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    if family == Some(TableFamily::Bridge) || prefix == "prert" {
+        let (project, label) = match rest.split_once('_') {
+            Some((project, label)) if !project.contains('.') => (Some(project), label),
+            _ => (None, rest),
+        };
+        let (instance, device) = label.split_once('.')?;
+        if instance.is_empty() || device.is_empty() {
+            return None;
+        }
+        return Some(match project {
+            Some(p) => format!("instance {instance} device {device} project {p}"),
+            None => format!("instance {instance} device {device}"),
+        });
+    }
+    const NETWORK_PREFIXES: &[&str] = &[
+        "fwd", "pstrt", "in", "out", "aclin", "aclout", "aclfwd", "acl", "fwdprert", "fwdout",
+        "fwdpstrt", "egress",
+    ];
+    NETWORK_PREFIXES
+        .contains(&prefix)
+        .then(|| format!("network {rest}"))
 }
 
 /// The zone of one of firewall4's per-zone chains (root/usr/share/firewall4/templates).
@@ -335,7 +399,9 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     };
     let managed_by = |tool: &str| {
         table.chains.iter().any(|c| {
-            c.base.is_none() && owner_of(&table.name, &c.name, "").is_some_and(|o| o.tool == tool)
+            c.base.is_none()
+                && owner_of(Some(table.family), &table.name, &c.name, "")
+                    .is_some_and(|o| o.tool == tool)
         })
     };
     for tool in ["ufw", "firewalld"] {
@@ -616,7 +682,7 @@ mod tests {
     use super::*;
 
     fn tool(table: &str, chain: &str, rule: &str) -> Option<&'static str> {
-        owner_of(table, chain, rule).map(|o| o.tool)
+        owner_of(None, table, chain, rule).map(|o| o.tool)
     }
 
     /// Chain and rule texts as the front-ends write them (see tests/corpus/).
@@ -671,7 +737,7 @@ mod tests {
             ("firewall", "filter_IN_public_deny", "reject"),
             ("fw4-lab", "input_lan", "drop"),
         ] {
-            assert_eq!(owner_of(table, chain, rule), None, "{table} {chain}");
+            assert_eq!(owner_of(None, table, chain, rule), None, "{table} {chain}");
         }
         // What the front-ends do write.
         assert_eq!(tool("filter", "DOCKER-FORWARD", ""), Some("docker"));
@@ -685,6 +751,7 @@ mod tests {
     #[test]
     fn netavark_rules_name_their_network_by_id_or_bridge() {
         let o = owner_of(
+            None,
             "netavark",
             "NETAVARK-ISOLATION-3",
             "oifname \"podman2\" drop",
@@ -695,12 +762,13 @@ mod tests {
             o.show.as_deref(),
             Some("podman network ls --format '{{.Name}} {{.NetworkInterface}}'")
         );
-        let o = owner_of("netavark", "nv_3a9f1c2e_10_89_0_0_nm24_dnat", "").unwrap();
+        let o = owner_of(None, "netavark", "nv_3a9f1c2e_10_89_0_0_nm24_dnat", "").unwrap();
         assert_eq!(o.object.as_deref(), Some("network 3a9f1c2e"));
         assert_eq!(o.show.as_deref(), Some("podman network inspect 3a9f1c2e"));
-        let o = owner_of("netavark", "FORWARD", "ct state invalid drop").unwrap();
+        let o = owner_of(None, "netavark", "FORWARD", "ct state invalid drop").unwrap();
         assert_eq!((o.tool, o.object), ("netavark", None));
         let o = owner_of(
+            None,
             "filter",
             "NETAVARK_ISOLATION_2",
             "-A NETAVARK_ISOLATION_2 -o podman1 -j DROP",
@@ -709,9 +777,58 @@ mod tests {
         assert_eq!(o.object.as_deref(), Some("bridge podman1"));
     }
 
+    /// Incus's chains as drivers_nftables.go names them (tests/corpus/incus.nft).
+    #[test]
+    fn incus_and_lxd_chains_name_their_network_or_instance() {
+        let of = |family, table, chain| {
+            let o = owner_of(Some(family), table, chain, "drop").unwrap();
+            (
+                o.tool,
+                o.object.unwrap_or_default(),
+                o.show.unwrap_or_default(),
+            )
+        };
+        assert_eq!(
+            of(TableFamily::Inet, "incus", "acl.incusbr0"),
+            (
+                "incus",
+                "network incusbr0".into(),
+                "incus network show incusbr0".into()
+            )
+        );
+        assert_eq!(
+            of(TableFamily::Bridge, "incus", "fwd.c1.eth0"),
+            (
+                "incus",
+                "instance c1 device eth0".into(),
+                "incus config show c1 --expanded".into()
+            )
+        );
+        assert_eq!(
+            of(TableFamily::Bridge, "incus", "in.shop_web1.eth1"),
+            (
+                "incus",
+                "instance web1 device eth1 project shop".into(),
+                "incus config show web1 --expanded --project shop".into()
+            )
+        );
+        assert_eq!(
+            of(TableFamily::Inet, "incus", "prert.c1.eth0").1,
+            "instance c1 device eth0"
+        );
+        assert_eq!(
+            of(TableFamily::Inet, "lxd", "fwd.lxdbr0"),
+            (
+                "lxd",
+                "network lxdbr0".into(),
+                "lxc network show lxdbr0".into()
+            )
+        );
+    }
+
     #[test]
     fn firewalld_and_docker_rules_name_their_zone_and_bridge_and_how_to_see_them() {
-        let fw = |chain: &str| owner_of("firewalld", chain, "tcp dport 22 reject");
+        let fw = |chain: &str| owner_of(None, "firewalld", chain, "tcp dport 22 reject");
         let o = fw("filter_IN_public_allow").unwrap();
         assert_eq!(o.object.as_deref(), Some("zone public"));
         assert_eq!(
@@ -732,7 +849,7 @@ mod tests {
         assert_eq!(zone("nat_POST_internal_to_public"), "zone public");
         assert_eq!(zone("nat_PRE_public_dispatch_stage2"), "zone public");
         assert_eq!(
-            owner_of("filter", "IN_home_deny", "")
+            owner_of(None, "filter", "IN_home_deny", "")
                 .unwrap()
                 .object
                 .as_deref(),
@@ -744,13 +861,14 @@ mod tests {
         assert_eq!(input.show.as_deref(), Some("firewall-cmd --list-all-zones"));
 
         let rule = "-A DOCKER-ISOLATION-STAGE-1 -i br-1a2b3c4d5e6f ! -o br-1a2b3c4d5e6f -j DROP";
-        let d = owner_of("filter", "DOCKER-ISOLATION-STAGE-1", rule).unwrap();
+        let d = owner_of(None, "filter", "DOCKER-ISOLATION-STAGE-1", rule).unwrap();
         assert_eq!(d.object.as_deref(), Some("bridge br-1a2b3c4d5e6f"));
         assert_eq!(
             d.show.as_deref(),
             Some("docker network inspect 1a2b3c4d5e6f")
         );
         let d0 = owner_of(
+            None,
             "filter",
             "DOCKER",
             "-A DOCKER ! -i docker0 -o docker0 -j DROP",
@@ -760,13 +878,14 @@ mod tests {
             Some("docker network inspect bridge")
         );
         assert_eq!(
-            owner_of("filter", "ufw-user-input", "")
+            owner_of(None, "filter", "ufw-user-input", "")
                 .unwrap()
                 .show
                 .as_deref(),
             Some("ufw status numbered")
         );
         let kp = owner_of(
+            None,
             "filter",
             "KUBE-SERVICES",
             r#"-m comment --comment "ns6/svc6:p80 has no endpoints" -j REJECT"#,
@@ -785,9 +904,10 @@ mod tests {
         // moby's nftables backend, raw-PREROUTING (as its docs' generated ruleset shows).
         let rule =
             r#"ip daddr 192.0.2.2 iifname != "bridge1" counter drop comment "DROP DIRECT ACCESS""#;
-        let o = owner_of("docker-bridges", "raw-PREROUTING", rule).unwrap();
+        let o = owner_of(None, "docker-bridges", "raw-PREROUTING", rule).unwrap();
         assert_eq!(o.object.as_deref(), Some("bridge bridge1"));
         let o = owner_of(
+            None,
             "filter",
             "DOCKER",
             "-A DOCKER ! -i docker0 -o docker0 -j DROP",
@@ -799,7 +919,7 @@ mod tests {
     #[test]
     fn kube_proxy_says_why_its_rule_is_there() {
         let rule = r#"-A KUBE-SERVICES -d 172.30.0.46/32 -p tcp -m comment --comment "ns6/svc6:p80 has no endpoints" -m tcp --dport 80 -j REJECT"#;
-        let o = owner_of("filter", "KUBE-SERVICES", rule).unwrap();
+        let o = owner_of(None, "filter", "KUBE-SERVICES", rule).unwrap();
         assert_eq!(o.reason.as_deref(), Some("has no endpoints"));
         assert_eq!(
             o.text(),
@@ -808,7 +928,9 @@ mod tests {
         let cluster =
             r#"-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -j KUBE-SVC-X"#;
         assert_eq!(
-            owner_of("nat", "KUBE-SERVICES", cluster).unwrap().reason,
+            owner_of(None, "nat", "KUBE-SERVICES", cluster)
+                .unwrap()
+                .reason,
             None
         );
     }
@@ -817,7 +939,7 @@ mod tests {
     fn kube_router_rejects_name_the_pod_no_policy_let_through() {
         // As kube-router writes it (iptables-save of a node).
         let rule = r#"-A KUBE-POD-FW-DMK5BTVAK65PRJG4 -m comment --comment "rule to REJECT traffic destined for POD name:work-probe namespace: chuggy-work" -m mark ! --mark 0x10000/0x10000 -j REJECT --reject-with icmp-port-unreachable"#;
-        let o = owner_of("filter", "KUBE-POD-FW-DMK5BTVAK65PRJG4", rule).unwrap();
+        let o = owner_of(None, "filter", "KUBE-POD-FW-DMK5BTVAK65PRJG4", rule).unwrap();
         assert_eq!(o.tool, "kube-router");
         assert_eq!(o.object.as_deref(), Some("pod chuggy-work/work-probe"));
         assert_eq!(
@@ -830,7 +952,7 @@ mod tests {
         // Since kube-router shortened its comments (comments.go, idComment).
         let new = r#"-A KUBE-POD-FW-X -m comment --comment "shop/web-0 reject" -m mark ! --mark 0x10000/0x10000 -j REJECT"#;
         assert_eq!(
-            owner_of("filter", "KUBE-POD-FW-X", new)
+            owner_of(None, "filter", "KUBE-POD-FW-X", new)
                 .unwrap()
                 .object
                 .as_deref(),
@@ -838,7 +960,7 @@ mod tests {
         );
         let old = r#"-A KUBE-POD-FW-X -m comment --comment "rule to REJECT traffic destined for POD name:web-0 namespace:shop" -j REJECT"#;
         assert_eq!(
-            owner_of("filter", "KUBE-POD-FW-X", old)
+            owner_of(None, "filter", "KUBE-POD-FW-X", old)
                 .unwrap()
                 .object
                 .as_deref(),
@@ -848,8 +970,7 @@ mod tests {
 
     #[test]
     fn kube_proxy_rules_name_their_service() {
-        let o = owner_of(
-            "filter",
+        let o = owner_of(None, "filter",
             "KUBE-EXTERNAL-SERVICES",
             "-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment \"ns2/svc2:p80 has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport 3001 -j DROP",
         )
@@ -859,6 +980,7 @@ mod tests {
             "kube-proxy, Service ns2/svc2:p80 has no local endpoints"
         );
         let o = owner_of(
+            None,
             "filter",
             "KUBE-FIREWALL",
             "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -j DROP",
@@ -867,6 +989,7 @@ mod tests {
         assert_eq!(o.text(), "kubelet");
         // nftables mode: the Service is in the chain's name.
         let o = owner_of(
+            None,
             "kube-proxy",
             "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
             "ip saddr 10.180.0.1 jump mark-for-masquerade",
@@ -883,7 +1006,13 @@ mod tests {
     /// a chain's name carries); libvirt, flannel and netavark also by their iptables chains.
     #[test]
     fn nftables_front_ends_are_named_by_their_tables() {
-        let o = owner_of("docker-bridges", "filter-forward-in__br-dummy", "drop").unwrap();
+        let o = owner_of(
+            None,
+            "docker-bridges",
+            "filter-forward-in__br-dummy",
+            "drop",
+        )
+        .unwrap();
         assert_eq!(
             (o.tool, o.object.as_deref()),
             ("docker", Some("bridge br-dummy"))
@@ -895,9 +1024,9 @@ mod tests {
         assert_eq!(tool("libvirt_network", "guest_output", ""), Some("libvirt"));
         assert_eq!(tool("incus", "fwd.incusbr0", ""), Some("incus"));
         assert_eq!(tool("lxd", "fwd.lxdbr0", ""), Some("lxd"));
-        let o = owner_of("fw4", "reject_from_wan", "").unwrap();
+        let o = owner_of(None, "fw4", "reject_from_wan", "").unwrap();
         assert_eq!((o.tool, o.object.as_deref()), ("fw4", Some("zone wan")));
-        assert_eq!(owner_of("fw4", "input", "").unwrap().object, None);
+        assert_eq!(owner_of(None, "fw4", "input", "").unwrap().object, None);
         assert_eq!(tool("flannel-ipv4", "forward", ""), Some("flannel"));
         assert_eq!(tool("calico", "filter-FORWARD", ""), Some("calico"));
         assert_eq!(tool("filter", "LIBVIRT_FWI", ""), Some("libvirt"));
@@ -938,6 +1067,7 @@ mod tests {
     #[test]
     fn fail2ban_is_known_by_its_sets_in_builtin_chains() {
         let o = owner_of(
+            None,
             "filter",
             "INPUT",
             "-A INPUT -p tcp -m multiport --dports 22 -m set --match-set f2b-sshd6 src -j REJECT",
@@ -946,10 +1076,19 @@ mod tests {
         assert_eq!(o.text(), "fail2ban, jail sshd");
         assert_eq!(tool("f2b-table", "f2b-chain", ""), Some("fail2ban"));
         // Its nftables action: the jail is in the set's name, never the chain's.
-        let nft = owner_of("f2b-table", "f2b-chain", "ip saddr @addr-set-sshd reject").unwrap();
+        let nft = owner_of(
+            None,
+            "f2b-table",
+            "f2b-chain",
+            "ip saddr @addr-set-sshd reject",
+        )
+        .unwrap();
         assert_eq!(nft.object.as_deref(), Some("sshd"));
-        assert_eq!(owner_of("f2b-table", "f2b-chain", "").unwrap().object, None);
-        let nft = owner_of("filter", "input", "ip saddr @f2b-sshd reject").unwrap();
+        assert_eq!(
+            owner_of(None, "f2b-table", "f2b-chain", "").unwrap().object,
+            None
+        );
+        let nft = owner_of(None, "filter", "input", "ip saddr @f2b-sshd reject").unwrap();
         assert_eq!(nft.object.as_deref(), Some("sshd"));
     }
 }
