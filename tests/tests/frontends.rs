@@ -1398,3 +1398,65 @@ fn incus_drops_name_the_network_acl_and_the_instance_nic() {
         );
     }
 }
+
+// Calico (Felix, iptables): the workload a tier's default drop protects, and the policy a
+// hashed chain stands for.
+
+#[test]
+fn calico_drops_name_the_workload_and_the_policy() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    // The node: a pod's interface with its /32 route, as Calico's CNI plugin makes them.
+    for command in [
+        "ip link add cali1234abcd5 type bridge",
+        "ip link set cali1234abcd5 up",
+        "ip route add 10.244.1.5/32 dev cali1234abcd5",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        gw.exec(&args).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "10.244.1.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    restore(gw, "iptables-nft-restore", "calico.iptables");
+    let pod = |port| SocketAddr::new("10.244.1.5".parse().unwrap(), port);
+    let (lines, places) = check(gw, "nft", || {
+        // No policy passes DNS to the pod: the tier's default drop.
+        assert_eq!(t.client.udp_send(pod(53), 2).unwrap(), 2);
+        // The long-named policy denies the database port.
+        assert!(!connect(&t.client, pod(5432)));
+    });
+    assert_eq!(
+        places,
+        [
+            rule(4, "cali-pi-_PymyFHQQg3808jiz1OJ", 2),
+            rule(4, "cali-tw-cali1234abcd5", 9),
+        ]
+    );
+    assert_eq!(
+        owners(&lines),
+        owned(&[
+            (
+                "calico",
+                "KubernetesNetworkPolicy shop/deny-db-from-anywhere-but-backend"
+            ),
+            ("calico", "workload cali1234abcd5"),
+        ])
+    );
+    for d in drops(&lines) {
+        let (show, reason) = if d["chain"] == "cali-tw-cali1234abcd5" {
+            (
+                "calicoctl get workloadendpoints -A -o wide",
+                Value::from("no policy of tier default allowed it"),
+            )
+        } else {
+            (
+                "kubectl -n shop get networkpolicy deny-db-from-anywhere-but-backend -o yaml",
+                Value::Null,
+            )
+        };
+        assert_eq!(d["owner"]["show"], show, "{d}");
+        assert_eq!(d["owner"]["reason"], reason, "{d}");
+    }
+}

@@ -68,6 +68,22 @@ fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
                 "kubectl -n {ns} get networkpolicies; kubectl -n {ns} get pod {name} --show-labels"
             )
         }
+        ("calico", Some(o)) => match o.split_once(' ') {
+            Some(("KubernetesNetworkPolicy", id)) => {
+                let (ns, name) = id.split_once('/')?;
+                format!("kubectl -n {ns} get networkpolicy {name} -o yaml")
+            }
+            Some(("NetworkPolicy", id)) => {
+                let (ns, name) = id.split_once('/')?;
+                format!("calicoctl get networkpolicy {name} -n {ns} -o yaml")
+            }
+            Some(("GlobalNetworkPolicy", name)) => {
+                format!("calicoctl get globalnetworkpolicy {name} -o yaml")
+            }
+            // A workload endpoint's interface: the pod it is, and the policies it has.
+            Some(("workload", _)) => "calicoctl get workloadendpoints -A -o wide".into(),
+            _ => "kubectl get networkpolicies -A".into(),
+        },
         ("kube-router" | "calico", _) => "kubectl get networkpolicies -A".into(),
         ("docker", Some(o)) => match o.strip_prefix("bridge ") {
             // Docker names a network's bridge `br-` and the network ID's first 12 digits.
@@ -199,7 +215,13 @@ fn front_end_of(
         });
     }
     if chain.starts_with("cali-") || matches!(table, "calico" | "calico-arp") {
-        return tool("calico");
+        let (object, reason) = calico_object(table, chain, rule);
+        return Some(Owner {
+            tool: "calico",
+            object,
+            show: None,
+            reason,
+        });
     }
     if chain.starts_with("CILIUM_") {
         return tool("cilium");
@@ -320,6 +342,113 @@ fn incus_object(family: Option<TableFamily>, chain: &str) -> Option<String> {
     NETWORK_PREFIXES
         .contains(&prefix)
         .then(|| format!("network {rest}"))
+}
+
+/// What a Calico (Felix) rule acts for, and why it drops where its comment says
+/// (felix/rules/rule_defs.go, policy.go, endpoints.go). In nft mode (table `calico`) a
+/// chain's name starts with the iptables table it stands for (`filter-cali-tw-…`).
+/// - `cali-tw-<iface>`/`cali-fw-<iface>`: the workload endpoint (pod) on that interface,
+///   traffic to or from it; the end-of-tier drop says `End of tier T. Drop if no policies
+///   passed packet` (`Drop if no policies passed packet` before v3.30).
+/// - `cali-pi-<id>`/`cali-po-<id>`: a policy, when its ID fits the 28-character name
+///   (`knp/ns/name` since v3.32; a hashed `_…` name is resolved from the chain's first
+///   rule by [`calico_policy`]).
+fn calico_object(table: &str, chain: &str, rule: &str) -> (Option<String>, Option<String>) {
+    let chain = if table == "calico" {
+        chain.split_once('-').map_or(chain, |(_, c)| c)
+    } else {
+        chain
+    };
+    let rest = |p: &str| chain.strip_prefix(p).filter(|r| !r.is_empty());
+    if let Some(iface) = rest("cali-tw-").or_else(|| rest("cali-fw-")) {
+        let reason = comments(rule).into_iter().find_map(|c| {
+            let tier = c
+                .strip_prefix("End of tier ")
+                .and_then(|t| t.split_once(". "))
+                .map(|(tier, _)| tier);
+            c.ends_with("if no policies passed packet")
+                .then(|| match tier {
+                    Some(tier) => format!("no policy of tier {tier} allowed it"),
+                    None => "no policy allowed it".to_string(),
+                })
+        });
+        return (Some(format!("workload {iface}")), reason);
+    }
+    let policy = rest("cali-pi-")
+        .or_else(|| rest("cali-po-"))
+        .filter(|id| !id.starts_with('_'))
+        .and_then(calico_policy_of_id);
+    (policy, None)
+}
+
+/// `KubernetesNetworkPolicy shop/deny-db` from a Felix policy ID (`knp/shop/deny-db`,
+/// `np/shop/default.web`, `gnp/default.deny`, felix/types/policy_id.go) or from the
+/// comment on a policy chain's first rule (`KubernetesNetworkPolicy shop/deny-db ingress`;
+/// `Policy shop/knp.default.deny-db ingress` before v3.32).
+fn calico_policy_of_id(id: &str) -> Option<String> {
+    let (kind, rest) = id.split_once('/')?;
+    let kind = match kind {
+        "knp" => "KubernetesNetworkPolicy",
+        "np" => "NetworkPolicy",
+        "gnp" => "GlobalNetworkPolicy",
+        "kcnp" => "ClusterNetworkPolicy",
+        _ => return None,
+    };
+    (!rest.is_empty()).then(|| format!("{kind} {rest}"))
+}
+
+/// The policy a Calico policy chain's first rule names in its comment.
+fn calico_policy_of_comment(comment: &str) -> Option<String> {
+    let words: Vec<&str> = comment.split(' ').collect();
+    let [kind, id, direction] = words.as_slice() else {
+        return None;
+    };
+    if !matches!(*direction, "ingress" | "egress") || id.is_empty() {
+        return None;
+    }
+    Some(match *kind {
+        // Before v3.32: `Policy <ns>/knp.default.<name>` for a Kubernetes policy.
+        "Policy" => match id.split_once("/knp.default.") {
+            Some((ns, name)) => format!("KubernetesNetworkPolicy {ns}/{name}"),
+            None => format!("NetworkPolicy {id}"),
+        },
+        "KubernetesNetworkPolicy"
+        | "NetworkPolicy"
+        | "GlobalNetworkPolicy"
+        | "KubernetesClusterNetworkPolicy" => format!("{kind} {id}"),
+        _ => return None,
+    })
+}
+
+/// A Calico policy chain whose name was hashed (`cali-pi-_PymyFHQQg3808jiz1OJ`: the ID did
+/// not fit) names its policy in the comment of its first rule (Felix puts it there, on an
+/// empty rule if need be): read it from the ruleset.
+pub fn calico_policy(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
+    if !a
+        .owner
+        .as_ref()
+        .is_some_and(|o| o.tool == "calico" && o.object.is_none())
+    {
+        return;
+    }
+    let (Some(table), Some(chain)) = (table_of(a, rs), a.chain.as_deref()) else {
+        return;
+    };
+    let Some(first) = table
+        .chains
+        .iter()
+        .find(|c| c.name == chain)
+        .and_then(|c| c.rules.first())
+    else {
+        return;
+    };
+    let policy = comments(&first.text)
+        .iter()
+        .find_map(|c| calico_policy_of_comment(c));
+    if let (Some(policy), Some(owner)) = (policy, a.owner.as_mut()) {
+        owner.show = show_command("calico", Some(&policy));
+        owner.object = Some(policy);
+    }
 }
 
 /// The zone of one of firewall4's per-zone chains (root/usr/share/firewall4/templates).
@@ -622,6 +751,31 @@ fn is_firewalld_iptables_chain(chain: &str) -> bool {
     })
 }
 
+/// Every comment of an iptables rule (Felix gives one rule several), or an nft rule's
+/// one (Felix's `cali:<hash>; <comment>` split at `; `).
+fn comments(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = rule;
+    while let Some((_, after)) = rest.split_once("--comment ") {
+        if let Some(quoted) = after.strip_prefix('"') {
+            let Some((c, tail)) = quoted.split_once('"') else {
+                break;
+            };
+            out.push(c.to_string());
+            rest = tail;
+        } else {
+            out.extend(after.split_whitespace().next().map(String::from));
+            rest = after;
+        }
+    }
+    if out.is_empty()
+        && let Some(c) = comment(rule)
+    {
+        out.extend(c.split("; ").map(String::from));
+    }
+    out
+}
+
 /// The comment of a rule in iptables (`-m comment --comment "..."`) or nft
 /// (`comment "..."`) syntax.
 fn comment(rule: &str) -> Option<String> {
@@ -824,6 +978,65 @@ mod tests {
                 "lxc network show lxdbr0".into()
             )
         );
+    }
+
+    /// Felix's chains and comments (felix/rules/*_test.go; tests/corpus/calico.iptables).
+    #[test]
+    fn calico_rules_name_the_workload_or_the_policy() {
+        let o = owner_of(
+            None,
+            "filter",
+            "cali-tw-cali1234abcd5",
+            "-A cali-tw-cali1234abcd5 -m comment --comment \"cali:Fp3yJ6OnfdHVXmmV\" -m \
+             comment --comment \"End of tier default. Drop if no policies passed packet\" -m \
+             mark --mark 0x0/0x20000 -j DROP",
+        )
+        .unwrap();
+        assert_eq!(o.object.as_deref(), Some("workload cali1234abcd5"));
+        assert_eq!(
+            o.reason.as_deref(),
+            Some("no policy of tier default allowed it")
+        );
+        assert_eq!(
+            o.show.as_deref(),
+            Some("calicoctl get workloadendpoints -A -o wide")
+        );
+        // nft mode, and Felix before v3.30.
+        let o = owner_of(
+            Some(TableFamily::Ip),
+            "calico",
+            "filter-cali-fw-cali9f8e7d6c5b4",
+            "meta mark & 0x00020000 == 0 counter drop comment \"cali:x; Drop if no policies \
+             passed packet\"",
+        )
+        .unwrap();
+        assert_eq!(o.object.as_deref(), Some("workload cali9f8e7d6c5b4"));
+        assert_eq!(o.reason.as_deref(), Some("no policy allowed it"));
+        let o = owner_of(None, "filter", "cali-pi-knp/shop/deny-db", "").unwrap();
+        assert_eq!(
+            o.object.as_deref(),
+            Some("KubernetesNetworkPolicy shop/deny-db")
+        );
+        assert_eq!(
+            o.show.as_deref(),
+            Some("kubectl -n shop get networkpolicy deny-db -o yaml")
+        );
+        // A hashed name names nothing by itself; its first rule's comment does.
+        let o = owner_of(None, "filter", "cali-pi-_PymyFHQQg3808jiz1OJ", "").unwrap();
+        assert_eq!((o.tool, o.object), ("calico", None));
+        assert_eq!(
+            calico_policy_of_comment("KubernetesNetworkPolicy shop/deny-db ingress").as_deref(),
+            Some("KubernetesNetworkPolicy shop/deny-db")
+        );
+        assert_eq!(
+            calico_policy_of_comment("Policy shop/knp.default.deny-db egress").as_deref(),
+            Some("KubernetesNetworkPolicy shop/deny-db")
+        );
+        assert_eq!(
+            calico_policy_of_comment("GlobalNetworkPolicy default.deny ingress").as_deref(),
+            Some("GlobalNetworkPolicy default.deny")
+        );
+        assert_eq!(calico_policy_of_comment("Start of tier default"), None);
     }
 
     #[test]

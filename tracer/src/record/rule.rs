@@ -240,7 +240,7 @@ pub struct Owner {
     /// --list-all`, `fail2ban-client status sshd`. Never one that changes anything.
     pub show: Option<String>,
     /// Why the front-end wrote the rule, where it says: kube-proxy's `has no endpoints`,
-    /// `has no local endpoints`.
+    /// `has no local endpoints`; Calico's `no policy of tier default allowed it`.
     pub reason: Option<String>,
 }
 
@@ -254,7 +254,10 @@ impl Owner {
             },
             (Some(o), "fail2ban") => format!("fail2ban, jail {o}"),
             (Some(o), "ufw") => format!("ufw, {o}"),
-            (Some(o), tool) => format!("{tool}, {o}"),
+            (Some(o), tool) => match &self.reason {
+                Some(r) => format!("{tool}, {o}: {r}"),
+                None => format!("{tool}, {o}"),
+            },
             (None, tool) => tool.to_string(),
         }
     }
