@@ -1460,3 +1460,38 @@ fn calico_drops_name_the_workload_and_the_policy() {
         assert_eq!(d["owner"]["reason"], reason, "{d}");
     }
 }
+
+// kube-router: the pod whose firewall rejected, not kube-proxy (a `KUBE-` prefix guess).
+
+#[test]
+fn kube_router_rejects_name_the_pod_whose_firewall_refused() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    for command in [
+        "ip link add kube-bridge type bridge",
+        "ip link set kube-bridge up",
+        "ip route add 10.244.1.0/24 dev kube-bridge",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        gw.exec(&args).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "10.244.1.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    restore(gw, "iptables-nft-restore", "kube-router.iptables");
+    let pod = SocketAddr::new("10.244.1.7".parse().unwrap(), 53);
+    let (lines, places) = check(gw, "nft", || {
+        // No policy of the pod lets DNS in.
+        assert_eq!(t.client.udp_send(pod, 2).unwrap(), 2);
+    });
+    assert_eq!(places, [rule(4, "KUBE-POD-FW-4DPYQH7V4XQLKZ2C", 4)]);
+    assert_eq!(owners(&lines), owned(&[("kube-router", "pod nsA/web-0")]));
+    for d in drops(&lines) {
+        assert_eq!(
+            d["owner"]["show"],
+            "kubectl -n nsA get networkpolicies; kubectl -n nsA get pod web-0 --show-labels",
+            "{d}"
+        );
+    }
+}
