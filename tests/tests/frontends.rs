@@ -1495,3 +1495,77 @@ fn kube_router_rejects_name_the_pod_whose_firewall_refused() {
         );
     }
 }
+
+// OpenWrt's firewall4: the zone a packet was rejected for, through the shared reject chain.
+
+#[test]
+fn fw4_rejects_from_wan_name_the_wan_zone() {
+    let router = Netns::new("fw4router").unwrap();
+    let peer = Netns::new("fw4peer").unwrap();
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "pppoe-wan",
+        "netns",
+        &router.name,
+        "type",
+        "veth",
+        "peer",
+        "eth0",
+        "netns",
+        &peer.name,
+    ])
+    .unwrap();
+    for (ns, commands) in [
+        (
+            &router,
+            &[
+                "ip addr add 10.11.12.1/24 dev pppoe-wan",
+                "ip link set pppoe-wan up",
+            ][..],
+        ),
+        (
+            &peer,
+            &["ip addr add 10.11.12.2/24 dev eth0", "ip link set eth0 up"][..],
+        ),
+    ] {
+        for c in commands {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+    }
+    nft_load(&router, &corpus_path("fw4.nft"));
+    let mut lines = Vec::new();
+    let trace = traced(&router, || {
+        let w = Watcher::start(&["watch", "--netns", &router.name]).unwrap();
+        // From the internet to the router: input_wan has no rule for it.
+        let router_dns: SocketAddr = "10.11.12.1:53".parse().unwrap();
+        assert_eq!(peer.udp_send(router_dns, 2).unwrap(), 2);
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    let want = traced_drops_in(&trace, "inet fw4");
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        [&(
+            "handle_reject".to_string(),
+            // (`with icmpx port-unreachable` is nft's default, which its listing leaves out)
+            "reject comment \"!fw4: Reject any other traffic\"".to_string()
+        )],
+        "{trace}"
+    );
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["tool"], "fw4", "{d}");
+        // The shared reject chain acts for the zone that jumped to it.
+        assert_eq!(d["owner"]["object"], "zone wan", "{d}");
+        assert_eq!(d["owner"]["show"], "uci show firewall", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}

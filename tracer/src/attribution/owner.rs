@@ -25,14 +25,19 @@ pub fn owner_of(
     Some(owner)
 }
 
-/// A firewalld rule outside any zone's chains (`filter_INPUT`'s final reject of what no
-/// zone accepted) acts for the zone the packet was dispatched to: the last zone chain on
-/// the packet's `path`.
+/// A firewalld or firewall4 rule outside any zone's chains (`filter_INPUT`'s final reject
+/// of what no zone accepted; fw4's `handle_reject`, jumped to from `reject_from_wan`) acts
+/// for the zone the packet was dispatched to: the last zone chain on the packet's `path`.
 pub fn zone_from_path(owner: &mut Owner, path: &[ruleset::ChainRef]) {
-    if owner.tool != "firewalld" || owner.object.is_some() {
+    if owner.object.is_some() {
         return;
     }
-    if let Some(zone) = path.iter().rev().find_map(|c| firewalld_object(&c.chain)) {
+    let zone_of = |chain: &str| match owner.tool {
+        "firewalld" => firewalld_object(chain),
+        "fw4" => fw4_zone(chain).map(|z| format!("zone {z}")),
+        _ => None,
+    };
+    if let Some(zone) = path.iter().rev().find_map(|c| zone_of(&c.chain)) {
         owner.show = show_command(owner.tool, Some(&zone));
         owner.object = Some(zone);
     }
