@@ -603,6 +603,47 @@ fn fail2ban_ipset_bans_are_named_by_family() {
     assert_eq!(owners(&lines), owned(&[("fail2ban", "sshd")]));
 }
 
+// fail2ban's nftables action: no counters, so the kernel's trace is the oracle.
+
+#[test]
+fn fail2ban_nftables_bans_are_named_by_jail() {
+    let t = Topology::new().unwrap();
+    let rules = private_file(&t.gateway, "f2b.nft");
+    std::fs::write(
+        &rules,
+        corpus("fail2ban-sshd.nft")
+            .replace("{BANNED4}", CLIENT_V4)
+            .replace("{BANNED6}", CLIENT_V6),
+    )
+    .unwrap();
+    nft_load(&t.gateway, &rules.display().to_string());
+    std::fs::remove_file(&rules).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
+    let mut lines = Vec::new();
+    let trace = traced(&t.gateway, || {
+        let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+        assert!(!connect(&t.client, t.gateway_addr(22)));
+        assert!(!connect(&t.client, t.gateway_addr6(22)));
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    let want = traced_drops_in(&trace, "inet f2b-table");
+    assert_eq!(want.len(), 2, "one rule per family: {trace}");
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["tool"], "fail2ban", "{d}");
+        assert_eq!(d["owner"]["object"], "sshd", "{d}");
+        assert_eq!(d["owner"]["show"], "fail2ban-client status sshd", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}
+
 // firewalld (nftables backend): no counters, so the kernel's own trace is the oracle.
 
 /// Every packet the kernel's trace saw dropped or rejected in firewalld's table: (chain,
