@@ -666,11 +666,28 @@ fn traced_drops_in(trace: &str, table: &str) -> BTreeMap<(String, String), u64> 
             && (*f, *t) == (family, name)
             && let Some(rule) = rule.strip_prefix("rule ")
         {
+            let rule = without_counter_values(rule);
             *out.entry((chain.to_string(), rule.to_string()))
                 .or_default() += 1;
         }
     }
     out
+}
+
+/// A traced rule's text without its counter's values at that moment (`counter packets 0
+/// bytes 0 drop` -> `counter drop`), as droptrace names rules.
+fn without_counter_values(rule: &str) -> String {
+    let words: Vec<&str> = rule.split(' ').collect();
+    let mut kept = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        kept.push(words[i]);
+        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") {
+            i += 4;
+        }
+        i += 1;
+    }
+    kept.join(" ")
 }
 
 /// Loads an nft file inside `ns`.
@@ -1602,6 +1619,61 @@ fn fw4_rejects_from_wan_name_the_wan_zone() {
         // The shared reject chain acts for the zone that jumped to it.
         assert_eq!(d["owner"]["object"], "zone wan", "{d}");
         assert_eq!(d["owner"]["show"], "uci show firewall", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}
+
+// Docker's nftables backend: the network of raw-PREROUTING's direct-access drop and of
+// its forward chain's unpublished-port drop.
+
+#[test]
+fn docker_nftables_drops_name_the_network_bridge() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    for command in [
+        "ip link add br-dummy type bridge",
+        "ip addr add 192.168.0.1/24 dev br-dummy",
+        "ip link set br-dummy up",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        gw.exec(&args).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "192.168.0.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    nft_load(gw, &corpus_path("docker-bridges.nft"));
+    let mut lines = Vec::new();
+    let trace = traced(gw, || {
+        let w = Watcher::start(&["watch", "--netns", &gw.name]).unwrap();
+        // Straight at the container's address from outside its network.
+        let container: SocketAddr = "192.168.0.2:22".parse().unwrap();
+        assert_eq!(t.client.udp_send(container, 2).unwrap(), 2);
+        // At another address of the network, on a port nobody published.
+        let unpublished: SocketAddr = "192.168.0.3:22".parse().unwrap();
+        assert_eq!(t.client.udp_send(unpublished, 3).unwrap(), 3);
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    let want = traced_drops_in(&trace, "ip docker-bridges");
+    assert_eq!(
+        want.iter()
+            .map(|((chain, _), n)| (chain.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("filter-forward-in__br-dummy", 3), ("raw-PREROUTING", 2)],
+        "{trace}"
+    );
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["tool"], "docker", "{d}");
+        assert_eq!(d["owner"]["object"], "bridge br-dummy", "{d}");
+        // Not a bridge Docker named after a network ID: its networks are listed.
+        assert_eq!(d["owner"]["show"], "docker network ls", "{d}");
         let key = (
             d["chain"].as_str().unwrap().to_string(),
             d["rule"].as_str().unwrap().to_string(),

@@ -92,7 +92,10 @@ fn show_command(tool: &str, object: Option<&str>) -> Option<String> {
         ("kube-router" | "calico", _) => "kubectl get networkpolicies -A".into(),
         ("docker", Some(o)) => match o.strip_prefix("bridge ") {
             // Docker names a network's bridge `br-` and the network ID's first 12 digits.
-            Some(bridge) => match bridge.strip_prefix("br-") {
+            Some(bridge) => match bridge
+                .strip_prefix("br-")
+                .filter(|id| id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()))
+            {
                 Some(id) => format!("docker network inspect {id}"),
                 None if bridge == "docker0" => "docker network inspect bridge".into(),
                 None => "docker network ls".into(),
