@@ -1160,7 +1160,8 @@ fn kube_proxy_nftables_mode_is_followed_through_its_maps() {
 // Look-alikes: hand-written rules named like a front-end's are nobody's.
 
 /// Chains and tables an administrator wrote, each named or commented like a front-end's
-/// but not as any front-end names its own: each drops one UDP port in OUTPUT.
+/// but not as any front-end names its own: each drops one UDP port in OUTPUT (and one
+/// address in raw PREROUTING, with the shape of Docker's direct-access drop).
 const LOOK_ALIKE_IPTABLES: &str = "*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
@@ -1180,6 +1181,11 @@ const LOOK_ALIKE_IPTABLES: &str = "*filter
 -A cilium-deny -m comment --comment \"cilium: deny\" -j DROP
 -A LOCAL_ZONES -j DROP
 -A audit_direct -j DROP
+COMMIT
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -d 127.0.0.5/32 ! -i br-1a2b3c4d5e6f -j DROP
 COMMIT
 ";
 
@@ -1214,8 +1220,13 @@ fn rules_only_named_like_a_front_ends_have_no_owner() {
     };
     // iptables: every chain dropped, as its counters say (check), and no line names an owner.
     restore_text(&ns, "iptables-nft-restore", LOOK_ALIKE_IPTABLES.to_string());
-    let (lines, places) = check(&ns, "nft", || send(7001..=7005));
-    assert_eq!(places.len(), 5, "{places:?}");
+    let (lines, places) = check(&ns, "nft", || {
+        send(7001..=7005);
+        // Docker's direct-access drop has this shape, but no Docker chain is here.
+        let to = SocketAddr::new("127.0.0.5".parse().unwrap(), 7006);
+        assert_eq!(ns.udp_send(to, 2).unwrap(), 2);
+    });
+    assert_eq!(places.len(), 6, "{places:?}");
     assert_eq!(owners(&lines), owned(&[("none", "")]));
     // nft: the tables' drops named exactly, by their counters, and nobody's either.
     let nft = private_file(&ns, "lookalike.nft");
@@ -1681,4 +1692,40 @@ fn docker_nftables_drops_name_the_network_bridge() {
         *got.entry(key).or_default() += d["count"].as_u64().unwrap();
     }
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}
+
+// Docker's iptables backend: raw PREROUTING's direct-access drop has no chain of Docker's.
+
+#[test]
+fn docker_iptables_direct_access_drop_in_raw_is_dockers() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    for command in [
+        "ip link add br-dummy type bridge",
+        "ip addr add 192.168.0.1/24 dev br-dummy",
+        "ip link set br-dummy up",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        gw.exec(&args).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "192.168.0.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    restore(gw, "iptables-nft-restore", "docker-direct-access.iptables");
+    let (lines, places) = check(gw, "nft", || {
+        // Straight at the container's address, and at the network's other addresses.
+        let container: SocketAddr = "192.168.0.2:22".parse().unwrap();
+        assert_eq!(t.client.udp_send(container, 2).unwrap(), 2);
+        let other: SocketAddr = "192.168.0.3:22".parse().unwrap();
+        assert_eq!(t.client.udp_send(other, 3).unwrap(), 3);
+    });
+    let raw = Place {
+        family: 4,
+        table: "raw".into(),
+        chain: "PREROUTING".into(),
+        rule: Some(1),
+    };
+    assert_eq!(places, [rule(4, "DOCKER", 2), raw]);
+    assert_eq!(owners(&lines), owned(&[("docker", "bridge br-dummy")]));
 }

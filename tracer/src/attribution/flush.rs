@@ -286,6 +286,7 @@ fn settle(
         owner::ufw_number(a, &snap.ruleset);
         owner::libvirt_network(a);
         owner::calico_policy(a, &snap.ruleset);
+        owner::docker_direct_access(a, &snap.ruleset);
         a.backends_mixed = backends_mixed(&snap.ruleset);
     }
     // No read after the drop: no counter could confirm it.

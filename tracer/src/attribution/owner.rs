@@ -554,6 +554,42 @@ pub fn policy_owner(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
     }
 }
 
+/// Docker's iptables backend drops packets sent straight at a container from outside its
+/// network in the raw table's built-in PREROUTING, with no chain or comment of its own:
+/// `-A PREROUTING -d 192.168.0.2/32 ! -i br-1a2b3c4d5e6f -j DROP` (moby
+/// daemon/libnetwork/drivers/bridge/internal/iptabler/endpoint.go, filterDirectAccess).
+/// The rule is Docker's when it has exactly that shape and Docker's chains fill the same
+/// engine's filter table; a rule of that shape on a host without Docker is nobody's.
+pub fn docker_direct_access(a: &mut super::Attribution, rs: &ruleset::Ruleset) {
+    if a.owner.is_some() || a.table.as_deref() != Some("raw") {
+        return;
+    }
+    let Some(rule) = a.rule.as_deref() else {
+        return;
+    };
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let ["-A", "PREROUTING", "-d", _, "!", "-i", bridge, "-j", "DROP"] = words.as_slice() else {
+        return;
+    };
+    let docker_filter = rs.tables.iter().any(|t| {
+        t.name == "filter"
+            && Some(t.family.to_string()) == a.table_family
+            && Some(t.backend.as_str()) == a.backend.as_deref()
+            && t.chains
+                .iter()
+                .any(|c| DOCKER_CHAINS.contains(&c.name.as_str()))
+    });
+    if docker_filter {
+        let object = format!("bridge {bridge}");
+        a.owner = Some(Owner {
+            tool: "docker",
+            show: show_command("docker", Some(&object)),
+            object: Some(object),
+            reason: None,
+        });
+    }
+}
+
 /// The table an attribution names, in the ruleset read.
 fn table_of<'a>(a: &super::Attribution, rs: &'a ruleset::Ruleset) -> Option<&'a ruleset::Table> {
     rs.tables.iter().find(|t| {
