@@ -1729,3 +1729,32 @@ fn docker_iptables_direct_access_drop_in_raw_is_dockers() {
     assert_eq!(places, [rule(4, "DOCKER", 2), raw]);
     assert_eq!(owners(&lines), owned(&[("docker", "bridge br-dummy")]));
 }
+
+// kube-proxy's IPVS mode: its access filter, which names no Service.
+
+#[test]
+fn kube_proxy_ipvs_access_filter_rejects_are_kube_proxys() {
+    let t = Topology::new().unwrap();
+    for line in corpus("kube-proxy-ipvs.sh")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        t.gateway
+            .exec(&["sh", "-c", line])
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    t.client
+        .exec(&["ip", "route", "add", "10.96.0.0/12", "via", GATEWAY_V4])
+        .unwrap();
+    let (lines, places) = check(&t.gateway, "nft", || {
+        // The Service's address, on a port that is no Service's.
+        let vip = SocketAddr::new("10.96.0.10".parse().unwrap(), 22);
+        assert!(!connect(&t.client, vip));
+    });
+    assert_eq!(places, [rule(4, "KUBE-IPVS-FILTER", 6)]);
+    // Its rules carry no Service: kube-proxy's Services are what to look at.
+    assert_eq!(owners(&lines), owned(&[("kube-proxy", "")]));
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["show"], "kubectl get services -A -o wide", "{d}");
+    }
+}
