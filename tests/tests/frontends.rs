@@ -1758,3 +1758,52 @@ fn kube_proxy_ipvs_access_filter_rejects_are_kube_proxys() {
         assert_eq!(d["owner"]["show"], "kubectl get services -A -o wide", "{d}");
     }
 }
+
+// LXD: the network whose DNS is kept to its own bridge.
+
+#[test]
+fn lxd_drops_name_the_network() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    for command in [
+        "ip link add lxdbr0 type bridge",
+        "ip addr add 10.0.0.1/24 dev lxdbr0",
+        "ip link set lxdbr0 up",
+    ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        gw.exec(&args).unwrap();
+    }
+    t.client
+        .exec(&["ip", "route", "add", "10.0.0.0/24", "via", GATEWAY_V4])
+        .unwrap();
+    nft_load(gw, &corpus_path("lxd.nft"));
+    let mut lines = Vec::new();
+    let trace = traced(gw, || {
+        let w = Watcher::start(&["watch", "--netns", &gw.name]).unwrap();
+        // The network's DNS, asked from outside the network.
+        let dns: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        assert_eq!(t.client.udp_send(dns, 2).unwrap(), 2);
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    let want = traced_drops_in(&trace, "inet lxd");
+    assert_eq!(
+        want.iter()
+            .map(|((chain, rule), n)| (chain.as_str(), rule.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("in.lxdbr0", "ip daddr 10.0.0.1 udp dport 53 drop", 2)],
+        "{trace}"
+    );
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for d in drops(&lines) {
+        assert_eq!(d["owner"]["tool"], "lxd", "{d}");
+        assert_eq!(d["owner"]["object"], "network lxdbr0", "{d}");
+        assert_eq!(d["owner"]["show"], "lxc network show lxdbr0", "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
+}
