@@ -210,6 +210,7 @@ fn walk_once(
         choices_met: 0,
         assumed: Vec::new(),
         bound_by: None,
+        untracked_by: None,
     };
     let mut verdict = Verdict::Accept;
     let mut by = DecidedBy::NoBaseChain;
@@ -301,6 +302,7 @@ pub fn nat_binding(
         choices_met: 0,
         assumed: Vec::new(),
         bound_by: None,
+        untracked_by: None,
     };
     for (table, chain, base) in chains {
         let (verdict, _) = walk.base_chain(table, chain, base);
@@ -318,6 +320,77 @@ pub fn nat_binding(
     NatBinding::Untranslated
 }
 
+/// Whether conntrack sees a packet at all: a notrack rule in a chain that runs before it
+/// keeps it away, and every later rule, of either engine, sees the packet UNTRACKED.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conntrack {
+    /// No notrack rule takes the packet: conntrack tracks it.
+    Tracks,
+    /// `rule` keeps conntrack away from it.
+    SkippedBy(RuleRef),
+    /// `rule` does if it matches, which cannot be decided (why).
+    MaybeSkippedBy(RuleRef, String),
+}
+
+/// The conntrack hook's priority (NF_IP_PRI_CONNTRACK, include/uapi/linux/netfilter_ipv4.h;
+/// the same for IPv6): chains before it run on packets not yet tracked.
+const CONNTRACK_PRIORITY: i32 = -200;
+
+/// Walks the chains on `hook` (PREROUTING for a packet that arrives, OUTPUT for one the
+/// host sends) that run before conntrack, of every table in both engines, in priority
+/// order, as `nf_conntrack_in` would find the packet: a matching notrack rule there
+/// (net/netfilter/xt_CT.c `notrack_tg`, nft_ct.c `nft_notrack_eval`) leaves it untracked.
+pub fn conntrack_skipped(
+    ruleset: &Ruleset,
+    family: Family,
+    hook: Hook,
+    packet: &Packet,
+) -> Conntrack {
+    let backends = [
+        Backend::Nftables,
+        Backend::IptablesNft,
+        Backend::IptablesLegacy,
+    ];
+    let chains = base_chains(ruleset, &backends, family, hook, |base| {
+        base.priority < CONNTRACK_PRIORITY
+    });
+    let mut walk = Walk {
+        ruleset,
+        packet: Cow::Borrowed(packet),
+        path: Vec::new(),
+        undecided: Vec::new(),
+        choices: &[],
+        choices_met: 0,
+        assumed: Vec::new(),
+        bound_by: None,
+        untracked_by: None,
+    };
+    for (table, chain, base) in chains {
+        let (verdict, _) = walk.base_chain(table, chain, base);
+        match walk.untracked_by.take() {
+            // An undecided rule before it could have ended the chain first.
+            Some((rule, None)) if !walk.undecided.is_empty() => {
+                let first: Vec<String> = walk
+                    .undecided
+                    .iter()
+                    .map(|(r, why)| format!("{r} ({why})"))
+                    .collect();
+                return Conntrack::MaybeSkippedBy(
+                    rule,
+                    format!("unless one of these decides first: {}", first.join("; ")),
+                );
+            }
+            Some((rule, None)) => return Conntrack::SkippedBy(rule),
+            Some((rule, Some(why))) => return Conntrack::MaybeSkippedBy(rule, why),
+            None => {}
+        }
+        if verdict != Verdict::Accept {
+            break;
+        }
+    }
+    Conntrack::Tracks
+}
+
 struct Walk<'a> {
     ruleset: &'a Ruleset,
     /// The packet as the next rule sees it: with the mark earlier rules set.
@@ -330,6 +403,9 @@ struct Walk<'a> {
     assumed: Vec<RuleRef>,
     /// The NAT rule that ended the last base chain walked, with its action.
     bound_by: Option<(RuleRef, String)>,
+    /// The first rule met that keeps conntrack away from the packet (see
+    /// [`conntrack_skipped`]), or one that may, undecided: `(rule, why undecided)`.
+    untracked_by: Option<(RuleRef, Option<String>)>,
 }
 
 struct Frame<'a> {
@@ -380,7 +456,12 @@ impl<'a> Walk<'a> {
             }
 
             match rule_matches(rule, &self.packet, self.ruleset) {
-                Outcome::Match => self.set_mark(rule.sets_mark),
+                Outcome::Match => {
+                    self.set_mark(rule.sets_mark);
+                    if rule.untracks() && self.untracked_by.is_none() {
+                        self.untracked_by = Some((rule_ref(), None));
+                    }
+                }
                 Outcome::NoMatch => continue,
                 Outcome::Undecidable(reason) => {
                     // A non-terminal target (LOG, MARK, ...) cannot change the verdict;
@@ -388,6 +469,9 @@ impl<'a> Walk<'a> {
                     if matches!(rule.target, Target::Continue { .. }) {
                         if rule.sets_mark.is_some() {
                             self.set_mark(Some(MarkSet::Unknown));
+                        }
+                        if rule.untracks() && self.untracked_by.is_none() {
+                            self.untracked_by = Some((rule_ref(), Some(reason)));
                         }
                         continue;
                     }

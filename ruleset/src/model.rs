@@ -151,6 +151,25 @@ impl MarkSet {
     }
 }
 
+impl Rule {
+    /// Whether the rule, when it matches, keeps conntrack away from the packet: iptables'
+    /// `-j CT --notrack` and `-j NOTRACK`, nft's `notrack`. Later rules see it UNTRACKED,
+    /// provided the rule runs before conntrack does (see [`crate::eval::conntrack_skipped`]).
+    pub fn untracks(&self) -> bool {
+        let Target::Continue {
+            action: Some(action),
+        } = &self.target
+        else {
+            return false;
+        };
+        action.split(',').any(|a| match a {
+            "notrack" | "NOTRACK" => true,
+            "CT" => self.text.split_whitespace().any(|w| w == "--notrack"),
+            _ => false,
+        })
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

@@ -1807,3 +1807,67 @@ fn lxd_drops_name_the_network() {
     }
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
+
+// explain and notrack: the rules after a notrack rule see the packet UNTRACKED.
+
+/// A DNS-server style ruleset: raw PREROUTING untracks one port, INPUT drops by policy
+/// what is neither established nor untracked; iptables and native nft.
+const NOTRACK_IPTABLES: &str = "*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 5555 -j CT --notrack
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT
+COMMIT
+";
+
+const NOTRACK_NFT: &str = "table inet dns {
+\tchain raw {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\ttcp dport 5565 notrack
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state established,related accept
+\t\tct state untracked accept
+\t}
+}
+";
+
+#[test]
+fn explain_follows_notrack_as_the_kernel_does() {
+    let ask = |t: &Topology, ports: &[u16]| {
+        let dev = gateway_if(t);
+        for &port in ports {
+            t.gateway.tcp_listen(t.gateway_addr(port)).unwrap();
+            let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, port);
+            let kernel = fate(&t.client, t.gateway_addr(port));
+            assert_eq!(report["outcome"], kernel, "port {port}: {report:#}");
+            assert_eq!(code, if kernel == "accept" { 0 } else { 1 }, "{report:#}");
+            let untracked = report["assumed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str().unwrap().starts_with("untracked: "));
+            assert_eq!(untracked, kernel == "accept", "{report:#}");
+        }
+    };
+    let t = Topology::new().unwrap();
+    restore_text(
+        &t.gateway,
+        "iptables-nft-restore",
+        NOTRACK_IPTABLES.to_string(),
+    );
+    ask(&t, &[5555, 5556]);
+    let t = Topology::new().unwrap();
+    let file = private_file(&t.gateway, "notrack.nft");
+    std::fs::write(&file, NOTRACK_NFT).unwrap();
+    nft_load(&t.gateway, &file.display().to_string());
+    std::fs::remove_file(&file).unwrap();
+    ask(&t, &[5565, 5566]);
+}

@@ -251,6 +251,37 @@ fn fill_in_route(
     assumed
 }
 
+/// For a new connection, whether a notrack rule keeps conntrack away from it before
+/// `hook` (raw PREROUTING for a packet that arrives, raw OUTPUT for one sent here, in
+/// either engine): the rules after it see it UNTRACKED, not NEW (and no NAT binds it).
+/// Undecided, its state is unknown to the rules after.
+fn follow_notrack(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> Option<String> {
+    let conntrack_hook = match hook {
+        Hook::Prerouting | Hook::Input | Hook::Forward => Hook::Prerouting,
+        Hook::Output | Hook::Postrouting => Hook::Output,
+        _ => return None,
+    };
+    if pkt.ct_state != Some(CtState::New) {
+        return None;
+    }
+    match ruleset::eval::conntrack_skipped(rs, pkt.family, conntrack_hook, pkt) {
+        ruleset::eval::Conntrack::Tracks => None,
+        ruleset::eval::Conntrack::SkippedBy(rule) => {
+            pkt.ct_state = Some(CtState::Untracked);
+            Some(format!(
+                "untracked: {rule} keeps conntrack away from it, so the rules after it see \
+                 state UNTRACKED"
+            ))
+        }
+        ruleset::eval::Conntrack::MaybeSkippedBy(rule, why) => {
+            pkt.ct_state = None;
+            Some(format!(
+                "conntrack state unknown: {rule} leaves it untracked if it matches ({why})"
+            ))
+        }
+    }
+}
+
 /// For a new connection, what the nat chains it meets before `hook` do to it (PREROUTING
 /// for a packet that arrives, nat OUTPUT for one sent here): when none translates it, its
 /// `ct status dnat` is known clear (firewalld accepts translated connections ahead of its
@@ -437,6 +468,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let netns = netns_path(args.netns.as_ref())?;
     let snap = read_snapshot(netns.as_deref())?;
     let mut assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
+    assumed.extend(follow_notrack(&mut pkt, &snap.ruleset, args.hook));
     assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
     pkt.reverse_path = reverse_path(&pkt, args.hook, netns.as_deref());
     let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
@@ -710,6 +742,50 @@ mod tests {
             "{:?}",
             engines[0].possible
         );
+    }
+
+    /// A notrack rule in raw PREROUTING (a DNS server's usual one) keeps conntrack away:
+    /// INPUT's rules see the packet UNTRACKED, not NEW.
+    #[test]
+    fn a_notrack_rule_before_conntrack_makes_it_untracked() {
+        let text = "*raw\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -p tcp -m tcp --dport 5555 -j CT --notrack\n\
+             -A PREROUTING -p tcp -m tcp --dport 5557 -m limit --limit 1/s -j CT --notrack\n\
+             COMMIT\n\
+             *filter\n:INPUT DROP [0:0]\n\
+             -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT\n\
+             COMMIT\n";
+        let rs = ruleset::iptables_save::parse_ruleset(
+            text,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap();
+        let question = |dport| {
+            let mut a = args(dport);
+            a.hook = Hook::Input;
+            a.iif = Some("eth0".into());
+            a.oif = None;
+            a.src = Some("198.51.100.7".parse().unwrap());
+            let mut pkt = packet(&a).unwrap();
+            let said = follow_notrack(&mut pkt, &rs, Hook::Input);
+            let (_, verdict, _) = explain(&rs, Hook::Input, &pkt);
+            (verdict, said)
+        };
+        let (verdict, said) = question(5555);
+        assert_eq!(verdict, "accept");
+        let said = said.unwrap();
+        assert!(
+            said.starts_with("untracked: ip raw/PREROUTING rule 1"),
+            "{said}"
+        );
+        // Not notracked: NEW, and the policy drops it.
+        assert_eq!(question(5556), ("drop", None));
+        // Notracked only if a rate limit says so: the state is not known.
+        let (verdict, said) = question(5557);
+        assert_eq!(verdict, "unsure");
+        assert!(said.unwrap().starts_with("conntrack state unknown"));
     }
 
     /// What was not given is unknown, not absent: `! -o lo -j DROP` without --oif, an
