@@ -382,8 +382,14 @@ fn field_value(
             // No connection: nft's `ct status` breaks; xt_conntrack sees no status bit.
             Some(CtState::Invalid | CtState::Untracked) if needs_conntrack => FieldValue::Absent,
             Some(CtState::Invalid | CtState::Untracked) => FieldValue::Known(0),
-            Some(_) if tested() & !(nat::never_set(ruleset) | packet.ct_status_clear) == 0 => {
-                FieldValue::Known(0)
+            Some(_)
+                if tested()
+                    & !(nat::never_set(ruleset)
+                        | packet.ct_status_clear
+                        | packet.ct_status_set)
+                    == 0 =>
+            {
+                FieldValue::Known(packet.ct_status_set & tested())
             }
             Some(_) => FieldValue::Unknown(
                 "ct status: the ruleset can translate this connection's addresses (NAT rules \

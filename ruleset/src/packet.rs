@@ -40,6 +40,9 @@ pub struct Packet {
     /// ruleset alone tells (see [`crate::nat`]): for a new connection `explain` describes,
     /// that no nat rule translates it ([`crate::eval::nat_binding`]).
     pub ct_status_clear: u32,
+    /// Status bits the packet's connection is known to have: for a new connection
+    /// `explain` follows through a DNAT, `IPS_DST_NAT`.
+    pub ct_status_set: u32,
     /// Whether the route back to `src` leaves by `iif` ([`crate::Condition::ReversePath`]),
     /// as `explain` looked it up in the namespace; `None`: not known.
     pub reverse_path: Option<bool>,
@@ -77,6 +80,7 @@ impl Packet {
             gid: None,
             ct_state: None,
             ct_status_clear: 0,
+            ct_status_set: 0,
             reverse_path: None,
             len: 0,
             unknown: Unknown::ALL,

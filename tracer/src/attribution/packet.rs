@@ -40,6 +40,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         // The NAT a connection went through is not read: only what the ruleset can do to
         // it decides `ct status` (ruleset::nat).
         ct_status_clear: 0,
+        ct_status_set: 0,
         // Not looked up for captured drops: an rp_filter rule is left to the counters.
         reverse_path: None,
         len: r.len,

@@ -306,10 +306,37 @@ fn follow_nat(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> O
             pkt.ct_status_clear |= ruleset::nat::IPS_DST_NAT;
             None
         }
-        ruleset::eval::NatBinding::By { rule, action } => Some(format!(
-            "{rule} translates the connection ({action}); the rules after it see the \
-             translated packet, which explain does not follow"
-        )),
+        ruleset::eval::NatBinding::By { rule, action } => {
+            // A new port on the same address (firewalld's forward-port to a local port,
+            // REDIRECT) is followed; a new address is routed anew, which is not.
+            let to = ruleset::nat::dnat_target(&rule.text)
+                .filter(|to| to.addr.is_none_or(|addr| addr == pkt.dst));
+            match to {
+                Some(to) => {
+                    if let Some(port) = to.port.filter(|_| pkt.dport.is_some()) {
+                        pkt.dport = Some(port);
+                    }
+                    pkt.ct_status_set |= ruleset::nat::IPS_DST_NAT;
+                    let port = pkt.dport.map_or(String::new(), |p| format!(" port {p}"));
+                    Some(match to.addr {
+                        Some(_) => format!(
+                            "{rule} translates the connection to{port}: the rules after it \
+                             see that, and ct status dnat"
+                        ),
+                        None => format!(
+                            "{rule} redirects the connection to{port} of the receiving \
+                             interface's address (taken to be {}): the rules after it see \
+                             that, and ct status dnat",
+                            pkt.dst
+                        ),
+                    })
+                }
+                None => Some(format!(
+                    "{rule} translates the connection ({action}); the rules after it see the \
+                     translated packet, which explain does not follow"
+                )),
+            }
+        }
         ruleset::eval::NatBinding::Undecided(_) => None,
     }
 }
