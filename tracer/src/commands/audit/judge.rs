@@ -56,10 +56,16 @@ pub enum Judgement {
 
 /// Evaluates `f`'s first packet on the egress hooks, in both engines, like the kernel.
 pub fn judge(rs: &Ruleset, f: &Flow) -> Judgement {
-    let pkt = match packet_of(f) {
+    let mut pkt = match packet_of(f) {
         Ok(p) => p,
         Err(why) => return Judgement::Unsure { why },
     };
+    // A notrack rule in raw OUTPUT leaves the first packet UNTRACKED for the rules after.
+    match ruleset::eval::conntrack_skipped(rs, pkt.family, Hook::Output, &pkt) {
+        ruleset::eval::Conntrack::Tracks => {}
+        ruleset::eval::Conntrack::SkippedBy(_) => pkt.ct_state = Some(ruleset::CtState::Untracked),
+        ruleset::eval::Conntrack::MaybeSkippedBy(..) => pkt.ct_state = None,
+    }
     let mut unsure = Vec::new();
     let mut accepted_by = None;
     for hook in [Hook::Output, Hook::Postrouting] {

@@ -354,6 +354,24 @@ mod tests {
         );
     }
 
+    /// A proposed ruleset that untracks DNS in raw OUTPUT and accepts UNTRACKED: the
+    /// flow passes, as it would (its first packet is not NEW to the filter rules).
+    #[test]
+    fn untracked_flows_are_judged_untracked() {
+        let p = proposed(
+            "*raw\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p udp --dport 53 -j CT --notrack\nCOMMIT\n\
+             *filter\n:OUTPUT DROP [0:0]\n-A OUTPUT -m conntrack --ctstate UNTRACKED -j ACCEPT\nCOMMIT\n",
+        );
+        assert!(matches!(
+            judge(&p.ruleset, &flow("udp", 53, "unbound")),
+            Judgement::Pass { .. }
+        ));
+        assert!(matches!(
+            judge(&p.ruleset, &flow("udp", 123, "chronyd")),
+            Judgement::Blocked { .. }
+        ));
+    }
+
     #[test]
     fn rejects_and_undecidable_rules_fail_the_audit() {
         let reject = proposed(
