@@ -71,6 +71,10 @@ pub struct Evaluation {
     /// More combinations existed than [`MAX_FORKED_WALKS`] walks could try:
     /// the list may miss an outcome.
     pub alternatives_truncated: bool,
+    /// The packet's mark when the main walk ended (`None`: a rule set it from what is not
+    /// read): what the next hook's rules see.
+    #[serde(skip)]
+    pub mark_after: Option<u32>,
 }
 
 /// Where the walk ends when some undecided rules match.
@@ -86,6 +90,9 @@ pub struct Alternative {
     /// `assuming` among them): only these can change this outcome, not rules of
     /// chains the packet reaches only when the walk goes on.
     pub undecided: Vec<(RuleRef, String)>,
+    /// The packet's mark when this walk ended (see [`Evaluation::mark_after`]).
+    #[serde(skip)]
+    pub mark_after: Option<u32>,
 }
 
 impl Evaluation {
@@ -98,6 +105,7 @@ impl Evaluation {
             path: self.path.clone(),
             assuming: Vec::new(),
             undecided: self.undecided.clone(),
+            mark_after: self.mark_after,
         })
         .chain(self.alternatives.iter().cloned())
     }
@@ -163,6 +171,7 @@ pub fn evaluate(
             path: run.path,
             assuming: run.assumed,
             undecided: run.undecided,
+            mark_after: run.mark_after,
         });
     }
     Evaluation {
@@ -172,6 +181,7 @@ pub fn evaluate(
         undecided: main.undecided,
         alternatives,
         alternatives_truncated: !todo.is_empty(),
+        mark_after: main.mark_after,
     }
 }
 
@@ -185,6 +195,7 @@ struct Run {
     assumed: Vec<RuleRef>,
     /// How many undecided rules the walk met (each one a fork).
     choices_met: usize,
+    mark_after: Option<u32>,
 }
 
 fn walk_once(
@@ -235,6 +246,7 @@ fn walk_once(
     Run {
         verdict,
         by,
+        mark_after: (!walk.packet.unknown.mark).then_some(walk.packet.mark),
         path: walk.path,
         undecided: walk.undecided,
         assumed: walk.assumed,

@@ -1841,35 +1841,86 @@ const NOTRACK_NFT: &str = "table inet dns {
 }
 ";
 
+/// Asks explain and the kernel about new TCP connections from the client to `ports` of the
+/// gateway: they must agree, and explain's `assumed` must start one line with `said` exactly
+/// for the ports the kernel accepts.
+fn explain_agrees_at(t: &Topology, ports: &[u16], said: &str) {
+    let dev = gateway_if(t);
+    for &port in ports {
+        t.gateway.tcp_listen(t.gateway_addr(port)).unwrap();
+        let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, port);
+        let kernel = fate(&t.client, t.gateway_addr(port));
+        assert_eq!(report["outcome"], kernel, "port {port}: {report:#}");
+        assert_eq!(code, if kernel == "accept" { 0 } else { 1 }, "{report:#}");
+        let says = report["assumed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with(said));
+        assert_eq!(says, kernel == "accept", "{report:#}");
+    }
+}
+
+/// Loads `text` with nft inside the gateway.
+fn nft_load_text(ns: &Netns, name: &str, text: &str) {
+    let file = private_file(ns, name);
+    std::fs::write(&file, text).unwrap();
+    nft_load(ns, &file.display().to_string());
+    std::fs::remove_file(&file).unwrap();
+}
+
 #[test]
 fn explain_follows_notrack_as_the_kernel_does() {
-    let ask = |t: &Topology, ports: &[u16]| {
-        let dev = gateway_if(t);
-        for &port in ports {
-            t.gateway.tcp_listen(t.gateway_addr(port)).unwrap();
-            let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, port);
-            let kernel = fate(&t.client, t.gateway_addr(port));
-            assert_eq!(report["outcome"], kernel, "port {port}: {report:#}");
-            assert_eq!(code, if kernel == "accept" { 0 } else { 1 }, "{report:#}");
-            let untracked = report["assumed"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a.as_str().unwrap().starts_with("untracked: "));
-            assert_eq!(untracked, kernel == "accept", "{report:#}");
-        }
-    };
     let t = Topology::new().unwrap();
     restore_text(
         &t.gateway,
         "iptables-nft-restore",
         NOTRACK_IPTABLES.to_string(),
     );
-    ask(&t, &[5555, 5556]);
+    explain_agrees_at(&t, &[5555, 5556], "untracked: ");
     let t = Topology::new().unwrap();
-    let file = private_file(&t.gateway, "notrack.nft");
-    std::fs::write(&file, NOTRACK_NFT).unwrap();
-    nft_load(&t.gateway, &file.display().to_string());
-    std::fs::remove_file(&file).unwrap();
-    ask(&t, &[5565, 5566]);
+    nft_load_text(&t.gateway, "notrack.nft", NOTRACK_NFT);
+    explain_agrees_at(&t, &[5565, 5566], "untracked: ");
+}
+
+// explain and marks: a mark set in PREROUTING is what INPUT's rules see.
+
+const PREROUTING_MARK_IPTABLES: &str = "*mangle
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 7777 -j MARK --set-xmark 0x10/0xffffffff
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m mark --mark 0x10 -j ACCEPT
+COMMIT
+";
+
+const PREROUTING_MARK_NFT: &str = "table inet pbr {
+\tchain premark {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\ttcp dport 7787 meta mark set 0x10
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state established,related accept
+\t\tmeta mark 0x10 accept
+\t}
+}
+";
+
+#[test]
+fn explain_carries_a_prerouting_mark_as_the_kernel_does() {
+    let t = Topology::new().unwrap();
+    restore_text(
+        &t.gateway,
+        "iptables-nft-restore",
+        PREROUTING_MARK_IPTABLES.to_string(),
+    );
+    explain_agrees_at(&t, &[7777, 7778], "mark 0x10 after PREROUTING");
+    let t = Topology::new().unwrap();
+    nft_load_text(&t.gateway, "mark.nft", PREROUTING_MARK_NFT);
+    explain_agrees_at(&t, &[7787, 7788], "mark 0x10 after PREROUTING");
 }

@@ -251,6 +251,57 @@ fn fill_in_route(
     assumed
 }
 
+/// For a packet that arrives: its mark when it reaches INPUT or FORWARD, as the mangle
+/// (and any) PREROUTING chains of both engines leave it (`-j MARK`, `meta mark set`): the
+/// packet as the hook's rules see it, and what `assumed` says of it. Where the ways
+/// undecided rules can go leave different marks, or a rule sets it from what is not read,
+/// the mark is unknown to the hook's rules.
+fn mark_after_prerouting(
+    rs: &ruleset::Ruleset,
+    hook: Hook,
+    pkt: &ruleset::Packet,
+) -> (ruleset::Packet, Option<String>) {
+    let mut at_hook = pkt.clone();
+    if !matches!(hook, Hook::Input | Hook::Forward) || pkt.unknown.mark {
+        return (at_hook, None);
+    }
+    let every_backend = [
+        ruleset::Backend::IptablesNft,
+        ruleset::Backend::IptablesLegacy,
+        ruleset::Backend::Nftables,
+    ];
+    let ev = ruleset::eval::evaluate(rs, &every_backend, pkt.family, Hook::Prerouting, pkt);
+    let marks: Vec<Option<u32>> = ev
+        .outcomes()
+        .filter(|o| o.verdict == ruleset::eval::Verdict::Accept)
+        .map(|o| o.mark_after)
+        .collect();
+    let Some(&first) = marks.first() else {
+        return (at_hook, None);
+    };
+    let note = match first {
+        _ if marks.iter().any(|m| *m != first) => {
+            at_hook.unknown.mark = true;
+            "mark unknown after PREROUTING: rules there that cannot be decided set it".into()
+        }
+        Some(mark) if mark == pkt.mark => return (at_hook, None),
+        Some(mark) => {
+            at_hook.mark = mark;
+            format!(
+                "mark {mark:#x} after PREROUTING (it arrived with {:#x})",
+                pkt.mark
+            )
+        }
+        None => {
+            at_hook.unknown.mark = true;
+            "mark unknown after PREROUTING: a rule there sets it from what is not read, or \
+             may set it and cannot be decided"
+                .into()
+        }
+    };
+    (at_hook, Some(note))
+}
+
 /// For a new connection, whether a notrack rule keeps conntrack away from it before
 /// `hook` (raw PREROUTING for a packet that arrives, raw OUTPUT for one sent here, in
 /// either engine): the rules after it see it UNTRACKED, not NEW (and no NAT binds it).
@@ -373,6 +424,17 @@ pub fn explain(
     hook: Hook,
     pkt: &ruleset::Packet,
 ) -> (Vec<EngineResult>, &'static str, Option<Attribution>) {
+    explain_arriving(rs, hook, pkt, pkt)
+}
+
+/// [`explain`], where the packet reaches `hook` as `at_hook` (with the mark PREROUTING
+/// set: see [`mark_after_prerouting`]) and meets PREROUTING as `pkt`.
+pub fn explain_arriving(
+    rs: &ruleset::Ruleset,
+    hook: Hook,
+    pkt: &ruleset::Packet,
+    at_hook: &ruleset::Packet,
+) -> (Vec<EngineResult>, &'static str, Option<Attribution>) {
     let mut engines = Vec::new();
     for (engine, name) in [
         (ruleset::Engine::NfTables, "nftables"),
@@ -387,11 +449,13 @@ pub fn explain(
         if backends.is_empty() {
             continue;
         }
-        let walk = |hook| ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt);
+        let walk = |hook, pkt: &ruleset::Packet| {
+            ruleset::eval::evaluate(rs, engine.backends(), pkt.family, hook, pkt)
+        };
         // A packet that arrives went through PREROUTING first: a drop there is its fate
         // (Docker's raw "DROP DIRECT ACCESS", an rpfilter), whatever `hook` would do.
         let prerouting =
-            matches!(hook, Hook::Input | Hook::Forward).then(|| walk(Hook::Prerouting));
+            matches!(hook, Hook::Input | Hook::Forward).then(|| walk(Hook::Prerouting, pkt));
         let stopped_before: Vec<ruleset::eval::Alternative> = prerouting
             .iter()
             .flat_map(|ev| ev.outcomes())
@@ -403,7 +467,7 @@ pub fn explain(
         });
         let ev = match prerouting {
             Some(ev) if !reaches_hook => ev,
-            _ => walk(hook),
+            _ => walk(hook, at_hook),
         };
         let mut fates: Vec<&'static str> = ev.outcomes().map(|o| outcome_of(&o.verdict)).collect();
         if reaches_hook {
@@ -498,7 +562,9 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     assumed.extend(follow_notrack(&mut pkt, &snap.ruleset, args.hook));
     assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
     pkt.reverse_path = reverse_path(&pkt, args.hook, netns.as_deref());
-    let (engines, verdict, by) = explain(&snap.ruleset, args.hook, &pkt);
+    let (at_hook, marked) = mark_after_prerouting(&snap.ruleset, args.hook, &pkt);
+    assumed.extend(marked);
+    let (engines, verdict, by) = explain_arriving(&snap.ruleset, args.hook, &pkt, &at_hook);
     let report = Explanation {
         kind: "explain",
         outcome: verdict,
@@ -813,6 +879,48 @@ mod tests {
         let (verdict, said) = question(5557);
         assert_eq!(verdict, "unsure");
         assert!(said.unwrap().starts_with("conntrack state unknown"));
+    }
+
+    /// A mark set in mangle PREROUTING is what INPUT's rules see (a policy-routing or
+    /// network-plugin pattern): without it, explain answered drop, certain, for a packet
+    /// the kernel accepts.
+    #[test]
+    fn a_mark_set_in_prerouting_reaches_the_hook() {
+        let text = "*mangle\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -p tcp -m tcp --dport 7777 -j MARK --set-xmark 0x10/0xffffffff\n\
+             -A PREROUTING -p tcp -m tcp --dport 7779 -m limit --limit 1/s -j MARK --set-xmark 0x10/0xffffffff\n\
+             COMMIT\n\
+             *filter\n:INPUT DROP [0:0]\n\
+             -A INPUT -m mark --mark 0x10 -j ACCEPT\n\
+             COMMIT\n";
+        let rs = ruleset::iptables_save::parse_ruleset(
+            text,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap();
+        let question = |dport| {
+            let mut a = args(dport);
+            a.hook = Hook::Input;
+            a.iif = Some("eth0".into());
+            a.oif = None;
+            a.src = Some("198.51.100.7".parse().unwrap());
+            let pkt = packet(&a).unwrap();
+            let (at_hook, said) = mark_after_prerouting(&rs, Hook::Input, &pkt);
+            let (_, verdict, _) = explain_arriving(&rs, Hook::Input, &pkt, &at_hook);
+            (verdict, said)
+        };
+        assert_eq!(
+            question(7777),
+            (
+                "accept",
+                Some("mark 0x10 after PREROUTING (it arrived with 0x0)".into())
+            )
+        );
+        assert_eq!(question(7778), ("drop", None));
+        let (verdict, said) = question(7779);
+        assert_eq!(verdict, "unsure");
+        assert!(said.unwrap().starts_with("mark unknown after PREROUTING"));
     }
 
     /// What was not given is unknown, not absent: `! -o lo -j DROP` without --oif, an
