@@ -212,17 +212,7 @@ fn walk_once(
         base.kind != ChainKind::Nat || nat_runs
     });
 
-    let mut walk = Walk {
-        ruleset,
-        packet: Cow::Borrowed(packet),
-        path: Vec::new(),
-        undecided: Vec::new(),
-        choices,
-        choices_met: 0,
-        assumed: Vec::new(),
-        bound_by: None,
-        untracked_by: None,
-    };
+    let mut walk = Walk::new(ruleset, packet, choices);
     let mut verdict = Verdict::Accept;
     let mut by = DecidedBy::NoBaseChain;
     let mut accepted_by_rule = None;
@@ -305,17 +295,7 @@ pub fn nat_binding(
     let chains = base_chains(ruleset, backends, family, hook, |base| {
         base.kind == ChainKind::Nat
     });
-    let mut walk = Walk {
-        ruleset,
-        packet: Cow::Borrowed(packet),
-        path: Vec::new(),
-        undecided: Vec::new(),
-        choices: &[],
-        choices_met: 0,
-        assumed: Vec::new(),
-        bound_by: None,
-        untracked_by: None,
-    };
+    let mut walk = Walk::new(ruleset, packet, &[]);
     for (table, chain, base) in chains {
         let (verdict, _) = walk.base_chain(table, chain, base);
         if !walk.undecided.is_empty() {
@@ -366,17 +346,7 @@ pub fn conntrack_skipped(
     let chains = base_chains(ruleset, &backends, family, hook, |base| {
         base.priority < CONNTRACK_PRIORITY
     });
-    let mut walk = Walk {
-        ruleset,
-        packet: Cow::Borrowed(packet),
-        path: Vec::new(),
-        undecided: Vec::new(),
-        choices: &[],
-        choices_met: 0,
-        assumed: Vec::new(),
-        bound_by: None,
-        untracked_by: None,
-    };
+    let mut walk = Walk::new(ruleset, packet, &[]);
     for (table, chain, base) in chains {
         let (verdict, _) = walk.base_chain(table, chain, base);
         match walk.untracked_by.take() {
@@ -426,6 +396,21 @@ struct Frame<'a> {
 }
 
 impl<'a> Walk<'a> {
+    /// A walk of `packet` that takes the undecided rules it meets as `choices` says.
+    fn new(ruleset: &'a Ruleset, packet: &'a Packet, choices: &'a [bool]) -> Walk<'a> {
+        Walk {
+            ruleset,
+            packet: Cow::Borrowed(packet),
+            path: Vec::new(),
+            undecided: Vec::new(),
+            choices,
+            choices_met: 0,
+            assumed: Vec::new(),
+            bound_by: None,
+            untracked_by: None,
+        }
+    }
+
     fn base_chain(
         &mut self,
         table: &'a Table,

@@ -260,6 +260,21 @@ fn gateway_if(t: &Topology) -> String {
         .expect("gateway veth")
 }
 
+/// Runs each command (words split at spaces) inside `ns`.
+fn exec_each(ns: &Netns, commands: &[&str]) {
+    for c in commands {
+        let args: Vec<&str> = c.split_whitespace().collect();
+        ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
+    }
+}
+
+/// The client's route to `net` (a container or VM network on the gateway) via the gateway.
+fn routed_via_gateway(t: &Topology, net: &str) {
+    t.client
+        .exec(&["ip", "route", "add", net, "via", GATEWAY_V4])
+        .unwrap();
+}
+
 /// Loads a corpus file with `tool` (an iptables-restore) inside `ns`.
 fn restore(ns: &Netns, tool: &str, file: &str) {
     restore_text(ns, tool, corpus(file));
@@ -513,42 +528,35 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
     };
     link(&container, "eth0", &host, "bridge1");
     link(&host, "uplink0", &outside, "eth0");
-    for (ns, commands) in [
-        (
-            &container,
-            &[
-                "ip addr add 192.0.2.2/24 dev eth0",
-                "ip link set eth0 up",
-                "ip route add default via 192.0.2.1",
-            ][..],
-        ),
-        (
-            &host,
-            &[
-                "ip addr add 192.0.2.1/24 dev bridge1",
-                "ip link set bridge1 up",
-                "ip addr add 198.51.100.1/24 dev uplink0",
-                "ip link set uplink0 up",
-                "sysctl -qw net.ipv4.ip_forward=1",
-                // The set Docker keeps of its bridges with external access (docker0's here).
-                "ipset create docker-ext-bridges-v4 hash:net",
-                "ipset add docker-ext-bridges-v4 172.17.0.0/16",
-            ][..],
-        ),
-        (
-            &outside,
-            &[
-                "ip addr add 198.51.100.2/24 dev eth0",
-                "ip link set eth0 up",
-                "ip route add 192.0.2.0/24 via 198.51.100.1",
-            ][..],
-        ),
-    ] {
-        for c in commands {
-            let args: Vec<&str> = c.split_whitespace().collect();
-            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
-        }
-    }
+    exec_each(
+        &container,
+        &[
+            "ip addr add 192.0.2.2/24 dev eth0",
+            "ip link set eth0 up",
+            "ip route add default via 192.0.2.1",
+        ],
+    );
+    exec_each(
+        &host,
+        &[
+            "ip addr add 192.0.2.1/24 dev bridge1",
+            "ip link set bridge1 up",
+            "ip addr add 198.51.100.1/24 dev uplink0",
+            "ip link set uplink0 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+            // The set Docker keeps of its bridges with external access (docker0's here).
+            "ipset create docker-ext-bridges-v4 hash:net",
+            "ipset add docker-ext-bridges-v4 172.17.0.0/16",
+        ],
+    );
+    exec_each(
+        &outside,
+        &[
+            "ip addr add 198.51.100.2/24 dev eth0",
+            "ip link set eth0 up",
+            "ip route add 192.0.2.0/24 via 198.51.100.1",
+        ],
+    );
     restore(&host, "iptables-nft-restore", "docker-internal.iptables");
     let (lines, places) = check(&host, "nft", || {
         // Out of the internal network, and into it from outside.
@@ -620,27 +628,13 @@ fn fail2ban_nftables_bans_are_named_by_jail() {
     std::fs::remove_file(&rules).unwrap();
     t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
     t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
-    let mut lines = Vec::new();
-    let trace = traced(&t.gateway, || {
-        let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    let (lines, trace) = watched_and_traced(&t.gateway, || {
         assert!(!connect(&t.client, t.gateway_addr(22)));
         assert!(!connect(&t.client, t.gateway_addr6(22)));
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     let want = traced_drops_in(&trace, "inet f2b-table");
     assert_eq!(want.len(), 2, "one rule per family: {trace}");
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for d in drops(&lines) {
-        assert_eq!(d["owner"]["tool"], "fail2ban", "{d}");
-        assert_eq!(d["owner"]["object"], "sshd", "{d}");
-        assert_eq!(d["owner"]["show"], "fail2ban-client status sshd", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
-    }
+    let got = named_by_rule(&lines, ("fail2ban", "sshd", "fail2ban-client status sshd"));
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
 
@@ -760,6 +754,37 @@ fn traced(ns: &Netns, traffic: impl FnOnce()) -> String {
     trace
 }
 
+/// Runs `traffic` with droptrace watching `ns`, inside the kernel's trace of `ns` (see
+/// [`traced`]): (droptrace's lines, the trace).
+fn watched_and_traced(ns: &Netns, traffic: impl FnOnce()) -> (Vec<Value>, String) {
+    let mut lines = Vec::new();
+    let trace = traced(ns, || {
+        let w = Watcher::start(&["watch", "--netns", &ns.name]).unwrap();
+        traffic();
+        thread::sleep(SHORT);
+        lines = w.stop().unwrap();
+    });
+    (lines, trace)
+}
+
+/// The drops `lines` name, as (chain, rule) -> packets, to compare with the trace's
+/// ([`traced_drops_in`]); each line must be owned by `owner`: (tool, object, show).
+fn named_by_rule(lines: &[Value], owner: (&str, &str, &str)) -> BTreeMap<(String, String), u64> {
+    let mut got = BTreeMap::new();
+    for d in drops(lines) {
+        let (tool, object, show) = owner;
+        assert_eq!(d["owner"]["tool"], tool, "{d}");
+        assert_eq!(d["owner"]["object"], object, "{d}");
+        assert_eq!(d["owner"]["show"], show, "{d}");
+        let key = (
+            d["chain"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        );
+        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
+    }
+    got
+}
+
 /// A child process killed and reaped when dropped.
 struct Reaped(std::process::Child);
 
@@ -783,39 +808,31 @@ fn firewalld_rejects_are_named_as_the_kernels_trace_shows_them() {
     let t = Topology::new().unwrap();
     nft_load(&t.gateway, &corpus_path("firewalld.nft"));
     t.gateway.tcp_listen(t.gateway_addr(9090)).unwrap();
-    let mut lines = Vec::new();
-    let trace = traced(&t.gateway, || {
-        let w = Watcher::start(&["watch", "--netns", &t.gateway.name]).unwrap();
+    let (lines, trace) = watched_and_traced(&t.gateway, || {
         // cockpit (9090) is allowed by the public zone; 8080 is not: filter_INPUT's reject.
         assert!(connect(&t.client, t.gateway_addr(9090)));
         assert!(!connect(&t.client, t.gateway_addr(8080)));
         assert!(!connect(&t.client, t.gateway_addr6(8080)));
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     let want = traced_drops(&trace);
     assert!(!want.is_empty(), "the trace saw no drop: {trace}");
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
     for d in drops(&lines) {
         assert_eq!(d["backend"], "nftables", "{d}");
         assert_eq!(d["table"], "firewalld", "{d}");
         assert_eq!(d["table_family"], "inet", "{d}");
-        assert_eq!(d["owner"]["tool"], "firewalld", "{d}");
-        // The zone the packet was dispatched to (the veth is in no zone: the default,
-        // public), and firewall-cmd's view of it.
-        assert_eq!(d["owner"]["object"], "zone public", "{d}");
-        assert_eq!(
-            d["owner"]["show"], "firewall-cmd --zone=public --list-all",
-            "{d}"
-        );
         // No counter can confirm it: named by evaluation, and said so.
         assert_eq!(d["attribution"], "inferred", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
     }
+    // The zone the packet was dispatched to (the veth is in no zone: the default,
+    // public), and firewall-cmd's view of it.
+    let got = named_by_rule(
+        &lines,
+        (
+            "firewalld",
+            "zone public",
+            "firewall-cmd --zone=public --list-all",
+        ),
+    );
     assert_eq!(
         got, want,
         "droptrace (left) and the kernel's trace (right); {trace}"
@@ -929,17 +946,16 @@ fn libvirt_rejects_name_the_network_of_their_bridge() {
     let t = Topology::new().unwrap();
     let gw = &t.gateway;
     // The host: a bridge for the guests, routed to from the client.
-    for command in [
-        &["ip", "link", "add", "virbr0", "type", "bridge"][..],
-        &["ip", "addr", "add", "192.168.122.1/24", "dev", "virbr0"],
-        &["ip", "link", "set", "virbr0", "up"],
-        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-    ] {
-        gw.exec(command).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "192.168.122.0/24", "via", GATEWAY_V4])
-        .unwrap();
+    exec_each(
+        gw,
+        &[
+            "ip link add virbr0 type bridge",
+            "ip addr add 192.168.122.1/24 dev virbr0",
+            "ip link set virbr0 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    routed_via_gateway(&t, "192.168.122.0/24");
     nft_load(gw, &corpus_path("libvirt.nft"));
     let status = private_file(gw, "libvirt-status");
     std::fs::write(&status, LIBVIRT_DEFAULT_STATUS).unwrap();
@@ -1269,42 +1285,31 @@ fn netavark_isolation_drops_name_the_network_kept_out() {
         "netns", &host.name,
     ])
     .unwrap();
-    for (ns, commands) in [
-        (
-            &host,
-            &[
-                "ip addr add 10.89.0.1/24 dev podman1",
-                "ip link set podman1 up",
-                // The other network's bridge, with no container on it yet.
-                "ip link add podman2 type bridge",
-                "ip addr add 10.89.1.1/24 dev podman2",
-                "ip link set podman2 up",
-                "sysctl -qw net.ipv4.ip_forward=1",
-            ][..],
-        ),
-        (
-            &ctr,
-            &[
-                "ip addr add 10.89.0.2/24 dev eth0",
-                "ip link set eth0 up",
-                "ip route add default via 10.89.0.1",
-            ][..],
-        ),
-    ] {
-        for c in commands {
-            let args: Vec<&str> = c.split_whitespace().collect();
-            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
-        }
-    }
+    exec_each(
+        &host,
+        &[
+            "ip addr add 10.89.0.1/24 dev podman1",
+            "ip link set podman1 up",
+            // The other network's bridge, with no container on it yet.
+            "ip link add podman2 type bridge",
+            "ip addr add 10.89.1.1/24 dev podman2",
+            "ip link set podman2 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    exec_each(
+        &ctr,
+        &[
+            "ip addr add 10.89.0.2/24 dev eth0",
+            "ip link set eth0 up",
+            "ip route add default via 10.89.0.1",
+        ],
+    );
     nft_load(&host, &corpus_path("netavark.nft"));
-    let mut lines = Vec::new();
-    let trace = traced(&host, || {
-        let w = Watcher::start(&["watch", "--netns", &host.name]).unwrap();
+    let (lines, trace) = watched_and_traced(&host, || {
         // From a container of podnet to one of legacy: strict isolation keeps it out.
         let other_network: SocketAddr = "10.89.1.5:80".parse().unwrap();
         assert_eq!(ctr.udp_send(other_network, 3).unwrap(), 3);
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     let want = traced_drops_in(&trace, "inet netavark");
     assert_eq!(
@@ -1315,25 +1320,21 @@ fn netavark_isolation_drops_name_the_network_kept_out() {
         )],
         "{trace}"
     );
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
     for d in drops(&lines) {
         assert_eq!(
             (&d["table"], &d["table_family"]),
             (&"netavark".into(), &"inet".into()),
             "{d}"
         );
-        assert_eq!(d["owner"]["tool"], "netavark", "{d}");
-        assert_eq!(d["owner"]["object"], "bridge podman2", "{d}");
-        assert_eq!(
-            d["owner"]["show"], "podman network ls --format '{{.Name}} {{.NetworkInterface}}'",
-            "{d}"
-        );
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
     }
+    let got = named_by_rule(
+        &lines,
+        (
+            "netavark",
+            "bridge podman2",
+            "podman network ls --format '{{.Name}} {{.NetworkInterface}}'",
+        ),
+    );
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
 
@@ -1359,42 +1360,33 @@ fn incus_drops_name_the_network_acl_and_the_instance_nic() {
         &host.name,
     ])
     .unwrap();
-    for (ns, commands) in [
-        (
-            &host,
-            &[
-                "ip link add incusbr0 address 02:00:00:00:00:01 type bridge",
-                "ip addr add 10.0.0.1/24 dev incusbr0",
-                "ip link set incusbr0 up",
-                "ip link set veth1a2b3c4d master incusbr0",
-                "ip link set veth1a2b3c4d up",
-                // The host's way out.
-                "ip link add uplink0 type bridge",
-                "ip addr add 198.51.100.1/24 dev uplink0",
-                "ip link set uplink0 up",
-                "sysctl -qw net.ipv4.ip_forward=1",
-            ][..],
-        ),
-        (
-            &ctr,
-            &[
-                "ip link set eth0 address 00:16:3e:11:22:33",
-                "ip addr add 10.0.0.10/24 dev eth0",
-                "ip link set eth0 up",
-                "ip route add default via 10.0.0.1",
-                "ip neigh replace 10.0.0.1 lladdr 02:00:00:00:00:01 dev eth0 nud permanent",
-            ][..],
-        ),
-    ] {
-        for c in commands {
-            let args: Vec<&str> = c.split_whitespace().collect();
-            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
-        }
-    }
+    exec_each(
+        &host,
+        &[
+            "ip link add incusbr0 address 02:00:00:00:00:01 type bridge",
+            "ip addr add 10.0.0.1/24 dev incusbr0",
+            "ip link set incusbr0 up",
+            "ip link set veth1a2b3c4d master incusbr0",
+            "ip link set veth1a2b3c4d up",
+            // The host's way out.
+            "ip link add uplink0 type bridge",
+            "ip addr add 198.51.100.1/24 dev uplink0",
+            "ip link set uplink0 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    exec_each(
+        &ctr,
+        &[
+            "ip link set eth0 address 00:16:3e:11:22:33",
+            "ip addr add 10.0.0.10/24 dev eth0",
+            "ip link set eth0 up",
+            "ip route add default via 10.0.0.1",
+            "ip neigh replace 10.0.0.1 lladdr 02:00:00:00:00:01 dev eth0 nud permanent",
+        ],
+    );
     nft_load(&host, &corpus_path("incus.nft"));
-    let mut lines = Vec::new();
-    let trace = traced(&host, || {
-        let w = Watcher::start(&["watch", "--netns", &host.name]).unwrap();
+    let (lines, trace) = watched_and_traced(&host, || {
         // Out of the network: the ACL allows only TCP 80 in, so its default rejects it.
         let outside: SocketAddr = "198.51.100.2:80".parse().unwrap();
         assert_eq!(ctr.udp_send(outside, 2).unwrap(), 2);
@@ -1411,8 +1403,6 @@ fn incus_drops_name_the_network_acl_and_the_instance_nic() {
         }
         let dns: SocketAddr = "10.0.0.1:53".parse().unwrap();
         assert_eq!(ctr.udp_send(dns, 3).unwrap(), 3);
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     // What the traffic met (the host's own packets onto the bridge may meet the ACL's
     // other default reject too: the trace sees those, and so must droptrace).
@@ -1431,37 +1421,34 @@ fn incus_drops_name_the_network_acl_and_the_instance_nic() {
         [("in.c1.eth0", 3)],
         "{trace}"
     );
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // The NIC filter's drops: the bridge family is not evaluated, and the lines say so
+    // rather than name a routed hook or any rule.
+    let (bridged, routed): (Vec<Value>, Vec<Value>) = lines
+        .into_iter()
+        .partition(|d| d["engine"] == "nftables/bridge");
     let mut unevaluated = 0;
-    for d in drops(&lines) {
-        // The NIC filter's drops: the bridge family is not evaluated, and the line says so
-        // rather than name a routed hook or any rule.
-        if d["engine"] == "nftables/bridge" {
-            assert_eq!(d["attribution"], "none", "{d}");
-            assert_eq!(d["hook"], Value::Null, "{d}");
-            assert!(d["why"].as_str().unwrap().contains("bridge-family"), "{d}");
-            unevaluated += d["count"].as_u64().unwrap();
-            continue;
-        }
+    for d in drops(&bridged) {
+        assert_eq!(d["attribution"], "none", "{d}");
+        assert_eq!(d["hook"], Value::Null, "{d}");
+        assert!(d["why"].as_str().unwrap().contains("bridge-family"), "{d}");
+        unevaluated += d["count"].as_u64().unwrap();
+    }
+    for d in drops(&routed) {
         assert_eq!(
             (&d["table"], &d["table_family"]),
             (&"incus".into(), &"inet".into()),
             "{d}"
         );
-        assert_eq!(d["owner"]["tool"], "incus", "{d}");
-        assert_eq!(d["owner"]["object"], "network incusbr0", "{d}");
-        assert_eq!(d["owner"]["show"], "incus network show incusbr0", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
     }
-    assert_eq!(unevaluated, 3, "{lines:#?}");
+    let got = named_by_rule(
+        &routed,
+        ("incus", "network incusbr0", "incus network show incusbr0"),
+    );
+    assert_eq!(unevaluated, 3, "{bridged:#?}");
     // The traffic's drops as the kernel counted them. The host's own multicast reports
     // onto the bridge meet the ACL's other default reject too, at moments of their own
     // (the trace runs a little longer than droptrace): named, they must be that rule.
-    assert_eq!(got.get(&egress_reject), Some(&2), "{lines:#?}");
+    assert_eq!(got.get(&egress_reject), Some(&2), "{routed:#?}");
     for place in got.keys() {
         assert!(
             want.contains_key(place),
@@ -1478,18 +1465,16 @@ fn calico_drops_name_the_workload_and_the_policy() {
     let t = Topology::new().unwrap();
     let gw = &t.gateway;
     // The node: a pod's interface with its /32 route, as Calico's CNI plugin makes them.
-    for command in [
-        "ip link add cali1234abcd5 type bridge",
-        "ip link set cali1234abcd5 up",
-        "ip route add 10.244.1.5/32 dev cali1234abcd5",
-        "sysctl -qw net.ipv4.ip_forward=1",
-    ] {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        gw.exec(&args).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "10.244.1.0/24", "via", GATEWAY_V4])
-        .unwrap();
+    exec_each(
+        gw,
+        &[
+            "ip link add cali1234abcd5 type bridge",
+            "ip link set cali1234abcd5 up",
+            "ip route add 10.244.1.5/32 dev cali1234abcd5",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    routed_via_gateway(&t, "10.244.1.0/24");
     restore(gw, "iptables-nft-restore", "calico.iptables");
     let pod = |port| SocketAddr::new("10.244.1.5".parse().unwrap(), port);
     let (lines, places) = check(gw, "nft", || {
@@ -1538,18 +1523,16 @@ fn calico_drops_name_the_workload_and_the_policy() {
 fn kube_router_rejects_name_the_pod_whose_firewall_refused() {
     let t = Topology::new().unwrap();
     let gw = &t.gateway;
-    for command in [
-        "ip link add kube-bridge type bridge",
-        "ip link set kube-bridge up",
-        "ip route add 10.244.1.0/24 dev kube-bridge",
-        "sysctl -qw net.ipv4.ip_forward=1",
-    ] {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        gw.exec(&args).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "10.244.1.0/24", "via", GATEWAY_V4])
-        .unwrap();
+    exec_each(
+        gw,
+        &[
+            "ip link add kube-bridge type bridge",
+            "ip link set kube-bridge up",
+            "ip route add 10.244.1.0/24 dev kube-bridge",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    routed_via_gateway(&t, "10.244.1.0/24");
     restore(gw, "iptables-nft-restore", "kube-router.iptables");
     let pod = SocketAddr::new("10.244.1.7".parse().unwrap(), 53);
     let (lines, places) = check(gw, "nft", || {
@@ -1588,33 +1571,22 @@ fn fw4_rejects_from_wan_name_the_wan_zone() {
         &peer.name,
     ])
     .unwrap();
-    for (ns, commands) in [
-        (
-            &router,
-            &[
-                "ip addr add 10.11.12.1/24 dev pppoe-wan",
-                "ip link set pppoe-wan up",
-            ][..],
-        ),
-        (
-            &peer,
-            &["ip addr add 10.11.12.2/24 dev eth0", "ip link set eth0 up"][..],
-        ),
-    ] {
-        for c in commands {
-            let args: Vec<&str> = c.split_whitespace().collect();
-            ns.exec(&args).unwrap_or_else(|e| panic!("{c}: {e}"));
-        }
-    }
+    exec_each(
+        &router,
+        &[
+            "ip addr add 10.11.12.1/24 dev pppoe-wan",
+            "ip link set pppoe-wan up",
+        ],
+    );
+    exec_each(
+        &peer,
+        &["ip addr add 10.11.12.2/24 dev eth0", "ip link set eth0 up"],
+    );
     nft_load(&router, &corpus_path("fw4.nft"));
-    let mut lines = Vec::new();
-    let trace = traced(&router, || {
-        let w = Watcher::start(&["watch", "--netns", &router.name]).unwrap();
+    let (lines, trace) = watched_and_traced(&router, || {
         // From the internet to the router: input_wan has no rule for it.
         let router_dns: SocketAddr = "10.11.12.1:53".parse().unwrap();
         assert_eq!(peer.udp_send(router_dns, 2).unwrap(), 2);
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     let want = traced_drops_in(&trace, "inet fw4");
     assert_eq!(
@@ -1626,53 +1598,46 @@ fn fw4_rejects_from_wan_name_the_wan_zone() {
         )],
         "{trace}"
     );
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for d in drops(&lines) {
-        assert_eq!(d["owner"]["tool"], "fw4", "{d}");
-        // The shared reject chain acts for the zone that jumped to it.
-        assert_eq!(d["owner"]["object"], "zone wan", "{d}");
-        assert_eq!(d["owner"]["show"], "uci show firewall", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
-    }
+    // The shared reject chain acts for the zone that jumped to it.
+    let got = named_by_rule(&lines, ("fw4", "zone wan", "uci show firewall"));
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
 
 // Docker's nftables backend: the network of raw-PREROUTING's direct-access drop and of
 // its forward chain's unpublished-port drop.
 
+/// The network of moby's bridge driver tests (bridge br-dummy, 192.168.0.0/24, container
+/// 192.168.0.2) on the gateway, routed to from the client.
+fn moby_test_network() -> Topology {
+    let t = Topology::new().unwrap();
+    exec_each(
+        &t.gateway,
+        &[
+            "ip link add br-dummy type bridge",
+            "ip addr add 192.168.0.1/24 dev br-dummy",
+            "ip link set br-dummy up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    routed_via_gateway(&t, "192.168.0.0/24");
+    t
+}
+
+/// Two datagrams straight at the container's address from outside its network, and three
+/// at another address of the network on a port nobody published.
+fn at_the_container_and_its_network(t: &Topology) {
+    let container: SocketAddr = "192.168.0.2:22".parse().unwrap();
+    assert_eq!(t.client.udp_send(container, 2).unwrap(), 2);
+    let unpublished: SocketAddr = "192.168.0.3:22".parse().unwrap();
+    assert_eq!(t.client.udp_send(unpublished, 3).unwrap(), 3);
+}
+
 #[test]
 fn docker_nftables_drops_name_the_network_bridge() {
-    let t = Topology::new().unwrap();
+    let t = moby_test_network();
     let gw = &t.gateway;
-    for command in [
-        "ip link add br-dummy type bridge",
-        "ip addr add 192.168.0.1/24 dev br-dummy",
-        "ip link set br-dummy up",
-        "sysctl -qw net.ipv4.ip_forward=1",
-    ] {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        gw.exec(&args).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "192.168.0.0/24", "via", GATEWAY_V4])
-        .unwrap();
     nft_load(gw, &corpus_path("docker-bridges.nft"));
-    let mut lines = Vec::new();
-    let trace = traced(gw, || {
-        let w = Watcher::start(&["watch", "--netns", &gw.name]).unwrap();
-        // Straight at the container's address from outside its network.
-        let container: SocketAddr = "192.168.0.2:22".parse().unwrap();
-        assert_eq!(t.client.udp_send(container, 2).unwrap(), 2);
-        // At another address of the network, on a port nobody published.
-        let unpublished: SocketAddr = "192.168.0.3:22".parse().unwrap();
-        assert_eq!(t.client.udp_send(unpublished, 3).unwrap(), 3);
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
-    });
+    let (lines, trace) = watched_and_traced(gw, || at_the_container_and_its_network(&t));
     let want = traced_drops_in(&trace, "ip docker-bridges");
     assert_eq!(
         want.iter()
@@ -1681,18 +1646,8 @@ fn docker_nftables_drops_name_the_network_bridge() {
         [("filter-forward-in__br-dummy", 3), ("raw-PREROUTING", 2)],
         "{trace}"
     );
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for d in drops(&lines) {
-        assert_eq!(d["owner"]["tool"], "docker", "{d}");
-        assert_eq!(d["owner"]["object"], "bridge br-dummy", "{d}");
-        // Not a bridge Docker named after a network ID: its networks are listed.
-        assert_eq!(d["owner"]["show"], "docker network ls", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
-    }
+    // Not a bridge Docker named after a network ID: its networks are listed.
+    let got = named_by_rule(&lines, ("docker", "bridge br-dummy", "docker network ls"));
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
 
@@ -1700,28 +1655,10 @@ fn docker_nftables_drops_name_the_network_bridge() {
 
 #[test]
 fn docker_iptables_direct_access_drop_in_raw_is_dockers() {
-    let t = Topology::new().unwrap();
+    let t = moby_test_network();
     let gw = &t.gateway;
-    for command in [
-        "ip link add br-dummy type bridge",
-        "ip addr add 192.168.0.1/24 dev br-dummy",
-        "ip link set br-dummy up",
-        "sysctl -qw net.ipv4.ip_forward=1",
-    ] {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        gw.exec(&args).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "192.168.0.0/24", "via", GATEWAY_V4])
-        .unwrap();
     restore(gw, "iptables-nft-restore", "docker-direct-access.iptables");
-    let (lines, places) = check(gw, "nft", || {
-        // Straight at the container's address, and at the network's other addresses.
-        let container: SocketAddr = "192.168.0.2:22".parse().unwrap();
-        assert_eq!(t.client.udp_send(container, 2).unwrap(), 2);
-        let other: SocketAddr = "192.168.0.3:22".parse().unwrap();
-        assert_eq!(t.client.udp_send(other, 3).unwrap(), 3);
-    });
+    let (lines, places) = check(gw, "nft", || at_the_container_and_its_network(&t));
     let raw = Place {
         family: 4,
         table: "raw".into(),
@@ -1745,9 +1682,7 @@ fn kube_proxy_ipvs_access_filter_rejects_are_kube_proxys() {
             .exec(&["sh", "-c", line])
             .unwrap_or_else(|e| panic!("{line}: {e}"));
     }
-    t.client
-        .exec(&["ip", "route", "add", "10.96.0.0/12", "via", GATEWAY_V4])
-        .unwrap();
+    routed_via_gateway(&t, "10.96.0.0/12");
     let (lines, places) = check(&t.gateway, "nft", || {
         // The Service's address, on a port that is no Service's.
         let vip = SocketAddr::new("10.96.0.10".parse().unwrap(), 22);
@@ -1767,26 +1702,20 @@ fn kube_proxy_ipvs_access_filter_rejects_are_kube_proxys() {
 fn lxd_drops_name_the_network() {
     let t = Topology::new().unwrap();
     let gw = &t.gateway;
-    for command in [
-        "ip link add lxdbr0 type bridge",
-        "ip addr add 10.0.0.1/24 dev lxdbr0",
-        "ip link set lxdbr0 up",
-    ] {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        gw.exec(&args).unwrap();
-    }
-    t.client
-        .exec(&["ip", "route", "add", "10.0.0.0/24", "via", GATEWAY_V4])
-        .unwrap();
+    exec_each(
+        gw,
+        &[
+            "ip link add lxdbr0 type bridge",
+            "ip addr add 10.0.0.1/24 dev lxdbr0",
+            "ip link set lxdbr0 up",
+        ],
+    );
+    routed_via_gateway(&t, "10.0.0.0/24");
     nft_load(gw, &corpus_path("lxd.nft"));
-    let mut lines = Vec::new();
-    let trace = traced(gw, || {
-        let w = Watcher::start(&["watch", "--netns", &gw.name]).unwrap();
+    let (lines, trace) = watched_and_traced(gw, || {
         // The network's DNS, asked from outside the network.
         let dns: SocketAddr = "10.0.0.1:53".parse().unwrap();
         assert_eq!(t.client.udp_send(dns, 2).unwrap(), 2);
-        thread::sleep(SHORT);
-        lines = w.stop().unwrap();
     });
     let want = traced_drops_in(&trace, "inet lxd");
     assert_eq!(
@@ -1796,17 +1725,7 @@ fn lxd_drops_name_the_network() {
         [("in.lxdbr0", "ip daddr 10.0.0.1 udp dport 53 drop", 2)],
         "{trace}"
     );
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for d in drops(&lines) {
-        assert_eq!(d["owner"]["tool"], "lxd", "{d}");
-        assert_eq!(d["owner"]["object"], "network lxdbr0", "{d}");
-        assert_eq!(d["owner"]["show"], "lxc network show lxdbr0", "{d}");
-        let key = (
-            d["chain"].as_str().unwrap().to_string(),
-            d["rule"].as_str().unwrap().to_string(),
-        );
-        *got.entry(key).or_default() += d["count"].as_u64().unwrap();
-    }
+    let got = named_by_rule(&lines, ("lxd", "network lxdbr0", "lxc network show lxdbr0"));
     assert_eq!(got, want, "droptrace (left) and the kernel's trace (right)");
 }
 

@@ -779,6 +779,26 @@ mod tests {
         );
     }
 
+    /// A packet from 198.51.100.7 arriving on eth0 for 203.0.113.10:`dport`.
+    fn arriving(dport: u16) -> ruleset::Packet {
+        let mut a = args(dport);
+        a.hook = Hook::Input;
+        a.iif = Some("eth0".into());
+        a.oif = None;
+        a.src = Some("198.51.100.7".parse().unwrap());
+        packet(&a).unwrap()
+    }
+
+    /// An iptables-save text of whole tables, as iptables-nft's.
+    fn ruleset_of_tables(text: &str) -> ruleset::Ruleset {
+        ruleset::iptables_save::parse_ruleset(
+            text,
+            ruleset::Backend::IptablesNft,
+            ruleset::Family::Ipv4,
+        )
+        .unwrap()
+    }
+
     fn ruleset_of(save: &str) -> ruleset::Ruleset {
         let text = format!(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{save}\nCOMMIT\n"
@@ -800,20 +820,7 @@ mod tests {
                 "*raw\n:PREROUTING ACCEPT [0:0]\n{raw}\nCOMMIT\n\
                  *filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j REJECT\nCOMMIT\n"
             );
-            ruleset::iptables_save::parse_ruleset(
-                &text,
-                ruleset::Backend::IptablesNft,
-                ruleset::Family::Ipv4,
-            )
-            .unwrap()
-        };
-        let arriving = |dport| {
-            let mut a = args(dport);
-            a.hook = Hook::Input;
-            a.iif = Some("eth0".into());
-            a.oif = None;
-            a.src = Some("198.51.100.7".parse().unwrap());
-            packet(&a).unwrap()
+            ruleset_of_tables(&text)
         };
         // Docker's "DROP DIRECT ACCESS" shape: raw PREROUTING drops what INPUT would take.
         let direct = rs("-A PREROUTING -d 203.0.113.10/32 ! -i br0 -j DROP");
@@ -849,19 +856,9 @@ mod tests {
              -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
              -A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT\n\
              COMMIT\n";
-        let rs = ruleset::iptables_save::parse_ruleset(
-            text,
-            ruleset::Backend::IptablesNft,
-            ruleset::Family::Ipv4,
-        )
-        .unwrap();
+        let rs = ruleset_of_tables(text);
         let question = |dport| {
-            let mut a = args(dport);
-            a.hook = Hook::Input;
-            a.iif = Some("eth0".into());
-            a.oif = None;
-            a.src = Some("198.51.100.7".parse().unwrap());
-            let mut pkt = packet(&a).unwrap();
+            let mut pkt = arriving(dport);
             let said = follow_notrack(&mut pkt, &rs, Hook::Input);
             let (_, verdict, _) = explain(&rs, Hook::Input, &pkt);
             (verdict, said)
@@ -893,19 +890,9 @@ mod tests {
              *filter\n:INPUT DROP [0:0]\n\
              -A INPUT -m mark --mark 0x10 -j ACCEPT\n\
              COMMIT\n";
-        let rs = ruleset::iptables_save::parse_ruleset(
-            text,
-            ruleset::Backend::IptablesNft,
-            ruleset::Family::Ipv4,
-        )
-        .unwrap();
+        let rs = ruleset_of_tables(text);
         let question = |dport| {
-            let mut a = args(dport);
-            a.hook = Hook::Input;
-            a.iif = Some("eth0".into());
-            a.oif = None;
-            a.src = Some("198.51.100.7".parse().unwrap());
-            let pkt = packet(&a).unwrap();
+            let pkt = arriving(dport);
             let (at_hook, said) = mark_after_prerouting(&rs, Hook::Input, &pkt);
             let (_, verdict, _) = explain_arriving(&rs, Hook::Input, &pkt, &at_hook);
             (verdict, said)
