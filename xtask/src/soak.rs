@@ -19,11 +19,15 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::signal::{SigHandler, Signal, signal},
+};
 
 use crate::{
     netns::Netns,
@@ -205,7 +209,19 @@ impl Snapshot {
     }
 }
 
+/// Set by SIGINT or SIGTERM: the loop stops, and the namespaces and serve are cleaned up
+/// on the way out (an interrupted soak is not a pass).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupted(_: i32) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
 pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal(sig, SigHandler::Handler(interrupted)) }?;
+    }
     let churn = Churn::of(args);
     let flood = churn
         .scan_every
@@ -247,6 +263,12 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     let mut window = Window::default();
     let mut windows: Vec<Window> = Vec::new();
     while started.elapsed() < args.duration {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!(
+                "interrupted after {:.0} min: an interrupted soak is not a pass",
+                started.elapsed().as_secs_f64() / 60.0
+            );
+        }
         let tick = Instant::now();
         if tick >= next_ns {
             next_ns += churn.namespace_every;
