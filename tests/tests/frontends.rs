@@ -583,7 +583,12 @@ fn docker_internal_network_isolation_drops_in_forward_are_named() {
 
 /// fail2ban's sshd jail on the gateway, with the client's addresses banned.
 fn ban_the_client(t: &Topology) {
-    let script = corpus("fail2ban-sshd.sh")
+    ban_the_client_with(t, "fail2ban-sshd.sh");
+}
+
+/// [`ban_the_client`] with the fail2ban action expanded in corpus file `action`.
+fn ban_the_client_with(t: &Topology, action: &str) {
+    let script = corpus(action)
         .replace("{BANNED4}", CLIENT_V4)
         .replace("{BANNED6}", CLIENT_V6);
     for line in script
@@ -608,6 +613,20 @@ fn fail2ban_ipset_bans_are_named_by_family() {
         assert!(!connect(&t.client, t.gateway_addr6(22)));
     });
     assert_eq!(places, [rule(4, "INPUT", 1), rule(6, "INPUT", 1)]);
+    assert_eq!(owners(&lines), owned(&[("fail2ban", "sshd")]));
+}
+
+#[test]
+fn fail2ban_iptables_multiport_bans_are_named_by_jail() {
+    let t = Topology::new().unwrap();
+    ban_the_client_with(&t, "fail2ban-sshd-multiport.sh");
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    t.gateway.tcp_listen(t.gateway_addr6(22)).unwrap();
+    let (lines, places) = check(&t.gateway, "nft", || {
+        assert!(!connect(&t.client, t.gateway_addr(22)));
+        assert!(!connect(&t.client, t.gateway_addr6(22)));
+    });
+    assert_eq!(places, [rule(4, "f2b-sshd", 1), rule(6, "f2b-sshd", 1)]);
     assert_eq!(owners(&lines), owned(&[("fail2ban", "sshd")]));
 }
 
