@@ -338,12 +338,7 @@ pub fn conntrack_skipped(
     hook: Hook,
     packet: &Packet,
 ) -> Conntrack {
-    let backends = [
-        Backend::Nftables,
-        Backend::IptablesNft,
-        Backend::IptablesLegacy,
-    ];
-    let chains = base_chains(ruleset, &backends, family, hook, |base| {
+    let chains = base_chains(ruleset, &Backend::ALL, family, hook, |base| {
         base.priority < CONNTRACK_PRIORITY
     });
     let mut walk = Walk::new(ruleset, packet, &[]);

@@ -259,6 +259,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend: what a packet meets when it goes through a hook, both engines'
+    /// base chains in priority order.
+    pub const ALL: [Backend; 3] = [
+        Backend::IptablesNft,
+        Backend::IptablesLegacy,
+        Backend::Nftables,
+    ];
+
     /// As droptrace's output names it: `iptables-nft`, `iptables-legacy`, `nftables`.
     pub const fn as_str(self) -> &'static str {
         match self {

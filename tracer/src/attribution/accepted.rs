@@ -10,14 +10,6 @@ use ruleset::{Backend, DecidedBy, Hook, eval::Verdict};
 
 use super::{Attribution, Attributor, GONE, Level, candidates::named, snapshot::Snapshot};
 
-/// Every backend: an accepted packet went through the base chains of every engine on the
-/// hook, and the walk follows them in priority order.
-const ALL_BACKENDS: &[Backend] = &[
-    Backend::IptablesNft,
-    Backend::IptablesLegacy,
-    Backend::Nftables,
-];
-
 impl Attributor {
     /// The rule that let each of `packets` (leaving namespace `netns` through OUTPUT, with
     /// how many attempts each stands for) through, read now and checked against the counters
@@ -78,7 +70,7 @@ impl Attributor {
 fn accepting(snap: &Snapshot, packet: &ruleset::Packet) -> (Attribution, Option<DecidedBy>) {
     let ev = ruleset::eval::evaluate(
         &snap.ruleset,
-        ALL_BACKENDS,
+        &Backend::ALL,
         packet.family,
         Hook::Output,
         packet,

@@ -265,12 +265,13 @@ fn mark_after_prerouting(
     if !matches!(hook, Hook::Input | Hook::Forward) || pkt.unknown.mark {
         return (at_hook, None);
     }
-    let every_backend = [
-        ruleset::Backend::IptablesNft,
-        ruleset::Backend::IptablesLegacy,
-        ruleset::Backend::Nftables,
-    ];
-    let ev = ruleset::eval::evaluate(rs, &every_backend, pkt.family, Hook::Prerouting, pkt);
+    let ev = ruleset::eval::evaluate(
+        rs,
+        &ruleset::Backend::ALL,
+        pkt.family,
+        Hook::Prerouting,
+        pkt,
+    );
     let marks: Vec<Option<u32>> = ev
         .outcomes()
         .filter(|o| o.verdict == ruleset::eval::Verdict::Accept)
@@ -347,12 +348,7 @@ fn follow_nat(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> O
     if pkt.ct_state != Some(CtState::New) {
         return None;
     }
-    let every_backend = [
-        ruleset::Backend::IptablesNft,
-        ruleset::Backend::IptablesLegacy,
-        ruleset::Backend::Nftables,
-    ];
-    match ruleset::eval::nat_binding(rs, &every_backend, pkt.family, nat_hook, pkt) {
+    match ruleset::eval::nat_binding(rs, &ruleset::Backend::ALL, pkt.family, nat_hook, pkt) {
         ruleset::eval::NatBinding::Untranslated => {
             pkt.ct_status_clear |= ruleset::nat::IPS_DST_NAT;
             None
