@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::matching::{Outcome, match_outcome, rule_matches};
 use crate::model::{
-    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, MarkSet, Policy, RuleRef, Ruleset,
-    Table, Target,
+    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, MarkOf, MarkWrite, Policy, RuleRef,
+    Ruleset, Table, Target,
 };
 use crate::packet::{CtState, Family, Hook, Packet};
 
@@ -71,10 +71,27 @@ pub struct Evaluation {
     /// More combinations existed than [`MAX_FORKED_WALKS`] walks could try:
     /// the list may miss an outcome.
     pub alternatives_truncated: bool,
-    /// The packet's mark when the main walk ended (`None`: a rule set it from what is not
-    /// read): what the next hook's rules see.
+    /// The packet's marks when the main walk ended: what the next hook's rules see.
     #[serde(skip)]
-    pub mark_after: Option<u32>,
+    pub marks_after: Marks,
+}
+
+/// A packet's two marks as a walk leaves them; `None`: not known (a rule set it from what
+/// is not read, or the walk began without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub mark: Option<u32>,
+    pub ct_mark: Option<u32>,
+}
+
+impl Marks {
+    /// The marks `packet` carries.
+    pub fn of(packet: &Packet) -> Marks {
+        Marks {
+            mark: (!packet.unknown.mark).then_some(packet.mark),
+            ct_mark: (!packet.unknown.ct_mark).then_some(packet.ct_mark),
+        }
+    }
 }
 
 /// Where the walk ends when some undecided rules match.
@@ -90,9 +107,9 @@ pub struct Alternative {
     /// `assuming` among them): only these can change this outcome, not rules of
     /// chains the packet reaches only when the walk goes on.
     pub undecided: Vec<(RuleRef, String)>,
-    /// The packet's mark when this walk ended (see [`Evaluation::mark_after`]).
+    /// The packet's marks when this walk ended (see [`Evaluation::marks_after`]).
     #[serde(skip)]
-    pub mark_after: Option<u32>,
+    pub marks_after: Marks,
 }
 
 impl Evaluation {
@@ -105,7 +122,7 @@ impl Evaluation {
             path: self.path.clone(),
             assuming: Vec::new(),
             undecided: self.undecided.clone(),
-            mark_after: self.mark_after,
+            marks_after: self.marks_after,
         })
         .chain(self.alternatives.iter().cloned())
     }
@@ -171,7 +188,7 @@ pub fn evaluate(
             path: run.path,
             assuming: run.assumed,
             undecided: run.undecided,
-            mark_after: run.mark_after,
+            marks_after: run.marks_after,
         });
     }
     Evaluation {
@@ -181,7 +198,7 @@ pub fn evaluate(
         undecided: main.undecided,
         alternatives,
         alternatives_truncated: !todo.is_empty(),
-        mark_after: main.mark_after,
+        marks_after: main.marks_after,
     }
 }
 
@@ -195,7 +212,7 @@ struct Run {
     assumed: Vec<RuleRef>,
     /// How many undecided rules the walk met (each one a fork).
     choices_met: usize,
-    mark_after: Option<u32>,
+    marks_after: Marks,
 }
 
 fn walk_once(
@@ -236,7 +253,7 @@ fn walk_once(
     Run {
         verdict,
         by,
-        mark_after: (!walk.packet.unknown.mark).then_some(walk.packet.mark),
+        marks_after: Marks::of(&walk.packet),
         path: walk.path,
         undecided: walk.undecided,
         assumed: walk.assumed,
@@ -370,7 +387,7 @@ pub fn conntrack_skipped(
 
 struct Walk<'a> {
     ruleset: &'a Ruleset,
-    /// The packet as the next rule sees it: with the mark earlier rules set.
+    /// The packet as the next rule sees it: with the marks earlier rules set.
     packet: Cow<'a, Packet>,
     path: Vec<ChainRef>,
     undecided: Vec<(RuleRef, String)>,
@@ -449,7 +466,7 @@ impl<'a> Walk<'a> {
 
             match rule_matches(rule, &self.packet, self.ruleset) {
                 Outcome::Match => {
-                    self.set_mark(rule.sets_mark);
+                    self.write_marks(&rule.sets_marks);
                     if rule.untracks() && self.untracked_by.is_none() {
                         self.untracked_by = Some((rule_ref(), None));
                     }
@@ -457,11 +474,9 @@ impl<'a> Walk<'a> {
                 Outcome::NoMatch => continue,
                 Outcome::Undecidable(reason) => {
                     // A non-terminal target (LOG, MARK, ...) cannot change the verdict;
-                    // the mark it may have set is not known any more.
+                    // the marks it may have set are not known any more.
                     if matches!(rule.target, Target::Continue { .. }) {
-                        if rule.sets_mark.is_some() {
-                            self.set_mark(Some(MarkSet::Unknown));
-                        }
+                        self.forget_marks(&rule.sets_marks);
                         if rule.untracks() && self.untracked_by.is_none() {
                             self.untracked_by = Some((rule_ref(), Some(reason)));
                         }
@@ -471,7 +486,7 @@ impl<'a> Walk<'a> {
                     if !self.take_as_matching(rule_ref) {
                         continue;
                     }
-                    self.set_mark(rule.sets_mark);
+                    self.write_marks(&rule.sets_marks);
                 }
             }
 
@@ -560,15 +575,42 @@ impl<'a> Walk<'a> {
         None
     }
 
-    /// A matching rule's effect on the mark, for the rules after it (see [`MarkSet`]).
-    fn set_mark(&mut self, set: Option<MarkSet>) {
-        let Some(set) = set else {
+    /// A matching rule's effect on the marks, in order, for the rules after it (see
+    /// [`MarkWrite`]). Without a connection (INVALID, UNTRACKED) there is no connection
+    /// mark to write or read: xt_CONNMARK and nft's `ct` expressions do nothing then.
+    fn write_marks(&mut self, writes: &[MarkWrite]) {
+        for write in writes {
+            let packet = self.packet.to_mut();
+            let connection =
+                !matches!(packet.ct_state, Some(CtState::Invalid | CtState::Untracked));
+            let marks = Marks::of(packet);
+            match write.of {
+                MarkOf::Packet if connection || !write.to.copies_other() => {
+                    let mark = write.to.apply(marks.mark, marks.ct_mark);
+                    packet.mark = mark.unwrap_or(0);
+                    packet.unknown.mark = mark.is_none();
+                }
+                MarkOf::Connection if connection => {
+                    let ct_mark = write.to.apply(marks.ct_mark, marks.mark);
+                    packet.ct_mark = ct_mark.unwrap_or(0);
+                    packet.unknown.ct_mark = ct_mark.is_none();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The marks a rule that cannot be decided may have written are not known any more.
+    fn forget_marks(&mut self, writes: &[MarkWrite]) {
+        if writes.is_empty() {
             return;
-        };
+        }
         let packet = self.packet.to_mut();
-        match set.apply(packet.mark) {
-            Some(mark) if !packet.unknown.mark => packet.mark = mark,
-            _ => packet.unknown.mark = true,
+        for write in writes {
+            match write.of {
+                MarkOf::Packet => packet.unknown.mark = true,
+                MarkOf::Connection => packet.unknown.ct_mark = true,
+            }
         }
     }
 

@@ -359,6 +359,16 @@ fn field_value(
                 .to_string(),
         ),
         Field::Mark => FieldValue::Known(packet.mark),
+        Field::CtMark => match packet.ct_state {
+            // No connection: xt_connmark's match and nft's `ct mark` fail either way.
+            Some(CtState::Invalid | CtState::Untracked) => FieldValue::Absent,
+            _ if packet.unknown.ct_mark => FieldValue::Unknown(
+                "the connection's mark is not known (not reported, or set from what \
+                 droptrace does not read)"
+                    .to_string(),
+            ),
+            _ => FieldValue::Known(packet.ct_mark),
+        },
         Field::SocketUid => match packet.uid {
             Some(uid) => FieldValue::Known(uid),
             None if packet.unknown.uid => {

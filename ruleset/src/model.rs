@@ -121,32 +121,118 @@ pub struct Rule {
     pub counters: Option<Counters>,
     /// All must hold for the rule to match.
     pub matches: Vec<Match>,
-    /// What the rule does to the packet's mark when it matches, before its verdict.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sets_mark: Option<MarkSet>,
+    /// What the rule does to the packet's mark and its connection's, in order, when it
+    /// matches, before its verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sets_marks: Vec<MarkWrite>,
     pub target: Target,
 }
 
-/// A matching rule's effect on the packet's mark (`-j MARK`, `-j CONNMARK --restore-mark`,
-/// nft `meta mark set`): the rules after it, in its chain and in the hook's later chains,
-/// see the new mark. A policy that marks a packet "accepted" in one chain and accepts the
-/// mark in another is common (network plugins do it).
+/// Which of a packet's two marks a rule writes or reads: its own (`skb->mark`: `-j MARK`,
+/// `-m mark`, nft `meta mark`) or its connection's (`ct->mark`: `-j CONNMARK`,
+/// `-m connmark`, nft `ct mark`), which every later packet of the connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkOf {
+    Packet,
+    Connection,
+}
+
+/// One mark a matching rule writes: the rules after it, in its chain and in the hook's
+/// later chains (and, for the connection's, in later hooks), see the new value. A policy
+/// that marks a packet "accepted" in one chain and accepts the mark in another is common
+/// (network plugins do it); so is saving a mark to the connection and restoring it on the
+/// connection's later packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MarkWrite {
+    pub of: MarkOf,
+    pub to: MarkSet,
+}
+
+/// A mark's new value, from its old value and the other mark's (the connection's when the
+/// packet's is written, the packet's when the connection's is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MarkSet {
-    /// The mark becomes `(mark & !mask) ^ value`, as xt_MARK's `--set-xmark` does
-    /// (net/netfilter/xt_mark.c `mark_tg`); nft's `meta mark set` forms reduce to it.
-    Xmark { value: u32, mask: u32 },
-    /// Set from what droptrace does not read (the connection's mark, a map): unknown.
+    /// The mark becomes `(mark & keep) ^ (other & take) ^ xor`. xt_MARK's `--set-xmark V/M`
+    /// is `keep: !M, xor: V` (net/netfilter/xt_mark.c `mark_tg`); xt_CONNMARK's
+    /// `--save-mark` and `--restore-mark` copy the other mark under masks
+    /// (net/netfilter/xt_connmark.c `connmark_tg_shift`); nft's `meta mark set ct mark & 0xff`
+    /// and `ct mark set meta mark | 0x10` reduce to it (see [`MarkSet::and`]).
+    Bits { keep: u32, take: u32, xor: u32 },
+    /// Set from what droptrace does not read (a map, a shifted copy): unknown.
     Unknown,
 }
 
 impl MarkSet {
-    /// The mark after this rule, or `None` when it cannot be told.
-    pub fn apply(self, mark: u32) -> Option<u32> {
+    /// xt_MARK's `--set-xmark value/mask`: zero `mask`'s bits, then XOR `value` in.
+    pub const fn xmark(value: u32, mask: u32) -> MarkSet {
+        MarkSet::Bits {
+            keep: !mask,
+            take: 0,
+            xor: value,
+        }
+    }
+
+    /// A copy of the other mark: `meta mark set ct mark`, `ct mark set meta mark`.
+    pub const COPY: MarkSet = MarkSet::Bits {
+        keep: 0,
+        take: u32::MAX,
+        xor: 0,
+    };
+
+    /// The mark after this write, from the mark before and the other mark (`None`:
+    /// unknown); `None` when it cannot be told. An unknown input matters only where the
+    /// write keeps or takes some of its bits.
+    pub fn apply(self, mark: Option<u32>, other: Option<u32>) -> Option<u32> {
         match self {
-            MarkSet::Xmark { value, mask } => Some((mark & !mask) ^ value),
+            MarkSet::Bits { keep, take, xor } => {
+                let mark = if keep == 0 { 0 } else { mark? };
+                let other = if take == 0 { 0 } else { other? };
+                Some((mark & keep) ^ (other & take) ^ xor)
+            }
             MarkSet::Unknown => None,
+        }
+    }
+
+    /// Whether the write copies bits of the other mark (an unknown write may or may not).
+    pub fn copies_other(self) -> bool {
+        matches!(self, MarkSet::Bits { take, .. } if take != 0)
+    }
+
+    /// This value, then `& n`.
+    pub fn and(self, n: u32) -> MarkSet {
+        match self {
+            MarkSet::Bits { keep, take, xor } => MarkSet::Bits {
+                keep: keep & n,
+                take: take & n,
+                xor: xor & n,
+            },
+            MarkSet::Unknown => MarkSet::Unknown,
+        }
+    }
+
+    /// This value, then `| n`.
+    pub fn or(self, n: u32) -> MarkSet {
+        match self {
+            MarkSet::Bits { keep, take, xor } => MarkSet::Bits {
+                keep: keep & !n,
+                take: take & !n,
+                xor: xor | n,
+            },
+            MarkSet::Unknown => MarkSet::Unknown,
+        }
+    }
+
+    /// This value, then `^ n`.
+    pub fn xor(self, n: u32) -> MarkSet {
+        match self {
+            MarkSet::Bits { keep, take, xor } => MarkSet::Bits {
+                keep,
+                take,
+                xor: xor ^ n,
+            },
+            MarkSet::Unknown => MarkSet::Unknown,
         }
     }
 }
@@ -302,6 +388,10 @@ pub enum Field {
         protocol: u8,
     },
     Mark,
+    /// The connection's mark (`ct->mark`). A packet without a connection (INVALID,
+    /// UNTRACKED) does not match a test of it, negated or not: xt_connmark and nft's `ct`
+    /// expression both need a connection.
+    CtMark,
     /// nft `meta skuid`: no socket means no match, negated or not.
     SocketUid,
     SocketGid,

@@ -285,7 +285,7 @@ pub(crate) fn tcp_flag_bits(name: &str) -> Option<u32> {
 }
 
 /// Parses a decimal or `0x` hexadecimal number, as iptables and nft print them.
-pub(crate) fn number(text: &str) -> Option<u32> {
+pub fn number(text: &str) -> Option<u32> {
     match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),

@@ -33,6 +33,8 @@ pub struct Packet {
     pub iif: Option<String>,
     pub oif: Option<String>,
     pub mark: u32,
+    /// The connection's mark, as the packet's first rule sees it; see [`Unknown::ct_mark`].
+    pub ct_mark: u32,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub ct_state: Option<CtState>,
@@ -76,6 +78,7 @@ impl Packet {
             iif: None,
             oif: None,
             mark: 0,
+            ct_mark: 0,
             uid: None,
             gid: None,
             ct_state: None,
@@ -139,6 +142,7 @@ impl Packet {
                 oif: has_oif,
                 uid: has_socket,
                 gid: has_socket,
+                ct_mark: ct_state != CtState::New,
                 ..Unknown::NONE
             },
             ..Packet::unknown(family)
@@ -173,6 +177,11 @@ pub struct Unknown {
     /// A rule on the packet's way set its mark from what droptrace does not read (see
     /// [`crate::model::MarkSet::Unknown`]).
     pub mark: bool,
+    /// The connection's mark is not known: not reported, or set by a rule from what
+    /// droptrace does not read. A new connection's starts at 0 (`init_conntrack`,
+    /// net/netfilter/nf_conntrack_core.c, copies a mark only from an expectation's
+    /// master, and such a connection is RELATED).
+    pub ct_mark: bool,
 }
 
 impl Unknown {
@@ -184,6 +193,7 @@ impl Unknown {
         gid: true,
         per_flow: true,
         mark: true,
+        ct_mark: true,
     };
     /// Everything known: a `None` field is absent, as netfilter sees it.
     pub const NONE: Unknown = Unknown {
@@ -193,6 +203,7 @@ impl Unknown {
         gid: false,
         per_flow: false,
         mark: false,
+        ct_mark: false,
     };
 }
 

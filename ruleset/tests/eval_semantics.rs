@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use ruleset::{Backend, DecidedBy, Engine, Family, Hook, Packet, Ruleset, Table, eval::Verdict};
+use ruleset::{
+    Backend, CtState, DecidedBy, Engine, Family, Hook, Packet, Ruleset, Table, eval::Verdict,
+};
 
 fn filter(rules: &str) -> Vec<Table> {
     let text = format!("*filter\n{rules}\nCOMMIT\n");
@@ -340,16 +342,94 @@ fn a_mark_set_by_one_rule_is_seen_by_the_next() {
     // Other ports are not marked: dropped, and the rule says so.
     let dropped = out(&marking, &syn(25));
     assert_eq!(decided_at(&dropped), ("filter".into(), "OUTPUT".into(), 3));
-    // A mark restored from the connection's is not read: the accept on it is undecided.
+    // A mark restored from the connection's: a new connection's mark is 0, so nothing is
+    // restored and the drop is decided; a later packet's connection mark is not known, so
+    // the accept on it is undecided.
     let restored = ruleset(filter(
         ":OUTPUT ACCEPT [0:0]\n\
          -A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n\
          -A OUTPUT -m mark --mark 0x10000/0x10000 -j ACCEPT\n\
          -A OUTPUT -p tcp -j DROP",
     ));
-    let unsure = out(&restored, &syn(8443));
+    let new = out(&restored, &syn(8443));
+    assert!(new.undecided.is_empty(), "{new:?}");
+    assert_eq!(decided_at(&new), ("filter".into(), "OUTPUT".into(), 3));
+    let mut later = syn(8443);
+    later.ct_state = Some(CtState::Established);
+    later.unknown.ct_mark = true;
+    let unsure = out(&restored, &later);
     assert_eq!(unsure.undecided.len(), 1, "{unsure:?}");
     assert!(unsure.undecided[0].1.contains("set its mark"), "{unsure:?}");
+}
+
+/// The connection's mark, set and saved in one hook's chains and tested or restored in
+/// later ones, as xt_CONNMARK and nft's `ct mark set` do; a packet without a connection
+/// has no connection mark to test, negated or not.
+#[test]
+fn a_connection_mark_is_written_and_read_like_the_kernel_does() {
+    // Saved from the packet's mark, then tested: accepted.
+    let saving = ruleset(filter(
+        ":OUTPUT ACCEPT [0:0]\n\
+         -A OUTPUT -p tcp --dport 8443 -j MARK --set-xmark 0x20/0xff\n\
+         -A OUTPUT -j CONNMARK --save-mark --nfmask 0xf0 --ctmask 0xf0\n\
+         -A OUTPUT -m connmark --mark 0x20/0xf0 -j ACCEPT\n\
+         -A OUTPUT -m connmark ! --mark 0x0 -j ACCEPT\n\
+         -A OUTPUT -p tcp -j DROP",
+    ));
+    let marked = out(&saving, &syn(8443));
+    assert_eq!(decided_at(&marked), ("filter".into(), "OUTPUT".into(), 3));
+    assert_eq!(marked.marks_after.ct_mark, Some(0x20));
+    // Not marked: the new connection's mark stays 0.
+    let plain = out(&saving, &syn(25));
+    assert_eq!(decided_at(&plain), ("filter".into(), "OUTPUT".into(), 5));
+    assert!(plain.undecided.is_empty(), "{plain:?}");
+    // Untracked: no connection mark, so neither connmark test matches, nor is one saved.
+    let mut untracked = syn(8443);
+    untracked.ct_state = Some(CtState::Untracked);
+    let none = out(&saving, &untracked);
+    assert_eq!(decided_at(&none), ("filter".into(), "OUTPUT".into(), 5));
+    // An established connection's mark is not known: the tests on it are undecided.
+    let mut later = syn(25);
+    later.ct_state = Some(CtState::Established);
+    later.unknown.ct_mark = true;
+    let unsure = out(&saving, &later);
+    assert_eq!(unsure.undecided.len(), 2, "{unsure:?}");
+    assert!(
+        unsure.undecided[0].1.contains("connection's mark"),
+        "{unsure:?}"
+    );
+    // nft: `ct mark set meta mark | 0x1000` (netavark's form), then a test of it, and the
+    // packet's mark restored from it with a mask.
+    let json = r#"{"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "out", "handle": 1, "type": "filter",
+                   "hook": "output", "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "out", "handle": 2, "expr": [
+            {"mangle": {"key": {"ct": {"key": "mark"}},
+                        "value": {"|": [{"meta": {"key": "mark"}}, 4096]}}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "out", "handle": 3, "expr": [
+            {"mangle": {"key": {"meta": {"key": "mark"}},
+                        "value": {"&": [{"ct": {"key": "mark"}}, 61440]}}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "out", "handle": 4, "expr": [
+            {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": 4097}},
+            {"match": {"op": "==", "left": {"meta": {"key": "mark"}}, "right": 4096}},
+            {"accept": null}]}}
+    ]}"#;
+    let nft = ruleset(ruleset::nft_json::parse(json).unwrap());
+    let mut marked = syn(8443);
+    marked.mark = 1;
+    let accepted = out(&nft, &marked);
+    assert_eq!(accepted.verdict, Verdict::Accept, "{accepted:?}");
+    assert_eq!(
+        accepted.marks_after,
+        ruleset::eval::Marks {
+            mark: Some(0x1000),
+            ct_mark: Some(0x1001)
+        }
+    );
+    // Mark 2: ct mark 0x1002, the accept does not match, the policy drops.
+    marked.mark = 2;
+    assert_eq!(out(&nft, &marked).verdict, Verdict::Drop);
 }
 
 /// nft's forms of the same: `meta mark set meta mark | 0x10000` in a chain of an earlier

@@ -956,6 +956,74 @@ fn input_drops_in_the_gateway_name_the_input_rule() {
     assert!(lines_to(&lines, t.gateway_addr(22)).is_empty());
 }
 
+/// The connection's mark, read from the kernel at the drop: mangle PREROUTING marks
+/// connections to one port "quarantined" (CONNMARK, nft `ct mark set`); INPUT drops marked
+/// connections first and both ports after. Datagrams to both ports go out interleaved, so
+/// both drop rules' counters grow in one window and cannot say which rule dropped which
+/// flow: only the mark can, and each line names its rule exactly, with the mark it read.
+/// Datagrams from the client to the gateway's ports `a` and `b`, in turn, back to back.
+fn interleave(t: &Topology, a: u16, b: u16) {
+    for _ in 0..5 {
+        for port in [a, b] {
+            assert!(udp(&t.client, t.gateway_addr(port)));
+        }
+    }
+}
+
+#[test]
+fn a_connection_mark_read_at_the_drop_names_the_rule() {
+    let t = Topology::new().unwrap();
+    run_all(
+        &t.gateway,
+        &[
+            "iptables -t mangle -A PREROUTING -p udp --dport 7901 -j CONNMARK --set-xmark 0x2/0xff",
+            "iptables -A INPUT -m connmark --mark 0x2/0xff -j DROP",
+            "iptables -A INPUT -p udp -m multiport --dports 7901,7902 -j DROP",
+        ],
+    );
+    let w = watch(&t.gateway);
+    interleave(&t, 7901, 7902);
+    thread::sleep(Duration::from_millis(100));
+    let lines = w.stop().unwrap();
+    let k = kernel(&t.gateway, "iptables");
+    for (port, num, ct_mark) in [(7901, 1, 2), (7902, 2, 0)] {
+        let d = lines_to(&lines, t.gateway_addr(port));
+        assert_named(
+            &d,
+            json!({"chain": "INPUT", "rule_num": num, "verdict": "DROP",
+                   "attribution": "exact", "ct_mark": ct_mark}),
+        );
+        agrees_with_kernel(&d, &k);
+    }
+
+    let t = Topology::new().unwrap();
+    run_all(
+        &t.gateway,
+        &[
+            "nft add table inet q",
+            "nft add chain inet q pre { type filter hook prerouting priority -150 ; }",
+            "nft add chain inet q input { type filter hook input priority 0 ; }",
+            "nft add rule inet q pre udp dport 7911 ct mark set 0x2",
+            "nft add rule inet q input ct mark 0x2 counter drop",
+            "nft add rule inet q input udp dport { 7911, 7912 } counter drop",
+        ],
+    );
+    let w = watch(&t.gateway);
+    interleave(&t, 7911, 7912);
+    thread::sleep(Duration::from_millis(100));
+    let lines = w.stop().unwrap();
+    for (port, needle, ct_mark) in [(7911, "ct mark 0x00000002", 2), (7912, "udp dport {", 0)] {
+        let (handle, counted) = nft_rule(&t.gateway, "inet q", needle);
+        let d = lines_to(&lines, t.gateway_addr(port));
+        assert_named(
+            &d,
+            json!({"chain": "input", "rule_handle": handle, "verdict": "DROP",
+                   "attribution": "exact", "ct_mark": ct_mark}),
+        );
+        assert_eq!(Some(packets(&d)), counted, "{d:?}");
+    }
+}
+
 // 11. Randomised differential test.
 
 /// xorshift64*: small, deterministic, good enough to pick rules.

@@ -1862,3 +1862,44 @@ fn explain_carries_a_prerouting_mark_as_the_kernel_does() {
     nft_load_text(&t.gateway, "mark.nft", PREROUTING_MARK_NFT);
     explain_agrees_at(&t, &[7787, 7788], "mark 0x10 after PREROUTING");
 }
+
+// The connection's mark, set in PREROUTING and tested in INPUT: a new connection's starts
+// at 0, so explain follows it as it does the packet's.
+
+const PREROUTING_CONNMARK_IPTABLES: &str = "*mangle
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 7797 -j CONNMARK --set-xmark 0x20/0xffffffff
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m connmark --mark 0x20 -j ACCEPT
+COMMIT
+";
+
+const PREROUTING_CONNMARK_NFT: &str = "table inet pbr {
+\tchain premark {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\ttcp dport 7807 ct mark set meta mark | 0x20
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct mark & 0x20 == 0x20 accept
+\t}
+}
+";
+
+#[test]
+fn explain_carries_a_connection_mark_as_the_kernel_does() {
+    let t = Topology::new().unwrap();
+    restore_text(
+        &t.gateway,
+        "iptables-nft-restore",
+        PREROUTING_CONNMARK_IPTABLES.to_string(),
+    );
+    explain_agrees_at(&t, &[7797, 7798], "connection mark 0x20 after PREROUTING");
+    let t = Topology::new().unwrap();
+    nft_load_text(&t.gateway, "connmark.nft", PREROUTING_CONNMARK_NFT);
+    explain_agrees_at(&t, &[7807, 7808], "connection mark 0x20 after PREROUTING");
+}

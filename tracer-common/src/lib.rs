@@ -164,6 +164,8 @@ pub mod flags {
     pub const HAS_UID: u8 = 1 << 2;
     /// A non-first IPv4/IPv6 fragment: no L4 header in this packet.
     pub const FRAGMENT: u8 = 1 << 3;
+    /// `DropEvent::ct_mark` was read from the packet's connection.
+    pub const HAS_CT_MARK: u8 = 1 << 4;
 }
 
 /// Kernel struct member offsets (bytes) read from BTF at start-up.
@@ -188,6 +190,8 @@ pub struct Offsets {
     pub sk_net: u32,
     pub sk_uid: u32,
     pub net_ns_inum: u32,
+    /// `nf_conn.mark` (CONFIG_NF_CONNTRACK_MARK), from vmlinux's BTF or nf_conntrack's.
+    pub ct_mark: u32,
     /// `sizeof(struct sk_buff)`: the program copies the whole struct once per drop and reads
     /// its fields from the copy (one helper call instead of eight). 0 when unknown or larger
     /// than [`SKB_COPY_BYTES`]: fields are then read one by one.
@@ -273,7 +277,6 @@ pub struct Config {
     pub _pad: u8,
     pub sport: PortRange,
     pub dport: PortRange,
-    pub _pad_prefix: u32,
     pub src: Prefix,
     pub dst: Prefix,
     /// Offsets of `skbaddr`, `location` and `reason` in the classic `skb/kfree_skb`
@@ -312,6 +315,7 @@ impl Config {
             sk_net: NO_OFFSET,
             sk_uid: NO_OFFSET,
             net_ns_inum: NO_OFFSET,
+            ct_mark: NO_OFFSET,
             skb_size: 0,
         },
         drop_reason: ANY_REASON,
@@ -322,7 +326,6 @@ impl Config {
         _pad: 0,
         sport: PortRange::ANY,
         dport: PortRange::ANY,
-        _pad_prefix: 0,
         src: Prefix::ANY,
         dst: Prefix::ANY,
         tp_skb: NO_OFFSET,
@@ -598,7 +601,8 @@ pub struct DropEvent {
     /// The flow's drop site (`FlowState::site`): its drops are counted in the aggregate
     /// `AggKey::of(key, site)`.
     pub site: u32,
-    pub _pad3: u32,
+    /// The connection's mark (`nf_conn.mark`), valid with [`flags::HAS_CT_MARK`].
+    pub ct_mark: u32,
     pub comm: [u8; NAME_LEN],
     pub ifname: [u8; NAME_LEN],
     pub out_ifname: [u8; NAME_LEN],

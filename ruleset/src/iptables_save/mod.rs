@@ -20,7 +20,8 @@ use crate::addrtype::{AddrTypes, Matcher};
 use crate::error::{ParseError, Result};
 use crate::model::{
     AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
-    MarkSet, Match, OwnerId, Policy, Rule, Table, TableFamily, Target, ValueTest,
+    MarkOf, MarkSet, MarkWrite, Match, OwnerId, Policy, Rule, Table, TableFamily, Target,
+    ValueTest,
 };
 use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};
@@ -166,7 +167,7 @@ impl OpenTable {
             matches: Vec::new(),
             comment: None,
             target: None,
-            sets_mark: None,
+            sets_marks: Vec::new(),
             counters,
         };
         builder.run()?;
@@ -174,7 +175,7 @@ impl OpenTable {
             matches,
             comment,
             target,
-            sets_mark,
+            sets_marks,
             counters,
             ..
         } = builder;
@@ -192,7 +193,7 @@ impl OpenTable {
             comment,
             counters,
             matches,
-            sets_mark,
+            sets_marks,
             target: target.unwrap_or(Target::Continue { action: None }),
         });
         Ok(())

@@ -15,6 +15,7 @@ pub(super) const EVALUATED_MODULES: &[&str] = &[
     "state",
     "owner",
     "mark",
+    "connmark",
     "icmp",
     "icmp6",
     "comment",
@@ -55,7 +56,7 @@ pub(super) fn module_takes(module: &str, option: &str) -> bool {
             "--suppl-groups",
         ]
         .contains(&option),
-        "mark" => option == "--mark",
+        "mark" | "connmark" => option == "--mark",
         "rpfilter" => ["--loose", "--validmark", "--accept-local", "--invert"].contains(&option),
         "icmp" => option == "--icmp-type",
         "icmp6" => option == "--icmpv6-type",
@@ -87,7 +88,6 @@ pub(super) fn undecidable_module_reason(module: &str) -> String {
         "recent" => "-m recent: the recent list's contents are not visible".to_string(),
         "statistic" => "-m statistic: random or nth sampling".to_string(),
         "connlimit" => "-m connlimit: depends on live connection counts".to_string(),
-        "connmark" => "-m connmark: the conntrack mark is not reported".to_string(),
         "connbytes" => "-m connbytes: depends on connection byte counts".to_string(),
         "mac" => "-m mac: the MAC address is not reported".to_string(),
         "physdev" => "-m physdev: bridge ports are not reported".to_string(),
@@ -140,40 +140,68 @@ fn ct_state_condition(option: &str, value: &str) -> Option<Condition> {
     })
 }
 
-/// What `-j MARK` / `-j CONNMARK` with `options` do to the packet's mark (xt_MARK's and
-/// xt_CONNMARK's options, as iptables-save prints them: `--set-xmark V/M`; the others as
-/// iptables accepts them). CONNMARK changes the packet's mark only with `--restore-mark`,
-/// from the connection's, which droptrace does not read.
-fn mark_set(target: &str, options: &[(String, Vec<String>)]) -> Option<MarkSet> {
+/// What `-j MARK` / `-j CONNMARK` with `options` write: xt_MARK's and xt_CONNMARK's
+/// options as iptables-save prints them (`--set-xmark V/M`; `--save-mark` and
+/// `--restore-mark` with `--nfmask` and `--ctmask`), and the others as iptables accepts
+/// them. A shifted copy (`--left-shift-mark`, `--right-shift-mark`) is not followed.
+fn mark_set(target: &str, options: &[(String, Vec<String>)]) -> Option<MarkWrite> {
     let number = |text: &str| names::number(text);
+    let arg = |wanted: &str| {
+        options
+            .iter()
+            .find(|(option, _)| option == wanted)
+            .map(|(_, values)| values.first().map(String::as_str).unwrap_or_default())
+    };
     let pair = |text: &str| match text.split_once('/') {
         Some((v, m)) => Some((number(v)?, number(m)?)),
         None => Some((number(text)?, u32::MAX)),
     };
-    match target {
-        "MARK" => {
-            let (option, values) = options.first()?;
-            let arg = values.first().map(String::as_str).unwrap_or_default();
-            let xmark = match option.as_str() {
-                "--set-xmark" => pair(arg),
-                // Zero the mask's bits, then OR the value in.
-                "--set-mark" => pair(arg).map(|(v, m)| (v, m | v)),
-                "--or-mark" => number(arg).map(|v| (v, v)),
-                "--and-mark" => number(arg).map(|v| (0, !v)),
-                "--xor-mark" => number(arg).map(|v| (v, 0)),
-                _ => None,
-            };
-            Some(match xmark {
-                Some((value, mask)) => MarkSet::Xmark { value, mask },
-                None => MarkSet::Unknown,
-            })
+    // `--set-mark`, `--or-mark` and the like as `--set-xmark` value and mask.
+    let xmark = |(option, values): &(String, Vec<String>)| {
+        let arg = values.first().map(String::as_str).unwrap_or_default();
+        match option.as_str() {
+            "--set-xmark" => pair(arg),
+            // Zero the mask's bits, then OR the value in.
+            "--set-mark" => pair(arg).map(|(v, m)| (v, m | v)),
+            "--or-mark" => number(arg).map(|v| (v, v)),
+            "--and-mark" => number(arg).map(|v| (0, !v)),
+            "--xor-mark" => number(arg).map(|v| (v, 0)),
+            _ => None,
         }
-        "CONNMARK" => options
-            .iter()
-            .any(|(o, _)| o == "--restore-mark")
-            .then_some(MarkSet::Unknown),
-        _ => None,
-    }
+    };
+    let xmark_set = |option| match xmark(option) {
+        Some((value, mask)) => MarkSet::xmark(value, mask),
+        None => MarkSet::Unknown,
+    };
+    let (of, to) = match target {
+        "MARK" => (MarkOf::Packet, xmark_set(options.first()?)),
+        "CONNMARK" => {
+            let shifted = arg("--left-shift-mark").is_some() || arg("--right-shift-mark").is_some();
+            // `--mask` stands for both masks.
+            let mask = |name| arg(name).or(arg("--mask")).map_or(Some(u32::MAX), number);
+            let copy = |keep: Option<u32>, take: Option<u32>| match (keep, take) {
+                (Some(keep), Some(take)) if !shifted => MarkSet::Bits {
+                    keep: !keep,
+                    take,
+                    xor: 0,
+                },
+                _ => MarkSet::Unknown,
+            };
+            if arg("--restore-mark").is_some() {
+                // mark = (mark & ~nfmask) ^ (ctmark & ctmask)
+                (MarkOf::Packet, copy(mask("--nfmask"), mask("--ctmask")))
+            } else if arg("--save-mark").is_some() {
+                // ctmark = (ctmark & ~ctmask) ^ (mark & nfmask)
+                (MarkOf::Connection, copy(mask("--ctmask"), mask("--nfmask")))
+            } else if shifted {
+                (MarkOf::Connection, MarkSet::Unknown)
+            } else {
+                (MarkOf::Connection, xmark_set(options.first()?))
+            }
+        }
+        _ => return None,
+    };
+    Some(MarkWrite { of, to })
 }
 
 /// Targets that act on the packet and let evaluation continue.
@@ -221,7 +249,7 @@ pub(super) struct RuleBuilder<'a> {
     pub(super) matches: Vec<Match>,
     pub(super) comment: Option<String>,
     pub(super) target: Option<Target>,
-    pub(super) sets_mark: Option<MarkSet>,
+    pub(super) sets_marks: Vec<MarkWrite>,
     pub(super) counters: Option<Counters>,
 }
 
@@ -413,7 +441,7 @@ impl<'a> RuleBuilder<'a> {
                 .find(|(option, _)| option == wanted)
                 .and_then(|(_, values)| values.first().cloned())
         };
-        self.sets_mark = mark_set(name, &options);
+        self.sets_marks = mark_set(name, &options).into_iter().collect();
         let target = match name {
             "ACCEPT" => Target::Accept,
             "DROP" => Target::Drop,
@@ -566,13 +594,17 @@ impl<'a> RuleBuilder<'a> {
                     )),
                 }
             }
-            ("mark", "--mark") => {
+            ("mark" | "connmark", "--mark") => {
                 let value = self.value(option)?;
                 match parse_value_mask(&value) {
                     Some((value, mask)) => self.push(
                         negated,
                         Condition::Value {
-                            field: Field::Mark,
+                            field: if module == "mark" {
+                                Field::Mark
+                            } else {
+                                Field::CtMark
+                            },
                             mask: Some(mask),
                             test: ValueTest::OneOf(vec![ValueRange::single(value)]),
                         },

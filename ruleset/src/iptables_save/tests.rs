@@ -460,36 +460,94 @@ fn targets() {
     );
 }
 
-/// MARK's options as iptables-save prints them (`--set-xmark`) and as iptables accepts
-/// them, each as xt_MARK computes the new mark; CONNMARK changes the packet's mark only
-/// when it restores it from the connection's.
+/// MARK's and CONNMARK's options as iptables-save prints them (`--set-xmark`,
+/// `--save-mark --nfmask M --ctmask M`) and as iptables accepts them, each as xt_MARK and
+/// xt_CONNMARK compute the new mark.
 #[test]
-fn mark_targets_say_what_they_do_to_the_mark() {
-    let set = |rule: &str| only_rule(rule).sets_mark;
-    let xmark = |value, mask| Some(MarkSet::Xmark { value, mask });
+fn mark_targets_say_what_they_do_to_which_mark() {
+    let set = |rule: &str| only_rule(rule).sets_marks;
+    let packet = |to| {
+        vec![MarkWrite {
+            of: MarkOf::Packet,
+            to,
+        }]
+    };
+    let connection = |to| {
+        vec![MarkWrite {
+            of: MarkOf::Connection,
+            to,
+        }]
+    };
+    let xmark = MarkSet::xmark;
     assert_eq!(
         set("-A OUTPUT -j MARK --set-xmark 0x4000/0x4000"),
-        xmark(0x4000, 0x4000)
+        packet(xmark(0x4000, 0x4000))
     );
-    assert_eq!(set("-A OUTPUT -j MARK --set-xmark 0x5"), xmark(5, u32::MAX));
-    assert_eq!(set("-A OUTPUT -j MARK --set-mark 0x1/0xf0"), xmark(1, 0xf1));
-    assert_eq!(set("-A OUTPUT -j MARK --or-mark 0x8"), xmark(8, 8));
-    assert_eq!(set("-A OUTPUT -j MARK --and-mark 0xff"), xmark(0, !0xff));
-    assert_eq!(set("-A OUTPUT -j MARK --xor-mark 0x3"), xmark(3, 0));
     assert_eq!(
-        set("-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
-        Some(MarkSet::Unknown)
+        set("-A OUTPUT -j MARK --set-xmark 0x5"),
+        packet(xmark(5, u32::MAX))
     );
-    assert_eq!(set("-A OUTPUT -j CONNMARK --save-mark"), None);
-    assert_eq!(set("-A OUTPUT -j ACCEPT"), None);
-    assert_eq!(MarkSet::Xmark { value: 8, mask: 8 }.apply(0x11), Some(0x19));
     assert_eq!(
-        MarkSet::Xmark {
-            value: 0,
-            mask: !0xff
-        }
-        .apply(0x1234),
-        Some(0x34)
+        set("-A OUTPUT -j MARK --set-mark 0x1/0xf0"),
+        packet(xmark(1, 0xf1))
+    );
+    assert_eq!(set("-A OUTPUT -j MARK --or-mark 0x8"), packet(xmark(8, 8)));
+    assert_eq!(
+        set("-A OUTPUT -j MARK --and-mark 0xff"),
+        packet(xmark(0, !0xff))
+    );
+    assert_eq!(set("-A OUTPUT -j MARK --xor-mark 0x3"), packet(xmark(3, 0)));
+    assert_eq!(
+        set("-A OUTPUT -j CONNMARK --set-xmark 0x5/0xff"),
+        connection(xmark(5, 0xff))
+    );
+    // mark = (mark & ~nfmask) ^ (ctmark & ctmask)
+    assert_eq!(
+        set("-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xf --ctmask 0xff"),
+        packet(MarkSet::Bits {
+            keep: !0xf,
+            take: 0xff,
+            xor: 0
+        })
+    );
+    // ctmark = (ctmark & ~ctmask) ^ (mark & nfmask)
+    assert_eq!(
+        set("-A OUTPUT -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+        connection(MarkSet::COPY)
+    );
+    assert_eq!(
+        set("-A OUTPUT -j CONNMARK --save-mark --nfmask 0xf0 --ctmask 0xf0 --right-shift-mark 4"),
+        connection(MarkSet::Unknown)
+    );
+    assert_eq!(set("-A OUTPUT -j ACCEPT"), vec![]);
+    assert_eq!(xmark(8, 8).apply(Some(0x11), None), Some(0x19));
+    assert_eq!(xmark(0, !0xff).apply(Some(0x1234), None), Some(0x34));
+    // An unknown mark matters only where bits of it are kept or copied.
+    assert_eq!(xmark(7, u32::MAX).apply(None, None), Some(7));
+    assert_eq!(xmark(7, 0xff).apply(None, None), None);
+    assert_eq!(MarkSet::COPY.apply(None, Some(9)), Some(9));
+    assert_eq!(MarkSet::COPY.apply(Some(1), None), None);
+}
+
+/// `-m connmark --mark V/M` tests the connection's mark, `-m mark` the packet's, even in
+/// one rule.
+#[test]
+fn connmark_matches_test_the_connections_mark() {
+    let rule = only_rule("-A INPUT -m mark --mark 0x1 -m connmark ! --mark 0x2/0xf -j ACCEPT");
+    let fields: Vec<(bool, Field, Option<u32>)> = rule
+        .matches
+        .iter()
+        .map(|m| match &m.condition {
+            Condition::Value { field, mask, .. } => (m.negated, *field, *mask),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            (false, Field::Mark, Some(u32::MAX)),
+            (true, Field::CtMark, Some(0xf))
+        ]
     );
 }
 

@@ -25,7 +25,8 @@ use crate::error::{ParseError, Result};
 use crate::iptables_save::{CONTINUING_TARGETS, NAT_TARGETS};
 use crate::model::{
     AddrRange, Backend, BaseChain, Chain, ChainKind, Condition, Counters, Field, InterfaceName,
-    MarkSet, Match, Policy, Rule, Table, TableFamily, Target, ValueTest, VerdictArm,
+    MarkOf, MarkSet, MarkWrite, Match, Policy, Rule, Table, TableFamily, Target, ValueTest,
+    VerdictArm,
 };
 use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};

@@ -46,7 +46,7 @@ impl Context<'_> {
         let mut target: Option<Target> = None;
         let mut counters = None;
         let mut actions: Vec<String> = Vec::new();
-        let mut sets_mark: Option<MarkSet> = None;
+        let mut sets_marks: Vec<MarkWrite> = Vec::new();
         for expr in exprs {
             if target.is_some() {
                 // Nothing after a verdict runs.
@@ -76,9 +76,7 @@ impl Context<'_> {
                     });
                 }
                 "mangle" => {
-                    if let Some(set) = mark_set(body) {
-                        sets_mark = Some(then(sets_mark, set));
-                    }
+                    sets_marks.extend(mark_write(body));
                     actions.push(kind.to_string());
                 }
                 "log" | "notrack" | "set" | "map" | "flow" | "dup" | "ct helper" | "ct timeout"
@@ -100,9 +98,16 @@ impl Context<'_> {
                         } = &xt_target
                         {
                             // nft's JSON omits the options: which mark is not told.
-                            if matches!(action.as_str(), "MARK" | "CONNMARK") {
-                                sets_mark = Some(MarkSet::Unknown);
-                            }
+                            let writes: &[MarkOf] = match action.as_str() {
+                                "MARK" => &[MarkOf::Packet],
+                                // --restore-mark writes the packet's.
+                                "CONNMARK" => &[MarkOf::Connection, MarkOf::Packet],
+                                _ => &[],
+                            };
+                            sets_marks.extend(writes.iter().map(|&of| MarkWrite {
+                                of,
+                                to: MarkSet::Unknown,
+                            }));
                             actions.push(action.clone());
                         } else {
                             target = Some(xt_target);
@@ -125,7 +130,7 @@ impl Context<'_> {
             comment: None,
             counters,
             matches,
-            sets_mark,
+            sets_marks,
             target,
         }
     }
@@ -435,56 +440,52 @@ pub(super) enum Xt {
 }
 
 /// iptables-nft compat expressions carry only the extension's name in JSON.
-/// What an nft `mangle` statement does to the packet's mark, when it sets it: `meta mark
-/// set 0x10`, `meta mark set meta mark | 0x10` (and `&`, `^`); from anything else (the
-/// connection's mark, a map) the mark is unknown. `None` for other keys (`ct mark`, a
-/// payload field).
-fn mark_set(body: &Value) -> Option<MarkSet> {
-    let is_mark = |v: &Value| v.get("meta").and_then(|m| m.get("key")) == Some(&"mark".into());
-    if !body.get("key").is_some_and(is_mark) {
-        return None;
-    }
-    let number = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
-    let value = body.get("value")?;
-    let xmark = match number(value) {
-        Some(v) => Some((v, u32::MAX)),
-        None => single_entry(value).and_then(|(op, args)| {
-            let [left, right] = args.as_array()?.as_slice() else {
-                return None;
-            };
-            let n = number(right).filter(|_| is_mark(left))?;
-            match op {
-                "|" => Some((n, n)),
-                "&" => Some((0, !n)),
-                "^" => Some((n, 0)),
-                _ => None,
-            }
-        }),
-    };
-    Some(match xmark {
-        Some((value, mask)) => MarkSet::Xmark { value, mask },
-        None => MarkSet::Unknown,
-    })
+/// The mark an nft `mangle` statement writes, when it writes one: `meta mark set 0x10`,
+/// `ct mark set meta mark | 0x10`, `meta mark set ct mark & 0xff` (the value a number, a
+/// mark, or either under `&`, `|` and `^` with numbers); from anything else (a map, a
+/// field) the mark is unknown. `None` for other keys (a payload field, `meta priority`).
+fn mark_write(body: &Value) -> Option<MarkWrite> {
+    let of = mark_of(body.get("key")?)?;
+    let to = mark_value(body.get("value")?, of).unwrap_or(MarkSet::Unknown);
+    Some(MarkWrite { of, to })
 }
 
-/// Two mark statements of one rule, one after the other, as one.
-fn then(first: Option<MarkSet>, next: MarkSet) -> MarkSet {
-    match (first, next) {
-        (None, next) => next,
-        (
-            Some(MarkSet::Xmark {
-                value: v1,
-                mask: m1,
-            }),
-            MarkSet::Xmark {
-                value: v2,
-                mask: m2,
-            },
-        ) => MarkSet::Xmark {
-            value: (v1 & !m2) ^ v2,
-            mask: m1 | m2,
-        },
-        _ => MarkSet::Unknown,
+/// Which mark `expr` is: `meta mark` or `ct mark` (of the original direction's
+/// connection; nft has no per-direction mark).
+fn mark_of(expr: &Value) -> Option<MarkOf> {
+    let key = |kind: &str| expr.get(kind).and_then(|k| k.get("key"));
+    if key("meta") == Some(&"mark".into()) {
+        Some(MarkOf::Packet)
+    } else if key("ct") == Some(&"mark".into()) && expr["ct"].get("dir").is_none() {
+        Some(MarkOf::Connection)
+    } else {
+        None
+    }
+}
+
+/// The value `expr` gives mark `of`, as [`MarkSet`] bits.
+fn mark_value(expr: &Value, of: MarkOf) -> Option<MarkSet> {
+    if let Some(n) = expr.as_u64() {
+        return Some(MarkSet::xmark(u32::try_from(n).ok()?, u32::MAX));
+    }
+    if let Some(source) = mark_of(expr) {
+        return Some(if source == of {
+            MarkSet::xmark(0, 0)
+        } else {
+            MarkSet::COPY
+        });
+    }
+    let (op, args) = single_entry(expr)?;
+    let [left, right] = args.as_array()?.as_slice() else {
+        return None;
+    };
+    let n = u32::try_from(right.as_u64()?).ok()?;
+    let left = mark_value(left, of)?;
+    match op {
+        "&" => Some(left.and(n)),
+        "|" => Some(left.or(n)),
+        "^" => Some(left.xor(n)),
+        _ => None,
     }
 }
 

@@ -94,6 +94,7 @@ pub(super) fn parse_left(left: &Value) -> std::result::Result<(Left, Option<u32>
         }
         "ct" => match body.get("key").and_then(Value::as_str) {
             Some("state") if body.get("dir").is_none() => Ok((Left::Value(Field::CtState), None)),
+            Some("mark") if body.get("dir").is_none() => Ok((Left::Value(Field::CtMark), None)),
             Some("status") if body.get("dir").is_none() => Ok((
                 Left::Value(Field::CtStatus {
                     needs_conntrack: true,
@@ -298,6 +299,7 @@ pub(super) fn symbol(field: Field, name: &str) -> Option<u32> {
         Field::SrcPort { .. }
         | Field::DstPort { .. }
         | Field::Mark
+        | Field::CtMark
         | Field::SocketUid
         | Field::SocketGid
         | Field::Length => None,

@@ -24,6 +24,12 @@ pub(crate) fn ct_info(nfct: u64) -> u8 {
     }
 }
 
+/// The connection (`struct nf_conn *`) `skb->_nfct` points to, 0 when none is attached.
+#[inline(always)]
+pub(crate) fn conntrack_of(nfct: u64) -> u64 {
+    nfct & !NFCT_INFOMASK
+}
+
 /// Bytes read first when [`early_filters`]: an IPv4 header without options or an IPv6
 /// header, and the ports after it.
 pub(super) const PEEK_BYTES: usize = 44;

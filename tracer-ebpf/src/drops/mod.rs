@@ -48,7 +48,9 @@ pub(crate) mod headers;
 pub(crate) mod kmem;
 
 use flows::{FLOW_CACHE, count_drop, counted_again, raw_key, through_cache};
-use headers::{PEEK_BYTES, ct_info, early_filters, parse_l3, ruled_out_early, watched};
+use headers::{
+    PEEK_BYTES, conntrack_of, ct_info, early_filters, parse_l3, ruled_out_early, watched,
+};
 use kmem::{SkbFields, copy_kernel, current_comm, load, read};
 
 /// Where a record is assembled before it is copied into [`EVENTS`] (see `handle`).
@@ -211,7 +213,8 @@ fn handle<C: EbpfContext, const BTF: bool>(
     } else {
         copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
     }
-    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
+    let nfct = fields.get::<u64>(conf!(offsets.skb_nfct));
+    let ct_info = ct_info(nfct);
     let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
     // A flood of one flow: a packet whose first header bytes are those of the flow this
     // CPU counts in its cache is counted there, before the parse, the filters (which the
@@ -303,7 +306,14 @@ fn handle<C: EbpfContext, const BTF: bool>(
         take_stack(ctx, e);
     }
     e.ct_info = ct_info;
+    // The connection's mark (`nf_conn.mark`): zero when there is no connection or the
+    // kernel has no such field (the read fails, and the flag says it was not read).
+    let conn = conntrack_of(nfct);
+    e.ct_mark = read::<u32>(conn, conf!(offsets.ct_mark));
     let mut f = l4_flags & (flags::HAS_L4 | flags::FRAGMENT);
+    if conn != 0 && conf!(offsets.ct_mark) != NO_OFFSET {
+        f |= flags::HAS_CT_MARK;
+    }
     if sk != 0 {
         f |= flags::HAS_SOCKET;
     }

@@ -34,6 +34,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         iif,
         oif,
         mark: r.mark,
+        ct_mark: r.ct_mark.unwrap_or(0),
         uid: r.uid,
         gid: r.gid,
         ct_state: Some(r.ct_state.rule_state()),
@@ -49,6 +50,8 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         unknown: ruleset::Unknown {
             uid: r.has_socket && r.uid.is_none(),
             gid: r.has_socket && r.gid.is_none(),
+            // Read from the connection when it had one; without one, no rule tests it.
+            ct_mark: r.ct_mark.is_none(),
             ..ruleset::Unknown::NONE
         },
     }

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use clap::builder::TypedValueParser as _;
 use serde::Serialize;
 
-use ruleset::{CtState, DecidedBy, Hook};
+use ruleset::{CtState, DecidedBy, Hook, eval::Marks};
 
 use crate::{
     attribution::{Attribution, attribution_of, snapshot::Snapshot},
@@ -92,9 +92,14 @@ pub struct ExplainArgs {
     /// Socket owner gid (for `-m owner --gid-owner` / `meta skgid`).
     #[arg(long, value_name = "GID")]
     pub gid: Option<u32>,
-    /// Packet mark.
-    #[arg(long, value_name = "MARK", default_value_t = 0)]
+    /// Packet mark (decimal or 0x hex) as the packet arrives or leaves its socket.
+    #[arg(long, value_name = "MARK", default_value = "0", value_parser = mark_value)]
     pub mark: u32,
+    /// The connection's mark (decimal or 0x hex). A new connection's is 0; for another
+    /// --state it is unknown when not given, so `ct mark` and `-m connmark` rules make the
+    /// answer unsure.
+    #[arg(long, value_name = "MARK", value_parser = mark_value)]
+    pub ct_mark: Option<u32>,
     /// Report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -198,7 +203,17 @@ pub fn packet(args: &ExplainArgs) -> anyhow::Result<ruleset::Packet> {
     p.uid = args.uid;
     p.gid = args.gid;
     p.mark = args.mark;
+    if let Some(ct_mark) = args.ct_mark {
+        p.ct_mark = ct_mark;
+        p.unknown.ct_mark = false;
+    }
     Ok(p)
+}
+
+/// A mark as `--mark` and `--ct-mark` take it: decimal or 0x hex, 32 bits.
+fn mark_value(text: &str) -> Result<u32, String> {
+    ruleset::names::number(text)
+        .ok_or_else(|| format!("{text:?} is not a 32-bit mark (decimal or 0x hex)"))
 }
 
 /// For a locally sent packet, fills in the output interface and source address the
@@ -248,22 +263,26 @@ fn fill_in_route(
     if pkt.unknown.gid && pkt.gid.is_none() {
         assumed.push("socket owner gid unknown (--gid)".into());
     }
+    if pkt.unknown.ct_mark && !matches!(pkt.ct_state, Some(CtState::Invalid | CtState::Untracked)) {
+        assumed.push("connection mark unknown (--ct-mark)".into());
+    }
     assumed
 }
 
-/// For a packet that arrives: its mark when it reaches INPUT or FORWARD, as the mangle
-/// (and any) PREROUTING chains of both engines leave it (`-j MARK`, `meta mark set`): the
-/// packet as the hook's rules see it, and what `assumed` says of it. Where the ways
-/// undecided rules can go leave different marks, or a rule sets it from what is not read,
-/// the mark is unknown to the hook's rules.
-fn mark_after_prerouting(
+/// For a packet that arrives: its marks when it reaches INPUT or FORWARD, as the mangle
+/// (and any) PREROUTING chains of both engines leave them (`-j MARK`, `-j CONNMARK`,
+/// `meta mark set`, `ct mark set`): the packet as the hook's rules see it, and what
+/// `assumed` says of each mark that changed. Where the ways undecided rules can go leave
+/// different marks, or a rule sets one from what is not read, it is unknown to the hook's
+/// rules.
+fn marks_after_prerouting(
     rs: &ruleset::Ruleset,
     hook: Hook,
     pkt: &ruleset::Packet,
-) -> (ruleset::Packet, Option<String>) {
+) -> (ruleset::Packet, Vec<String>) {
     let mut at_hook = pkt.clone();
-    if !matches!(hook, Hook::Input | Hook::Forward) || pkt.unknown.mark {
-        return (at_hook, None);
+    if !matches!(hook, Hook::Input | Hook::Forward) {
+        return (at_hook, Vec::new());
     }
     let ev = ruleset::eval::evaluate(
         rs,
@@ -272,35 +291,71 @@ fn mark_after_prerouting(
         Hook::Prerouting,
         pkt,
     );
-    let marks: Vec<Option<u32>> = ev
+    let after: Vec<Marks> = ev
         .outcomes()
         .filter(|o| o.verdict == ruleset::eval::Verdict::Accept)
-        .map(|o| o.mark_after)
+        .map(|o| o.marks_after)
         .collect();
-    let Some(&first) = marks.first() else {
-        return (at_hook, None);
-    };
-    let note = match first {
-        _ if marks.iter().any(|m| *m != first) => {
-            at_hook.unknown.mark = true;
-            "mark unknown after PREROUTING: rules there that cannot be decided set it".into()
-        }
-        Some(mark) if mark == pkt.mark => return (at_hook, None),
-        Some(mark) => {
-            at_hook.mark = mark;
+    if after.is_empty() {
+        return (at_hook, Vec::new());
+    }
+    let before = Marks::of(pkt);
+    let mut notes = Vec::new();
+    let mark = carried(
+        "mark",
+        "it arrived with",
+        before.mark,
+        after.iter().map(|m| m.mark),
+    );
+    let ct_mark = carried(
+        "connection mark",
+        "it was",
+        before.ct_mark,
+        after.iter().map(|m| m.ct_mark),
+    );
+    if let Some((value, note)) = mark {
+        at_hook.mark = value.unwrap_or(0);
+        at_hook.unknown.mark = value.is_none();
+        notes.push(note);
+    }
+    if let Some((value, note)) = ct_mark {
+        at_hook.ct_mark = value.unwrap_or(0);
+        at_hook.unknown.ct_mark = value.is_none();
+        notes.push(note);
+    }
+    (at_hook, notes)
+}
+
+/// One mark as the accepting ways through PREROUTING leave it (`after`, one per way),
+/// when that differs from `before`: its value there (`None`: unknown) and what to say.
+fn carried(
+    name: &str,
+    was: &str,
+    before: Option<u32>,
+    mut after: impl Iterator<Item = Option<u32>>,
+) -> Option<(Option<u32>, String)> {
+    let first = after.next()?;
+    if after.any(|m| m != first) {
+        let note =
+            format!("{name} unknown after PREROUTING: rules there that cannot be decided set it");
+        return Some((None, note));
+    }
+    match (first, before) {
+        (Some(value), Some(before)) if value == before => None,
+        (Some(value), Some(before)) => Some((
+            Some(value),
+            format!("{name} {value:#x} after PREROUTING ({was} {before:#x})"),
+        )),
+        (Some(value), None) => Some((Some(value), format!("{name} {value:#x} after PREROUTING"))),
+        (None, Some(_)) => Some((
+            None,
             format!(
-                "mark {mark:#x} after PREROUTING (it arrived with {:#x})",
-                pkt.mark
-            )
-        }
-        None => {
-            at_hook.unknown.mark = true;
-            "mark unknown after PREROUTING: a rule there sets it from what is not read, or \
-             may set it and cannot be decided"
-                .into()
-        }
-    };
-    (at_hook, Some(note))
+                "{name} unknown after PREROUTING: a rule there sets it from what is not read, \
+                 or may set it and cannot be decided"
+            ),
+        )),
+        (None, None) => None,
+    }
 }
 
 /// For a new connection, whether a notrack rule keeps conntrack away from it before
@@ -424,7 +479,7 @@ pub fn explain(
 }
 
 /// [`explain`], where the packet reaches `hook` as `at_hook` (with the mark PREROUTING
-/// set: see [`mark_after_prerouting`]) and meets PREROUTING as `pkt`.
+/// set: see [`marks_after_prerouting`]) and meets PREROUTING as `pkt`.
 pub fn explain_arriving(
     rs: &ruleset::Ruleset,
     hook: Hook,
@@ -558,7 +613,7 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     assumed.extend(follow_notrack(&mut pkt, &snap.ruleset, args.hook));
     assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
     pkt.reverse_path = reverse_path(&pkt, args.hook, netns.as_deref());
-    let (at_hook, marked) = mark_after_prerouting(&snap.ruleset, args.hook, &pkt);
+    let (at_hook, marked) = marks_after_prerouting(&snap.ruleset, args.hook, &pkt);
     assumed.extend(marked);
     let (engines, verdict, by) = explain_arriving(&snap.ruleset, args.hook, &pkt, &at_hook);
     let report = Explanation {
@@ -749,6 +804,7 @@ mod tests {
             uid: None,
             gid: None,
             mark: 0,
+            ct_mark: None,
             json: false,
         }
     }
@@ -889,9 +945,9 @@ mod tests {
         let rs = ruleset_of_tables(text);
         let question = |dport| {
             let pkt = arriving(dport);
-            let (at_hook, said) = mark_after_prerouting(&rs, Hook::Input, &pkt);
+            let (at_hook, said) = marks_after_prerouting(&rs, Hook::Input, &pkt);
             let (_, verdict, _) = explain_arriving(&rs, Hook::Input, &pkt, &at_hook);
-            (verdict, said)
+            (verdict, said.into_iter().next())
         };
         assert_eq!(
             question(7777),

@@ -189,6 +189,7 @@ impl Enricher {
             icmp_code: drop.icmp.map(|(_, c)| c),
             len: drop.len,
             mark: drop.mark,
+            ct_mark: drop.ct_mark,
             ct_state: drop.ct_state,
             reason: self.kernel.reason_name(drop.reason),
             hook,

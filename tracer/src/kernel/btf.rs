@@ -76,6 +76,12 @@ impl KernelBtf {
                 reason: e.to_string(),
             })?;
         let mut kernel = Self::from_btf(&btf)?;
+        if from_sys
+            && kernel.offsets.ct_mark == NO_OFFSET
+            && let Some(dir) = path.parent()
+        {
+            kernel.offsets.ct_mark = conntrack_mark_offset(&btf, dir);
+        }
         kernel.verdicts = match path.parent() {
             Some(dir) if from_sys => VerdictSupport::from_modules(&btf, dir),
             // A BTF file given for a kernel without its own: its modules have none either.
@@ -106,6 +112,8 @@ impl KernelBtf {
             sk_net: may("sock", &["__sk_common", "skc_net", "net"]),
             sk_uid: may("sock", &["sk_uid"]),
             net_ns_inum: may("net", &["ns", "inum"]),
+            // Built-in conntrack; a module's BTF is read by `conntrack_mark_offset`.
+            ct_mark: may("nf_conn", &["mark"]),
             skb_size: struct_size(btf, "sk_buff")
                 .filter(|n| *n <= tracer_common::SKB_COPY_BYTES)
                 .map_or(0, |n| n as u32),
@@ -289,6 +297,16 @@ fn struct_size(btf: &Btf, name: &str) -> Option<usize> {
 
 /// Offset in bytes of `path` inside struct `name`, looking through anonymous struct and
 /// union members the way C does (`skb->sk` lives in an anonymous union).
+/// `nf_conn.mark` from nf_conntrack's own BTF, where conntrack is a module (Debian's
+/// kernels): [`NO_OFFSET`] when the module is not loaded (then no packet has a connection
+/// to read) or has no such field (CONFIG_NF_CONNTRACK_MARK off).
+fn conntrack_mark_offset(vmlinux: &Btf, dir: &Path) -> u32 {
+    Btf::from_split_file(dir.join("nf_conntrack"), vmlinux)
+        .ok()
+        .and_then(|module| member_offset(&module, "nf_conn", &["mark"]))
+        .unwrap_or(NO_OFFSET)
+}
+
 pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Option<u32> {
     let ty = btf
         .resolve_types_by_name(name)

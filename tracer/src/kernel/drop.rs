@@ -57,6 +57,8 @@ pub struct Drop {
     pub uid: Option<u32>,
     pub reason: u32,
     pub mark: u32,
+    /// The connection's mark, when the packet had a connection and the kernel's was read.
+    pub ct_mark: Option<u32>,
     pub len: u32,
     /// The kernel stack of the drop, innermost frame first (empty when not taken).
     pub stack: Vec<u64>,
@@ -128,6 +130,7 @@ impl From<&DropEvent> for Drop {
             uid: (e.flags & flags::HAS_UID != 0).then_some(e.uid),
             reason: e.reason,
             mark: e.mark,
+            ct_mark: (e.flags & flags::HAS_CT_MARK != 0).then_some(e.ct_mark),
             len: e.len,
             stack: {
                 let frames = usize::try_from(e.stack_bytes).unwrap_or(0) / 8;
@@ -190,7 +193,7 @@ impl Drop {
             headers_len: 0,
             _pad2: 0,
             site: state.site,
-            _pad3: 0,
+            ct_mark: 0,
             comm: state.comm,
             ifname: [0; 16],
             out_ifname: [0; 16],
@@ -288,7 +291,7 @@ mod tests {
             headers_len: 0,
             _pad2: 0,
             site: 0,
-            _pad3: 0,
+            ct_mark: 0,
             comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
             ifname: [0; 16],
             out_ifname: *b"veth0\0\0\0\0\0\0\0\0\0\0\0",

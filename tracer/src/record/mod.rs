@@ -47,6 +47,10 @@ pub struct DropRecord {
     pub icmp_code: Option<u8>,
     pub len: u32,
     pub mark: u32,
+    /// The connection's mark (`nf_conn.mark`), when the packet had a connection and the
+    /// kernel's was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct_mark: Option<u32>,
     pub ct_state: CtInfo,
     pub reason: String,
     pub hook: Option<Hook>,
@@ -169,6 +173,7 @@ pub(crate) mod tests {
             icmp_code: None,
             len: 60,
             mark: 0,
+            ct_mark: None,
             ct_state: CtInfo::NEW,
             reason: "NETFILTER_DROP".into(),
             hook: Some(Hook::Output),
