@@ -8,6 +8,6 @@ const RULES: &str = "*filter\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m set --match-set
 libfuzzer_sys::fuzz_target!(|text: &str| {
     if let Ok(ipsets) = ruleset::ipset::parse_save(text) {
         let tables = ruleset::iptables_save::parse(RULES, ruleset::Backend::IptablesNft, ruleset::Family::Ipv4).unwrap();
-        common::evaluate_all(&ruleset::Ruleset { tables, ipsets, local_routes: None });
+        common::evaluate_all(&ruleset::Ruleset { tables, ipsets, local_routes: None, recent: None });
     }
 });

@@ -7,6 +7,6 @@ libfuzzer_sys::fuzz_target!(|text: &str| {
     let handles = ruleset::nft_text::handles(text);
     if let Ok(mut tables) = ruleset::nft_json::parse(text) {
         ruleset::nft_text::apply(&mut tables, &handles);
-        common::evaluate_all(&ruleset::Ruleset { tables, ipsets: Default::default(), local_routes: None });
+        common::evaluate_all(&ruleset::Ruleset { tables, ipsets: Default::default(), local_routes: None, recent: None });
     }
 });

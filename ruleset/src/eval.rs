@@ -20,10 +20,11 @@ use serde::Serialize;
 
 use crate::matching::{Outcome, match_outcome, rule_matches};
 use crate::model::{
-    Backend, BaseChain, Chain, ChainKind, ChainRef, DecidedBy, MarkOf, MarkWrite, Policy, RuleRef,
-    Ruleset, Table, Target,
+    Backend, BaseChain, Chain, ChainKind, ChainRef, Condition, DecidedBy, MarkOf, MarkWrite,
+    Policy, Rule, RuleRef, Ruleset, Table, Target,
 };
-use crate::packet::{CtState, Family, Hook, Packet};
+use crate::packet::{CtState, Direction, Family, Hook, Packet};
+use crate::recent::RecentFinding;
 
 /// The fate of the packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -467,6 +468,7 @@ impl<'a> Walk<'a> {
             match rule_matches(rule, &self.packet, self.ruleset) {
                 Outcome::Match => {
                     self.write_marks(&rule.sets_marks);
+                    self.write_recent(rule);
                     if rule.untracks() && self.untracked_by.is_none() {
                         self.untracked_by = Some((rule_ref(), None));
                     }
@@ -487,6 +489,7 @@ impl<'a> Walk<'a> {
                         continue;
                     }
                     self.write_marks(&rule.sets_marks);
+                    self.write_recent(rule);
                 }
             }
 
@@ -596,6 +599,27 @@ impl<'a> Walk<'a> {
                     packet.unknown.ct_mark = ct_mark.is_none();
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// What a matching rule's `-m recent` tests write to their lists (a stamp, or an
+    /// address taken off), for the tests after it (see [`crate::recent`]).
+    fn write_recent(&mut self, rule: &Rule) {
+        for one in &rule.matches {
+            let Condition::Recent(test) = &one.condition else {
+                continue;
+            };
+            let addr = match test.side {
+                Direction::Source => self.packet.src,
+                Direction::Destination => self.packet.dst,
+            };
+            let lists = self.ruleset.recent.as_ref();
+            if let Ok(RecentFinding {
+                write: Some(write), ..
+            }) = test.decide(addr, one.negated, lists, &self.packet.recent_writes)
+            {
+                self.packet.to_mut().recent_writes.push(write);
             }
         }
     }

@@ -23,6 +23,7 @@
 //!     tables,
 //!     ipsets: ruleset::ipset::parse_save(ipsets)?,
 //!     local_routes: None, // ruleset::addrtype::LocalTable, for -m addrtype and fib
+//!     recent: None,       // ruleset::recent::RecentLists, for -m recent
 //! };
 //!
 //! let evaluation = ruleset::eval::evaluate(
@@ -41,6 +42,7 @@
 //!   [`nft_json`] (`nft -j list ruleset`), [`nft_text`] (`nft -a list ruleset`, for the
 //!   display text);
 //! - [`nat`] (which addresses the rules can translate, for `ct status dnat`);
+//! - [`recent`] (xt_recent's lists, for `-m recent`);
 //! - `matching` (one rule against one packet), [`eval`] (the walk), [`counters`] (which
 //!   rules' counters grew).
 
@@ -51,6 +53,7 @@ mod model;
 pub mod names;
 pub mod nat;
 mod packet;
+pub mod recent;
 mod shell;
 
 pub mod counters;

@@ -202,6 +202,17 @@ fn condition_truth(condition: &Condition, packet: &Packet, ruleset: &Ruleset) ->
             limit_iface,
             matcher,
         } => addr_type_truth(packet, ruleset, *direction, *types, *limit_iface, *matcher),
+        Condition::Recent(_) if packet.unknown.per_flow => Truth::Unknown(PER_FLOW.to_string()),
+        Condition::Recent(test) => {
+            let addr = match test.side {
+                Direction::Source => packet.src,
+                Direction::Destination => packet.dst,
+            };
+            match test.decide(addr, false, ruleset.recent.as_ref(), &packet.recent_writes) {
+                Ok(finding) => finding.found.into(),
+                Err(reason) => Truth::Unknown(reason),
+            }
+        }
         Condition::Concat { elements } => concat_truth(elements, packet, ruleset),
         Condition::ReversePath => match packet.reverse_path {
             Some(by_input) => by_input.into(),

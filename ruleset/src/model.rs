@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::addrtype::{AddrTypes, LocalTable, Matcher};
 use crate::ipset::Ipset;
 use crate::packet::{Direction, Family, Hook, ValueRange};
+use crate::recent::{RecentLists, RecentTest};
 
 pub use tracer_common::netfilter::{Backend, Engine, TableFamily};
 
@@ -47,6 +48,22 @@ pub struct Ruleset {
     /// The namespace's `local` routing table, for address type tests; `None`
     /// (not read) leaves them undecidable.
     pub local_routes: Option<LocalTable>,
+    /// The namespace's xt_recent lists with the kernel's clock, for `-m recent`; `None`
+    /// (not read) leaves those tests undecidable.
+    pub recent: Option<RecentLists>,
+}
+
+impl Ruleset {
+    /// Whether a rule tests an xt_recent list (`-m recent`), which [`Ruleset::recent`]
+    /// must hold to decide.
+    pub fn tests_recent_lists(&self) -> bool {
+        self.tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.matches)
+            .any(|m| matches!(m.condition, Condition::Recent(_)))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -337,6 +354,8 @@ pub enum Condition {
         name: String,
         directions: Vec<Direction>,
     },
+    /// `-m recent`, decided against [`Ruleset::recent`].
+    Recent(RecentTest),
     /// `-m addrtype --src-type/--dst-type` or nft `fib saddr/daddr type`:
     /// the address's route type in the namespace's local table, seen through
     /// the input or output device when `limit_iface` says so.

@@ -50,6 +50,9 @@ pub struct Packet {
     pub reverse_path: Option<bool>,
     /// Length of the IP packet (header included).
     pub len: u32,
+    /// What rules earlier on the packet's way wrote to xt_recent lists (`--set`,
+    /// `--update`, `--remove`), which later `-m recent` tests see.
+    pub recent_writes: Vec<crate::recent::RecentWrite>,
     /// Fields whose `None` means "not known" rather than "absent".
     pub unknown: Unknown,
 }
@@ -86,6 +89,7 @@ impl Packet {
             ct_status_set: 0,
             reverse_path: None,
             len: 0,
+            recent_writes: Vec::new(),
             unknown: Unknown::ALL,
         }
     }

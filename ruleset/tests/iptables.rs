@@ -24,6 +24,7 @@ fn host(with_ipsets: bool) -> Ruleset {
         tables,
         ipsets,
         local_routes: None,
+        recent: None,
     }
 }
 

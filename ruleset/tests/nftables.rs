@@ -487,6 +487,7 @@ fn syntax_tour_evaluates_flag_mask_and_comparison_forms() {
         tables,
         ipsets: Default::default(),
         local_routes: None,
+        recent: None,
     };
     let first_rule = |packet: &ruleset::Packet| {
         let evaluation = evaluate(&tour, &[Backend::Nftables], Hook::Output, packet);

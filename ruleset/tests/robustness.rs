@@ -14,6 +14,7 @@ fn evaluate_all(tables: Vec<Table>) {
         tables,
         ipsets: Default::default(),
         local_routes: None,
+        recent: None,
     };
     let packets = [
         tcp("10.99.0.1", "203.0.113.99", 8443),

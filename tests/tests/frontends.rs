@@ -436,6 +436,37 @@ fn ufw_input_policy_reject_limit_and_output_deny_name_the_rules_the_kernel_count
     assert!(report.to_string().contains("policy"), "{report:#}");
 }
 
+/// ufw's `limit` is built on xt_recent lists: `--set` stamps each new connection's source,
+/// `--update --seconds 30 --hitcount 6` sends the sixth within 30 s to ufw-user-limit's
+/// REJECT. explain reads the lists with the kernel's clock: asked before each connection,
+/// it answers what the kernel then does with it (five accepted, then rejected), never
+/// unsure.
+#[test]
+fn explain_reads_ufws_limit_lists_as_the_kernel_does() {
+    let t = Topology::new().unwrap();
+    t.gateway.tcp_listen(t.gateway_addr(22)).unwrap();
+    let (w, _) = ufw_then_watch(&t.gateway, &["--force enable", "limit 22/tcp"]);
+    w.stop().unwrap();
+    let dev = gateway_if(&t);
+    let mut fates = Vec::new();
+    for _ in 0..7 {
+        let (code, report) = explain_input(&t.gateway, &dev, CLIENT_V4, GATEWAY_V4, 22);
+        let kernel = fate(&t.client, t.gateway_addr(22));
+        assert_eq!(report["outcome"], kernel, "{report:#}");
+        assert_eq!(code, if kernel == "accept" { 0 } else { 1 }, "{report:#}");
+        if kernel == "reject" {
+            assert_eq!(report["chain"], "ufw-user-limit", "{report:#}");
+        }
+        fates.push(kernel);
+    }
+    assert_eq!(
+        fates,
+        [
+            "accept", "accept", "accept", "accept", "accept", "reject", "reject"
+        ]
+    );
+}
+
 // kube-proxy, on both iptables backends.
 
 fn kube_proxy(backend: &str) {

@@ -25,6 +25,7 @@ use crate::model::{
 };
 use crate::names;
 use crate::packet::{Direction, Family, Hook, ValueRange};
+use crate::recent::{RecentMode, RecentTest};
 use crate::shell;
 
 mod counters;

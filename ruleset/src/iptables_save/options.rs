@@ -85,7 +85,6 @@ pub(super) fn undecidable_module_reason(module: &str) -> String {
         "limit" | "hashlimit" => {
             format!("-m {module}: whether the rate limit was exceeded depends on recent traffic")
         }
-        "recent" => "-m recent: the recent list's contents are not visible".to_string(),
         "statistic" => "-m statistic: random or nth sampling".to_string(),
         "connlimit" => "-m connlimit: depends on live connection counts".to_string(),
         "connbytes" => "-m connbytes: depends on connection byte counts".to_string(),
@@ -96,6 +95,22 @@ pub(super) fn undecidable_module_reason(module: &str) -> String {
         other => format!("-m {other} is not evaluated"),
     }
 }
+
+/// The options of `-m recent` (libxt_recent).
+const RECENT_OPTIONS: &[&str] = &[
+    "--set",
+    "--rcheck",
+    "--update",
+    "--remove",
+    "--seconds",
+    "--reap",
+    "--hitcount",
+    "--rttl",
+    "--name",
+    "--mask",
+    "--rsource",
+    "--rdest",
+];
 
 /// Targets that end evaluation of the chain like ACCEPT (NAT).
 pub(crate) const NAT_TARGETS: &[&str] = &["MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP"];
@@ -330,6 +345,10 @@ impl<'a> RuleBuilder<'a> {
                 }
                 "-m" | "--match" => {
                     let module = self.value(&option)?;
+                    if module == "recent" {
+                        self.recent_options()?;
+                        continue;
+                    }
                     if !EVALUATED_MODULES.contains(&module.as_str()) {
                         self.undecidable(undecidable_module_reason(&module));
                     }
@@ -361,6 +380,72 @@ impl<'a> RuleBuilder<'a> {
                         format!("unexpected word {other:?} in rule"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `-m recent`'s options, as libxt_recent saves them (`[!] --set|--rcheck|--update|
+    /// --remove [--seconds N] [--reap] [--hitcount N] [--rttl] --name NAME --mask M
+    /// --rsource|--rdest`), as one test.
+    fn recent_options(&mut self) -> Result<()> {
+        let mut test = RecentTest {
+            name: "DEFAULT".to_string(),
+            side: Direction::Source,
+            mode: RecentMode::Check,
+            seconds: 0,
+            hit_count: 0,
+            ttl: false,
+            mask: None,
+        };
+        let (mut mode, mut negated, mut bad) = (None, false, None);
+        loop {
+            let (word, after) = match self.peek() {
+                Some("!") => (self.words.get(self.next + 1).map(String::as_str), 2),
+                word => (word, 1),
+            };
+            let Some(option) = word.filter(|w| RECENT_OPTIONS.contains(w)) else {
+                break;
+            };
+            negated |= after == 2;
+            self.next += after;
+            let number = |builder: &mut Self| -> Result<Option<u32>> {
+                let value = builder.value(option)?;
+                Ok(value.parse().ok())
+            };
+            match option {
+                "--set" => mode = Some(RecentMode::Set),
+                "--rcheck" => mode = Some(RecentMode::Check),
+                "--update" => mode = Some(RecentMode::Update),
+                "--remove" => mode = Some(RecentMode::Remove),
+                "--seconds" => match number(self)? {
+                    Some(n) => test.seconds = n,
+                    None => bad = Some("--seconds is not a number"),
+                },
+                "--hitcount" => match number(self)? {
+                    Some(n) => test.hit_count = n,
+                    None => bad = Some("--hitcount is not a number"),
+                },
+                "--name" => test.name = self.value(option)?,
+                "--mask" => match self.value(option)?.parse() {
+                    Ok(mask) => test.mask = Some(mask),
+                    Err(_) => bad = Some("--mask is not an address"),
+                },
+                "--rttl" => test.ttl = true,
+                "--rsource" => test.side = Direction::Source,
+                "--rdest" => test.side = Direction::Destination,
+                // Which stamps are dropped after the test: the test's answer is the same.
+                _ => {}
+            }
+        }
+        match (mode, bad) {
+            (Some(mode), None) => {
+                test.mode = mode;
+                self.push(negated, Condition::Recent(test));
+            }
+            (_, Some(why)) => self.undecidable(format!("-m recent: {why}")),
+            (None, None) => {
+                self.undecidable("-m recent without --set, --rcheck, --update or --remove".into())
             }
         }
         Ok(())

@@ -678,3 +678,48 @@ fn rpfilter_is_the_reverse_path_test() {
         Condition::Undecidable { reason } if reason.contains("--loose")
     ));
 }
+
+/// ufw's `limit` rules as iptables-save prints them (ufw's before.rules and
+/// user.rules templates): one `-m recent` test each, with its options gathered.
+#[test]
+fn recent_options_are_one_test() {
+    let test = |rule: &str| match &only_rule(rule).matches.last().unwrap().condition {
+        Condition::Recent(test) => test.clone(),
+        other => panic!("{other:?}"),
+    };
+    let set = test(
+        "-A INPUT -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m recent --set --name DEFAULT --mask 255.255.255.255 --rsource",
+    );
+    assert_eq!(set.mode, RecentMode::Set);
+    assert_eq!(set.name, "DEFAULT");
+    assert_eq!(set.side, Direction::Source);
+    assert_eq!(set.mask, Some("255.255.255.255".parse().unwrap()));
+    let update = only_rule(
+        "-A INPUT -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m recent --update --seconds 30 --hitcount 6 --name DEFAULT --mask 255.255.255.255 --rsource -j DROP",
+    );
+    let Condition::Recent(recent) = &update.matches.last().unwrap().condition else {
+        panic!("{update:?}");
+    };
+    assert_eq!(
+        (recent.mode, recent.seconds, recent.hit_count),
+        (RecentMode::Update, 30, 6)
+    );
+    assert_eq!(update.target, Target::Drop);
+    let negated =
+        only_rule("-A INPUT -m recent ! --rcheck --seconds 60 --reap --name ssh --rdest -j ACCEPT");
+    let last = negated.matches.last().unwrap();
+    assert!(last.negated);
+    let Condition::Recent(recent) = &last.condition else {
+        panic!("{negated:?}");
+    };
+    assert_eq!(
+        (recent.mode, recent.side, recent.name.as_str()),
+        (RecentMode::Check, Direction::Destination, "ssh")
+    );
+    // Without a mode, nothing to decide.
+    let bare = only_rule("-A INPUT -m recent --name x -j DROP");
+    assert!(matches!(
+        bare.matches[0].condition,
+        Condition::Undecidable { .. }
+    ));
+}

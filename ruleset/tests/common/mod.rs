@@ -33,6 +33,7 @@ pub fn ruleset(tables: Vec<Table>) -> Ruleset {
         tables,
         ipsets: Default::default(),
         local_routes: None,
+        recent: None,
     }
 }
 

@@ -22,6 +22,7 @@ mod nfqueue;
 pub mod owner;
 pub mod packet;
 pub mod reader;
+mod recent_lists;
 pub mod snapshot;
 
 use std::{

@@ -45,6 +45,7 @@ pub fn packet_of(r: &DropRecord) -> ruleset::Packet {
         // Not looked up for captured drops: an rp_filter rule is left to the counters.
         reverse_path: None,
         len: r.len,
+        recent_writes: Vec::new(),
         // A packet with a socket whose owner could not be read: owner matches cannot be
         // decided. Without a socket they are decided as the kernel does (no owner).
         unknown: ruleset::Unknown {

@@ -158,11 +158,26 @@ impl Snapshot {
             tables,
             ipsets,
             local_routes: local_routes(netns, &mut problems),
+            recent: None,
         };
         let mut snap = Snapshot::done(ruleset, taken, problems, earlier.native.clone());
         snap.counters_only = true;
         snap.legacy_digests = legacy.digests;
         Some(snap)
+    }
+
+    /// Reads the namespace's xt_recent lists into the ruleset when a rule tests one
+    /// (`-m recent`): `explain` decides such rules for a packet sent now. Watching does
+    /// not: by the time the lists are read, later packets have changed what a captured
+    /// drop met, and the counters decide.
+    pub fn read_recent_lists(&mut self, netns: Option<&Path>) {
+        if !self.ruleset.tests_recent_lists() {
+            return;
+        }
+        match super::recent_lists::read(netns) {
+            Ok(lists) => self.ruleset.recent = Some(lists),
+            Err(e) => self.problems.push(format!("xt_recent lists: {e}")),
+        }
     }
 
     /// A read begun at `taken`, done now.
@@ -229,6 +244,7 @@ impl Snapshot {
             tables,
             ipsets: ipsets(netns, &mut problems),
             local_routes: local_routes(netns, &mut problems),
+            recent: None,
         };
         let mut snap = Snapshot::done(ruleset, taken, problems, native);
         snap.legacy_digests = legacy.digests;

@@ -171,7 +171,9 @@ fn read_snapshot(netns: Option<&Path>) -> anyhow::Result<Snapshot> {
     if !nix::unistd::geteuid().is_root() {
         bail!("reading the ruleset needs root (CAP_NET_ADMIN)");
     }
-    Ok(Snapshot::read(netns))
+    let mut snap = Snapshot::read(netns);
+    snap.read_recent_lists(netns);
+    Ok(snap)
 }
 
 /// The packet as given on the command line; what the kernel would fill in (interfaces,

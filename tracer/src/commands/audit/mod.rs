@@ -418,6 +418,7 @@ mod tests {
                 tables: ruleset::nft_json::parse(json).unwrap(),
                 ipsets: Default::default(),
                 local_routes: None,
+                recent: None,
             },
             format: "nft -j JSON".into(),
         };

@@ -135,6 +135,7 @@ pub fn load(path: &Path, format: RulesetFormat) -> anyhow::Result<Proposed> {
             tables,
             ipsets: Default::default(),
             local_routes: None,
+            recent: None,
         },
         format: described,
     })
