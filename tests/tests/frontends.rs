@@ -1039,6 +1039,84 @@ fn libvirt_rejects_name_the_network_of_their_bridge() {
     assert_eq!(droptrace_tests::packets(&d), after - before);
 }
 
+// explain and a DNAT to another address: routed anew, the packet is forwarded or
+// delivered whatever hook the question named.
+
+const DNAT_ELSEWHERE_NFT: &str = "table ip elsewhere {
+\tchain pre {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\ttcp dport 8080 dnat to 10.77.0.2:80
+\t\ttcp dport 8081 dnat to 10.77.0.3:81
+\t\ttcp dport 8082 dnat to 10.77.0.1:82
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\toifname \"dnatbr0\" tcp dport 80 counter drop
+\t\toifname \"dnatbr0\" counter accept
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\ttcp dport 82 counter reject with tcp reset
+\t}
+}
+";
+
+/// Connections to three ports of the gateway, each translated to another address: two
+/// on a bridge behind it (forwarded: one dropped, one accepted by FORWARD's rules), one
+/// the bridge's own address (delivered: INPUT's reject). explain, asked as if the
+/// packets were for the host (`--hook input`), follows each where the kernel sends it;
+/// the counters of the rules it names grew, and the client's fate agrees where it tells.
+#[test]
+fn explain_follows_a_dnat_to_another_address_as_the_kernel_does() {
+    let t = Topology::new().unwrap();
+    let gw = &t.gateway;
+    exec_each(
+        gw,
+        &[
+            "ip link add dnatbr0 type bridge",
+            "ip addr add 10.77.0.1/24 dev dnatbr0",
+            "ip link set dnatbr0 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ],
+    );
+    nft_load_text(gw, "elsewhere.nft", DNAT_ELSEWHERE_NFT);
+    let dev = gateway_if(&t);
+    for (port, outcome, chain, counted, translated) in [
+        (
+            8080,
+            "drop",
+            "forward",
+            r#"tcp dport 80 counter"#,
+            "forwarded out of dnatbr0",
+        ),
+        (
+            8081,
+            "accept",
+            "forward",
+            r#"oifname "dnatbr0" counter"#,
+            "forwarded",
+        ),
+        (8082, "reject", "input", "tcp dport 82 counter", "delivered"),
+    ] {
+        let (code, report) = explain_input(gw, &dev, CLIENT_V4, GATEWAY_V4, port);
+        assert_eq!(report["outcome"], outcome, "{report:#}");
+        assert_eq!(code, if outcome == "accept" { 0 } else { 1 }, "{report:#}");
+        let said = report["assumed"].to_string();
+        assert!(said.contains(translated), "{report:#}");
+        let before = nft_counter(gw, "ip elsewhere", chain, counted);
+        let fate = fate(&t.client, t.gateway_addr(port));
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            nft_counter(gw, "ip elsewhere", chain, counted) > before,
+            "{port}"
+        );
+        if outcome != "accept" {
+            assert_eq!(fate, outcome, "{port}");
+            assert_eq!(report["chain"], chain, "{report:#}");
+        }
+    }
+}
+
 // explain against the kernel: many questions, each asked of both.
 
 /// How long [`fate_within`] waits for an answer over IPv6.

@@ -394,55 +394,109 @@ fn follow_notrack(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) 
 /// For a new connection, what the nat chains it meets before `hook` do to it (PREROUTING
 /// for a packet that arrives, nat OUTPUT for one sent here): when none translates it, its
 /// `ct status dnat` is known clear (firewalld accepts translated connections ahead of its
-/// zones); when one does, says so, since the rules after it see the translated packet,
-/// which `explain` does not follow.
-fn follow_nat(pkt: &mut ruleset::Packet, rs: &ruleset::Ruleset, hook: Hook) -> Option<String> {
+/// zones); when a DNAT or REDIRECT does, the rules after it see the new destination and
+/// `ct status dnat`. A new address is routed anew (`ip_route_me_harder` after nat OUTPUT,
+/// the input route lookup after PREROUTING): an arriving packet for an address that is
+/// not the host's own is forwarded, one for the host's own delivered, whatever `hook` was
+/// asked. Returns the hook the packet then meets, and what `assumed` says of it.
+fn follow_nat(
+    pkt: &mut ruleset::Packet,
+    rs: &ruleset::Ruleset,
+    hook: Hook,
+    netns: Option<&Path>,
+    oif_given: bool,
+) -> (Hook, Option<String>) {
     let nat_hook = match hook {
         Hook::Input | Hook::Forward => Hook::Prerouting,
         Hook::Output => Hook::Output,
-        _ => return None,
+        _ => return (hook, None),
     };
     if pkt.ct_state != Some(CtState::New) {
-        return None;
+        return (hook, None);
     }
-    match ruleset::eval::nat_binding(rs, &ruleset::Backend::ALL, pkt.family, nat_hook, pkt) {
-        ruleset::eval::NatBinding::Untranslated => {
-            pkt.ct_status_clear |= ruleset::nat::IPS_DST_NAT;
-            None
-        }
-        ruleset::eval::NatBinding::By { rule, action } => {
-            // A new port on the same address (firewalld's forward-port to a local port,
-            // REDIRECT) is followed; a new address is routed anew, which is not.
-            let to = ruleset::nat::dnat_target(&rule.text)
-                .filter(|to| to.addr.is_none_or(|addr| addr == pkt.dst));
-            match to {
-                Some(to) => {
-                    if let Some(port) = to.port.filter(|_| pkt.dport.is_some()) {
-                        pkt.dport = Some(port);
-                    }
-                    pkt.ct_status_set |= ruleset::nat::IPS_DST_NAT;
-                    let port = pkt.dport.map_or(String::new(), |p| format!(" port {p}"));
-                    Some(match to.addr {
-                        Some(_) => format!(
-                            "{rule} translates the connection to{port}: the rules after it \
-                             see that, and ct status dnat"
-                        ),
-                        None => format!(
-                            "{rule} redirects the connection to{port} of the receiving \
-                             interface's address (taken to be {}): the rules after it see \
-                             that, and ct status dnat",
-                            pkt.dst
-                        ),
-                    })
-                }
-                None => Some(format!(
-                    "{rule} translates the connection ({action}); the rules after it see the \
-                     translated packet, which explain does not follow"
-                )),
+    let (rule, action) =
+        match ruleset::eval::nat_binding(rs, &ruleset::Backend::ALL, pkt.family, nat_hook, pkt) {
+            ruleset::eval::NatBinding::Untranslated => {
+                pkt.ct_status_clear |= ruleset::nat::IPS_DST_NAT;
+                return (hook, None);
             }
-        }
-        ruleset::eval::NatBinding::Undecided(_) => None,
+            ruleset::eval::NatBinding::By { rule, action } => (rule, action),
+            ruleset::eval::NatBinding::Undecided(_) => return (hook, None),
+        };
+    let Some(to) = ruleset::nat::dnat_target(&rule.text) else {
+        let note = format!(
+            "{rule} translates the connection ({action}); the rules after it see the \
+             translated packet, which explain does not follow"
+        );
+        return (hook, Some(note));
+    };
+    let new_addr = to.addr.filter(|addr| *addr != pkt.dst);
+    // Routed anew, before the packet is changed: no route, nothing followed.
+    let route = match new_addr {
+        Some(addr) => match crate::enrich::routes::lookup(netns, addr, pkt.mark) {
+            Some(route) => Some(route),
+            None => {
+                let note = format!(
+                    "{rule} translates the connection to {addr}, to which the namespace has \
+                     no route: the rules after it are not followed"
+                );
+                return (hook, Some(note));
+            }
+        },
+        None => None,
+    };
+    if let Some(port) = to.port.filter(|_| pkt.dport.is_some()) {
+        pkt.dport = Some(port);
     }
+    pkt.ct_status_set |= ruleset::nat::IPS_DST_NAT;
+    let port = pkt.dport.map_or(String::new(), |p| format!(" port {p}"));
+    let (Some(addr), Some(route)) = (new_addr, route) else {
+        let note = match to.addr {
+            Some(_) => format!(
+                "{rule} translates the connection to{port}: the rules after it see that, and \
+                 ct status dnat"
+            ),
+            None => format!(
+                "{rule} redirects the connection to{port} of the receiving interface's address \
+                 (taken to be {}): the rules after it see that, and ct status dnat",
+                pkt.dst
+            ),
+        };
+        return (hook, Some(note));
+    };
+    pkt.dst = addr;
+    let dev = route.dev.clone().unwrap_or_default();
+    let (next, way) = match hook {
+        Hook::Output => {
+            if !oif_given {
+                pkt.oif = route.dev;
+            }
+            (Hook::Output, format!("routed anew, out of {dev}"))
+        }
+        _ if route.local => {
+            pkt.oif = None;
+            pkt.unknown.oif = false;
+            (
+                Hook::Input,
+                "the host's own: delivered, INPUT's rules decide".into(),
+            )
+        }
+        _ => {
+            if !oif_given || hook != Hook::Forward {
+                pkt.oif = route.dev;
+                pkt.unknown.oif = pkt.oif.is_none();
+            }
+            (
+                Hook::Forward,
+                format!("not the host's: forwarded out of {dev}, FORWARD's rules decide"),
+            )
+        }
+    };
+    let note = format!(
+        "{rule} translates the connection to {addr}{port} ({way}); the rules after it see \
+         that, and ct status dnat"
+    );
+    (next, Some(note))
 }
 
 /// For a packet that arrives: whether the route back to its source leaves by the
@@ -613,11 +667,18 @@ pub fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let snap = read_snapshot(netns.as_deref())?;
     let mut assumed = fill_in_route(&mut pkt, &args, netns.as_deref());
     assumed.extend(follow_notrack(&mut pkt, &snap.ruleset, args.hook));
-    assumed.extend(follow_nat(&mut pkt, &snap.ruleset, args.hook));
-    pkt.reverse_path = reverse_path(&pkt, args.hook, netns.as_deref());
-    let (at_hook, marked) = marks_after_prerouting(&snap.ruleset, args.hook, &pkt);
+    let (hook, translated) = follow_nat(
+        &mut pkt,
+        &snap.ruleset,
+        args.hook,
+        netns.as_deref(),
+        args.oif.is_some(),
+    );
+    assumed.extend(translated);
+    pkt.reverse_path = reverse_path(&pkt, hook, netns.as_deref());
+    let (at_hook, marked) = marks_after_prerouting(&snap.ruleset, hook, &pkt);
     assumed.extend(marked);
-    let (engines, verdict, by) = explain_arriving(&snap.ruleset, args.hook, &pkt, &at_hook);
+    let (engines, verdict, by) = explain_arriving(&snap.ruleset, hook, &pkt, &at_hook);
     let report = Explanation {
         kind: "explain",
         outcome: verdict,

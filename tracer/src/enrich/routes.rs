@@ -15,6 +15,8 @@ use crate::tools::InNetns;
 pub struct Route {
     pub dev: Option<String>,
     pub src: Option<IpAddr>,
+    /// A route of type `local`: the address is the host's own, delivered to INPUT.
+    pub local: bool,
 }
 
 /// Parses `ip -j route get` output: `[{"dst":"203.0.113.10","dev":"eth0","prefsrc":"…",…}]`.
@@ -25,6 +27,7 @@ pub fn parse(json: &str) -> Option<Route> {
     Some(Route {
         dev: text("dev"),
         src: text("prefsrc").and_then(|s| s.parse().ok()),
+        local: text("type").as_deref() == Some("local"),
     })
 }
 
@@ -63,6 +66,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(local.dev.as_deref(), Some("lo"));
+        assert!(local.local && !r.local);
         assert_eq!(parse("[]"), None);
         assert_eq!(parse("RTNETLINK answers: Network is unreachable"), None);
     }
