@@ -213,8 +213,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
     } else {
         copy_kernel(e.headers.as_mut_ptr(), HEADER_BYTES as u32, l3, 0);
     }
-    let nfct = fields.get::<u64>(conf!(offsets.skb_nfct));
-    let ct_info = ct_info(nfct);
+    let ct_info = ct_info(fields.get::<u64>(conf!(offsets.skb_nfct)));
     let len: u32 = fields.get::<u32>(conf!(offsets.skb_len));
     // A flood of one flow: a packet whose first header bytes are those of the flow this
     // CPU counts in its cache is counted there, before the parse, the filters (which the
@@ -285,6 +284,20 @@ fn handle<C: EbpfContext, const BTF: bool>(
     let dst: u64 = fields.get::<u64>(conf!(offsets.skb_refdst)) & !1;
     let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
+    // The connection's mark (`nf_conn.mark`): zero when there is no connection or the
+    // kernel has no such field (the read fails, and the flag says it was not read). Read
+    // before the rest, when little is live across the call (stack). A connection is a
+    // kernel address, whose top bit is set on every 64-bit architecture: the flag without
+    // a branch (each doubles the paths old verifiers walk; the offset's test is on frozen
+    // data and costs none).
+    let conn = conntrack_of(fields.get::<u64>(conf!(offsets.skb_nfct)));
+    e.flags = if conf!(offsets.ct_mark) != NO_OFFSET {
+        ((conn >> 63) as u8) << flags::HAS_CT_MARK.trailing_zeros()
+    } else {
+        0
+    };
+    copy_kernel((&raw mut e.ct_mark).cast(), 4, conn, conf!(offsets.ct_mark));
+
     // The record is copied into the ring buffer at the end, rather than reserved first:
     // verifiers before 6.x cannot prune paths that hold a reservation, so every branch
     // below would multiply their work past their million-instruction limit (seen on
@@ -306,14 +319,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
         take_stack(ctx, e);
     }
     e.ct_info = ct_info;
-    // The connection's mark (`nf_conn.mark`): zero when there is no connection or the
-    // kernel has no such field (the read fails, and the flag says it was not read).
-    let conn = conntrack_of(nfct);
-    e.ct_mark = read::<u32>(conn, conf!(offsets.ct_mark));
     let mut f = l4_flags & (flags::HAS_L4 | flags::FRAGMENT);
-    if conn != 0 && conf!(offsets.ct_mark) != NO_OFFSET {
-        f |= flags::HAS_CT_MARK;
-    }
     if sk != 0 {
         f |= flags::HAS_SOCKET;
     }
@@ -324,7 +330,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
         }
         None => u32::MAX,
     };
-    e.flags = f;
+    e.flags |= f;
     e._pad = 0;
     e._pad2 = 0;
     current_comm(&mut e.comm);
