@@ -192,17 +192,26 @@ impl RecentTest {
         let need = u64::from(self.hit_count.max(1));
         let stamps = entry.map_or(&[][..], |e| e.stamps.as_slice());
         if self.seconds == 0 {
-            return Ok(stamps.len() as u64 + stamped_here >= need);
+            return Ok((stamps.len() as u64).saturating_add(stamped_here) >= need);
         }
         let hz = u64::from(lists.hz);
-        let start = lists.now.saturating_sub(u64::from(self.seconds) * hz);
-        let edge = EDGE_SECONDS * hz;
+        // Saturating: the stamps are text the kernel printed, not trusted to be sane.
+        let start = lists
+            .now
+            .saturating_sub(u64::from(self.seconds).saturating_mul(hz));
+        let edge = EDGE_SECONDS.saturating_mul(hz);
         // Surely in (well after the window's start), and possibly in.
-        let surely = stamps.iter().filter(|&&s| s >= start + edge).count() as u64;
-        let maybe = stamps.iter().filter(|&&s| s + edge >= start).count() as u64;
-        if surely + stamped_here >= need {
+        let surely = stamps
+            .iter()
+            .filter(|&&s| s >= start.saturating_add(edge))
+            .count() as u64;
+        let maybe = stamps
+            .iter()
+            .filter(|&&s| s.saturating_add(edge) >= start)
+            .count() as u64;
+        if surely.saturating_add(stamped_here) >= need {
             Ok(true)
-        } else if maybe + stamped_here < need {
+        } else if maybe.saturating_add(stamped_here) < need {
             Ok(false)
         } else {
             Err(format!(
@@ -287,6 +296,27 @@ mod tests {
             .decide(src, false, Some(&lists(4295024622 + 60 * 250)), &three)
             .unwrap();
         assert!(!found.found);
+    }
+
+    /// Listings are text from the kernel: absurd numbers give an answer, not a panic.
+    #[test]
+    fn absurd_stamps_and_clocks_do_not_panic() {
+        let text = format!(
+            "src=198.51.100.2 ttl: 64 last_seen: 1 oldest_pkt: 1 {}\n",
+            u64::MAX
+        );
+        let lists = RecentLists {
+            now: u64::MAX,
+            hz: u32::MAX,
+            lists: BTreeMap::from([("DEFAULT".to_string(), parse_list(&text).unwrap())]),
+        };
+        let test = RecentTest {
+            seconds: u32::MAX,
+            hit_count: u32::MAX,
+            ..ufw_update()
+        };
+        let src: IpAddr = "198.51.100.2".parse().unwrap();
+        let _ = test.decide(src, false, Some(&lists), &[]);
     }
 
     #[test]

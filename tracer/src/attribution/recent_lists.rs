@@ -81,7 +81,7 @@ fn tick_rate() -> io::Result<u32> {
     let (t0, j0) = clock()?;
     std::thread::sleep(Duration::from_millis(200));
     let (t1, j1) = clock()?;
-    let measured = (j1 - j0) as f64 * 1e9 / (t1.saturating_sub(t0).max(1)) as f64;
+    let measured = j1.saturating_sub(j0) as f64 * 1e9 / t1.saturating_sub(t0).max(1) as f64;
     nearest_rate(measured).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
