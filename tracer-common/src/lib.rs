@@ -164,8 +164,6 @@ pub mod flags {
     pub const HAS_UID: u8 = 1 << 2;
     /// A non-first IPv4/IPv6 fragment: no L4 header in this packet.
     pub const FRAGMENT: u8 = 1 << 3;
-    /// `DropEvent::ct_mark` was read from the packet's connection.
-    pub const HAS_CT_MARK: u8 = 1 << 4;
 }
 
 /// Kernel struct member offsets (bytes) read from BTF at start-up.
@@ -601,7 +599,8 @@ pub struct DropEvent {
     /// The flow's drop site (`FlowState::site`): its drops are counted in the aggregate
     /// `AggKey::of(key, site)`.
     pub site: u32,
-    /// The connection's mark (`nf_conn.mark`), valid with [`flags::HAS_CT_MARK`].
+    /// The connection's mark (`nf_conn.mark`): valid when `ct_info` names a connection and
+    /// `Offsets::ct_mark` was found (zero otherwise).
     pub ct_mark: u32,
     pub comm: [u8; NAME_LEN],
     pub ifname: [u8; NAME_LEN],

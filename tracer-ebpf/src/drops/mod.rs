@@ -285,18 +285,14 @@ fn handle<C: EbpfContext, const BTF: bool>(
     let out_dev: u64 = read(dst, conf!(offsets.dst_dev));
 
     // The connection's mark (`nf_conn.mark`): zero when there is no connection or the
-    // kernel has no such field (the read fails, and the flag says it was not read). Read
-    // before the rest, when little is live across the call (stack). A connection is a
-    // kernel address, whose top bit is set on every 64-bit architecture: the flag without
-    // a branch (each doubles the paths old verifiers walk; the offset's test is on frozen
-    // data and costs none).
-    let conn = conntrack_of(fields.get::<u64>(conf!(offsets.skb_nfct)));
-    e.flags = if conf!(offsets.ct_mark) != NO_OFFSET {
-        ((conn >> 63) as u8) << flags::HAS_CT_MARK.trailing_zeros()
-    } else {
-        0
-    };
-    copy_kernel((&raw mut e.ct_mark).cast(), 4, conn, conf!(offsets.ct_mark));
+    // kernel has no such field (the read fails). Whether it was read, userspace tells from
+    // `ct_info` and the offset it gave: a flag here cost 16 bytes of stack.
+    copy_kernel(
+        (&raw mut e.ct_mark).cast(),
+        4,
+        conntrack_of(fields.get::<u64>(conf!(offsets.skb_nfct))),
+        conf!(offsets.ct_mark),
+    );
 
     // The record is copied into the ring buffer at the end, rather than reserved first:
     // verifiers before 6.x cannot prune paths that hold a reservation, so every branch
@@ -330,7 +326,7 @@ fn handle<C: EbpfContext, const BTF: bool>(
         }
         None => u32::MAX,
     };
-    e.flags |= f;
+    e.flags = f;
     e._pad = 0;
     e._pad2 = 0;
     current_comm(&mut e.comm);

@@ -171,6 +171,8 @@ pub struct Capture {
     /// Which engines' verdicts the kernel reports (`nft_do_chain, ipt_do_table`), or why
     /// none (`off: ...`), for the start line.
     pub verdicts: String,
+    /// Whether the program reads the connection's mark (its offset was found in BTF).
+    ct_mark_read: bool,
     // Owns the program and its link: dropping it detaches everything.
     _ebpf: Ebpf,
     events: EventSource,
@@ -207,6 +209,7 @@ impl Capture {
         raise_memlock_limit();
         let mut cfg = Config::EMPTY;
         cfg.offsets = kernel.offsets;
+        let ct_mark_read = kernel.offsets.ct_mark != NO_OFFSET;
         let by_location = opts.detect.by_location(kernel);
         if by_location {
             if opts.netfilter_ranges.is_empty() {
@@ -330,6 +333,7 @@ impl Capture {
         Ok(Capture {
             mode,
             verdicts,
+            ct_mark_read,
             _ebpf: ebpf,
             events,
             stats,
@@ -361,7 +365,11 @@ impl Capture {
             // SAFETY: the record was written by our program as a DropEvent; read_unaligned
             // copes with the buffers' 8-byte alignment guarantee being all we have.
             let raw: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            out.push(Drop::from(&raw));
+            let mut drop = Drop::from(&raw);
+            if !self.ct_mark_read {
+                drop.ct_mark = None;
+            }
+            out.push(drop);
             n += 1;
         });
         n

@@ -130,7 +130,9 @@ impl From<&DropEvent> for Drop {
             uid: (e.flags & flags::HAS_UID != 0).then_some(e.uid),
             reason: e.reason,
             mark: e.mark,
-            ct_mark: (e.flags & flags::HAS_CT_MARK != 0).then_some(e.ct_mark),
+            // Read where the packet has a connection (and the kernel the field: the
+            // capture clears it otherwise).
+            ct_mark: (e.ct_info != tracer_common::CT_NONE).then_some(e.ct_mark),
             len: e.len,
             stack: {
                 let frames = usize::try_from(e.stack_bytes).unwrap_or(0) / 8;
@@ -204,7 +206,11 @@ impl Drop {
         if ipproto::is_icmp(key.proto) {
             e.sport = 0;
         }
-        Drop::from(&e)
+        // The flow table keeps no connection mark.
+        Drop {
+            ct_mark: None,
+            ..Drop::from(&e)
+        }
     }
 }
 
@@ -346,6 +352,19 @@ mod tests {
         assert_eq!(f.dport, Some(8443));
         assert_eq!(f.comm, "java");
         assert_eq!(f.cumulative.packets, 9);
+        // A record has its connection's mark; the flow table keeps none.
+        assert_eq!(d.ct_mark, Some(0));
+        assert_eq!(f.ct_mark, None);
+    }
+
+    /// A packet without a connection has no connection mark to report.
+    #[test]
+    fn the_connection_mark_needs_a_connection() {
+        let mut e = raw();
+        e.ct_mark = 0x20;
+        assert_eq!(Drop::from(&e).ct_mark, Some(0x20));
+        e.ct_info = tracer_common::CT_NONE;
+        assert_eq!(Drop::from(&e).ct_mark, None);
     }
 
     #[test]
