@@ -1,6 +1,7 @@
 //! A clean Debian 12 root for the packaging steps: `debootstrap --variant=minbase bookworm`
-//! from Debian's archive once per machine (kept as a tarball under target/package-test),
-//! unpacked fresh for every use, and commands run inside it.
+//! from Debian's archive once per machine and architecture (kept as a tarball under
+//! target/package-test), unpacked fresh for every use, and commands run inside it. An arm64
+//! root's programs run under qemu-user ([`crate::foreign`]).
 
 use std::{
     fs,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{run_checked, setup};
+use crate::{arch::Arch, run_checked, setup};
 
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -19,8 +20,8 @@ fn say(msg: &str) {
     eprintln!("xtask: {msg}");
 }
 
-/// A fresh Debian 12 root at `root` (whatever was there is removed).
-pub fn fresh(work: &Path, root: &Path) -> anyhow::Result<()> {
+/// A fresh Debian 12 root of `arch` at `root` (whatever was there is removed).
+pub fn fresh(work: &Path, root: &Path, arch: Arch) -> anyhow::Result<()> {
     setup::install_packages(
         &[(
             "debootstrap",
@@ -28,7 +29,8 @@ pub fn fresh(work: &Path, root: &Path) -> anyhow::Result<()> {
         )],
         say,
     )?;
-    let base = base_root(work)?;
+    crate::foreign::ensure(arch)?;
+    let base = base_root(work, arch)?;
     unpack(&base, root)
 }
 
@@ -51,9 +53,10 @@ pub fn install_deb(root: &Path, deb: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tarball of a fresh `debootstrap --variant=minbase`, made once per machine.
-fn base_root(work: &Path) -> anyhow::Result<PathBuf> {
-    let tarball = work.join(format!("{SUITE}-minbase.tar"));
+/// The tarball of a fresh `debootstrap --variant=minbase`, made once per machine and
+/// architecture.
+fn base_root(work: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
+    let tarball = work.join(format!("{SUITE}-minbase-{}.tar", arch.debian()));
     if tarball.exists() {
         return Ok(tarball);
     }
@@ -62,11 +65,21 @@ fn base_root(work: &Path) -> anyhow::Result<PathBuf> {
         fs::remove_dir_all(&dir)?;
     }
     say(&format!(
-        "debootstrap --variant=minbase {SUITE} from {MIRROR} (a few minutes, once)"
+        "debootstrap --variant=minbase --arch={} {SUITE} from {MIRROR} (a few minutes, once{})",
+        arch.debian(),
+        if arch.is_host() {
+            ""
+        } else {
+            "; its packages are configured under qemu-user"
+        }
     ));
     run_checked(
         Command::new("debootstrap")
-            .args(["--variant=minbase", SUITE])
+            .args([
+                "--variant=minbase",
+                &format!("--arch={}", arch.debian()),
+                SUITE,
+            ])
             .arg(&dir)
             .arg(MIRROR),
     )?;

@@ -7,6 +7,7 @@
 //! `rustup run <pinned nightly> cargo ...`. A root rust-toolchain.toml cannot do this:
 //! with RUSTUP_AUTO_INSTALL=0 it would make every cargo command fail before xtask runs.
 
+mod arch;
 mod bench;
 mod debian_root;
 mod demo;
@@ -14,6 +15,7 @@ mod dist;
 mod docker_test;
 mod doctor_report;
 mod floor;
+mod foreign;
 mod fuzz;
 mod http;
 mod image;
@@ -109,32 +111,31 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result =
-        match cli.task {
-            Task::Setup => setup::run(),
-            Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
-            Task::Test { args } => setup::run().and_then(|()| test(&args)),
-            Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
-            Task::DemoClient { to, from_ports } => demo::client(to, &from_ports),
-            Task::VmTest(args) => {
-                setup::run().and_then(|()| vmtest::run(&dist::static_binary()?, &args))
-            }
-            Task::PackageTest => {
-                setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
-            }
-            Task::Manifests => setup::run().and_then(|()| manifests::run()),
-            Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
-            Task::Scan(args) => setup::run()
-                .and_then(|()| scan::run(&given_or_release(args.binary.as_deref())?, &args)),
-            Task::Soak(args) => setup::run()
-                .and_then(|()| soak::run(&given_or_release(args.binary.as_deref())?, &args)),
-            Task::Bench {
-                latency_only: true, ..
-            } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
-            Task::Bench {
-                quick, write_docs, ..
-            } => setup::run().and_then(|()| bench::run(&build(true)?, quick, write_docs)),
-        };
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build(release).map(|_| ())),
+        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Demo => setup::run().and_then(|()| demo::run(&build(false)?)),
+        Task::DemoClient { to, from_ports } => demo::client(to, &from_ports),
+        Task::VmTest(args) => setup::run().and_then(|()| vmtest::run(&dist::static_binary, &args)),
+        Task::PackageTest => {
+            setup::run().and_then(|()| package_test::run(&workspace_root().join("target/dist")))
+        }
+        Task::Manifests => setup::run().and_then(|()| manifests::run()),
+        Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
+        Task::Scan(args) => {
+            setup::run().and_then(|()| scan::run(&given_or_release(args.binary.as_deref())?, &args))
+        }
+        Task::Soak(args) => {
+            setup::run().and_then(|()| soak::run(&given_or_release(args.binary.as_deref())?, &args))
+        }
+        Task::Bench {
+            latency_only: true, ..
+        } => setup::run().and_then(|()| bench::latency_only(&build(true)?)),
+        Task::Bench {
+            quick, write_docs, ..
+        } => setup::run().and_then(|()| bench::run(&build(true)?, quick, write_docs)),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -241,7 +242,11 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // The incident on every kernel of the matrix (5.10, 6.1, 6.12, 6.18, sid) under qemu, with
     // the static binary that ships (target/dist).
     let binary = dist::run()?;
-    vmtest::run(&binary, &vmtest::Args::default())?;
+    let dist_dir = binary.parent().expect("target/dist").to_path_buf();
+    vmtest::run(
+        &|arch| Ok(dist_dir.join(arch.binary_name())),
+        &vmtest::Args::default(),
+    )?;
     // The .deb and the OCI image, installed and run in a clean Debian 12 root.
     package_test::run(binary.parent().expect("target/dist"))
 }

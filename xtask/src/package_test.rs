@@ -2,13 +2,19 @@
 //! and the OCI image of `cargo xtask dist`, installed and run as a user would, on a clean
 //! Debian 12 root rather than on this development machine.
 //!
-//! - The package: `apt-get install ./droptrace_*.deb` in a fresh root ([`debian_root`]; apt
-//!   brings the Recommends: iptables, nftables, ipset, iproute2), then the installed
-//!   `droptrace` runs `--version`, `man`, `completions bash` and a short `watch` of a dropped
-//!   connection.
-//! - The image (target/dist/droptrace-VERSION-oci.tar): unpacked from its archive
+//! - The package: `apt-get install ./droptrace_*_amd64.deb` in a fresh root
+//!   ([`debian_root`]; apt brings the Recommends: iptables, nftables, ipset, iproute2), then
+//!   the installed `droptrace` runs `--version`, `man`, `completions bash` and a short
+//!   `watch` of a dropped connection.
+//! - The arm64 package, the same way in a fresh arm64 root whose programs qemu-user runs
+//!   ([`crate::foreign`]): `--version` (which must name the aarch64 target), `man`,
+//!   `completions bash` and the installed files. Its `watch` is what `cargo xtask vm-test`
+//!   runs on arm64 kernels: qemu-user does not pass bpf(2) through.
+//! - Each tarball holds its architecture's binary (the ELF header's machine).
+//! - The image (target/dist/droptrace-VERSION-oci.tar): its index must name linux/amd64
+//!   and linux/arm64; each architecture's image is unpacked from the archive
 //!   (`umoci unpack`) and its root filesystem entered with `unshare` and `chroot`, then the
-//!   same checks. Not with podman: podman 4.3 cannot start containers on our machines, which
+//!   same checks (the `watch` on amd64). Not with podman: podman 4.3 cannot start containers on our machines, which
 //!   are containers themselves (`crun: setrlimit RLIMIT_NOFILE: Operation not permitted`).
 //!
 //! - The package's systemd unit: `systemd-analyze verify` accepts it without a warning, and
@@ -34,6 +40,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    arch::Arch,
     debian_root::{self, in_root, root_command},
     netns::Netns,
     run_checked, setup, workspace_root,
@@ -55,29 +62,17 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(&work)?;
     let version = crate::dist::version_of(&dist.join("droptrace"))?;
 
-    // The tarball carries the deployment files beside the binary.
-    let tarball = format!("droptrace-{version}-x86_64-linux-musl");
-    let listing = Command::new("tar")
-        .arg("-tzf")
-        .arg(dist.join(format!("{tarball}.tar.gz")))
-        .output()
-        .context("cannot list the tarball")?;
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    for file in crate::dist::DEPLOY_FILES {
-        if !listing.lines().any(|l| l == format!("{tarball}/{file}")) {
-            bail!("{tarball}.tar.gz lacks {file}");
-        }
+    // Each tarball carries its architecture's binary and the deployment files beside it.
+    for arch in Arch::ALL {
+        check_tarball(dist, arch, &version)?;
     }
-    say(&format!(
-        "{tarball}.tar.gz: binary, man pages, completions and deploy/ files"
-    ));
 
     // The package, installed with apt as a user would.
-    let deb = dist.join(format!("droptrace_{version}_amd64.deb"));
+    let deb = dist.join(Arch::X86_64.deb(&version));
     let root = work.join("deb-root");
-    debian_root::fresh(&work, &root)?;
+    debian_root::fresh(&work, &root, Arch::X86_64)?;
     debian_root::install_deb(&root, &deb)?;
-    check_installed(&root, &version)?;
+    check_installed(&root, &version, Arch::X86_64)?;
     watch_in_root(&root, "the .deb", &[])?;
     service_in_root(&root, &work)?;
     // The unit's capabilities, exactly: the drop must still be named `exact` (without
@@ -89,6 +84,16 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
         &["setpriv", "--bounding-set", &bounding, "--"],
     )?;
     fs::remove_dir_all(&root)?;
+
+    // The arm64 package in an arm64 root, its programs (apt's, dpkg's, droptrace) run by
+    // qemu-user. Loading eBPF under qemu-user is not droptrace on arm64 (qemu-user does not
+    // translate bpf(2)): `cargo xtask vm-test` runs it on arm64 kernels.
+    let arm64_deb = dist.join(Arch::Aarch64.deb(&version));
+    let arm64_root = work.join("deb-root-arm64");
+    debian_root::fresh(&work, &arm64_root, Arch::Aarch64)?;
+    debian_root::install_deb(&arm64_root, &arm64_deb)?;
+    check_installed(&arm64_root, &version, Arch::Aarch64)?;
+    fs::remove_dir_all(&arm64_root)?;
 
     // The image, unpacked from its archive as a runtime would.
     let archive = dist.join(format!("droptrace-{version}-oci.tar"));
@@ -107,34 +112,98 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
             .arg("-C")
             .arg(&layout),
     )?;
-    run_checked(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:droptrace", layout.display()))
-            .arg(&bundle),
-    )?;
-    let rootfs = bundle.join("rootfs");
-    check_installed(&rootfs, &version)?;
-    watch_in_root(&rootfs, "the OCI image", &[])?;
-    fs::remove_dir_all(&bundle)?;
+    let platforms = crate::image::index_platforms(&layout)?;
+    let wanted: Vec<String> = Arch::ALL
+        .iter()
+        .map(|a| format!("linux/{}", a.debian()))
+        .collect();
+    if platforms != wanted {
+        bail!("the image index names {platforms:?}, not {wanted:?}");
+    }
+    say(&format!("the image index names {}", platforms.join(", ")));
+    for arch in Arch::ALL {
+        run_checked(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!(
+                    "{}:{}",
+                    layout.display(),
+                    crate::image::image_ref(arch)
+                ))
+                .arg(&bundle),
+        )?;
+        let rootfs = bundle.join("rootfs");
+        check_installed(&rootfs, &version, arch)?;
+        if arch.is_host() {
+            watch_in_root(&rootfs, "the OCI image", &[])?;
+        }
+        fs::remove_dir_all(&bundle)?;
+    }
     fs::remove_dir_all(&layout)?;
 
     // The same image under a real engine, with the README's command.
     crate::docker_test::run(&dist.join(format!("droptrace-{version}-docker.tar")))?;
     say(&format!(
-        "passed: {} and {}",
+        "passed: {}, {} and {}",
         deb.display(),
+        arm64_deb.display(),
         archive.display()
     ));
     Ok(())
 }
 
-/// `--version`, `man` and `completions bash` of the installed droptrace, and its files
-/// where Debian's tools look for them.
-fn check_installed(root: &Path, version: &str) -> anyhow::Result<()> {
+/// `arch`'s tarball: its binary (for that machine) and the deployment files beside it.
+fn check_tarball(dist: &Path, arch: Arch, version: &str) -> anyhow::Result<()> {
+    let tarball = arch.tarball(version);
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(dist.join(format!("{tarball}.tar.gz")))
+        .output()
+        .context("cannot list the tarball")?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in crate::dist::DEPLOY_FILES.iter().chain(&["droptrace"]) {
+        if !listing.lines().any(|l| l == format!("{tarball}/{file}")) {
+            bail!("{tarball}.tar.gz lacks {file}");
+        }
+    }
+    let header = Command::new("sh")
+        .arg("-c")
+        .arg("tar -xzOf \"$0\" \"$1\" | head -c 20 | od -An -tx1")
+        .arg(dist.join(format!("{tarball}.tar.gz")))
+        .arg(format!("{tarball}/droptrace"))
+        .output()
+        .context("cannot read the tarball's binary")?;
+    // e_machine, bytes 18-19 of the ELF header: 0x3e x86-64, 0xb7 AArch64.
+    let machine = String::from_utf8_lossy(&header.stdout)
+        .split_whitespace()
+        .nth(18)
+        .map(str::to_string);
+    let wanted = match arch {
+        Arch::X86_64 => "3e",
+        Arch::Aarch64 => "b7",
+    };
+    if machine.as_deref() != Some(wanted) {
+        bail!(
+            "{tarball}.tar.gz holds a droptrace for ELF machine {machine:?}, not {}",
+            arch.uname()
+        );
+    }
+    say(&format!(
+        "{tarball}.tar.gz: {} binary, man pages, completions and deploy/ files",
+        arch.uname()
+    ));
+    Ok(())
+}
+
+/// `--version`, `man` and `completions bash` of the installed droptrace (built for `arch`),
+/// and its files where Debian's tools look for them.
+fn check_installed(root: &Path, version: &str, arch: Arch) -> anyhow::Result<()> {
     let v = in_root(root, &["droptrace", "--version"])?;
-    if !v.contains(version) {
-        bail!("droptrace --version in the root says {v:?}, not {version}");
+    if !v.contains(version) || !v.contains(arch.rust_target()) {
+        bail!(
+            "droptrace --version in the root says {v:?}, not {version} for {}",
+            arch.rust_target()
+        );
     }
     let man = in_root(root, &["droptrace", "man", "watch"])?;
     if !man.contains(".TH") {

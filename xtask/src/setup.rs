@@ -3,6 +3,7 @@
 //! - Debian packages: llvm-22-dev (bpf-linker links against it) and the firewall and
 //!   network tools droptrace reads and the tests drive (iptables, nftables, iproute2).
 //! - The pinned nightly with rust-src (`-Z build-std=core` for the BPF target).
+//! - The aarch64 musl std of the stable toolchain, for its C objects (dist.rs).
 //! - bpf-linker 0.13 built against llvm-22. Its build script finds LLVM through the
 //!   `llvm-config` first in PATH, so /usr/lib/llvm-22/bin goes first (Debian's default
 //!   llvm-config may be an older LLVM).
@@ -16,7 +17,7 @@ use std::{
 
 use anyhow::bail;
 
-use crate::{EBPF_TOOLCHAIN, run_checked};
+use crate::{EBPF_TOOLCHAIN, arch::Arch, run_checked};
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -88,6 +89,7 @@ pub fn run() -> anyhow::Result<()> {
         ));
     }
     toolchain()?;
+    musl_objects()?;
     bpf_linker()?;
     crate::fuzz::setup()?;
     ensure_cargo_deb()?;
@@ -185,6 +187,45 @@ fn toolchain() -> anyhow::Result<()> {
         EBPF_TOOLCHAIN,
         "rust-src",
         "clippy",
+    ]))
+}
+
+/// The toolchain whose prebuilt aarch64 musl std supplies the C runtime objects, libc and
+/// libunwind the aarch64 binary links (the pinned nightly has no such component; see
+/// dist.rs): the machine's own stable.
+pub const MUSL_OBJECTS_TOOLCHAIN: &str = "stable";
+
+/// Adds the aarch64 musl std to the stable toolchain if it is missing.
+fn musl_objects() -> anyhow::Result<()> {
+    let target = Arch::Aarch64.rust_target();
+    let installed = Command::new("rustup")
+        .args([
+            "target",
+            "list",
+            "--installed",
+            "--toolchain",
+            MUSL_OBJECTS_TOOLCHAIN,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == target)
+        });
+    if installed {
+        say(&format!("{target} std of {MUSL_OBJECTS_TOOLCHAIN} present"));
+        return Ok(());
+    }
+    say(&format!(
+        "adding {target} to {MUSL_OBJECTS_TOOLCHAIN}: musl's objects and libraries for the aarch64 binary (cargo xtask dist)"
+    ));
+    run_checked(Command::new("rustup").args([
+        "target",
+        "add",
+        "--toolchain",
+        MUSL_OBJECTS_TOOLCHAIN,
+        target,
     ]))
 }
 

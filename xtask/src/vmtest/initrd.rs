@@ -97,50 +97,47 @@ pub(super) fn ldd(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-pub(super) fn build_userland(root: &Path, droptrace: &Path, cpio: &Path) -> anyhow::Result<()> {
+/// Where the guest's tools come from.
+pub(super) enum Tools {
+    /// This machine's own (x86_64 guests): busybox-static, and iptables, nft, ip and bpftool
+    /// with the shared libraries ldd names.
+    Host,
+    /// A root of another architecture's Debian packages, unpacked ([`super::foreign_tools`]).
+    Unpacked(PathBuf),
+}
+
+pub(super) fn build_userland(
+    root: &Path,
+    droptrace: &Path,
+    tools: &Tools,
+    cpio: &Path,
+) -> anyhow::Result<()> {
     say("building the guest userland (busybox, droptrace, iptables nft+legacy, nft, ip)");
-    let mut libs = BTreeSet::new();
     for d in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
-
-    let busybox = host_tool("busybox")?;
-    add_file(root, &busybox, Path::new("/bin/busybox"), &mut libs)?;
-    if !libs.is_empty() {
-        bail!(
-            "{} is not static: install busybox-static",
-            busybox.display()
-        );
+    match tools {
+        Tools::Host => host_tools(root)?,
+        Tools::Unpacked(dir) => unpacked_tools(root, dir)?,
     }
-    let applets = Command::new(&busybox).arg("--list").output()?;
+    // busybox's applets, where no real tool of that name is.
+    let applets = Command::new(host_tool("busybox")?).arg("--list").output()?;
     for applet in String::from_utf8_lossy(&applets.stdout)
         .lines()
         .filter(|a| *a != "busybox")
     {
-        symlink("busybox", root.join("bin").join(applet))?;
+        link_if_absent("busybox", &root.join("bin").join(applet))?;
     }
     // The kernel runs /sbin/modprobe to load netfilter modules on demand.
-    symlink("../bin/busybox", root.join("sbin/modprobe"))?;
+    link_if_absent("../bin/busybox", &root.join("sbin/modprobe"))?;
 
     let init = root.join("init");
     fs::write(&init, INIT)?;
     run_checked(Command::new("chmod").arg("755").arg(&init))?;
-    add_file(root, droptrace, Path::new("/usr/bin/droptrace"), &mut libs)?;
-
-    for tool in ["ip", "nft", "xtables-nft-multi", "xtables-legacy-multi"] {
-        add_file(
-            root,
-            &host_tool(tool)?,
-            &Path::new("/usr/sbin").join(tool),
-            &mut libs,
-        )?;
-    }
-    // Optional, for poking around in a kept guest.
-    if let Ok(bpftool) = host_tool("bpftool") {
-        add_file(root, &bpftool, Path::new("/usr/sbin/bpftool"), &mut libs)?;
-    }
+    let target = root.join("usr/bin/droptrace");
+    fs::copy(droptrace, &target).with_context(|| format!("cannot copy {}", droptrace.display()))?;
     // iptables, iptables-legacy, iptables-nft-save, ...: the host's names for the two
     // multi-call binaries (through Debian's alternatives: iptables is iptables-nft).
     let nft_multi = host_tool("xtables-nft-multi")?;
@@ -152,9 +149,47 @@ pub(super) fn build_userland(root: &Path, droptrace: &Path, cpio: &Path) -> anyh
         let name = target.file_name().unwrap_or_default();
         if entry.path() != target && (name == "xtables-nft-multi" || name == "xtables-legacy-multi")
         {
-            symlink(name, root.join("usr/sbin").join(entry.file_name()))?;
+            link_if_absent(
+                Path::new(name),
+                &root.join("usr/sbin").join(entry.file_name()),
+            )?;
         }
     }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    pack(root, cpio)
+}
+
+/// A symlink at `at` to `to`, unless something is there already.
+fn link_if_absent(to: impl AsRef<Path>, at: &Path) -> anyhow::Result<()> {
+    if at.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    symlink(to, at).with_context(|| format!("cannot link {}", at.display()))
+}
+
+/// This machine's busybox-static, iptables, nft, ip and bpftool, and their libraries.
+fn host_tools(root: &Path) -> anyhow::Result<()> {
+    let mut libs = BTreeSet::new();
+    let busybox = host_tool("busybox")?;
+    add_file(root, &busybox, Path::new("/bin/busybox"), &mut libs)?;
+    if !libs.is_empty() {
+        bail!(
+            "{} is not static: install busybox-static",
+            busybox.display()
+        );
+    }
+    for tool in ["ip", "nft", "xtables-nft-multi", "xtables-legacy-multi"] {
+        add_file(
+            root,
+            &host_tool(tool)?,
+            &Path::new("/usr/sbin").join(tool),
+            &mut libs,
+        )?;
+    }
+    // The kill -9 case counts the programs left in the kernel with it.
+    let bpftool = host_tool("bpftool")?;
+    add_file(root, &bpftool, Path::new("/usr/sbin/bpftool"), &mut libs)?;
     // The match and target plugins xtables dlopens.
     let plugins = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
     for entry in
@@ -176,9 +211,40 @@ pub(super) fn build_userland(root: &Path, droptrace: &Path, cpio: &Path) -> anyh
             fs::copy(&src, root.join("etc").join(etc))?;
         }
     }
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    fs::write(root.join("etc/group"), "root:x:0:\n")?;
-    pack(root, cpio)
+    Ok(())
+}
+
+/// The unpacked packages, without their documentation (the guest's RAM holds the
+/// initramfs).
+fn unpacked_tools(root: &Path, unpacked: &Path) -> anyhow::Result<()> {
+    run_checked(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", unpacked.display()))
+            .arg(root),
+    )?;
+    for dir in [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "usr/share/info",
+    ] {
+        let path = root.join(dir);
+        if path.exists() {
+            fs::remove_dir_all(&path)?;
+        }
+    }
+    for tool in [
+        "bin/busybox",
+        "usr/sbin/bpftool",
+        "usr/sbin/xtables-nft-multi",
+        "usr/sbin/nft",
+    ] {
+        if !root.join(tool).exists() {
+            bail!("the unpacked packages hold no /{tool}");
+        }
+    }
+    Ok(())
 }
 
 /// `root` as a newc cpio archive, owned by root.

@@ -5,7 +5,7 @@ use super::*;
 
 /// An unpacked kernel in the cache.
 pub(super) struct Kernel {
-    /// `uname -r`, e.g. 6.1.0-50-cloud-amd64.
+    /// `uname -r`, e.g. 6.1.0-50-cloud-amd64 or 6.1.0-50-cloud-arm64.
     pub(super) release: String,
     pub(super) vmlinuz: PathBuf,
     /// lib/modules/RELEASE of the unpacked packages, with depmod's output.
@@ -75,35 +75,49 @@ pub(super) fn kernels(
     Ok(out)
 }
 
-/// apt with its own sources list, package lists and caches for one suite, under the cache.
+/// apt with its own sources list, package lists and caches for one suite and architecture,
+/// under the cache.
 pub(super) struct Apt {
     pub(super) dir: PathBuf,
+    arch: Arch,
 }
 
 impl Apt {
     pub(super) fn new(cache: &Path, spec: &KernelSpec) -> anyhow::Result<Apt> {
-        let dir = cache.join("apt").join(spec.suite);
+        Apt::for_suite(cache, spec.suite, spec.archive, spec.arch)
+    }
+
+    pub(super) fn for_suite(
+        cache: &Path,
+        suite: &str,
+        archive: Archive,
+        arch: Arch,
+    ) -> anyhow::Result<Apt> {
+        let dir = cache.join("apt").join(format!("{suite}-{}", arch.debian()));
         fs::create_dir_all(dir.join("lists/partial"))?;
         fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let (debian, security) = mirrors()?;
-        let uri = match spec.archive {
+        let uri = match archive {
             Archive::Debian => debian,
             Archive::Security => security,
         };
         fs::write(
             dir.join("sources.list"),
             format!(
-                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {} main\n",
-                spec.suite
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"
             ),
         )?;
-        Ok(Apt { dir })
+        Ok(Apt { dir, arch })
     }
 
     pub(super) fn options(&self, cmd: &mut Command) {
         let d = self.dir.display();
         for opt in [
             format!("Dir::Etc::sourcelist={d}/sources.list"),
+            // Another architecture's packages are only downloaded and unpacked, never run
+            // on this machine.
+            format!("APT::Architecture={}", self.arch.debian()),
+            format!("APT::Architectures={}", self.arch.debian()),
             "Dir::Etc::sourceparts=-".into(),
             format!("Dir::State::Lists={d}/lists"),
             format!("Dir::Cache={d}/cache"),
@@ -163,7 +177,7 @@ impl Apt {
             .filter(|r| {
                 r.starts_with(|c: char| c.is_ascii_digit())
                     && r.starts_with(spec.release_prefix)
-                    && r.ends_with("-cloud-amd64")
+                    && r.ends_with(&format!("-cloud-{}", spec.arch.debian()))
             })
             .collect();
         releases.sort_by(|a, b| natural_cmp(b, a));
@@ -177,8 +191,9 @@ impl Apt {
             ));
         }
         bail!(
-            "no linux-image-{}*-cloud-amd64 with all its packages in {}",
+            "no linux-image-{}*-cloud-{} with all its packages in {}",
             spec.release_prefix,
+            spec.arch.debian(),
             spec.suite
         )
     }

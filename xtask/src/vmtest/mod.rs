@@ -1,17 +1,24 @@
 //! `cargo xtask vm-test`: droptrace on other kernels, under qemu.
 //!
-//! Our machines and CI all run one kernel (6.18), but droptrace must work on the kernels
-//! production runs. This task boots Debian's stock kernels (5.10, 6.1, 6.12, the 6.18 LTS
-//! our machines run, from trixie-backports, and sid's newest) in qemu, each with a small
-//! busybox initramfs holding the release droptrace binary, iptables (nft and legacy), nft,
-//! ip and the kernel's netfilter modules. The guest's /init (xtask/vm/init.sh) replays the
-//! incident with each iptables backend and with `--attempts`, runs `droptrace doctor`
-//! (every program loaded and unloaded) and `droptrace inventory`, and reports on the
-//! serial console; the host prints one table row per kernel and backend, and a table of
-//! every program's verifier figures per kernel.
+//! Our machines and CI all run one kernel (6.18, x86_64), but droptrace must work on the
+//! kernels production runs. This task boots Debian's stock cloud kernels in qemu: on
+//! x86_64 5.10, 6.1, 6.12, the 6.18 LTS our machines run (from trixie-backports) and sid's
+//! newest; on arm64 6.1, 6.12 and sid's newest. Each guest gets a small busybox initramfs
+//! holding that architecture's release droptrace binary, iptables (nft and legacy), nft, ip,
+//! bpftool and the kernel's netfilter modules. The guest's /init (xtask/vm/init.sh) replays
+//! the incident with each iptables backend and with `--attempts`, kills a capture with
+//! SIGKILL and counts what stays loaded, runs `droptrace doctor` (every program loaded and
+//! unloaded) and `droptrace inventory`, and reports on the serial console; the host prints
+//! one table row per kernel and backend, and a table of every program's verifier figures
+//! per kernel.
 //!
-//! - Installs what is missing (qemu-system-x86, busybox-static, cpio, kmod, xz-utils) with
-//!   apt-get, and says so; bpftool goes into the guest if the machine has it.
+//! - Installs what is missing (qemu-system-x86, qemu-system-arm, busybox-static, cpio,
+//!   kmod, xz-utils) with apt-get, and says so.
+//! - An x86_64 guest's tools are this machine's; an arm64 guest's are bookworm's arm64
+//!   packages, downloaded once and unpacked ([`foreign_tools`]). The arm64 machine is
+//!   qemu's `virt` with a Cortex-A72 or Neoverse N1 core ([`KERNELS`]); every instruction
+//!   is translated, so an arm64 guest takes two to three minutes. The arm64 guests boot
+//!   first, so that the short x86_64 ones fill the end.
 //! - Kernel packages are downloaded once into a cache outside the repo
 //!   (/var/cache/droptrace-vmtest, or $DROPTRACE_VMTEST_CACHE) with a separate apt
 //!   configuration (its own sources list, package lists and caches), so the machine's own
@@ -43,20 +50,24 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::run_checked;
+use crate::{arch::Arch, run_checked};
 
 mod boot;
+mod foreign_tools;
 mod initrd;
 mod kernels;
 mod report;
 
 use self::{boot::*, initrd::*, kernels::*, report::*};
 
-/// A kernel of the matrix: the newest `linux-image-<release_prefix>*-cloud-amd64` of a
+/// A kernel of the matrix: the newest `linux-image-<release_prefix>*-cloud-<arch>` of a
 /// Debian suite.
 struct KernelSpec {
     /// What `--kernel` selects and the table shows.
     label: &'static str,
+    arch: Arch,
+    /// qemu's `-cpu` ("": its default).
+    cpu: &'static str,
     suite: &'static str,
     archive: Archive,
     /// The kernel release must start with this ("" = the newest in the suite).
@@ -82,7 +93,7 @@ struct KernelSpec {
 const VERDICT_PROBES: [&str; 3] = ["nft_do_chain_entry", "xt_do_table_entry", "do_table_return"];
 
 #[derive(Clone, Copy)]
-enum Archive {
+pub(super) enum Archive {
     Debian,
     Security,
 }
@@ -90,6 +101,8 @@ enum Archive {
 const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         label: "5.10",
+        arch: Arch::X86_64,
+        cpu: "",
         suite: "bullseye-security",
         archive: Archive::Security,
         release_prefix: "5.10.",
@@ -109,6 +122,8 @@ const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         label: "6.1",
+        arch: Arch::X86_64,
+        cpu: "",
         suite: "bookworm",
         archive: Archive::Debian,
         release_prefix: "6.1.",
@@ -129,6 +144,8 @@ const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         label: "6.12",
+        arch: Arch::X86_64,
+        cpu: "",
         suite: "trixie-security",
         archive: Archive::Security,
         release_prefix: "6.12.",
@@ -141,6 +158,8 @@ const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         // The LTS kernel our machines run, as Debian's backports carry it.
         label: "6.18",
+        arch: Arch::X86_64,
+        cpu: "",
         suite: "trixie-backports",
         archive: Archive::Debian,
         release_prefix: "6.18.",
@@ -153,6 +172,57 @@ const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         // sid moves on (7.2 in 2026-11): always its newest, so the matrix never goes stale.
         label: "sid",
+        arch: Arch::X86_64,
+        cpu: "",
+        suite: "sid",
+        archive: Archive::Debian,
+        release_prefix: "",
+        expect_pass: true,
+        why_not: "",
+        kernel_verdicts: true,
+        may_lack: &[],
+        insn_budget: None,
+    },
+    // arm64 (Graviton, Ampere, Cobalt): Debian's cloud-arm64 kernels, booted on qemu's
+    // `virt` machine. 6.1 on a Cortex-A72 (Graviton 1's core: Armv8.0, no LSE atomics, so
+    // the JIT turns the programs' atomic adds into load/store-exclusive loops), the others on
+    // a Neoverse N1 (Graviton 2's and Ampere Altra's: LSE atomics).
+    KernelSpec {
+        label: "arm64-6.1",
+        arch: Arch::Aarch64,
+        cpu: "cortex-a72",
+        suite: "bookworm",
+        archive: Archive::Debian,
+        release_prefix: "6.1.",
+        expect_pass: true,
+        why_not: "",
+        kernel_verdicts: true,
+        may_lack: &[(
+            "inventory_send",
+            "no sock_send_length tracepoint before 6.3",
+        )],
+        insn_budget: Some((
+            750_000,
+            "6.1's verifier prunes far less: kfree_skb measured 629,264 of 1,000,000 on amd64",
+        )),
+    },
+    KernelSpec {
+        label: "arm64-6.12",
+        arch: Arch::Aarch64,
+        cpu: "neoverse-n1",
+        suite: "trixie-security",
+        archive: Archive::Security,
+        release_prefix: "6.12.",
+        expect_pass: true,
+        why_not: "",
+        kernel_verdicts: true,
+        may_lack: &[],
+        insn_budget: None,
+    },
+    KernelSpec {
+        label: "arm64-sid",
+        arch: Arch::Aarch64,
+        cpu: "neoverse-n1",
         suite: "sid",
         archive: Archive::Debian,
         release_prefix: "",
@@ -169,6 +239,10 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "qemu-system-x86",
         "qemu-system-x86_64 boots the test kernels",
+    ),
+    (
+        "qemu-system-arm",
+        "qemu-system-aarch64 boots the arm64 test kernels",
     ),
     ("busybox-static", "the guest's /init, shell and tools"),
     ("cpio", "packs the initramfs"),
@@ -187,6 +261,8 @@ const JOBS: usize = 2;
 /// One guest, boot to poweroff: about 25 s when droptrace works; a droptrace that hangs
 /// is stopped by the guest after 100 s per backend.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// The same for an arm64 guest, whose every instruction qemu translates.
+const GUEST_TIMEOUT_FOREIGN: Duration = Duration::from_secs(480);
 /// How long a guest may take to reach its /init (the `VMTEST-KERNEL` line; ~15 s is usual).
 /// Under TCG a guest now and then hangs in the firmware before the kernel starts, which
 /// says nothing about droptrace: such a boot is retried once, and the retry is reported.
@@ -205,8 +281,9 @@ const ERROR_WIDTH: usize = 90;
 
 #[derive(clap::Args, Default)]
 pub struct Args {
-    /// Only this kernel: 5.10, 6.1, 6.12, 6.18 or sid (or a suite name, or the version of a cached
-    /// kernel, e.g. 7.2 for sid's); repeatable.
+    /// Only this kernel: 5.10, 6.1, 6.12, 6.18, sid, arm64-6.1, arm64-6.12, arm64-sid, or
+    /// every kernel of an architecture (amd64, arm64), or the version of a cached kernel
+    /// (e.g. 7.2 for sid's); repeatable.
     #[arg(long = "kernel", value_name = "KERNEL")]
     kernels: Vec<String>,
     /// Keep the work directory (initramfs, serial console logs) and say where it is.
@@ -221,7 +298,8 @@ fn say(msg: &str) {
     eprintln!("xtask vm-test: {msg}");
 }
 
-pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
+/// Runs the matrix with the static droptrace of each architecture, as `binary` gives it.
+pub fn run(binary: &dyn Fn(Arch) -> anyhow::Result<PathBuf>, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let cache = cache_dir();
     let specs = select(&args.kernels, &cache)?;
@@ -231,12 +309,30 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
     say(&format!("kernels ready after {:.0?}", started.elapsed()));
 
     let work = WorkDir::new(args.keep)?;
-    let common = work.path.join("common.cpio");
-    build_userland(&work.path.join("userland"), droptrace, &common)?;
+    // One userland per architecture in the selection.
+    let mut userlands: BTreeMap<&str, PathBuf> = BTreeMap::new();
+    for arch in Arch::ALL {
+        if !specs.iter().any(|s| s.arch == arch) {
+            continue;
+        }
+        let tools = if arch.is_host() {
+            Tools::Host
+        } else {
+            Tools::Unpacked(foreign_tools::unpacked(&cache, arch)?)
+        };
+        let cpio = work.path.join(format!("userland-{}.cpio", arch.debian()));
+        build_userland(
+            &work.path.join(format!("userland-{}", arch.debian())),
+            &binary(arch)?,
+            &tools,
+            &cpio,
+        )?;
+        userlands.insert(arch.debian(), cpio);
+    }
     let mut guests = Vec::new();
     for (spec, kernel) in specs.iter().zip(&kernels) {
         let dir = work.path.join(spec.label);
-        let initrd = build_initrd(&dir, kernel, &common)?;
+        let initrd = build_initrd(&dir, kernel, &userlands[spec.arch.debian()])?;
         guests.push(Guest {
             spec,
             kernel,
@@ -245,9 +341,10 @@ pub fn run(droptrace: &Path, args: &Args) -> anyhow::Result<()> {
         });
     }
     say(&format!(
-        "booting {} kernel(s) under qemu (TCG, {JOBS} at a time, {}s timeout each)",
+        "booting {} kernel(s) under qemu (TCG, {JOBS} at a time, {}s timeout each, {}s on arm64)",
         guests.len(),
-        GUEST_TIMEOUT.as_secs()
+        GUEST_TIMEOUT.as_secs(),
+        GUEST_TIMEOUT_FOREIGN.as_secs()
     ));
     let boot_started = Instant::now();
     let outcomes = boot_all(&guests);
@@ -274,25 +371,38 @@ fn select(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<&'static Kernel
     if wanted.is_empty() {
         return Ok(KERNELS.iter().collect());
     }
-    wanted
-        .iter()
-        .map(|w| {
+    let mut out: Vec<&'static KernelSpec> = Vec::new();
+    for w in wanted {
+        let by_name: Vec<&KernelSpec> = KERNELS
+            .iter()
+            .filter(|k| k.label == w || k.arch.debian() == w)
+            .collect();
+        let found = if by_name.is_empty() {
+            // "7.2": the kernels whose cached release it is (sid's, today).
             KERNELS
                 .iter()
-                .find(|k| k.label == w || k.suite == w)
-                .or_else(|| {
-                    // "7.2": the kernel whose cached release it is (sid's, today).
-                    KERNELS.iter().find(|k| {
-                        Kernel::load(&cache.join("kernels").join(k.label))
-                            .is_some_and(|c| c.release.starts_with(&format!("{w}.")))
-                    })
+                .filter(|k| {
+                    Kernel::load(&cache.join("kernels").join(k.label))
+                        .is_some_and(|c| c.release.starts_with(&format!("{w}.")))
                 })
-                .with_context(|| {
-                    let known: Vec<_> = KERNELS.iter().map(|k| k.label).collect();
-                    format!("unknown kernel {w:?}: choose from {}", known.join(", "))
-                })
-        })
-        .collect()
+                .collect()
+        } else {
+            by_name
+        };
+        if found.is_empty() {
+            let known: Vec<_> = KERNELS.iter().map(|k| k.label).collect();
+            bail!(
+                "unknown kernel {w:?}: choose from {}, amd64 or arm64",
+                known.join(", ")
+            );
+        }
+        for k in found {
+            if !out.iter().any(|o| o.label == k.label) {
+                out.push(k);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -311,4 +421,44 @@ fn cache_dir() -> PathBuf {
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(env::temp_dir)
         .join("droptrace-vmtest")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(wanted: &[&str]) -> Vec<&'static str> {
+        let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        let none = Path::new("/nonexistent");
+        select(&wanted, none)
+            .unwrap()
+            .iter()
+            .map(|k| k.label)
+            .collect()
+    }
+
+    #[test]
+    fn kernels_are_selected_by_label_or_architecture() {
+        assert_eq!(labels(&["6.1"]), ["6.1"]);
+        assert_eq!(labels(&["arm64-6.1"]), ["arm64-6.1"]);
+        assert_eq!(labels(&["arm64"]), ["arm64-6.1", "arm64-6.12", "arm64-sid"]);
+        assert_eq!(
+            labels(&["arm64", "arm64-sid", "sid"]),
+            ["arm64-6.1", "arm64-6.12", "arm64-sid", "sid"]
+        );
+        assert_eq!(labels(&[]).len(), KERNELS.len());
+        assert!(select(&["7.9".to_string()], Path::new("/nonexistent")).is_err());
+    }
+
+    /// At least three arm64 kernels, each on a CPU qemu names, each a cloud-arm64 flavour.
+    #[test]
+    fn the_matrix_holds_three_arm64_kernels() {
+        let arm64: Vec<&KernelSpec> = KERNELS.iter().filter(|k| k.arch == Arch::Aarch64).collect();
+        assert!(arm64.len() >= 3);
+        assert!(
+            arm64
+                .iter()
+                .all(|k| !k.cpu.is_empty() && k.label.starts_with("arm64-"))
+        );
+    }
 }
