@@ -22,11 +22,11 @@
 //!   libunwind-22-dev provides it, built against glibc; its only glibc-only symbol, the
 //!   fortified `__fprintf_chk` of its debug messages, is supplied by `dist/fortify_shim.c`.
 //! - aarch64: rust-lld, with musl's C runtime objects, libc and libunwind from the
-//!   `self-contained` directory of the stable toolchain's prebuilt aarch64 musl std (rustup
-//!   has that component for stable, not for the pinned nightly; these are C libraries, not
-//!   Rust ones, so the compiler's version does not matter). `aya-build` builds the eBPF
-//!   objects with `bpf_target_arch` set to the target's, so the verdict probes read arm64's
-//!   `pt_regs`.
+//!   `self-contained` directory of the default (stable) toolchain's prebuilt aarch64 musl
+//!   std (rustup has that component for stable, not for the pinned nightly; these are C
+//!   libraries, not Rust ones, so the compiler's version does not matter). `aya-build`
+//!   builds the eBPF objects with `bpf_target_arch` set to the target's, so the verdict
+//!   probes read arm64's `pt_regs`.
 
 use std::{
     fs,
@@ -264,25 +264,17 @@ fn x86_64_link_inputs(root: &Path, libs: &Path) -> anyhow::Result<String> {
 }
 
 /// aarch64: linked by rust-lld with musl's startup objects, libc and libunwind from the
-/// stable toolchain's aarch64 musl std (`cargo xtask setup` adds it); returns the
+/// default (stable) toolchain's aarch64 musl std (`cargo xtask setup` adds it); returns the
 /// RUSTFLAGS. The startup objects go where a C compiler driver would put them: crt1, crti
 /// and crtbegin before everything, crtend and crtn after.
 fn aarch64_link_inputs(libs: &Path) -> anyhow::Result<String> {
+    let toolchain = crate::setup::musl_objects_toolchain()?;
     let sysroot = Command::new("rustup")
-        .args([
-            "run",
-            crate::setup::MUSL_OBJECTS_TOOLCHAIN,
-            "rustc",
-            "--print",
-            "sysroot",
-        ])
+        .args(["run", &toolchain, "rustc", "--print", "sysroot"])
         .output()
         .context("cannot run rustup")?;
     if !sysroot.status.success() {
-        bail!(
-            "no {} toolchain (cargo xtask setup installs it)",
-            crate::setup::MUSL_OBJECTS_TOOLCHAIN
-        );
+        bail!("rustup cannot run {toolchain}'s rustc");
     }
     let from = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
         .join("lib/rustlib")

@@ -14,8 +14,9 @@
 //! - The image (target/dist/droptrace-VERSION-oci.tar): its index must name linux/amd64
 //!   and linux/arm64; each architecture's image is unpacked from the archive
 //!   (`umoci unpack`) and its root filesystem entered with `unshare` and `chroot`, then the
-//!   same checks (the `watch` on amd64). Not with podman: podman 4.3 cannot start containers on our machines, which
-//!   are containers themselves (`crun: setrlimit RLIMIT_NOFILE: Operation not permitted`).
+//!   same checks (the `watch` on amd64). Not with podman: podman 4.3 cannot start
+//!   containers on our machines, which are containers themselves (`crun: setrlimit
+//!   RLIMIT_NOFILE: Operation not permitted`).
 //!
 //! - The package's systemd unit: `systemd-analyze verify` accepts it without a warning, and
 //!   its `ExecStart` command, run from the root, serves /healthz and ends cleanly on SIGTERM

@@ -3,7 +3,7 @@
 //! - Debian packages: llvm-22-dev (bpf-linker links against it) and the firewall and
 //!   network tools droptrace reads and the tests drive (iptables, nftables, iproute2).
 //! - The pinned nightly with rust-src (`-Z build-std=core` for the BPF target).
-//! - The aarch64 musl std of the stable toolchain, for its C objects (dist.rs).
+//! - The aarch64 musl std of the default (stable) toolchain, for its C objects (dist.rs).
 //! - bpf-linker 0.13 built against llvm-22. Its build script finds LLVM through the
 //!   `llvm-config` first in PATH, so /usr/lib/llvm-22/bin goes first (Debian's default
 //!   llvm-config may be an older LLVM).
@@ -15,7 +15,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{EBPF_TOOLCHAIN, arch::Arch, run_checked};
 
@@ -192,20 +192,27 @@ fn toolchain() -> anyhow::Result<()> {
 
 /// The toolchain whose prebuilt aarch64 musl std supplies the C runtime objects, libc and
 /// libunwind the aarch64 binary links (the pinned nightly has no such component; see
-/// dist.rs): the machine's own stable.
-pub const MUSL_OBJECTS_TOOLCHAIN: &str = "stable";
+/// dist.rs): the machine's default one (`rustup default`), a stable release.
+pub fn musl_objects_toolchain() -> anyhow::Result<String> {
+    let out = Command::new("rustup")
+        .arg("default")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .context("cannot run rustup default")?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .filter(|_| out.status.success())
+        .map(str::to_string)
+        .context("rustup names no default toolchain")
+}
 
-/// Adds the aarch64 musl std to the stable toolchain if it is missing.
+/// Adds the aarch64 musl std to the default toolchain if it is missing.
 fn musl_objects() -> anyhow::Result<()> {
     let target = Arch::Aarch64.rust_target();
+    let toolchain = musl_objects_toolchain()?;
     let installed = Command::new("rustup")
-        .args([
-            "target",
-            "list",
-            "--installed",
-            "--toolchain",
-            MUSL_OBJECTS_TOOLCHAIN,
-        ])
+        .args(["target", "list", "--installed", "--toolchain", &toolchain])
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| {
@@ -214,19 +221,13 @@ fn musl_objects() -> anyhow::Result<()> {
                 .any(|l| l == target)
         });
     if installed {
-        say(&format!("{target} std of {MUSL_OBJECTS_TOOLCHAIN} present"));
+        say(&format!("{target} std of {toolchain} present"));
         return Ok(());
     }
     say(&format!(
-        "adding {target} to {MUSL_OBJECTS_TOOLCHAIN}: musl's objects and libraries for the aarch64 binary (cargo xtask dist)"
+        "adding {target} to {toolchain}: musl's objects and libraries for the aarch64 binary (cargo xtask dist)"
     ));
-    run_checked(Command::new("rustup").args([
-        "target",
-        "add",
-        "--toolchain",
-        MUSL_OBJECTS_TOOLCHAIN,
-        target,
-    ]))
+    run_checked(Command::new("rustup").args(["target", "add", "--toolchain", &toolchain, target]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
