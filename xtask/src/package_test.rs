@@ -121,7 +121,43 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
     if platforms != wanted {
         bail!("the image index names {platforms:?}, not {wanted:?}");
     }
-    say(&format!("the image index names {}", platforms.join(", ")));
+    // What a host pulling the tag gets: skopeo resolves the index for each platform.
+    for arch in Arch::ALL {
+        let out = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--override-os",
+                "linux",
+                "--override-arch",
+                arch.debian(),
+            ])
+            .arg(format!(
+                "oci-archive:{}:{}",
+                archive.display(),
+                crate::image::INDEX_REF
+            ))
+            .output()
+            .context("cannot run skopeo inspect")?;
+        let inspected: serde_json::Value =
+            serde_json::from_slice(&out.stdout).with_context(|| {
+                format!(
+                    "skopeo inspect of the index for {}: {}",
+                    arch.debian(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            })?;
+        if inspected["Architecture"] != arch.debian() {
+            bail!(
+                "the index gives a linux/{} host the {} image",
+                arch.debian(),
+                inspected["Architecture"]
+            );
+        }
+    }
+    say(&format!(
+        "the image index names {}, and skopeo resolves it for each",
+        platforms.join(", ")
+    ));
     for arch in Arch::ALL {
         run_checked(
             Command::new("umoci")
