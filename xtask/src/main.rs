@@ -74,14 +74,16 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         from_ports: Vec<u16>,
     },
-    /// Run the static droptrace (target/dist) on other kernels (5.10, 6.1, 6.12, 6.18, sid) under
-    /// qemu and print a table.
+    /// Run the static droptrace (target/dist) on other kernels under qemu (x86_64: 5.10, 6.1,
+    /// 6.12, 6.18, sid; arm64: 6.1, 6.12, sid) and print a table.
     VmTest(vmtest::Args),
-    /// Write release artifacts to target/dist: a static droptrace, a tarball with man pages
-    /// and completions, a Debian package, an OCI image archive, SHA256SUMS.
+    /// Write release artifacts to target/dist, for x86_64 and aarch64: static binaries,
+    /// tarballs with man pages and completions, Debian packages, an OCI image archive
+    /// holding both architectures, SHA256SUMS.
     Dist,
-    /// Install the Debian package and unpack the OCI image of `cargo xtask dist` into clean
-    /// Debian 12 roots, and watch a drop with each (run `cargo xtask dist` first).
+    /// Install the Debian packages and unpack the OCI images of `cargo xtask dist` into clean
+    /// Debian 12 roots of their architecture, and watch a drop with the x86_64 ones (run
+    /// `cargo xtask dist` first).
     PackageTest,
     /// Check the deployment files under deploy/ offline: Kubernetes manifests against the
     /// API schemas, alert rules and dashboard queries with promtool.
@@ -239,8 +241,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run_checked(&mut cmd)?;
     // Every parser of outside text, fuzzed briefly: no input may make droptrace panic.
     fuzz::run(FUZZ_SECONDS_PER_TARGET)?;
-    // The incident on every kernel of the matrix (5.10, 6.1, 6.12, 6.18, sid) under qemu, with
-    // the static binary that ships (target/dist).
+    // The incident on every kernel of the matrix (x86_64 and arm64) under qemu, with the
+    // static binaries that ship (target/dist).
     let binary = dist::run()?;
     let dist_dir = binary.parent().expect("target/dist").to_path_buf();
     vmtest::run(
