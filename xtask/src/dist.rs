@@ -306,9 +306,9 @@ fn aarch64_link_inputs(libs: &Path) -> anyhow::Result<String> {
     ))
 }
 
-/// A static binary has no program interpreter (PT_INTERP) to look for on the host.
-/// And it is for the machine it is meant for (readelf's `Machine:`).
-fn check_static(binary: &Path, arch: Arch) -> anyhow::Result<()> {
+/// A static binary has no program interpreter (PT_INTERP) to look for on the host, and it
+/// is for the machine it is meant for (readelf's `Machine:`).
+pub fn check_static(binary: &Path, arch: Arch) -> anyhow::Result<()> {
     let out = Command::new("readelf")
         .args(["-lhW"])
         .arg(binary)

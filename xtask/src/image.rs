@@ -29,6 +29,14 @@ fn say(msg: &str) {
 pub const INDEX_REF: &str = "droptrace";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
+/// The annotation that names a layout's images (OCI image-spec, annotations.md).
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The name an entry of a layout's index.json carries (`Null` if none).
+fn ref_name(entry: &Value) -> &Value {
+    &entry["annotations"][REF_NAME]
+}
+
 /// The name of `arch`'s image in the archive's layout.
 pub fn image_ref(arch: Arch) -> String {
     format!("droptrace-{}", arch.debian())
@@ -184,7 +192,7 @@ fn add_index(layout: &Path, arches: &[Arch]) -> anyhow::Result<()> {
         let name = image_ref(*arch);
         let entry = entries
             .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name.as_str())
+            .find(|m| ref_name(m) == name.as_str())
             .with_context(|| format!("the layout has no image {name}"))?;
         manifests.push(json!({
             "mediaType": entry["mediaType"],
@@ -203,12 +211,12 @@ fn add_index(layout: &Path, arches: &[Arch]) -> anyhow::Result<()> {
         .map(|b| format!("{b:02x}"))
         .collect();
     fs::write(layout.join("blobs/sha256").join(&digest), &index)?;
-    entries.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != INDEX_REF);
+    entries.retain(|m| ref_name(m) != INDEX_REF);
     entries.push(json!({
         "mediaType": INDEX_MEDIA_TYPE,
         "digest": format!("sha256:{digest}"),
         "size": index.len(),
-        "annotations": { "org.opencontainers.image.ref.name": INDEX_REF },
+        "annotations": { REF_NAME: INDEX_REF },
     }));
     fs::write(&index_path, serde_json::to_vec(&top)?)?;
     Ok(())
@@ -221,7 +229,7 @@ pub fn index_platforms(layout: &Path) -> anyhow::Result<Vec<String>> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == INDEX_REF)
+        .find(|m| ref_name(m) == INDEX_REF)
         .with_context(|| format!("the image has no {INDEX_REF} index"))?;
     if entry["mediaType"] != INDEX_MEDIA_TYPE {
         bail!(
@@ -265,6 +273,7 @@ mod tests {
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": format!("sha256:{digest}"),
                 "size": 512,
+                // As umoci writes it.
                 "annotations": { "org.opencontainers.image.ref.name": name },
             })
         };
@@ -287,7 +296,7 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+            .filter_map(|m| ref_name(m).as_str())
             .collect();
         assert_eq!(names, ["droptrace-amd64", "droptrace-arm64", "droptrace"]);
         // The index blob is stored under its own digest.

@@ -65,7 +65,7 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
 
     // Each tarball carries its architecture's binary and the deployment files beside it.
     for arch in Arch::ALL {
-        check_tarball(dist, arch, &version)?;
+        check_tarball(dist, &work, arch, &version)?;
     }
 
     // The package, installed with apt as a user would.
@@ -190,7 +190,7 @@ pub fn run(dist: &Path) -> anyhow::Result<()> {
 }
 
 /// `arch`'s tarball: its binary (for that machine) and the deployment files beside it.
-fn check_tarball(dist: &Path, arch: Arch, version: &str) -> anyhow::Result<()> {
+fn check_tarball(dist: &Path, work: &Path, arch: Arch, version: &str) -> anyhow::Result<()> {
     let tarball = arch.tarball(version);
     let listing = Command::new("tar")
         .arg("-tzf")
@@ -203,28 +203,23 @@ fn check_tarball(dist: &Path, arch: Arch, version: &str) -> anyhow::Result<()> {
             bail!("{tarball}.tar.gz lacks {file}");
         }
     }
-    let header = Command::new("sh")
-        .arg("-c")
-        .arg("tar -xzOf \"$0\" \"$1\" | head -c 20 | od -An -tx1")
-        .arg(dist.join(format!("{tarball}.tar.gz")))
-        .arg(format!("{tarball}/droptrace"))
-        .output()
-        .context("cannot read the tarball's binary")?;
-    // e_machine, bytes 18-19 of the ELF header: 0x3e x86-64, 0xb7 AArch64.
-    let machine = String::from_utf8_lossy(&header.stdout)
-        .split_whitespace()
-        .nth(18)
-        .map(str::to_string);
-    let wanted = match arch {
-        Arch::X86_64 => "3e",
-        Arch::Aarch64 => "b7",
-    };
-    if machine.as_deref() != Some(wanted) {
-        bail!(
-            "{tarball}.tar.gz holds a droptrace for ELF machine {machine:?}, not {}",
-            arch.uname()
-        );
+    // The binary as a user unpacks it: static, and for this machine.
+    let unpacked = work.join(format!("tarball-{}", arch.debian()));
+    if unpacked.exists() {
+        fs::remove_dir_all(&unpacked)?;
     }
+    fs::create_dir_all(&unpacked)?;
+    run_checked(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(dist.join(format!("{tarball}.tar.gz")))
+            .arg("-C")
+            .arg(&unpacked)
+            .arg(format!("{tarball}/droptrace")),
+    )?;
+    crate::dist::check_static(&unpacked.join(&tarball).join("droptrace"), arch)
+        .with_context(|| format!("{tarball}.tar.gz"))?;
+    fs::remove_dir_all(&unpacked)?;
     say(&format!(
         "{tarball}.tar.gz: {} binary, man pages, completions and deploy/ files",
         arch.uname()
